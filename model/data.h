@@ -1,0 +1,53 @@
+/*
+ * data.h - data sets: the gzipped IDX files of Fashion-MNIST (Debian's
+ * dataset-fashion-mnist) and the seeded synthetic teacher data set, plus
+ * deterministic shuffling.  Host memory only.  Loading does blocking file
+ * I/O: never call it on a libuv loop thread.
+ */
+#ifndef MP_MODEL_DATA_H
+#define MP_MODEL_DATA_H
+
+#include <stdint.h>
+
+#include "common/status.h"
+
+#define MP_FASHION_MNIST_DIR "/usr/share/datasets/fashion-mnist"
+
+typedef struct {
+    int64_t n;     /* samples */
+    int64_t dim;   /* features per sample */
+    int64_t classes;
+    float *x;      /* [n, dim]; Fashion-MNIST pixels / 255 */
+    int32_t *y;    /* [n], in [0, classes) */
+} mp_dataset_t;
+
+/* Reads one gzipped IDX file.  images: magic 0x00000803, 3 dims; labels:
+ * 0x00000801, 1 dim.  Each failure (missing, truncated, bad magic, bad
+ * dimensions, label out of range) has its own message naming the file. */
+mp_status_t mp_idx_read_images(const char *path, float **x_p, int64_t *n_p, int64_t *dim_p,
+                               mp_errbuf_t *err);
+mp_status_t mp_idx_read_labels(const char *path, int32_t **y_p, int64_t *n_p, mp_errbuf_t *err);
+
+/* Loads {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz from dir, checking
+ * image/label counts agree. */
+mp_status_t mp_data_load_fashion_mnist(const char *dir, mp_dataset_t *train, mp_dataset_t *test,
+                                       mp_errbuf_t *err);
+
+/* Synthetic: x ~ U(-1,1)^dim from (seed, sample, feature); label = argmax
+ * of a fixed random teacher network (dim -> 32 tanh -> classes) seeded by
+ * seed.  The test split uses sample indices after the training ones. */
+mp_status_t mp_data_synthetic(int64_t n, int64_t test_n, int64_t dim, int64_t classes,
+                              uint64_t seed, mp_dataset_t *train, mp_dataset_t *test,
+                              mp_errbuf_t *err);
+
+void mp_dataset_free(mp_dataset_t *ds);
+
+/* perm[0..n) = the order of epoch `epoch` (Fisher-Yates from a counter-based
+ * RNG of (seed, epoch)); identity when shuffle is 0. */
+void mp_data_order(int64_t *perm, int64_t n, uint64_t seed, int64_t epoch, int shuffle);
+
+/* Copies the samples perm[first .. first+count) into x_out [count, dim] and y_out [count]. */
+void mp_data_gather(const mp_dataset_t *ds, const int64_t *perm, int64_t first, int64_t count,
+                    float *x_out, int32_t *y_out);
+
+#endif
