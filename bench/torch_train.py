@@ -1,0 +1,84 @@
+#!/usr/bin/python3
+"""Peer for mpar-bench-train: PyTorch CPU training throughput of a job spec's
+model (same layers, batch size, optimizer and thread count), batches taken in
+file order.  Prints {"samples_per_s": x, "steps": n, "threads": t}."""
+import argparse
+import gzip
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+class Residual(torch.nn.Module):
+    def __init__(self, hidden, ffn):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(hidden, ffn)
+        self.fc2 = torch.nn.Linear(ffn, hidden)
+        self.act = torch.nn.GELU()
+
+    def forward(self, x):
+        return x + self.fc2(self.act(self.fc1(x)))
+
+
+def build(spec):
+    layers, width = [], spec["model"]["input"]
+    for l in spec["model"]["layers"]:
+        t = l["type"]
+        if t == "linear":
+            layers.append(torch.nn.Linear(width, l["out"]))
+            width = l["out"]
+        elif t == "gelu":
+            layers.append(torch.nn.GELU())
+        elif t == "relu":
+            layers.append(torch.nn.ReLU())
+        elif t == "mlp_block":
+            layers.append(Residual(l["hidden"], l["ffn"]))
+    return torch.nn.Sequential(*layers)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("spec")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    spec = json.load(open(a.spec))
+    with gzip.open(a.data + "/train-images-idx3-ubyte.gz") as f:
+        raw = f.read()
+    x = np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 784).astype(np.float32) / 255.0
+    with gzip.open(a.data + "/train-labels-idx1-ubyte.gz") as f:
+        y = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    model = build(spec)
+    tr = spec["train"]
+    if tr["optimizer"] == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=tr["lr"])
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=tr["lr"], momentum=tr.get("momentum", 0))
+    B = tr["batch_size"]
+    per_epoch = x.shape[0] // B
+
+    def step(k):
+        xb, yb = x[k * B:(k + 1) * B], y[k * B:(k + 1) * B]
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(xb), yb).backward()
+        opt.step()
+
+    for k in range(5):  # warm-up, as mpar's first steps include allocation
+        step(k)
+    t0 = time.perf_counter()
+    for s in range(a.steps):
+        step(s % per_epoch)
+    dt = time.perf_counter() - t0
+    json.dump({"samples_per_s": a.steps * B / dt, "steps": a.steps, "threads": a.threads},
+              sys.stdout)
+    print()
+
+
+if __name__ == "__main__":
+    main()

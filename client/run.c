@@ -1,0 +1,234 @@
+/*
+ * run.c - `mpar-client run JOB.json`: with --serial, trains the job in this
+ * process on one device (the ground truth), printing progress on stderr and
+ * the result on stdout (a short summary, or one JSON document with -o json).
+ */
+#include <getopt.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "client/client.h"
+#include "model/spec.h"
+#include "model/train.h"
+
+typedef struct {
+    bool tty;
+    bool quiet;
+    double last_print;
+} progress_t;
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void on_progress(const mp_train_progress_t *p, void *arg)
+{
+    progress_t *pr = arg;
+    if (pr->quiet) {
+        return;
+    }
+    if (p->eval) {
+        fprintf(stderr, "%sepoch %lld/%lld: test loss %.4f, test accuracy %.4f\n",
+                pr->tty ? "\r\033[K" : "", (long long)p->epoch, (long long)p->epochs,
+                p->test_loss, p->test_accuracy);
+        pr->last_print = 0.0;
+        return;
+    }
+    double now = mono_s();
+    bool last = p->step == p->steps;
+    if (pr->tty) {
+        if (!last && now - pr->last_print < 0.1) {
+            return;
+        }
+        int width = 24;
+        int done = (int)((double)width * (double)p->step_in_epoch / (double)p->steps_per_epoch);
+        char bar[64];
+        for (int i = 0; i < width; i++) {
+            bar[i] = i < done ? '#' : '.';
+        }
+        bar[width] = '\0';
+        fprintf(stderr, "\r\033[Kepoch %lld/%lld [%s] step %lld/%lld  loss %.4f  %.0f samples/s",
+                (long long)p->epoch, (long long)p->epochs, bar, (long long)p->step,
+                (long long)p->steps, p->loss, p->samples_per_s);
+        if (last) {
+            fputc('\n', stderr);
+        }
+    } else {
+        if (!last && p->step != 1 && now - pr->last_print < 5.0) {
+            return;
+        }
+        fprintf(stderr, "epoch %lld/%lld step %lld/%lld loss %.4f %.0f samples/s\n",
+                (long long)p->epoch, (long long)p->epochs, (long long)p->step,
+                (long long)p->steps, p->loss, p->samples_per_s);
+    }
+    fflush(stderr);
+    pr->last_print = now;
+}
+
+static json_t *json_real_or_null(double v) { return isfinite(v) ? json_real(v) : json_null(); }
+
+static void print_result(const mp_spec_t *spec, const mp_train_result_t *r, bool json,
+                         const char *save_dir)
+{
+    if (json) {
+        json_t *o = json_object();
+        json_object_set_new(o, "name", json_string(spec->name));
+        json_object_set_new(o, "state", json_string("SUCCEEDED"));
+        json_object_set_new(o, "mode", json_string("serial"));
+        json_object_set_new(o, "device", json_string(r->device));
+        json_object_set_new(o, "steps", json_integer(r->steps));
+        json_object_set_new(o, "epochs", json_integer(r->epochs_done));
+        json_object_set_new(o, "samples", json_integer(r->samples));
+        json_object_set_new(o, "final_loss", json_real_or_null(r->final_loss));
+        if (r->has_test && r->epochs_done > 0) {
+            json_object_set_new(o, "test_accuracy", json_real(r->test_accuracy));
+            json_object_set_new(o, "test_loss", json_real(r->test_loss));
+            json_t *acc = json_array();
+            for (int64_t i = 0; i < r->epochs_done; i++) {
+                json_array_append_new(acc, json_real(r->epoch_test_accuracy[i]));
+            }
+            json_object_set_new(o, "epoch_test_accuracy", acc);
+        }
+        json_object_set_new(o, "samples_per_s", json_real(r->samples_per_s));
+        json_object_set_new(o, "seconds", json_real(r->seconds));
+        json_t *losses = json_array();
+        for (int64_t i = 0; i < r->steps; i++) {
+            json_array_append_new(losses, json_real(r->losses[i]));
+        }
+        json_object_set_new(o, "losses", losses);
+        if (save_dir != NULL) {
+            json_object_set_new(o, "weights", json_string(save_dir));
+        }
+        char *text = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(9));
+        puts(text);
+        free(text);
+        json_decref(o);
+        return;
+    }
+    printf("job %s: SUCCEEDED on %s (serial)\n", spec->name[0] ? spec->name : "(unnamed)",
+           r->device);
+    printf("  steps %lld, epochs %lld, final loss %.4f\n", (long long)r->steps,
+           (long long)r->epochs_done, r->final_loss);
+    if (r->has_test && r->epochs_done > 0) {
+        printf("  test accuracy %.4f, test loss %.4f\n", r->test_accuracy, r->test_loss);
+    }
+    printf("  %.0f samples/s over %.1f s of training\n", r->samples_per_s, r->seconds);
+    if (save_dir != NULL) {
+        printf("  weights saved in %s\n", save_dir);
+    }
+}
+
+static void run_usage(FILE *f)
+{
+    fprintf(f, "usage: mpar-client run JOB.json [--serial] [-o json|text] [--save-weights DIR]\n"
+               "                          [--device cpu|cuda|auto] [--threads N] [--tf32] "
+               "[--quiet]\n");
+}
+
+int mp_client_run_main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"serial", no_argument, NULL, 's'},       {"output", required_argument, NULL, 'o'},
+        {"save-weights", required_argument, NULL, 'w'}, {"device", required_argument, NULL, 'd'},
+        {"threads", required_argument, NULL, 't'}, {"tf32", no_argument, NULL, 'f'},
+        {"quiet", no_argument, NULL, 'q'},        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    bool serial = false, json = false;
+    mp_train_opts_t opts = {.device = "cpu", .threads = 1};
+    progress_t pr = {.tty = isatty(STDERR_FILENO) == 1};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "o:qh", longopts, NULL)) != -1) {
+        switch (c) {
+        case 's':
+            serial = true;
+            break;
+        case 'o':
+            if (strcmp(optarg, "json") == 0) {
+                json = true;
+            } else if (strcmp(optarg, "text") != 0) {
+                fprintf(stderr, "mpar-client run: -o: expected json or text, got '%s'\n", optarg);
+                return MP_EXIT_USAGE;
+            }
+            break;
+        case 'w':
+            opts.save_weights = optarg;
+            break;
+        case 'd':
+            opts.device = optarg;
+            break;
+        case 't': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end != '\0' || v < 1 || v > 1024) {
+                fprintf(stderr, "mpar-client run: --threads: expected 1..1024, got '%s'\n",
+                        optarg);
+                return MP_EXIT_USAGE;
+            }
+            opts.threads = (int)v;
+            break;
+        }
+        case 'f':
+            opts.tf32 = true;
+            break;
+        case 'q':
+            pr.quiet = true;
+            break;
+        case 'h':
+            run_usage(stdout);
+            return MP_EXIT_OK;
+        default:
+            run_usage(stderr);
+            return MP_EXIT_USAGE;
+        }
+    }
+    if (optind != argc - 1) {
+        run_usage(stderr);
+        return MP_EXIT_USAGE;
+    }
+    const char *path = argv[optind];
+    mp_errbuf_t err = {{0}};
+    mp_spec_t *spec = NULL;
+    if (mp_spec_load(path, &spec, &err) != MP_OK) {
+        fprintf(stderr, "mpar-client: %s: %s\n", path, err.msg);
+        return MP_EXIT_USAGE;
+    }
+    if (!serial) {
+        fprintf(stderr,
+                "mpar-client run: running on a local cluster of mpard daemons is not available "
+                "in this build; add --serial to train in this process\n");
+        mp_spec_free(spec);
+        return MP_EXIT_USAGE;
+    }
+    opts.on_progress = on_progress;
+    opts.arg = &pr;
+    mp_train_result_t res;
+    mp_status_t st = mp_train_serial(spec, &opts, &res, &err);
+    if (st != MP_OK) {
+        fprintf(stderr, "mpar-client: job %s failed: %s\n", spec->name[0] ? spec->name : path,
+                err.msg);
+        if (json) {
+            json_t *o = json_pack("{s:s, s:s, s:s}", "name", spec->name, "state", "FAILED",
+                                  "reason", err.msg);
+            char *text = json_dumps(o, JSON_INDENT(2));
+            puts(text);
+            free(text);
+            json_decref(o);
+        }
+        mp_spec_free(spec);
+        return st == MP_ERR_SPEC || st == MP_ERR_INVAL ? MP_EXIT_USAGE : MP_EXIT_FAILED;
+    }
+    print_result(spec, &res, json, opts.save_weights);
+    mp_train_result_free(&res);
+    mp_spec_free(spec);
+    return MP_EXIT_OK;
+}

@@ -1,0 +1,64 @@
+/*
+ * model.h - a model instance: a contiguous range of a job spec's layers
+ * (the whole model for a serial run, one pipeline stage for a shard),
+ * its parameters, gradients and optimizer state in one backend allocation
+ * each, and activation slots so that several micro-batches can be in
+ * flight at once (one slot per micro-batch in flight).
+ *
+ * Legend: B = rows of a micro-batch, D = width of an activation.
+ * All compute goes through the backend table; the caller's thread owns the
+ * model (one thread at a time).
+ */
+#ifndef MP_MODEL_MODEL_H
+#define MP_MODEL_MODEL_H
+
+#include <stdint.h>
+
+#include "common/status.h"
+#include "gpu/backend.h"
+#include "model/spec.h"
+
+typedef struct mp_model mp_model_t;
+
+/* Creates the layers [first, first + count) of spec on backend be, with
+ * `slots` activation slots of up to max_rows rows each.  Parameters are
+ * initialized from the counter-based init (train.seed), so any range of
+ * layers holds exactly the values a whole-model instance would. */
+mp_status_t mp_model_create(mp_backend_t *be, const mp_spec_t *spec, int first, int count,
+                            int slots, int64_t max_rows, mp_model_t **model_p);
+void mp_model_destroy(mp_model_t *model);
+
+int64_t mp_model_in_dim(const mp_model_t *model);
+int64_t mp_model_out_dim(const mp_model_t *model);
+int64_t mp_model_param_count(const mp_model_t *model);
+
+/* Device buffer of slot's input [max_rows, in_dim]: the caller writes the
+ * micro-batch's input here (upload, or a receive) before mp_model_forward. */
+float *mp_model_input(mp_model_t *model, int slot);
+/* Forward of `rows` rows through the layers; returns the output buffer
+ * [rows, out_dim] (owned by the model, valid until the slot is reused). */
+mp_status_t mp_model_forward(mp_model_t *model, int slot, int64_t rows, float **out_p);
+/* Device buffer for the gradient of the slot's output [rows, out_dim]: the
+ * caller writes dL/d(output) here (a receive, or mp_model_loss) before
+ * mp_model_backward.  It is zeroed by mp_model_forward. */
+float *mp_model_output_grad(mp_model_t *model, int slot);
+/* Softmax cross-entropy on the slot's output (the last stage): labels is a
+ * device buffer [rows]; adds loss and correct counts to the host outputs
+ * (either may be NULL) and writes scale * dL/dlogits into the output grad. */
+mp_status_t mp_model_loss(mp_model_t *model, int slot, const int32_t *labels, int64_t rows,
+                          float scale, double *loss_sum_p, int64_t *correct_p);
+/* Backward of the slot: accumulates parameter gradients; when in_grad_p is
+ * not NULL, returns dL/d(input) [rows, in_dim] (owned by the model). */
+mp_status_t mp_model_backward(mp_model_t *model, int slot, int64_t rows, float **in_grad_p);
+
+mp_status_t mp_model_zero_grad(mp_model_t *model);
+/* The flat gradient buffer (all parameters, in order), e.g. for a DP allreduce. */
+float *mp_model_grads(mp_model_t *model);
+/* One optimizer step (train.optimizer of the spec); step is 1-based. */
+mp_status_t mp_model_step(mp_model_t *model, int64_t step);
+
+/* Parameter access for --save-weights: layer is a spec index in the
+ * model's range, param as mp_layer_param_name.  host must hold rows*cols. */
+mp_status_t mp_model_param_download(mp_model_t *model, int layer, int param, float *host);
+
+#endif

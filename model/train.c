@@ -1,0 +1,292 @@
+/*
+ * train.c - the serial trainer: loads the data set, builds the whole model
+ * on one backend, runs the optimizer steps batch after batch, evaluates on
+ * the test split after each epoch and saves weights.  Runs on the caller's
+ * thread and blocks.
+ */
+#include "model/train.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "model/model.h"
+#include "model/npy.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+mp_status_t mp_train_load_data(const mp_spec_t *spec, mp_dataset_t *train, mp_dataset_t *test,
+                               mp_errbuf_t *err)
+{
+    memset(train, 0, sizeof(*train));
+    memset(test, 0, sizeof(*test));
+    if (spec->data.kind == MP_DATA_SYNTHETIC) {
+        return mp_data_synthetic(spec->data.samples, spec->data.test_samples, spec->model.input,
+                                 spec->data.classes, spec->data.seed, train, test, err);
+    }
+    const char *dir = spec->data.path[0] ? spec->data.path : MP_FASHION_MNIST_DIR;
+    mp_status_t st = mp_data_load_fashion_mnist(dir, train, test, err);
+    if (st != MP_OK) {
+        return st;
+    }
+    if (train->dim != spec->model.input) {
+        mp_dataset_free(train);
+        mp_dataset_free(test);
+        return mp_errbuf_set(err, MP_ERR_SPEC,
+                             "model.input: %lld does not match the data set's %lld features",
+                             (long long)spec->model.input, (long long)train->dim);
+    }
+    return MP_OK;
+}
+
+int64_t mp_train_steps_per_epoch(const mp_spec_t *spec, int64_t train_samples)
+{
+    return train_samples / spec->train.batch_size;
+}
+
+mp_status_t mp_train_backend_create(const mp_train_opts_t *opts, mp_backend_t **be_p,
+                                    mp_errbuf_t *err)
+{
+    const char *dev = opts->device ? opts->device : "cpu";
+    bool want_cuda = strcmp(dev, "cuda") == 0;
+    if (strcmp(dev, "auto") == 0) {
+        want_cuda = mp_backend_cuda_device_count() > 0;
+    } else if (!want_cuda && strcmp(dev, "cpu") != 0) {
+        return mp_errbuf_set(err, MP_ERR_INVAL, "--device: '%s' is not one of cpu, cuda, auto",
+                             dev);
+    }
+    mp_status_t st;
+    if (want_cuda) {
+        st = mp_backend_cuda_create(0, opts->tf32, be_p);
+        if (st != MP_OK) {
+            return mp_errbuf_set(err, st, "cannot use the CUDA backend: %s%s", mp_strerror(st),
+                                 mp_backend_cuda_built() ? "" : " (this build has no CUDA)");
+        }
+        return MP_OK;
+    }
+    st = mp_backend_cpu_create(opts->threads > 0 ? opts->threads : 1, be_p);
+    if (st != MP_OK) {
+        return mp_errbuf_set(err, st, "cannot create the CPU backend: %s", mp_strerror(st));
+    }
+    return MP_OK;
+}
+
+/* Loss and accuracy over a whole data set, in chunks of max_rows. */
+static mp_status_t evaluate(mp_model_t *model, mp_backend_t *be, const mp_dataset_t *ds,
+                            int64_t max_rows, int32_t *labels_dev, double *loss_p, double *acc_p)
+{
+    double loss = 0.0;
+    int64_t correct = 0;
+    for (int64_t first = 0; first < ds->n; first += max_rows) {
+        int64_t rows = ds->n - first < max_rows ? ds->n - first : max_rows;
+        mp_status_t st = be->ops->upload(be, mp_model_input(model, 0), ds->x + first * ds->dim,
+                                         (size_t)(rows * ds->dim) * sizeof(float));
+        float *out;
+        if (st == MP_OK) {
+            st = be->ops->upload(be, labels_dev, ds->y + first, (size_t)rows * sizeof(int32_t));
+        }
+        if (st == MP_OK) {
+            st = mp_model_forward(model, 0, rows, &out);
+        }
+        if (st == MP_OK) {
+            st = mp_model_loss(model, 0, labels_dev, rows, 0.0f, &loss, &correct);
+        }
+        if (st != MP_OK) {
+            return st;
+        }
+    }
+    *loss_p = loss / (double)ds->n;
+    *acc_p = (double)correct / (double)ds->n;
+    return MP_OK;
+}
+
+static mp_status_t save_weights(mp_model_t *model, const mp_spec_t *spec, const char *dir,
+                                mp_errbuf_t *err)
+{
+    for (int l = 0; l < spec->model.nlayers; l++) {
+        const mp_layer_spec_t *ls = &spec->model.layers[l];
+        for (int p = 0; p < mp_layer_nparams(ls); p++) {
+            int64_t rows, cols;
+            mp_layer_param_shape(ls, p, &rows, &cols);
+            float *host = mp_malloc((size_t)(rows * cols) * sizeof(float));
+            if (host == NULL) {
+                return mp_errbuf_set(err, MP_ERR_NOMEM, "out of memory saving weights");
+            }
+            mp_status_t st = mp_model_param_download(model, l, p, host);
+            if (st == MP_OK) {
+                st = mp_npy_save_param(dir, l, mp_layer_param_name(ls, p), host, rows, cols, err);
+            } else {
+                mp_errbuf_set(err, st, "cannot read layer %d's %s: %s", l,
+                              mp_layer_param_name(ls, p), mp_strerror(st));
+            }
+            mp_free(host);
+            if (st != MP_OK) {
+                return st;
+            }
+        }
+    }
+    return MP_OK;
+}
+
+mp_status_t mp_train_serial(const mp_spec_t *spec, const mp_train_opts_t *opts,
+                            mp_train_result_t *res, mp_errbuf_t *err)
+{
+    memset(res, 0, sizeof(*res));
+    mp_dataset_t train, test;
+    mp_status_t st = mp_train_load_data(spec, &train, &test, err);
+    if (st != MP_OK) {
+        return st;
+    }
+    int64_t B = spec->train.batch_size;
+    int64_t spe = mp_train_steps_per_epoch(spec, train.n);
+    mp_backend_t *be = NULL;
+    mp_model_t *model = NULL;
+    int64_t *perm = NULL;
+    float *xb = NULL;
+    int32_t *yb = NULL, *labels_dev = NULL;
+    if (spe < 1) {
+        st = mp_errbuf_set(err, MP_ERR_SPEC,
+                           "train.batch_size: %lld is larger than the %lld training samples",
+                           (long long)B, (long long)train.n);
+        goto out_data;
+    }
+    int64_t total = spec->train.steps >= 0 ? spec->train.steps : spe * spec->train.epochs;
+    int64_t epochs = (total + spe - 1) / spe;
+    int64_t eval_rows = B > 1024 ? B : 1024;
+
+    st = mp_train_backend_create(opts, &be, err);
+    if (st != MP_OK) {
+        goto out_data;
+    }
+    snprintf(res->device, sizeof(res->device), "%s", be->ops->name);
+    st = mp_model_create(be, spec, 0, spec->model.nlayers, 1, eval_rows, &model);
+    if (st != MP_OK) {
+        mp_errbuf_set(err, st, "cannot build the model on %s: %s", be->ops->name,
+                      mp_strerror(st));
+        goto out_backend;
+    }
+    perm = mp_malloc((size_t)train.n * sizeof(int64_t));
+    xb = mp_malloc((size_t)(B * train.dim) * sizeof(float));
+    yb = mp_malloc((size_t)B * sizeof(int32_t));
+    labels_dev = be->ops->alloc(be, (size_t)eval_rows * sizeof(int32_t));
+    res->losses = mp_calloc((size_t)(total > 0 ? total : 1), sizeof(double));
+    res->epoch_test_accuracy = mp_calloc((size_t)(epochs > 0 ? epochs : 1), sizeof(double));
+    if (perm == NULL || xb == NULL || yb == NULL || labels_dev == NULL || res->losses == NULL ||
+        res->epoch_test_accuracy == NULL) {
+        st = mp_errbuf_set(err, MP_ERR_NOMEM, "out of memory for the training buffers");
+        goto out_model;
+    }
+    res->has_test = test.n > 0;
+
+    double t_train = 0.0, t0;
+    int64_t step = 0;
+    for (int64_t epoch = 0; epoch < epochs; epoch++) {
+        mp_data_order(perm, train.n, spec->train.seed, epoch, spec->train.shuffle);
+        for (int64_t k = 0; k < spe && step < total; k++) {
+            t0 = now_s();
+            mp_data_gather(&train, perm, k * B, B, xb, yb);
+            double loss = 0.0;
+            float *out;
+            st = be->ops->upload(be, mp_model_input(model, 0), xb,
+                                 (size_t)(B * train.dim) * sizeof(float));
+            if (st == MP_OK) {
+                st = be->ops->upload(be, labels_dev, yb, (size_t)B * sizeof(int32_t));
+            }
+            if (st == MP_OK) {
+                st = mp_model_zero_grad(model);
+            }
+            if (st == MP_OK) {
+                st = mp_model_forward(model, 0, B, &out);
+            }
+            if (st == MP_OK) {
+                st = mp_model_loss(model, 0, labels_dev, B, 1.0f / (float)B, &loss, NULL);
+            }
+            if (st == MP_OK) {
+                st = mp_model_backward(model, 0, B, NULL);
+            }
+            if (st == MP_OK) {
+                st = mp_model_step(model, step + 1);
+            }
+            if (st != MP_OK) {
+                mp_errbuf_set(err, st, "training step %lld failed on %s: %s",
+                              (long long)step + 1, be->ops->name, mp_strerror(st));
+                goto out_model;
+            }
+            t_train += now_s() - t0;
+            res->losses[step] = loss / (double)B;
+            step++;
+            res->samples += B;
+            if (opts->on_progress != NULL) {
+                mp_train_progress_t p = {
+                    .epoch = epoch + 1, .epochs = epochs, .step = step, .steps = total,
+                    .step_in_epoch = k + 1, .steps_per_epoch = spe,
+                    .loss = res->losses[step - 1],
+                    .samples_per_s = t_train > 0 ? (double)res->samples / t_train : 0.0,
+                };
+                opts->on_progress(&p, opts->arg);
+            }
+        }
+        if (res->has_test && (step % spe == 0 || step == total)) {
+            st = evaluate(model, be, &test, eval_rows, labels_dev, &res->test_loss,
+                          &res->test_accuracy);
+            if (st != MP_OK) {
+                mp_errbuf_set(err, st, "evaluation failed: %s", mp_strerror(st));
+                goto out_model;
+            }
+            res->epoch_test_accuracy[res->epochs_done] = res->test_accuracy;
+            if (opts->on_progress != NULL) {
+                mp_train_progress_t p = {
+                    .epoch = epoch + 1, .epochs = epochs, .step = step, .steps = total,
+                    .step_in_epoch = spe, .steps_per_epoch = spe,
+                    .loss = step > 0 ? res->losses[step - 1] : NAN,
+                    .samples_per_s = t_train > 0 ? (double)res->samples / t_train : 0.0,
+                    .eval = true, .test_loss = res->test_loss,
+                    .test_accuracy = res->test_accuracy,
+                };
+                opts->on_progress(&p, opts->arg);
+            }
+        }
+        res->epochs_done++;
+    }
+    res->steps = step;
+    res->final_loss = step > 0 ? res->losses[step - 1] : NAN;
+    res->seconds = t_train;
+    res->samples_per_s = t_train > 0 ? (double)res->samples / t_train : 0.0;
+    if (opts->save_weights != NULL) {
+        st = save_weights(model, spec, opts->save_weights, err);
+    }
+
+out_model:
+    if (labels_dev != NULL) {
+        be->ops->free(be, labels_dev);
+    }
+    mp_free(yb);
+    mp_free(xb);
+    mp_free(perm);
+    mp_model_destroy(model);
+out_backend:
+    mp_backend_destroy(be);
+out_data:
+    mp_dataset_free(&train);
+    mp_dataset_free(&test);
+    if (st != MP_OK) {
+        mp_train_result_free(res);
+    }
+    return st;
+}
+
+void mp_train_result_free(mp_train_result_t *res)
+{
+    mp_free(res->losses);
+    mp_free(res->epoch_test_accuracy);
+    res->losses = NULL;
+    res->epoch_test_accuracy = NULL;
+}

@@ -1,0 +1,63 @@
+/*
+ * train.h - the serial trainer: one process, one device, the whole model.
+ * This is the ground truth every parallel run is compared with.  It runs on
+ * the calling thread and blocks (file I/O, compute): never a libuv thread.
+ */
+#ifndef MP_MODEL_TRAIN_H
+#define MP_MODEL_TRAIN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/status.h"
+#include "gpu/backend.h"
+#include "model/data.h"
+#include "model/spec.h"
+
+typedef struct {
+    int64_t epoch, epochs;   /* 1-based epoch */
+    int64_t step, steps;     /* 1-based global step, total steps */
+    int64_t step_in_epoch, steps_per_epoch;
+    double loss;             /* this step's mean training loss */
+    double samples_per_s;    /* since the start of training */
+    bool eval;               /* an end-of-epoch evaluation: test_* are set */
+    double test_loss, test_accuracy;
+} mp_train_progress_t;
+
+typedef void (*mp_train_progress_cb_t)(const mp_train_progress_t *progress, void *arg);
+
+typedef struct {
+    const char *device;       /* "cpu", "cuda" or "auto" (cuda when a GPU is present) */
+    int threads;              /* CPU backend threads, >= 1 */
+    bool tf32;                /* CUDA: allow TF32 GEMMs */
+    const char *save_weights; /* directory for <layer>.<param>.npy, or NULL */
+    mp_train_progress_cb_t on_progress;
+    void *arg;
+} mp_train_opts_t;
+
+typedef struct {
+    int64_t steps, epochs_done, samples;
+    double final_loss;      /* mean loss of the last step */
+    bool has_test;
+    double test_loss, test_accuracy; /* after the last evaluation */
+    double seconds, samples_per_s;   /* training time only (evaluation excluded) */
+    char device[32];
+    double *losses;         /* [steps] per-step mean training loss (mp_malloc'ed) */
+    double *epoch_test_accuracy; /* [epochs_done] when has_test */
+} mp_train_result_t;
+
+/* Loads the spec's data sets (train and, where there is one, test). */
+mp_status_t mp_train_load_data(const mp_spec_t *spec, mp_dataset_t *train, mp_dataset_t *test,
+                               mp_errbuf_t *err);
+/* Steps per epoch: whole global batches (the last partial batch is dropped,
+ * as DataLoader(drop_last=True) does). */
+int64_t mp_train_steps_per_epoch(const mp_spec_t *spec, int64_t train_samples);
+/* Creates the backend named by opts (device, threads, tf32). */
+mp_status_t mp_train_backend_create(const mp_train_opts_t *opts, mp_backend_t **be_p,
+                                    mp_errbuf_t *err);
+
+mp_status_t mp_train_serial(const mp_spec_t *spec, const mp_train_opts_t *opts,
+                            mp_train_result_t *result, mp_errbuf_t *err);
+void mp_train_result_free(mp_train_result_t *result);
+
+#endif

@@ -1,0 +1,7 @@
+# The PyTorch cross-check of the serial path (Debian's python3-torch).
+if(MP_TESTS)
+  add_test(NAME torch_crosscheck
+           COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/ref/torch_check.py
+                   $<TARGET_FILE:mpar-client>)
+  set_tests_properties(torch_crosscheck PROPERTIES TIMEOUT 900)
+endif()
