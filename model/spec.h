@@ -8,6 +8,7 @@
 #define MP_MODEL_SPEC_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "common/status.h"

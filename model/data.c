@@ -1,0 +1,627 @@
+/*
+ * data.c - data sets in host memory: the gzipped IDX files of Fashion-MNIST
+ * (read with zlib; gzread also passes a plain, uncompressed file through),
+ * the seeded synthetic teacher data set, and the deterministic per-epoch
+ * sample order.  It owns the arrays of the mp_dataset_t it fills (freed by
+ * mp_dataset_free).  Loading does blocking file I/O and compute: call it on
+ * a worker thread, never on a libuv loop thread.  Otherwise pure; any thread.
+ */
+#include "data.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <zlib.h>
+
+#include "common/alloc.h"
+#include "gpu/init.h"
+
+#define IDX_MAGIC_LABELS 0x00000801u
+#define IDX_MAGIC_IMAGES 0x00000803u
+/* A header claiming more elements than this is refused before allocating:
+ * Fashion-MNIST's largest file holds 47 million. */
+#define IDX_MAX_ELEMENTS 100000000ull
+#define IDX_FASHION_CLASSES 10
+
+/* Synthetic data: the teacher's hidden width and the fixed calibration set
+ * used to choose its output biases (independent of the requested sizes, so
+ * sample i has the same label whatever n is). */
+#define SYN_HIDDEN 32
+#define SYN_CALIB 4096
+#define SYN_MAX_ELEMENTS (1ll << 31)
+/* Stream tags, so that features, teacher weights, calibration inputs and
+ * shuffles never draw from the same counters. */
+#define SYN_TAG_X 0x73796e2d78ull     /* "syn-x" */
+#define SYN_TAG_W1 0x73796e2d7731ull  /* "syn-w1" */
+#define SYN_TAG_B1 0x73796e2d6231ull  /* "syn-b1" */
+#define SYN_TAG_W2 0x73796e2d7732ull  /* "syn-w2" */
+#define SYN_TAG_CAL 0x73796e2d63616cull /* "syn-cal" */
+#define ORDER_TAG 0x73687566666c65ull /* "shuffle" */
+
+/* ---- IDX files ------------------------------------------------------------ */
+
+typedef struct {
+    const char *path;
+    gzFile gz;
+} idx_file_t;
+
+static mp_status_t idx_open(idx_file_t *f, const char *path, mp_errbuf_t *err)
+{
+    f->path = path;
+    errno = 0;
+    f->gz = gzopen(path, "rb");
+    if (f->gz == NULL) {
+        if (errno == 0) {
+            return mp_errbuf_set(err, MP_ERR_NOMEM, "%s: cannot open: out of memory", path);
+        }
+        return mp_errbuf_set(err, MP_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    }
+    /* Bigger than zlib's default 8 KiB: the training images are 47 MB. */
+    gzbuffer(f->gz, 1 << 17);
+    return MP_OK;
+}
+
+static void idx_close(idx_file_t *f)
+{
+    if (f->gz != NULL) {
+        gzclose_r(f->gz);
+        f->gz = NULL;
+    }
+}
+
+/* Turns a failed or short gzread into its message.  `what` names the part
+ * being read ("header", "pixel data"); `want` and `got` count its bytes. */
+static mp_status_t idx_read_fail(idx_file_t *f, const char *what, uint64_t want, uint64_t got,
+                                 mp_errbuf_t *err)
+{
+    int zerr = Z_OK;
+    const char *ztext = gzerror(f->gz, &zerr);
+    if (zerr == Z_ERRNO) {
+        return mp_errbuf_set(err, MP_ERR_IO, "%s: read error in the %s: %s", f->path, what,
+                             strerror(errno));
+    }
+    if (zerr == Z_MEM_ERROR) {
+        return mp_errbuf_set(err, MP_ERR_NOMEM, "%s: out of memory while decompressing",
+                             f->path);
+    }
+    if (zerr != Z_OK && zerr != Z_BUF_ERROR) {
+        return mp_errbuf_set(err, MP_ERR_FORMAT, "%s: corrupt gzip stream in the %s: %s",
+                             f->path, what, ztext);
+    }
+    /* Z_BUF_ERROR ("unexpected end of file") or a clean end: the file stops short. */
+    return mp_errbuf_set(err, MP_ERR_FORMAT,
+                         "%s: truncated: expected %llu bytes of %s, found %llu%s", f->path,
+                         (unsigned long long)want, what, (unsigned long long)got,
+                         zerr == Z_BUF_ERROR ? " (the gzip stream ends unexpectedly)" : "");
+}
+
+/* Reads exactly n bytes (n may exceed what one gzread call takes).  They
+ * are part of a `what` of `total` bytes of which `before` were read. */
+static mp_status_t idx_read_exact(idx_file_t *f, void *dst, uint64_t n, const char *what,
+                                  uint64_t before, uint64_t total, mp_errbuf_t *err)
+{
+    uint64_t done = 0;
+    while (done < n) {
+        uint64_t chunk = n - done;
+        if (chunk > (1u << 30)) {
+            chunk = 1u << 30;
+        }
+        int r = gzread(f->gz, (char *)dst + done, (unsigned)chunk);
+        if (r <= 0) {
+            return idx_read_fail(f, what, total, before + done, err);
+        }
+        done += (uint64_t)r;
+    }
+    return MP_OK;
+}
+
+/* After the payload the file must end: reading one more byte also makes
+ * zlib check the gzip trailer (CRC and length), so a corrupted stream whose
+ * damage lies in the checksum is caught too. */
+static mp_status_t idx_expect_end(idx_file_t *f, const char *what, mp_errbuf_t *err)
+{
+    unsigned char extra[256];
+    int r = gzread(f->gz, extra, sizeof(extra));
+    if (r < 0) {
+        return idx_read_fail(f, what, 0, 0, err);
+    }
+    if (r > 0) {
+        uint64_t total = (uint64_t)r;
+        while ((r = gzread(f->gz, extra, sizeof(extra))) > 0) {
+            total += (uint64_t)r;
+        }
+        if (r < 0) {
+            return idx_read_fail(f, what, 0, 0, err);
+        }
+        return mp_errbuf_set(err, MP_ERR_FORMAT,
+                             "%s: %llu bytes of trailing data after the %s (the header's "
+                             "dimensions do not match the file size)",
+                             f->path, (unsigned long long)total, what);
+    }
+    int zerr = Z_OK;
+    const char *ztext = gzerror(f->gz, &zerr);
+    if (zerr != Z_OK) {
+        if (zerr == Z_BUF_ERROR) {
+            return mp_errbuf_set(err, MP_ERR_FORMAT,
+                                 "%s: truncated: the gzip stream ends unexpectedly after the %s",
+                                 f->path, what);
+        }
+        return mp_errbuf_set(err, MP_ERR_FORMAT, "%s: corrupt gzip stream after the %s: %s",
+                             f->path, what, ztext);
+    }
+    return MP_OK;
+}
+
+static uint32_t be32(const unsigned char *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+/* Reads and checks the magic and the dimensions of an IDX file holding
+ * unsigned bytes in `ndims` dimensions.  dims[] receives them. */
+static mp_status_t idx_read_header(idx_file_t *f, uint32_t want_magic, const char *kind,
+                                   uint32_t *dims, int ndims, mp_errbuf_t *err)
+{
+    unsigned char hdr[4 + 4 * 3];
+    uint64_t hdr_bytes = 4 + 4 * (uint64_t)ndims;
+    mp_status_t st = idx_read_exact(f, hdr, 4, "header", 0, hdr_bytes, err);
+    if (st != MP_OK) {
+        return st;
+    }
+    uint32_t magic = be32(hdr);
+    uint32_t other_magic = want_magic == IDX_MAGIC_IMAGES ? IDX_MAGIC_LABELS : IDX_MAGIC_IMAGES;
+    /* Bytes 0-1 are zero and byte 2 is the element type (0x08: unsigned
+     * byte) in every IDX file; byte 3 is the number of dimensions, which is
+     * reported as a dimension error unless the file is the other known kind. */
+    if ((magic & 0xFFFFFF00u) != (want_magic & 0xFFFFFF00u) || magic == other_magic) {
+        return mp_errbuf_set(err, MP_ERR_FORMAT,
+                             "%s: bad magic 0x%08X, expected 0x%08X (%s)%s", f->path, magic,
+                             want_magic, kind,
+                             magic == other_magic
+                                 ? (want_magic == IDX_MAGIC_IMAGES ? "; this is an IDX labels file"
+                                                                   : "; this is an IDX images file")
+                                 : "");
+    }
+    if ((int)(magic & 0xFF) != ndims) {
+        return mp_errbuf_set(err, MP_ERR_FORMAT,
+                             "%s: bad dimensions: the file has %u dimensions, %s need %d", f->path,
+                             magic & 0xFF, kind, ndims);
+    }
+    st = idx_read_exact(f, hdr + 4, hdr_bytes - 4, "header", 4, hdr_bytes, err);
+    if (st != MP_OK) {
+        return st;
+    }
+    uint64_t total = 1;
+    char shape[64] = "";
+    size_t off = 0;
+    for (int i = 0; i < ndims; i++) {
+        dims[i] = be32(hdr + 4 + 4 * i);
+        int w = snprintf(shape + off, sizeof(shape) - off, "%s%u", i ? " x " : "", dims[i]);
+        if (w > 0 && (size_t)w < sizeof(shape) - off) {
+            off += (size_t)w;
+        }
+    }
+    for (int i = 0; i < ndims; i++) {
+        if (dims[i] == 0) {
+            return mp_errbuf_set(err, MP_ERR_FORMAT,
+                                 "%s: bad dimensions %s: every dimension must be positive",
+                                 f->path, shape);
+        }
+        total *= dims[i];
+        if (total > IDX_MAX_ELEMENTS) {
+            return mp_errbuf_set(err, MP_ERR_FORMAT,
+                                 "%s: bad dimensions %s: more than %llu elements", f->path, shape,
+                                 IDX_MAX_ELEMENTS);
+        }
+    }
+    return MP_OK;
+}
+
+mp_status_t mp_idx_read_images(const char *path, float **x_p, int64_t *n_p, int64_t *dim_p,
+                               mp_errbuf_t *err)
+{
+    idx_file_t f;
+    mp_status_t st = idx_open(&f, path, err);
+    if (st != MP_OK) {
+        return st;
+    }
+    uint32_t dims[3];
+    st = idx_read_header(&f, IDX_MAGIC_IMAGES, "images", dims, 3, err);
+    if (st != MP_OK) {
+        goto close_file;
+    }
+    uint64_t n = dims[0], dim = (uint64_t)dims[1] * dims[2];
+    unsigned char *bytes = mp_malloc(n * dim);
+    float *x = mp_aligned_alloc(n * dim * sizeof(float));
+    if (bytes == NULL || x == NULL) {
+        st = mp_errbuf_set(err, MP_ERR_NOMEM, "%s: out of memory for %llu images", path,
+                           (unsigned long long)n);
+        goto free_arrays;
+    }
+    st = idx_read_exact(&f, bytes, n * dim, "pixel data", 0, n * dim, err);
+    if (st == MP_OK) {
+        st = idx_expect_end(&f, "pixel data", err);
+    }
+    if (st != MP_OK) {
+        goto free_arrays;
+    }
+    for (uint64_t i = 0; i < n * dim; i++) {
+        x[i] = bytes[i] / 255.0f;
+    }
+    mp_free(bytes);
+    idx_close(&f);
+    *x_p = x;
+    *n_p = (int64_t)n;
+    *dim_p = (int64_t)dim;
+    return MP_OK;
+
+free_arrays:
+    mp_free(x);
+    mp_free(bytes);
+close_file:
+    idx_close(&f);
+    return st;
+}
+
+mp_status_t mp_idx_read_labels(const char *path, int32_t **y_p, int64_t *n_p, mp_errbuf_t *err)
+{
+    idx_file_t f;
+    mp_status_t st = idx_open(&f, path, err);
+    if (st != MP_OK) {
+        return st;
+    }
+    uint32_t dims[1];
+    st = idx_read_header(&f, IDX_MAGIC_LABELS, "labels", dims, 1, err);
+    if (st != MP_OK) {
+        goto close_file;
+    }
+    uint64_t n = dims[0];
+    unsigned char *bytes = mp_malloc(n);
+    int32_t *y = mp_malloc(n * sizeof(int32_t));
+    if (bytes == NULL || y == NULL) {
+        st = mp_errbuf_set(err, MP_ERR_NOMEM, "%s: out of memory for %llu labels", path,
+                           (unsigned long long)n);
+        goto free_arrays;
+    }
+    st = idx_read_exact(&f, bytes, n, "label data", 0, n, err);
+    if (st == MP_OK) {
+        st = idx_expect_end(&f, "label data", err);
+    }
+    if (st != MP_OK) {
+        goto free_arrays;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        if (bytes[i] >= IDX_FASHION_CLASSES) {
+            st = mp_errbuf_set(err, MP_ERR_FORMAT,
+                               "%s: label %u of sample %llu is out of range [0, %d]", path,
+                               bytes[i], (unsigned long long)i, IDX_FASHION_CLASSES - 1);
+            goto free_arrays;
+        }
+        y[i] = bytes[i];
+    }
+    mp_free(bytes);
+    idx_close(&f);
+    *y_p = y;
+    *n_p = (int64_t)n;
+    return MP_OK;
+
+free_arrays:
+    mp_free(y);
+    mp_free(bytes);
+close_file:
+    idx_close(&f);
+    return st;
+}
+
+/* Loads one split (images + labels) into ds. */
+static mp_status_t load_split(const char *dir, const char *prefix, mp_dataset_t *ds,
+                              mp_errbuf_t *err)
+{
+    char ipath[1200], lpath[1200];
+    snprintf(ipath, sizeof(ipath), "%s/%s-images-idx3-ubyte.gz", dir, prefix);
+    snprintf(lpath, sizeof(lpath), "%s/%s-labels-idx1-ubyte.gz", dir, prefix);
+    float *x = NULL;
+    int32_t *y = NULL;
+    int64_t n_images = 0, dim = 0, n_labels = 0;
+    mp_status_t st = mp_idx_read_images(ipath, &x, &n_images, &dim, err);
+    if (st != MP_OK) {
+        return st;
+    }
+    st = mp_idx_read_labels(lpath, &y, &n_labels, err);
+    if (st != MP_OK) {
+        mp_free(x);
+        return st;
+    }
+    if (n_images != n_labels) {
+        mp_free(y);
+        mp_free(x);
+        return mp_errbuf_set(err, MP_ERR_FORMAT, "%s has %lld images but %s has %lld labels",
+                             ipath, (long long)n_images, lpath, (long long)n_labels);
+    }
+    ds->n = n_images;
+    ds->dim = dim;
+    ds->classes = IDX_FASHION_CLASSES;
+    ds->x = x;
+    ds->y = y;
+    return MP_OK;
+}
+
+mp_status_t mp_data_load_fashion_mnist(const char *dir, mp_dataset_t *train, mp_dataset_t *test,
+                                       mp_errbuf_t *err)
+{
+    mp_dataset_t tr = {0}, te = {0};
+    mp_status_t st = load_split(dir, "train", &tr, err);
+    if (st != MP_OK) {
+        return st;
+    }
+    st = load_split(dir, "t10k", &te, err);
+    if (st != MP_OK) {
+        mp_dataset_free(&tr);
+        return st;
+    }
+    if (tr.dim != te.dim) {
+        mp_dataset_free(&te);
+        mp_dataset_free(&tr);
+        return mp_errbuf_set(err, MP_ERR_FORMAT,
+                             "%s/t10k-images-idx3-ubyte.gz has %lld pixels per image but "
+                             "%s/train-images-idx3-ubyte.gz has %lld",
+                             dir, (long long)te.dim, dir, (long long)tr.dim);
+    }
+    *train = tr;
+    *test = te;
+    return MP_OK;
+}
+
+/* ---- synthetic teacher data set ------------------------------------------- */
+
+static float syn_u01(uint64_t seed, uint64_t tag, uint64_t a, uint64_t b)
+{
+    /* 24 high bits: exactly representable in a float, uniform in [0, 1). */
+    return (float)(mp_rng_hash(seed, tag, a, b) >> 40) * (1.0f / 16777216.0f);
+}
+
+typedef struct {
+    int64_t dim, classes;
+    float *w1; /* [dim, SYN_HIDDEN] */
+    float *b1; /* [SYN_HIDDEN] */
+    float *w2; /* [SYN_HIDDEN, classes] */
+    double *b2; /* [classes], chosen to balance the classes */
+} teacher_t;
+
+/* One sample's inputs: x[k] = U(-1, 1) from (seed, sample, k). */
+static void syn_features(float *x, uint64_t seed, uint64_t tag, int64_t sample, int64_t dim)
+{
+    for (int64_t k = 0; k < dim; k++) {
+        x[k] = 2.0f * syn_u01(seed, tag, (uint64_t)sample, (uint64_t)k) - 1.0f;
+    }
+}
+
+/* The teacher's logits before the output bias: tanh(x W1 + b1) W2. */
+static void teacher_logits(const teacher_t *t, const float *x, double *logits)
+{
+    double h[SYN_HIDDEN];
+    for (int j = 0; j < SYN_HIDDEN; j++) {
+        h[j] = t->b1[j];
+    }
+    for (int64_t k = 0; k < t->dim; k++) {
+        const float *w = t->w1 + k * SYN_HIDDEN;
+        for (int j = 0; j < SYN_HIDDEN; j++) {
+            h[j] += (double)x[k] * w[j];
+        }
+    }
+    for (int64_t c = 0; c < t->classes; c++) {
+        logits[c] = 0.0;
+    }
+    for (int j = 0; j < SYN_HIDDEN; j++) {
+        double a = tanh(h[j]);
+        for (int64_t c = 0; c < t->classes; c++) {
+            logits[c] += a * t->w2[j * t->classes + c];
+        }
+    }
+}
+
+static int32_t argmax_biased(const double *logits, const double *bias, int64_t classes)
+{
+    int64_t best = 0;
+    double best_v = logits[0] + bias[0];
+    for (int64_t c = 1; c < classes; c++) {
+        double v = logits[c] + bias[c];
+        if (v > best_v) {
+            best_v = v;
+            best = c;
+        }
+    }
+    return (int32_t)best;
+}
+
+/* Chooses the output biases so that the calibration set's classes come out
+ * nearly equal: a random teacher's argmax is otherwise dominated by a few
+ * classes.  Each round moves every class's bias against its surplus share,
+ * with a shrinking step; deterministic. */
+static void teacher_balance(teacher_t *t, const double *cal_logits, int64_t ncal,
+                            int64_t *counts)
+{
+    int64_t classes = t->classes;
+    double step = 1.0;
+    for (int64_t c = 0; c < classes; c++) {
+        t->b2[c] = 0.0;
+    }
+    for (int round = 0; round < 400; round++) {
+        for (int64_t c = 0; c < classes; c++) {
+            counts[c] = 0;
+        }
+        for (int64_t i = 0; i < ncal; i++) {
+            counts[argmax_biased(cal_logits + i * classes, t->b2, classes)]++;
+        }
+        for (int64_t c = 0; c < classes; c++) {
+            double share = (double)counts[c] / (double)ncal;
+            t->b2[c] -= step * (share - 1.0 / (double)classes) * (double)classes;
+        }
+        step *= 0.985;
+    }
+}
+
+static void teacher_free(teacher_t *t)
+{
+    mp_free(t->b2);
+    mp_free(t->w2);
+    mp_free(t->b1);
+    mp_free(t->w1);
+}
+
+static mp_status_t teacher_build(teacher_t *t, int64_t dim, int64_t classes, uint64_t seed,
+                                 mp_errbuf_t *err)
+{
+    t->dim = dim;
+    t->classes = classes;
+    t->w1 = mp_malloc((size_t)dim * SYN_HIDDEN * sizeof(float));
+    t->b1 = mp_malloc(SYN_HIDDEN * sizeof(float));
+    t->w2 = mp_malloc((size_t)classes * SYN_HIDDEN * sizeof(float));
+    t->b2 = mp_malloc((size_t)classes * sizeof(double));
+    double *cal = mp_malloc((size_t)SYN_CALIB * classes * sizeof(double));
+    float *x = mp_malloc((size_t)dim * sizeof(float));
+    int64_t *counts = mp_malloc((size_t)classes * sizeof(int64_t));
+    if (t->w1 == NULL || t->b1 == NULL || t->w2 == NULL || t->b2 == NULL || cal == NULL ||
+        x == NULL || counts == NULL) {
+        mp_free(counts);
+        mp_free(x);
+        mp_free(cal);
+        teacher_free(t);
+        return mp_errbuf_set(err, MP_ERR_NOMEM, "synthetic data: out of memory for the teacher");
+    }
+    /* Inputs are U(-1, 1) (variance 1/3); W1 ~ U(-3/sqrt(dim), 3/sqrt(dim))
+     * gives hidden pre-activations of variance about 1, where tanh is
+     * neither linear nor saturated. */
+    float a1 = 3.0f / sqrtf((float)dim);
+    for (int64_t i = 0; i < dim * SYN_HIDDEN; i++) {
+        t->w1[i] = (2.0f * syn_u01(seed, SYN_TAG_W1, 0, (uint64_t)i) - 1.0f) * a1;
+    }
+    for (int j = 0; j < SYN_HIDDEN; j++) {
+        t->b1[j] = (2.0f * syn_u01(seed, SYN_TAG_B1, 0, (uint64_t)j) - 1.0f) * 0.5f;
+    }
+    for (int64_t i = 0; i < classes * SYN_HIDDEN; i++) {
+        t->w2[i] = 2.0f * syn_u01(seed, SYN_TAG_W2, 0, (uint64_t)i) - 1.0f;
+    }
+    for (int64_t i = 0; i < SYN_CALIB; i++) {
+        syn_features(x, seed, SYN_TAG_CAL, i, dim);
+        teacher_logits(t, x, cal + i * classes);
+    }
+    teacher_balance(t, cal, SYN_CALIB, counts);
+    mp_free(counts);
+    mp_free(x);
+    mp_free(cal);
+    return MP_OK;
+}
+
+/* Fills ds with samples [first, first + n) of the stream. */
+static mp_status_t syn_fill(mp_dataset_t *ds, const teacher_t *t, uint64_t seed, int64_t first,
+                            int64_t n, mp_errbuf_t *err)
+{
+    ds->n = n;
+    ds->dim = t->dim;
+    ds->classes = t->classes;
+    ds->x = mp_aligned_alloc((size_t)n * t->dim * sizeof(float));
+    ds->y = mp_malloc((size_t)n * sizeof(int32_t));
+    double *logits = mp_malloc((size_t)t->classes * sizeof(double));
+    if (ds->x == NULL || ds->y == NULL || logits == NULL) {
+        mp_free(logits);
+        mp_dataset_free(ds);
+        return mp_errbuf_set(err, MP_ERR_NOMEM, "synthetic data: out of memory for %lld samples",
+                             (long long)n);
+    }
+    for (int64_t i = 0; i < n; i++) {
+        float *x = ds->x + i * t->dim;
+        syn_features(x, seed, SYN_TAG_X, first + i, t->dim);
+        teacher_logits(t, x, logits);
+        ds->y[i] = argmax_biased(logits, t->b2, t->classes);
+    }
+    mp_free(logits);
+    return MP_OK;
+}
+
+mp_status_t mp_data_synthetic(int64_t n, int64_t test_n, int64_t dim, int64_t classes,
+                              uint64_t seed, mp_dataset_t *train, mp_dataset_t *test,
+                              mp_errbuf_t *err)
+{
+    if (n <= 0 || test_n < 0 || dim <= 0 || classes < 2) {
+        return mp_errbuf_set(err, MP_ERR_INVAL,
+                             "synthetic data: need samples > 0, test_samples >= 0, width > 0 "
+                             "and classes >= 2 (got %lld, %lld, %lld, %lld)",
+                             (long long)n, (long long)test_n, (long long)dim, (long long)classes);
+    }
+    if (classes > (1 << 20) || dim > SYN_MAX_ELEMENTS || n > SYN_MAX_ELEMENTS / dim ||
+        test_n > SYN_MAX_ELEMENTS / dim) {
+        return mp_errbuf_set(err, MP_ERR_INVAL,
+                             "synthetic data: %lld + %lld samples of width %lld with %lld "
+                             "classes is too large (at most %lld values per split, 1048576 "
+                             "classes)",
+                             (long long)n, (long long)test_n, (long long)dim, (long long)classes,
+                             (long long)SYN_MAX_ELEMENTS);
+    }
+    teacher_t t = {0};
+    mp_status_t st = teacher_build(&t, dim, classes, seed, err);
+    if (st != MP_OK) {
+        return st;
+    }
+    mp_dataset_t tr = {0}, te = {0};
+    st = syn_fill(&tr, &t, seed, 0, n, err);
+    if (st == MP_OK && test_n > 0) {
+        st = syn_fill(&te, &t, seed, n, test_n, err);
+        if (st != MP_OK) {
+            mp_dataset_free(&tr);
+        }
+    }
+    teacher_free(&t);
+    if (st != MP_OK) {
+        return st;
+    }
+    if (test_n == 0) {
+        te.dim = dim;
+        te.classes = classes;
+    }
+    *train = tr;
+    *test = te;
+    return MP_OK;
+}
+
+void mp_dataset_free(mp_dataset_t *ds)
+{
+    if (ds == NULL) {
+        return;
+    }
+    mp_free(ds->x);
+    mp_free(ds->y);
+    memset(ds, 0, sizeof(*ds));
+}
+
+/* ---- sample order --------------------------------------------------------- */
+
+void mp_data_order(int64_t *perm, int64_t n, uint64_t seed, int64_t epoch, int shuffle)
+{
+    for (int64_t i = 0; i < n; i++) {
+        perm[i] = i;
+    }
+    if (!shuffle) {
+        return;
+    }
+    /* Fisher-Yates from the back; the draw for position i depends only on
+     * (seed, epoch, i).  The modulo's bias is below n / 2^64: negligible. */
+    for (int64_t i = n - 1; i > 0; i--) {
+        uint64_t h = mp_rng_hash(seed, (uint64_t)epoch, (uint64_t)i, ORDER_TAG);
+        int64_t j = (int64_t)(h % (uint64_t)(i + 1));
+        int64_t tmp = perm[i];
+        perm[i] = perm[j];
+        perm[j] = tmp;
+    }
+}
+
+void mp_data_gather(const mp_dataset_t *ds, const int64_t *perm, int64_t first, int64_t count,
+                    float *x_out, int32_t *y_out)
+{
+    for (int64_t i = 0; i < count; i++) {
+        int64_t s = perm[first + i];
+        memcpy(x_out + i * ds->dim, ds->x + s * ds->dim, (size_t)ds->dim * sizeof(float));
+        y_out[i] = ds->y[s];
+    }
+}

@@ -1,0 +1,938 @@
+/*
+ * spec.c - parses a job spec (DESIGN.md "Job spec") with jansson and
+ * validates all of it before anything starts: every field's type and range,
+ * unknown fields, the layer widths (deriving each layer's in_dim/out_dim),
+ * the classes of the data set, and the parallel rules (TP divisibility,
+ * micro-batches, stage partitions).  Each error is one line that starts
+ * with the JSON path of the bad field.  It owns the mp_spec_t it returns
+ * (freed by mp_spec_free).  Pure apart from mp_spec_load's file read; any
+ * thread.
+ *
+ * Defaults, as in DESIGN.md and PyTorch: "name" "job" (mp_spec_load: the
+ * file's base name), "model.loss" "softmax_xent" (the only loss; it may be
+ * omitted), "data.path" /usr/share/datasets/fashion-mnist, "data.seed" 1,
+ * "data.test_samples" 0, "parallel" pp = tp = dp = micro_batches = 1,
+ * schedule "1f1b", partition "uniform", "train.epochs" 1, "train.steps"
+ * absent = -1 (whole epochs), momentum 0, dampening 0, nesterov false,
+ * weight_decay 0 (sgd) or 0.01 (adamw), betas [0.9, 0.999], eps 1e-8,
+ * seed 1, shuffle true.
+ */
+#include "spec.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "common/alloc.h"
+#include "model/data.h"
+
+/* Limits that keep every product of widths far from overflow. */
+#define SPEC_MAX_WIDTH (1ll << 24)
+#define SPEC_MAX_GRID 1024
+#define SPEC_MAX_FILE (16 << 20)
+#define FASHION_MNIST_FEATURES 784
+#define FASHION_MNIST_CLASSES 10
+
+/* ---- helpers -------------------------------------------------------------- */
+
+/* A short rendering of a JSON value for "got ..." in messages. */
+static void json_brief(const json_t *v, char *buf, size_t size)
+{
+    char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(15));
+    if (s == NULL) {
+        snprintf(buf, size, "(unprintable)");
+        return;
+    }
+    if (strlen(s) > 60) {
+        snprintf(buf, size, "%.57s...", s);
+    } else {
+        snprintf(buf, size, "%s", s);
+    }
+    free(s);
+}
+
+/* "parent.key", or "key" at the top level. */
+static void path_join(char *buf, size_t size, const char *parent, const char *key)
+{
+    if (parent[0] == '\0') {
+        snprintf(buf, size, "%s", key);
+    } else {
+        snprintf(buf, size, "%s.%s", parent, key);
+    }
+}
+
+/* Every key of obj must be one of allowed[0..n). */
+static mp_status_t check_keys(const json_t *obj, const char *path, const char *const *allowed,
+                              int n, const char *context, mp_errbuf_t *err)
+{
+    const char *key;
+    json_t *val;
+    json_object_foreach((json_t *)obj, key, val)
+    {
+        int ok = 0;
+        for (int i = 0; i < n && !ok; i++) {
+            ok = strcmp(key, allowed[i]) == 0;
+        }
+        if (!ok) {
+            char list[512] = "";
+            size_t off = 0;
+            for (int i = 0; i < n; i++) {
+                int w = snprintf(list + off, sizeof(list) - off, "%s%s", i ? ", " : "",
+                                 allowed[i]);
+                if (w > 0 && (size_t)w < sizeof(list) - off) {
+                    off += (size_t)w;
+                }
+            }
+            char full[300];
+            path_join(full, sizeof(full), path, key);
+            return mp_errbuf_set(err, MP_ERR_SPEC, "%s: unknown field%s (expected one of: %s)",
+                                 full, context, list);
+        }
+    }
+    return MP_OK;
+}
+
+/* obj[key] as an object (required), written to *obj_p. */
+static mp_status_t get_object(const json_t *parent, const char *key, const char *path,
+                              int required, json_t **obj_p, mp_errbuf_t *err)
+{
+    json_t *v = json_object_get(parent, key);
+    if (v == NULL) {
+        if (required) {
+            return mp_errbuf_set(err, MP_ERR_SPEC, "%s: required field is missing (an object)",
+                                 path);
+        }
+        *obj_p = NULL;
+        return MP_OK;
+    }
+    if (!json_is_object(v)) {
+        char got[80];
+        json_brief(v, got, sizeof(got));
+        return mp_errbuf_set(err, MP_ERR_SPEC, "%s: expected an object, got %s", path, got);
+    }
+    *obj_p = v;
+    return MP_OK;
+}
+
+/* An integer in [min, max]; `what` names the expectation ("a positive
+ * integer").  Absent: *out_p = def, or an error when required. */
+static mp_status_t get_int(const json_t *obj, const char *key, const char *parent, int required,
+                           int64_t def, int64_t min, int64_t max, const char *what,
+                           int64_t *out_p, mp_errbuf_t *err)
+{
+    char path[300];
+    path_join(path, sizeof(path), parent, key);
+    json_t *v = obj != NULL ? json_object_get(obj, key) : NULL;
+    if (v == NULL) {
+        if (required) {
+            return mp_errbuf_set(err, MP_ERR_SPEC, "%s: required field is missing (%s)", path,
+                                 what);
+        }
+        *out_p = def;
+        return MP_OK;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < min) {
+        char got[80];
+        json_brief(v, got, sizeof(got));
+        return mp_errbuf_set(err, MP_ERR_SPEC, "%s: expected %s, got %s", path, what, got);
+    }
+    if (json_integer_value(v) > max) {
+        return mp_errbuf_set(err, MP_ERR_SPEC, "%s: %lld is too large (at most %lld)", path,
+                             (long long)json_integer_value(v), (long long)max);
+    }
+    *out_p = json_integer_value(v);
+    return MP_OK;
+}
+
+typedef enum { RANGE_POSITIVE, RANGE_NONNEG, RANGE_UNIT_OPEN, RANGE_UNIT_CLOSED } range_t;
+
+/* A number (integer or real) in the range; absent: def, or an error when required. */
+static mp_status_t get_number(const json_t *obj, const char *key, const char *parent,
+                              int required, double def, range_t range, double *out_p,
+                              mp_errbuf_t *err)
+{
+    static const char *const what[] = {
+        [RANGE_POSITIVE] = "a positive number",
+        [RANGE_NONNEG] = "a non-negative number",
+        [RANGE_UNIT_OPEN] = "a number in [0, 1)",
+        [RANGE_UNIT_CLOSED] = "a number in [0, 1]",
+    };
+    char path[300];
+    path_join(path, sizeof(path), parent, key);
+    json_t *v = obj != NULL ? json_object_get(obj, key) : NULL;
+    if (v == NULL) {
+        if (required) {
+            return mp_errbuf_set(err, MP_ERR_SPEC, "%s: required field is missing (%s)", path,
+                                 what[range]);
+        }
+        *out_p = def;
+        return MP_OK;
+    }
+    int ok = json_is_number(v);
+    double x = ok ? json_number_value(v) : 0.0;
+    if (ok) {
+        switch (range) {
+        case RANGE_POSITIVE:
+            ok = x > 0.0;
+            break;
+        case RANGE_NONNEG:
+            ok = x >= 0.0;
+            break;
+        case RANGE_UNIT_OPEN:
+            ok = x >= 0.0 && x < 1.0;
+            break;
+        case RANGE_UNIT_CLOSED:
+            ok = x >= 0.0 && x <= 1.0;
+            break;
+        }
+        ok = ok && isfinite(x);
+    }
+    if (!ok) {
+        char got[80];
+        json_brief(v, got, sizeof(got));
+        return mp_errbuf_set(err, MP_ERR_SPEC, "%s: expected %s, got %s", path, what[range], got);
+    }
+    *out_p = x;
+    return MP_OK;
+}
+
+static mp_status_t get_bool(const json_t *obj, const char *key, const char *parent, bool def,
+                            bool *out_p, mp_errbuf_t *err)
+{
+    char path[300];
+    path_join(path, sizeof(path), parent, key);
+    json_t *v = obj != NULL ? json_object_get(obj, key) : NULL;
+    if (v == NULL) {
+        *out_p = def;
+        return MP_OK;
+    }
+    if (!json_is_boolean(v)) {
+        char got[80];
+        json_brief(v, got, sizeof(got));
+        return mp_errbuf_set(err, MP_ERR_SPEC, "%s: expected true or false, got %s", path, got);
+    }
+    *out_p = json_is_true(v);
+    return MP_OK;
+}
+
+/* A string that must be one of names[0..n); *out_p = its index (or def when
+ * absent and not required). */
+static mp_status_t get_enum(const json_t *obj, const char *key, const char *parent, int required,
+                            int def, const char *const *names, int n, int *out_p,
+                            mp_errbuf_t *err)
+{
+    char path[300], list[256] = "";
+    path_join(path, sizeof(path), parent, key);
+    size_t off = 0;
+    for (int i = 0; i < n; i++) {
+        int w = snprintf(list + off, sizeof(list) - off, "%s\"%s\"",
+                         i == 0 ? "" : (i == n - 1 ? " or " : ", "), names[i]);
+        if (w > 0 && (size_t)w < sizeof(list) - off) {
+            off += (size_t)w;
+        }
+    }
+    json_t *v = obj != NULL ? json_object_get(obj, key) : NULL;
+    if (v == NULL) {
+        if (required) {
+            return mp_errbuf_set(err, MP_ERR_SPEC, "%s: required field is missing (%s)", path,
+                                 list);
+        }
+        *out_p = def;
+        return MP_OK;
+    }
+    if (json_is_string(v)) {
+        for (int i = 0; i < n; i++) {
+            if (strcmp(json_string_value(v), names[i]) == 0) {
+                *out_p = i;
+                return MP_OK;
+            }
+        }
+    }
+    char got[80];
+    json_brief(v, got, sizeof(got));
+    return mp_errbuf_set(err, MP_ERR_SPEC, "%s: expected %s, got %s", path, list, got);
+}
+
+/* ---- sections ------------------------------------------------------------- */
+
+static const char *const layer_kind_names[] = {"linear", "gelu", "relu", "mlp_block"};
+static const char *const tp_mode_names[] = {"column", "row", "replicate"};
+static const char *const sched_names[] = {"naive", "gpipe", "1f1b"};
+static const char *const part_names[] = {"uniform", "balanced"};
+static const char *const optim_names[] = {"sgd", "adamw"};
+static const char *const data_names[] = {"fashion-mnist", "synthetic"};
+
+static mp_status_t parse_name(const json_t *root, const char *def, mp_spec_t *spec,
+                              mp_errbuf_t *err)
+{
+    json_t *v = json_object_get(root, "name");
+    const char *name = def;
+    if (v != NULL) {
+        if (!json_is_string(v)) {
+            char got[80];
+            json_brief(v, got, sizeof(got));
+            return mp_errbuf_set(err, MP_ERR_SPEC, "name: expected a string, got %s", got);
+        }
+        name = json_string_value(v);
+    }
+    /* The name appears in file names, logs and tables: keep it plain. */
+    size_t len = strlen(name);
+    int ok = len >= 1 && len < sizeof(spec->name) && name[0] != '.' && name[0] != '-';
+    for (size_t i = 0; i < len && ok; i++) {
+        char c = name[i];
+        ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+             c == '.' || c == '_' || c == '-';
+    }
+    if (!ok) {
+        char got[80];
+        json_brief(v, got, sizeof(got));
+        return mp_errbuf_set(err, MP_ERR_SPEC,
+                             "name: expected 1 to %zu characters of A-Z a-z 0-9 . _ - not "
+                             "starting with . or -, got %s",
+                             sizeof(spec->name) - 1, got);
+    }
+    snprintf(spec->name, sizeof(spec->name), "%s", name);
+    return MP_OK;
+}
+
+static mp_status_t parse_layer(const json_t *lj, int i, int64_t in_dim, const char *in_from,
+                               mp_layer_spec_t *layer, mp_errbuf_t *err)
+{
+    static const char *const linear_keys[] = {"type", "out", "tp"};
+    static const char *const act_keys[] = {"type"};
+    static const char *const mlp_keys[] = {"type", "hidden", "ffn"};
+    char path[64], fpath[80], ctx[64];
+    snprintf(path, sizeof(path), "model.layers[%d]", i);
+    if (!json_is_object(lj)) {
+        char got[80];
+        json_brief(lj, got, sizeof(got));
+        return mp_errbuf_set(err, MP_ERR_SPEC, "%s: expected an object, got %s", path, got);
+    }
+    int kind;
+    mp_status_t st = get_enum(lj, "type", path, 1, 0, layer_kind_names, 4, &kind, err);
+    if (st != MP_OK) {
+        return st;
+    }
+    memset(layer, 0, sizeof(*layer));
+    layer->kind = (mp_layer_kind_t)kind;
+    layer->in_dim = in_dim;
+    snprintf(ctx, sizeof(ctx), " for a %s layer", layer_kind_names[kind]);
+    switch (layer->kind) {
+    case MP_LAYER_LINEAR: {
+        st = check_keys(lj, path, linear_keys, 3, ctx, err);
+        if (st == MP_OK) {
+            st = get_int(lj, "out", path, 1, 0, 1, SPEC_MAX_WIDTH, "a positive integer",
+                         &layer->out, err);
+        }
+        int tp = -1;
+        if (st == MP_OK) {
+            st = get_enum(lj, "tp", path, 0, -1, tp_mode_names, 3, &tp, err);
+        }
+        if (st != MP_OK) {
+            return st;
+        }
+        layer->tp = tp < 0 ? MP_TP_AUTO : (mp_tp_mode_t)(MP_TP_COLUMN + tp);
+        layer->out_dim = layer->out;
+        break;
+    }
+    case MP_LAYER_GELU:
+    case MP_LAYER_RELU:
+        st = check_keys(lj, path, act_keys, 1, ctx, err);
+        if (st != MP_OK) {
+            return st;
+        }
+        layer->out_dim = in_dim;
+        break;
+    case MP_LAYER_MLP_BLOCK:
+        st = check_keys(lj, path, mlp_keys, 3, ctx, err);
+        if (st == MP_OK) {
+            st = get_int(lj, "hidden", path, 1, 0, 1, SPEC_MAX_WIDTH, "a positive integer",
+                         &layer->hidden, err);
+        }
+        if (st == MP_OK) {
+            st = get_int(lj, "ffn", path, 1, 0, 1, SPEC_MAX_WIDTH, "a positive integer",
+                         &layer->ffn, err);
+        }
+        if (st != MP_OK) {
+            return st;
+        }
+        if (layer->hidden != in_dim) {
+            snprintf(fpath, sizeof(fpath), "%s.hidden", path);
+            return mp_errbuf_set(err, MP_ERR_SPEC,
+                                 "%s: %lld does not match the input width %lld from %s", fpath,
+                                 (long long)layer->hidden, (long long)in_dim, in_from);
+        }
+        layer->out_dim = in_dim;
+        break;
+    }
+    return MP_OK;
+}
+
+static mp_status_t parse_model(const json_t *root, mp_spec_t *spec, mp_errbuf_t *err)
+{
+    static const char *const keys[] = {"input", "layers", "loss"};
+    static const char *const loss_names[] = {"softmax_xent"};
+    json_t *mj = NULL;
+    mp_status_t st = get_object(root, "model", "model", 1, &mj, err);
+    if (st == MP_OK) {
+        st = check_keys(mj, "model", keys, 3, "", err);
+    }
+    if (st == MP_OK) {
+        st = get_int(mj, "input", "model", 1, 0, 1, SPEC_MAX_WIDTH, "a positive integer",
+                     &spec->model.input, err);
+    }
+    int loss;
+    if (st == MP_OK) {
+        st = get_enum(mj, "loss", "model", 0, 0, loss_names, 1, &loss, err);
+    }
+    if (st != MP_OK) {
+        return st;
+    }
+    json_t *layers = json_object_get(mj, "layers");
+    if (layers == NULL) {
+        return mp_errbuf_set(err, MP_ERR_SPEC,
+                             "model.layers: required field is missing (a non-empty array of "
+                             "layer objects)");
+    }
+    if (!json_is_array(layers) || json_array_size(layers) == 0) {
+        char got[80];
+        json_brief(layers, got, sizeof(got));
+        return mp_errbuf_set(err, MP_ERR_SPEC,
+                             "model.layers: expected a non-empty array of layer objects, got %s",
+                             got);
+    }
+    if (json_array_size(layers) > MP_SPEC_MAX_LAYERS) {
+        return mp_errbuf_set(err, MP_ERR_SPEC, "model.layers: %zu layers, at most %d are supported",
+                             json_array_size(layers), MP_SPEC_MAX_LAYERS);
+    }
+    int64_t width = spec->model.input;
+    char from[64] = "model.input";
+    spec->model.nlayers = (int)json_array_size(layers);
+    for (int i = 0; i < spec->model.nlayers; i++) {
+        st = parse_layer(json_array_get(layers, (size_t)i), i, width, from,
+                         &spec->model.layers[i], err);
+        if (st != MP_OK) {
+            return st;
+        }
+        width = spec->model.layers[i].out_dim;
+        snprintf(from, sizeof(from), "model.layers[%d]", i);
+    }
+    return MP_OK;
+}
+
+static mp_status_t parse_data(const json_t *root, mp_spec_t *spec, mp_errbuf_t *err)
+{
+    static const char *const fm_keys[] = {"dataset", "path"};
+    static const char *const syn_keys[] = {"dataset", "samples", "classes", "seed",
+                                           "test_samples"};
+    json_t *dj = NULL;
+    mp_status_t st = get_object(root, "data", "data", 1, &dj, err);
+    int kind;
+    if (st == MP_OK) {
+        st = get_enum(dj, "dataset", "data", 1, 0, data_names, 2, &kind, err);
+    }
+    if (st != MP_OK) {
+        return st;
+    }
+    spec->data.kind = (mp_data_kind_t)kind;
+    if (spec->data.kind == MP_DATA_FASHION_MNIST) {
+        st = check_keys(dj, "data", fm_keys, 2, " for data.dataset \"fashion-mnist\"", err);
+        if (st != MP_OK) {
+            return st;
+        }
+        spec->data.classes = FASHION_MNIST_CLASSES;
+        json_t *p = json_object_get(dj, "path");
+        const char *path = MP_FASHION_MNIST_DIR;
+        if (p != NULL) {
+            if (!json_is_string(p) || json_string_length(p) == 0 ||
+                json_string_length(p) >= sizeof(spec->data.path)) {
+                char got[80];
+                json_brief(p, got, sizeof(got));
+                return mp_errbuf_set(err, MP_ERR_SPEC,
+                                     "data.path: expected a folder name (a non-empty string "
+                                     "under %zu bytes), got %s",
+                                     sizeof(spec->data.path), got);
+            }
+            path = json_string_value(p);
+        }
+        snprintf(spec->data.path, sizeof(spec->data.path), "%s", path);
+        if (spec->model.input != FASHION_MNIST_FEATURES) {
+            return mp_errbuf_set(err, MP_ERR_SPEC,
+                                 "model.input: %lld does not match the %d pixels of "
+                                 "data.dataset \"fashion-mnist\"",
+                                 (long long)spec->model.input, FASHION_MNIST_FEATURES);
+        }
+        return MP_OK;
+    }
+    st = check_keys(dj, "data", syn_keys, 5, " for data.dataset \"synthetic\"", err);
+    if (st == MP_OK) {
+        st = get_int(dj, "samples", "data", 1, 0, 1, INT32_MAX, "a positive integer",
+                     &spec->data.samples, err);
+    }
+    if (st == MP_OK) {
+        st = get_int(dj, "classes", "data", 1, 0, 2, 1 << 20, "an integer >= 2",
+                     &spec->data.classes, err);
+    }
+    int64_t seed = 1;
+    if (st == MP_OK) {
+        st = get_int(dj, "seed", "data", 0, 1, 0, INT64_MAX, "a non-negative integer", &seed,
+                     err);
+    }
+    if (st == MP_OK) {
+        st = get_int(dj, "test_samples", "data", 0, 0, 0, INT32_MAX, "a non-negative integer",
+                     &spec->data.test_samples, err);
+    }
+    spec->data.seed = (uint64_t)seed;
+    return st;
+}
+
+/* The last layer must produce one logit per class. */
+static mp_status_t check_logits(mp_spec_t *spec, mp_errbuf_t *err)
+{
+    int last = spec->model.nlayers - 1;
+    const mp_layer_spec_t *l = &spec->model.layers[last];
+    if (l->kind != MP_LAYER_LINEAR) {
+        return mp_errbuf_set(err, MP_ERR_SPEC,
+                             "model.layers[%d].type: the last layer must be a \"linear\" "
+                             "producing the logits of the softmax_xent loss, got \"%s\"",
+                             last, layer_kind_names[l->kind]);
+    }
+    if (l->out != spec->data.classes) {
+        if (spec->data.kind == MP_DATA_FASHION_MNIST) {
+            return mp_errbuf_set(err, MP_ERR_SPEC,
+                                 "model.layers[%d].out: %lld does not match the %lld classes "
+                                 "of data.dataset \"fashion-mnist\"",
+                                 last, (long long)l->out, (long long)spec->data.classes);
+        }
+        return mp_errbuf_set(err, MP_ERR_SPEC,
+                             "model.layers[%d].out: %lld does not match data.classes = %lld",
+                             last, (long long)l->out, (long long)spec->data.classes);
+    }
+    return MP_OK;
+}
+
+static mp_status_t parse_parallel(const json_t *root, mp_spec_t *spec, mp_errbuf_t *err)
+{
+    static const char *const keys[] = {"pp", "tp", "dp", "micro_batches",
+                                       "schedule", "partition", "stages"};
+    json_t *pj = NULL;
+    int64_t pp = 1, tp = 1, dp = 1, mb = 1;
+    int sched = MP_SCHED_1F1B, part = MP_PART_UNIFORM;
+    mp_status_t st = get_object(root, "parallel", "parallel", 0, &pj, err);
+    if (st == MP_OK && pj != NULL) {
+        st = check_keys(pj, "parallel", keys, 7, "", err);
+    }
+    if (st == MP_OK) {
+        st = get_int(pj, "pp", "parallel", 0, 1, 1, MP_SPEC_MAX_STAGES, "a positive integer",
+                     &pp, err);
+    }
+    if (st == MP_OK) {
+        st = get_int(pj, "tp", "parallel", 0, 1, 1, SPEC_MAX_GRID, "a positive integer", &tp,
+                     err);
+    }
+    if (st == MP_OK) {
+        st = get_int(pj, "dp", "parallel", 0, 1, 1, SPEC_MAX_GRID, "a positive integer", &dp,
+                     err);
+    }
+    if (st == MP_OK) {
+        st = get_int(pj, "micro_batches", "parallel", 0, 1, 1, 1 << 20, "a positive integer",
+                     &mb, err);
+    }
+    if (st == MP_OK) {
+        st = get_enum(pj, "schedule", "parallel", 0, MP_SCHED_1F1B, sched_names, 3, &sched, err);
+    }
+    if (st == MP_OK) {
+        st = get_enum(pj, "partition", "parallel", 0, MP_PART_UNIFORM, part_names, 2, &part, err);
+    }
+    if (st != MP_OK) {
+        return st;
+    }
+    spec->parallel.pp = (int)pp;
+    spec->parallel.tp = (int)tp;
+    spec->parallel.dp = (int)dp;
+    spec->parallel.micro_batches = (int)mb;
+    spec->parallel.schedule = (mp_sched_kind_t)sched;
+    spec->parallel.partition = (mp_part_kind_t)part;
+    int nl = spec->model.nlayers;
+
+    if (sched == MP_SCHED_NAIVE && mb != 1) {
+        return mp_errbuf_set(err, MP_ERR_SPEC,
+                             "parallel.micro_batches: schedule \"naive\" runs the whole batch "
+                             "at once, so it must be 1, got %lld (use \"gpipe\" or \"1f1b\")",
+                             (long long)mb);
+    }
+    if (pp > nl) {
+        return mp_errbuf_set(err, MP_ERR_SPEC,
+                             "parallel.pp: %lld stages but model.layers has only %d layers",
+                             (long long)pp, nl);
+    }
+    json_t *stages = pj != NULL ? json_object_get(pj, "stages") : NULL;
+    if (stages != NULL) {
+        if (json_object_get(pj, "partition") != NULL) {
+            return mp_errbuf_set(err, MP_ERR_SPEC,
+                                 "parallel.stages: give either parallel.stages or "
+                                 "parallel.partition, not both");
+        }
+        if (!json_is_array(stages)) {
+            char got[80];
+            json_brief(stages, got, sizeof(got));
+            return mp_errbuf_set(err, MP_ERR_SPEC,
+                                 "parallel.stages: expected an array of layer counts, one per "
+                                 "stage, got %s",
+                                 got);
+        }
+        if ((int64_t)json_array_size(stages) != pp) {
+            return mp_errbuf_set(err, MP_ERR_SPEC,
+                                 "parallel.stages: %zu entries but parallel.pp = %lld",
+                                 json_array_size(stages), (long long)pp);
+        }
+        int64_t sum = 0;
+        for (int s = 0; s < (int)pp; s++) {
+            json_t *v = json_array_get(stages, (size_t)s);
+            if (!json_is_integer(v) || json_integer_value(v) < 1 ||
+                json_integer_value(v) > nl) {
+                char got[80];
+                json_brief(v, got, sizeof(got));
+                return mp_errbuf_set(err, MP_ERR_SPEC,
+                                     "parallel.stages[%d]: expected a layer count from 1 to %d, "
+                                     "got %s",
+                                     s, nl, got);
+            }
+            spec->parallel.stage_layers[s] = (int)json_integer_value(v);
+            sum += json_integer_value(v);
+        }
+        if (sum != nl) {
+            return mp_errbuf_set(err, MP_ERR_SPEC,
+                                 "parallel.stages: the stages hold %lld layers in all but "
+                                 "model.layers has %d",
+                                 (long long)sum, nl);
+        }
+        spec->parallel.partition = MP_PART_EXPLICIT;
+        spec->parallel.nstages_explicit = (int)pp;
+    }
+
+    /* Tensor-parallel rules (DESIGN.md "Which layers split"). */
+    for (int i = 0; i < nl; i++) {
+        const mp_layer_spec_t *l = &spec->model.layers[i];
+        if (l->kind == MP_LAYER_MLP_BLOCK && l->ffn % tp != 0) {
+            return mp_errbuf_set(err, MP_ERR_SPEC,
+                                 "parallel.tp: %lld does not divide model.layers[%d].ffn = %lld",
+                                 (long long)tp, i, (long long)l->ffn);
+        }
+        if (l->kind == MP_LAYER_LINEAR && l->tp == MP_TP_COLUMN && l->out % tp != 0) {
+            return mp_errbuf_set(err, MP_ERR_SPEC,
+                                 "model.layers[%d].tp: \"column\" needs parallel.tp = %lld to "
+                                 "divide model.layers[%d].out = %lld",
+                                 i, (long long)tp, i, (long long)l->out);
+        }
+        if (l->kind == MP_LAYER_LINEAR && l->tp == MP_TP_ROW && l->in_dim % tp != 0) {
+            return mp_errbuf_set(err, MP_ERR_SPEC,
+                                 "model.layers[%d].tp: \"row\" needs parallel.tp = %lld to "
+                                 "divide the layer's input width %lld",
+                                 i, (long long)tp, (long long)l->in_dim);
+        }
+    }
+    return MP_OK;
+}
+
+static mp_status_t parse_train(const json_t *root, mp_spec_t *spec, mp_errbuf_t *err)
+{
+    static const char *const keys[] = {"batch_size", "epochs", "steps", "optimizer", "lr",
+                                       "momentum", "dampening", "weight_decay", "nesterov",
+                                       "betas", "eps", "seed", "shuffle"};
+    static const char *const sgd_only[] = {"momentum", "dampening", "nesterov"};
+    static const char *const adamw_only[] = {"betas", "eps"};
+    json_t *tj = NULL;
+    mp_status_t st = get_object(root, "train", "train", 1, &tj, err);
+    if (st == MP_OK) {
+        st = check_keys(tj, "train", keys, 13, "", err);
+    }
+    if (st == MP_OK) {
+        st = get_int(tj, "batch_size", "train", 1, 0, 1, INT32_MAX, "a positive integer",
+                     &spec->train.batch_size, err);
+    }
+    if (st == MP_OK) {
+        st = get_int(tj, "epochs", "train", 0, 1, 1, 1000000, "a positive integer",
+                     &spec->train.epochs, err);
+    }
+    if (st == MP_OK) {
+        st = get_int(tj, "steps", "train", 0, -1, 0, INT64_MAX / 2, "a non-negative integer",
+                     &spec->train.steps, err);
+    }
+    int optim = 0;
+    if (st == MP_OK) {
+        st = get_enum(tj, "optimizer", "train", 1, 0, optim_names, 2, &optim, err);
+    }
+    if (st != MP_OK) {
+        return st;
+    }
+    spec->train.optimizer = (mp_optim_kind_t)optim;
+    /* Fields of the other optimizer are refused rather than silently ignored. */
+    const char *const *foreign = optim == MP_OPTIM_SGD ? adamw_only : sgd_only;
+    int nforeign = optim == MP_OPTIM_SGD ? 2 : 3;
+    for (int i = 0; i < nforeign; i++) {
+        if (json_object_get(tj, foreign[i]) != NULL) {
+            return mp_errbuf_set(err, MP_ERR_SPEC,
+                                 "train.%s: applies only to optimizer \"%s\", not \"%s\"",
+                                 foreign[i], optim == MP_OPTIM_SGD ? "adamw" : "sgd",
+                                 optim_names[optim]);
+        }
+    }
+    double wd_default = optim == MP_OPTIM_SGD ? 0.0 : 0.01;
+    st = get_number(tj, "lr", "train", 1, 0.0, RANGE_POSITIVE, &spec->train.lr, err);
+    if (st == MP_OK) {
+        st = get_number(tj, "momentum", "train", 0, 0.0, RANGE_UNIT_OPEN, &spec->train.momentum,
+                        err);
+    }
+    if (st == MP_OK) {
+        st = get_number(tj, "dampening", "train", 0, 0.0, RANGE_UNIT_CLOSED,
+                        &spec->train.dampening, err);
+    }
+    if (st == MP_OK) {
+        st = get_number(tj, "weight_decay", "train", 0, wd_default, RANGE_NONNEG,
+                        &spec->train.weight_decay, err);
+    }
+    if (st == MP_OK) {
+        st = get_bool(tj, "nesterov", "train", false, &spec->train.nesterov, err);
+    }
+    if (st == MP_OK) {
+        st = get_number(tj, "eps", "train", 0, 1e-8, RANGE_POSITIVE, &spec->train.eps, err);
+    }
+    int64_t seed = 1;
+    if (st == MP_OK) {
+        st = get_int(tj, "seed", "train", 0, 1, 0, INT64_MAX, "a non-negative integer", &seed,
+                     err);
+    }
+    if (st == MP_OK) {
+        st = get_bool(tj, "shuffle", "train", true, &spec->train.shuffle, err);
+    }
+    if (st != MP_OK) {
+        return st;
+    }
+    spec->train.seed = (uint64_t)seed;
+    if (spec->train.nesterov && (spec->train.momentum <= 0.0 || spec->train.dampening != 0.0)) {
+        return mp_errbuf_set(err, MP_ERR_SPEC,
+                             "train.nesterov: needs train.momentum > 0 and train.dampening = 0 "
+                             "(as torch.optim.SGD), got momentum %g, dampening %g",
+                             spec->train.momentum, spec->train.dampening);
+    }
+    spec->train.beta1 = 0.9;
+    spec->train.beta2 = 0.999;
+    json_t *betas = json_object_get(tj, "betas");
+    if (betas != NULL) {
+        if (!json_is_array(betas) || json_array_size(betas) != 2) {
+            char got[80];
+            json_brief(betas, got, sizeof(got));
+            return mp_errbuf_set(err, MP_ERR_SPEC,
+                                 "train.betas: expected an array of two numbers [beta1, beta2], "
+                                 "got %s",
+                                 got);
+        }
+        double b[2];
+        for (int i = 0; i < 2; i++) {
+            json_t *v = json_array_get(betas, (size_t)i);
+            b[i] = json_is_number(v) ? json_number_value(v) : -1.0;
+            if (!(b[i] >= 0.0 && b[i] < 1.0)) {
+                char got[80];
+                json_brief(v, got, sizeof(got));
+                return mp_errbuf_set(err, MP_ERR_SPEC,
+                                     "train.betas[%d]: expected a number in [0, 1), got %s", i,
+                                     got);
+            }
+        }
+        spec->train.beta1 = b[0];
+        spec->train.beta2 = b[1];
+    }
+    int64_t bs = spec->train.batch_size;
+    int64_t dp = spec->parallel.dp, mb = spec->parallel.micro_batches;
+    if (bs % (dp * mb) != 0) {
+        return mp_errbuf_set(err, MP_ERR_SPEC,
+                             "train.batch_size: %lld is not divisible by parallel.dp * "
+                             "parallel.micro_batches = %lld * %lld",
+                             (long long)bs, (long long)dp, (long long)mb);
+    }
+    return MP_OK;
+}
+
+/* ---- entry points --------------------------------------------------------- */
+
+static mp_status_t spec_parse(const char *json, size_t len, const char *default_name,
+                              mp_spec_t **spec_p, mp_errbuf_t *err)
+{
+    static const char *const keys[] = {"name", "model", "data", "parallel", "train"};
+    json_error_t jerr;
+    json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (root == NULL) {
+        return mp_errbuf_set(err, MP_ERR_SPEC, "job spec: invalid JSON at line %d, column %d: %s",
+                             jerr.line, jerr.column, jerr.text);
+    }
+    mp_status_t st;
+    mp_spec_t *spec = NULL;
+    if (!json_is_object(root)) {
+        char got[80];
+        json_brief(root, got, sizeof(got));
+        st = mp_errbuf_set(err, MP_ERR_SPEC, "job spec: expected a JSON object, got %s", got);
+        goto free_json;
+    }
+    spec = mp_calloc(1, sizeof(*spec));
+    if (spec == NULL) {
+        st = mp_errbuf_set(err, MP_ERR_NOMEM, "job spec: out of memory");
+        goto free_json;
+    }
+    st = check_keys(root, "", keys, 5, "", err);
+    if (st == MP_OK) {
+        st = parse_name(root, default_name, spec, err);
+    }
+    if (st == MP_OK) {
+        st = parse_model(root, spec, err);
+    }
+    if (st == MP_OK) {
+        st = parse_data(root, spec, err);
+    }
+    if (st == MP_OK) {
+        st = check_logits(spec, err);
+    }
+    if (st == MP_OK) {
+        st = parse_parallel(root, spec, err);
+    }
+    if (st == MP_OK) {
+        st = parse_train(root, spec, err);
+    }
+    if (st != MP_OK) {
+        mp_free(spec);
+        goto free_json;
+    }
+    *spec_p = spec;
+free_json:
+    json_decref(root);
+    return st;
+}
+
+mp_status_t mp_spec_parse(const char *json, size_t len, mp_spec_t **spec_p, mp_errbuf_t *err)
+{
+    return spec_parse(json, len, "job", spec_p, err);
+}
+
+mp_status_t mp_spec_load(const char *path, mp_spec_t **spec_p, mp_errbuf_t *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        return mp_errbuf_set(err, MP_ERR_IO, "%s: cannot open job spec: %s", path,
+                             strerror(errno));
+    }
+    /* Read in growing chunks: specs are small, the cap only stops a wrong file. */
+    size_t cap = 1 << 16, len = 0;
+    char *buf = mp_malloc(cap);
+    mp_status_t st = MP_OK;
+    while (buf != NULL) {
+        len += fread(buf + len, 1, cap - len, f);
+        if (len < cap || ferror(f)) {
+            break;
+        }
+        if (cap >= SPEC_MAX_FILE) {
+            st = mp_errbuf_set(err, MP_ERR_SPEC, "%s: job spec larger than %d bytes", path,
+                               SPEC_MAX_FILE);
+            break;
+        }
+        cap *= 2;
+        char *bigger = mp_realloc(buf, cap);
+        if (bigger == NULL) {
+            mp_free(buf);
+        }
+        buf = bigger;
+    }
+    if (buf == NULL) {
+        st = mp_errbuf_set(err, MP_ERR_NOMEM, "%s: out of memory", path);
+    } else if (st == MP_OK && ferror(f)) {
+        st = mp_errbuf_set(err, MP_ERR_IO, "%s: cannot read job spec: %s", path,
+                           strerror(errno));
+    }
+    fclose(f);
+    if (st == MP_OK) {
+        /* The default name is the file's base name without ".json", with
+         * characters a name may not hold replaced by '_'. */
+        const char *base = strrchr(path, '/');
+        base = base != NULL ? base + 1 : path;
+        char name[sizeof(((mp_spec_t *)0)->name)];
+        snprintf(name, sizeof(name), "%s", base);
+        size_t n = strlen(name);
+        if (n > 5 && strcmp(name + n - 5, ".json") == 0) {
+            name[n - 5] = '\0';
+        }
+        for (char *c = name; *c != '\0'; c++) {
+            int ok = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+                     (*c >= '0' && *c <= '9') || *c == '.' || *c == '_' || *c == '-';
+            if (!ok || (c == name && (*c == '.' || *c == '-'))) {
+                *c = '_';
+            }
+        }
+        st = spec_parse(buf, len, name[0] != '\0' ? name : "job", spec_p, err);
+    }
+    mp_free(buf);
+    return st;
+}
+
+void mp_spec_free(mp_spec_t *spec) { mp_free(spec); }
+
+int mp_layer_nparams(const mp_layer_spec_t *layer)
+{
+    switch (layer->kind) {
+    case MP_LAYER_LINEAR:
+        return 2;
+    case MP_LAYER_MLP_BLOCK:
+        return 4;
+    default:
+        return 0;
+    }
+}
+
+const char *mp_layer_param_name(const mp_layer_spec_t *layer, int param)
+{
+    static const char *const linear[] = {"weight", "bias"};
+    static const char *const mlp[] = {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"};
+    if (param < 0 || param >= mp_layer_nparams(layer)) {
+        return NULL;
+    }
+    return layer->kind == MP_LAYER_LINEAR ? linear[param] : mlp[param];
+}
+
+void mp_layer_param_shape(const mp_layer_spec_t *layer, int param, int64_t *rows_p,
+                          int64_t *cols_p)
+{
+    int64_t rows = 0, cols = 0;
+    if (param >= 0 && param < mp_layer_nparams(layer)) {
+        if (layer->kind == MP_LAYER_LINEAR) {
+            rows = param == 0 ? layer->in_dim : 1;
+            cols = layer->out_dim;
+        } else {
+            static const int is_fc1[] = {1, 1, 0, 0};
+            static const int is_weight[] = {1, 0, 1, 0};
+            int64_t in = is_fc1[param] ? layer->hidden : layer->ffn;
+            int64_t out = is_fc1[param] ? layer->ffn : layer->hidden;
+            rows = is_weight[param] ? in : 1;
+            cols = out;
+        }
+    }
+    *rows_p = rows;
+    *cols_p = cols;
+}
+
+const char *mp_layer_kind_name(mp_layer_kind_t kind)
+{
+    if ((int)kind < 0 || (int)kind >= 4) {
+        return "unknown";
+    }
+    return layer_kind_names[kind];
+}
+
+const char *mp_sched_kind_name(mp_sched_kind_t kind)
+{
+    if ((int)kind < 0 || (int)kind >= 3) {
+        return "unknown";
+    }
+    return sched_names[kind];
+}
