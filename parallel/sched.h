@@ -1,0 +1,129 @@
+/*
+ * sched.h - pipeline schedules as data, and the simulator that checks them.
+ * A schedule is, for each of p stages, the list of actions that stage's
+ * shard executor runs for one optimizer step over m micro-batches.  Pure
+ * data and functions, no I/O; any thread.
+ *
+ * Schedules (DESIGN.md "PP"):
+ *  - naive: one micro-batch (m = 1) through all stages forward, then all
+ *    backward; one stage works at a time (the seed's first figure).
+ *  - gpipe: every stage runs the forwards of all m micro-batches, then
+ *    their backwards in reverse order (the seed's second figure).
+ *  - 1f1b (PipeDream-flush, Megatron's default): stage s runs
+ *    min(p - s - 1, m) warm-up forwards, then alternates one forward and
+ *    one backward, then the remaining backwards; at most min(p - s, m)
+ *    activations are held at once instead of m.
+ * Every list ends with DP_ALLREDUCE (gradients across data-parallel
+ * replicas; a no-op at dp = 1) and OPT_STEP.  The last stage's FWD and BWD
+ * include the loss.
+ *
+ * Semantics the engine must keep, and the simulator assumes: sends are
+ * buffered (posted non-blocking, they never wait for the receiver) and
+ * receives block until the matching message, identified by its kind and
+ * micro-batch, has arrived, whatever the arrival order.
+ */
+#ifndef MP_PARALLEL_SCHED_H
+#define MP_PARALLEL_SCHED_H
+
+#include <stddef.h>
+
+#include "common/status.h"
+#include "model/spec.h"
+
+#define MP_SCHED_MAX_STAGES MP_SPEC_MAX_STAGES
+#define MP_SCHED_MAX_MICRO 4096
+
+typedef enum {
+    MP_SCHED_RECV_ACT = 0, /* activation of mb from stage s-1 */
+    MP_SCHED_FWD,          /* forward of mb (and the loss on the last stage) */
+    MP_SCHED_SEND_ACT,     /* activation of mb to stage s+1 */
+    MP_SCHED_RECV_GRAD,    /* gradient of mb from stage s+1 */
+    MP_SCHED_BWD,          /* backward of mb; parameter gradients accumulate */
+    MP_SCHED_SEND_GRAD,    /* gradient of mb's input to stage s-1 */
+    MP_SCHED_DP_ALLREDUCE, /* gradients across DP replicas (mb = -1) */
+    MP_SCHED_OPT_STEP,     /* one optimizer step (mb = -1) */
+} mp_sched_op_t;
+
+typedef struct {
+    mp_sched_op_t op;
+    int mb; /* micro-batch, or -1 */
+} mp_sched_action_t;
+
+typedef struct {
+    mp_sched_kind_t kind;
+    int nstages; /* p */
+    int nmicro;  /* m */
+    int count[MP_SCHED_MAX_STAGES];
+    int cap[MP_SCHED_MAX_STAGES];
+    mp_sched_action_t *action[MP_SCHED_MAX_STAGES]; /* [count[s]] each */
+} mp_sched_t;
+
+/*
+ * Builds the schedule of `kind` for p stages and m micro-batches.  Refuses
+ * (MP_ERR_SPEC) p outside 1..MP_SCHED_MAX_STAGES, m outside
+ * 1..MP_SCHED_MAX_MICRO, and naive with m != 1.  Free with mp_sched_free.
+ */
+mp_status_t mp_sched_build(mp_sched_kind_t kind, int p, int m, mp_sched_t **sched_p,
+                           mp_errbuf_t *err);
+/* An empty schedule, for building one action by action (tests, new kinds). */
+mp_status_t mp_sched_new(mp_sched_kind_t kind, int p, int m, mp_sched_t **sched_p);
+mp_status_t mp_sched_push(mp_sched_t *sched, int stage, mp_sched_op_t op, int mb);
+/* Removes action `index` of `stage` (tests break schedules with it). */
+mp_status_t mp_sched_remove(mp_sched_t *sched, int stage, int index);
+void mp_sched_free(mp_sched_t *sched);
+
+/* Costs of the actions, in any time unit. */
+typedef struct {
+    double fwd, bwd;  /* one micro-batch through one stage */
+    double comm;      /* send -> arrival of one activation or gradient */
+    double allreduce; /* DP_ALLREDUCE */
+    double opt;       /* OPT_STEP */
+    /* NULL, or per-stage fwd/bwd costs replacing fwd/bwd (unbalanced stages). */
+    const double *stage_fwd, *stage_bwd;
+} mp_sched_cost_t;
+
+typedef struct {
+    double busy;       /* time in FWD, BWD, DP_ALLREDUCE and OPT_STEP */
+    double idle;       /* makespan - busy: waiting, and done before the others */
+    double end;        /* when its last action ended */
+    int peak_inflight; /* most forwards done whose backward has not run */
+} mp_sched_stage_report_t;
+
+typedef struct {
+    int nstages;
+    double makespan; /* when the last stage ended; the step's time */
+    double bubble;   /* mean over stages of idle / makespan (0 when makespan is 0) */
+    mp_sched_stage_report_t stage[MP_SCHED_MAX_STAGES];
+} mp_sched_report_t;
+
+/*
+ * Checks `sched` and runs it on the costs.  Checks, each refusal
+ * (MP_ERR_STATE) naming the stage: every stage runs FWD and BWD of every
+ * micro-batch exactly once; the first stage never receives activations nor
+ * sends gradients and the last never sends activations nor receives
+ * gradients; every other stage receives and sends each once per
+ * micro-batch, so every send has its receive; FWD(mb) comes after
+ * RECV_ACT(mb), SEND_ACT(mb) after FWD(mb), BWD(mb) after FWD(mb) and
+ * RECV_GRAD(mb), SEND_GRAD(mb) after BWD(mb); DP_ALLREDUCE then OPT_STEP
+ * end the list once each; and the stages run together without deadlock
+ * (the message says which stage waits for what).  `cost` NULL means unit
+ * fwd and bwd, zero everything else.  report_p may be NULL.
+ */
+mp_status_t mp_sched_simulate(const mp_sched_t *sched, const mp_sched_cost_t *cost,
+                              mp_sched_report_t *report_p, mp_errbuf_t *err);
+
+/* (p - 1) / (m + p - 1): the bubble of gpipe and 1f1b at equal unit costs. */
+double mp_sched_bubble_theory(int p, int m);
+
+/*
+ * Writes the schedule as text, one line per stage, e.g.
+ * "stage 1: rA0 F0 sA0 rA1 F1 sA1 rG1 B1 sG1 rG0 B0 sG0 AR OPT" (rA/sA:
+ * receive/send activation, rG/sG: receive/send gradient, F/B: forward and
+ * backward, AR: DP allreduce, OPT: optimizer step, numbers are
+ * micro-batches).  Like snprintf: returns the length of the whole text and
+ * writes at most len bytes, NUL-terminated when len > 0.
+ */
+size_t mp_sched_format(const mp_sched_t *sched, char *buf, size_t len);
+const char *mp_sched_op_name(mp_sched_op_t op);
+
+#endif

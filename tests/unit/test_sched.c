@@ -1,0 +1,223 @@
+/*
+ * test_sched.c - pipeline schedules and their simulator: gpipe and 1f1b are
+ * accepted for every p in 1..6 and m in 1..12, hold the expected peak of
+ * in-flight activations and the theoretical bubble, and broken schedules
+ * are refused with a message naming the stage.
+ */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "parallel/sched.h"
+
+static mp_sched_t *build(mp_sched_kind_t kind, int p, int m)
+{
+    mp_sched_t *s = NULL;
+    mp_errbuf_t err = {{0}};
+    mp_status_t st = mp_sched_build(kind, p, m, &s, &err);
+    cr_assert_eq(st, MP_OK, "build p=%d m=%d: %s", p, m, err.msg);
+    return s;
+}
+
+static int find(const mp_sched_t *s, int stage, mp_sched_op_t op, int mb)
+{
+    for (int i = 0; i < s->count[stage]; i++) {
+        if (s->action[stage][i].op == op && s->action[stage][i].mb == mb) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+static int imin(int a, int b)
+{
+    return a < b ? a : b;
+}
+
+Test(sched, gpipe_and_1f1b_accepted_with_expected_peaks_and_bubble)
+{
+    for (int p = 1; p <= 6; p++) {
+        for (int m = 1; m <= 12; m++) {
+            mp_sched_kind_t kinds[2] = {MP_SCHED_GPIPE, MP_SCHED_1F1B};
+            for (int k = 0; k < 2; k++) {
+                mp_sched_t *s = build(kinds[k], p, m);
+                mp_sched_report_t rep;
+                mp_errbuf_t err = {{0}};
+                mp_status_t st = mp_sched_simulate(s, NULL, &rep, &err);
+                cr_assert_eq(st, MP_OK, "%s p=%d m=%d: %s", k ? "1f1b" : "gpipe", p, m, err.msg);
+                for (int stg = 0; stg < p; stg++) {
+                    for (int mb = 0; mb < m; mb++) {
+                        int f = find(s, stg, MP_SCHED_FWD, mb), b = find(s, stg, MP_SCHED_BWD, mb);
+                        cr_assert(f >= 0 && b > f, "p=%d m=%d stage %d mb %d: fwd %d bwd %d", p, m,
+                                  stg, mb, f, b);
+                    }
+                    int peak = rep.stage[stg].peak_inflight;
+                    if (kinds[k] == MP_SCHED_GPIPE) {
+                        cr_assert_eq(peak, m, "gpipe p=%d m=%d stage %d peak %d", p, m, stg, peak);
+                    } else {
+                        cr_assert(peak <= imin(p, m), "1f1b p=%d m=%d stage %d peak %d", p, m, stg,
+                                  peak);
+                        cr_assert_eq(peak, imin(p - stg, m), "1f1b p=%d m=%d stage %d peak %d", p,
+                                     m, stg, peak);
+                    }
+                    cr_assert_eq(rep.stage[stg].busy, 2.0 * m);
+                }
+                if (kinds[k] == MP_SCHED_1F1B) {
+                    cr_assert_eq(rep.stage[0].peak_inflight, imin(p, m));
+                }
+                double theory = (double)(p - 1) / (double)(m + p - 1);
+                cr_assert(fabs(rep.bubble - theory) <= 1e-12, "%s p=%d m=%d bubble %.15f vs %.15f",
+                          k ? "1f1b" : "gpipe", p, m, rep.bubble, theory);
+                cr_assert(fabs(mp_sched_bubble_theory(p, m) - theory) <= 1e-15);
+                cr_assert_eq(rep.makespan, 2.0 * (m + p - 1), "makespan %g", rep.makespan);
+                mp_sched_free(s);
+            }
+        }
+    }
+}
+
+Test(sched, naive_runs_one_stage_at_a_time)
+{
+    mp_sched_t *s = build(MP_SCHED_NAIVE, 3, 1);
+    mp_sched_report_t rep;
+    mp_errbuf_t err = {{0}};
+    cr_assert_eq(mp_sched_simulate(s, NULL, &rep, &err), MP_OK, "%s", err.msg);
+    /* 3 stages, forward and backward: 6 time units, each stage busy 2. */
+    cr_assert_eq(rep.makespan, 6.0);
+    cr_assert(fabs(rep.bubble - 2.0 / 3.0) < 1e-12);
+    char text[512];
+    size_t n = mp_sched_format(s, text, sizeof(text));
+    cr_assert_eq(n, strlen(text));
+    cr_assert_str_eq(text, "stage 0: F0 sA0 rG0 B0 AR OPT\n"
+                           "stage 1: rA0 F0 sA0 rG0 B0 sG0 AR OPT\n"
+                           "stage 2: rA0 F0 B0 sG0 AR OPT\n");
+    mp_sched_free(s);
+}
+
+Test(sched, naive_refuses_several_micro_batches)
+{
+    mp_sched_t *s = NULL;
+    mp_errbuf_t err = {{0}};
+    cr_assert_eq(mp_sched_build(MP_SCHED_NAIVE, 3, 4, &s, &err), MP_ERR_SPEC);
+    cr_assert(strstr(err.msg, "parallel.micro_batches") != NULL, "%s", err.msg);
+    cr_assert_null(s);
+    cr_assert_eq(mp_sched_build(MP_SCHED_GPIPE, 0, 4, &s, &err), MP_ERR_SPEC);
+    cr_assert(strstr(err.msg, "parallel.pp") != NULL, "%s", err.msg);
+}
+
+Test(sched, format_shows_1f1b_order_and_truncates_safely)
+{
+    mp_sched_t *s = build(MP_SCHED_1F1B, 2, 3);
+    char text[512];
+    mp_sched_format(s, text, sizeof(text));
+    cr_assert_str_eq(text, "stage 0: F0 sA0 F1 sA1 rG0 B0 F2 sA2 rG1 B1 rG2 B2 AR OPT\n"
+                           "stage 1: rA0 F0 B0 sG0 rA1 F1 B1 sG1 rA2 F2 B2 sG2 AR OPT\n");
+    char small[10];
+    size_t need = mp_sched_format(s, small, sizeof(small));
+    cr_assert_eq(need, strlen(text));
+    cr_assert_str_eq(small, "stage 0: ");
+    mp_sched_free(s);
+}
+
+Test(sched, refuses_a_missing_send_naming_the_stage)
+{
+    mp_sched_t *s = build(MP_SCHED_GPIPE, 3, 2);
+    int i = find(s, 1, MP_SCHED_SEND_ACT, 1);
+    cr_assert_eq(mp_sched_remove(s, 1, i), MP_OK);
+    mp_errbuf_t err = {{0}};
+    cr_assert_eq(mp_sched_simulate(s, NULL, NULL, &err), MP_ERR_STATE);
+    cr_assert(strstr(err.msg, "stage 1") != NULL, "%s", err.msg);
+    cr_assert(strstr(err.msg, "SEND_ACT") != NULL, "%s", err.msg);
+    mp_sched_free(s);
+}
+
+Test(sched, refuses_a_swapped_order_that_deadlocks)
+{
+    /* Stage 1 (the last) waits for micro-batch 1's activation before
+     * running micro-batch 0's backward, while stage 0 under 1F1B waits for
+     * micro-batch 0's gradient before sending micro-batch 1: a cycle. */
+    mp_sched_t *s = build(MP_SCHED_1F1B, 2, 2);
+    char before[512];
+    mp_sched_format(s, before, sizeof(before));
+    /* Stage 0 of 1f1b p=2: F0 sA0 rG0 B0 F1 sA1 ... only when warm-up is 0;
+     * make stage 0 wait for gradient 0 before sending activation 0 instead. */
+    int f = find(s, 0, MP_SCHED_SEND_ACT, 0), r = find(s, 0, MP_SCHED_RECV_GRAD, 0);
+    cr_assert(f >= 0 && r > f, "%s", before);
+    mp_sched_action_t t = s->action[0][f];
+    s->action[0][f] = s->action[0][r];
+    s->action[0][r] = t;
+    mp_errbuf_t err = {{0}};
+    cr_assert_eq(mp_sched_simulate(s, NULL, NULL, &err), MP_ERR_STATE);
+    cr_assert(strstr(err.msg, "deadlock") != NULL, "%s", err.msg);
+    cr_assert(strstr(err.msg, "stage 0 waits at action") != NULL, "%s", err.msg);
+    cr_assert(strstr(err.msg, "RECV_GRAD of micro-batch 0") != NULL, "%s", err.msg);
+    cr_assert(strstr(err.msg, "stage 1 waits at action 0 (RECV_ACT") != NULL, "%s", err.msg);
+    mp_sched_free(s);
+}
+
+Test(sched, refuses_backward_before_forward)
+{
+    mp_sched_t *s = build(MP_SCHED_GPIPE, 2, 2);
+    /* Stage 1 of gpipe p=2 m=2: rA0 F0 rA1 F1 B1 sG1 B0 sG0 AR OPT; move B1
+     * before F1. */
+    int f = find(s, 1, MP_SCHED_FWD, 1), b = find(s, 1, MP_SCHED_BWD, 1);
+    mp_sched_action_t t = s->action[1][f];
+    s->action[1][f] = s->action[1][b];
+    s->action[1][b] = t;
+    mp_errbuf_t err = {{0}};
+    cr_assert_eq(mp_sched_simulate(s, NULL, NULL, &err), MP_ERR_STATE);
+    cr_assert(strstr(err.msg, "stage 1 runs BWD of micro-batch 1 before FWD") != NULL, "%s",
+              err.msg);
+    mp_sched_free(s);
+}
+
+Test(sched, refuses_duplicates_strays_and_a_missing_optimizer_step)
+{
+    mp_errbuf_t err = {{0}};
+    mp_sched_t *s = build(MP_SCHED_GPIPE, 2, 2);
+    /* A stray receive on the first stage, which has no previous neighbour. */
+    s->action[0][0] = (mp_sched_action_t){MP_SCHED_RECV_ACT, 0};
+    cr_assert_eq(mp_sched_simulate(s, NULL, NULL, &err), MP_ERR_STATE);
+    cr_assert(strstr(err.msg, "stage 0") != NULL, "%s", err.msg);
+    mp_sched_free(s);
+
+    s = build(MP_SCHED_GPIPE, 2, 2);
+    cr_assert_eq(mp_sched_push(s, 1, MP_SCHED_FWD, 0), MP_OK); /* after OPT_STEP */
+    cr_assert_eq(mp_sched_simulate(s, NULL, NULL, &err), MP_ERR_STATE);
+    cr_assert(strstr(err.msg, "stage 1 does not end with DP_ALLREDUCE then OPT_STEP") != NULL, "%s",
+              err.msg);
+    mp_sched_free(s);
+
+    s = build(MP_SCHED_GPIPE, 2, 2);
+    s->action[1][find(s, 1, MP_SCHED_FWD, 1)].mb = 0;
+    cr_assert_eq(mp_sched_simulate(s, NULL, NULL, &err), MP_ERR_STATE);
+    cr_assert(strstr(err.msg, "stage 1 runs FWD of micro-batch 0 twice") != NULL, "%s", err.msg);
+    mp_sched_free(s);
+}
+
+Test(sched, costs_shape_the_prediction)
+{
+    /* With backward twice the forward and a communication cost, gpipe's
+     * makespan is (m + p - 1)(f + b) + 2(p - 1)c: the pipeline fill and
+     * drain each cross p - 1 links. */
+    int p = 4, m = 8;
+    mp_sched_t *s = build(MP_SCHED_GPIPE, p, m);
+    mp_sched_cost_t cost = {.fwd = 1.0, .bwd = 2.0, .comm = 0.25};
+    mp_sched_report_t rep;
+    mp_errbuf_t err = {{0}};
+    cr_assert_eq(mp_sched_simulate(s, &cost, &rep, &err), MP_OK, "%s", err.msg);
+    cr_assert(fabs(rep.makespan - ((m + p - 1) * 3.0 + 2 * (p - 1) * 0.25)) < 1e-12, "%g",
+              rep.makespan);
+    for (int i = 0; i < p; i++) {
+        cr_assert(fabs(rep.stage[i].busy - m * 3.0) < 1e-12);
+        cr_assert(fabs(rep.stage[i].idle - (rep.makespan - m * 3.0)) < 1e-12);
+    }
+    /* A slow stage throttles everyone: per-stage costs are honoured. */
+    double sf[4] = {1, 1, 3, 1}, sb[4] = {2, 2, 6, 2};
+    mp_sched_cost_t uneven = {.stage_fwd = sf, .stage_bwd = sb};
+    cr_assert_eq(mp_sched_simulate(s, &uneven, &rep, &err), MP_OK, "%s", err.msg);
+    cr_assert(rep.makespan >= m * 9.0);
+    cr_assert_eq(rep.stage[2].busy, m * 9.0);
+    mp_sched_free(s);
+}
