@@ -70,6 +70,16 @@ static void idx_close(idx_file_t *f)
     }
 }
 
+/* gzerror's text without the "<path>: " zlib puts in front. */
+static const char *gz_text(const idx_file_t *f, const char *ztext)
+{
+    size_t n = strlen(f->path);
+    if (strncmp(ztext, f->path, n) == 0 && strncmp(ztext + n, ": ", 2) == 0) {
+        return ztext + n + 2;
+    }
+    return ztext;
+}
+
 /* Turns a failed or short gzread into its message.  `what` names the part
  * being read ("header", "pixel data"); `want` and `got` count its bytes. */
 static mp_status_t idx_read_fail(idx_file_t *f, const char *what, uint64_t want, uint64_t got,
@@ -86,8 +96,10 @@ static mp_status_t idx_read_fail(idx_file_t *f, const char *what, uint64_t want,
                              f->path);
     }
     if (zerr != Z_OK && zerr != Z_BUF_ERROR) {
-        return mp_errbuf_set(err, MP_ERR_FORMAT, "%s: corrupt gzip stream in the %s: %s",
-                             f->path, what, ztext);
+        /* zlib inflates ahead of what was asked, so the damage may lie
+         * anywhere: name no part of the file. */
+        return mp_errbuf_set(err, MP_ERR_FORMAT, "%s: corrupt gzip stream: %s", f->path,
+                             gz_text(f, ztext));
     }
     /* Z_BUF_ERROR ("unexpected end of file") or a clean end: the file stops short. */
     return mp_errbuf_set(err, MP_ERR_FORMAT,
@@ -147,8 +159,8 @@ static mp_status_t idx_expect_end(idx_file_t *f, const char *what, mp_errbuf_t *
                                  "%s: truncated: the gzip stream ends unexpectedly after the %s",
                                  f->path, what);
         }
-        return mp_errbuf_set(err, MP_ERR_FORMAT, "%s: corrupt gzip stream after the %s: %s",
-                             f->path, what, ztext);
+        return mp_errbuf_set(err, MP_ERR_FORMAT, "%s: corrupt gzip stream: %s", f->path,
+                             gz_text(f, ztext));
     }
     return MP_OK;
 }
@@ -361,12 +373,13 @@ mp_status_t mp_data_load_fashion_mnist(const char *dir, mp_dataset_t *train, mp_
         return st;
     }
     if (tr.dim != te.dim) {
+        st = mp_errbuf_set(err, MP_ERR_FORMAT,
+                           "%s/t10k-images-idx3-ubyte.gz has %lld pixels per image but "
+                           "%s/train-images-idx3-ubyte.gz has %lld",
+                           dir, (long long)te.dim, dir, (long long)tr.dim);
         mp_dataset_free(&te);
         mp_dataset_free(&tr);
-        return mp_errbuf_set(err, MP_ERR_FORMAT,
-                             "%s/t10k-images-idx3-ubyte.gz has %lld pixels per image but "
-                             "%s/train-images-idx3-ubyte.gz has %lld",
-                             dir, (long long)te.dim, dir, (long long)tr.dim);
+        return st;
     }
     *train = tr;
     *test = te;

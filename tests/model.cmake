@@ -1,2 +1,5 @@
 # Unit tests of model/: the job spec, the IDX reader, the data sets.
 mp_add_test(test_spec SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_spec.c LIBS mp_model)
+mp_add_test(test_idx SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_idx.c LIBS mp_model ZLIB::ZLIB)
+mp_add_test(test_data SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_data.c LIBS mp_model
+            TIMEOUT 120)

@@ -1,0 +1,258 @@
+/*
+ * test_data.c - the synthetic teacher data set (deterministic per seed,
+ * inputs in [-1, 1), classes balanced), the per-epoch sample order (a
+ * permutation, deterministic, identity without shuffle, new each epoch),
+ * batch gathering, and, where Debian's dataset-fashion-mnist is installed,
+ * the real Fashion-MNIST files.
+ */
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/alloc.h"
+#include "model/data.h"
+
+static void synth(int64_t n, int64_t test_n, int64_t dim, int64_t classes, uint64_t seed,
+                  mp_dataset_t *train, mp_dataset_t *test)
+{
+    mp_errbuf_t err = {{0}};
+    cr_assert_eq(mp_data_synthetic(n, test_n, dim, classes, seed, train, test, &err), MP_OK,
+                 "%s", err.msg);
+}
+
+static int same_data(const mp_dataset_t *a, const mp_dataset_t *b)
+{
+    return a->n == b->n && a->dim == b->dim &&
+           memcmp(a->x, b->x, (size_t)(a->n * a->dim) * sizeof(float)) == 0 &&
+           memcmp(a->y, b->y, (size_t)a->n * sizeof(int32_t)) == 0;
+}
+
+Test(synthetic, same_seed_gives_the_same_data)
+{
+    mp_dataset_t a, at, b, bt;
+    synth(512, 64, 20, 10, 5, &a, &at);
+    synth(512, 64, 20, 10, 5, &b, &bt);
+    cr_expect(same_data(&a, &b));
+    cr_expect(same_data(&at, &bt));
+    cr_expect_eq(a.classes, 10);
+    cr_expect_eq(at.n, 64);
+    for (int64_t i = 0; i < a.n * a.dim; i++) {
+        cr_assert(a.x[i] >= -1.0f && a.x[i] < 1.0f, "x[%lld] = %g", (long long)i, a.x[i]);
+    }
+    mp_dataset_free(&a);
+    mp_dataset_free(&at);
+    mp_dataset_free(&b);
+    mp_dataset_free(&bt);
+}
+
+Test(synthetic, different_seed_gives_different_data)
+{
+    mp_dataset_t a, at, b, bt;
+    synth(512, 0, 20, 10, 5, &a, &at);
+    synth(512, 0, 20, 10, 6, &b, &bt);
+    int64_t same_x = 0, same_y = 0;
+    for (int64_t i = 0; i < a.n * a.dim; i++) {
+        same_x += a.x[i] == b.x[i];
+    }
+    for (int64_t i = 0; i < a.n; i++) {
+        same_y += a.y[i] == b.y[i];
+    }
+    cr_expect_lt(same_x, 100, "%lld of %lld inputs equal", (long long)same_x,
+                 (long long)(a.n * a.dim));
+    /* Unrelated labels agree about 1 time in 10. */
+    cr_expect_lt(same_y, a.n / 4, "%lld of %lld labels equal", (long long)same_y,
+                 (long long)a.n);
+    mp_dataset_free(&a);
+    mp_dataset_free(&b);
+}
+
+Test(synthetic, test_split_continues_the_training_stream)
+{
+    /* The test split is samples [n, n + test_n) of the same stream, so a
+     * longer training split starts with the same samples. */
+    mp_dataset_t a, at, b, bt;
+    synth(300, 100, 12, 4, 9, &a, &at);
+    synth(400, 0, 12, 4, 9, &b, &bt);
+    cr_expect_eq(bt.n, 0);
+    cr_expect_null(bt.x);
+    cr_expect_eq(memcmp(a.x, b.x, 300 * 12 * sizeof(float)), 0);
+    cr_expect_eq(memcmp(at.x, b.x + 300 * 12, 100 * 12 * sizeof(float)), 0);
+    cr_expect_eq(memcmp(at.y, b.y + 300, 100 * sizeof(int32_t)), 0);
+    mp_dataset_free(&a);
+    mp_dataset_free(&at);
+    mp_dataset_free(&b);
+}
+
+Test(synthetic, classes_are_balanced)
+{
+    static const int64_t classes[] = {2, 3, 10, 10, 37};
+    static const int64_t dims[] = {8, 784, 64, 16, 32};
+    for (int c = 0; c < 5; c++) {
+        for (uint64_t seed = 1; seed <= 3; seed++) {
+            mp_dataset_t tr, te;
+            synth(4096, 0, dims[c], classes[c], seed * 11 + (uint64_t)c, &tr, &te);
+            int64_t hist[64] = {0};
+            for (int64_t i = 0; i < tr.n; i++) {
+                cr_assert(tr.y[i] >= 0 && tr.y[i] < classes[c]);
+                hist[tr.y[i]]++;
+            }
+            int64_t even = 4096 / classes[c];
+            for (int64_t k = 0; k < classes[c]; k++) {
+                cr_expect(hist[k] > even / 2 && hist[k] < even * 3 / 2,
+                          "classes %lld dim %lld seed %llu: class %lld has %lld of 4096 samples",
+                          (long long)classes[c], (long long)dims[c], (unsigned long long)seed,
+                          (long long)k, (long long)hist[k]);
+            }
+            mp_dataset_free(&tr);
+        }
+    }
+}
+
+Test(synthetic, refuses_bad_sizes)
+{
+    mp_dataset_t tr = {0}, te = {0};
+    mp_errbuf_t err = {{0}};
+    cr_expect_eq(mp_data_synthetic(0, 0, 8, 10, 1, &tr, &te, &err), MP_ERR_INVAL);
+    cr_expect_eq(mp_data_synthetic(10, 0, 8, 1, 1, &tr, &te, &err), MP_ERR_INVAL);
+    cr_expect_eq(mp_data_synthetic(10, -1, 8, 2, 1, &tr, &te, &err), MP_ERR_INVAL);
+    cr_expect_eq(mp_data_synthetic(1ll << 40, 0, 784, 10, 1, &tr, &te, &err), MP_ERR_INVAL);
+    cr_expect_neq(strstr(err.msg, "too large"), NULL, "%s", err.msg);
+    cr_expect_null(tr.x);
+}
+
+Test(synthetic, frees_what_it_allocates)
+{
+    int64_t before = mp_alloc_live_bytes();
+    mp_dataset_t tr, te;
+    synth(100, 10, 7, 3, 2, &tr, &te);
+    cr_expect_gt(mp_alloc_live_bytes(), before);
+    mp_dataset_free(&tr);
+    mp_dataset_free(&te);
+    cr_expect_eq(mp_alloc_live_bytes(), before);
+}
+
+static int is_permutation(const int64_t *perm, int64_t n)
+{
+    char *seen = calloc((size_t)n, 1);
+    int ok = 1;
+    for (int64_t i = 0; i < n && ok; i++) {
+        ok = perm[i] >= 0 && perm[i] < n && !seen[perm[i]];
+        if (ok) {
+            seen[perm[i]] = 1;
+        }
+    }
+    free(seen);
+    return ok;
+}
+
+Test(order, is_a_deterministic_permutation_new_each_epoch)
+{
+    enum { N = 1000 };
+    static int64_t a[N], b[N], c[N], d[N];
+    mp_data_order(a, N, 42, 0, 1);
+    mp_data_order(b, N, 42, 0, 1);
+    mp_data_order(c, N, 42, 1, 1);
+    mp_data_order(d, N, 43, 0, 1);
+    cr_expect(is_permutation(a, N));
+    cr_expect(is_permutation(c, N));
+    cr_expect(is_permutation(d, N));
+    cr_expect_eq(memcmp(a, b, sizeof(a)), 0, "same (seed, epoch) gave another order");
+    int fixed = 0, same_ac = 0, same_ad = 0;
+    for (int i = 0; i < N; i++) {
+        fixed += a[i] == i;
+        same_ac += a[i] == c[i];
+        same_ad += a[i] == d[i];
+    }
+    /* A random permutation has about one fixed point, and two agree in
+     * about one place. */
+    cr_expect_lt(fixed, 10, "%d fixed points", fixed);
+    cr_expect_lt(same_ac, 10, "epochs 0 and 1 agree in %d places", same_ac);
+    cr_expect_lt(same_ad, 10, "seeds 42 and 43 agree in %d places", same_ad);
+}
+
+Test(order, is_the_identity_without_shuffle)
+{
+    int64_t p[57];
+    mp_data_order(p, 57, 42, 3, 0);
+    for (int i = 0; i < 57; i++) {
+        cr_expect_eq(p[i], i);
+    }
+    mp_data_order(p, 1, 42, 3, 1);
+    cr_expect_eq(p[0], 0);
+    mp_data_order(p, 0, 42, 3, 1); /* nothing to write */
+}
+
+Test(order, is_uniform_over_small_permutations)
+{
+    /* All 6 orders of 3 samples appear about equally over 6000 epochs. */
+    int counts[6] = {0};
+    for (int64_t e = 0; e < 6000; e++) {
+        int64_t p[3];
+        mp_data_order(p, 3, 7, e, 1);
+        cr_assert(is_permutation(p, 3));
+        counts[p[0] * 2 + (p[1] > p[2])]++;
+    }
+    for (int k = 0; k < 6; k++) {
+        cr_expect(counts[k] > 850 && counts[k] < 1150, "order %d seen %d times of 6000", k,
+                  counts[k]);
+    }
+}
+
+Test(gather, copies_the_chosen_samples)
+{
+    mp_dataset_t tr, te;
+    synth(50, 0, 6, 3, 1, &tr, &te);
+    int64_t perm[50];
+    mp_data_order(perm, 50, 3, 0, 1);
+    float x[10 * 6];
+    int32_t y[10];
+    mp_data_gather(&tr, perm, 20, 10, x, y);
+    for (int i = 0; i < 10; i++) {
+        int64_t s = perm[20 + i];
+        cr_expect_eq(y[i], tr.y[s]);
+        cr_expect_eq(memcmp(x + i * 6, tr.x + s * 6, 6 * sizeof(float)), 0, "sample %d", i);
+    }
+    mp_dataset_free(&tr);
+}
+
+Test(fashion_mnist, loads_the_installed_data_set, .timeout = 120)
+{
+    if (access(MP_FASHION_MNIST_DIR "/train-images-idx3-ubyte.gz", R_OK) != 0) {
+        cr_skip_test("%s is not installed", MP_FASHION_MNIST_DIR);
+    }
+    mp_dataset_t train, test;
+    mp_errbuf_t err = {{0}};
+    cr_assert_eq(mp_data_load_fashion_mnist(MP_FASHION_MNIST_DIR, &train, &test, &err), MP_OK,
+                 "%s", err.msg);
+    cr_expect_eq(train.n, 60000);
+    cr_expect_eq(test.n, 10000);
+    cr_expect_eq(train.dim, 784);
+    cr_expect_eq(test.dim, 784);
+    cr_expect_eq(train.classes, 10);
+    int64_t hist[10] = {0}, thist[10] = {0};
+    for (int64_t i = 0; i < train.n; i++) {
+        hist[train.y[i]]++;
+    }
+    for (int64_t i = 0; i < test.n; i++) {
+        thist[test.y[i]]++;
+    }
+    for (int k = 0; k < 10; k++) {
+        cr_expect_eq(hist[k], 6000, "train class %d", k);
+        cr_expect_eq(thist[k], 1000, "test class %d", k);
+    }
+    float lo = 1.0f, hi = 0.0f;
+    for (int64_t i = 0; i < train.n * train.dim; i++) {
+        lo = train.x[i] < lo ? train.x[i] : lo;
+        hi = train.x[i] > hi ? train.x[i] : hi;
+    }
+    cr_expect_eq(lo, 0.0f);
+    cr_expect_eq(hi, 1.0f);
+    /* Every pixel is a byte over 255. */
+    for (int64_t i = 0; i < 784; i++) {
+        float b = test.x[i] * 255.0f;
+        cr_expect_eq(test.x[i], (float)(int)(b + 0.5f) / 255.0f, "pixel %lld", (long long)i);
+    }
+    mp_dataset_free(&train);
+    mp_dataset_free(&test);
+}
