@@ -5,6 +5,9 @@
  */
 #include "parallel/tpplan.h"
 
+#include <stdio.h>
+#include <string.h>
+
 #include "common/alloc.h"
 #include "parallel/internal.h"
 
@@ -278,4 +281,38 @@ const char *mp_tp_comm_name(mp_tp_comm_t comm)
 const char *mp_tp_layout_name(mp_tp_layout_t layout)
 {
     return layout == MP_TP_LAYOUT_SHARDED ? "sharded" : "replicated";
+}
+
+size_t mp_tp_plan_format(const mp_tp_plan_t *plan, char *buf, size_t len)
+{
+    static const char *const kinds[] = {
+        [MP_LAYER_LINEAR] = "linear",
+        [MP_LAYER_GELU] = "gelu",
+        [MP_LAYER_RELU] = "relu",
+        [MP_LAYER_MLP_BLOCK] = "mlp_block",
+    };
+    size_t total = 0;
+    if (len > 0) {
+        buf[0] = '\0';
+    }
+    for (int l = 0; l < plan->nlayers; l++) {
+        const mp_tp_layer_t *pl = &plan->layer[l];
+        char line[256];
+        int n = snprintf(line, sizeof(line),
+                         "layer %d %s %lld->%lld: %s, in %s, out %s, fwd %s/%s, bwd %s/%s\n", l,
+                         (unsigned)pl->kind <= MP_LAYER_MLP_BLOCK ? kinds[pl->kind] : "?",
+                         (long long)pl->in_dim, (long long)pl->out_dim, mp_tp_split_name(pl->split),
+                         mp_tp_layout_name(pl->in_layout), mp_tp_layout_name(pl->out_layout),
+                         mp_tp_comm_name(pl->fwd_pre), mp_tp_comm_name(pl->fwd_post),
+                         mp_tp_comm_name(pl->bwd_pre), mp_tp_comm_name(pl->bwd_post));
+        size_t k = n > 0 ? (size_t)n : 0;
+        if (total < len) {
+            size_t room = len - total - 1;
+            size_t c = k < room ? k : room;
+            memcpy(buf + total, line, c);
+            buf[total + c] = '\0';
+        }
+        total += k;
+    }
+    return total;
 }

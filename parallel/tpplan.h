@@ -54,6 +54,9 @@
  * parameters with the same TP rank of the other replicas.  An ALLGATHER
  * concatenates along the feature axis: a transport allgather delivers
  * rank-major blocks [tp][B x n/tp] that the engine interleaves into [B x n].
+ * The AllReduce must leave bitwise-identical sums on every rank (a ring
+ * reduce-scatter then allgather does), so that replicated parameters, updated
+ * by identical gradients, never drift apart.
  *
  * Which layers split (DESIGN.md):
  *  - mlp_block: always, as above; tp must divide its ffn.
@@ -76,6 +79,7 @@
 #define MP_PARALLEL_TPPLAN_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "common/status.h"
@@ -166,6 +170,15 @@ mp_status_t mp_tp_param_slice(const mp_tp_plan_t *plan, int layer, int param, in
 /* Feature columns [*col0_p, *col0_p + *cols_p) of an n-wide activation
  * held by tp_rank when sharded (n must divide by tp). */
 void mp_tp_shard_range(int64_t n, int tp, int tp_rank, int64_t *col0_p, int64_t *cols_p);
+
+/*
+ * Writes the plan as text, one line per layer, e.g.
+ * "layer 4 linear 512->256: column, in replicated, out sharded, fwd none/none,
+ * bwd none/allreduce" (fwd pre/post, bwd pre/post).  Like snprintf: returns
+ * the length of the whole text, writes at most len bytes, NUL-terminated
+ * when len > 0.
+ */
+size_t mp_tp_plan_format(const mp_tp_plan_t *plan, char *buf, size_t len);
 
 const char *mp_tp_split_name(mp_tp_split_t split);
 const char *mp_tp_comm_name(mp_tp_comm_t comm);

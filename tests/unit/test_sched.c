@@ -213,6 +213,12 @@ Test(sched, costs_shape_the_prediction)
         cr_assert(fabs(rep.stage[i].busy - m * 3.0) < 1e-12);
         cr_assert(fabs(rep.stage[i].idle - (rep.makespan - m * 3.0)) < 1e-12);
     }
+    /* The DP allreduce and the optimizer step end every stage's step. */
+    mp_sched_cost_t tail = {.fwd = 1.0, .bwd = 1.0, .allreduce = 0.5, .opt = 0.25};
+    cr_assert_eq(mp_sched_simulate(s, &tail, &rep, &err), MP_OK, "%s", err.msg);
+    cr_assert(fabs(rep.makespan - (2.0 * (m + p - 1) + 0.75)) < 1e-12, "%g", rep.makespan);
+    cr_assert(fabs(rep.stage[0].busy - (2.0 * m + 0.75)) < 1e-12);
+    cr_assert(fabs(rep.stage[0].end - rep.makespan) < 1e-12, "stage 0 finishes last");
     /* A slow stage throttles everyone: per-stage costs are honoured. */
     double sf[4] = {1, 1, 3, 1}, sb[4] = {2, 2, 6, 2};
     mp_sched_cost_t uneven = {.stage_fwd = sf, .stage_bwd = sb};

@@ -612,6 +612,18 @@ Test(tpmath, simple_mlp_equals_serial)
     cr_assert_eq(p2->layer[2].split_local, 9);
     cr_assert_eq(p2->layer[4].split, MP_TP_SPLIT_COLUMN);
     cr_assert_eq(p2->layer[4].bwd_post, MP_TP_COMM_ALLREDUCE);
+    char text[1024];
+    size_t n = mp_tp_plan_format(p2, text, sizeof(text));
+    cr_assert_eq(n, strlen(text));
+    cr_assert(strstr(text, "layer 0 linear 8->12: column, in replicated, out replicated, fwd "
+                           "none/allgather, bwd slice/none\n") != NULL,
+              "%s", text);
+    cr_assert(strstr(text, "layer 2 mlp_block 12->12: column-row, in replicated, out replicated, "
+                           "fwd none/allreduce, bwd none/allreduce\n") != NULL,
+              "%s", text);
+    char small[8];
+    cr_assert_eq(mp_tp_plan_format(p2, small, sizeof(small)), n);
+    cr_assert_str_eq(small, "layer 0");
     for (int l = 0; l < 5; l++)
         cr_assert_eq(plans[0].layer[l].fwd_post, MP_TP_COMM_NONE, "tp=1 plans no collective");
 }
