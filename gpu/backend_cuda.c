@@ -190,6 +190,9 @@ static mp_status_t gemm_rowmajor(mp_cuda_backend_t *cb, mp_op_t ta, mp_op_t tb, 
     if (M == 0 || N == 0) {
         return MP_OK;
     }
+    /* cuBLAS wants every leading dimension >= 1, even for an empty K. */
+    lda = lda > 0 ? lda : 1;
+    ldb = ldb > 0 ? ldb : 1;
     /* Column-major view of the row-major C is C^T[N,M] = op(B)^T[N,K] op(A)^T[K,M];
      * a stored row-major X read column-major is X^T, so the flags carry over. */
     cublasOperation_t opa = ta == MP_OP_T ? CUBLAS_OP_T : CUBLAS_OP_N;
