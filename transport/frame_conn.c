@@ -137,7 +137,9 @@ void mp_conn_close(mp_conn_t *conn, mp_conn_reason_t reason, const char *why)
     }
     conn->closing = true;
     conn->reason = reason;
-    snprintf(conn->why, sizeof(conn->why), "%s", why ? why : "");
+    if (why != conn->why) {
+        snprintf(conn->why, sizeof(conn->why), "%s", why ? why : "");
+    }
     stats.closed[reason]++;
     if (reason != MP_CONN_EOF && reason != MP_CONN_LOCAL) {
         mp_info("connection %s closed (%s): %s", conn->peer, mp_conn_reason_name(reason),
@@ -166,7 +168,9 @@ void mp_conn_end(mp_conn_t *conn, mp_conn_reason_t reason, const char *why)
     }
     conn->ending = true;
     conn->reason = reason;
-    snprintf(conn->why, sizeof(conn->why), "%s", why ? why : "");
+    if (why != conn->why) {
+        snprintf(conn->why, sizeof(conn->why), "%s", why ? why : "");
+    }
     uv_read_stop(&conn->h.stream);
     uv_timer_stop(&conn->stall_timer);
     /* A peer that never reads must not hold the connection open: the stall

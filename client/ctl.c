@@ -1,0 +1,793 @@
+/*
+ * ctl.c - mpar-client's cluster commands (see ctl.h): connects to mpard,
+ * runs the client side of the handshake (transport/auth.h), sends one
+ * request and prints the reply as a table or as JSON.  `-f` keeps reading the
+ * job's events until the job ends.  Owns one socket.  Single-threaded,
+ * blocking I/O with a reply timeout (none while following).
+ */
+#include "client/ctl.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <netdb.h>
+#include <poll.h>
+#include <pwd.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/alloc.h"
+#include "proto/codec.h"
+#include "proto/json.h"
+#include "transport/auth.h"
+
+#define EXIT_OK 0
+#define EXIT_FAILED 1
+#define EXIT_USAGE 2
+#define EXIT_UNREACHABLE 3
+#define EXIT_AUTH 4
+
+#define DEFAULT_SOCKET "/run/mpar/mpard.sock"
+#define REPLY_TIMEOUT_MS 30000
+
+typedef struct {
+    const char *socket_path;
+    const char *connect;
+    const char *secret_file;
+    bool json;
+    bool follow;
+    int fd;
+    uint64_t next_rid;
+    char where[300];
+} ctl_t;
+
+static const char *user_name(void)
+{
+    struct passwd *pw = getpwuid(getuid());
+    return pw != NULL ? pw->pw_name : "unknown";
+}
+
+static void ctl_usage(FILE *f)
+{
+    fprintf(f, "usage: mpar-client COMMAND [options]\n"
+               "  nodes                   the cluster's nodes\n"
+               "  jobs                    the job queue\n"
+               "  submit JOB.json [-f]    validate and queue a job (-f: follow its events)\n"
+               "  status JOB              one job's state\n"
+               "  logs JOB [-f]           a job's events (-f: until it ends)\n"
+               "  cancel JOB              cancel a job\n"
+               "options:\n"
+               "  --socket PATH           mpard's Unix socket (default %s, or $MPAR_SOCKET)\n"
+               "  --connect HOST:PORT     a coordinator over TCP instead\n"
+               "  --secret-file FILE      the cluster secret for --connect\n"
+               "  -o json                 print one JSON document\n",
+            DEFAULT_SOCKET);
+}
+
+/* ---- connection ---------------------------------------------------------- */
+
+static int ctl_connect(ctl_t *c)
+{
+    if (c->connect != NULL) {
+        char host[256];
+        const char *colon = strrchr(c->connect, ':');
+        if (colon == NULL || colon == c->connect ||
+            (size_t)(colon - c->connect) >= sizeof(host)) {
+            fprintf(stderr, "mpar-client: --connect expects HOST:PORT, not '%s'\n", c->connect);
+            return EXIT_USAGE;
+        }
+        memcpy(host, c->connect, (size_t)(colon - c->connect));
+        host[colon - c->connect] = '\0';
+        if (host[0] == '[' && host[strlen(host) - 1] == ']') {
+            memmove(host, host + 1, strlen(host));
+            host[strlen(host) - 1] = '\0';
+        }
+        snprintf(c->where, sizeof(c->where), "%s", c->connect);
+        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res;
+        int rc = getaddrinfo(host, colon + 1, &hints, &res);
+        if (rc != 0) {
+            fprintf(stderr, "mpar-client: cannot resolve %s: %s\n", c->connect, gai_strerror(rc));
+            return EXIT_UNREACHABLE;
+        }
+        int err = 0;
+        for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+            int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+            if (fd < 0) {
+                err = errno;
+                continue;
+            }
+            if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
+                c->fd = fd;
+                break;
+            }
+            err = errno;
+            close(fd);
+        }
+        freeaddrinfo(res);
+        if (c->fd < 0) {
+            fprintf(stderr,
+                    "mpar-client: cannot connect to %s (%s): is the coordinator's mpard "
+                    "running and listening there?\n",
+                    c->connect, strerror(err));
+            return EXIT_UNREACHABLE;
+        }
+        return EXIT_OK;
+    }
+    const char *path = c->socket_path;
+    if (path == NULL) {
+        path = getenv("MPAR_SOCKET");
+    }
+    if (path == NULL || path[0] == '\0') {
+        path = DEFAULT_SOCKET;
+    }
+    snprintf(c->where, sizeof(c->where), "%s", path);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(sa.sun_path)) {
+        fprintf(stderr, "mpar-client: socket path too long: %s\n", path);
+        return EXIT_USAGE;
+    }
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        int e = errno;
+        if (fd >= 0) {
+            close(fd);
+        }
+        fprintf(stderr,
+                "mpar-client: cannot connect to %s (%s): is mpard running? try: systemctl "
+                "status mpard\n",
+                path, strerror(e));
+        return e == EACCES ? EXIT_AUTH : EXIT_UNREACHABLE;
+    }
+    c->fd = fd;
+    return EXIT_OK;
+}
+
+static int write_all(int fd, const uint8_t *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t w = send(fd, buf, len, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR) {
+            continue;
+        }
+        if (w <= 0) {
+            return -1;
+        }
+        buf += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Reads exactly len bytes; timeout_ms < 0 waits forever.  0, or -1 with errno. */
+static int read_all(int fd, uint8_t *buf, size_t len, int timeout_ms)
+{
+    while (len > 0) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int pr = poll(&p, 1, timeout_ms);
+        if (pr < 0 && errno == EINTR) {
+            continue;
+        }
+        if (pr == 0) {
+            errno = ETIMEDOUT;
+            return -1;
+        }
+        ssize_t r = read(fd, buf, len);
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r <= 0) {
+            if (r == 0) {
+                errno = ECONNRESET;
+            }
+            return -1;
+        }
+        buf += r;
+        len -= (size_t)r;
+    }
+    return 0;
+}
+
+static int ctl_send(ctl_t *c, Mpar__Envelope *env)
+{
+    uint8_t *buf;
+    size_t len;
+    mp_status_t st = mp_frame_pack(env, MP_FRAME_MAX_DEFAULT, &buf, &len);
+    if (st != MP_OK) {
+        fprintf(stderr, "mpar-client: cannot encode the request: %s\n", mp_strerror(st));
+        return st == MP_ERR_TOOBIG ? EXIT_USAGE : EXIT_FAILED;
+    }
+    int rc = write_all(c->fd, buf, len);
+    mp_free(buf);
+    if (rc != 0) {
+        fprintf(stderr, "mpar-client: lost the connection to %s: %s\n", c->where,
+                strerror(errno));
+        return EXIT_UNREACHABLE;
+    }
+    return EXIT_OK;
+}
+
+static int ctl_recv(ctl_t *c, int timeout_ms, Mpar__Envelope **env_p)
+{
+    uint8_t hdr[4];
+    if (read_all(c->fd, hdr, 4, timeout_ms) != 0) {
+        fprintf(stderr, "mpar-client: no reply from %s: %s\n", c->where, strerror(errno));
+        return EXIT_UNREACHABLE;
+    }
+    uint32_t n = ((uint32_t)hdr[0] << 24) | ((uint32_t)hdr[1] << 16) | ((uint32_t)hdr[2] << 8) |
+                 hdr[3];
+    if (n == 0 || n > MP_FRAME_MAX_DEFAULT) {
+        fprintf(stderr, "mpar-client: %s sent a frame of %u bytes; is it mpard?\n", c->where, n);
+        return EXIT_UNREACHABLE;
+    }
+    uint8_t *body = mp_malloc(n);
+    if (body == NULL) {
+        return EXIT_FAILED;
+    }
+    if (read_all(c->fd, body, n, timeout_ms) != 0) {
+        fprintf(stderr, "mpar-client: truncated reply from %s: %s\n", c->where, strerror(errno));
+        mp_free(body);
+        return EXIT_UNREACHABLE;
+    }
+    mp_errbuf_t err;
+    mp_status_t st = mp_frame_unpack(body, n, env_p, &err);
+    mp_free(body);
+    if (st != MP_OK) {
+        fprintf(stderr, "mpar-client: bad reply from %s: %s\n", c->where, err.msg);
+        return EXIT_UNREACHABLE;
+    }
+    return EXIT_OK;
+}
+
+static int ctl_handshake(ctl_t *c)
+{
+    mp_auth_secret_t *secret = NULL;
+    mp_errbuf_t err;
+    if (c->secret_file != NULL && mp_auth_secret_load(c->secret_file, &secret, &err) != MP_OK) {
+        fprintf(stderr, "mpar-client: %s\n", err.msg);
+        return EXIT_AUTH;
+    }
+    mp_handshake_params_t p = {.side = MP_AUTH_SIDE_CLIENT, .secret = secret, .name = user_name(),
+                               .role = MPAR__PEER_ROLE__PEER_ROLE_CLIENT};
+    mp_handshake_t *hs;
+    if (mp_handshake_create(&p, &hs) != MP_OK) {
+        mp_auth_secret_free(secret);
+        return EXIT_FAILED;
+    }
+    mp_handshake_out_t out;
+    int rc = mp_handshake_start(hs, &out) == MP_OK ? ctl_send(c, &out.env) : EXIT_FAILED;
+    while (rc == EXIT_OK && !mp_handshake_done(hs)) {
+        Mpar__Envelope *in;
+        rc = ctl_recv(c, REPLY_TIMEOUT_MS, &in);
+        if (rc != EXIT_OK) {
+            break;
+        }
+        mp_status_t st = mp_handshake_on_envelope(hs, in, &out, &err);
+        mp_frame_envelope_free(in);
+        if (st != MP_OK) {
+            fprintf(stderr, "mpar-client: %s: %s\n", c->where, err.msg);
+            rc = st == MP_ERR_AUTH ? EXIT_AUTH : EXIT_UNREACHABLE;
+            break;
+        }
+        if (out.has_msg) {
+            rc = ctl_send(c, &out.env);
+        }
+    }
+    mp_handshake_destroy(hs);
+    mp_auth_secret_free(secret);
+    return rc;
+}
+
+/* Sends a request and waits for its reply; an Error reply is printed and
+ * turned into the exit code. */
+static int ctl_call(ctl_t *c, Mpar__Envelope *req, Mpar__Envelope **reply_p)
+{
+    req->request_id = ++c->next_rid;
+    int rc = ctl_send(c, req);
+    while (rc == EXIT_OK) {
+        Mpar__Envelope *in;
+        rc = ctl_recv(c, REPLY_TIMEOUT_MS, &in);
+        if (rc != EXIT_OK) {
+            break;
+        }
+        if (in->request_id != req->request_id && in->msg_case != MPAR__ENVELOPE__MSG_ERROR) {
+            mp_frame_envelope_free(in);
+            continue;
+        }
+        if (in->msg_case == MPAR__ENVELOPE__MSG_ERROR) {
+            const char *m = in->error->message ? in->error->message : "";
+            switch (in->error->code) {
+            case MPAR__ERROR_CODE__ERROR_CODE_INVALID_SPEC:
+                fprintf(stderr, "mpar-client: invalid job spec: %s\n", m);
+                rc = EXIT_USAGE;
+                break;
+            case MPAR__ERROR_CODE__ERROR_CODE_AUTH:
+            case MPAR__ERROR_CODE__ERROR_CODE_PERMISSION:
+                fprintf(stderr, "mpar-client: %s\n", m);
+                rc = EXIT_AUTH;
+                break;
+            case MPAR__ERROR_CODE__ERROR_CODE_NOT_COORDINATOR:
+            case MPAR__ERROR_CODE__ERROR_CODE_VERSION:
+                fprintf(stderr, "mpar-client: %s\n", m);
+                rc = EXIT_UNREACHABLE;
+                break;
+            default:
+                fprintf(stderr, "mpar-client: %s\n", m);
+                rc = EXIT_FAILED;
+                break;
+            }
+            mp_frame_envelope_free(in);
+            return rc;
+        }
+        *reply_p = in;
+        return EXIT_OK;
+    }
+    return rc;
+}
+
+/* ---- output -------------------------------------------------------------- */
+
+static void print_json(json_t *doc)
+{
+    char *text = json_dumps(doc, JSON_INDENT(2) | JSON_REAL_PRECISION(12));
+    if (text != NULL) {
+        printf("%s\n", text);
+        free(text);
+    }
+    json_decref(doc);
+}
+
+static void fmt_time(uint64_t ms, char *buf, size_t cap)
+{
+    if (ms == 0) {
+        snprintf(buf, cap, "-");
+        return;
+    }
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(buf, cap, "%Y-%m-%d %H:%M:%S UTC", &tm);
+}
+
+static void fmt_age(uint64_t ms, char *buf, size_t cap)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    if (ms == 0) {
+        snprintf(buf, cap, "-");
+    } else if (now <= ms) {
+        snprintf(buf, cap, "now");
+    } else if (now - ms < 10000) {
+        snprintf(buf, cap, "%.1fs ago", (double)(now - ms) / 1000.0);
+    } else if (now - ms < 3600000) {
+        snprintf(buf, cap, "%llus ago", (unsigned long long)((now - ms) / 1000));
+    } else {
+        snprintf(buf, cap, "%lluh ago", (unsigned long long)((now - ms) / 3600000));
+    }
+}
+
+static const char *node_state(Mpar__NodeState s)
+{
+    return mp_proto_enum_short(&mpar__node_state__descriptor, (int)s);
+}
+
+static const char *job_state(Mpar__JobState s)
+{
+    return mp_proto_enum_short(&mpar__job_state__descriptor, (int)s);
+}
+
+static void print_job(const Mpar__JobInfo *j)
+{
+    char t1[64], t2[64], t3[64];
+    fmt_time(j->submitted_unix_ms, t1, sizeof(t1));
+    fmt_time(j->started_unix_ms, t2, sizeof(t2));
+    fmt_time(j->finished_unix_ms, t3, sizeof(t3));
+    printf("job %s (%s)\n", j->id, j->name);
+    printf("  state:       %s\n", job_state(j->state));
+    printf("  reason:      %s\n", j->reason);
+    printf("  submitter:   %s\n", j->submitter);
+    printf("  grid:        pp %u x tp %u x dp %u (%u devices)\n", j->pp, j->tp, j->dp,
+           j->devices_needed);
+    printf("  submitted:   %s\n  started:     %s\n  finished:    %s\n", t1, t2, t3);
+    printf("  steps:       %llu\n", (unsigned long long)j->steps);
+    if (j->has_final_loss) {
+        printf("  final loss:  %.6f\n", j->final_loss);
+    }
+    if (j->has_test_accuracy) {
+        printf("  test acc.:   %.4f\n", j->test_accuracy);
+    }
+    if (j->samples_per_s > 0) {
+        printf("  samples/s:   %.1f\n", j->samples_per_s);
+    }
+    if (j->has_bubble_fraction) {
+        printf("  bubble:      %.4f\n", j->bubble_fraction);
+    }
+}
+
+static int job_exit(const Mpar__JobInfo *j)
+{
+    return j->state == MPAR__JOB_STATE__JOB_STATE_FAILED ? EXIT_FAILED : EXIT_OK;
+}
+
+/* ---- commands ------------------------------------------------------------ */
+
+static int cmd_nodes(ctl_t *c)
+{
+    Mpar__Envelope req = MPAR__ENVELOPE__INIT, *rep;
+    Mpar__ListNodes ln = MPAR__LIST_NODES__INIT;
+    req.msg_case = MPAR__ENVELOPE__MSG_LIST_NODES;
+    req.list_nodes = &ln;
+    int rc = ctl_call(c, &req, &rep);
+    if (rc != EXIT_OK) {
+        return rc;
+    }
+    if (rep->msg_case != MPAR__ENVELOPE__MSG_NODE_LIST) {
+        fprintf(stderr, "mpar-client: unexpected reply %s\n", mp_frame_msg_name(rep->msg_case));
+        mp_frame_envelope_free(rep);
+        return EXIT_FAILED;
+    }
+    const Mpar__NodeList *nl = rep->node_list;
+    if (c->json) {
+        print_json(mp_proto_to_json(&nl->base));
+    } else {
+        printf("%-20s %-8s %-12s %-24s %-14s %s\n", "NAME", "STATE", "DEVICES", "ADDRESS",
+               "HEARTBEAT", "JOINS");
+        for (size_t i = 0; i < nl->n_nodes; i++) {
+            const Mpar__NodeInfo *n = nl->nodes[i];
+            char devs[32], age[32];
+            int cpu = 0, cuda = 0;
+            for (size_t k = 0; k < n->n_devices; k++) {
+                if (n->devices[k]->kind == MPAR__DEVICE_KIND__DEVICE_KIND_CUDA) {
+                    cuda++;
+                } else {
+                    cpu++;
+                }
+            }
+            if (cuda > 0 && cpu > 0) {
+                snprintf(devs, sizeof(devs), "cpu:%d+cuda:%d", cpu, cuda);
+            } else if (cuda > 0) {
+                snprintf(devs, sizeof(devs), "cuda:%d", cuda);
+            } else {
+                snprintf(devs, sizeof(devs), "cpu:%d", cpu);
+            }
+            fmt_age(n->last_heartbeat_unix_ms, age, sizeof(age));
+            printf("%-20s %-8s %-12s %-24s %-14s %u\n", n->name, node_state(n->state), devs,
+                   n->address, age, n->registrations);
+        }
+    }
+    mp_frame_envelope_free(rep);
+    return EXIT_OK;
+}
+
+static int cmd_jobs(ctl_t *c)
+{
+    Mpar__Envelope req = MPAR__ENVELOPE__INIT, *rep;
+    Mpar__ListJobs lj = MPAR__LIST_JOBS__INIT;
+    req.msg_case = MPAR__ENVELOPE__MSG_LIST_JOBS;
+    req.list_jobs = &lj;
+    int rc = ctl_call(c, &req, &rep);
+    if (rc != EXIT_OK) {
+        return rc;
+    }
+    if (rep->msg_case != MPAR__ENVELOPE__MSG_JOB_LIST) {
+        mp_frame_envelope_free(rep);
+        return EXIT_FAILED;
+    }
+    const Mpar__JobList *jl = rep->job_list;
+    if (c->json) {
+        print_json(mp_proto_to_json(&jl->base));
+    } else {
+        printf("%-6s %-20s %-10s %-10s %-24s %s\n", "ID", "NAME", "STATE", "PPxTPxDP",
+               "SUBMITTED", "REASON");
+        for (size_t i = 0; i < jl->n_jobs; i++) {
+            const Mpar__JobInfo *j = jl->jobs[i];
+            char grid[32], t[64];
+            snprintf(grid, sizeof(grid), "%ux%ux%u", j->pp, j->tp, j->dp);
+            fmt_time(j->submitted_unix_ms, t, sizeof(t));
+            printf("%-6s %-20.20s %-10s %-10s %-24s %s\n", j->id, j->name, job_state(j->state),
+                   grid, t, j->reason);
+        }
+    }
+    mp_frame_envelope_free(rep);
+    return EXIT_OK;
+}
+
+static int cmd_follow(ctl_t *c, const char *id, bool follow)
+{
+    Mpar__Envelope req = MPAR__ENVELOPE__INIT;
+    Mpar__WatchJob wj = MPAR__WATCH_JOB__INIT;
+    wj.job_id = (char *)id;
+    wj.follow = follow;
+    req.msg_case = MPAR__ENVELOPE__MSG_WATCH_JOB;
+    req.watch_job = &wj;
+    Mpar__Envelope *ev;
+    int rc = ctl_call(c, &req, &ev);
+    json_t *events = c->json && !follow ? json_array() : NULL;
+    Mpar__JobState last = MPAR__JOB_STATE__JOB_STATE_UNSPECIFIED;
+    while (rc == EXIT_OK) {
+        if (ev->msg_case != MPAR__ENVELOPE__MSG_JOB_EVENT) {
+            mp_frame_envelope_free(ev);
+            rc = EXIT_FAILED;
+            break;
+        }
+        const Mpar__JobEvent *e = ev->job_event;
+        last = e->state;
+        if (events != NULL) {
+            json_array_append_new(events, mp_proto_to_json(&e->base));
+        } else if (c->json) {
+            /* Following: one JSON object per event, as they come. */
+            char *text = json_dumps(mp_proto_to_json(&e->base), JSON_COMPACT);
+            printf("%s\n", text ? text : "{}");
+            free(text);
+        } else {
+            char t[64];
+            fmt_time(e->unix_ms, t, sizeof(t));
+            printf("%s  %s\n", t, e->message);
+        }
+        fflush(stdout);
+        bool final = e->final;
+        mp_frame_envelope_free(ev);
+        if (final) {
+            break;
+        }
+        rc = ctl_recv(c, follow ? -1 : REPLY_TIMEOUT_MS, &ev);
+    }
+    if (events != NULL) {
+        json_t *doc = json_object();
+        json_object_set_new(doc, "job_id", json_string(id));
+        json_object_set_new(doc, "events", events);
+        if (rc == EXIT_OK) {
+            print_json(doc);
+        } else {
+            json_decref(doc);
+        }
+    }
+    if (rc == EXIT_OK && follow) {
+        return last == MPAR__JOB_STATE__JOB_STATE_SUCCEEDED ? EXIT_OK : EXIT_FAILED;
+    }
+    return rc;
+}
+
+static int read_file(const char *path, char **text_p)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        fprintf(stderr, "mpar-client: cannot read %s: %s\n", path, strerror(errno));
+        return EXIT_USAGE;
+    }
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (buf == NULL) {
+            fclose(f);
+            return EXIT_FAILED;
+        }
+        len += fread(buf + len, 1, cap - len - 1, f);
+        if (len < cap - 1) {
+            break;
+        }
+        cap *= 2;
+        if (cap > MP_FRAME_MAX_DEFAULT) {
+            fprintf(stderr, "mpar-client: %s is larger than a job spec can be\n", path);
+            free(buf);
+            fclose(f);
+            return EXIT_USAGE;
+        }
+        buf = realloc(buf, cap);
+    }
+    bool bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        fprintf(stderr, "mpar-client: cannot read %s\n", path);
+        free(buf);
+        return EXIT_USAGE;
+    }
+    buf[len] = '\0';
+    *text_p = buf;
+    return EXIT_OK;
+}
+
+static int cmd_submit(ctl_t *c, const char *path)
+{
+    char *text;
+    int rc = read_file(path, &text);
+    if (rc != EXIT_OK) {
+        return rc;
+    }
+    Mpar__Envelope req = MPAR__ENVELOPE__INIT, *rep;
+    Mpar__SubmitJob sj = MPAR__SUBMIT_JOB__INIT;
+    sj.spec_json = text;
+    sj.submitter = (char *)user_name();
+    req.msg_case = MPAR__ENVELOPE__MSG_SUBMIT_JOB;
+    req.submit_job = &sj;
+    rc = ctl_call(c, &req, &rep);
+    free(text);
+    if (rc != EXIT_OK) {
+        return rc;
+    }
+    if (rep->msg_case != MPAR__ENVELOPE__MSG_JOB_ACCEPTED || rep->job_accepted->job == NULL) {
+        mp_frame_envelope_free(rep);
+        return EXIT_FAILED;
+    }
+    const Mpar__JobInfo *j = rep->job_accepted->job;
+    char id[32];
+    snprintf(id, sizeof(id), "%s", j->id);
+    if (c->json && !c->follow) {
+        print_json(mp_proto_to_json(&j->base));
+    } else if (!c->json) {
+        printf("submitted job %s (%s): %s: %s\n", j->id, j->name, job_state(j->state), j->reason);
+    }
+    mp_frame_envelope_free(rep);
+    fflush(stdout);
+    return c->follow ? cmd_follow(c, id, true) : EXIT_OK;
+}
+
+static int cmd_job(ctl_t *c, const char *id, bool cancel)
+{
+    Mpar__Envelope req = MPAR__ENVELOPE__INIT, *rep;
+    Mpar__GetJob gj = MPAR__GET_JOB__INIT;
+    Mpar__CancelJob cj = MPAR__CANCEL_JOB__INIT;
+    if (cancel) {
+        cj.job_id = (char *)id;
+        cj.requester = (char *)user_name();
+        req.msg_case = MPAR__ENVELOPE__MSG_CANCEL_JOB;
+        req.cancel_job = &cj;
+    } else {
+        gj.job_id = (char *)id;
+        req.msg_case = MPAR__ENVELOPE__MSG_GET_JOB;
+        req.get_job = &gj;
+    }
+    int rc = ctl_call(c, &req, &rep);
+    if (rc != EXIT_OK) {
+        return rc;
+    }
+    if (rep->msg_case != MPAR__ENVELOPE__MSG_JOB_REPLY || rep->job_reply->job == NULL) {
+        mp_frame_envelope_free(rep);
+        return EXIT_FAILED;
+    }
+    const Mpar__JobInfo *j = rep->job_reply->job;
+    if (c->json) {
+        print_json(mp_proto_to_json(&j->base));
+    } else if (cancel) {
+        printf("job %s (%s): %s: %s\n", j->id, j->name, job_state(j->state), j->reason);
+    } else {
+        print_job(j);
+    }
+    rc = cancel ? EXIT_OK : job_exit(j);
+    mp_frame_envelope_free(rep);
+    return rc;
+}
+
+int mp_client_ctl_main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"socket", required_argument, NULL, 's'},
+        {"connect", required_argument, NULL, 'c'},
+        {"secret-file", required_argument, NULL, 'k'},
+        {"output", required_argument, NULL, 'o'},
+        {"follow", no_argument, NULL, 'f'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    ctl_t c = {.fd = -1};
+    if (argc < 1) {
+        ctl_usage(stderr);
+        return EXIT_USAGE;
+    }
+    const char *cmd = argv[0];
+    optind = 1;
+    opterr = 0;
+    int ch;
+    while ((ch = getopt_long(argc, argv, "+o:fh", opts, NULL)) != -1 || optind < argc) {
+        if (ch == -1) {
+            /* Positional arguments may come before options: skip them. */
+            optind++;
+            continue;
+        }
+        switch (ch) {
+        case 's':
+            c.socket_path = optarg;
+            break;
+        case 'c':
+            c.connect = optarg;
+            break;
+        case 'k':
+            c.secret_file = optarg;
+            break;
+        case 'o':
+            if (strcmp(optarg, "json") != 0 && strcmp(optarg, "table") != 0) {
+                fprintf(stderr, "mpar-client: -o takes json or table, not '%s'\n", optarg);
+                return EXIT_USAGE;
+            }
+            c.json = strcmp(optarg, "json") == 0;
+            break;
+        case 'f':
+            c.follow = true;
+            break;
+        case 'h':
+            ctl_usage(stdout);
+            return EXIT_OK;
+        default:
+            fprintf(stderr, "mpar-client: unknown or incomplete option '%s'\n",
+                    argv[optind - 1]);
+            ctl_usage(stderr);
+            return EXIT_USAGE;
+        }
+    }
+    /* The positional arguments, in order, with the options taken out. */
+    const char *pos[4];
+    int npos = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (a[0] == '-' && a[1] != '\0') {
+            bool takes = !strcmp(a, "--socket") || !strcmp(a, "--connect") ||
+                         !strcmp(a, "--secret-file") || !strcmp(a, "-o") ||
+                         !strcmp(a, "--output");
+            i += takes ? 1 : 0;
+            continue;
+        }
+        if (npos < 4) {
+            pos[npos] = a;
+        }
+        npos++;
+    }
+    int want = !strcmp(cmd, "nodes") || !strcmp(cmd, "jobs") ? 0
+               : !strcmp(cmd, "submit") || !strcmp(cmd, "status") || !strcmp(cmd, "logs") ||
+                       !strcmp(cmd, "cancel")
+                   ? 1
+                   : -1;
+    if (want < 0) {
+        fprintf(stderr, "mpar-client: unknown command '%s'\n", cmd);
+        ctl_usage(stderr);
+        return EXIT_USAGE;
+    }
+    if (npos != want) {
+        fprintf(stderr, "mpar-client: %s takes %s\n", cmd,
+                want == 0 ? "no argument" : !strcmp(cmd, "submit") ? "JOB.json" : "a JOB id");
+        return EXIT_USAGE;
+    }
+    if (c.follow && strcmp(cmd, "submit") != 0 && strcmp(cmd, "logs") != 0) {
+        fprintf(stderr, "mpar-client: -f applies to submit and logs\n");
+        return EXIT_USAGE;
+    }
+    if (c.secret_file != NULL && c.connect == NULL) {
+        fprintf(stderr, "mpar-client: --secret-file goes with --connect HOST:PORT\n");
+        return EXIT_USAGE;
+    }
+    /* Read the spec first: a missing file is a usage error, daemon or not. */
+    int rc = EXIT_OK;
+    if (!strcmp(cmd, "submit") && access(pos[0], R_OK) != 0) {
+        fprintf(stderr, "mpar-client: cannot read %s: %s\n", pos[0], strerror(errno));
+        return EXIT_USAGE;
+    }
+    rc = ctl_connect(&c);
+    if (rc == EXIT_OK) {
+        rc = ctl_handshake(&c);
+    }
+    if (rc == EXIT_OK) {
+        if (!strcmp(cmd, "nodes")) {
+            rc = cmd_nodes(&c);
+        } else if (!strcmp(cmd, "jobs")) {
+            rc = cmd_jobs(&c);
+        } else if (!strcmp(cmd, "submit")) {
+            rc = cmd_submit(&c, pos[0]);
+        } else if (!strcmp(cmd, "status")) {
+            rc = cmd_job(&c, pos[0], false);
+        } else if (!strcmp(cmd, "logs")) {
+            rc = cmd_follow(&c, pos[0], c.follow);
+        } else {
+            rc = cmd_job(&c, pos[0], true);
+        }
+    }
+    if (c.fd >= 0) {
+        close(c.fd);
+    }
+    fflush(stdout);
+    return rc;
+}

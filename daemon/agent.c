@@ -1,0 +1,284 @@
+/*
+ * agent.c - the node role of mpard: connects to the coordinator (--join, or
+ * this mpard's own listener when it is the coordinator too), proves the
+ * cluster secret, registers the node's devices, sends heartbeats at the
+ * coordinator's interval, and reconnects with backoff when the link drops.
+ * A graceful stop says Goodbye first.  Owns the connection and two timers.
+ * libuv thread.
+ */
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "daemon/mpard.h"
+#include "proto/codec.h"
+
+#define BACKOFF_MAX_MS 2000
+
+struct mp_agent {
+    mpard_t *d;
+    mp_conn_t *conn;
+    bool registered;
+    bool stopping;
+    bool timers_open;
+    uv_timer_t hb_timer;
+    uv_timer_t retry_timer;
+    uint64_t incarnation;
+    uint64_t seq;
+    uint32_t hb_ms;
+    uint64_t backoff_ms;
+    char target[128];
+    struct sockaddr_storage addr;
+    const char *state;
+};
+
+bool mp_agent_registered(const mp_agent_t *a) { return a->registered; }
+const char *mp_agent_state(const mp_agent_t *a) { return a->state; }
+
+static void agent_connect(mp_agent_t *a);
+
+static void on_heartbeat_timer(uv_timer_t *t)
+{
+    mp_agent_t *a = t->data;
+    if (a->conn == NULL || !a->registered) {
+        return;
+    }
+    Mpar__Envelope env = MPAR__ENVELOPE__INIT;
+    Mpar__Heartbeat hb = MPAR__HEARTBEAT__INIT;
+    hb.seq = ++a->seq;
+    hb.sent_unix_ms = mpard_now_ms();
+    env.msg_case = MPAR__ENVELOPE__MSG_HEARTBEAT;
+    env.heartbeat = &hb;
+    mp_conn_send(a->conn, &env);
+}
+
+static void on_retry_timer(uv_timer_t *t)
+{
+    agent_connect(t->data);
+}
+
+static void agent_send_register(mp_agent_t *a)
+{
+    mpard_t *d = a->d;
+    Mpar__Envelope env = MPAR__ENVELOPE__INIT;
+    Mpar__RegisterNode r = MPAR__REGISTER_NODE__INIT;
+    Mpar__Device devs[MP_DAEMON_MAX_DEVICES];
+    Mpar__Device *devp[MP_DAEMON_MAX_DEVICES];
+    for (int i = 0; i < d->ndevices; i++) {
+        mpar__device__init(&devs[i]);
+        devs[i].kind = d->devices[i].kind == MP_DEVKIND_CUDA ? MPAR__DEVICE_KIND__DEVICE_KIND_CUDA
+                                                             : MPAR__DEVICE_KIND__DEVICE_KIND_CPU;
+        devs[i].index = d->devices[i].index;
+        devs[i].memory_bytes = d->devices[i].memory_bytes;
+        devp[i] = &devs[i];
+    }
+    r.name = d->cfg.name;
+    r.devices = devp;
+    r.n_devices = (size_t)d->ndevices;
+    r.incarnation = a->incarnation;
+    r.data_host = "";
+    r.pid = (uint32_t)getpid();
+    env.msg_case = MPAR__ENVELOPE__MSG_REGISTER_NODE;
+    env.register_node = &r;
+    mp_conn_send(a->conn, &env);
+}
+
+static void on_ready(mp_conn_t *conn, void *data)
+{
+    mp_agent_t *a = data;
+    const mp_handshake_t *hs = mp_conn_handshake(conn);
+    if (!mp_handshake_peer_coordinator(hs)) {
+        mp_conn_close(conn, MP_CONN_PROTO, "the mpard at --join is not a coordinator");
+        return;
+    }
+    a->state = "registering";
+    agent_send_register(a);
+}
+
+static void on_envelope(mp_conn_t *conn, const Mpar__Envelope *env, void *data)
+{
+    mp_agent_t *a = data;
+    switch (env->msg_case) {
+    case MPAR__ENVELOPE__MSG_NODE_REGISTERED: {
+        const Mpar__NodeRegistered *nr = env->node_registered;
+        a->registered = true;
+        a->state = "registered";
+        a->backoff_ms = 0;
+        a->hb_ms = nr->heartbeat_ms >= 10 ? nr->heartbeat_ms : a->d->cfg.heartbeat_ms;
+        uv_timer_start(&a->hb_timer, on_heartbeat_timer, a->hb_ms, a->hb_ms);
+        mp_info("registered with the coordinator at %s (epoch %llu, heartbeat %u ms)", a->target,
+                (unsigned long long)nr->epoch, a->hb_ms);
+        mpard_check_ready(a->d);
+        mp_notify_status_update(a->d);
+        return;
+    }
+    case MPAR__ENVELOPE__MSG_ERROR:
+        mp_err("coordinator at %s refused this node: %s", a->target,
+               env->error->message ? env->error->message : "");
+        return;
+    case MPAR__ENVELOPE__MSG_JOB_ASSIGNMENT:
+    case MPAR__ENVELOPE__MSG_PEER_ADDRESSES:
+    case MPAR__ENVELOPE__MSG_JOB_START:
+    case MPAR__ENVELOPE__MSG_JOB_ABORT: {
+        /* The coordinator of this build never assigns shards; a newer one
+         * learns plainly that this node cannot run them. */
+        Mpar__Envelope reply = MPAR__ENVELOPE__INIT;
+        Mpar__Error e = MPAR__ERROR__INIT;
+        e.code = MPAR__ERROR_CODE__ERROR_CODE_INTERNAL;
+        e.message = "this mpard build has no job executor";
+        reply.request_id = env->request_id;
+        reply.msg_case = MPAR__ENVELOPE__MSG_ERROR;
+        reply.error = &e;
+        mp_conn_send(conn, &reply);
+        return;
+    }
+    default: {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "unexpected %s from the coordinator",
+                 mp_frame_msg_name(env->msg_case));
+        mp_conn_fail(conn, MPAR__ERROR_CODE__ERROR_CODE_PROTOCOL, MP_CONN_PROTO, msg);
+        return;
+    }
+    }
+}
+
+static void on_close(mp_conn_t *conn, mp_conn_reason_t reason, const char *why, void *data)
+{
+    mp_agent_t *a = data;
+    if (a->conn != conn) {
+        return;
+    }
+    a->conn = NULL;
+    bool was = a->registered;
+    a->registered = false;
+    if (a->stopping) {
+        return;
+    }
+    uv_timer_stop(&a->hb_timer);
+    a->state = reason == MP_CONN_AUTH ? "authentication refused" : "disconnected";
+    if (reason == MP_CONN_AUTH) {
+        mp_err("the coordinator at %s refused this node's cluster secret (%s)", a->target, why);
+        a->backoff_ms = BACKOFF_MAX_MS;
+    } else if (was) {
+        mp_warn("lost the coordinator at %s (%s): %s", a->target, mp_conn_reason_name(reason),
+                why);
+    } else {
+        mp_debug("cannot reach the coordinator at %s (%s): %s", a->target,
+                 mp_conn_reason_name(reason), why);
+    }
+    a->backoff_ms = a->backoff_ms == 0 ? 100 : a->backoff_ms * 2;
+    if (a->backoff_ms > BACKOFF_MAX_MS) {
+        a->backoff_ms = BACKOFF_MAX_MS;
+    }
+    uv_timer_start(&a->retry_timer, on_retry_timer, a->backoff_ms, 0);
+    mp_notify_status_update(a->d);
+}
+
+static void agent_connect(mp_agent_t *a)
+{
+    if (a->stopping || a->conn != NULL) {
+        return;
+    }
+    mpard_t *d = a->d;
+    mp_conn_params_t p = {
+        .hs = {.side = MP_AUTH_SIDE_CLIENT,
+               .secret = d->secret,
+               .name = d->cfg.name,
+               .role = MPAR__PEER_ROLE__PEER_ROLE_NODE},
+        .stall_ms = d->cfg.dead_after_ms,
+        .handshake_ms = d->cfg.dead_after_ms,
+    };
+    static const mp_conn_cbs_t cbs = {
+        .on_envelope = on_envelope, .on_ready = on_ready, .on_close = on_close};
+    a->state = "connecting";
+    mp_conn_t *conn;
+    /* The pointer is kept before the connect can fail, so on_close knows it. */
+    if (mp_conn_connect_tcp(d->loop, (const struct sockaddr *)&a->addr, &p, &cbs, a, &conn) ==
+        MP_OK) {
+        a->conn = conn;
+    } else {
+        a->backoff_ms = BACKOFF_MAX_MS;
+        uv_timer_start(&a->retry_timer, on_retry_timer, a->backoff_ms, 0);
+    }
+}
+
+mp_status_t mp_agent_create(mpard_t *d, mp_agent_t **agent_p)
+{
+    mp_errbuf_t err;
+    mp_agent_t *a = mp_calloc(1, sizeof(*a));
+    if (a == NULL) {
+        return MP_ERR_NOMEM;
+    }
+    a->d = d;
+    a->state = "starting";
+    const char *target = d->cfg.join;
+    if (target[0] == '\0') {
+        /* The coordinator in this process: its listener, reached on loopback
+         * when it listens on every address. */
+        target = d->tcp_bound;
+        if (!strncmp(target, "0.0.0.0:", 8)) {
+            snprintf(a->target, sizeof(a->target), "127.0.0.1:%s", target + 8);
+        } else if (!strncmp(target, "[::]:", 5)) {
+            snprintf(a->target, sizeof(a->target), "[::1]:%s", target + 5);
+        } else {
+            snprintf(a->target, sizeof(a->target), "%s", target);
+        }
+    } else {
+        snprintf(a->target, sizeof(a->target), "%s", target);
+    }
+    if (mp_daemon_addr_parse(a->target, &a->addr, &err) != MP_OK) {
+        mp_err("join: %s", err.msg);
+        mp_free(a);
+        return MP_ERR_INVAL;
+    }
+    uint64_t r = 0;
+    uint8_t bytes[MP_AUTH_NONCE_LEN];
+    if (mp_auth_nonce_fill(bytes) == MP_OK) {
+        memcpy(&r, bytes, sizeof(r));
+    }
+    /* 53 bits: exact in every JSON reader. */
+    a->incarnation = (r ? r : mpard_now_ms()) & ((1ull << 53) - 1);
+    uv_timer_init(d->loop, &a->hb_timer);
+    uv_timer_init(d->loop, &a->retry_timer);
+    a->hb_timer.data = a;
+    a->retry_timer.data = a;
+    a->timers_open = true;
+    agent_connect(a);
+    *agent_p = a;
+    return MP_OK;
+}
+
+void mp_agent_stop(mp_agent_t *a)
+{
+    if (a->stopping) {
+        return;
+    }
+    a->stopping = true;
+    if (a->timers_open) {
+        a->timers_open = false;
+        uv_close((uv_handle_t *)&a->hb_timer, NULL);
+        uv_close((uv_handle_t *)&a->retry_timer, NULL);
+    }
+    if (a->conn != NULL) {
+        if (a->registered) {
+            Mpar__Envelope env = MPAR__ENVELOPE__INIT;
+            Mpar__Goodbye g = MPAR__GOODBYE__INIT;
+            g.reason = "mpard stopped";
+            env.msg_case = MPAR__ENVELOPE__MSG_GOODBYE;
+            env.goodbye = &g;
+            mp_conn_send(a->conn, &env);
+        }
+        mp_conn_end(a->conn, MP_CONN_LOCAL, "mpard is stopping");
+    }
+}
+
+void mp_agent_abort(mp_agent_t *a)
+{
+    if (a->conn != NULL) {
+        mp_conn_close(a->conn, MP_CONN_LOCAL, "mpard is stopping");
+    }
+}
+
+void mp_agent_destroy(mp_agent_t *a) { mp_free(a); }

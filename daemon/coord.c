@@ -1,0 +1,993 @@
+/*
+ * coord.c - the coordinator role of mpard: cluster membership (registration,
+ * heartbeats, ALIVE -> SUSPECT -> DEAD, rejoin), the job queue with
+ * validation at submit, job states with reasons, timestamps and an event log,
+ * watchers for `logs -f`, and persistence of the jobs in the state dir.
+ * Owns the node and job records; their Mpar__NodeInfo / Mpar__JobInfo are the
+ * records themselves, so replies point into them without copies.  libuv
+ * thread; the state file is written on the libuv thread pool (one write in
+ * flight, the latest state wins) and read synchronously only at start.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "daemon/mpard.h"
+#include "model/spec.h"
+#include "proto/json.h"
+
+#define EVENTS_MAX 1000
+#define JOBS_MAX 10000
+#define STATE_FILE "jobs.json"
+#define STATE_VERSION 1
+
+struct mp_coord_node {
+    Mpar__NodeInfo info;
+    Mpar__Device *devs;
+    Mpar__Device **devp;
+    char name[64];
+    char address[80];
+    mp_session_t *session;
+    uint64_t last_hb_mono; /* uv_now of the last heartbeat or registration */
+    mp_coord_node_t *next;
+};
+
+typedef struct {
+    mp_session_t *s;
+    uint64_t request_id;
+} watcher_t;
+
+typedef struct coord_job {
+    Mpar__JobInfo info;
+    char id[24];
+    char *name;
+    char *reason;
+    char *submitter;
+    char *spec_json;
+    Mpar__JobEvent *events;
+    size_t nevents, cap_events;
+    watcher_t *watchers;
+    size_t nwatchers, cap_watchers;
+    struct coord_job *next;
+} coord_job_t;
+
+typedef struct {
+    uv_work_t req;
+    mp_coord_t *c;
+    char *text;
+    int err; /* errno of the write, 0 = ok */
+} save_req_t;
+
+struct mp_coord {
+    mpard_t *d;
+    uint64_t epoch;
+    uint64_t next_job;
+    mp_coord_node_t *nodes;
+    size_t nnodes;
+    coord_job_t *jobs, *jobs_tail;
+    size_t njobs;
+    uv_timer_t sweep_timer;
+    bool sweep_open;
+    char state_path[PATH_MAX + 32];
+    char tmp_path[PATH_MAX + 40];
+    bool save_inflight, save_dirty;
+};
+
+static void coord_save(mp_coord_t *c);
+static void job_try_start(mp_coord_t *c, coord_job_t *j);
+
+uint64_t mp_coord_epoch(const mp_coord_t *c) { return c->epoch; }
+
+static bool job_terminal(Mpar__JobState s)
+{
+    return s == MPAR__JOB_STATE__JOB_STATE_SUCCEEDED || s == MPAR__JOB_STATE__JOB_STATE_FAILED ||
+           s == MPAR__JOB_STATE__JOB_STATE_CANCELLED;
+}
+
+static const char *node_state_name(Mpar__NodeState s)
+{
+    return mp_proto_enum_short(&mpar__node_state__descriptor, (int)s);
+}
+
+static const char *job_state_name(Mpar__JobState s)
+{
+    return mp_proto_enum_short(&mpar__job_state__descriptor, (int)s);
+}
+
+/* ---- events and watchers ---------------------------------------------- */
+
+static void job_send_event(coord_job_t *j, const Mpar__JobEvent *ev, watcher_t *w, bool final)
+{
+    Mpar__Envelope env = MPAR__ENVELOPE__INIT;
+    Mpar__JobEvent copy = *ev;
+    copy.final = final;
+    env.request_id = w->request_id;
+    env.msg_case = MPAR__ENVELOPE__MSG_JOB_EVENT;
+    env.job_event = &copy;
+    mp_session_send(w->s, &env);
+}
+
+static void job_add_event(mp_coord_t *c, coord_job_t *j, const char *message)
+{
+    if (j->nevents == EVENTS_MAX) {
+        /* Keep the first event (submission) and drop the oldest after it. */
+        mp_free(j->events[1].message);
+        memmove(&j->events[1], &j->events[2], (EVENTS_MAX - 2) * sizeof(j->events[0]));
+        j->nevents--;
+    }
+    if (j->nevents == j->cap_events) {
+        size_t cap = j->cap_events ? j->cap_events * 2 : 8;
+        Mpar__JobEvent *ne = mp_realloc(j->events, cap * sizeof(*ne));
+        if (ne == NULL) {
+            mp_err("job %s: out of memory for its event log", j->id);
+            return;
+        }
+        j->events = ne;
+        j->cap_events = cap;
+    }
+    Mpar__JobEvent *ev = &j->events[j->nevents];
+    mpar__job_event__init(ev);
+    ev->job_id = j->id;
+    ev->unix_ms = mpard_now_ms();
+    ev->state = j->info.state;
+    ev->message = mp_strdup(message);
+    if (ev->message == NULL) {
+        return;
+    }
+    j->nevents++;
+    bool final = job_terminal(j->info.state);
+    for (size_t i = 0; i < j->nwatchers; i++) {
+        job_send_event(j, ev, &j->watchers[i], final);
+    }
+    if (final) {
+        j->nwatchers = 0;
+    }
+}
+
+static void job_set_reason(mp_coord_t *c, coord_job_t *j, const char *reason)
+{
+    if (j->reason != NULL && strcmp(j->reason, reason) == 0) {
+        return;
+    }
+    char *r = mp_strdup(reason);
+    if (r == NULL) {
+        return;
+    }
+    mp_free(j->reason);
+    j->reason = r;
+    j->info.reason = r;
+}
+
+static void job_set_state(mp_coord_t *c, coord_job_t *j, Mpar__JobState state, const char *reason)
+{
+    bool changed = j->info.state != state;
+    bool reason_changed = j->reason == NULL || strcmp(j->reason, reason) != 0;
+    if (!changed && !reason_changed) {
+        return;
+    }
+    j->info.state = state;
+    job_set_reason(c, j, reason);
+    uint64_t now = mpard_now_ms();
+    if (state == MPAR__JOB_STATE__JOB_STATE_RUNNING && j->info.started_unix_ms == 0) {
+        j->info.started_unix_ms = now;
+    }
+    if (job_terminal(state) && j->info.finished_unix_ms == 0) {
+        j->info.finished_unix_ms = now;
+    }
+    char msg[1200];
+    snprintf(msg, sizeof(msg), "%s: %s", job_state_name(state), reason);
+    job_add_event(c, j, msg);
+    mp_info("job %s (%s) %s: %s", j->id, j->name, job_state_name(state), reason);
+    coord_save(c);
+}
+
+/* ---- scheduling -------------------------------------------------------- */
+
+/*
+ * The hook the job engine fills: starts `j` when the alive nodes can hold its
+ * pp x tp x dp grid (a TP group inside one node).  This build has no
+ * executor, so a job that fits stays PENDING and says so; one that does not
+ * fit says what is missing.
+ */
+static void job_try_start(mp_coord_t *c, coord_job_t *j)
+{
+    if (j->info.state != MPAR__JOB_STATE__JOB_STATE_PENDING) {
+        return;
+    }
+    uint32_t tp = j->info.tp, groups_needed = j->info.pp * j->info.dp;
+    uint64_t devices = 0, groups = 0;
+    int alive = 0;
+    for (mp_coord_node_t *n = c->nodes; n != NULL; n = n->next) {
+        if (n->info.state != MPAR__NODE_STATE__NODE_STATE_ALIVE) {
+            continue;
+        }
+        alive++;
+        devices += n->info.n_devices;
+        groups += tp > 0 ? n->info.n_devices / tp : 0;
+    }
+    char reason[512];
+    if (devices < j->info.devices_needed) {
+        snprintf(reason, sizeof(reason),
+                 "needs %u devices (pp %u x tp %u x dp %u); the cluster has %llu on %d alive "
+                 "node%s",
+                 j->info.devices_needed, j->info.pp, j->info.tp, j->info.dp,
+                 (unsigned long long)devices, alive, alive == 1 ? "" : "s");
+    } else if (groups < groups_needed) {
+        snprintf(reason, sizeof(reason),
+                 "needs %u TP groups of %u devices, each inside one node; the alive nodes hold "
+                 "%llu",
+                 groups_needed, tp, (unsigned long long)groups);
+    } else {
+        snprintf(reason, sizeof(reason),
+                 "queued: the cluster can hold it, but this mpard build has no job executor");
+    }
+    job_set_state(c, j, MPAR__JOB_STATE__JOB_STATE_PENDING, reason);
+}
+
+static void coord_reschedule(mp_coord_t *c)
+{
+    for (coord_job_t *j = c->jobs; j != NULL; j = j->next) {
+        job_try_start(c, j);
+    }
+}
+
+/* ---- membership -------------------------------------------------------- */
+
+static void node_set_state(mp_coord_t *c, mp_coord_node_t *n, Mpar__NodeState s, const char *why)
+{
+    if (n->info.state == s) {
+        return;
+    }
+    if (n->info.state == MPAR__NODE_STATE__NODE_STATE_UNSPECIFIED) {
+        mp_info("node %s: %s (%s)", n->name, node_state_name(s), why);
+    } else {
+        mp_log(s == MPAR__NODE_STATE__NODE_STATE_ALIVE ? MP_LOG_INFO : MP_LOG_WARN,
+               "node %s: %s -> %s (%s)", n->name, node_state_name(n->info.state),
+               node_state_name(s), why);
+    }
+    bool was_alive = n->info.state == MPAR__NODE_STATE__NODE_STATE_ALIVE;
+    n->info.state = s;
+    if (was_alive || s == MPAR__NODE_STATE__NODE_STATE_ALIVE) {
+        coord_reschedule(c);
+    }
+    mp_notify_status_update(c->d);
+}
+
+static void on_sweep(uv_timer_t *t)
+{
+    mp_coord_t *c = t->data;
+    uint64_t now = uv_now(c->d->loop);
+    uint64_t hb = c->d->cfg.heartbeat_ms, dead = c->d->cfg.dead_after_ms;
+    for (mp_coord_node_t *n = c->nodes; n != NULL; n = n->next) {
+        if (n->info.state != MPAR__NODE_STATE__NODE_STATE_ALIVE &&
+            n->info.state != MPAR__NODE_STATE__NODE_STATE_SUSPECT) {
+            continue;
+        }
+        uint64_t age = now - n->last_hb_mono;
+        if (age >= dead) {
+            char why[96];
+            snprintf(why, sizeof(why), "no heartbeat for %llu ms", (unsigned long long)age);
+            node_set_state(c, n, MPAR__NODE_STATE__NODE_STATE_DEAD, why);
+            if (n->session != NULL) {
+                /* Connected but silent: drop it, so that it reconnects afresh. */
+                mp_session_t *s = n->session;
+                n->session = NULL;
+                mp_session_set_node(s, NULL);
+                mp_session_close(s, "node declared dead");
+            }
+        } else if (age >= 2 * hb && n->info.state == MPAR__NODE_STATE__NODE_STATE_ALIVE) {
+            node_set_state(c, n, MPAR__NODE_STATE__NODE_STATE_SUSPECT, "heartbeats late");
+        }
+    }
+}
+
+static void sweep_restart(mp_coord_t *c)
+{
+    uint64_t every = c->d->cfg.heartbeat_ms / 2;
+    if (every < 10) {
+        every = 10;
+    }
+    uv_timer_start(&c->sweep_timer, on_sweep, every, every);
+}
+
+void mp_coord_apply_config(mp_coord_t *c) { sweep_restart(c); }
+
+mp_status_t mp_coord_node_register(mp_coord_t *c, mp_session_t *s, const Mpar__RegisterNode *r,
+                                   const char *address, mp_coord_node_t **node_p,
+                                   mp_errbuf_t *err)
+{
+    const char *name = r->name ? r->name : "";
+    size_t nl = strlen(name);
+    if (nl == 0 || nl >= sizeof(((mp_coord_node_t *)0)->name)) {
+        return mp_errbuf_set(err, MP_ERR_PROTO, "node name must be 1 to 63 bytes");
+    }
+    if (r->n_devices > MP_DAEMON_MAX_DEVICES) {
+        return mp_errbuf_set(err, MP_ERR_PROTO, "node %s reports %zu devices; at most %d", name,
+                             r->n_devices, MP_DAEMON_MAX_DEVICES);
+    }
+    for (size_t i = 0; i < r->n_devices; i++) {
+        if (r->devices[i]->kind == MPAR__DEVICE_KIND__DEVICE_KIND_UNSPECIFIED) {
+            return mp_errbuf_set(err, MP_ERR_PROTO, "node %s: device %zu has no kind", name, i);
+        }
+    }
+    mp_coord_node_t *n = c->nodes;
+    while (n != NULL && strcmp(n->name, name) != 0) {
+        n = n->next;
+    }
+    bool known = n != NULL;
+    if (!known) {
+        n = mp_calloc(1, sizeof(*n));
+        if (n == NULL) {
+            return mp_errbuf_set(err, MP_ERR_NOMEM, "out of memory");
+        }
+        mpar__node_info__init(&n->info);
+        snprintf(n->name, sizeof(n->name), "%s", name);
+        n->info.name = n->name;
+        n->info.address = n->address;
+    }
+    Mpar__Device *devs = mp_calloc(r->n_devices + 1, sizeof(*devs));
+    Mpar__Device **devp = mp_calloc(r->n_devices + 1, sizeof(*devp));
+    if (devs == NULL || devp == NULL) {
+        mp_free(devs);
+        mp_free(devp);
+        if (!known) {
+            mp_free(n);
+        }
+        return mp_errbuf_set(err, MP_ERR_NOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < r->n_devices; i++) {
+        mpar__device__init(&devs[i]);
+        devs[i].kind = r->devices[i]->kind;
+        devs[i].index = r->devices[i]->index;
+        devs[i].memory_bytes = r->devices[i]->memory_bytes;
+        devs[i].model = "";
+        devp[i] = &devs[i];
+    }
+    if (n->session != NULL && n->session != s) {
+        /* The same node from a new connection: a restart or a reconnect that
+         * beat the old connection's timeout.  The new one wins. */
+        mp_session_t *old = n->session;
+        n->session = NULL;
+        mp_session_set_node(old, NULL);
+        mp_session_close(old, "replaced by a new registration of the same node");
+    }
+    const char *how = !known ? "registered"
+                      : n->info.incarnation != r->incarnation ? "rejoined after a restart"
+                                                              : "reconnected";
+    mp_free(n->devs);
+    mp_free(n->devp);
+    n->devs = devs;
+    n->devp = devp;
+    n->info.devices = devp;
+    n->info.n_devices = r->n_devices;
+    n->info.incarnation = r->incarnation;
+    snprintf(n->address, sizeof(n->address), "%s", address);
+    n->info.registered_unix_ms = mpard_now_ms();
+    n->info.last_heartbeat_unix_ms = n->info.registered_unix_ms;
+    n->info.registrations++;
+    n->info.running_shards = 0;
+    n->last_hb_mono = uv_now(c->d->loop);
+    n->session = s;
+    if (!known) {
+        mp_coord_node_t **tail = &c->nodes;
+        while (*tail != NULL) {
+            tail = &(*tail)->next;
+        }
+        *tail = n;
+        c->nnodes++;
+    }
+    c->d->n.registrations++;
+    mp_info("node %s %s from %s with %zu device%s", n->name, how, address, r->n_devices,
+            r->n_devices == 1 ? "" : "s");
+    if (n->info.state == MPAR__NODE_STATE__NODE_STATE_ALIVE) {
+        coord_reschedule(c); /* its devices may have changed */
+    } else {
+        node_set_state(c, n, MPAR__NODE_STATE__NODE_STATE_ALIVE, how);
+    }
+    *node_p = n;
+    return MP_OK;
+}
+
+void mp_coord_node_heartbeat(mp_coord_t *c, mp_coord_node_t *n, const Mpar__Heartbeat *hb)
+{
+    n->last_hb_mono = uv_now(c->d->loop);
+    n->info.last_heartbeat_unix_ms = mpard_now_ms();
+    n->info.running_shards = hb->running_shards;
+    c->d->n.heartbeats++;
+    if (n->info.state != MPAR__NODE_STATE__NODE_STATE_ALIVE) {
+        node_set_state(c, n, MPAR__NODE_STATE__NODE_STATE_ALIVE, "heartbeat");
+    }
+}
+
+void mp_coord_node_goodbye(mp_coord_t *c, mp_coord_node_t *n, const char *reason)
+{
+    node_set_state(c, n, MPAR__NODE_STATE__NODE_STATE_LEFT,
+                   reason && reason[0] ? reason : "node stopped");
+}
+
+void mp_coord_node_disconnected(mp_coord_t *c, mp_coord_node_t *n, mp_session_t *s)
+{
+    if (n->session != s) {
+        return;
+    }
+    n->session = NULL;
+    if (c->d->stopping) {
+        return; /* this process is going away, not the node */
+    }
+    if (n->info.state == MPAR__NODE_STATE__NODE_STATE_ALIVE) {
+        node_set_state(c, n, MPAR__NODE_STATE__NODE_STATE_SUSPECT, "connection lost");
+    }
+}
+
+void mp_coord_session_closed(mp_coord_t *c, mp_session_t *s)
+{
+    for (coord_job_t *j = c->jobs; j != NULL; j = j->next) {
+        size_t k = 0;
+        for (size_t i = 0; i < j->nwatchers; i++) {
+            if (j->watchers[i].s != s) {
+                j->watchers[k++] = j->watchers[i];
+            }
+        }
+        j->nwatchers = k;
+    }
+}
+
+Mpar__NodeInfo **mp_coord_nodes(mp_coord_t *c, size_t *n_p)
+{
+    Mpar__NodeInfo **v = mp_calloc(c->nnodes + 1, sizeof(*v));
+    size_t k = 0;
+    for (mp_coord_node_t *n = c->nodes; v != NULL && n != NULL; n = n->next) {
+        v[k++] = &n->info;
+    }
+    *n_p = k;
+    return v;
+}
+
+Mpar__JobInfo **mp_coord_jobs(mp_coord_t *c, size_t *n_p)
+{
+    Mpar__JobInfo **v = mp_calloc(c->njobs + 1, sizeof(*v));
+    size_t k = 0;
+    for (coord_job_t *j = c->jobs; v != NULL && j != NULL; j = j->next) {
+        v[k++] = &j->info;
+    }
+    *n_p = k;
+    return v;
+}
+
+static coord_job_t *job_find(mp_coord_t *c, const char *id)
+{
+    for (coord_job_t *j = c->jobs; j != NULL; j = j->next) {
+        if (strcmp(j->id, id) == 0 || (j->name != NULL && strcmp(j->name, id) == 0 &&
+                                       !job_terminal(j->info.state))) {
+            return j;
+        }
+    }
+    return NULL;
+}
+
+Mpar__JobInfo *mp_coord_job_find(mp_coord_t *c, const char *id)
+{
+    coord_job_t *j = job_find(c, id);
+    return j ? &j->info : NULL;
+}
+
+void mp_coord_counts(mp_coord_t *c, int nodes_by_state[5], int jobs_by_state[6])
+{
+    memset(nodes_by_state, 0, 5 * sizeof(int));
+    memset(jobs_by_state, 0, 6 * sizeof(int));
+    for (mp_coord_node_t *n = c->nodes; n != NULL; n = n->next) {
+        if ((unsigned)n->info.state < 5) {
+            nodes_by_state[n->info.state]++;
+        }
+    }
+    for (coord_job_t *j = c->jobs; j != NULL; j = j->next) {
+        if ((unsigned)j->info.state < 6) {
+            jobs_by_state[j->info.state]++;
+        }
+    }
+}
+
+/* ---- jobs -------------------------------------------------------------- */
+
+static coord_job_t *job_new(mp_coord_t *c, uint64_t num)
+{
+    coord_job_t *j = mp_calloc(1, sizeof(*j));
+    if (j == NULL) {
+        return NULL;
+    }
+    mpar__job_info__init(&j->info);
+    snprintf(j->id, sizeof(j->id), "%llu", (unsigned long long)num);
+    j->info.id = j->id;
+    j->info.name = "";
+    j->info.reason = "";
+    j->info.submitter = "";
+    return j;
+}
+
+static void job_free(coord_job_t *j)
+{
+    for (size_t i = 0; i < j->nevents; i++) {
+        mp_free(j->events[i].message);
+    }
+    mp_free(j->events);
+    mp_free(j->watchers);
+    mp_free(j->name);
+    mp_free(j->reason);
+    mp_free(j->submitter);
+    mp_free(j->spec_json);
+    mp_free(j);
+}
+
+static void job_append(mp_coord_t *c, coord_job_t *j)
+{
+    if (c->jobs_tail != NULL) {
+        c->jobs_tail->next = j;
+    } else {
+        c->jobs = j;
+    }
+    c->jobs_tail = j;
+    c->njobs++;
+}
+
+/* Keeps the job list bounded: the oldest finished jobs go first. */
+static void jobs_trim(mp_coord_t *c)
+{
+    coord_job_t **pp = &c->jobs, *prev = NULL;
+    while (c->njobs > JOBS_MAX && *pp != NULL) {
+        coord_job_t *j = *pp;
+        if (job_terminal(j->info.state) && j->nwatchers == 0) {
+            *pp = j->next;
+            if (c->jobs_tail == j) {
+                c->jobs_tail = prev;
+            }
+            job_free(j);
+            c->njobs--;
+        } else {
+            prev = j;
+            pp = &j->next;
+        }
+    }
+}
+
+mp_status_t mp_coord_job_submit(mp_coord_t *c, const char *spec_json, size_t len,
+                                const char *submitter, Mpar__JobInfo **job_p, mp_errbuf_t *err)
+{
+    mp_spec_t *spec;
+    mp_status_t st = mp_spec_parse(spec_json, len, &spec, err);
+    if (st != MP_OK) {
+        c->d->n.jobs_refused++;
+        return st == MP_ERR_NOMEM ? st : MP_ERR_SPEC;
+    }
+    coord_job_t *j = job_new(c, c->next_job);
+    if (j != NULL) {
+        j->name = mp_strdup(spec->name);
+        j->submitter = mp_strdup(submitter && submitter[0] ? submitter : "unknown");
+        j->spec_json = mp_malloc(len + 1);
+    }
+    if (j == NULL || j->name == NULL || j->submitter == NULL || j->spec_json == NULL) {
+        if (j != NULL) {
+            job_free(j);
+        }
+        mp_spec_free(spec);
+        return mp_errbuf_set(err, MP_ERR_NOMEM, "out of memory");
+    }
+    memcpy(j->spec_json, spec_json, len);
+    j->spec_json[len] = '\0';
+    j->info.name = j->name;
+    j->info.submitter = j->submitter;
+    j->info.submitted_unix_ms = mpard_now_ms();
+    j->info.pp = (uint32_t)spec->parallel.pp;
+    j->info.tp = (uint32_t)spec->parallel.tp;
+    j->info.dp = (uint32_t)spec->parallel.dp;
+    j->info.devices_needed = j->info.pp * j->info.tp * j->info.dp;
+    mp_spec_free(spec);
+    c->next_job++;
+    job_append(c, j);
+    c->d->n.jobs_submitted++;
+    char msg[300];
+    snprintf(msg, sizeof(msg), "submitted by %s", j->submitter);
+    j->info.state = MPAR__JOB_STATE__JOB_STATE_PENDING;
+    job_set_reason(c, j, "submitted");
+    job_add_event(c, j, msg);
+    mp_info("job %s (%s) submitted by %s: pp %u tp %u dp %u", j->id, j->name, j->submitter,
+            j->info.pp, j->info.tp, j->info.dp);
+    job_try_start(c, j);
+    jobs_trim(c);
+    coord_save(c);
+    *job_p = &j->info;
+    return MP_OK;
+}
+
+mp_status_t mp_coord_job_cancel(mp_coord_t *c, const char *id, const char *who,
+                                Mpar__JobInfo **job_p, mp_errbuf_t *err)
+{
+    coord_job_t *j = job_find(c, id);
+    if (j == NULL) {
+        return mp_errbuf_set(err, MP_ERR_NOTFOUND, "no job %s", id);
+    }
+    if (job_terminal(j->info.state)) {
+        return mp_errbuf_set(err, MP_ERR_STATE, "job %s has already ended: %s", j->id,
+                             job_state_name(j->info.state));
+    }
+    char reason[300];
+    snprintf(reason, sizeof(reason), "cancelled by %s", who && who[0] ? who : "unknown");
+    job_set_state(c, j, MPAR__JOB_STATE__JOB_STATE_CANCELLED, reason);
+    *job_p = &j->info;
+    return MP_OK;
+}
+
+mp_status_t mp_coord_job_watch(mp_coord_t *c, const char *id, bool follow, mp_session_t *s,
+                               uint64_t request_id, mp_errbuf_t *err)
+{
+    coord_job_t *j = job_find(c, id);
+    if (j == NULL) {
+        return mp_errbuf_set(err, MP_ERR_NOTFOUND, "no job %s", id);
+    }
+    bool stay = follow && !job_terminal(j->info.state);
+    if (stay && j->nwatchers == j->cap_watchers) {
+        size_t cap = j->cap_watchers ? j->cap_watchers * 2 : 4;
+        watcher_t *nw = mp_realloc(j->watchers, cap * sizeof(*nw));
+        if (nw == NULL) {
+            return mp_errbuf_set(err, MP_ERR_NOMEM, "out of memory");
+        }
+        j->watchers = nw;
+        j->cap_watchers = cap;
+    }
+    watcher_t w = {.s = s, .request_id = request_id};
+    for (size_t i = 0; i < j->nevents; i++) {
+        job_send_event(j, &j->events[i], &w, !stay && i + 1 == j->nevents);
+    }
+    if (stay) {
+        j->watchers[j->nwatchers++] = w;
+    }
+    return MP_OK;
+}
+
+json_t *mp_coord_job_events_json(mp_coord_t *c, const char *id)
+{
+    coord_job_t *j = job_find(c, id);
+    json_t *a = json_array();
+    for (size_t i = 0; j != NULL && a != NULL && i < j->nevents; i++) {
+        json_array_append_new(a, mp_proto_to_json(&j->events[i].base));
+    }
+    return a;
+}
+
+/* ---- persistence ------------------------------------------------------- */
+
+static char *coord_serialize(mp_coord_t *c)
+{
+    json_t *root = json_object();
+    json_t *jobs = json_array();
+    json_object_set_new(root, "version", json_integer(STATE_VERSION));
+    json_object_set_new(root, "epoch", json_integer((json_int_t)c->epoch));
+    json_object_set_new(root, "next_job", json_integer((json_int_t)c->next_job));
+    for (coord_job_t *j = c->jobs; j != NULL; j = j->next) {
+        json_t *o = mp_proto_to_json(&j->info.base);
+        json_t *evs = json_array();
+        for (size_t i = 0; i < j->nevents; i++) {
+            json_t *e = json_object();
+            json_object_set_new(e, "unix_ms", json_integer((json_int_t)j->events[i].unix_ms));
+            json_object_set_new(e, "state", json_string(job_state_name(j->events[i].state)));
+            json_object_set_new(e, "message", json_string(j->events[i].message));
+            json_array_append_new(evs, e);
+        }
+        json_object_set_new(o, "spec_json", json_string(j->spec_json ? j->spec_json : ""));
+        json_object_set_new(o, "events", evs);
+        json_array_append_new(jobs, o);
+    }
+    json_object_set_new(root, "jobs", jobs);
+    char *text = json_dumps(root, JSON_COMPACT);
+    json_decref(root);
+    return text;
+}
+
+static int write_file_atomic(const char *tmp, const char *path, const char *text)
+{
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        return errno;
+    }
+    size_t len = strlen(text), off = 0;
+    while (off < len) {
+        ssize_t w = write(fd, text + off, len - off);
+        if (w < 0 && errno == EINTR) {
+            continue;
+        }
+        if (w < 0) {
+            int e = errno;
+            close(fd);
+            unlink(tmp);
+            return e;
+        }
+        off += (size_t)w;
+    }
+    if (fsync(fd) != 0 || close(fd) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return e;
+    }
+    if (rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return e;
+    }
+    return 0;
+}
+
+static void save_work(uv_work_t *req)
+{
+    save_req_t *s = (save_req_t *)req;
+    s->err = write_file_atomic(s->c->tmp_path, s->c->state_path, s->text);
+}
+
+static void save_after(uv_work_t *req, int status)
+{
+    save_req_t *s = (save_req_t *)req;
+    mp_coord_t *c = s->c;
+    c->save_inflight = false;
+    if (s->err != 0) {
+        mp_err("cannot save the job state to %s: %s", c->state_path, strerror(s->err));
+    }
+    free(s->text);
+    mp_free(s);
+    if (c->save_dirty && !c->d->stopping) {
+        coord_save(c);
+    }
+}
+
+/* Writes the state on the thread pool; a change during a write is saved
+ * right after it, so the file always ends with the latest state. */
+static void coord_save(mp_coord_t *c)
+{
+    if (c->save_inflight || c->d->stopping) {
+        c->save_dirty = true;
+        return;
+    }
+    c->save_dirty = false;
+    save_req_t *s = mp_calloc(1, sizeof(*s));
+    if (s == NULL || (s->text = coord_serialize(c)) == NULL) {
+        mp_free(s);
+        c->save_dirty = true;
+        mp_err("cannot serialize the job state (out of memory)");
+        return;
+    }
+    s->c = c;
+    if (uv_queue_work(c->d->loop, &s->req, save_work, save_after) != 0) {
+        free(s->text);
+        mp_free(s);
+        c->save_dirty = true;
+        return;
+    }
+    c->save_inflight = true;
+}
+
+static Mpar__JobState job_state_parse(const char *name)
+{
+    for (unsigned i = 0; i < mpar__job_state__descriptor.n_values; i++) {
+        int v = mpar__job_state__descriptor.values[i].value;
+        if (strcmp(job_state_name((Mpar__JobState)v), name) == 0) {
+            return (Mpar__JobState)v;
+        }
+    }
+    return MPAR__JOB_STATE__JOB_STATE_UNSPECIFIED;
+}
+
+static uint64_t jint(json_t *o, const char *key)
+{
+    json_t *v = json_object_get(o, key);
+    return json_is_integer(v) && json_integer_value(v) > 0 ? (uint64_t)json_integer_value(v) : 0;
+}
+
+static char *jstr(json_t *o, const char *key)
+{
+    const char *s = json_string_value(json_object_get(o, key));
+    return mp_strdup(s ? s : "");
+}
+
+static void jopt_real(json_t *o, const char *key, protobuf_c_boolean *has_p, double *v_p)
+{
+    json_t *v = json_object_get(o, key);
+    if (json_is_number(v)) {
+        *has_p = 1;
+        *v_p = json_number_value(v);
+    }
+}
+
+/* Reads the state file (main thread, before the loop runs).  A job that was
+ * RUNNING did not survive the restart: it becomes FAILED, never lost. */
+static mp_status_t coord_load(mp_coord_t *c, mp_errbuf_t *err)
+{
+    json_error_t jerr;
+    json_t *root = json_load_file(c->state_path, 0, &jerr);
+    if (root == NULL) {
+        if (access(c->state_path, F_OK) != 0) {
+            return MP_OK; /* first start */
+        }
+        return mp_errbuf_set(err, MP_ERR_FORMAT, "%s: line %d: %s", c->state_path, jerr.line,
+                             jerr.text);
+    }
+    if (jint(root, "version") != STATE_VERSION) {
+        json_decref(root);
+        return mp_errbuf_set(err, MP_ERR_FORMAT, "%s: unknown state version", c->state_path);
+    }
+    c->epoch = jint(root, "epoch");
+    c->next_job = jint(root, "next_job");
+    if (c->next_job == 0) {
+        c->next_job = 1;
+    }
+    size_t i;
+    json_t *o;
+    int failed = 0;
+    json_array_foreach(json_object_get(root, "jobs"), i, o)
+    {
+        const char *id = json_string_value(json_object_get(o, "id"));
+        if (id == NULL) {
+            continue;
+        }
+        coord_job_t *j = job_new(c, strtoull(id, NULL, 10));
+        if (j == NULL) {
+            break;
+        }
+        j->name = jstr(o, "name");
+        j->submitter = jstr(o, "submitter");
+        j->reason = jstr(o, "reason");
+        j->spec_json = jstr(o, "spec_json");
+        j->info.name = j->name ? j->name : "";
+        j->info.submitter = j->submitter ? j->submitter : "";
+        j->info.reason = j->reason ? j->reason : "";
+        const char *state = json_string_value(json_object_get(o, "state"));
+        j->info.state = job_state_parse(state ? state : "");
+        j->info.submitted_unix_ms = jint(o, "submitted_unix_ms");
+        j->info.started_unix_ms = jint(o, "started_unix_ms");
+        j->info.finished_unix_ms = jint(o, "finished_unix_ms");
+        j->info.pp = (uint32_t)jint(o, "pp");
+        j->info.tp = (uint32_t)jint(o, "tp");
+        j->info.dp = (uint32_t)jint(o, "dp");
+        j->info.devices_needed = (uint32_t)jint(o, "devices_needed");
+        j->info.steps = jint(o, "steps");
+        jopt_real(o, "final_loss", &j->info.has_final_loss, &j->info.final_loss);
+        jopt_real(o, "test_accuracy", &j->info.has_test_accuracy, &j->info.test_accuracy);
+        jopt_real(o, "bubble_fraction", &j->info.has_bubble_fraction, &j->info.bubble_fraction);
+        json_t *sps = json_object_get(o, "samples_per_s");
+        j->info.samples_per_s = json_is_number(sps) ? json_number_value(sps) : 0;
+        size_t k;
+        json_t *e;
+        json_array_foreach(json_object_get(o, "events"), k, e)
+        {
+            if (j->nevents == j->cap_events) {
+                size_t cap = j->cap_events ? j->cap_events * 2 : 8;
+                Mpar__JobEvent *ne = mp_realloc(j->events, cap * sizeof(*ne));
+                if (ne == NULL) {
+                    break;
+                }
+                j->events = ne;
+                j->cap_events = cap;
+            }
+            Mpar__JobEvent *ev = &j->events[j->nevents];
+            mpar__job_event__init(ev);
+            ev->job_id = j->id;
+            ev->unix_ms = jint(e, "unix_ms");
+            const char *es = json_string_value(json_object_get(e, "state"));
+            ev->state = job_state_parse(es ? es : "");
+            ev->message = jstr(e, "message");
+            if (ev->message != NULL) {
+                j->nevents++;
+            }
+        }
+        if (j->info.state == MPAR__JOB_STATE__JOB_STATE_UNSPECIFIED || j->info.pp == 0 ||
+            j->info.tp == 0 || j->info.dp == 0) {
+            mp_warn("%s: job %s is unreadable; dropped", c->state_path, j->id);
+            job_free(j);
+            continue;
+        }
+        if (strtoull(j->id, NULL, 10) >= c->next_job) {
+            c->next_job = strtoull(j->id, NULL, 10) + 1;
+        }
+        job_append(c, j);
+        if (j->info.state == MPAR__JOB_STATE__JOB_STATE_RUNNING) {
+            job_set_state(c, j, MPAR__JOB_STATE__JOB_STATE_FAILED, "coordinator restarted");
+            failed++;
+        }
+    }
+    json_decref(root);
+    mp_info("loaded %zu jobs from %s%s", c->njobs, c->state_path,
+            failed ? " (running ones marked FAILED: coordinator restarted)" : "");
+    return MP_OK;
+}
+
+static mp_status_t mkdir_p(const char *path, mp_errbuf_t *err)
+{
+    char buf[PATH_MAX];
+    snprintf(buf, sizeof(buf), "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(buf, 0755) != 0 && errno != EEXIST) {
+                return mp_errbuf_set(err, MP_ERR_IO, "cannot create %s: %s", buf,
+                                     strerror(errno));
+            }
+            *p = '/';
+        }
+    }
+    if (mkdir(buf, 0700) != 0 && errno != EEXIST) {
+        return mp_errbuf_set(err, MP_ERR_IO, "cannot create %s: %s", buf, strerror(errno));
+    }
+    return MP_OK;
+}
+
+mp_status_t mp_coord_create(mpard_t *d, mp_coord_t **coord_p)
+{
+    mp_errbuf_t err;
+    mp_coord_t *c = mp_calloc(1, sizeof(*c));
+    if (c == NULL) {
+        return MP_ERR_NOMEM;
+    }
+    c->d = d;
+    c->next_job = 1;
+    snprintf(c->state_path, sizeof(c->state_path), "%s/%s", d->cfg.state_dir, STATE_FILE);
+    snprintf(c->tmp_path, sizeof(c->tmp_path), "%s/%s.tmp", d->cfg.state_dir, STATE_FILE);
+    mp_status_t st = mkdir_p(d->cfg.state_dir, &err);
+    if (st == MP_OK) {
+        /* Loading may mark jobs FAILED; saving waits until the loop runs. */
+        c->save_inflight = true;
+        st = coord_load(c, &err);
+        c->save_inflight = false;
+    }
+    if (st != MP_OK) {
+        mp_err("state dir: %s", err.msg);
+        mp_coord_destroy(c);
+        return st;
+    }
+    c->epoch++;
+    uv_timer_init(d->loop, &c->sweep_timer);
+    c->sweep_timer.data = c;
+    c->sweep_open = true;
+    sweep_restart(c);
+    coord_save(c);
+    mp_info("coordinator: epoch %llu, state in %s", (unsigned long long)c->epoch, c->state_path);
+    *coord_p = c;
+    return MP_OK;
+}
+
+void mp_coord_stop(mp_coord_t *c)
+{
+    if (c->sweep_open) {
+        c->sweep_open = false;
+        uv_close((uv_handle_t *)&c->sweep_timer, NULL);
+    }
+}
+
+void mp_coord_destroy(mp_coord_t *c)
+{
+    if (c == NULL) {
+        return;
+    }
+    if (c->save_dirty) {
+        char *text = coord_serialize(c);
+        int e = text ? write_file_atomic(c->tmp_path, c->state_path, text) : ENOMEM;
+        if (e != 0) {
+            mp_err("cannot save the job state to %s: %s", c->state_path, strerror(e));
+        }
+        free(text);
+    }
+    while (c->jobs != NULL) {
+        coord_job_t *j = c->jobs;
+        c->jobs = j->next;
+        job_free(j);
+    }
+    while (c->nodes != NULL) {
+        mp_coord_node_t *n = c->nodes;
+        c->nodes = n->next;
+        mp_free(n->devs);
+        mp_free(n->devp);
+        mp_free(n);
+    }
+    mp_free(c);
+}

@@ -1,0 +1,141 @@
+/*
+ * mpard.h - the daemon's pieces and how they call each other (internal to
+ * daemon/).  One mpard_t per process, owned by main.c; everything here runs
+ * on the libuv thread.
+ *
+ *   main.c      flags/config, listeners, signals, sd_notify, shutdown, reload
+ *   session.c   one accepted connection (cluster TCP or the Unix socket):
+ *               framed requests and the status socket's JSON lines
+ *   coord.c     the coordinator role: membership, job queue, persistence
+ *   agent.c     the node role: registration and heartbeats to the coordinator
+ *   metrics.c   Prometheus text exposition
+ *   notify.c    sd_notify READY/STATUS/STOPPING and the watchdog timer
+ */
+#ifndef MP_DAEMON_MPARD_H
+#define MP_DAEMON_MPARD_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <jansson.h>
+#include <uv.h>
+
+#include "daemon/config.h"
+#include "proto/mpar.pb-c.h"
+#include "transport/auth.h"
+#include "transport/frame_conn.h"
+
+typedef struct mp_coord mp_coord_t;
+typedef struct mp_agent mp_agent_t;
+typedef struct mp_session mp_session_t;
+typedef struct mp_coord_node mp_coord_node_t;
+
+typedef struct {
+    uint64_t status_requests;      /* JSON lines answered */
+    uint64_t status_errors;        /* malformed, oversized or unknown JSON requests */
+    uint64_t requests;             /* framed requests answered */
+    uint64_t requests_denied;      /* refused for lack of permission */
+    uint64_t jobs_submitted;
+    uint64_t jobs_refused;         /* invalid specs */
+    uint64_t heartbeats;
+    uint64_t registrations;
+    uint64_t reloads;
+    uint64_t reload_failures;
+} mpard_counters_t;
+
+typedef struct mpard {
+    uv_loop_t *loop;
+    int argc;
+    char **argv;
+    mp_daemon_config_t cfg;
+    mp_daemon_device_t devices[MP_DAEMON_MAX_DEVICES];
+    int ndevices;
+    mp_auth_secret_t *secret;
+    uint64_t start_unix_ms;
+    uv_tcp_t tcp_listener;
+    bool tcp_open;
+    char tcp_bound[128];
+    uv_pipe_t unix_listener;
+    bool unix_open;
+    uv_signal_t sig_term, sig_int, sig_hup;
+    uv_timer_t watchdog_timer;
+    uv_timer_t status_timer;
+    uv_timer_t shutdown_timer;
+    bool watchdog_on;
+    bool listeners_ready;
+    bool ready_sent;
+    bool stopping;
+    mp_coord_t *coord; /* coordinator role, or NULL */
+    mp_agent_t *agent; /* node role (devices not "none"), or NULL */
+    mp_session_t *sessions; /* doubly linked, for shutdown */
+    mpard_counters_t n;
+} mpard_t;
+
+uint64_t mpard_now_ms(void); /* wall clock, Unix ms */
+
+/* main.c: READY=1 once listeners are bound and the node has registered. */
+void mpard_check_ready(mpard_t *d);
+/* notify.c */
+void mp_notify_send(const char *fmt, ...) MP_PRINTF(1, 2);
+void mp_notify_watchdog_start(mpard_t *d);
+void mp_notify_status_update(mpard_t *d);
+
+/* session.c */
+void mp_session_on_accept(uv_stream_t *server, int status);
+void mp_session_close_all(mpard_t *d); /* flush, then close */
+void mp_session_abort_all(mpard_t *d); /* close now */
+/* Sends to a session's connection (used by coord.c for watchers). */
+mp_status_t mp_session_send(mp_session_t *s, const Mpar__Envelope *env);
+bool mp_session_is_lines(const mp_session_t *s);
+/* Line mode: sends a JSON document plus newline. */
+void mp_session_send_json_line(mp_session_t *s, const char *text);
+/* Closes a session (a node replaced by its own re-registration, or DEAD). */
+void mp_session_close(mp_session_t *s, const char *why);
+/* The node a session registered, and clearing it. */
+void mp_session_set_node(mp_session_t *s, mp_coord_node_t *n);
+
+/* coord.c */
+mp_status_t mp_coord_create(mpard_t *d, mp_coord_t **coord_p);
+void mp_coord_stop(mp_coord_t *c);   /* closes its timers (shutdown) */
+void mp_coord_destroy(mp_coord_t *c); /* after the loop ended: final save */
+void mp_coord_apply_config(mp_coord_t *c);
+uint64_t mp_coord_epoch(const mp_coord_t *c);
+/* Membership. */
+mp_status_t mp_coord_node_register(mp_coord_t *c, mp_session_t *s, const Mpar__RegisterNode *r,
+                                   const char *address, mp_coord_node_t **node_p,
+                                   mp_errbuf_t *err);
+void mp_coord_node_heartbeat(mp_coord_t *c, mp_coord_node_t *n, const Mpar__Heartbeat *hb);
+void mp_coord_node_goodbye(mp_coord_t *c, mp_coord_node_t *n, const char *reason);
+void mp_coord_node_disconnected(mp_coord_t *c, mp_coord_node_t *n, mp_session_t *s);
+void mp_coord_session_closed(mp_coord_t *c, mp_session_t *s);
+/* Views: pointers into the coordinator's own records, valid until the loop
+ * runs again.  Free the returned arrays with mp_free. */
+Mpar__NodeInfo **mp_coord_nodes(mp_coord_t *c, size_t *n_p);
+Mpar__JobInfo **mp_coord_jobs(mp_coord_t *c, size_t *n_p);
+Mpar__JobInfo *mp_coord_job_find(mp_coord_t *c, const char *id);
+/* Counts by state, for status and metrics. */
+void mp_coord_counts(mp_coord_t *c, int nodes_by_state[5], int jobs_by_state[6]);
+/* Jobs.  submit: MP_ERR_SPEC with the spec's message in err. */
+mp_status_t mp_coord_job_submit(mp_coord_t *c, const char *spec_json, size_t len,
+                                const char *submitter, Mpar__JobInfo **job_p, mp_errbuf_t *err);
+/* MP_ERR_NOTFOUND, or MP_ERR_STATE when already finished. */
+mp_status_t mp_coord_job_cancel(mp_coord_t *c, const char *id, const char *who,
+                                Mpar__JobInfo **job_p, mp_errbuf_t *err);
+/* Sends the job's events so far to s (as JobEvents with request_id), and
+ * when follow is set keeps s as a watcher until the job ends. */
+mp_status_t mp_coord_job_watch(mp_coord_t *c, const char *id, bool follow, mp_session_t *s,
+                               uint64_t request_id, mp_errbuf_t *err);
+/* The JSON form of a job's events (status socket "job" command). */
+json_t *mp_coord_job_events_json(mp_coord_t *c, const char *id);
+
+/* agent.c */
+mp_status_t mp_agent_create(mpard_t *d, mp_agent_t **agent_p);
+bool mp_agent_registered(const mp_agent_t *a);
+void mp_agent_stop(mp_agent_t *a); /* says Goodbye, closes */
+void mp_agent_abort(mp_agent_t *a); /* closes its connection now */
+void mp_agent_destroy(mp_agent_t *a);
+const char *mp_agent_state(const mp_agent_t *a);
+
+/* metrics.c: the Prometheus text exposition; free with mp_free. */
+char *mp_metrics_render(mpard_t *d);
+
+#endif

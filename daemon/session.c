@@ -1,0 +1,587 @@
+/*
+ * session.c - one accepted connection of mpard, from the cluster TCP
+ * listener or the Unix socket.  Framed requests (mpar-client, node agents)
+ * are answered with Envelopes; on the Unix socket a first byte other than
+ * 0x00 makes it the status socket, answering newline-delimited JSON.
+ * Permissions: on the Unix socket, SO_PEERCRED decides (root and the daemon's
+ * own user may change things, anyone else who can open the 0660 socket, i.e.
+ * its group, may only read); over TCP, a client proven by the cluster secret
+ * may change things, and without a secret (loopback only) it may only read.
+ * Owns the session record; it is freed from the connection's close callback.
+ * libuv thread.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "daemon/mpard.h"
+#include "proto/codec.h"
+#include "proto/json.h"
+
+struct mp_session {
+    mpard_t *d;
+    mp_conn_t *conn;
+    bool is_unix;
+    bool can_mutate;
+    mp_coord_node_t *node;
+    mp_session_t *prev, *next;
+};
+
+static void session_unlink(mp_session_t *s)
+{
+    if (s->prev != NULL) {
+        s->prev->next = s->next;
+    } else if (s->d->sessions == s) {
+        s->d->sessions = s->next;
+    }
+    if (s->next != NULL) {
+        s->next->prev = s->prev;
+    }
+    s->prev = s->next = NULL;
+}
+
+mp_status_t mp_session_send(mp_session_t *s, const Mpar__Envelope *env)
+{
+    return mp_conn_send(s->conn, env);
+}
+
+bool mp_session_is_lines(const mp_session_t *s) { return mp_conn_is_lines(s->conn); }
+void mp_session_set_node(mp_session_t *s, mp_coord_node_t *n) { s->node = n; }
+
+void mp_session_close(mp_session_t *s, const char *why)
+{
+    mp_conn_close(s->conn, MP_CONN_LOCAL, why);
+}
+
+void mp_session_close_all(mpard_t *d)
+{
+    for (mp_session_t *s = d->sessions; s != NULL; s = s->next) {
+        mp_conn_end(s->conn, MP_CONN_LOCAL, "mpard is stopping");
+    }
+}
+
+void mp_session_abort_all(mpard_t *d)
+{
+    for (mp_session_t *s = d->sessions; s != NULL; s = s->next) {
+        mp_conn_close(s->conn, MP_CONN_LOCAL, "mpard is stopping");
+    }
+}
+
+void mp_session_send_json_line(mp_session_t *s, const char *text)
+{
+    size_t n = strlen(text);
+    char *buf = mp_malloc(n + 1);
+    if (buf == NULL) {
+        mp_conn_close(s->conn, MP_CONN_LOCAL, "out of memory");
+        return;
+    }
+    memcpy(buf, text, n);
+    buf[n] = '\n';
+    mp_conn_send_raw(s->conn, buf, n + 1);
+    mp_free(buf);
+}
+
+/* ---- framed requests ---------------------------------------------------- */
+
+static void reply_error(mp_session_t *s, uint64_t rid, Mpar__ErrorCode code, const char *msg)
+{
+    Mpar__Envelope env = MPAR__ENVELOPE__INIT;
+    Mpar__Error e = MPAR__ERROR__INIT;
+    e.code = code;
+    e.message = (char *)msg;
+    env.request_id = rid;
+    env.msg_case = MPAR__ENVELOPE__MSG_ERROR;
+    env.error = &e;
+    mp_conn_send(s->conn, &env);
+}
+
+static const char *peer_user(mp_session_t *s, const char *claimed, char *buf, size_t cap)
+{
+    uid_t uid;
+    gid_t gid;
+    pid_t pid;
+    /* On the Unix socket the kernel says who it is; a claim is not trusted. */
+    if (mp_conn_peer_cred(s->conn, &uid, &gid, &pid)) {
+        snprintf(buf, cap, "uid %u", (unsigned)uid);
+        if (claimed != NULL && claimed[0] != '\0') {
+            snprintf(buf, cap, "%.64s (uid %u)", claimed, (unsigned)uid);
+        }
+        return buf;
+    }
+    snprintf(buf, cap, "%.64s@%.64s", claimed && claimed[0] ? claimed : "unknown",
+             mp_conn_peer(s->conn));
+    return buf;
+}
+
+static bool need_coord(mp_session_t *s, uint64_t rid)
+{
+    if (s->d->coord != NULL) {
+        return true;
+    }
+    char msg[300];
+    snprintf(msg, sizeof(msg),
+             "mpard '%s' is a node, not the coordinator: ask the coordinator (--connect %s "
+             "--secret-file FILE)",
+             s->d->cfg.name, s->d->cfg.join);
+    reply_error(s, rid, MPAR__ERROR_CODE__ERROR_CODE_NOT_COORDINATOR, msg);
+    return false;
+}
+
+static bool need_mutate(mp_session_t *s, uint64_t rid)
+{
+    if (s->can_mutate) {
+        return true;
+    }
+    s->d->n.requests_denied++;
+    reply_error(s, rid, MPAR__ERROR_CODE__ERROR_CODE_PERMISSION,
+                s->is_unix ? "permission denied: only root and the mpard user may change jobs"
+                           : "permission denied: without a cluster secret, TCP clients may only "
+                             "read; use the Unix socket");
+    return false;
+}
+
+static void on_request(mp_session_t *s, const Mpar__Envelope *in)
+{
+    mpard_t *d = s->d;
+    uint64_t rid = in->request_id;
+    mp_errbuf_t err;
+    Mpar__Envelope env = MPAR__ENVELOPE__INIT;
+    env.request_id = rid;
+    d->n.requests++;
+    switch (in->msg_case) {
+    case MPAR__ENVELOPE__MSG_LIST_NODES: {
+        if (!need_coord(s, rid)) {
+            return;
+        }
+        Mpar__NodeList nl = MPAR__NODE_LIST__INIT;
+        nl.nodes = mp_coord_nodes(d->coord, &nl.n_nodes);
+        nl.epoch = mp_coord_epoch(d->coord);
+        env.msg_case = MPAR__ENVELOPE__MSG_NODE_LIST;
+        env.node_list = &nl;
+        mp_conn_send(s->conn, &env);
+        mp_free(nl.nodes);
+        return;
+    }
+    case MPAR__ENVELOPE__MSG_LIST_JOBS: {
+        if (!need_coord(s, rid)) {
+            return;
+        }
+        Mpar__JobList jl = MPAR__JOB_LIST__INIT;
+        jl.jobs = mp_coord_jobs(d->coord, &jl.n_jobs);
+        env.msg_case = MPAR__ENVELOPE__MSG_JOB_LIST;
+        env.job_list = &jl;
+        mp_conn_send(s->conn, &env);
+        mp_free(jl.jobs);
+        return;
+    }
+    case MPAR__ENVELOPE__MSG_GET_JOB: {
+        if (!need_coord(s, rid)) {
+            return;
+        }
+        Mpar__JobInfo *j = mp_coord_job_find(d->coord, in->get_job->job_id);
+        if (j == NULL) {
+            snprintf(err.msg, sizeof(err.msg), "no job %s", in->get_job->job_id);
+            reply_error(s, rid, MPAR__ERROR_CODE__ERROR_CODE_NOT_FOUND, err.msg);
+            return;
+        }
+        Mpar__JobReply jr = MPAR__JOB_REPLY__INIT;
+        jr.job = j;
+        env.msg_case = MPAR__ENVELOPE__MSG_JOB_REPLY;
+        env.job_reply = &jr;
+        mp_conn_send(s->conn, &env);
+        return;
+    }
+    case MPAR__ENVELOPE__MSG_SUBMIT_JOB: {
+        if (!need_coord(s, rid) || !need_mutate(s, rid)) {
+            return;
+        }
+        char who[200];
+        Mpar__JobInfo *j;
+        const char *spec = in->submit_job->spec_json;
+        mp_status_t st = mp_coord_job_submit(d->coord, spec, strlen(spec),
+                                             peer_user(s, in->submit_job->submitter, who,
+                                                       sizeof(who)),
+                                             &j, &err);
+        if (st != MP_OK) {
+            reply_error(s, rid,
+                        st == MP_ERR_SPEC ? MPAR__ERROR_CODE__ERROR_CODE_INVALID_SPEC
+                                          : MPAR__ERROR_CODE__ERROR_CODE_INTERNAL,
+                        err.msg);
+            return;
+        }
+        Mpar__JobAccepted ja = MPAR__JOB_ACCEPTED__INIT;
+        ja.job = j;
+        env.msg_case = MPAR__ENVELOPE__MSG_JOB_ACCEPTED;
+        env.job_accepted = &ja;
+        mp_conn_send(s->conn, &env);
+        return;
+    }
+    case MPAR__ENVELOPE__MSG_CANCEL_JOB: {
+        if (!need_coord(s, rid) || !need_mutate(s, rid)) {
+            return;
+        }
+        char who[200];
+        Mpar__JobInfo *j;
+        mp_status_t st = mp_coord_job_cancel(
+            d->coord, in->cancel_job->job_id,
+            peer_user(s, in->cancel_job->requester, who, sizeof(who)), &j, &err);
+        if (st != MP_OK) {
+            reply_error(s, rid,
+                        st == MP_ERR_NOTFOUND ? MPAR__ERROR_CODE__ERROR_CODE_NOT_FOUND
+                                              : MPAR__ERROR_CODE__ERROR_CODE_STATE,
+                        err.msg);
+            return;
+        }
+        Mpar__JobReply jr = MPAR__JOB_REPLY__INIT;
+        jr.job = j;
+        env.msg_case = MPAR__ENVELOPE__MSG_JOB_REPLY;
+        env.job_reply = &jr;
+        mp_conn_send(s->conn, &env);
+        return;
+    }
+    case MPAR__ENVELOPE__MSG_WATCH_JOB: {
+        if (!need_coord(s, rid)) {
+            return;
+        }
+        if (mp_coord_job_watch(d->coord, in->watch_job->job_id, in->watch_job->follow, s, rid,
+                               &err) != MP_OK) {
+            reply_error(s, rid, MPAR__ERROR_CODE__ERROR_CODE_NOT_FOUND, err.msg);
+        }
+        return;
+    }
+    default:
+        break;
+    }
+    /* Node messages: only from a connection that said it is a node. */
+    bool is_node = mp_handshake_peer_role(mp_conn_handshake(s->conn)) ==
+                   MPAR__PEER_ROLE__PEER_ROLE_NODE;
+    if (is_node && d->coord != NULL) {
+        switch (in->msg_case) {
+        case MPAR__ENVELOPE__MSG_REGISTER_NODE: {
+            mp_coord_node_t *n;
+            if (mp_coord_node_register(d->coord, s, in->register_node, mp_conn_peer(s->conn), &n,
+                                       &err) != MP_OK) {
+                mp_conn_fail(s->conn, MPAR__ERROR_CODE__ERROR_CODE_PROTOCOL, MP_CONN_PROTO,
+                             err.msg);
+                return;
+            }
+            s->node = n;
+            Mpar__NodeRegistered nr = MPAR__NODE_REGISTERED__INIT;
+            nr.epoch = mp_coord_epoch(d->coord);
+            nr.heartbeat_ms = d->cfg.heartbeat_ms;
+            nr.dead_after_ms = d->cfg.dead_after_ms;
+            env.msg_case = MPAR__ENVELOPE__MSG_NODE_REGISTERED;
+            env.node_registered = &nr;
+            mp_conn_send(s->conn, &env);
+            return;
+        }
+        case MPAR__ENVELOPE__MSG_HEARTBEAT:
+            if (s->node != NULL) {
+                mp_coord_node_heartbeat(d->coord, s->node, in->heartbeat);
+                return;
+            }
+            break;
+        case MPAR__ENVELOPE__MSG_GOODBYE:
+            if (s->node != NULL) {
+                mp_coord_node_goodbye(d->coord, s->node, in->goodbye->reason);
+                mp_coord_node_t *n = s->node;
+                s->node = NULL;
+                mp_coord_node_disconnected(d->coord, n, s);
+                mp_conn_end(s->conn, MP_CONN_EOF, "node said goodbye");
+                return;
+            }
+            break;
+        default:
+            break;
+        }
+    }
+    char msg[160];
+    snprintf(msg, sizeof(msg), "unexpected %s from %s", mp_frame_msg_name(in->msg_case),
+             is_node ? (s->node ? "a registered node" : "an unregistered node") : "a client");
+    mp_conn_fail(s->conn, MPAR__ERROR_CODE__ERROR_CODE_PROTOCOL, MP_CONN_PROTO, msg);
+}
+
+/* ---- the status socket's JSON ------------------------------------------- */
+
+static json_t *status_json(mpard_t *d)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "ok", json_true());
+    json_object_set_new(o, "name", json_string(d->cfg.name));
+    json_object_set_new(o, "version", json_string(MP_VERSION));
+    json_object_set_new(o, "pid", json_integer(getpid()));
+    json_object_set_new(o, "uptime_s",
+                        json_real((double)(mpard_now_ms() - d->start_unix_ms) / 1000.0));
+    json_t *roles = json_array();
+    if (d->coord != NULL) {
+        json_array_append_new(roles, json_string("coordinator"));
+    }
+    if (d->agent != NULL) {
+        json_array_append_new(roles, json_string("node"));
+    }
+    json_object_set_new(o, "roles", roles);
+    json_object_set_new(o, "ready", json_boolean(d->ready_sent));
+    json_object_set_new(o, "devices", json_integer(d->ndevices));
+    json_object_set_new(o, "connections", json_integer((json_int_t)mp_conn_stats()->open));
+    if (d->agent != NULL) {
+        json_object_set_new(o, "node_state", json_string(mp_agent_state(d->agent)));
+        json_object_set_new(o, "coordinator_address",
+                            json_string(d->cfg.join[0] ? d->cfg.join : d->tcp_bound));
+    }
+    if (d->coord != NULL) {
+        int ns[5], js[6];
+        mp_coord_counts(d->coord, ns, js);
+        json_t *nodes = json_object(), *jobs = json_object();
+        for (int i = 1; i < 5; i++) {
+            json_object_set_new(nodes,
+                                mp_proto_enum_short(&mpar__node_state__descriptor, i),
+                                json_integer(ns[i]));
+        }
+        for (int i = 1; i < 6; i++) {
+            json_object_set_new(jobs, mp_proto_enum_short(&mpar__job_state__descriptor, i),
+                                json_integer(js[i]));
+        }
+        json_object_set_new(o, "epoch", json_integer((json_int_t)mp_coord_epoch(d->coord)));
+        json_object_set_new(o, "listen", json_string(d->tcp_bound));
+        json_object_set_new(o, "nodes", nodes);
+        json_object_set_new(o, "jobs", jobs);
+    }
+    return o;
+}
+
+static void line_reply(mp_session_t *s, json_t *o)
+{
+    char *text = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(12));
+    json_decref(o);
+    if (text == NULL) {
+        mp_conn_close(s->conn, MP_CONN_LOCAL, "out of memory");
+        return;
+    }
+    mp_session_send_json_line(s, text);
+    free(text);
+}
+
+static void line_error(mp_session_t *s, const char *msg, bool close)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "ok", json_false());
+    json_object_set_new(o, "error", json_string(msg));
+    s->d->n.status_errors++;
+    line_reply(s, o);
+    if (close) {
+        mp_conn_end(s->conn, MP_CONN_PROTO, msg);
+    }
+}
+
+static json_t *list_json(const char *key, ProtobufCMessage **items, size_t n)
+{
+    json_t *o = json_object(), *a = json_array();
+    json_object_set_new(o, "ok", json_true());
+    for (size_t i = 0; i < n; i++) {
+        json_array_append_new(a, mp_proto_to_json(items[i]));
+    }
+    json_object_set_new(o, key, a);
+    return o;
+}
+
+static void on_line(mp_conn_t *conn, const char *line, size_t len, bool oversized, void *data)
+{
+    mp_session_t *s = data;
+    mpard_t *d = s->d;
+    if (oversized) {
+        line_error(s, "request too long", true);
+        return;
+    }
+    if (len == 0) {
+        return; /* blank lines are ignored, as by any line protocol */
+    }
+    json_error_t jerr;
+    json_t *req = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
+    const char *cmd = json_string_value(json_object_get(req, "cmd"));
+    if (req == NULL || !json_is_object(req) || cmd == NULL) {
+        char msg[300];
+        if (req == NULL) {
+            snprintf(msg, sizeof(msg), "malformed request: %s (column %d)", jerr.text,
+                     jerr.column);
+        } else {
+            snprintf(msg, sizeof(msg), "malformed request: expected {\"cmd\": \"...\"}");
+        }
+        json_decref(req);
+        line_error(s, msg, true);
+        return;
+    }
+    d->n.status_requests++;
+    mp_errbuf_t err;
+    const char *id = json_string_value(json_object_get(req, "id"));
+    if (!strcmp(cmd, "status")) {
+        line_reply(s, status_json(d));
+    } else if (!strcmp(cmd, "metrics")) {
+        char *text = mp_metrics_render(d);
+        json_t *o = json_object();
+        json_object_set_new(o, "ok", json_true());
+        json_object_set_new(o, "metrics", json_string(text ? text : ""));
+        mp_free(text);
+        line_reply(s, o);
+    } else if (d->coord == NULL &&
+               (!strcmp(cmd, "nodes") || !strcmp(cmd, "jobs") || !strcmp(cmd, "job") ||
+                !strcmp(cmd, "submit") || !strcmp(cmd, "cancel"))) {
+        char msg[300];
+        snprintf(msg, sizeof(msg), "mpard '%s' is a node, not the coordinator (at %s)",
+                 d->cfg.name, d->cfg.join);
+        line_error(s, msg, false);
+    } else if (!strcmp(cmd, "nodes")) {
+        size_t n;
+        Mpar__NodeInfo **v = mp_coord_nodes(d->coord, &n);
+        line_reply(s, list_json("nodes", (ProtobufCMessage **)v, n));
+        mp_free(v);
+    } else if (!strcmp(cmd, "jobs")) {
+        size_t n;
+        Mpar__JobInfo **v = mp_coord_jobs(d->coord, &n);
+        line_reply(s, list_json("jobs", (ProtobufCMessage **)v, n));
+        mp_free(v);
+    } else if (!strcmp(cmd, "job")) {
+        Mpar__JobInfo *j = id ? mp_coord_job_find(d->coord, id) : NULL;
+        if (j == NULL) {
+            line_error(s, id ? "no such job" : "\"job\" needs \"id\"", false);
+        } else {
+            json_t *o = json_object();
+            json_object_set_new(o, "ok", json_true());
+            json_object_set_new(o, "job", mp_proto_to_json(&j->base));
+            json_object_set_new(o, "events", mp_coord_job_events_json(d->coord, id));
+            line_reply(s, o);
+        }
+    } else if (!strcmp(cmd, "submit") || !strcmp(cmd, "cancel")) {
+        if (!s->can_mutate) {
+            d->n.requests_denied++;
+            line_error(s, "permission denied: only root and the mpard user may change jobs",
+                       false);
+        } else if (!strcmp(cmd, "cancel")) {
+            Mpar__JobInfo *j;
+            char who[200];
+            if (id == NULL) {
+                line_error(s, "\"cancel\" needs \"id\"", false);
+            } else if (mp_coord_job_cancel(d->coord, id, peer_user(s, NULL, who, sizeof(who)),
+                                           &j, &err) != MP_OK) {
+                line_error(s, err.msg, false);
+            } else {
+                json_t *o = json_object();
+                json_object_set_new(o, "ok", json_true());
+                json_object_set_new(o, "job", mp_proto_to_json(&j->base));
+                line_reply(s, o);
+            }
+        } else {
+            json_t *spec = json_object_get(req, "spec");
+            char *text = json_is_string(spec) ? strdup(json_string_value(spec))
+                         : json_is_object(spec) ? json_dumps(spec, JSON_COMPACT)
+                                                : NULL;
+            Mpar__JobInfo *j;
+            char who[200];
+            if (text == NULL) {
+                line_error(s, "\"submit\" needs \"spec\" (the job spec, an object)", false);
+            } else if (mp_coord_job_submit(d->coord, text, strlen(text),
+                                           peer_user(s, NULL, who, sizeof(who)), &j,
+                                           &err) != MP_OK) {
+                line_error(s, err.msg, false);
+            } else {
+                json_t *o = json_object();
+                json_object_set_new(o, "ok", json_true());
+                json_object_set_new(o, "job", mp_proto_to_json(&j->base));
+                line_reply(s, o);
+            }
+            free(text);
+        }
+    } else {
+        char msg[200];
+        snprintf(msg, sizeof(msg),
+                 "unknown cmd '%.64s' (status, nodes, jobs, job, metrics, submit, cancel)", cmd);
+        line_error(s, msg, false);
+    }
+    json_decref(req);
+}
+
+/* ---- connection callbacks ----------------------------------------------- */
+
+static void on_envelope(mp_conn_t *conn, const Mpar__Envelope *env, void *data)
+{
+    on_request(data, env);
+}
+
+static void on_ready(mp_conn_t *conn, void *data)
+{
+    mp_session_t *s = data;
+    if (!mp_conn_is_lines(conn)) {
+        const mp_handshake_t *hs = mp_conn_handshake(conn);
+        mp_debug("%s: handshake done (%s '%s')", mp_conn_peer(conn),
+                 mp_handshake_peer_role(hs) == MPAR__PEER_ROLE__PEER_ROLE_NODE ? "node"
+                                                                                : "client",
+                 mp_handshake_peer_name(hs));
+        if (!s->is_unix) {
+            s->can_mutate = s->d->secret != NULL;
+        }
+    }
+}
+
+static void on_close(mp_conn_t *conn, mp_conn_reason_t reason, const char *why, void *data)
+{
+    mp_session_t *s = data;
+    if (s == NULL) {
+        return;
+    }
+    if (s->d->coord != NULL) {
+        if (s->node != NULL) {
+            mp_coord_node_disconnected(s->d->coord, s->node, s);
+        }
+        mp_coord_session_closed(s->d->coord, s);
+    }
+    session_unlink(s);
+    mp_free(s);
+}
+
+void mp_session_on_accept(uv_stream_t *server, int status)
+{
+    mpard_t *d = server->data;
+    if (status < 0) {
+        mp_warn("accept: %s", uv_strerror(status));
+        return;
+    }
+    mp_session_t *s = mp_calloc(1, sizeof(*s));
+    if (s == NULL) {
+        mp_err("accept: out of memory");
+        return;
+    }
+    s->d = d;
+    s->is_unix = server->type == UV_NAMED_PIPE;
+    mp_conn_params_t p = {
+        .hs = {.side = MP_AUTH_SIDE_SERVER,
+               .secret = s->is_unix ? NULL : d->secret,
+               .epoch = d->coord ? mp_coord_epoch(d->coord) : 0,
+               .name = d->cfg.name,
+               .coordinator = d->coord != NULL},
+        .stall_ms = d->cfg.dead_after_ms,
+        .handshake_ms = d->cfg.dead_after_ms,
+        .sniff_lines = s->is_unix,
+    };
+    static const mp_conn_cbs_t cbs = {
+        .on_envelope = on_envelope, .on_ready = on_ready, .on_line = on_line, .on_close = on_close};
+    mp_conn_t *conn;
+    /* accept failures close the half-made connection, which frees s. */
+    if (mp_conn_accept(server, &p, &cbs, s, &conn) != MP_OK) {
+        return;
+    }
+    s->conn = conn;
+    if (s->is_unix) {
+        uid_t uid;
+        gid_t gid;
+        pid_t pid;
+        s->can_mutate = mp_conn_peer_cred(conn, &uid, &gid, &pid) &&
+                        (uid == 0 || uid == geteuid());
+    }
+    s->next = d->sessions;
+    if (d->sessions != NULL) {
+        d->sessions->prev = s;
+    }
+    d->sessions = s;
+}
