@@ -20,15 +20,13 @@ DEFAULT_CASES = ("256,512,784,N,N;256,784,512,N,T;784,512,256,T,N;"
 
 
 def set_tf32(on):
+    """TF32 for fp32 matmuls on or off: the fp32_precision API of recent torch
+    (which refuses to be mixed with the old flag), else allow_tf32."""
     mm = torch.backends.cuda.matmul
     if hasattr(mm, "fp32_precision"):
-        try:
-            mm.fp32_precision = "tf32" if on else "ieee"
-            torch.backends.cudnn.conv.fp32_precision = "tf32" if on else "ieee"
-            return
-        except (AttributeError, RuntimeError, ValueError):
-            pass
-    mm.allow_tf32 = on
+        mm.fp32_precision = "tf32" if on else "ieee"
+    else:
+        mm.allow_tf32 = on
 
 
 def operand(rows, cols, trans, dev):

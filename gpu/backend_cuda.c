@@ -212,6 +212,14 @@ static mp_status_t cuda_gemm(mp_backend_t *be, mp_op_t ta, mp_op_t tb, int64_t M
                (long long)K);
         return MP_ERR_INVAL;
     }
+    int64_t a_cols = ta == MP_OP_N ? K : M;
+    int64_t b_cols = tb == MP_OP_N ? N : K;
+    if (M > 0 && N > 0 &&
+        (lda < (a_cols > 1 ? a_cols : 1) || ldb < (b_cols > 1 ? b_cols : 1) || ldc < N)) {
+        mp_err("cuda: gemm leading dimension smaller than a row (lda=%lld ldb=%lld ldc=%lld)",
+               (long long)lda, (long long)ldb, (long long)ldc);
+        return MP_ERR_INVAL;
+    }
     ENTER(cb);
     return gemm_rowmajor(cb, ta, tb, M, N, K, alpha, A, lda, Bm, ldb, beta, Cm, ldc);
 }

@@ -189,6 +189,10 @@ __global__ void xent_row_kernel(float *probs, const float *logits, const int32_t
     int64_t row = blockIdx.x;
     const float *x = logits + row * C;
     float *p = probs + row * C;
+    /* Read the label's logit before any write, so probs may alias logits. */
+    int32_t label = labels[row];
+    bool bad = label < 0 || (int64_t)label >= C;
+    float xl = bad ? 0.0f : x[label];
 
     float mx = -INFINITY;
     for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
@@ -210,17 +214,17 @@ __global__ void xent_row_kernel(float *probs, const float *logits, const int32_t
     sum = block_reduce(sum, SumOp<float>(), 0.0f, fshared);
     first = block_reduce(first, MinIntOp(), INT32_MAX, ishared);
 
-    /* Each thread rescales the entries it wrote itself: no barrier needed. */
+    /* Each thread rescales the entries it wrote itself (and, when probs
+     * aliases logits, each element is read and written by one thread). */
     for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
         p[c] = p[c] / sum;
     }
     if (threadIdx.x == 0) {
-        int32_t label = labels[row];
-        if (label < 0 || (int64_t)label >= C) {
+        if (bad) {
             row_loss[row] = 0.0;
             row_flag[row] = kXentFlagBad;
         } else {
-            row_loss[row] = log((double)sum) - ((double)x[label] - (double)mx);
+            row_loss[row] = log((double)sum) - ((double)xl - (double)mx);
             row_flag[row] = first == label ? kXentFlagCorrect : 0;
         }
     }

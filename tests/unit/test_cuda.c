@@ -288,6 +288,16 @@ Test(cuda, gemm_strict_fp32_all_transposes_with_padding)
     pair_close(&p);
 }
 
+Test(cuda, gemm_with_empty_k_only_scales_c)
+{
+    pair_t p;
+    pair_open(&p, false);
+    /* K = 0: op(A) op(B) is an empty sum, so C = beta * C. */
+    check_gemm(&p, MP_OP_N, MP_OP_N, 9, 13, 0, 1, 1.0f, 0.5f, TOL_FP32, 250);
+    check_gemm(&p, MP_OP_T, MP_OP_T, 9, 13, 0, 2, 1.0f, -2.0f, TOL_FP32, 260);
+    pair_close(&p);
+}
+
 /* The example model's layers: forward (NN) and both backward products. */
 static void check_model_shapes(pair_t *p, double tol)
 {
