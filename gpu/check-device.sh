@@ -6,13 +6,16 @@
 #
 # Here, on the build machine (once per change):
 #   cmake -S . -B build-gpu -DMP_WERROR=ON && cmake --build build-gpu -j2
-#   bash gpu/check-device.sh --prepare        # -> build-gpu/carry, ~55 MiB
+#   bash gpu/check-device.sh --prepare        # -> build-gpu/carry, ~52 MiB
 # then on the device:  run(carry=["build-gpu/carry"], command="bash gpu/check-device.sh")
 # --prepare copies test_cuda, mpar-bench-gemm and mpar-client (debug info
-# stripped) to build-gpu/carry/bin and their libraries (deploy/bundle-libs.sh)
-# to build-gpu/carry/lib; carrying all of build-gpu (objects, every test
-# binary, 40 MiB of oneDNN) would not fit the 64 MiB carry limit.  The
-# script also accepts the plain layout build-gpu/bin + build-gpu/bundle.
+# stripped) to build-gpu/carry/bin, their libraries (deploy/bundle-libs.sh)
+# gzipped to build-gpu/carry/lib.tar.gz (47 MiB -> 16, oneDNN is 40 of it),
+# and Fashion-MNIST (30 MiB) to build-gpu/carry/data/fashion-mnist when this
+# machine has it.  All of build-gpu (objects, every test binary, plus the
+# libraries) would not fit the 64 MiB carry limit.  The script also accepts
+# the plain layout build-gpu/bin + build-gpu/bundle (carry both, ~57 MiB,
+# when deploy/bundle-libs.sh was given only the three binaries above).
 #
 # On the device it: prints nvidia-smi and the library situation; runs
 # test_cuda (every test must run and pass: a skip there is a failure); runs
@@ -41,7 +44,9 @@ if [ "${1:-}" = "--prepare" ]; then
     fi
   done
   rm -rf "$carry"
-  mkdir -p "$carry/bin" "$carry/lib"
+  mkdir -p "$carry/bin"
+  staging=$(mktemp -d)
+  trap 'rm -rf "$staging"' EXIT
   bins=()
   for b in test_cuda mpar-bench-gemm mpar-client; do
     if [ -x "$build/bin/$b" ]; then
@@ -51,9 +56,20 @@ if [ "${1:-}" = "--prepare" ]; then
       echo "check-device --prepare: no $build/bin/$b (that step will be skipped on the device)"
     fi
   done
-  "$root/deploy/bundle-libs.sh" "$carry/lib" "${bins[@]}" | tail -1
-  echo "check-device --prepare: $(du -sm "$carry" | cut -f1) MiB in $carry;" \
+  "$root/deploy/bundle-libs.sh" "$staging/lib" "${bins[@]}" | tail -1
+  tar -C "$staging/lib" -czf "$carry/lib.tar.gz" .
+  fm=/usr/share/datasets/fashion-mnist
+  if [ -f "$fm/train-images-idx3-ubyte.gz" ]; then
+    mkdir -p "$carry/data/fashion-mnist"
+    cp "$fm"/*-ubyte.gz "$carry/data/fashion-mnist/"
+  fi
+  mib=$(du -sm "$carry" | cut -f1)
+  echo "check-device --prepare: $mib MiB in $carry;" \
        "on the device: carry=[\"$carry\"], command: bash gpu/check-device.sh"
+  if [ "$mib" -gt 60 ]; then
+    echo "check-device --prepare: WARNING: over 60 MiB; the carry limit is 64 MiB" \
+         "with the working tree" >&2
+  fi
   exit 0
 fi
 
@@ -70,9 +86,16 @@ checks() {
   echo "== check-device: $(date -u '+%F %T') UTC on $(hostname), repo $root"
 
   # ---- where the binaries are ----
-  if [ -x "$build/carry/bin/test_cuda" ]; then
+  if [ -x "$build/carry/bin/test_cuda" ] && [ -f "$build/carry/lib.tar.gz" ]; then
     bin=$build/carry/bin
-    lib=$build/carry/lib
+    lib=${TMPDIR:-/tmp}/mpar-check-device-lib
+    rm -rf "$lib"
+    mkdir -p "$lib"
+    if ! tar -C "$lib" -xzf "$build/carry/lib.tar.gz"; then
+      note "FAIL setup: cannot unpack $build/carry/lib.tar.gz"
+      failed=1
+      return
+    fi
   elif [ -x "$build/bin/test_cuda" ] && [ -d "$build/bundle" ]; then
     bin=$build/bin
     lib=$build/bundle
@@ -205,18 +228,22 @@ EOF
   elif [ ! -f examples/fashion_mnist.json ]; then
     note "skip train: no examples/fashion_mnist.json"
   else
-    # One epoch; Fashion-MNIST itself is not carried (30 MiB), so unless
-    # this machine has it, a synthetic set of the same size and shape stands in.
+    # One epoch, on Fashion-MNIST when this machine or the carry has it,
+    # else on a synthetic set of the same size and shape.
     local spec="$OUT/train_spec.json"
-    python3 - examples/fashion_mnist.json "$spec" <<'EOF'
+    python3 - examples/fashion_mnist.json "$spec" "$root/$build/carry/data/fashion-mnist" <<'EOF'
 import json, os, sys
 spec = json.load(open(sys.argv[1]))
 spec["train"]["epochs"] = 1
 spec["train"].pop("steps", None)
 data = spec.get("data", {})
+carried = sys.argv[3]
 where = data.get("path") or "/usr/share/datasets/fashion-mnist"
-if data.get("dataset") == "fashion-mnist" and not os.path.exists(
-        os.path.join(where, "train-images-idx3-ubyte.gz")):
+have = lambda d: os.path.exists(os.path.join(d, "train-images-idx3-ubyte.gz"))
+if data.get("dataset") == "fashion-mnist" and not have(where) and have(carried):
+    data["path"] = carried
+    print("train: Fashion-MNIST from " + carried)
+elif data.get("dataset") == "fashion-mnist" and not have(where):
     spec["data"] = {"dataset": "synthetic", "samples": 60000, "test_samples": 10000,
                     "classes": 10, "seed": 5}
     print("train: Fashion-MNIST not on this machine: synthetic data of the same shape")
