@@ -350,31 +350,34 @@ static mp_status_t cpu_linear_bwd(mp_backend_t *be, float *dX, float *dW, float 
 
 /* ---- GeLU ------------------------------------------------------------ */
 
-/* expf for x clamped to [-87, 88] (results in the normal range): Cody-Waite
- * reduction x = k ln2 + r, then Cephes' degree-6 polynomial, about 1 ulp.
+/* expf: Cody-Waite reduction x = k ln2 + r, then Cephes' degree-6
+ * polynomial, about 1 ulp for x in [-87, 88].  Below that the exponent is
+ * held at 2^-126 (the result is then some value under 2e-38 instead of the
+ * denormal or 0, harmless for GeLU's tail), above it at 2^127.  The clamp is
+ * on the integer k: a float clamp makes GCC if-convert half the function.
  * Branch-free and call-free so that the loops around it vectorize; a NaN
- * stays a NaN. */
+ * stays a NaN through the polynomial. */
 static inline float mp_expf(float x)
 {
-    x = x < -87.0f ? -87.0f : x;
-    x = x > 88.0f ? 88.0f : x;
     /* Round to nearest through the 1.5 * 2^23 trick (no rintf: SSE2 has no vector round). */
     float kf = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float r = x - kf * 0.693359375f;
-    r = r - kf * -2.12194440e-4f;
-    float z = r * r;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * z + r + 1.0f;
+    float r = fmaf(kf, -0.693359375f, x);
+    r = fmaf(kf, 2.12194440e-4f, r);
+    /* Estrin's scheme: a short dependency chain, so iterations overlap. */
+    float r2 = r * r;
+    float u0 = fmaf(1.6666665459e-1f, r, 5.0000001201e-1f);
+    float u1 = fmaf(8.3334519073e-3f, r, 4.1665795894e-2f);
+    float u2 = fmaf(1.9875691500e-4f, r, 1.3981999507e-3f);
+    float w = fmaf(fmaf(u2, r2, u1), r2, u0);
+    float p = fmaf(w, r2, r) + 1.0f;
     union {
         int32_t i;
         float f;
     } scale;
-    scale.i = ((int32_t)kf + 127) * (1 << 23);
+    int32_t k = (int32_t)kf;
+    k = k > -126 ? k : -126;
+    k = k < 127 ? k : 127;
+    scale.i = (k + 127) * (1 << 23);
     return p * scale.f;
 }
 
@@ -382,16 +385,16 @@ static inline float mp_expf(float x)
  * fractional error < 1.2e-7): erfc(z) = t exp(-z^2 + P(t)), t = 1/(1+z/2), z >= 0. */
 static inline float erfc_poly(float t)
 {
-    float p = 0.17087277f;
-    p = p * t - 0.82215223f;
-    p = p * t + 1.48851587f;
-    p = p * t - 1.13520398f;
-    p = p * t + 0.27886807f;
-    p = p * t - 0.18628806f;
-    p = p * t + 0.09678418f;
-    p = p * t + 0.37409196f;
-    p = p * t + 1.00002368f;
-    return p * t - 1.26551223f;
+    /* Estrin's scheme (depth 4 instead of Horner's 9). */
+    float t2 = t * t, t4 = t2 * t2, t8 = t4 * t4;
+    float q0 = fmaf(1.00002368f, t, -1.26551223f);
+    float q1 = fmaf(0.09678418f, t, 0.37409196f);
+    float q2 = fmaf(0.27886807f, t, -0.18628806f);
+    float q3 = fmaf(1.48851587f, t, -1.13520398f);
+    float q4 = fmaf(0.17087277f, t, -0.82215223f);
+    float r0 = fmaf(q1, t2, q0);
+    float r1 = fmaf(q3, t2, q2);
+    return fmaf(q4, t8, fmaf(r1, t4, r0));
 }
 
 #define MP_SQRT1_2 0.70710678118654752f
@@ -404,7 +407,7 @@ MP_KERNEL static void k_gelu_fwd(float *restrict y, const float *restrict x, int
 {
     for (int64_t i = 0; i < n; i++) {
         float xi = x[i];
-        float z = (xi < 0.0f ? -xi : xi) * MP_SQRT1_2;
+        float z = fabsf(xi) * MP_SQRT1_2;
         float t = 1.0f / (1.0f + 0.5f * z);
         float tail = 0.5f * t * mp_expf(erfc_poly(t) - z * z); /* erfc(z)/2 = Phi(-|x|) */
         float phi_cdf = xi < 0.0f ? tail : 1.0f - tail;
@@ -418,7 +421,7 @@ MP_KERNEL static void k_gelu_bwd(float *restrict dx, const float *restrict x,
 {
     for (int64_t i = 0; i < n; i++) {
         float xi = x[i];
-        float z = (xi < 0.0f ? -xi : xi) * MP_SQRT1_2;
+        float z = fabsf(xi) * MP_SQRT1_2;
         float t = 1.0f / (1.0f + 0.5f * z);
         float g = mp_expf(-z * z); /* exp(-x^2/2) */
         float tail = 0.5f * t * g * mp_expf(erfc_poly(t));
