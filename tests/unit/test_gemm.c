@@ -9,6 +9,8 @@
  */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <omp.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -290,6 +292,77 @@ Test(gemm, two_threads_agree_with_one)
     be->ops->free(be, Z1);
     be->ops->free(be, Z2);
     mp_backend_destroy(be2);
+}
+
+typedef struct {
+    int threads;
+    const float *X, *W, *b, *ref;
+    int64_t B, I, O;
+    int bad; /* results outside tolerance, or failed calls */
+} conc_arg_t;
+
+static void *conc_main(void *p)
+{
+    conc_arg_t *a = p;
+    mp_backend_t *e;
+    if (mp_backend_cpu_create(a->threads, &e) != MP_OK) {
+        a->bad = 1;
+        return NULL;
+    }
+    float *Z = e->ops->alloc(e, sizeof(float) * (size_t)(a->B * a->O));
+    for (int it = 0; it < 20 && Z != NULL; it++) {
+        if (e->ops->linear_fwd(e, Z, a->X, a->W, a->b, a->B, a->I, a->O) != MP_OK) {
+            a->bad++;
+            continue;
+        }
+        for (int64_t i = 0; i < a->B * a->O; i++) {
+            a->bad += fabsf(Z[i] - a->ref[i]) > 1e-5f * (1.0f + fabsf(a->ref[i]));
+        }
+        /* The mechanism: oneDNN (OpenMP) sizes its teams from this thread's
+         * own nthreads setting, which the backend set to its count. */
+        a->bad += omp_get_max_threads() != a->threads;
+    }
+    e->ops->free(e, Z);
+    mp_backend_destroy(e);
+    return NULL;
+}
+
+Test(gemm, backends_on_different_threads_do_not_interfere)
+{
+#if defined(__SANITIZE_THREAD__)
+    cr_skip_test("libgomp is not instrumented for ThreadSanitizer");
+#endif
+    /* Two executor-like threads, one with a 1-thread and one with a
+     * 2-thread backend, run GEMMs at the same time; both stay right. */
+    const int64_t B = 80, I = 64, O = 192;
+    float *X = be->ops->alloc(be, sizeof(float) * B * I), *W = be->ops->alloc(be, sizeof(float) * I * O);
+    float *b = be->ops->alloc(be, sizeof(float) * O), *ref = be->ops->alloc(be, sizeof(float) * B * O);
+    for (int64_t i = 0; i < B * I; i++) {
+        X[i] = urand();
+    }
+    for (int64_t i = 0; i < I * O; i++) {
+        W[i] = urand();
+    }
+    for (int64_t i = 0; i < O; i++) {
+        b[i] = urand();
+    }
+    cr_assert_eq(be->ops->linear_fwd(be, ref, X, W, b, B, I, O), MP_OK);
+    conc_arg_t args[2];
+    pthread_t th[2];
+    for (int k = 0; k < 2; k++) {
+        args[k] = (conc_arg_t){.threads = k + 1, .X = X, .W = W, .b = b, .ref = ref, .B = B,
+                               .I = I, .O = O};
+        cr_assert_eq(pthread_create(&th[k], NULL, conc_main, &args[k]), 0);
+    }
+    for (int k = 0; k < 2; k++) {
+        cr_assert_eq(pthread_join(th[k], NULL), 0);
+        cr_assert_eq(args[k].bad, 0, "backend with %d threads: %d bad results", k + 1,
+                     args[k].bad);
+    }
+    be->ops->free(be, X);
+    be->ops->free(be, W);
+    be->ops->free(be, b);
+    be->ops->free(be, ref);
 }
 
 Test(gemm, create_rejects_zero_threads)
