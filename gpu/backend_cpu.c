@@ -481,7 +481,7 @@ static mp_status_t cpu_gelu_bwd(mp_backend_t *be, float *dx, const float *x, con
 MP_KERNEL static void k_relu_fwd(float *restrict y, const float *restrict x, int64_t n)
 {
     for (int64_t i = 0; i < n; i++) {
-        y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+        y[i] = x[i] < 0.0f ? 0.0f : x[i]; /* a NaN passes through, as in torch.relu */
     }
 }
 

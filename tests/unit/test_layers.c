@@ -257,6 +257,9 @@ static void check_act_bwd(int relu, int64_t n)
         for (int64_t i = 0; i < n; i++) {
             cr_assert_eq(y[i], c.x.f[i] > 0.0f ? c.x.f[i] : 0.0f);
         }
+        float nan_in = NAN, nan_out = 0.0f;
+        cr_assert_eq(mp_relu_fwd(be, &nan_out, &nan_in, 1), MP_OK);
+        cr_assert(isnan(nan_out), "relu(NaN) must stay NaN so that divergence shows");
         cr_assert_eq(mp_relu_bwd(be, dx, c.x.f, c.r.f, n), MP_OK);
     } else {
         cr_assert_eq(mp_gelu_bwd(be, dx, c.x.f, c.r.f, n), MP_OK);
