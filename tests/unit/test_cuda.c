@@ -6,9 +6,11 @@
  * the "+=" rule.
  *
  * Tolerances (err = |cuda - cpu| / max(|cpu|, floor), max over elements):
- *   - element-wise ops, softmax, optimizers: err <= 1e-5 with floor = 1% of
- *     the tensor's largest |cpu| (so that a result that cancels to ~0 is
- *     judged by the size of its terms, not by its own size);
+ *   - element-wise ops, softmax, optimizers: err <= 1e-5 with floor = 10% of
+ *     the tensor's largest |cpu|, so that a result that cancels to ~0
+ *     (dx + dy*g' with |dx| ~ 1) is judged by the size of its terms: one
+ *     rounding more or less (nvcc fuses a*b+c, the CPU code does not) moves
+ *     it by an ulp of those terms, 2.4e-7 of 2.0, which is 1.2e-6 of the floor;
  *   - strict fp32 GEMM, linear layers and column sums: err <= 1e-5 with
  *     floor = the tensor's largest |cpu| (normwise: the two sides sum in a
  *     different order, ~2e-6 expected at K = 2048);
@@ -31,7 +33,7 @@
 
 #define TOL_FP32 1e-5
 #define TOL_TF32 2e-3
-#define FLOOR_ELEMENTWISE 1e-2
+#define FLOOR_ELEMENTWISE 0.1
 #define FLOOR_NORMWISE 1.0
 
 typedef struct {
