@@ -1,0 +1,184 @@
+/*
+ * ucx.h - the data plane: UCX (ucp tag API) transport of tensors between
+ * shard executors.
+ *
+ * One mp_xport_ctx_t per process (a ucp context), one mp_xport_worker_t per
+ * executor thread (a ucp worker in UCS_THREAD_MODE_SINGLE: only the thread
+ * that created it may touch it, its endpoints and its requests).  A worker's
+ * address is exported as bytes so the engine can ship it through the
+ * coordinator; a peer imports it with mp_xport_ep_connect().
+ *
+ * A tensor message is self-describing: a header (job, step, micro-batch,
+ * kind, shape, dtype) then the payload.  The tag encodes (job, kind,
+ * micro-batch, source rank), so a receive may be posted before or after its
+ * send, and micro-batches may arrive in any order.  Small payloads travel in
+ * one eager message with the header; large ones follow the header as a
+ * second, zero-copy (rendezvous) message straight into the receiver's
+ * buffer.
+ *
+ * Every wait has a timeout.  An idle wait sleeps on the worker's event fd
+ * (ucp_worker_arm + poll) with a bounded backstop interval, never spins
+ * longer than a short configurable burst.  Endpoints use
+ * UCP_ERR_HANDLING_MODE_PEER: a dead peer fails every in-flight operation
+ * with it (MP_ERR_PEER), never hangs.
+ */
+#ifndef MP_TRANSPORT_UCX_H
+#define MP_TRANSPORT_UCX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/status.h"
+
+typedef struct mp_xport_ctx mp_xport_ctx_t;
+typedef struct mp_xport_worker mp_xport_worker_t;
+typedef struct mp_xport_ep mp_xport_ep_t;
+typedef struct mp_xport_req mp_xport_req_t;
+typedef struct mp_xport_arena mp_xport_arena_t;
+
+/* What a tensor message carries; 4 bits of the tag (15 is reserved for collectives). */
+typedef enum {
+    MP_XPORT_KIND_ACT = 1,   /* forward activation, stage s -> s+1 */
+    MP_XPORT_KIND_GRAD = 2,  /* backward gradient, stage s+1 -> s */
+    MP_XPORT_KIND_INPUT = 3, /* input micro-batch to the first stage */
+    MP_XPORT_KIND_LABEL = 4, /* labels to the last stage */
+    MP_XPORT_KIND_USER = 5,  /* anything else (tests, control tensors) */
+    MP_XPORT_KIND_MAX = 14,
+} mp_xport_kind_t;
+
+typedef enum {
+    MP_XPORT_DTYPE_F32 = 1,
+    MP_XPORT_DTYPE_F64 = 2,
+    MP_XPORT_DTYPE_I32 = 3,
+    MP_XPORT_DTYPE_U8 = 4,
+} mp_xport_dtype_t;
+
+#define MP_XPORT_MAX_DIMS 4
+/* Limits of the tag fields. */
+#define MP_XPORT_JOB_MAX 0xffffu        /* 16 bits */
+#define MP_XPORT_MB_MAX 0x7fffffu       /* 23 bits */
+#define MP_XPORT_RANK_MAX 0xfffffu      /* 20 bits */
+/* Payloads up to this many bytes travel in one message with the header. */
+#define MP_XPORT_INLINE_MAX 8192
+
+/* The self-describing header of a tensor message. */
+typedef struct {
+    uint32_t job;         /* tag: low 16 bits */
+    uint32_t step;        /* header only */
+    uint32_t micro_batch; /* tag: 23 bits */
+    uint32_t kind;        /* mp_xport_kind_t */
+    uint32_t dtype;       /* mp_xport_dtype_t */
+    uint32_t ndim;        /* 0..MP_XPORT_MAX_DIMS */
+    uint64_t shape[MP_XPORT_MAX_DIMS];
+} mp_xport_hdr_t;
+
+/* Bytes of one element of dtype, 0 for an unknown one. */
+size_t mp_xport_dtype_size(uint32_t dtype);
+/* Payload bytes that hdr describes; MP_ERR_INVAL for a bad dtype/ndim or overflow. */
+mp_status_t mp_xport_hdr_nbytes(const mp_xport_hdr_t *hdr, size_t *nbytes_p);
+
+typedef struct {
+    /* Read before the context is created; NULL values keep UCX's own
+     * defaults/environment.  tls overrides UCX_TLS only when that is unset. */
+    const char *tls;
+    /* Dead-peer detection interval over transports that need keepalive
+     * (shared memory); 0 = 1000 ms.  UCX_KEEPALIVE_INTERVAL wins when set. */
+    int keepalive_ms;
+} mp_xport_ctx_opts_t;
+
+/*
+ * Creates the process's ucp context (tag + wakeup features, workers single
+ * threaded).  Unless the environment says otherwise, it enables UCX's error
+ * handling on the shared-memory transports, so that endpoints with peer
+ * error handling still use shared memory between processes of one node.
+ */
+mp_status_t mp_xport_ctx_create(const mp_xport_ctx_opts_t *opts, mp_xport_ctx_t **ctx_p);
+void mp_xport_ctx_destroy(mp_xport_ctx_t *ctx);
+
+typedef struct {
+    uint32_t rank;       /* this worker's rank in the job: the source field of its tags */
+    int64_t timeout_ms;  /* default wait timeout; <= 0 = 30000 */
+    int backstop_ms;     /* longest sleep between progress calls when idle; <= 0 = 10 */
+    int spin_us;         /* busy-progress burst before sleeping; < 0 = 0, 0 = 20 */
+} mp_xport_worker_opts_t;
+
+/* Creates a worker owned by the calling thread. */
+mp_status_t mp_xport_worker_create(mp_xport_ctx_t *ctx, const mp_xport_worker_opts_t *opts,
+                                   mp_xport_worker_t **worker_p);
+/* Every endpoint of the worker must have been destroyed first. */
+void mp_xport_worker_destroy(mp_xport_worker_t *worker);
+uint32_t mp_xport_worker_rank(const mp_xport_worker_t *worker);
+mp_xport_ctx_t *mp_xport_worker_ctx(const mp_xport_worker_t *worker);
+int64_t mp_xport_worker_timeout_ms(const mp_xport_worker_t *worker);
+/* The worker's address as bytes, to ship to peers; free it with mp_free(). */
+mp_status_t mp_xport_worker_address(mp_xport_worker_t *worker, void **addr_p, size_t *len_p);
+/* Progresses the worker once without blocking; returns 1 if anything happened. */
+int mp_xport_worker_progress(mp_xport_worker_t *worker);
+
+typedef struct {
+    uint64_t sleeps;        /* poll() calls that blocked */
+    uint64_t event_wakeups; /* of those, the ones woken by the event fd */
+    uint64_t timer_wakeups; /* of those, the ones that ran into the backstop */
+} mp_xport_worker_stats_t;
+void mp_xport_worker_stats(const mp_xport_worker_t *worker, mp_xport_worker_stats_t *stats_p);
+
+/*
+ * Connects to a peer worker from its exported address; peer_rank is that
+ * worker's rank (the source field its tags carry).
+ */
+mp_status_t mp_xport_ep_connect(mp_xport_worker_t *worker, const void *addr, size_t len,
+                                uint32_t peer_rank, mp_xport_ep_t **ep_p);
+/* Closes (flushing when the peer is alive, with a bounded wait) and frees. */
+void mp_xport_ep_destroy(mp_xport_ep_t *ep);
+uint32_t mp_xport_ep_peer_rank(const mp_xport_ep_t *ep);
+/* MP_OK while the peer is reachable, else the error that failed the endpoint. */
+mp_status_t mp_xport_ep_status(const mp_xport_ep_t *ep);
+
+/*
+ * A registered arena: one ucp_mem_map'ed region that tensors are carved
+ * from, so that large sends and receives from it are zero-copy without a
+ * registration per message.  Any thread of the process may create one; its
+ * memory is used through the workers of the same context.
+ */
+mp_status_t mp_xport_arena_create(mp_xport_ctx_t *ctx, size_t bytes, mp_xport_arena_t **arena_p);
+void mp_xport_arena_destroy(mp_xport_arena_t *arena);
+void *mp_xport_arena_base(const mp_xport_arena_t *arena);
+size_t mp_xport_arena_size(const mp_xport_arena_t *arena);
+/* Bump allocation of 64-byte aligned bytes; NULL when the arena is full. */
+void *mp_xport_arena_alloc(mp_xport_arena_t *arena, size_t bytes);
+/* Frees everything carved so far. */
+void mp_xport_arena_reset(mp_xport_arena_t *arena);
+
+/*
+ * Starts sending a tensor (hdr describes data) to ep.  The data must stay
+ * untouched until the request completes.  On MP_OK *req_p is a request to
+ * pass to mp_xport_wait()/mp_xport_req_test().
+ */
+mp_status_t mp_xport_send(mp_xport_ep_t *ep, const mp_xport_hdr_t *hdr, const void *data,
+                          mp_xport_req_t **req_p);
+/*
+ * Posts a receive of the tensor (job, kind, micro_batch) sent by ep's peer
+ * into buf (capacity bytes).  It may be posted before or after the send.
+ */
+mp_status_t mp_xport_recv(mp_xport_ep_t *ep, uint32_t job, uint32_t kind, uint32_t micro_batch,
+                          void *buf, size_t capacity, mp_xport_req_t **req_p);
+/*
+ * Waits for req (timeout_ms <= 0: the worker's default) and frees it.
+ * A receive fills *hdr_p (may be NULL) with the sender's header.  On a
+ * timeout a receive is cancelled, and a send fails its endpoint (the only
+ * way UCX gives the buffer back), so the buffer is free once this returns.
+ */
+mp_status_t mp_xport_wait(mp_xport_req_t *req, int64_t timeout_ms, mp_xport_hdr_t *hdr_p);
+/* Waits for all of reqs and frees them; returns the first error, if any. */
+mp_status_t mp_xport_wait_all(mp_xport_req_t **reqs, size_t n, int64_t timeout_ms);
+/* Progresses once; returns 1 if req is complete (wait on it then), else 0. */
+int mp_xport_req_test(mp_xport_req_t *req);
+
+/* Blocking helpers: send/recv then wait. */
+mp_status_t mp_xport_send_wait(mp_xport_ep_t *ep, const mp_xport_hdr_t *hdr, const void *data,
+                               int64_t timeout_ms);
+mp_status_t mp_xport_recv_wait(mp_xport_ep_t *ep, uint32_t job, uint32_t kind, uint32_t micro_batch,
+                               void *buf, size_t capacity, int64_t timeout_ms,
+                               mp_xport_hdr_t *hdr_p);
+
+#endif
