@@ -231,7 +231,11 @@ EOF
     # One epoch, on Fashion-MNIST when this machine or the carry has it,
     # else on a synthetic set of the same size and shape.
     local spec="$OUT/train_spec.json"
-    python3 - examples/fashion_mnist.json "$spec" "$root/$build/carry/data/fashion-mnist" <<'EOF'
+    local carried=/nonexistent
+    if [ -d "$build/carry/data/fashion-mnist" ]; then
+      carried=$(cd "$build/carry/data/fashion-mnist" && pwd)
+    fi
+    python3 - examples/fashion_mnist.json "$spec" "$carried" <<'EOF'
 import json, os, sys
 spec = json.load(open(sys.argv[1]))
 spec["train"]["epochs"] = 1
