@@ -389,8 +389,8 @@ mp_status_t mp_daemon_addr_parse(const char *hostport, struct sockaddr_storage *
     host[colon - hostport] = '\0';
     char *end;
     long port = strtol(colon + 1, &end, 10);
-    if (end == colon + 1 || *end != '\0' || port < 1 || port > 65535) {
-        return mp_errbuf_set(err, MP_ERR_INVAL, "'%s': port must be 1 to 65535", hostport);
+    if (end == colon + 1 || *end != '\0' || port < 0 || port > 65535) {
+        return mp_errbuf_set(err, MP_ERR_INVAL, "'%s': port must be 0 to 65535", hostport);
     }
     memset(addr_p, 0, sizeof(*addr_p));
     size_t hl = strlen(host);

@@ -253,6 +253,7 @@ static void node_set_state(mp_coord_t *c, mp_coord_node_t *n, Mpar__NodeState s,
     }
     bool was_alive = n->info.state == MPAR__NODE_STATE__NODE_STATE_ALIVE;
     n->info.state = s;
+    n->info.state_since_unix_ms = mpard_now_ms();
     if (was_alive || s == MPAR__NODE_STATE__NODE_STATE_ALIVE) {
         coord_reschedule(c);
     }

@@ -5,6 +5,7 @@
  * are no-ops.  libuv thread.
  */
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,9 +21,12 @@ void mp_notify_send(const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(buf, sizeof(buf), fmt, ap);
     va_end(ap);
+    static bool warned;
     int rc = sd_notify(0, buf);
-    if (rc < 0) {
-        mp_warn("sd_notify: %s", strerror(-rc));
+    if (rc < 0 && !warned) {
+        /* Once: a NOTIFY_SOCKET nobody listens on must not flood the log. */
+        warned = true;
+        mp_warn("sd_notify to %s: %s", getenv("NOTIFY_SOCKET"), strerror(-rc));
     }
 }
 

@@ -19,6 +19,8 @@
 #include "proto/codec.h"
 
 #define READ_BUF_LEN (64 * 1024)
+#define QUEUE_HIGH (64 * 1024)
+#define QUEUE_LOW (16 * 1024)
 
 typedef enum { MODE_SNIFF = 0, MODE_FRAMES, MODE_LINES } conn_mode_t;
 
@@ -43,6 +45,11 @@ struct mp_conn {
     char *line;
     size_t line_len, line_cap;
     size_t queued;
+    /* Back-pressure: above QUEUE_HIGH bytes of unsent replies the connection
+     * stops taking requests; the bytes already read wait in `held`. */
+    bool paused;
+    uint8_t *held;
+    size_t held_len;
     bool ready, ending, closing, has_cred;
     uid_t uid;
     gid_t gid;
@@ -127,6 +134,7 @@ static void on_handle_closed(uv_handle_t *h)
     mp_frame_decoder_destroy(conn->dec);
     mp_handshake_destroy(conn->hs);
     mp_free(conn->line);
+    mp_free(conn->held);
     mp_free(conn);
 }
 
@@ -182,6 +190,10 @@ void mp_conn_end(mp_conn_t *conn, mp_conn_reason_t reason, const char *why)
     }
 }
 
+static void conn_resume(mp_conn_t *conn);
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
 static void on_write(uv_write_t *req, int status)
 {
     conn_write_t *w = (conn_write_t *)req;
@@ -191,6 +203,10 @@ static void on_write(uv_write_t *req, int status)
     mp_free(w);
     if (status < 0 && !conn->closing) {
         mp_conn_close(conn, MP_CONN_IO, uv_strerror(status));
+        return;
+    }
+    if (conn->paused && conn->queued <= QUEUE_LOW && !conn->closing && !conn->ending) {
+        conn_resume(conn);
     }
 }
 
@@ -283,6 +299,10 @@ static void on_stall(uv_timer_t *t)
         mp_conn_close(conn, conn->reason, conn->why);
         return;
     }
+    if (conn->paused) {
+        mp_conn_close(conn, MP_CONN_SLOW_READER, "peer does not read its replies");
+        return;
+    }
     mp_conn_close(conn, MP_CONN_STALL, "peer stalled in the middle of a message");
 }
 
@@ -350,6 +370,24 @@ static void conn_on_frame(mp_conn_t *conn, const uint8_t *frame, size_t len)
     }
 }
 
+/* Stops reading and keeps the unprocessed bytes until the replies drain; a
+ * peer that does not drain them within stall_ms is a slow reader. */
+static void conn_pause(mp_conn_t *conn, const void *rest, size_t len)
+{
+    uint8_t *held = mp_malloc(len);
+    if (held == NULL) {
+        mp_conn_close(conn, MP_CONN_LOCAL, "out of memory");
+        return;
+    }
+    memcpy(held, rest, len);
+    mp_free(conn->held);
+    conn->held = held;
+    conn->held_len = len;
+    conn->paused = true;
+    uv_read_stop(&conn->h.stream);
+    uv_timer_start(&conn->stall_timer, on_stall, conn->p.stall_ms, 0);
+}
+
 static void conn_feed_frames(mp_conn_t *conn, const uint8_t *data, size_t len)
 {
     while (len > 0 && !conn->closing && !conn->ending) {
@@ -370,6 +408,10 @@ static void conn_feed_frames(mp_conn_t *conn, const uint8_t *data, size_t len)
             return;
         }
         conn_on_frame(conn, frame, flen);
+        if (len > 0 && conn->queued > QUEUE_HIGH && !conn->closing && !conn->ending) {
+            conn_pause(conn, data, len);
+            return;
+        }
     }
 }
 
@@ -445,7 +487,50 @@ static void conn_feed_lines(mp_conn_t *conn, char *data, size_t len)
         }
         data = nl + 1;
         len -= n + 1;
+        if (len > 0 && conn->queued > QUEUE_HIGH && !conn->closing && !conn->ending) {
+            conn_pause(conn, data, len);
+            return;
+        }
     }
+}
+
+static void conn_after_input(mp_conn_t *conn)
+{
+    if (conn->closing || conn->ending || conn->paused) {
+        return;
+    }
+    if (mp_frame_decoder_partial(conn->dec) || conn->line_len > 0) {
+        uv_timer_start(&conn->stall_timer, on_stall, conn->p.stall_ms, 0);
+    } else {
+        uv_timer_stop(&conn->stall_timer);
+    }
+}
+
+static void conn_resume(mp_conn_t *conn)
+{
+    uint8_t *held = conn->held;
+    size_t len = conn->held_len;
+    conn->held = NULL;
+    conn->held_len = 0;
+    conn->paused = false;
+    uv_timer_stop(&conn->stall_timer);
+    if (held != NULL) {
+        /* The held bytes were a read buffer's tail; lines are cut in place. */
+        if (conn->mode == MODE_LINES) {
+            conn_feed_lines(conn, (char *)held, len);
+        } else {
+            conn_feed_frames(conn, held, len);
+        }
+        mp_free(held);
+    }
+    if (!conn->paused && !conn->closing && !conn->ending) {
+        int rc = uv_read_start(&conn->h.stream, on_alloc, on_read);
+        if (rc != 0) {
+            mp_conn_close(conn, MP_CONN_IO, uv_strerror(rc));
+            return;
+        }
+    }
+    conn_after_input(conn);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -500,14 +585,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     } else {
         conn_feed_frames(conn, (const uint8_t *)buf->base, (size_t)nread);
     }
-    if (conn->closing || conn->ending) {
-        return;
-    }
-    if (mp_frame_decoder_partial(conn->dec) || conn->line_len > 0) {
-        uv_timer_start(&conn->stall_timer, on_stall, conn->p.stall_ms, 0);
-    } else {
-        uv_timer_stop(&conn->stall_timer);
-    }
+    conn_after_input(conn);
 }
 
 static mp_status_t conn_new(uv_loop_t *loop, bool pipe, const mp_conn_params_t *params,
