@@ -105,14 +105,17 @@ static const gemm_case_t cases[] = {
     {"fwd", 256, 2048, 512, MP_OP_N, MP_OP_N},       /* 512->2048 */
     {"bwd_data", 256, 512, 2048, MP_OP_N, MP_OP_T},
     {"bwd_weight", 512, 2048, 256, MP_OP_T, MP_OP_N},
-    {"fwd", 256, 512, 2048, MP_OP_N, MP_OP_N},       /* 2048->512 */
+    {"fwd", 256, 512, 2048, MP_OP_N, MP_OP_N}, /* 2048->512 */
     {"bwd_data", 256, 2048, 512, MP_OP_N, MP_OP_T},
     {"bwd_weight", 2048, 512, 256, MP_OP_T, MP_OP_N},
     {"square", 4096, 4096, 4096, MP_OP_N, MP_OP_N},
 };
 #define NCASES (sizeof(cases) / sizeof(cases[0]))
 
-static const char *op_name(mp_op_t op) { return op == MP_OP_T ? "T" : "N"; }
+static const char *op_name(mp_op_t op)
+{
+    return op == MP_OP_T ? "T" : "N";
+}
 
 /* ---- the peer ------------------------------------------------------------ */
 
@@ -345,8 +348,8 @@ static int run(const opts_t *o)
     }
     json_t *results = json_object_get(doc, "results");
     if (!o->json) {
-        printf("%-10s %-10s %5s %5s %5s %2s %12s %12s %7s  (GFLOP/s, %s)\n", "test", "op", "m",
-               "n", "k", "op", "mpar", "torch", "ratio", devname);
+        printf("%-10s %-10s %5s %5s %5s %2s %12s %12s %7s  (GFLOP/s, %s)\n", "test", "op", "m", "n",
+               "k", "op", "mpar", "torch", "ratio", devname);
     }
     for (int prec = 0; prec < 2; prec++) {
         const char *test = prec ? "gemm_tf32" : "gemm_fp32";
@@ -380,8 +383,7 @@ static int run(const opts_t *o)
                            mine / theirs);
                 } else {
                     printf("%-10s %-10s %5lld %5lld %5lld %2s %12.1f %12s %7s\n", test, c->op,
-                           (long long)c->m, (long long)c->n, (long long)c->k, ops, mine, "-",
-                           "-");
+                           (long long)c->m, (long long)c->n, (long long)c->k, ops, mine, "-", "-");
                 }
                 fflush(stdout);
             }

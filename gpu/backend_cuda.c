@@ -52,22 +52,25 @@ static mp_status_t cublas_check(cublasStatus_t st, const char *what, const char 
 }
 
 /* cudaCheck-style: evaluate, log with file and line on failure, return MP_ERR_DEVICE. */
-#define CUDA_TRY(call)                                                         \
-    do {                                                                       \
-        mp_status_t st_ = cuda_check((call), #call, __FILE__, __LINE__);       \
-        if (st_ != MP_OK) {                                                    \
-            return st_;                                                        \
-        }                                                                      \
+#define CUDA_TRY(call)                                                                             \
+    do {                                                                                           \
+        mp_status_t st_ = cuda_check((call), #call, __FILE__, __LINE__);                           \
+        if (st_ != MP_OK) {                                                                        \
+            return st_;                                                                            \
+        }                                                                                          \
     } while (0)
-#define CUBLAS_TRY(call)                                                       \
-    do {                                                                       \
-        mp_status_t st_ = cublas_check((call), #call, __FILE__, __LINE__);     \
-        if (st_ != MP_OK) {                                                    \
-            return st_;                                                        \
-        }                                                                      \
+#define CUBLAS_TRY(call)                                                                           \
+    do {                                                                                           \
+        mp_status_t st_ = cublas_check((call), #call, __FILE__, __LINE__);                         \
+        if (st_ != MP_OK) {                                                                        \
+            return st_;                                                                            \
+        }                                                                                          \
     } while (0)
 
-static inline mp_cuda_backend_t *cuda_of(mp_backend_t *be) { return (mp_cuda_backend_t *)be; }
+static inline mp_cuda_backend_t *cuda_of(mp_backend_t *be)
+{
+    return (mp_cuda_backend_t *)be;
+}
 
 /* Makes the backend's device current on the calling thread (the backend may
  * have been created on another thread). */
@@ -77,12 +80,12 @@ static mp_status_t cuda_enter(mp_cuda_backend_t *cb)
     return MP_OK;
 }
 
-#define ENTER(cb)                                                              \
-    do {                                                                       \
-        mp_status_t st_ = cuda_enter(cb);                                      \
-        if (st_ != MP_OK) {                                                    \
-            return st_;                                                        \
-        }                                                                      \
+#define ENTER(cb)                                                                                  \
+    do {                                                                                           \
+        mp_status_t st_ = cuda_enter(cb);                                                          \
+        if (st_ != MP_OK) {                                                                        \
+            return st_;                                                                            \
+        }                                                                                          \
     } while (0)
 
 /* ---- memory ---------------------------------------------------------------- */
@@ -173,7 +176,10 @@ static mp_status_t cuda_sync(mp_backend_t *be)
 
 /* ---- GEMM -------------------------------------------------------------------- */
 
-static bool fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
+static bool fits_int(int64_t v)
+{
+    return v >= 0 && v <= INT_MAX;
+}
 
 /* Row-major C[M,N] = alpha op(A) op(B) + beta C on the backend's stream
  * (the device is already current). */
@@ -339,8 +345,8 @@ static mp_status_t xent_scratch_reserve(mp_cuda_backend_t *cb, int64_t B)
 }
 
 static mp_status_t cuda_xent_fwd(mp_backend_t *be, float *probs, const float *logits,
-                                 const int32_t *labels, int64_t B, int64_t C,
-                                 double *loss_sum_host, int64_t *correct_host)
+                                 const int32_t *labels, int64_t B, int64_t C, double *loss_sum_host,
+                                 int64_t *correct_host)
 {
     mp_cuda_backend_t *cb = cuda_of(be);
     if (B < 0 || C < 0) {
@@ -357,8 +363,8 @@ static mp_status_t cuda_xent_fwd(mp_backend_t *be, float *probs, const float *lo
         return MP_OK;
     }
     mp_cuda_xent_out_t out;
-    CUDA_TRY(cudaMemcpyAsync(&out, cb->xent_scratch, sizeof(out), cudaMemcpyDeviceToHost,
-                             cb->stream));
+    CUDA_TRY(
+        cudaMemcpyAsync(&out, cb->xent_scratch, sizeof(out), cudaMemcpyDeviceToHost, cb->stream));
     CUDA_TRY(cudaStreamSynchronize(cb->stream));
     if (out.bad != 0) {
         mp_err("cuda: xent_fwd: %lld of %lld labels outside [0, %lld)", out.bad, (long long)B,
@@ -424,8 +430,8 @@ static mp_status_t cuda_sgd_step(mp_backend_t *be, float *p, const float *grad, 
     }
     ENTER(cb);
     float one_minus_damp = (float)(1.0 - hp_decimal(hp->dampening));
-    CUDA_TRY(mp_cuda_sgd_launch(cb->stream, p, grad, buf, n, hp->lr, hp->momentum,
-                                one_minus_damp, hp->weight_decay, hp->nesterov, hp->step == 1));
+    CUDA_TRY(mp_cuda_sgd_launch(cb->stream, p, grad, buf, n, hp->lr, hp->momentum, one_minus_damp,
+                                hp->weight_decay, hp->nesterov, hp->step == 1));
     return MP_OK;
 }
 
@@ -445,8 +451,7 @@ static mp_status_t cuda_adamw_step(mp_backend_t *be, float *p, const float *grad
     double bc2 = 1.0 - pow(b2, t);
     CUDA_TRY(mp_cuda_adamw_launch(cb->stream, p, grad, m, v, n, (float)(1.0 - lr * wd),
                                   (float)(1.0 - b1), (float)b2, (float)(1.0 - b2),
-                                  (float)(lr / bc1), (float)sqrt(bc2),
-                                  (float)hp_decimal(hp->eps)));
+                                  (float)(lr / bc1), (float)sqrt(bc2), (float)hp_decimal(hp->eps)));
     return MP_OK;
 }
 
@@ -457,8 +462,8 @@ static void cuda_destroy(mp_backend_t *be)
     mp_cuda_backend_t *cb = cuda_of(be);
     if (cuda_enter(cb) == MP_OK) {
         if (cb->stream != NULL) {
-            (void)cuda_check(cudaStreamSynchronize(cb->stream), "cudaStreamSynchronize",
-                             __FILE__, __LINE__);
+            (void)cuda_check(cudaStreamSynchronize(cb->stream), "cudaStreamSynchronize", __FILE__,
+                             __LINE__);
         }
         if (cb->xent_scratch != NULL) {
             (void)cuda_check(cudaFree(cb->xent_scratch), "cudaFree", __FILE__, __LINE__);
@@ -506,12 +511,15 @@ static mp_status_t cuda_backend_init(mp_cuda_backend_t *cb)
     CUBLAS_TRY(cublasCreate(&cb->cublas));
     CUBLAS_TRY(cublasSetStream(cb->cublas, cb->stream));
     /* CUBLAS_DEFAULT_MATH keeps fp32 GEMMs in full fp32 (no TF32 down-conversion). */
-    CUBLAS_TRY(cublasSetMathMode(cb->cublas, cb->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
-                                                      : CUBLAS_DEFAULT_MATH));
+    CUBLAS_TRY(
+        cublasSetMathMode(cb->cublas, cb->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
     return MP_OK;
 }
 
-bool mp_backend_cuda_built(void) { return true; }
+bool mp_backend_cuda_built(void)
+{
+    return true;
+}
 
 int mp_backend_cuda_device_count(void)
 {
@@ -555,8 +563,8 @@ mp_status_t mp_backend_cuda_create(int device, bool tf32, mp_backend_t **be_p)
     }
     struct cudaDeviceProp prop;
     if (cudaGetDeviceProperties(&prop, device) == cudaSuccess) {
-        mp_info("cuda: device %d: %s, sm_%d%d, %.1f GiB, %s GEMMs", device, prop.name,
-                prop.major, prop.minor, (double)prop.totalGlobalMem / (1024.0 * 1024 * 1024),
+        mp_info("cuda: device %d: %s, sm_%d%d, %.1f GiB, %s GEMMs", device, prop.name, prop.major,
+                prop.minor, (double)prop.totalGlobalMem / (1024.0 * 1024 * 1024),
                 tf32 ? "TF32" : "strict fp32");
     }
     *be_p = &cb->base;

@@ -6,9 +6,15 @@
 #include "common/log.h"
 #include "gpu/backend.h"
 
-bool mp_backend_cuda_built(void) { return false; }
+bool mp_backend_cuda_built(void)
+{
+    return false;
+}
 
-int mp_backend_cuda_device_count(void) { return 0; }
+int mp_backend_cuda_device_count(void)
+{
+    return 0;
+}
 
 mp_status_t mp_backend_cuda_create(int device, bool tf32, mp_backend_t **be_p)
 {

@@ -46,19 +46,19 @@ typedef struct mp_cuda_backend {
 size_t mp_cuda_xent_scratch_bytes(int64_t B);
 
 cudaError_t mp_cuda_gelu_fwd_launch(cudaStream_t stream, float *y, const float *x, int64_t n);
-cudaError_t mp_cuda_gelu_bwd_launch(cudaStream_t stream, float *dx, const float *x,
-                                    const float *dy, int64_t n);
+cudaError_t mp_cuda_gelu_bwd_launch(cudaStream_t stream, float *dx, const float *x, const float *dy,
+                                    int64_t n);
 cudaError_t mp_cuda_relu_fwd_launch(cudaStream_t stream, float *y, const float *x, int64_t n);
-cudaError_t mp_cuda_relu_bwd_launch(cudaStream_t stream, float *dx, const float *x,
-                                    const float *dy, int64_t n);
+cudaError_t mp_cuda_relu_bwd_launch(cudaStream_t stream, float *dx, const float *x, const float *dy,
+                                    int64_t n);
 cudaError_t mp_cuda_axpy_launch(cudaStream_t stream, float *y, float alpha, const float *x,
                                 int64_t n);
 /* y[r,c] += b[c]. */
 cudaError_t mp_cuda_bias_add_launch(cudaStream_t stream, float *y, const float *b, int64_t rows,
                                     int64_t cols);
 /* db[c] += sum over r of dZ[r,c], in a fixed order (no atomics): deterministic. */
-cudaError_t mp_cuda_colsum_add_launch(cudaStream_t stream, float *db, const float *dZ,
-                                      int64_t rows, int64_t cols);
+cudaError_t mp_cuda_colsum_add_launch(cudaStream_t stream, float *db, const float *dZ, int64_t rows,
+                                      int64_t cols);
 /* probs = softmax(logits) row by row; the sums land in scratch (an
  * mp_cuda_xent_out_t first), reduced on the device in a fixed order. */
 cudaError_t mp_cuda_xent_fwd_launch(cudaStream_t stream, float *probs, const float *logits,

@@ -14,7 +14,8 @@
 
 #include "gpu/cuda_internal.h"
 
-namespace {
+namespace
+{
 
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = 65535;
@@ -145,8 +146,7 @@ template <typename T, typename Op> __device__ T warp_reduce(T v, Op op)
 
 /* Every thread gets op over the block's values; blockDim.x is a multiple of
  * 32 and at most 1024.  `shared` holds 32 T. */
-template <typename T, typename Op>
-__device__ T block_reduce(T v, Op op, T identity, T *shared)
+template <typename T, typename Op> __device__ T block_reduce(T v, Op op, T identity, T *shared)
 {
     int lane = threadIdx.x & 31;
     int warp = threadIdx.x >> 5;
@@ -181,8 +181,8 @@ __host__ __device__ inline size_t xent_rows_offset()
 
 /* One block per row: max, exp and sum, probabilities, first argmax, and the
  * row's loss -log p[label] = log(sum) - (x[label] - max), in double. */
-__global__ void xent_row_kernel(float *probs, const float *logits, const int32_t *labels,
-                                int64_t C, double *row_loss, int *row_flag)
+__global__ void xent_row_kernel(float *probs, const float *logits, const int32_t *labels, int64_t C,
+                                double *row_loss, int *row_flag)
 {
     __shared__ float fshared[32];
     __shared__ int ishared[32];
@@ -293,8 +293,8 @@ __global__ void sgd_kernel(float *p, const float *grad, float *buf, int64_t n, f
 }
 
 __global__ void adamw_kernel(float *p, const float *grad, float *m, float *v, int64_t n,
-                             float decay, float one_minus_beta1, float beta2,
-                             float one_minus_beta2, float step_size, float bc2_sqrt, float eps)
+                             float decay, float one_minus_beta1, float beta2, float one_minus_beta2,
+                             float step_size, float bc2_sqrt, float eps)
 {
     float w = one_minus_beta1; /* torch on CUDA: exp_avg.lerp_(grad, 1 - beta1) */
     for (int64_t i = first_index(); i < n; i += grid_stride()) {
@@ -330,8 +330,8 @@ cudaError_t mp_cuda_gelu_fwd_launch(cudaStream_t stream, float *y, const float *
     return cudaGetLastError();
 }
 
-cudaError_t mp_cuda_gelu_bwd_launch(cudaStream_t stream, float *dx, const float *x,
-                                    const float *dy, int64_t n)
+cudaError_t mp_cuda_gelu_bwd_launch(cudaStream_t stream, float *dx, const float *x, const float *dy,
+                                    int64_t n)
 {
     if (n <= 0) {
         return cudaSuccess;
@@ -349,8 +349,8 @@ cudaError_t mp_cuda_relu_fwd_launch(cudaStream_t stream, float *y, const float *
     return cudaGetLastError();
 }
 
-cudaError_t mp_cuda_relu_bwd_launch(cudaStream_t stream, float *dx, const float *x,
-                                    const float *dy, int64_t n)
+cudaError_t mp_cuda_relu_bwd_launch(cudaStream_t stream, float *dx, const float *x, const float *dy,
+                                    int64_t n)
 {
     if (n <= 0) {
         return cudaSuccess;
@@ -379,8 +379,8 @@ cudaError_t mp_cuda_bias_add_launch(cudaStream_t stream, float *y, const float *
     return cudaGetLastError();
 }
 
-cudaError_t mp_cuda_colsum_add_launch(cudaStream_t stream, float *db, const float *dZ,
-                                      int64_t rows, int64_t cols)
+cudaError_t mp_cuda_colsum_add_launch(cudaStream_t stream, float *db, const float *dZ, int64_t rows,
+                                      int64_t cols)
 {
     if (rows <= 0 || cols <= 0) {
         return cudaSuccess;
@@ -417,8 +417,7 @@ cudaError_t mp_cuda_xent_bwd_launch(cudaStream_t stream, float *dlogits, const f
     if (B <= 0 || C <= 0) {
         return cudaSuccess;
     }
-    xent_bwd_kernel<<<grid_for(B * C), kThreads, 0, stream>>>(dlogits, probs, labels, B, C,
-                                                              scale);
+    xent_bwd_kernel<<<grid_for(B * C), kThreads, 0, stream>>>(dlogits, probs, labels, B, C, scale);
     return cudaGetLastError();
 }
 
@@ -442,9 +441,8 @@ cudaError_t mp_cuda_adamw_launch(cudaStream_t stream, float *p, const float *gra
     if (n <= 0) {
         return cudaSuccess;
     }
-    adamw_kernel<<<grid_for(n), kThreads, 0, stream>>>(p, grad, m, v, n, decay, one_minus_beta1,
-                                                       beta2, one_minus_beta2, step_size, bc2_sqrt,
-                                                       eps);
+    adamw_kernel<<<grid_for(n), kThreads, 0, stream>>>(
+        p, grad, m, v, n, decay, one_minus_beta1, beta2, one_minus_beta2, step_size, bc2_sqrt, eps);
     return cudaGetLastError();
 }
 

@@ -171,8 +171,7 @@ static void expect_close_host(const float *got, const float *ref, int64_t n, dou
               n > 0 ? (double)ref[at] : 0.0, tol);
 }
 
-static void expect_twin(pair_t *p, const twin_t *t, double floor_frac, double tol,
-                        const char *what)
+static void expect_twin(pair_t *p, const twin_t *t, double floor_frac, double tol, const char *what)
 {
     cr_assert_eq(p->gpu->ops->sync(p->gpu), MP_OK);
     float *g = dev_get(p->gpu, t->g, t->n);
@@ -217,8 +216,7 @@ Test(cuda, create_rejects_missing_device)
 {
     require_cuda();
     mp_backend_t *be = NULL;
-    cr_assert_eq(mp_backend_cuda_create(mp_backend_cuda_device_count(), false, &be),
-                 MP_ERR_NODEV);
+    cr_assert_eq(mp_backend_cuda_create(mp_backend_cuda_device_count(), false, &be), MP_ERR_NODEV);
     cr_assert_eq(mp_backend_cuda_create(-1, false, &be), MP_ERR_NODEV);
     cr_assert_null(be, "the output was written on failure");
 }
@@ -239,12 +237,12 @@ static void check_gemm(pair_t *p, mp_op_t ta, mp_op_t tb, int64_t M, int64_t N, 
     float *c0 = beta == 0.0f ? host_nan(M * ldc) : host_rand(M * ldc, seed + 2, 0.1f, 2.0f);
     twin_t C = twin_new(p, M * ldc, c0);
 
-    cr_assert_eq(p->cpu->ops->gemm(p->cpu, ta, tb, M, N, K, alpha, A.c, lda, B.c, ldb, beta,
-                                   C.c, ldc),
-                 MP_OK);
-    cr_assert_eq(p->gpu->ops->gemm(p->gpu, ta, tb, M, N, K, alpha, A.g, lda, B.g, ldb, beta,
-                                   C.g, ldc),
-                 MP_OK);
+    cr_assert_eq(
+        p->cpu->ops->gemm(p->cpu, ta, tb, M, N, K, alpha, A.c, lda, B.c, ldb, beta, C.c, ldc),
+        MP_OK);
+    cr_assert_eq(
+        p->gpu->ops->gemm(p->gpu, ta, tb, M, N, K, alpha, A.g, lda, B.g, ldb, beta, C.g, ldc),
+        MP_OK);
     float *g = dev_get(p->gpu, C.g, M * ldc);
     float *c = dev_get(p->cpu, C.c, M * ldc);
     float *gv = mp_malloc((size_t)(M * N) * sizeof(float));
@@ -338,21 +336,19 @@ static void check_linear(pair_t *p, int64_t B, int64_t I, int64_t O, bool bias, 
     twin_t W = twin_rand(p, I * O, seed + 1, 0.01f, 0.1f);
     twin_t b = twin_rand(p, O, seed + 2, 0.1f, 1.0f);
     twin_t Z = twin_new(p, B * O, NULL);
-    cr_assert_eq(p->cpu->ops->linear_fwd(p->cpu, Z.c, X.c, W.c, bias ? b.c : NULL, B, I, O),
-                 MP_OK);
-    cr_assert_eq(p->gpu->ops->linear_fwd(p->gpu, Z.g, X.g, W.g, bias ? b.g : NULL, B, I, O),
-                 MP_OK);
+    cr_assert_eq(p->cpu->ops->linear_fwd(p->cpu, Z.c, X.c, W.c, bias ? b.c : NULL, B, I, O), MP_OK);
+    cr_assert_eq(p->gpu->ops->linear_fwd(p->gpu, Z.g, X.g, W.g, bias ? b.g : NULL, B, I, O), MP_OK);
     expect_twin(p, &Z, FLOOR_NORMWISE, tol, bias ? "linear_fwd Z (bias)" : "linear_fwd Z");
 
     twin_t dZ = twin_rand(p, B * O, seed + 3, 0.1f, 1.0f);
     twin_t dX = twin_rand(p, B * I, seed + 4, 0.1f, 1.0f);
     twin_t dW = twin_rand(p, I * O, seed + 5, 0.1f, 1.0f);
     twin_t db = twin_rand(p, O, seed + 6, 0.1f, 1.0f);
-    cr_assert_eq(p->cpu->ops->linear_bwd(p->cpu, with_dx ? dX.c : NULL, dW.c,
-                                         with_db ? db.c : NULL, dZ.c, X.c, W.c, B, I, O),
+    cr_assert_eq(p->cpu->ops->linear_bwd(p->cpu, with_dx ? dX.c : NULL, dW.c, with_db ? db.c : NULL,
+                                         dZ.c, X.c, W.c, B, I, O),
                  MP_OK);
-    cr_assert_eq(p->gpu->ops->linear_bwd(p->gpu, with_dx ? dX.g : NULL, dW.g,
-                                         with_db ? db.g : NULL, dZ.g, X.g, W.g, B, I, O),
+    cr_assert_eq(p->gpu->ops->linear_bwd(p->gpu, with_dx ? dX.g : NULL, dW.g, with_db ? db.g : NULL,
+                                         dZ.g, X.g, W.g, B, I, O),
                  MP_OK);
     /* Skipped outputs stay as they were on both sides, so they compare too. */
     expect_twin(p, &dX, FLOOR_NORMWISE, tol, "linear_bwd dX");
@@ -416,8 +412,8 @@ Test(cuda, bias_gradient_is_deterministic)
                     s += hdZ[r * O + c];
                     mag += fabs(hdZ[r * O + c]);
                 }
-                cr_assert(fabs(first[c] - s) <= 5e-5 * mag, "db[%lld] = %g, want %g",
-                          (long long)c, (double)first[c], s);
+                cr_assert(fabs(first[c] - s) <= 5e-5 * mag, "db[%lld] = %g, want %g", (long long)c,
+                          (double)first[c], s);
             }
         } else {
             cr_assert_eq(memcmp(got, first, (size_t)O * sizeof(float)), 0,
@@ -621,8 +617,11 @@ static void check_sgd(pair_t *p, float momentum, float dampening, float wd, bool
     twin_t w = twin_rand(p, N_ELEM, seed, 0.1f, 1.0f);
     /* Step 1 must overwrite the buffer: start it as NaN. */
     twin_t buf = twin_new(p, N_ELEM, NULL);
-    mp_optim_hp_t hp = {.lr = 0.05f, .momentum = momentum, .dampening = dampening,
-                        .weight_decay = wd, .nesterov = nesterov};
+    mp_optim_hp_t hp = {.lr = 0.05f,
+                        .momentum = momentum,
+                        .dampening = dampening,
+                        .weight_decay = wd,
+                        .nesterov = nesterov};
     for (int64_t step = 1; step <= 3; step++) {
         twin_t g = twin_rand(p, N_ELEM, seed + 10 * (uint64_t)step, 0.1f, 1.0f);
         hp.step = step;
@@ -661,8 +660,8 @@ Test(cuda, adamw_step_matches_cpu)
     cr_assert_eq(p.cpu->ops->zero(p.cpu, v.c, N_ELEM * sizeof(float)), MP_OK);
     cr_assert_eq(p.gpu->ops->zero(p.gpu, m.g, N_ELEM * sizeof(float)), MP_OK);
     cr_assert_eq(p.gpu->ops->zero(p.gpu, v.g, N_ELEM * sizeof(float)), MP_OK);
-    mp_optim_hp_t hp = {.lr = 0.01f, .weight_decay = 0.01f, .beta1 = 0.9f, .beta2 = 0.999f,
-                        .eps = 1e-8f};
+    mp_optim_hp_t hp = {
+        .lr = 0.01f, .weight_decay = 0.01f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f};
     for (int64_t step = 1; step <= 3; step++) {
         twin_t g = twin_rand(&p, N_ELEM, 1500 + 10 * (uint64_t)step, 0.01f, 1.0f);
         hp.step = step;
