@@ -53,6 +53,7 @@ typedef struct {
     xh_rank_fn fn;
     void *arg;
     int64_t timeout_ms;
+    int backstop_ms, spin_us;
     mp_xport_ctx_t *ctx;
     pthread_barrier_t bar;
     void *addr[XH_MAX_RANKS];
@@ -72,7 +73,8 @@ static void *th_main(void *p)
     uint32_t r = a->rank;
     mp_xport_worker_t *w = NULL;
     mp_xport_ep_t *eps[XH_MAX_RANKS] = {0};
-    mp_xport_worker_opts_t wo = {.rank = r, .timeout_ms = sh->timeout_ms};
+    mp_xport_worker_opts_t wo = {
+        .rank = r, .timeout_ms = sh->timeout_ms, .backstop_ms = sh->backstop_ms, .spin_us = sh->spin_us};
     int ok = mp_xport_worker_create(sh->ctx, &wo, &w) == MP_OK &&
              mp_xport_worker_address(w, &sh->addr[r], &sh->len[r]) == MP_OK;
     pthread_barrier_wait(&sh->bar);
@@ -97,7 +99,8 @@ static void *th_main(void *p)
 
 int xh_run_threads(uint32_t n, xh_rank_fn fn, void *arg, const xh_opts_t *opts, int codes[])
 {
-    th_shared_t sh = {.n = n, .fn = fn, .arg = arg, .timeout_ms = opt_timeout(opts)};
+    th_shared_t sh = {.n = n, .fn = fn, .arg = arg, .timeout_ms = opt_timeout(opts),
+                      .backstop_ms = opts != NULL ? opts->backstop_ms : 0, .spin_us = opts != NULL ? opts->spin_us : 0};
     if (n == 0 || n > XH_MAX_RANKS || mp_xport_ctx_create(NULL, &sh.ctx) != MP_OK) {
         return -1;
     }
@@ -156,13 +159,16 @@ static int full_read(int fd, void *p, size_t n)
     return 0;
 }
 
-static int child_main(uint32_t n, uint32_t r, int up, int down, xh_rank_fn fn, void *arg, int64_t timeout_ms)
+static int child_main(uint32_t n, uint32_t r, int up, int down, xh_rank_fn fn, void *arg, const xh_opts_t *opts)
 {
     mp_xport_ctx_t *ctx;
     mp_xport_worker_t *w;
     void *addr;
     size_t len;
-    mp_xport_worker_opts_t wo = {.rank = r, .timeout_ms = timeout_ms};
+    mp_xport_worker_opts_t wo = {.rank = r,
+                                 .timeout_ms = opt_timeout(opts),
+                                 .backstop_ms = opts != NULL ? opts->backstop_ms : 0,
+                                 .spin_us = opts != NULL ? opts->spin_us : 0};
     if (mp_xport_ctx_create(NULL, &ctx) != MP_OK || mp_xport_worker_create(ctx, &wo, &w) != MP_OK ||
         mp_xport_worker_address(w, &addr, &len) != MP_OK) {
         return 100;
@@ -246,7 +252,6 @@ int xh_run_procs(uint32_t n, xh_rank_fn fn, void *arg, const xh_opts_t *opts, in
     if (n == 0 || n > XH_MAX_RANKS) {
         return -1;
     }
-    int64_t timeout_ms = opt_timeout(opts);
     int kill_rank = opts != NULL && opts->kill_after_ms > 0 ? opts->kill_rank : -1;
     uint64_t deadline = now_ms() + 1000ull * (uint64_t)(opts != NULL && opts->deadline_s > 0 ? opts->deadline_s : 60);
     signal(SIGPIPE, SIG_IGN);
@@ -265,7 +270,7 @@ int xh_run_procs(uint32_t n, xh_rank_fn fn, void *arg, const xh_opts_t *opts, in
                 close(up[j]);
                 close(down[j]);
             }
-            _exit(child_main(n, i, u[1], d[0], fn, arg, timeout_ms) & 0x7f);
+            _exit(child_main(n, i, u[1], d[0], fn, arg, opts) & 0x7f);
         }
         close(u[1]);
         close(d[0]);

@@ -22,6 +22,8 @@ typedef struct {
     int kill_rank;       /* processes only: SIGKILL this rank ... */
     int kill_after_ms;   /* ... this long after every rank started fn; kill_rank < 0: nobody */
     int deadline_s;      /* the whole run; 0 = 60 */
+    int backstop_ms;     /* worker options (0: the worker's defaults) */
+    int spin_us;
 } xh_opts_t;
 
 /* Each returns 0 when every rank returned 0; codes[r] gets rank r's code
