@@ -277,6 +277,16 @@ int main(int argc, char **argv)
         mp_err("devices: %s", err.msg);
         return 2;
     }
+    /* Under systemd, LoadCredential=cluster-secret:FILE hands the secret to
+     * the service's own user; it is used when no secret-file is set. */
+    const char *creds = getenv("CREDENTIALS_DIRECTORY");
+    if (d.cfg.secret_file[0] == '\0' && creds != NULL) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof(path), "%s/cluster-secret", creds);
+        if (access(path, F_OK) == 0) {
+            snprintf(d.cfg.secret_file, sizeof(d.cfg.secret_file), "%s", path);
+        }
+    }
     if (d.cfg.secret_file[0] != '\0' &&
         mp_auth_secret_load(d.cfg.secret_file, &d.secret, &err) != MP_OK) {
         mp_err("%s", err.msg);

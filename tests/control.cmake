@@ -10,3 +10,43 @@ if(MP_TESTS)
             $<TARGET_FILE:mpard> $<TARGET_FILE:mpar-client> ${CMAKE_SOURCE_DIR})
   set_tests_properties(control_cluster PROPERTIES TIMEOUT 180)
 endif()
+
+# The systemd unit: verify and the offline security score.
+if(MP_TESTS)
+  add_test(NAME control_systemd_unit
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/integration/control_systemd.sh
+            ${CMAKE_SOURCE_DIR}/deploy/systemd/mpard.service $<TARGET_FILE:mpard>)
+  set_tests_properties(control_systemd_unit PROPERTIES TIMEOUT 60)
+endif()
+
+# libFuzzer harness over the frame decoder, every message's unpack and the
+# handshake.  The main build uses gcc; the harness is compiled by clang with
+# ASan+UBSan in one command, from the same sources.
+find_program(MP_CLANG NAMES clang clang-14)
+if(MP_TESTS AND MP_CLANG)
+  set(MP_FUZZ_BIN ${CMAKE_BINARY_DIR}/bin/fuzz_frame)
+  set(MP_FUZZ_SRCS
+    ${CMAKE_SOURCE_DIR}/tests/fuzz/fuzz_frame.c
+    ${CMAKE_SOURCE_DIR}/proto/codec.c
+    ${CMAKE_SOURCE_DIR}/proto/json.c
+    ${CMAKE_SOURCE_DIR}/transport/auth.c
+    ${CMAKE_SOURCE_DIR}/common/status.c
+    ${CMAKE_SOURCE_DIR}/common/alloc.c
+    ${CMAKE_SOURCE_DIR}/common/log.c)
+  add_custom_command(
+    OUTPUT ${MP_FUZZ_BIN}
+    COMMAND ${MP_CLANG} -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined
+            -fno-sanitize-recover=undefined -D_GNU_SOURCE -DMP_VERSION="${PROJECT_VERSION}"
+            -I${CMAKE_SOURCE_DIR} -I${CMAKE_BINARY_DIR} ${MP_FUZZ_SRCS} ${MP_PROTO_GEN_C}
+            -o ${MP_FUZZ_BIN} ${PROTOBUFC_LDFLAGS} ${JANSSON_LDFLAGS} -lcrypto -lpthread
+    DEPENDS ${MP_FUZZ_SRCS} ${CMAKE_SOURCE_DIR}/proto/mpar.proto mp_proto
+    COMMENT "clang libFuzzer harness fuzz_frame"
+    VERBATIM)
+  add_custom_target(fuzz_frame ALL DEPENDS ${MP_FUZZ_BIN})
+  add_executable(fuzz_seeds fuzz/seeds.c)
+  target_link_libraries(fuzz_seeds PRIVATE mp_proto)
+  add_test(NAME control_fuzz
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/run_fuzz.sh ${MP_FUZZ_BIN}
+            $<TARGET_FILE:fuzz_seeds> ${CMAKE_CURRENT_BINARY_DIR}/fuzz-work 45)
+  set_tests_properties(control_fuzz PROPERTIES TIMEOUT 180)
+endif()
