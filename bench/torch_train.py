@@ -45,8 +45,13 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tf32", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    dev = torch.device(a.device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = a.tf32
     spec = json.load(open(a.spec))
     with gzip.open(a.data + "/train-images-idx3-ubyte.gz") as f:
         raw = f.read()
@@ -54,7 +59,7 @@ def main():
     with gzip.open(a.data + "/train-labels-idx1-ubyte.gz") as f:
         y = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
     x, y = torch.from_numpy(x), torch.from_numpy(y)
-    model = build(spec)
+    model = build(spec).to(dev)
     tr = spec["train"]
     if tr["optimizer"] == "adamw":
         opt = torch.optim.AdamW(model.parameters(), lr=tr["lr"])
@@ -64,19 +69,23 @@ def main():
     per_epoch = x.shape[0] // B
 
     def step(k):
-        xb, yb = x[k * B:(k + 1) * B], y[k * B:(k + 1) * B]
+        # Each batch goes host -> device every step, as mpar's trainer does.
+        xb, yb = x[k * B:(k + 1) * B].to(dev), y[k * B:(k + 1) * B].to(dev)
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(xb), yb).backward()
         opt.step()
 
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     for k in range(5):  # warm-up, as mpar's first steps include allocation
         step(k)
+    sync()
     t0 = time.perf_counter()
     for s in range(a.steps):
         step(s % per_epoch)
+    sync()
     dt = time.perf_counter() - t0
-    json.dump({"samples_per_s": a.steps * B / dt, "steps": a.steps, "threads": a.threads},
-              sys.stdout)
+    json.dump({"samples_per_s": a.steps * B / dt, "steps": a.steps, "threads": a.threads,
+               "device": a.device, "tf32": a.tf32}, sys.stdout)
     print()
 
 

@@ -267,6 +267,19 @@ EOF
         python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d.pop("losses",None); print(json.dumps(d, indent=1))' "$outf" ||
           cat "$outf"
         note "ok   train $mode: $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.0f samples/s, %.1f s, final loss %s" % (d.get("samples_per_s",0), d.get("seconds",0), d.get("final_loss")))' "$outf" 2>/dev/null)"
+        # The peer: PyTorch on the same card, same model, batch and optimizer.
+        local tflags=()
+        [ $mode = tf32 ] && tflags=(--tf32)
+        local tdata
+        tdata=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["data"].get("path") or "/usr/share/datasets/fashion-mnist")' "$spec")
+        if [ -f "$tdata/train-images-idx3-ubyte.gz" ] &&
+           timeout 180 python3 bench/torch_train.py "$spec" --device cuda "${tflags[@]}" \
+             --steps 234 --data "$tdata" > "$OUT/torch_train_$mode.json" 2> "$OUT/torch_train_$mode.err"; then
+          note "ok   torch train $mode: $(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); t=json.load(open(sys.argv[2])); print("torch %.0f samples/s, mpar/torch ratio %.2f" % (t["samples_per_s"], m["samples_per_s"]/t["samples_per_s"]))' "$outf" "$OUT/torch_train_$mode.json")"
+        else
+          cat "$OUT/torch_train_$mode.err" 2>/dev/null
+          note "FAIL torch train $mode (peer could not run)"
+        fi
       else
         cat "$outf.err" "$outf"
         note "FAIL train $mode (mpar-client exit status; see $(basename "$outf").err)"
