@@ -296,6 +296,7 @@ int main(int argc, char **argv)
     d.loop = &loop_storage;
     uv_loop_init(d.loop);
     d.start_unix_ms = mpard_now_ms();
+    d.pid = (int)getpid();
     uv_signal_init(d.loop, &d.sig_term);
     uv_signal_init(d.loop, &d.sig_int);
     uv_signal_init(d.loop, &d.sig_hup);

@@ -51,6 +51,7 @@ typedef struct mpard {
     int ndevices;
     mp_auth_secret_t *secret;
     uint64_t start_unix_ms;
+    int pid;
     uv_tcp_t tcp_listener;
     bool tcp_open;
     char tcp_bound[128];

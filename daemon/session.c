@@ -312,7 +312,7 @@ static json_t *status_json(mpard_t *d)
     json_object_set_new(o, "ok", json_true());
     json_object_set_new(o, "name", json_string(d->cfg.name));
     json_object_set_new(o, "version", json_string(MP_VERSION));
-    json_object_set_new(o, "pid", json_integer(getpid()));
+    json_object_set_new(o, "pid", json_integer(d->pid));
     json_object_set_new(o, "uptime_s",
                         json_real((double)(mpard_now_ms() - d->start_unix_ms) / 1000.0));
     json_t *roles = json_array();
@@ -356,12 +356,16 @@ static void line_reply(mp_session_t *s, json_t *o)
 {
     char *text = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(12));
     json_decref(o);
-    if (text == NULL) {
+    size_t n = text ? strlen(text) : 0;
+    char *line = text ? realloc(text, n + 1) : NULL; /* jansson allocates with malloc */
+    if (line == NULL) {
+        free(text);
         mp_conn_close(s->conn, MP_CONN_LOCAL, "out of memory");
         return;
     }
-    mp_session_send_json_line(s, text);
-    free(text);
+    line[n] = '\n'; /* replaces the NUL: the line goes out by length */
+    mp_conn_send_raw(s->conn, line, n + 1);
+    free(line);
 }
 
 static void line_error(mp_session_t *s, const char *msg, bool close)
