@@ -56,12 +56,12 @@ struct mp_model {
     int nallocs, cap_allocs;
 };
 
-#define MP_TRY(expr)                  \
-    do {                              \
-        mp_status_t try_st_ = (expr); \
-        if (try_st_ != MP_OK) {       \
-            return try_st_;           \
-        }                             \
+#define MP_TRY(expr)                                                                               \
+    do {                                                                                           \
+        mp_status_t try_st_ = (expr);                                                              \
+        if (try_st_ != MP_OK) {                                                                    \
+            return try_st_;                                                                        \
+        }                                                                                          \
     } while (0)
 
 static float *model_alloc(mp_model_t *m, int64_t elems)
@@ -190,10 +190,9 @@ mp_status_t mp_model_create(mp_backend_t *be, const mp_spec_t *spec, int first, 
     return mp_model_create_shard(be, spec, NULL, first, count, 0, NULL, slots, max_rows, model_p);
 }
 
-mp_status_t mp_model_create_shard(mp_backend_t *be, const mp_spec_t *spec,
-                                  const mp_tp_plan_t *plan, int first, int count, int tp_rank,
-                                  const mp_model_coll_t *coll, int slots, int64_t max_rows,
-                                  mp_model_t **model_p)
+mp_status_t mp_model_create_shard(mp_backend_t *be, const mp_spec_t *spec, const mp_tp_plan_t *plan,
+                                  int first, int count, int tp_rank, const mp_model_coll_t *coll,
+                                  int slots, int64_t max_rows, mp_model_t **model_p)
 {
     if (first < 0 || count < 1 || first + count > spec->model.nlayers || slots < 1 ||
         max_rows < 1) {
@@ -370,15 +369,42 @@ void mp_model_destroy(mp_model_t *m)
     mp_free(m);
 }
 
-int64_t mp_model_in_dim(const mp_model_t *m) { return m->layers[0].plan.in_dim; }
-int64_t mp_model_out_dim(const mp_model_t *m) { return m->layers[m->count - 1].plan.out_dim; }
-int64_t mp_model_param_count(const mp_model_t *m) { return m->nparams_total; }
-int mp_model_first_layer(const mp_model_t *m) { return m->first; }
-int mp_model_layer_count(const mp_model_t *m) { return m->count; }
-int64_t mp_model_slot_bytes(const mp_model_t *m) { return m->slot_bytes; }
-float *mp_model_input(mp_model_t *m, int slot) { return m->slots[slot].act[0]; }
-float *mp_model_output_grad(mp_model_t *m, int slot) { return m->slots[slot].out_grad; }
-float *mp_model_grads(mp_model_t *m) { return m->grads; }
+int64_t mp_model_in_dim(const mp_model_t *m)
+{
+    return m->layers[0].plan.in_dim;
+}
+int64_t mp_model_out_dim(const mp_model_t *m)
+{
+    return m->layers[m->count - 1].plan.out_dim;
+}
+int64_t mp_model_param_count(const mp_model_t *m)
+{
+    return m->nparams_total;
+}
+int mp_model_first_layer(const mp_model_t *m)
+{
+    return m->first;
+}
+int mp_model_layer_count(const mp_model_t *m)
+{
+    return m->count;
+}
+int64_t mp_model_slot_bytes(const mp_model_t *m)
+{
+    return m->slot_bytes;
+}
+float *mp_model_input(mp_model_t *m, int slot)
+{
+    return m->slots[slot].act[0];
+}
+float *mp_model_output_grad(mp_model_t *m, int slot)
+{
+    return m->slots[slot].out_grad;
+}
+float *mp_model_grads(mp_model_t *m)
+{
+    return m->grads;
+}
 
 /* ---- TP steps around a layer ------------------------------------------ */
 
@@ -408,8 +434,7 @@ static mp_status_t tp_allreduce(mp_model_t *m, float *buf, int64_t n)
 
 /* out[B, c * tp] = the ranks' in[B, c] side by side along the feature axis:
  * the transport's rank-major blocks [tp][B x c] interleaved row by row. */
-static mp_status_t tp_allgather(mp_model_t *m, const float *in, float *out, int64_t rows,
-                                int64_t c)
+static mp_status_t tp_allgather(mp_model_t *m, const float *in, float *out, int64_t rows, int64_t c)
 {
     mp_backend_t *be = m->be;
     const float *hin = in;
@@ -473,8 +498,8 @@ static mp_status_t layer_forward(mp_model_t *m, model_slot_t *sl, int i, int64_t
     case MP_TP_SPLIT_MLP: {
         /* y = x + gelu(x·W1_r + b1_r)·W2_r summed over ranks, + b2. */
         int64_t H = pl->in_dim, Fl = pl->split_local;
-        MP_TRY(mp_mlp_block_fc1_fwd(be, sl->h_pre[i], sl->h_act[i], x, P + l->off[0],
-                                    P + l->off[1], B, H, Fl));
+        MP_TRY(mp_mlp_block_fc1_fwd(be, sl->h_pre[i], sl->h_act[i], x, P + l->off[0], P + l->off[1],
+                                    B, H, Fl));
         MP_TRY(mp_mlp_block_fc2_fwd(be, y, sl->h_act[i], P + l->off[2], B, Fl, H));
         if (pl->fwd_post == MP_TP_COMM_ALLREDUCE) {
             MP_TRY(tp_allreduce(m, y, B * H));
@@ -500,8 +525,8 @@ mp_status_t mp_model_forward(mp_model_t *m, int slot, int64_t rows, float **out_
     return MP_OK;
 }
 
-mp_status_t mp_model_loss(mp_model_t *m, int slot, const int32_t *labels, int64_t rows,
-                          float scale, double *loss_sum_p, int64_t *correct_p)
+mp_status_t mp_model_loss(mp_model_t *m, int slot, const int32_t *labels, int64_t rows, float scale,
+                          double *loss_sum_p, int64_t *correct_p)
 {
     if (rows > m->max_rows || rows < 0 || slot < 0 || slot >= m->nslots) {
         return MP_ERR_INVAL;
@@ -510,8 +535,8 @@ mp_status_t mp_model_loss(mp_model_t *m, int slot, const int32_t *labels, int64_
     int64_t C = mp_model_out_dim(m);
     double loss = 0.0;
     int64_t correct = 0;
-    MP_TRY(m->be->ops->xent_fwd(m->be, m->probs, sl->act[m->count], labels, rows, C, &loss,
-                                &correct));
+    MP_TRY(
+        m->be->ops->xent_fwd(m->be, m->probs, sl->act[m->count], labels, rows, C, &loss, &correct));
     if (scale != 0.0f) {
         MP_TRY(m->be->ops->xent_bwd(m->be, sl->out_grad, m->probs, labels, rows, C, scale));
     }
@@ -549,8 +574,7 @@ static mp_status_t layer_backward(mp_model_t *m, model_slot_t *sl, int i, int64_
             MP_TRY(copy_cols(m, m->tp_tmp, dy, B, O, l->split_col0, Ol));
             dz = m->tp_tmp;
         }
-        MP_TRY(mp_linear_bwd(be, dx, G + l->off[0], G + l->off[1], dz, x, P + l->off[0], B, I,
-                             Ol));
+        MP_TRY(mp_linear_bwd(be, dx, G + l->off[0], G + l->off[1], dz, x, P + l->off[0], B, I, Ol));
         if (dx != NULL && pl->bwd_post == MP_TP_COMM_ALLREDUCE) {
             MP_TRY(tp_allreduce(m, dx, B * I));
         }
@@ -567,8 +591,8 @@ static mp_status_t layer_backward(mp_model_t *m, model_slot_t *sl, int i, int64_
             dxr = m->tp_tmp;
             MP_TRY(be->ops->zero(be, dxr, (size_t)(B * Il) * sizeof(float)));
         }
-        MP_TRY(mp_linear_bwd(be, dxr, G + l->off[0], G + l->off[1], dy, xr, P + l->off[0], B, Il,
-                             O));
+        MP_TRY(
+            mp_linear_bwd(be, dxr, G + l->off[0], G + l->off[1], dy, xr, P + l->off[0], B, Il, O));
         if (dx != NULL && sliced) {
             MP_TRY(tp_allgather(m, dxr, dx, B, Il));
         }
@@ -654,8 +678,7 @@ mp_status_t mp_model_step(mp_model_t *m, int64_t step)
     return m->be->ops->sgd_step(m->be, m->params, m->grads, m->state1, n, &hp);
 }
 
-mp_status_t mp_model_param_slice(const mp_model_t *m, int layer, int param,
-                                 mp_tp_slice_t *slice_p)
+mp_status_t mp_model_param_slice(const mp_model_t *m, int layer, int param, mp_tp_slice_t *slice_p)
 {
     int i = layer - m->first;
     if (i < 0 || i >= m->count || param < 0 || param >= m->layers[i].nparams) {

@@ -56,10 +56,9 @@ mp_status_t mp_model_create(mp_backend_t *be, const mp_spec_t *spec, int first, 
  * replicated at both ends (a pipeline stage of the partition the plan was
  * built with, or the whole model); MP_ERR_INVAL otherwise.
  */
-mp_status_t mp_model_create_shard(mp_backend_t *be, const mp_spec_t *spec,
-                                  const mp_tp_plan_t *plan, int first, int count, int tp_rank,
-                                  const mp_model_coll_t *coll, int slots, int64_t max_rows,
-                                  mp_model_t **model_p);
+mp_status_t mp_model_create_shard(mp_backend_t *be, const mp_spec_t *spec, const mp_tp_plan_t *plan,
+                                  int first, int count, int tp_rank, const mp_model_coll_t *coll,
+                                  int slots, int64_t max_rows, mp_model_t **model_p);
 void mp_model_destroy(mp_model_t *model);
 
 int64_t mp_model_in_dim(const mp_model_t *model);

@@ -2,3 +2,10 @@
 # serial one (threads with in-memory collectives).
 mp_add_test(test_engine_tpmodel SOURCES unit/test_engine_tpmodel.c LIBS mp_model mp_parallel
             Threads::Threads m TIMEOUT 120)
+# The engine against the serial trainer: shard threads over real UCX workers.
+if(TARGET mp_engine)
+  mp_add_test(test_engine_equiv SOURCES unit/test_engine_equiv.c LIBS mp_engine TIMEOUT 600)
+endif()
+if(TARGET mp_engine)
+  mp_add_test(test_engine_fail SOURCES unit/test_engine_fail.c LIBS mp_engine TIMEOUT 180)
+endif()

@@ -104,8 +104,8 @@ typedef struct {
     const mp_tp_plan_t *plan;
     int first, count, rank;
     group_t *g;
-    const float *x;       /* [S][B, in] */
-    const int32_t *y;     /* [S][B] */
+    const float *x;   /* [S][B, in] */
+    const int32_t *y; /* [S][B] */
     double loss[S];
     float *in_grad;       /* [B, in] of the last step, when first > 0 */
     float *params[64][4]; /* [layer][param]: this run's slice */
@@ -124,8 +124,8 @@ static void *run_main(void *p)
     if (r->status != MP_OK) {
         return NULL;
     }
-    r->status = mp_model_create_shard(be, r->spec, r->plan, r->first, r->count, r->rank, &coll, 1,
-                                      B, &m);
+    r->status =
+        mp_model_create_shard(be, r->spec, r->plan, r->first, r->count, r->rank, &coll, 1, B, &m);
     if (r->status != MP_OK) {
         mp_backend_destroy(be);
         return NULL;
@@ -226,8 +226,14 @@ static void check_tp(int tp, const mp_part_t *part, int first, int count)
     run_t runs[MAXR];
     pthread_t th[MAXR];
     for (int t = 0; t < tp; t++) {
-        runs[t] = (run_t){.spec = spec, .plan = plan, .first = first, .count = count, .rank = t,
-                          .g = &g, .x = x, .y = y};
+        runs[t] = (run_t){.spec = spec,
+                          .plan = plan,
+                          .first = first,
+                          .count = count,
+                          .rank = t,
+                          .g = &g,
+                          .x = x,
+                          .y = y};
         runs[t].in_grad = calloc((size_t)(B * in), sizeof(float));
         pthread_create(&th[t], NULL, run_main, &runs[t]);
     }
@@ -286,9 +292,15 @@ static void check_tp(int tp, const mp_part_t *part, int first, int count)
     mp_spec_free(spec);
 }
 
-Test(engine_tpmodel, tp2_whole_model_equals_serial) { check_tp(2, NULL, 0, 8); }
+Test(engine_tpmodel, tp2_whole_model_equals_serial)
+{
+    check_tp(2, NULL, 0, 8);
+}
 
-Test(engine_tpmodel, tp3_whole_model_equals_serial) { check_tp(3, NULL, 0, 8); }
+Test(engine_tpmodel, tp3_whole_model_equals_serial)
+{
+    check_tp(3, NULL, 0, 8);
+}
 
 Test(engine_tpmodel, tp2_second_stage_with_input_gradient_equals_serial)
 {

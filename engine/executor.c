@@ -1,0 +1,835 @@
+/*
+ * executor.c - one shard of a model-parallel job (executor.h): a CPU
+ * backend, the model of its stage's layers and TP slice, its UCX worker
+ * with endpoints to its neighbours, TP group, DP group and the feeder, and
+ * the loop that runs the job's events (training steps as the schedule's
+ * action list, evaluations forward only) with a timeline of every action.
+ * Everything here runs on the executor's own thread, except
+ * mp_exec_cancel, which only sets an atomic flag.
+ *
+ * Legend: R = rows of a micro-batch, I = the stage's input width, O = its
+ * output width, m = micro-batches, S = activation slots.
+ *
+ * Messages: activations and gradients between stages are tagged by
+ * sequence number (engine/job.h) so that a receive matches exactly one
+ * micro-batch of one event; sends are posted without waiting (the
+ * schedule assumes buffered sends) from buffers that stay untouched until
+ * the send completes: a slot's output until the slot is reused, and a
+ * per-slot copy of the input gradient (the model's gradient buffers are
+ * reused by the next backward).
+ */
+#include "engine/executor.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "engine/internal.h"
+#include "model/model.h"
+#include "parallel/partition.h"
+#include "parallel/placement.h"
+#include "transport/coll.h"
+
+#define TP_GROUP_ID 1
+#define DP_GROUP_ID 2
+
+struct mp_exec {
+    mp_exec_opts_t o;
+    const mp_spec_t *spec;
+    mp_engine_geom_t g;
+    int rank, stage;
+    bool first, last;
+    int64_t timeout_ms;
+    mp_part_t part;
+    mp_tp_plan_t *plan;
+    mp_sched_t *sched;
+    mp_backend_t *be;
+    mp_model_t *model;
+    int64_t I, O, R;
+    int nslots;
+
+    mp_xport_worker_t *w;
+    mp_xport_ep_t *ep_prev, *ep_next, *ep_feeder;
+    mp_xport_ep_t **ep_tp; /* [tp] */
+    mp_xport_ep_t **ep_dp; /* [dp] */
+    mp_coll_group_t *tp_group, *dp_group;
+    atomic_bool cancel;
+
+    /* Slots: which micro-batch holds each, its forward output, and the
+     * sends still reading from it. */
+    int *slot_of; /* [max(m, chunks)] micro-batch -> slot, -1 */
+    int nslot_of;
+    bool *busy;                 /* [S] */
+    float **out;                /* [S] */
+    mp_xport_req_t **act_req;   /* [S] */
+    float **gsend;              /* [S] host [R, I] copies of input gradients */
+    mp_xport_req_t **grad_req;  /* [S] */
+    int32_t *labels;            /* [m, R] */
+    mp_xport_req_t **label_req; /* [m] */
+
+    mp_exec_span_t *spans;
+    int nspans, cap_spans;
+    mp_status_t coll_st; /* the TP collective's own error, for the message */
+    uint64_t seq;        /* the current event's first sequence number */
+    int64_t step;        /* the current event's step (header field) */
+};
+
+/* ---- small helpers ---------------------------------------------------- */
+
+static uint64_t deadline(const mp_exec_t *ex)
+{
+    return mp_engine_now_ns() + (uint64_t)ex->timeout_ms * 1000000ull;
+}
+
+static int peer_rank(const mp_exec_t *ex, int stage, int tp_rank, int dp_rank)
+{
+    return mp_place_rank(ex->g.pp, ex->g.tp, stage, tp_rank, dp_rank);
+}
+
+/* Sets err for a failure of this shard involving `peer` (-1: none). */
+static mp_status_t fail(mp_exec_t *ex, mp_errbuf_t *err, mp_status_t st, int peer, const char *what)
+{
+    char who[96] = "";
+    if (peer >= 0 && (uint32_t)peer == ex->g.feeder_rank) {
+        snprintf(who, sizeof(who), " with the feeder (rank %d)", peer);
+    } else if (peer >= 0) {
+        int s, t, d;
+        mp_place_coords(ex->g.pp, ex->g.tp, peer, &s, &t, &d);
+        snprintf(who, sizeof(who), " with rank %d (stage %d, tp %d, dp %d)", peer, s, t, d);
+    }
+    return mp_errbuf_set(err, st, "rank %d (stage %d, tp %d, dp %d): %s%s failed: %s", ex->rank,
+                         ex->stage, ex->o.tp_rank, ex->o.dp_rank, what, who, mp_strerror(st));
+}
+
+static mp_status_t span_push(mp_exec_t *ex, mp_sched_op_t op, int mb, uint64_t t0)
+{
+    if (ex->nspans == ex->cap_spans) {
+        int cap = ex->cap_spans ? 2 * ex->cap_spans : 64;
+        mp_exec_span_t *s = mp_realloc(ex->spans, (size_t)cap * sizeof(*s));
+        if (s == NULL) {
+            return MP_ERR_NOMEM;
+        }
+        ex->spans = s;
+        ex->cap_spans = cap;
+    }
+    ex->spans[ex->nspans++] = (mp_exec_span_t){op, mb, t0, mp_engine_now_ns()};
+    return MP_OK;
+}
+
+/* ---- TP collectives for the model (host memory: the CPU backend) ------ */
+
+static mp_status_t tp_allreduce(void *ctx, float *buf, int64_t n)
+{
+    mp_exec_t *ex = ctx;
+    mp_status_t st = mp_coll_allreduce_sum_f32(ex->tp_group, buf, (size_t)n, ex->timeout_ms);
+    ex->coll_st = st;
+    return st;
+}
+
+static mp_status_t tp_allgather(void *ctx, const float *in, float *out, int64_t n_per_rank)
+{
+    mp_exec_t *ex = ctx;
+    mp_status_t st = mp_coll_allgather_f32(ex->tp_group, in, out, (size_t)(n_per_rank * ex->g.tp),
+                                           ex->timeout_ms);
+    ex->coll_st = st;
+    return st;
+}
+
+/* ---- creation --------------------------------------------------------- */
+
+/* Slots a stage needs: most micro-batches between their slot being taken
+ * (the receive of the input, or the forward of the first stage) and their
+ * backward, walking its action list. */
+static int slots_needed(const mp_sched_t *sched, int stage)
+{
+    int now = 0, peak = 0;
+    bool *held = mp_calloc((size_t)sched->nmicro, sizeof(bool));
+    if (held == NULL) {
+        return sched->nmicro;
+    }
+    for (int i = 0; i < sched->count[stage]; i++) {
+        const mp_sched_action_t *a = &sched->action[stage][i];
+        if ((a->op == MP_SCHED_RECV_ACT || a->op == MP_SCHED_FWD) && !held[a->mb]) {
+            held[a->mb] = true;
+            now++;
+        } else if (a->op == MP_SCHED_BWD && held[a->mb]) {
+            held[a->mb] = false;
+            now--;
+        }
+        if (now > peak) {
+            peak = now;
+        }
+    }
+    mp_free(held);
+    return peak > 0 ? peak : 1;
+}
+
+mp_status_t mp_exec_create(mp_xport_ctx_t *ctx, const mp_exec_opts_t *opts, mp_exec_t **exec_p,
+                           mp_errbuf_t *err)
+{
+    const mp_spec_t *spec = opts->spec;
+    mp_exec_t *ex = mp_calloc(1, sizeof(*ex));
+    if (ex == NULL) {
+        return mp_errbuf_set(err, MP_ERR_NOMEM, "executor: out of memory");
+    }
+    ex->o = *opts;
+    ex->spec = spec;
+    ex->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : 30000;
+    atomic_init(&ex->cancel, false);
+    mp_status_t st = mp_engine_geom_init(spec, opts->train_n, opts->test_n, &ex->g, err);
+    if (st != MP_OK) {
+        goto err_free;
+    }
+    const mp_engine_geom_t *g = &ex->g;
+    if (opts->stage < 0 || opts->stage >= g->pp || opts->tp_rank < 0 || opts->tp_rank >= g->tp ||
+        opts->dp_rank < 0 || opts->dp_rank >= g->dp) {
+        st = mp_errbuf_set(err, MP_ERR_INVAL,
+                           "executor: shard (stage %d, tp %d, dp %d) is outside "
+                           "the grid pp %d x tp %d x dp %d",
+                           opts->stage, opts->tp_rank, opts->dp_rank, g->pp, g->tp, g->dp);
+        goto err_free;
+    }
+    ex->stage = opts->stage;
+    ex->rank = peer_rank(ex, opts->stage, opts->tp_rank, opts->dp_rank);
+    ex->first = ex->stage == 0;
+    ex->last = ex->stage == g->pp - 1;
+    ex->R = g->mb_rows;
+
+    st = mp_part_build(spec, &ex->part, err);
+    if (st != MP_OK) {
+        goto err_free;
+    }
+    ex->plan = mp_malloc(sizeof(*ex->plan));
+    if (ex->plan == NULL) {
+        st = mp_errbuf_set(err, MP_ERR_NOMEM, "executor: out of memory");
+        goto err_free;
+    }
+    st = mp_tp_plan_build(spec, &ex->part, ex->plan, err);
+    if (st != MP_OK) {
+        goto err_free;
+    }
+    st = mp_sched_build(spec->parallel.schedule, g->pp, g->m, &ex->sched, err);
+    if (st != MP_OK) {
+        goto err_free;
+    }
+    st = mp_sched_simulate(ex->sched, NULL, NULL, err);
+    if (st != MP_OK) {
+        goto err_free;
+    }
+    ex->nslots = slots_needed(ex->sched, ex->stage);
+
+    st = mp_backend_cpu_create(opts->threads > 0 ? opts->threads : 1, &ex->be);
+    if (st != MP_OK) {
+        mp_errbuf_set(err, st, "executor: cannot create the CPU backend: %s", mp_strerror(st));
+        goto err_free;
+    }
+    mp_model_coll_t coll = {tp_allreduce, tp_allgather, ex};
+    st = mp_model_create_shard(ex->be, spec, ex->plan, ex->part.first[ex->stage],
+                               ex->part.count[ex->stage], opts->tp_rank, &coll, ex->nslots, ex->R,
+                               &ex->model);
+    if (st != MP_OK) {
+        mp_errbuf_set(err, st, "rank %d: cannot build the model of stage %d: %s", ex->rank,
+                      ex->stage, mp_strerror(st));
+        goto err_free;
+    }
+    ex->I = mp_model_in_dim(ex->model);
+    ex->O = mp_model_out_dim(ex->model);
+
+    int S = ex->nslots;
+    int64_t chunks = mp_engine_geom_replica_chunks(g, opts->dp_rank);
+    ex->nslot_of = (int)(g->m > chunks ? g->m : chunks);
+    ex->slot_of = mp_calloc((size_t)ex->nslot_of, sizeof(int));
+    ex->busy = mp_calloc((size_t)S, sizeof(bool));
+    ex->out = mp_calloc((size_t)S, sizeof(float *));
+    ex->act_req = mp_calloc((size_t)S, sizeof(mp_xport_req_t *));
+    ex->gsend = mp_calloc((size_t)S, sizeof(float *));
+    ex->grad_req = mp_calloc((size_t)S, sizeof(mp_xport_req_t *));
+    ex->labels = mp_calloc((size_t)(g->m * ex->R), sizeof(int32_t));
+    ex->label_req = mp_calloc((size_t)g->m, sizeof(mp_xport_req_t *));
+    ex->ep_tp = mp_calloc((size_t)g->tp, sizeof(mp_xport_ep_t *));
+    ex->ep_dp = mp_calloc((size_t)g->dp, sizeof(mp_xport_ep_t *));
+    if (ex->slot_of == NULL || ex->busy == NULL || ex->out == NULL || ex->act_req == NULL ||
+        ex->gsend == NULL || ex->grad_req == NULL || ex->labels == NULL || ex->label_req == NULL ||
+        ex->ep_tp == NULL || ex->ep_dp == NULL) {
+        st = mp_errbuf_set(err, MP_ERR_NOMEM, "executor: out of memory");
+        goto err_free;
+    }
+    if (!ex->first) {
+        for (int s = 0; s < S; s++) {
+            ex->gsend[s] = mp_malloc((size_t)(ex->R * ex->I) * sizeof(float));
+            if (ex->gsend[s] == NULL) {
+                st = mp_errbuf_set(err, MP_ERR_NOMEM, "executor: out of memory");
+                goto err_free;
+            }
+        }
+    }
+    mp_xport_worker_opts_t wo = {.rank = (uint32_t)ex->rank, .timeout_ms = ex->timeout_ms};
+    st = mp_xport_worker_create(ctx, &wo, &ex->w);
+    if (st != MP_OK) {
+        mp_errbuf_set(err, st, "rank %d: cannot create its UCX worker: %s", ex->rank,
+                      mp_strerror(st));
+        goto err_free;
+    }
+    *exec_p = ex;
+    return MP_OK;
+
+err_free:
+    mp_exec_destroy(ex);
+    return st;
+}
+
+mp_status_t mp_exec_address(mp_exec_t *ex, void **addr_p, size_t *len_p)
+{
+    return mp_xport_worker_address(ex->w, addr_p, len_p);
+}
+
+int mp_exec_rank(const mp_exec_t *ex)
+{
+    return ex->rank;
+}
+const mp_engine_geom_t *mp_exec_geom(const mp_exec_t *ex)
+{
+    return &ex->g;
+}
+int64_t mp_exec_slot_bytes(const mp_exec_t *ex)
+{
+    return mp_model_slot_bytes(ex->model);
+}
+int mp_exec_slots(const mp_exec_t *ex)
+{
+    return ex->nslots;
+}
+
+void mp_exec_cancel(mp_exec_t *ex)
+{
+    atomic_store(&ex->cancel, true);
+}
+
+/* ---- connection -------------------------------------------------------- */
+
+static mp_status_t connect_one(mp_exec_t *ex, const void *const *addrs, const size_t *lens,
+                               int peer, mp_xport_ep_t **ep_p, mp_errbuf_t *err)
+{
+    if (addrs[peer] == NULL) {
+        return fail(ex, err, MP_ERR_INVAL, peer, "connecting (no address)");
+    }
+    mp_status_t st = mp_xport_ep_connect(ex->w, addrs[peer], lens[peer], (uint32_t)peer, ep_p);
+    return st == MP_OK ? MP_OK : fail(ex, err, st, peer, "connecting");
+}
+
+mp_status_t mp_exec_connect(mp_exec_t *ex, const void *const *addrs, const size_t *lens,
+                            mp_errbuf_t *err)
+{
+    const mp_engine_geom_t *g = &ex->g;
+    int t = ex->o.tp_rank, d = ex->o.dp_rank;
+    mp_status_t st = MP_OK;
+    if (!ex->first) {
+        st = connect_one(ex, addrs, lens, peer_rank(ex, ex->stage - 1, t, d), &ex->ep_prev, err);
+    }
+    if (st == MP_OK && !ex->last) {
+        st = connect_one(ex, addrs, lens, peer_rank(ex, ex->stage + 1, t, d), &ex->ep_next, err);
+    }
+    if (st == MP_OK && (ex->first || ex->last)) {
+        st = connect_one(ex, addrs, lens, (int)g->feeder_rank, &ex->ep_feeder, err);
+    }
+    for (int r = 0; r < g->tp && st == MP_OK && g->tp > 1; r++) {
+        if (r != t) {
+            st = connect_one(ex, addrs, lens, peer_rank(ex, ex->stage, r, d), &ex->ep_tp[r], err);
+        }
+    }
+    for (int r = 0; r < g->dp && st == MP_OK && g->dp > 1; r++) {
+        if (r != d) {
+            st = connect_one(ex, addrs, lens, peer_rank(ex, ex->stage, t, r), &ex->ep_dp[r], err);
+        }
+    }
+    if (st == MP_OK && g->tp > 1) {
+        st = mp_coll_group_create(ex->w, TP_GROUP_ID, (uint32_t)g->tp, (uint32_t)t, ex->ep_tp,
+                                  &ex->tp_group);
+        if (st != MP_OK) {
+            st = fail(ex, err, st, -1, "creating the TP group");
+        }
+    }
+    if (st == MP_OK && g->dp > 1) {
+        st = mp_coll_group_create(ex->w, DP_GROUP_ID, (uint32_t)g->dp, (uint32_t)d, ex->ep_dp,
+                                  &ex->dp_group);
+        if (st != MP_OK) {
+            st = fail(ex, err, st, -1, "creating the DP group");
+        }
+    }
+    if (st != MP_OK) {
+        mp_exec_disconnect(ex);
+    }
+    return st;
+}
+
+void mp_exec_disconnect(mp_exec_t *ex)
+{
+    mp_coll_group_destroy(ex->tp_group);
+    mp_coll_group_destroy(ex->dp_group);
+    ex->tp_group = ex->dp_group = NULL;
+    mp_xport_ep_t **one[3] = {&ex->ep_prev, &ex->ep_next, &ex->ep_feeder};
+    for (int i = 0; i < 3; i++) {
+        if (*one[i] != NULL) {
+            mp_xport_ep_destroy(*one[i]);
+            *one[i] = NULL;
+        }
+    }
+    for (int r = 0; ex->ep_tp != NULL && r < ex->g.tp; r++) {
+        if (ex->ep_tp[r] != NULL) {
+            mp_xport_ep_destroy(ex->ep_tp[r]);
+            ex->ep_tp[r] = NULL;
+        }
+    }
+    for (int r = 0; ex->ep_dp != NULL && r < ex->g.dp; r++) {
+        if (ex->ep_dp[r] != NULL) {
+            mp_xport_ep_destroy(ex->ep_dp[r]);
+            ex->ep_dp[r] = NULL;
+        }
+    }
+}
+
+/* ---- messages ---------------------------------------------------------- */
+
+static bool cancelled(mp_exec_t *ex)
+{
+    return atomic_load_explicit(&ex->cancel, memory_order_relaxed);
+}
+
+/* Receives a [rows, cols] tensor of `kind` with sequence number seq from ep. */
+static mp_status_t recv_tensor(mp_exec_t *ex, mp_xport_ep_t *ep, uint32_t kind, uint64_t seq,
+                               void *buf, int64_t rows, int64_t cols, bool i32, const char *what,
+                               mp_errbuf_t *err)
+{
+    int peer = (int)mp_xport_ep_peer_rank(ep);
+    size_t cap = (size_t)(rows * cols) * 4;
+    mp_xport_req_t *req;
+    mp_xport_hdr_t hdr;
+    mp_status_t st = mp_xport_recv(ep, ex->o.job & MP_XPORT_JOB_MAX, kind, mp_engine_tag_mb(seq),
+                                   buf, cap, &req);
+    if (st == MP_OK) {
+        st = mp_engine_wait(req, deadline(ex), &ex->cancel, &hdr);
+    }
+    if (st != MP_OK) {
+        return fail(ex, err, st, peer, what);
+    }
+    uint64_t want_cols = (uint64_t)cols;
+    if (hdr.ndim != 2 || hdr.shape[0] != (uint64_t)rows || hdr.shape[1] != want_cols ||
+        hdr.dtype != (i32 ? MP_XPORT_DTYPE_I32 : MP_XPORT_DTYPE_F32)) {
+        return mp_errbuf_set(err, MP_ERR_PROTO,
+                             "rank %d: %s from rank %d: got a %u-d tensor [%llu, %llu], expected "
+                             "[%lld, %lld]",
+                             ex->rank, what, peer, hdr.ndim, (unsigned long long)hdr.shape[0],
+                             (unsigned long long)hdr.shape[1], (long long)rows, (long long)cols);
+    }
+    return MP_OK;
+}
+
+static mp_status_t send_tensor(mp_exec_t *ex, mp_xport_ep_t *ep, uint32_t kind, uint64_t seq,
+                               const void *buf, int64_t rows, int64_t cols, mp_xport_req_t **req_p,
+                               const char *what, mp_errbuf_t *err)
+{
+    mp_xport_hdr_t hdr = mp_engine_hdr(ex->o.job, kind, seq, (uint64_t)ex->step, rows, cols, false);
+    mp_status_t st = mp_xport_send(ep, &hdr, buf, req_p);
+    return st == MP_OK ? MP_OK : fail(ex, err, st, (int)mp_xport_ep_peer_rank(ep), what);
+}
+
+/* Waits for a pending send (a buffer about to be reused). */
+static mp_status_t settle(mp_exec_t *ex, mp_xport_req_t **req, int peer, const char *what,
+                          mp_errbuf_t *err)
+{
+    if (*req == NULL) {
+        return MP_OK;
+    }
+    mp_status_t st = mp_engine_wait(*req, deadline(ex), &ex->cancel, NULL);
+    *req = NULL;
+    return st == MP_OK ? MP_OK : fail(ex, err, st, peer, what);
+}
+
+static int next_rank(const mp_exec_t *ex)
+{
+    return ex->ep_next != NULL ? (int)mp_xport_ep_peer_rank(ex->ep_next) : -1;
+}
+
+static int prev_rank(const mp_exec_t *ex)
+{
+    return ex->ep_prev != NULL ? (int)mp_xport_ep_peer_rank(ex->ep_prev) : -1;
+}
+
+/* Aborts every request still pending (after an error). */
+static void drain(mp_exec_t *ex)
+{
+    for (int s = 0; s < ex->nslots; s++) {
+        mp_engine_abort(ex->act_req[s]);
+        mp_engine_abort(ex->grad_req[s]);
+        ex->act_req[s] = ex->grad_req[s] = NULL;
+        ex->busy[s] = false;
+    }
+    for (int k = 0; k < ex->g.m; k++) {
+        mp_engine_abort(ex->label_req[k]);
+        ex->label_req[k] = NULL;
+    }
+}
+
+/* Takes a free slot for micro-batch (or chunk) k, once its last send is done. */
+static mp_status_t slot_take(mp_exec_t *ex, int k, int *slot_p, mp_errbuf_t *err)
+{
+    int s = 0;
+    while (s < ex->nslots && ex->busy[s]) {
+        s++;
+    }
+    if (s == ex->nslots) {
+        return mp_errbuf_set(err, MP_ERR_STATE,
+                             "rank %d: no free activation slot for "
+                             "micro-batch %d (%d slots)",
+                             ex->rank, k, ex->nslots);
+    }
+    mp_status_t st = settle(ex, &ex->act_req[s], next_rank(ex), "sending an activation", err);
+    if (st != MP_OK) {
+        return st;
+    }
+    ex->busy[s] = true;
+    ex->slot_of[k] = s;
+    *slot_p = s;
+    return MP_OK;
+}
+
+/* The input of micro-batch/chunk k into a fresh slot: from the feeder on the
+ * first stage, else from the previous stage. */
+static mp_status_t recv_input(mp_exec_t *ex, int k, int64_t rows, mp_errbuf_t *err)
+{
+    int s = 0;
+    mp_status_t st = slot_take(ex, k, &s, err);
+    if (st != MP_OK) {
+        return st;
+    }
+    if (ex->first) {
+        return recv_tensor(ex, ex->ep_feeder, MP_XPORT_KIND_INPUT, ex->seq + (uint64_t)k,
+                           mp_model_input(ex->model, s), rows, ex->I, false,
+                           "receiving an input micro-batch", err);
+    }
+    return recv_tensor(ex, ex->ep_prev, MP_XPORT_KIND_ACT, ex->seq + (uint64_t)k,
+                       mp_model_input(ex->model, s), rows, ex->I, false, "receiving an activation",
+                       err);
+}
+
+static mp_status_t model_fail(mp_exec_t *ex, mp_status_t st, const char *what, mp_errbuf_t *err)
+{
+    if (ex->coll_st != MP_OK) {
+        int d = ex->o.dp_rank;
+        return mp_errbuf_set(err, ex->coll_st,
+                             "rank %d (stage %d, tp %d, dp %d): %s: the TP group's collective "
+                             "(ranks %d..%d) failed: %s",
+                             ex->rank, ex->stage, ex->o.tp_rank, d, what,
+                             peer_rank(ex, ex->stage, 0, d),
+                             peer_rank(ex, ex->stage, ex->g.tp - 1, d), mp_strerror(ex->coll_st));
+    }
+    return fail(ex, err, st, -1, what);
+}
+
+/* ---- one training step ------------------------------------------------- */
+
+static mp_status_t train_action(mp_exec_t *ex, const mp_sched_action_t *a, double *loss_sum,
+                                mp_errbuf_t *err)
+{
+    int k = a->mb;
+    int64_t R = ex->R;
+    mp_status_t st = MP_OK;
+    switch (a->op) {
+    case MP_SCHED_RECV_ACT:
+        return recv_input(ex, k, R, err);
+    case MP_SCHED_FWD: {
+        int s = ex->slot_of[k];
+        st = mp_model_forward(ex->model, s, R, &ex->out[s]);
+        if (st != MP_OK) {
+            return model_fail(ex, st, "forward", err);
+        }
+        if (ex->last) {
+            st = mp_engine_wait(ex->label_req[k], deadline(ex), &ex->cancel, NULL);
+            ex->label_req[k] = NULL;
+            if (st != MP_OK) {
+                return fail(ex, err, st, (int)ex->g.feeder_rank, "receiving labels");
+            }
+            st = mp_model_loss(ex->model, s, ex->labels + k * R, R, 1.0f / (float)ex->g.batch,
+                               loss_sum, NULL);
+            if (st != MP_OK) {
+                return fail(ex, err, st, -1, "loss");
+            }
+        }
+        return MP_OK;
+    }
+    case MP_SCHED_SEND_ACT: {
+        int s = ex->slot_of[k];
+        return send_tensor(ex, ex->ep_next, MP_XPORT_KIND_ACT, ex->seq + (uint64_t)k, ex->out[s], R,
+                           ex->O, &ex->act_req[s], "sending an activation", err);
+    }
+    case MP_SCHED_RECV_GRAD: {
+        int s = ex->slot_of[k];
+        return recv_tensor(ex, ex->ep_next, MP_XPORT_KIND_GRAD, ex->seq + (uint64_t)k,
+                           mp_model_output_grad(ex->model, s), R, ex->O, false,
+                           "receiving a gradient", err);
+    }
+    case MP_SCHED_BWD: {
+        int s = ex->slot_of[k];
+        float *dx = NULL;
+        st = mp_model_backward(ex->model, s, R, ex->first ? NULL : &dx);
+        if (st != MP_OK) {
+            return model_fail(ex, st, "backward", err);
+        }
+        ex->busy[s] = false;
+        if (!ex->first) {
+            /* The model's gradient buffers serve the next backward: copy. */
+            st = settle(ex, &ex->grad_req[s], prev_rank(ex), "sending a gradient", err);
+            if (st != MP_OK) {
+                return st;
+            }
+            memcpy(ex->gsend[s], dx, (size_t)(R * ex->I) * sizeof(float));
+        }
+        return MP_OK;
+    }
+    case MP_SCHED_SEND_GRAD: {
+        int s = ex->slot_of[k];
+        return send_tensor(ex, ex->ep_prev, MP_XPORT_KIND_GRAD, ex->seq + (uint64_t)k, ex->gsend[s],
+                           R, ex->I, &ex->grad_req[s], "sending a gradient", err);
+    }
+    case MP_SCHED_DP_ALLREDUCE:
+        if (ex->dp_group != NULL) {
+            st = mp_coll_allreduce_sum_f32(ex->dp_group, mp_model_grads(ex->model),
+                                           (size_t)mp_model_param_count(ex->model), ex->timeout_ms);
+            if (st != MP_OK) {
+                int t = ex->o.tp_rank;
+                return mp_errbuf_set(err, st,
+                                     "rank %d (stage %d, tp %d, dp %d): the DP gradient allreduce "
+                                     "with ranks %d, %d, ... failed: %s",
+                                     ex->rank, ex->stage, t, ex->o.dp_rank,
+                                     peer_rank(ex, ex->stage, t, 0), peer_rank(ex, ex->stage, t, 1),
+                                     mp_strerror(st));
+            }
+        }
+        return MP_OK;
+    case MP_SCHED_OPT_STEP:
+        st = mp_model_step(ex->model, ex->step);
+        return st == MP_OK ? MP_OK : fail(ex, err, st, -1, "optimizer step");
+    }
+    return MP_ERR_INVAL;
+}
+
+/* Waits for every send of the event, then tells the feeder it is done
+ * (its flow control: it sends at most two events ahead). */
+static mp_status_t finish_event(mp_exec_t *ex, const mp_engine_ev_t *ev, mp_errbuf_t *err)
+{
+    for (int s = 0; s < ex->nslots; s++) {
+        mp_status_t st = settle(ex, &ex->act_req[s], next_rank(ex), "sending an activation", err);
+        if (st == MP_OK) {
+            st = settle(ex, &ex->grad_req[s], prev_rank(ex), "sending a gradient", err);
+        }
+        if (st != MP_OK) {
+            return st;
+        }
+    }
+    if (ex->ep_feeder == NULL) {
+        return MP_OK;
+    }
+    int32_t token = (int32_t)ev->index;
+    mp_xport_hdr_t hdr = mp_engine_hdr(ex->o.job, MP_XPORT_KIND_USER, (uint64_t)ev->index,
+                                       (uint64_t)ex->step, 1, 1, true);
+    mp_xport_req_t *req;
+    mp_status_t st = mp_xport_send(ex->ep_feeder, &hdr, &token, &req);
+    if (st == MP_OK) {
+        st = mp_engine_wait(req, deadline(ex), &ex->cancel, NULL);
+    }
+    return st == MP_OK ? MP_OK : fail(ex, err, st, (int)ex->g.feeder_rank, "acknowledging data");
+}
+
+static mp_status_t run_train(mp_exec_t *ex, const mp_engine_ev_t *ev, mp_exec_report_t *rep,
+                             mp_errbuf_t *err)
+{
+    int64_t R = ex->R;
+    double loss_sum = 0.0;
+    ex->nspans = 0;
+    mp_status_t st = mp_model_zero_grad(ex->model);
+    if (st != MP_OK) {
+        return fail(ex, err, st, -1, "zeroing gradients");
+    }
+    if (ex->last) {
+        /* Labels are small: post every receive now. */
+        for (int k = 0; k < ex->g.m && st == MP_OK; k++) {
+            st = mp_xport_recv(ex->ep_feeder, ex->o.job & MP_XPORT_JOB_MAX, MP_XPORT_KIND_LABEL,
+                               mp_engine_tag_mb(ex->seq + (uint64_t)k), ex->labels + k * R,
+                               (size_t)R * sizeof(int32_t), &ex->label_req[k]);
+        }
+        if (st != MP_OK) {
+            return fail(ex, err, st, (int)ex->g.feeder_rank, "posting label receives");
+        }
+    }
+    int n = ex->sched->count[ex->stage];
+    const mp_sched_action_t *list = ex->sched->action[ex->stage];
+    for (int i = 0; i < n && st == MP_OK; i++) {
+        if (cancelled(ex)) {
+            return fail(ex, err, MP_ERR_CANCELLED, -1, "the step");
+        }
+        const mp_sched_action_t *a = &list[i];
+        uint64_t t0 = mp_engine_now_ns();
+        if (ex->first && a->op == MP_SCHED_FWD) {
+            /* The first stage's input comes from the feeder. */
+            st = recv_input(ex, a->mb, R, err);
+            if (st == MP_OK) {
+                st = span_push(ex, MP_SCHED_RECV_ACT, a->mb, t0);
+            }
+            t0 = mp_engine_now_ns();
+        }
+        if (st == MP_OK) {
+            st = train_action(ex, a, &loss_sum, err);
+        }
+        if (st == MP_OK) {
+            st = span_push(ex, a->op, a->mb, t0);
+        }
+    }
+    if (st == MP_OK) {
+        st = finish_event(ex, ev, err);
+    }
+    if (st != MP_OK) {
+        return st;
+    }
+    rep->has_loss = ex->last && ex->o.tp_rank == 0;
+    rep->loss_sum = loss_sum;
+    rep->samples = ex->g.replica_rows;
+    rep->nspans = ex->nspans;
+    rep->spans = ex->spans;
+    return MP_OK;
+}
+
+/* ---- one evaluation: forward only over this replica's chunks ---------- */
+
+static mp_status_t run_eval(mp_exec_t *ex, const mp_engine_ev_t *ev, mp_exec_report_t *rep,
+                            mp_errbuf_t *err)
+{
+    const mp_engine_geom_t *g = &ex->g;
+    int d = ex->o.dp_rank;
+    int64_t chunks = mp_engine_geom_replica_chunks(g, d);
+    double loss_sum = 0.0;
+    int64_t correct = 0, samples = 0;
+    for (int64_t ci = 0; ci < chunks; ci++) {
+        if (cancelled(ex)) {
+            return fail(ex, err, MP_ERR_CANCELLED, -1, "the evaluation");
+        }
+        int64_t rows = mp_engine_geom_chunk_rows(g, ci * g->dp + d);
+        int k = (int)ci;
+        mp_status_t st = recv_input(ex, k, rows, err);
+        if (st != MP_OK) {
+            return st;
+        }
+        int s = ex->slot_of[k];
+        st = mp_model_forward(ex->model, s, rows, &ex->out[s]);
+        if (st != MP_OK) {
+            return model_fail(ex, st, "evaluation forward", err);
+        }
+        if (ex->last) {
+            st = recv_tensor(ex, ex->ep_feeder, MP_XPORT_KIND_LABEL, ex->seq + (uint64_t)k,
+                             ex->labels, rows, 1, true, "receiving labels", err);
+            if (st == MP_OK) {
+                st = mp_model_loss(ex->model, s, ex->labels, rows, 0.0f, &loss_sum, &correct);
+                if (st != MP_OK) {
+                    return fail(ex, err, st, -1, "evaluation loss");
+                }
+            }
+            samples += rows;
+        } else {
+            st = send_tensor(ex, ex->ep_next, MP_XPORT_KIND_ACT, ex->seq + (uint64_t)k, ex->out[s],
+                             rows, ex->O, &ex->act_req[s], "sending an activation", err);
+        }
+        ex->busy[s] = false;
+        if (st != MP_OK) {
+            return st;
+        }
+    }
+    mp_status_t st = finish_event(ex, ev, err);
+    if (st != MP_OK) {
+        return st;
+    }
+    rep->has_loss = ex->last && ex->o.tp_rank == 0;
+    rep->loss_sum = loss_sum;
+    rep->correct = correct;
+    rep->samples = samples;
+    return MP_OK;
+}
+
+mp_status_t mp_exec_run(mp_exec_t *ex, mp_errbuf_t *err)
+{
+    int64_t it = 0;
+    for (;;) {
+        mp_engine_ev_t ev;
+        mp_engine_geom_next(&ex->g, &it, &ev);
+        if (ev.kind == MP_ENGINE_EV_END) {
+            return MP_OK;
+        }
+        ex->seq = mp_engine_geom_seq(&ex->g, ex->o.dp_rank, &ev);
+        ex->step = ev.step;
+        mp_exec_report_t rep = {
+            .rank = ex->rank,
+            .stage = ex->stage,
+            .tp_rank = ex->o.tp_rank,
+            .dp_rank = ex->o.dp_rank,
+            .ev = ev,
+            .t0_ns = mp_engine_now_ns(),
+        };
+        mp_status_t st = ev.kind == MP_ENGINE_EV_TRAIN ? run_train(ex, &ev, &rep, err)
+                                                       : run_eval(ex, &ev, &rep, err);
+        if (st != MP_OK) {
+            drain(ex);
+            return st;
+        }
+        rep.t1_ns = mp_engine_now_ns();
+        if (ex->o.on_report != NULL) {
+            ex->o.on_report(&rep, ex->o.arg);
+        }
+    }
+}
+
+mp_status_t mp_exec_param_download(mp_exec_t *ex, int layer, int param, float *host,
+                                   mp_tp_slice_t *slice_p)
+{
+    mp_tp_slice_t s;
+    mp_status_t st = mp_model_param_slice(ex->model, layer, param, &s);
+    if (st == MP_OK) {
+        st = mp_model_param_download(ex->model, layer, param, host);
+    }
+    if (st == MP_OK) {
+        *slice_p = s;
+    }
+    return st;
+}
+
+void mp_exec_destroy(mp_exec_t *ex)
+{
+    if (ex == NULL) {
+        return;
+    }
+    if (ex->w != NULL) {
+        drain(ex);
+        mp_exec_disconnect(ex);
+        mp_xport_worker_destroy(ex->w);
+    }
+    mp_model_destroy(ex->model);
+    mp_backend_destroy(ex->be);
+    mp_sched_free(ex->sched);
+    mp_free(ex->plan);
+    if (ex->gsend != NULL) {
+        for (int s = 0; s < ex->nslots; s++) {
+            mp_free(ex->gsend[s]);
+        }
+    }
+    mp_free(ex->gsend);
+    mp_free(ex->grad_req);
+    mp_free(ex->act_req);
+    mp_free(ex->out);
+    mp_free(ex->busy);
+    mp_free(ex->slot_of);
+    mp_free(ex->labels);
+    mp_free(ex->label_req);
+    mp_free(ex->ep_tp);
+    mp_free(ex->ep_dp);
+    mp_free(ex->spans);
+    mp_free(ex);
+}

@@ -1,0 +1,112 @@
+/*
+ * executor.h - a shard executor: the work of one shard (stage, tp rank, dp
+ * rank) of a model-parallel job, on the one thread that calls these
+ * functions (every call but mp_exec_cancel must come from it: the executor
+ * owns a UCX worker, which is single-threaded).
+ *
+ * Life of an executor, in one process or across daemons:
+ *   1. mp_exec_create() on the executor thread: CPU backend, the model of
+ *      its stage's layers and TP slice (parameters initialized by slice),
+ *      its UCX worker.  mp_exec_address() gives the worker's address.
+ *   2. The addresses of every shard and of the feeder travel to every
+ *      executor (a table indexed by global rank, the feeder's last:
+ *      mp_engine_geom_t.feeder_rank), however the caller likes.
+ *   3. mp_exec_connect(): endpoints to the previous and next stage (same tp
+ *      and dp rank), the TP group, the DP group and the feeder (first and
+ *      last stage); the TP and DP collectives groups.
+ *   4. mp_exec_run(): every training step and evaluation of the job, as the
+ *      serial trainer orders them (engine/job.h), each step executing the
+ *      stage's action list of the job's schedule (parallel/sched.h).  It
+ *      calls on_report after each event, from this thread.
+ *   5. mp_exec_disconnect() (after peers are done, to let their last
+ *      messages flush), mp_exec_param_download() for --save-weights, and
+ *      mp_exec_destroy().
+ *
+ * Every wait is bounded by timeout_ms; a peer that fails or stays silent
+ * fails the event with an error naming the peer's rank, and mp_exec_run
+ * returns it; mp_exec_cancel() (any thread) makes a running executor stop
+ * at its next action or wait with MP_ERR_CANCELLED.
+ */
+#ifndef MP_ENGINE_EXECUTOR_H
+#define MP_ENGINE_EXECUTOR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/status.h"
+#include "engine/job.h"
+#include "model/spec.h"
+#include "parallel/sched.h"
+#include "parallel/tpplan.h"
+#include "transport/ucx.h"
+
+typedef struct mp_exec mp_exec_t;
+
+/* One action of the timeline: CLOCK_MONOTONIC nanoseconds. */
+typedef struct {
+    mp_sched_op_t op;
+    int32_t mb; /* micro-batch (evaluation: local chunk), or -1 */
+    uint64_t t0_ns, t1_ns;
+} mp_exec_span_t;
+
+/* What an executor reports after each event (valid during the callback). */
+typedef struct {
+    int rank, stage, tp_rank, dp_rank;
+    mp_engine_ev_t ev;
+    /* Last stage, tp rank 0 only (so that nothing is counted twice): the sum
+     * of the per-sample losses of this replica's samples, their number, and
+     * (evaluations) how many were classified right. */
+    bool has_loss;
+    double loss_sum;
+    int64_t samples, correct;
+    uint64_t t0_ns, t1_ns; /* the event, start to end */
+    /* Training steps: every action, in order (busy: FWD, BWD, DP_ALLREDUCE,
+     * OPT_STEP; the rest is waiting or posting messages). */
+    int nspans;
+    const mp_exec_span_t *spans;
+} mp_exec_report_t;
+
+typedef void (*mp_exec_report_cb_t)(const mp_exec_report_t *report, void *arg);
+
+typedef struct {
+    const mp_spec_t *spec; /* must outlive the executor */
+    uint32_t job;          /* job id in tags (low 16 bits) */
+    int stage, tp_rank, dp_rank;
+    int threads;             /* CPU backend threads, >= 1 */
+    int64_t train_n, test_n; /* the data set's sizes (mp_feeder_sizes) */
+    int64_t timeout_ms;      /* every wait; <= 0: 30000 */
+    mp_exec_report_cb_t on_report;
+    void *arg;
+} mp_exec_opts_t;
+
+/* On the executor thread.  err says why on failure. */
+mp_status_t mp_exec_create(mp_xport_ctx_t *ctx, const mp_exec_opts_t *opts, mp_exec_t **exec_p,
+                           mp_errbuf_t *err);
+/* The worker's address (mp_free it) and this shard's global rank. */
+mp_status_t mp_exec_address(mp_exec_t *exec, void **addr_p, size_t *len_p);
+int mp_exec_rank(const mp_exec_t *exec);
+const mp_engine_geom_t *mp_exec_geom(const mp_exec_t *exec);
+
+/* addrs[r], lens[r]: the worker address of global rank r, for r in
+ * 0..nranks (the feeder last); entries this shard does not talk to may be
+ * NULL. */
+mp_status_t mp_exec_connect(mp_exec_t *exec, const void *const *addrs, const size_t *lens,
+                            mp_errbuf_t *err);
+mp_status_t mp_exec_run(mp_exec_t *exec, mp_errbuf_t *err);
+/* Any thread. */
+void mp_exec_cancel(mp_exec_t *exec);
+/* Closes the endpoints and groups (bounded flush). */
+void mp_exec_disconnect(mp_exec_t *exec);
+
+/* This shard's block of parameter `param` of spec layer `layer` (a layer of
+ * its stage): *slice_p says where it sits in the full tensor; host holds
+ * slice rows * cols floats. */
+mp_status_t mp_exec_param_download(mp_exec_t *exec, int layer, int param, float *host,
+                                   mp_tp_slice_t *slice_p);
+/* Backend bytes of one activation slot, and the number of slots. */
+int64_t mp_exec_slot_bytes(const mp_exec_t *exec);
+int mp_exec_slots(const mp_exec_t *exec);
+void mp_exec_destroy(mp_exec_t *exec);
+
+#endif

@@ -1,0 +1,42 @@
+/*
+ * internal.h - helpers shared by the executor and the feeder: waits that
+ * are bounded by a deadline and stop on a cancellation flag, tensor
+ * headers, and the clock.  The calling thread must own the worker.
+ */
+#ifndef MP_ENGINE_INTERNAL_H
+#define MP_ENGINE_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/status.h"
+#include "transport/ucx.h"
+
+/* CLOCK_MONOTONIC in nanoseconds. */
+uint64_t mp_engine_now_ns(void);
+
+/*
+ * Waits for req until deadline_ns (mp_engine_now_ns() time) or until
+ * *cancel is set, and frees it.  Progress is polled in short bursts, then
+ * with sleeps growing to half a millisecond, so that a waiting thread
+ * leaves the cores to the shards that compute.  On a timeout or a
+ * cancellation the request is aborted (a receive cancelled, a send's
+ * endpoint failed) and MP_ERR_TIMEOUT or MP_ERR_CANCELLED returned.
+ */
+mp_status_t mp_engine_wait(mp_xport_req_t *req, uint64_t deadline_ns, const atomic_bool *cancel,
+                           mp_xport_hdr_t *hdr_p);
+/* Aborts a request nobody will wait for (error paths); NULL is fine. */
+void mp_engine_abort(mp_xport_req_t *req);
+
+/* A 2-D float32 (or int32 when i32) tensor header. */
+mp_xport_hdr_t mp_engine_hdr(uint32_t job, uint32_t kind, uint64_t seq, uint64_t step, int64_t rows,
+                             int64_t cols, bool i32);
+
+/* The micro-batch field of a tag for sequence number seq. */
+static inline uint32_t mp_engine_tag_mb(uint64_t seq)
+{
+    return (uint32_t)(seq & MP_XPORT_MB_MAX);
+}
+
+#endif
