@@ -9,3 +9,7 @@ endif()
 if(TARGET mp_engine)
   mp_add_test(test_engine_fail SOURCES unit/test_engine_fail.c LIBS mp_engine TIMEOUT 180)
 endif()
+if(TARGET mp_engine)
+  mp_add_test(test_engine_timeline SOURCES unit/test_engine_timeline.c LIBS mp_engine
+              TIMEOUT 120)
+endif()
