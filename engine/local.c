@@ -154,11 +154,24 @@ static void on_report(const mp_exec_report_t *rep, void *arg)
     pthread_mutex_lock(&sh->mu);
     if (rep->ev.kind == MP_ENGINE_EV_TRAIN) {
         int64_t i = rep->ev.step - 1;
-        if (sh->win0[i] == 0 || rep->t0_ns < sh->win0[i]) {
-            sh->win0[i] = rep->t0_ns;
+        /* The step's window: from the first compute of any shard (a shard
+         * that finished the previous step early starts waiting before the
+         * step really begins) to the last action's end. */
+        uint64_t w0 = rep->t0_ns, w1 = rep->t1_ns;
+        for (int k = 0; k < rep->nspans; k++) {
+            if (busy_op(rep->spans[k].op)) {
+                w0 = rep->spans[k].t0_ns;
+                break;
+            }
         }
-        if (rep->t1_ns > sh->win1[i]) {
-            sh->win1[i] = rep->t1_ns;
+        if (rep->nspans > 0) {
+            w1 = rep->spans[rep->nspans - 1].t1_ns;
+        }
+        if (sh->win0[i] == 0 || w0 < sh->win0[i]) {
+            sh->win0[i] = w0;
+        }
+        if (w1 > sh->win1[i]) {
+            sh->win1[i] = w1;
         }
         if (rep->tp_rank == 0 && rep->dp_rank == 0) {
             uint64_t b = 0;

@@ -1,0 +1,5 @@
+# mpar-bench-pipeline: measured pipeline bubble, activation memory and pp=2 throughput.
+if(TARGET mp_engine)
+  add_executable(mpar-bench-pipeline ${CMAKE_CURRENT_SOURCE_DIR}/pipeline.c)
+  target_link_libraries(mpar-bench-pipeline PRIVATE mp_engine PkgConfig::JANSSON m)
+endif()
