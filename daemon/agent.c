@@ -17,8 +17,19 @@
 
 #define BACKOFF_MAX_MS 2000
 
+/* A client request this node passed on to the coordinator. */
+typedef struct {
+    uint64_t rid;      /* on the coordinator link */
+    uint64_t orig_rid; /* the client's */
+    mp_session_t *s;
+    bool watch;        /* a WatchJob: its events come until one says final */
+} forward_t;
+
 struct mp_agent {
     mpard_t *d;
+    forward_t *fwd;
+    size_t nfwd, cap_fwd;
+    uint64_t next_rid;
     mp_conn_t *conn;
     bool registered;
     bool stopping;
@@ -97,9 +108,111 @@ static void on_ready(mp_conn_t *conn, void *data)
     agent_send_register(a);
 }
 
+static void fwd_remove(mp_agent_t *a, size_t i)
+{
+    a->fwd[i] = a->fwd[--a->nfwd];
+}
+
+/* Fails every passed-on request: the coordinator link is gone. */
+static void fwd_fail_all(mp_agent_t *a, const char *why)
+{
+    while (a->nfwd > 0) {
+        forward_t f = a->fwd[0];
+        fwd_remove(a, 0);
+        Mpar__Envelope env = MPAR__ENVELOPE__INIT;
+        Mpar__Error e = MPAR__ERROR__INIT;
+        e.code = MPAR__ERROR_CODE__ERROR_CODE_NOT_COORDINATOR;
+        e.message = (char *)why;
+        env.request_id = f.orig_rid;
+        env.msg_case = MPAR__ENVELOPE__MSG_ERROR;
+        env.error = &e;
+        mp_session_send(f.s, &env);
+    }
+}
+
+/* A reply to a passed-on request goes back to its client; true if it was one. */
+static bool fwd_reply(mp_agent_t *a, const Mpar__Envelope *env)
+{
+    if (env->request_id == 0) {
+        return false;
+    }
+    for (size_t i = 0; i < a->nfwd; i++) {
+        if (a->fwd[i].rid != env->request_id) {
+            continue;
+        }
+        forward_t f = a->fwd[i];
+        bool more = f.watch && env->msg_case == MPAR__ENVELOPE__MSG_JOB_EVENT &&
+                    !env->job_event->final;
+        if (!more) {
+            fwd_remove(a, i);
+        }
+        Mpar__Envelope copy = *env;
+        copy.request_id = f.orig_rid;
+        mp_session_send(f.s, &copy);
+        return true;
+    }
+    return false;
+}
+
+mp_status_t mp_agent_forward(mp_agent_t *a, mp_session_t *s, const Mpar__Envelope *req,
+                             const char *who, mp_errbuf_t *err)
+{
+    if (a->conn == NULL || !a->registered) {
+        return mp_errbuf_set(err, MP_ERR_PEER,
+                             "this node is not connected to its coordinator at %s (%s)",
+                             a->target, a->state);
+    }
+    if (a->nfwd == a->cap_fwd) {
+        size_t cap = a->cap_fwd ? a->cap_fwd * 2 : 8;
+        forward_t *nf = mp_realloc(a->fwd, cap * sizeof(*nf));
+        if (nf == NULL) {
+            return mp_errbuf_set(err, MP_ERR_NOMEM, "out of memory");
+        }
+        a->fwd = nf;
+        a->cap_fwd = cap;
+    }
+    Mpar__Envelope copy = *req;
+    Mpar__SubmitJob sj;
+    Mpar__CancelJob cj;
+    char name[256];
+    snprintf(name, sizeof(name), "%s via node %s", who, a->d->cfg.name);
+    if (req->msg_case == MPAR__ENVELOPE__MSG_SUBMIT_JOB) {
+        sj = *req->submit_job;
+        sj.submitter = name;
+        copy.submit_job = &sj;
+    } else if (req->msg_case == MPAR__ENVELOPE__MSG_CANCEL_JOB) {
+        cj = *req->cancel_job;
+        cj.requester = name;
+        copy.cancel_job = &cj;
+    }
+    copy.request_id = ++a->next_rid;
+    forward_t f = {.rid = copy.request_id, .orig_rid = req->request_id, .s = s,
+                   .watch = req->msg_case == MPAR__ENVELOPE__MSG_WATCH_JOB};
+    a->fwd[a->nfwd++] = f;
+    if (mp_conn_send(a->conn, &copy) != MP_OK) {
+        a->nfwd--;
+        return mp_errbuf_set(err, MP_ERR_PEER, "lost the coordinator at %s", a->target);
+    }
+    return MP_OK;
+}
+
+void mp_agent_session_closed(mp_agent_t *a, mp_session_t *s)
+{
+    for (size_t i = 0; i < a->nfwd;) {
+        if (a->fwd[i].s == s) {
+            fwd_remove(a, i);
+        } else {
+            i++;
+        }
+    }
+}
+
 static void on_envelope(mp_conn_t *conn, const Mpar__Envelope *env, void *data)
 {
     mp_agent_t *a = data;
+    if (fwd_reply(a, env)) {
+        return;
+    }
     switch (env->msg_case) {
     case MPAR__ENVELOPE__MSG_NODE_REGISTERED: {
         const Mpar__NodeRegistered *nr = env->node_registered;
@@ -134,6 +247,14 @@ static void on_envelope(mp_conn_t *conn, const Mpar__Envelope *env, void *data)
         mp_conn_send(conn, &reply);
         return;
     }
+    case MPAR__ENVELOPE__MSG_JOB_EVENT:
+    case MPAR__ENVELOPE__MSG_NODE_LIST:
+    case MPAR__ENVELOPE__MSG_JOB_LIST:
+    case MPAR__ENVELOPE__MSG_JOB_REPLY:
+    case MPAR__ENVELOPE__MSG_JOB_ACCEPTED:
+        /* For a client that has gone away meanwhile. */
+        mp_debug("dropped a %s for a departed client", mp_frame_msg_name(env->msg_case));
+        return;
     default: {
         char msg[128];
         snprintf(msg, sizeof(msg), "unexpected %s from the coordinator",
@@ -153,6 +274,7 @@ static void on_close(mp_conn_t *conn, mp_conn_reason_t reason, const char *why, 
     a->conn = NULL;
     bool was = a->registered;
     a->registered = false;
+    fwd_fail_all(a, "this node lost its coordinator; retry when `mpar-client nodes` answers");
     if (a->stopping) {
         return;
     }
@@ -281,4 +403,8 @@ void mp_agent_abort(mp_agent_t *a)
     }
 }
 
-void mp_agent_destroy(mp_agent_t *a) { mp_free(a); }
+void mp_agent_destroy(mp_agent_t *a)
+{
+    mp_free(a->fwd);
+    mp_free(a);
+}

@@ -134,6 +134,11 @@ bool mp_agent_registered(const mp_agent_t *a);
 void mp_agent_stop(mp_agent_t *a); /* says Goodbye, closes */
 void mp_agent_abort(mp_agent_t *a); /* closes its connection now */
 void mp_agent_destroy(mp_agent_t *a);
+/* A node that is not the coordinator passes a client's request on to it and
+ * relays the replies (and a watch's events) back to the session. */
+mp_status_t mp_agent_forward(mp_agent_t *a, mp_session_t *s, const Mpar__Envelope *req,
+                             const char *who, mp_errbuf_t *err);
+void mp_agent_session_closed(mp_agent_t *a, mp_session_t *s);
 const char *mp_agent_state(const mp_agent_t *a);
 
 /* metrics.c: the Prometheus text exposition; free with mp_free. */

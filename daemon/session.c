@@ -116,10 +116,34 @@ static const char *peer_user(mp_session_t *s, const char *claimed, char *buf, si
     return buf;
 }
 
-static bool need_coord(mp_session_t *s, uint64_t rid)
+static bool need_mutate(mp_session_t *s, uint64_t rid);
+
+/* True when this mpard answers the request itself; a node passes it on to
+ * its coordinator (mutating ones after its own permission check). */
+static bool need_coord(mp_session_t *s, const Mpar__Envelope *in)
 {
+    uint64_t rid = in->request_id;
     if (s->d->coord != NULL) {
         return true;
+    }
+    if (s->d->agent != NULL) {
+        bool mutating = in->msg_case == MPAR__ENVELOPE__MSG_SUBMIT_JOB ||
+                        in->msg_case == MPAR__ENVELOPE__MSG_CANCEL_JOB;
+        if (mutating && !need_mutate(s, rid)) {
+            return false;
+        }
+        char who[200];
+        mp_errbuf_t err;
+        const char *claimed = in->msg_case == MPAR__ENVELOPE__MSG_SUBMIT_JOB
+                                  ? in->submit_job->submitter
+                              : in->msg_case == MPAR__ENVELOPE__MSG_CANCEL_JOB
+                                  ? in->cancel_job->requester
+                                  : NULL;
+        if (mp_agent_forward(s->d->agent, s, in, peer_user(s, claimed, who, sizeof(who)), &err) !=
+            MP_OK) {
+            reply_error(s, rid, MPAR__ERROR_CODE__ERROR_CODE_NOT_COORDINATOR, err.msg);
+        }
+        return false;
     }
     char msg[300];
     snprintf(msg, sizeof(msg),
@@ -153,7 +177,7 @@ static void on_request(mp_session_t *s, const Mpar__Envelope *in)
     d->n.requests++;
     switch (in->msg_case) {
     case MPAR__ENVELOPE__MSG_LIST_NODES: {
-        if (!need_coord(s, rid)) {
+        if (!need_coord(s, in)) {
             return;
         }
         Mpar__NodeList nl = MPAR__NODE_LIST__INIT;
@@ -166,7 +190,7 @@ static void on_request(mp_session_t *s, const Mpar__Envelope *in)
         return;
     }
     case MPAR__ENVELOPE__MSG_LIST_JOBS: {
-        if (!need_coord(s, rid)) {
+        if (!need_coord(s, in)) {
             return;
         }
         Mpar__JobList jl = MPAR__JOB_LIST__INIT;
@@ -178,7 +202,7 @@ static void on_request(mp_session_t *s, const Mpar__Envelope *in)
         return;
     }
     case MPAR__ENVELOPE__MSG_GET_JOB: {
-        if (!need_coord(s, rid)) {
+        if (!need_coord(s, in)) {
             return;
         }
         Mpar__JobInfo *j = mp_coord_job_find(d->coord, in->get_job->job_id);
@@ -195,7 +219,7 @@ static void on_request(mp_session_t *s, const Mpar__Envelope *in)
         return;
     }
     case MPAR__ENVELOPE__MSG_SUBMIT_JOB: {
-        if (!need_coord(s, rid) || !need_mutate(s, rid)) {
+        if (!need_coord(s, in) || !need_mutate(s, rid)) {
             return;
         }
         char who[200];
@@ -220,7 +244,7 @@ static void on_request(mp_session_t *s, const Mpar__Envelope *in)
         return;
     }
     case MPAR__ENVELOPE__MSG_CANCEL_JOB: {
-        if (!need_coord(s, rid) || !need_mutate(s, rid)) {
+        if (!need_coord(s, in) || !need_mutate(s, rid)) {
             return;
         }
         char who[200];
@@ -243,7 +267,7 @@ static void on_request(mp_session_t *s, const Mpar__Envelope *in)
         return;
     }
     case MPAR__ENVELOPE__MSG_WATCH_JOB: {
-        if (!need_coord(s, rid)) {
+        if (!need_coord(s, in)) {
             return;
         }
         if (mp_coord_job_watch(d->coord, in->watch_job->job_id, in->watch_job->follow, s, rid,
@@ -539,6 +563,9 @@ static void on_close(mp_conn_t *conn, mp_conn_reason_t reason, const char *why, 
             mp_coord_node_disconnected(s->d->coord, s->node, s);
         }
         mp_coord_session_closed(s->d->coord, s);
+    }
+    if (s->d->agent != NULL) {
+        mp_agent_session_closed(s->d->agent, s);
     }
     session_unlink(s);
     mp_free(s);

@@ -197,6 +197,18 @@ set -e
 grep -q "cancelled by" "$T/logs.txt" || fail "logs lack the cancel event"
 echo "ok submit/status/cancel/logs"
 
+# --- a node passes client requests on to its coordinator ----------------------------
+[ "$("$CLIENT" nodes --socket "$T/n1.sock" -o json | jget 'len(d["nodes"])')" = 3 ] || fail "nodes via n1"
+"$CLIENT" submit "$SRC/examples/fashion_mnist.json" --socket "$T/n1.sock" -o json >"$T/job3.json" ||
+    fail "submit via n1"
+JOB3=$(jget 'd["id"]' <"$T/job3.json")
+jget 'd["submitter"]' <"$T/job3.json" >"$T/submitter.txt"
+grep -q "via node n1" "$T/submitter.txt" || fail "submitter via n1: $(cat "$T/submitter.txt")"
+"$CLIENT" cancel "$JOB3" --socket "$T/n1.sock" >/dev/null || fail "cancel via n1"
+"$CLIENT" logs "$JOB3" --socket "$T/n1.sock" >"$T/logs3.txt" || fail "logs via n1"
+grep -q "cancelled by" "$T/logs3.txt" || fail "logs via n1 lack the cancel"
+echo "ok requests through a node"
+
 # --- TCP with the cluster secret ------------------------------------------------
 "$CLIENT" nodes --connect "127.0.0.1:$PORT" --secret-file "$SECRET" >/dev/null || fail "TCP client with the secret"
 set +e
