@@ -13,3 +13,13 @@ if(TARGET mp_engine)
   mp_add_test(test_engine_timeline SOURCES unit/test_engine_timeline.c LIBS mp_engine
               TIMEOUT 120)
 endif()
+if(TARGET mp_engine)
+  # The engine split across processes as the daemons run it.
+  mp_add_test(test_engine_procs SOURCES integration/test_engine_procs.c LIBS mp_engine
+              TIMEOUT 180)
+  if(TARGET test_engine_procs)
+    # Over TCP too: the transport between hosts (loopback here).
+    add_test(NAME test_engine_procs_tcp COMMAND test_engine_procs --jobs 1)
+    set_tests_properties(test_engine_procs_tcp PROPERTIES TIMEOUT 180 ENVIRONMENT "UCX_TLS=tcp")
+  endif()
+endif()
