@@ -435,7 +435,8 @@ static bool line_append(mp_conn_t *conn, const char *data, size_t len)
     return true;
 }
 
-static void conn_line(mp_conn_t *conn, const char *line, size_t len)
+/* line is NUL-terminated at len and writable (read buffer or conn->line). */
+static void conn_line(mp_conn_t *conn, char *line, size_t len)
 {
     stats.lines_in++;
     if (!conn->ready) {
@@ -443,7 +444,7 @@ static void conn_line(mp_conn_t *conn, const char *line, size_t len)
         uv_timer_stop(&conn->hs_timer);
     }
     if (len > 0 && line[len - 1] == '\r') {
-        len--;
+        line[--len] = '\0';
     }
     conn->cbs.on_line(conn, line, len, false, conn->data);
 }

@@ -111,7 +111,8 @@ secret-file = $SECRET
 heartbeat-ms = $HB
 dead-after-ms = $DEAD
 CONF
-    NOTIFY_SOCKET="$T/c0.notify" "$MPARD" --config "$T/c0.conf" >>"$T/c0.log" 2>&1 &
+    NOTIFY_SOCKET="$T/c0.notify" WATCHDOG_USEC=400000 "$MPARD" --config "$T/c0.conf" \
+        >>"$T/c0.log" 2>&1 &
     PIDS+=($!)
     PID_c0=$!
 }
@@ -133,6 +134,8 @@ READY_AT=$(grep -m1 "READY=1" "$T/n1.notify.log" | cut -d' ' -f1)
 [ "$READY_AT" -ge "$COORD_START" ] || fail "n1 READY=1 came before the coordinator started"
 grep -q "STATUS=" "$T/n1.notify.log" || fail "no STATUS= line from n1"
 echo "ok READY=1 after registration"
+wait_for 3 grep -q "WATCHDOG=1" "$T/c0.notify.log" || fail "no WATCHDOG=1 with WATCHDOG_USEC set"
+echo "ok WATCHDOG=1"
 
 # --- 3 nodes ALIVE -------------------------------------------------------------
 start_node n2
