@@ -81,6 +81,7 @@ struct mp_xport_arena {
 
 struct mp_xport_ctx {
     ucp_context_h ucp;
+    int local_err_peer;
     pthread_mutex_t lock; /* guards arenas */
     mp_xport_arena_t *arenas[MAX_ARENAS];
 };
@@ -119,6 +120,8 @@ struct mp_xport_ep {
     mp_status_t status;
     int ucp_closed; /* force-closed after a failure; ucp is NULL */
     int pidfd;      /* the peer's process on this host, or -1 */
+    int local;      /* same kernel and pid namespace: UCX error handling off (see mp_xport_ep_connect) */
+    int peer_alive_unknown; /* a failure not known to be the peer's death (a timeout) */
     mp_xport_ep_t *prev, *next;
 };
 
@@ -279,8 +282,13 @@ mp_status_t mp_xport_ctx_create(const mp_xport_ctx_opts_t *opts, mp_xport_ctx_t 
     if (tls == NULL && o.tls != NULL) {
         tls = o.tls;
     }
-    if (tls == NULL || strstr(tls, "all") != NULL || strstr(tls, "sm") != NULL || strstr(tls, "posix") != NULL ||
-        strstr(tls, "sysv") != NULL || strstr(tls, "mm") != NULL) {
+    int shm = tls == NULL || strstr(tls, "all") != NULL || strstr(tls, "sm") != NULL ||
+              strstr(tls, "posix") != NULL || strstr(tls, "sysv") != NULL || strstr(tls, "cma") != NULL ||
+              strstr(tls, "mm") != NULL;
+    /* Without shared memory (UCX_TLS=tcp: what runs between hosts) local
+     * peers gain nothing from running without UCX error handling. */
+    ctx->local_err_peer = o.local_err_peer || !shm;
+    if (o.local_err_peer && shm) {
         env_default("UCX_POSIX_ERROR_HANDLING", "y");
         env_default("UCX_SYSV_ERROR_HANDLING", "y");
     }
@@ -658,6 +666,13 @@ static void ep_fail(mp_xport_ep_t *ep, mp_status_t why)
     if (ep->ucp_closed) {
         return;
     }
+    if (ep->local && ep->status != MP_ERR_PEER) {
+        /* Force-closing an endpoint without UCX error handling is undefined
+         * for a live peer: the failed endpoint is left as it is, its
+         * pending sends as zombies, until mp_xport_ep_destroy(). */
+        ep->peer_alive_unknown = 1;
+        return;
+    }
     ep->ucp_closed = 1;
     ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS, .flags = UCP_EP_CLOSE_FLAG_FORCE};
     ucs_status_ptr_t p = ucp_ep_close_nbx(ep->ucp, &prm);
@@ -724,7 +739,9 @@ static void req_advance(mp_xport_req_t *r)
     for (int i = 0; i < 2; i++) {
         if (!r->sub[i].pending && r->sub[i].st != UCS_OK) {
             mp_status_t st = sub_status(&r->sub[i]);
-            if (st == MP_ERR_CANCELLED && r->ep->status != MP_OK) {
+            if (r->ep->status != MP_OK) {
+                /* UCX fails the operations of a failed endpoint with various
+                 * codes (cancelled, reset, i/o error); the endpoint's is the cause. */
                 st = r->ep->status;
             }
             req_abort(r, st);
@@ -882,21 +899,36 @@ mp_status_t mp_xport_ep_connect(mp_xport_worker_t *w, const void *addr, size_t l
     ep->worker = w;
     ep->peer_rank = peer_rank;
     ep->pidfd = -1;
-    if (peer.pid != w->self.pid && peer.pidns == w->self.pidns && w->self.boot_id[0] != 0 &&
-        strncmp(peer.boot_id, w->self.boot_id, sizeof(peer.boot_id)) == 0) {
+    /*
+     * A peer on this kernel, in this pid namespace, is watched through its
+     * process (a pidfd, or nothing to watch when it is this process), and
+     * its endpoint runs without UCX error handling: measured on UCX 1.13,
+     * peer error handling excludes cma, so large messages between processes
+     * fall back to copies through the shared-memory FIFO at about 1/5 of the
+     * bandwidth (ucx_perftest -e shows the same).  A dead local peer still
+     * fails everything in flight with it; UCX's own error handling remains
+     * for peers on other hosts (tcp), or everywhere with local_err_peer.
+     */
+    int local = peer.pidns == w->self.pidns && w->self.boot_id[0] != 0 &&
+                strncmp(peer.boot_id, w->self.boot_id, sizeof(peer.boot_id)) == 0;
+    if (local && peer.pid != w->self.pid) {
         ep->pidfd = (int)syscall(SYS_pidfd_open, (pid_t)peer.pid, 0);
         if (ep->pidfd < 0 && errno == ESRCH) {
             mp_err("xport: peer rank %u (pid %u) has already exited", peer_rank, peer.pid);
             mp_free(ep);
             return MP_ERR_PEER;
         }
+        if (ep->pidfd < 0) {
+            local = 0; /* cannot watch it: let UCX do it */
+        }
     }
+    ep->local = local && !w->ctx->local_err_peer;
     addr = (const char *)addr + sizeof(peer);
     ucp_ep_params_t ep_params = {
         .field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                       UCP_EP_PARAM_FIELD_ERR_HANDLER,
         .address = addr,
-        .err_mode = UCP_ERR_HANDLING_MODE_PEER,
+        .err_mode = ep->local ? UCP_ERR_HANDLING_MODE_NONE : UCP_ERR_HANDLING_MODE_PEER,
         .err_handler = {.cb = on_ep_error, .arg = ep},
     };
     ucs_status_t st = ucp_ep_create(w->ucp, &ep_params, &ep->ucp);
@@ -930,18 +962,17 @@ void mp_xport_ep_destroy(mp_xport_ep_t *ep)
         }
     }
     if (!ep->ucp_closed) {
+        int force = ep->status != MP_OK && !(ep->local && ep->peer_alive_unknown);
         ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
-                                   .flags = ep->status == MP_OK ? 0 : UCP_EP_CLOSE_FLAG_FORCE};
+                                   .flags = force ? UCP_EP_CLOSE_FLAG_FORCE : 0};
         ucs_status_ptr_t p = ucp_ep_close_nbx(ep->ucp, &prm);
         if (p != NULL && !UCS_PTR_IS_ERR(p)) {
             uint64_t end = mp_xport_now_ns() + CLOSE_WAIT_NS;
             while (ucp_request_check_status(p) == UCS_INPROGRESS && mp_xport_now_ns() < end) {
                 ucp_worker_progress(w->ucp);
             }
-            if (ucp_request_check_status(p) == UCS_INPROGRESS) {
-                /* The flush did not finish: drop what is left of the endpoint. */
-                ucp_request_cancel(w->ucp, p);
-            }
+            /* A flush that did not finish in time is released by UCX when it does
+             * (or with the worker). */
             ucp_request_free(p);
         }
     }

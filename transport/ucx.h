@@ -19,8 +19,34 @@
  * Every wait has a timeout.  An idle wait sleeps on the worker's event fd
  * (ucp_worker_arm + poll) with a bounded backstop interval, never spins
  * longer than a short configurable burst.  Endpoints use
- * UCP_ERR_HANDLING_MODE_PEER: a dead peer fails every in-flight operation
- * with it (MP_ERR_PEER), never hangs.
+ * UCP_ERR_HANDLING_MODE_PEER, or a pidfd on the peer's process for peers on
+ * this host (below): a dead peer fails every in-flight operation with it
+ * (MP_ERR_PEER), never hangs.
+ *
+ * What UCX 1.13.1 (Debian 12) does, measured on loopback, and what we set:
+ * - With peer error handling, UCX refuses its shared-memory transports
+ *   unless UCX_POSIX_ERROR_HANDLING / UCX_SYSV_ERROR_HANDLING are "y", and
+ *   even then it drops cma (no error handling there), so large messages
+ *   between processes are copied through the FIFO: ucx_perftest -e moves
+ *   16 MiB at ~1/5 of plain ucx_perftest's bandwidth.
+ * - Shared memory never reports a dead peer (a receive from a SIGKILLed
+ *   process waits out its timeout).
+ * - So: exported addresses carry the process id, pid namespace and boot id;
+ *   a peer on the same kernel and pid namespace gets an endpoint without
+ *   UCX error handling (shared memory + cma at full speed) and is watched
+ *   with a pidfd (or is this very process), which fails everything in
+ *   flight with it when it dies.  Peers elsewhere (tcp), and every peer
+ *   when UCX_TLS leaves no shared memory (UCX_TLS=tcp), get
+ *   UCP_ERR_HANDLING_MODE_PEER, and UCX reports their death itself.
+ *   mp_xport_ctx_opts_t.local_err_peer puts PEER mode everywhere (setting
+ *   the two variables above as environment defaults, since
+ *   ucp_config_modify() rejects them).
+ * - Both shared memory and tcp raise worker events (a receive sleeping with
+ *   a 1 s backstop wakes within about a millisecond); over tcp the event fd
+ *   can also stay readable with nothing to progress while a connection is
+ *   wired up, which the wait loop detects and backs off from.
+ * - UCX_TLS=tcp needs no UCX_NET_DEVICES on loopback: UCX 1.13 lists "lo"
+ *   as a tcp device (ucx_info -d); lo and eth0 both work.
  */
 #ifndef MP_TRANSPORT_UCX_H
 #define MP_TRANSPORT_UCX_H
@@ -84,13 +110,16 @@ typedef struct {
     /* Dead-peer detection interval over transports that need keepalive
      * (shared memory); 0 = 1000 ms.  UCX_KEEPALIVE_INTERVAL wins when set. */
     int keepalive_ms;
+    /* 1: UCX peer error handling on every endpoint, also between processes
+     * of one host (then without cma: ~1/5 of the bandwidth there). */
+    int local_err_peer;
 } mp_xport_ctx_opts_t;
 
 /*
  * Creates the process's ucp context (tag + wakeup features, workers single
- * threaded).  Unless the environment says otherwise, it enables UCX's error
- * handling on the shared-memory transports, so that endpoints with peer
- * error handling still use shared memory between processes of one node.
+ * threaded).  With local_err_peer it enables UCX's error handling on the
+ * shared-memory transports through setenv() (never overriding the user's
+ * environment): then call it before the process starts threads.
  */
 mp_status_t mp_xport_ctx_create(const mp_xport_ctx_opts_t *opts, mp_xport_ctx_t **ctx_p);
 void mp_xport_ctx_destroy(mp_xport_ctx_t *ctx);
