@@ -6,7 +6,8 @@
  * m = 4, 8 and 16; the activation memory each stage holds under each
  * schedule; and the samples/s of pp = 2 (one thread per stage) against the
  * serial trainer on one thread.  Prints a table, or with -o json the
- * benchmark document of DESIGN.md.
+ * benchmark document of DESIGN.md; --svg PREFIX also draws each
+ * configuration's last step as an SVG Gantt chart.
  */
 #include <getopt.h>
 #include <stdint.h>
@@ -16,6 +17,7 @@
 #include <string.h>
 
 #include "engine/local.h"
+#include "engine/trace.h"
 #include "model/spec.h"
 #include "model/train.h"
 #include "parallel/sched.h"
@@ -91,15 +93,39 @@ static void print_timeline(const mp_engine_result_t *res)
     }
 }
 
+/* PREFIX-<schedule>-p<p>-m<m>.svg: the last step's Gantt chart. */
+static int write_svg(const char *prefix, const mp_engine_result_t *res, const char *sched, int p,
+                     int m)
+{
+    char path[1024], title[128];
+    snprintf(path, sizeof(path), "%s-%s-p%d-m%d.svg", prefix, sched, p, m);
+    snprintf(title, sizeof(title), "%s, p = %d, m = %d: measured bubble %.3f, theory %.3f", sched,
+             p, m, res->bubble_fraction, mp_sched_bubble_theory(p, m));
+    mp_trace_row_t rows[MP_SPEC_MAX_STAGES];
+    mp_trace_rows_from_ranks(p, 1, res->nranks, res->spans, res->nspans, rows);
+    FILE *f = fopen(path, "w");
+    if (f == NULL || mp_trace_write_svg(f, rows, res->nranks, title) != MP_OK) {
+        fprintf(stderr, "mpar-bench-pipeline: cannot write %s\n", path);
+        if (f != NULL) {
+            fclose(f);
+        }
+        return -1;
+    }
+    fclose(f);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"quick", no_argument, NULL, 'q'},
         {"output", required_argument, NULL, 'o'},
         {"timeline", no_argument, NULL, 't'},
+        {"svg", required_argument, NULL, 'g'},
         {NULL, 0, NULL, 0},
     };
     bool quick = false, json = false, timeline = false;
+    const char *svg = NULL;
     int c;
     while ((c = getopt_long(argc, argv, "o:", longopts, NULL)) != -1) {
         switch (c) {
@@ -112,8 +138,12 @@ int main(int argc, char **argv)
         case 't':
             timeline = true;
             break;
+        case 'g':
+            svg = optarg;
+            break;
         default:
-            fprintf(stderr, "usage: mpar-bench-pipeline [--quick] [-o json] [--timeline]\n");
+            fprintf(stderr,
+                    "usage: mpar-bench-pipeline [--quick] [-o json] [--timeline] [--svg PREFIX]\n");
             return 2;
         }
     }
@@ -163,6 +193,9 @@ int main(int argc, char **argv)
                 }
                 if (timeline) {
                     print_timeline(&res);
+                }
+                if (svg != NULL && write_svg(svg, &res, scheds[si], p, m) != 0) {
+                    return 1;
                 }
                 mp_engine_result_free(&res);
                 mp_spec_free(spec);

@@ -425,6 +425,9 @@ static void finish_result(shared_t *sh)
             continue;
         }
         secs += span * 1e-9;
+        if (i == 0 && g->total_steps > 1) {
+            continue; /* warm-up: endpoint wire-up and first-touch memory */
+        }
         double idle = 0.0;
         for (int s = 0; s < g->pp; s++) {
             idle += 1.0 - (double)sh->busy[i * g->pp + s] / span;

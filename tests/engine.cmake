@@ -23,3 +23,7 @@ if(TARGET mp_engine)
     set_tests_properties(test_engine_procs_tcp PROPERTIES TIMEOUT 180 ENVIRONMENT "UCX_TLS=tcp")
   endif()
 endif()
+if(TARGET mp_engine)
+  mp_add_test(test_engine_trace SOURCES unit/test_engine_trace.c LIBS mp_engine
+              PkgConfig::JANSSON TIMEOUT 60)
+endif()
