@@ -51,3 +51,11 @@ if(MP_TESTS AND MP_CLANG)
             $<TARGET_FILE:fuzz_seeds> ${CMAKE_CURRENT_BINARY_DIR}/fuzz-work 45)
   set_tests_properties(control_fuzz PROPERTIES TIMEOUT 180)
 endif()
+
+# mpard's flags and config file, mpar-client's usage errors, socket permissions.
+if(MP_TESTS)
+  add_test(NAME control_config
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/integration/control_config.sh
+            $<TARGET_FILE:mpard> $<TARGET_FILE:mpar-client> ${CMAKE_SOURCE_DIR})
+  set_tests_properties(control_config PROPERTIES TIMEOUT 60)
+endif()
