@@ -8,9 +8,9 @@
  * optimizer steps with SGD + momentum the gathered weights equal the
  * serial run's within 1e-5 relative per tensor (max |a - b| / max |ref|),
  * and so do the loss curves; a few grids with AdamW within 1e-3 (its
- * division by sqrt(v) amplifies rounding differences).  Also: the test
- * split evaluation matches, and a failing shard fails the run with an
- * error naming it instead of hanging.
+ * division by sqrt(v) amplifies rounding differences); the naive
+ * schedule, an explicit and a balanced partition, and the full 2 x 2 x 2
+ * grid.  The test split's evaluation matches too.
  */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -27,7 +27,8 @@
 #define STEPS 5
 #define BATCH 24
 
-static mp_spec_t *make_spec(int pp, int tp, int dp, int m, const char *sched, bool adamw)
+static mp_spec_t *make_spec_ex(int pp, int tp, int dp, int m, const char *sched, bool adamw,
+                               const char *extra)
 {
     char json[4096];
     snprintf(json, sizeof(json),
@@ -39,15 +40,20 @@ static mp_spec_t *make_spec(int pp, int tp, int dp, int m, const char *sched, bo
              "\"data\": {\"dataset\": \"synthetic\", \"samples\": 120, \"test_samples\": 30,"
              "\"classes\": 6, \"seed\": 9},"
              "\"parallel\": {\"pp\": %d, \"tp\": %d, \"dp\": %d, \"micro_batches\": %d,"
-             "\"schedule\": \"%s\"},"
+             "\"schedule\": \"%s\"%s},"
              "\"train\": {\"batch_size\": %d, \"steps\": %d, %s \"seed\": 4}}",
-             pp, tp, dp, m, sched, BATCH, STEPS,
+             pp, tp, dp, m, sched, extra, BATCH, STEPS,
              adamw ? "\"optimizer\": \"adamw\", \"lr\": 0.01,"
                    : "\"optimizer\": \"sgd\", \"lr\": 0.1, \"momentum\": 0.9,");
     mp_spec_t *spec = NULL;
     mp_errbuf_t err = {{0}};
     cr_assert_eq(mp_spec_parse(json, strlen(json), &spec, &err), MP_OK, "%s", err.msg);
     return spec;
+}
+
+static mp_spec_t *make_spec(int pp, int tp, int dp, int m, const char *sched, bool adamw)
+{
+    return make_spec_ex(pp, tp, dp, m, sched, adamw, "");
 }
 
 /* The serial run's weights and losses, once per optimizer. */
@@ -98,11 +104,12 @@ static double rel_err(const float *a, const float *ref, int64_t n)
     return mx > 0 ? d / mx : d;
 }
 
-static void check_one(int pp, int tp, int dp, int m, const char *sched, bool adamw)
+static void check_one_ex(int pp, int tp, int dp, int m, const char *sched, bool adamw,
+                         const char *extra)
 {
     double tol = adamw ? 1e-3 : 1e-5;
     serial_t *ref = serial_ref(adamw);
-    mp_spec_t *spec = make_spec(pp, tp, dp, m, sched, adamw);
+    mp_spec_t *spec = make_spec_ex(pp, tp, dp, m, sched, adamw, extra);
     mp_engine_local_opts_t o = mp_engine_local_opts_default();
     o.timeout_ms = 20000;
     mp_engine_result_t res;
@@ -143,6 +150,11 @@ static void check_one(int pp, int tp, int dp, int m, const char *sched, bool ada
               res.bubble_fraction);
     mp_engine_result_free(&res);
     mp_spec_free(spec);
+}
+
+static void check_one(int pp, int tp, int dp, int m, const char *sched, bool adamw)
+{
+    check_one_ex(pp, tp, dp, m, sched, adamw, "");
 }
 
 /* Every schedule and micro-batch count of one grid, SGD with momentum. */
@@ -192,4 +204,13 @@ Test(engine_equiv, adamw_grids, .timeout = 120)
     check_one(1, 1, 2, 3, "gpipe", true);
     check_one(2, 1, 2, 3, "1f1b", true);
     check_one(3, 1, 1, 4, "gpipe", true);
+}
+
+Test(engine_equiv, naive_and_other_partitions, .timeout = 120)
+{
+    check_one(2, 1, 1, 1, "naive", false);
+    /* Layer 0 alone on stage 0: its column split all-gathers instead of
+     * pairing with layer 2, which becomes column-parallel on stage 1. */
+    check_one_ex(3, 2, 1, 3, "1f1b", false, ", \"stages\": [1, 3, 2]");
+    check_one_ex(2, 2, 2, 2, "gpipe", false, ", \"partition\": \"balanced\"");
 }
