@@ -20,6 +20,7 @@
 #include "common/log.h"
 #include "daemon/mpard.h"
 #include "model/spec.h"
+#include "parallel/placement.h"
 #include "proto/json.h"
 
 #define EVENTS_MAX 1000
@@ -191,7 +192,8 @@ static void job_set_state(mp_coord_t *c, coord_job_t *j, Mpar__JobState state, c
 
 /*
  * The hook the job engine fills: starts `j` when the alive nodes can hold its
- * pp x tp x dp grid (a TP group inside one node).  This build has no
+ * pp x tp x dp grid, placed by parallel/placement.h (a TP group inside one
+ * node), the same placement the engine runs the job on.  This build has no
  * executor, so a job that fits stays PENDING and says so; one that does not
  * fit says what is missing.
  */
@@ -200,33 +202,43 @@ static void job_try_start(mp_coord_t *c, coord_job_t *j)
     if (j->info.state != MPAR__JOB_STATE__JOB_STATE_PENDING) {
         return;
     }
-    uint32_t tp = j->info.tp, groups_needed = j->info.pp * j->info.dp;
-    uint64_t devices = 0, groups = 0;
-    int alive = 0;
-    for (mp_coord_node_t *n = c->nodes; n != NULL; n = n->next) {
-        if (n->info.state != MPAR__NODE_STATE__NODE_STATE_ALIVE) {
+    mp_place_node_t *pn = mp_calloc(c->nnodes + 1, sizeof(*pn));
+    if (pn == NULL) {
+        return;
+    }
+    int n = 0;
+    uint64_t devices = 0;
+    for (mp_coord_node_t *node = c->nodes; node != NULL; node = node->next) {
+        if (node->info.state != MPAR__NODE_STATE__NODE_STATE_ALIVE || node->info.n_devices == 0) {
             continue;
         }
-        alive++;
-        devices += n->info.n_devices;
-        groups += tp > 0 ? n->info.n_devices / tp : 0;
+        pn[n].name = node->name;
+        pn[n].kind = node->info.devices[0]->kind == MPAR__DEVICE_KIND__DEVICE_KIND_CUDA
+                         ? MP_DEV_CUDA
+                         : MP_DEV_CPU;
+        pn[n].ndevices = (int)node->info.n_devices;
+        pn[n].busy = NULL; /* nothing runs in this build */
+        devices += node->info.n_devices;
+        n++;
     }
-    char reason[512];
+    char reason[1100];
+    mp_place_t place;
+    mp_errbuf_t err;
     if (devices < j->info.devices_needed) {
         snprintf(reason, sizeof(reason),
                  "needs %u devices (pp %u x tp %u x dp %u); the cluster has %llu on %d alive "
                  "node%s",
                  j->info.devices_needed, j->info.pp, j->info.tp, j->info.dp,
-                 (unsigned long long)devices, alive, alive == 1 ? "" : "s");
-    } else if (groups < groups_needed) {
-        snprintf(reason, sizeof(reason),
-                 "needs %u TP groups of %u devices, each inside one node; the alive nodes hold "
-                 "%llu",
-                 groups_needed, tp, (unsigned long long)groups);
+                 (unsigned long long)devices, n, n == 1 ? "" : "s");
+    } else if (mp_place_build(pn, n, (int)j->info.pp, (int)j->info.tp, (int)j->info.dp, &place,
+                              &err) != MP_OK) {
+        snprintf(reason, sizeof(reason), "%s", err.msg);
     } else {
+        mp_place_free(&place);
         snprintf(reason, sizeof(reason),
                  "queued: the cluster can hold it, but this mpard build has no job executor");
     }
+    mp_free(pn);
     job_set_state(c, j, MPAR__JOB_STATE__JOB_STATE_PENDING, reason);
 }
 

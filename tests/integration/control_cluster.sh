@@ -212,6 +212,12 @@ grep -q "via node n1" "$T/submitter.txt" || fail "submitter via n1: $(cat "$T/su
 grep -q "cancelled by" "$T/logs3.txt" || fail "logs via n1 lack the cancel"
 echo "ok requests through a node"
 
+# 2 devices on 3 one-device nodes, but a TP group of 2 must sit inside one node.
+sed 's/"pp": 2, "tp": 2, "dp": 1/"pp": 1, "tp": 2, "dp": 1/' "$SRC/examples/fashion_mnist.json" >"$T/tp2.json"
+"$CLIENT" submit "$T/tp2.json" -o json | jget 'd["reason"]' >"$T/tp2.reason"
+grep -q "TP group" "$T/tp2.reason" || fail "tp=2 on one-device nodes: $(cat "$T/tp2.reason")"
+echo "ok placement reason: $(cat "$T/tp2.reason")"
+
 # --- TCP with the cluster secret ------------------------------------------------
 "$CLIENT" nodes --connect "127.0.0.1:$PORT" --secret-file "$SECRET" >/dev/null || fail "TCP client with the secret"
 set +e
