@@ -2,6 +2,7 @@
 # libFuzzer harness, and the multi-process integration tests.
 mp_add_test(test_frame SOURCES unit/test_frame.c LIBS mp_proto TIMEOUT 60)
 mp_add_test(test_auth SOURCES unit/test_auth.c LIBS mp_ctl_transport TIMEOUT 60)
+mp_add_test(test_frame_json SOURCES unit/test_frame_json.c LIBS mp_proto TIMEOUT 60)
 mp_add_test(test_frame_conn SOURCES unit/test_frame_conn.c LIBS mp_ctl_transport TIMEOUT 60)
 
 # Multi-process: a coordinator and 3 nodes on loopback (tests/integration/).
