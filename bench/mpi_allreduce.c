@@ -46,7 +46,8 @@ int main(int argc, char **argv)
     double mine = (MPI_Wtime() - t0) / iters, slowest = 0;
     MPI_Reduce(&mine, &slowest, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
     if (rank == 0) {
-        printf("mpi_allreduce ranks=%d bytes=%ld iters=%d avg_s=%.9f\n", size, bytes, iters, slowest);
+        printf("mpi_allreduce ranks=%d bytes=%ld iters=%d avg_s=%.9f\n", size, bytes, iters,
+               slowest);
         fflush(stdout);
     }
     free(buf);

@@ -18,7 +18,8 @@
  * higher is better for mpar: bandwidth mpar/peer, time peer/mpar.
  * The parent process only forks and parses; UCX runs in the children.
  *
- * Usage: mpar-bench-xport [--quick] [--switch] [-o json]
+ * Usage: mpar-bench-xport [--quick] [--switch] [--only p2p|allreduce] [--spin-us N] [-o json]
+ * (--spin-us: the workers' busy-progress burst before they sleep; default theirs.)
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -47,9 +48,14 @@ static double *g_out;
 
 static int g_quick;
 static int g_json;
+static int g_spin_us;      /* worker spin before sleeping; 0 = the worker's default */
+static const char *g_only; /* run only the cases whose test name starts with this */
 static int g_port;
 
-static double now_s(void) { return (double)mp_xport_now_ns() / 1e9; }
+static double now_s(void)
+{
+    return (double)mp_xport_now_ns() / 1e9;
+}
 
 /* ---- mpar p2p ---- */
 
@@ -62,8 +68,12 @@ typedef struct {
 
 static mp_xport_hdr_t hdr_bytes(size_t bytes, uint32_t mb)
 {
-    mp_xport_hdr_t h = {.job = JOB, .micro_batch = mb % MP_XPORT_MB_MAX, .kind = MP_XPORT_KIND_USER,
-                        .dtype = MP_XPORT_DTYPE_U8, .ndim = 1, .shape = {bytes}};
+    mp_xport_hdr_t h = {.job = JOB,
+                        .micro_batch = mb % MP_XPORT_MB_MAX,
+                        .kind = MP_XPORT_KIND_USER,
+                        .dtype = MP_XPORT_DTYPE_U8,
+                        .ndim = 1,
+                        .shape = {bytes}};
     return h;
 }
 
@@ -77,7 +87,8 @@ static int ack(mp_xport_ep_t *ep, int send)
     return mp_xport_recv_wait(ep, JOB, MP_XPORT_KIND_USER, MB_ACK, &c, 1, 0, NULL) == MP_OK ? 0 : 1;
 }
 
-/* Rank 0 streams iters messages with up to window in flight; rank 1 keeps window receives posted. */
+/* Rank 0 streams iters messages with up to window in flight; rank 1 keeps window receives posted.
+ */
 static int bw_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, uint32_t n, void *arg)
 {
     (void)w;
@@ -110,8 +121,8 @@ static int bw_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, uin
                 mp_xport_hdr_t h = hdr_bytes(a->bytes, (uint32_t)i);
                 st = mp_xport_send(eps[1], &h, buf, slot);
             } else {
-                st = mp_xport_recv(eps[0], JOB, MP_XPORT_KIND_USER, (uint32_t)i % MP_XPORT_MB_MAX, buf, a->bytes,
-                                   slot);
+                st = mp_xport_recv(eps[0], JOB, MP_XPORT_KIND_USER, (uint32_t)i % MP_XPORT_MB_MAX,
+                                   buf, a->bytes, slot);
             }
             if (st != MP_OK) {
                 return 5;
@@ -153,16 +164,18 @@ static int lat_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, ui
         }
         mp_xport_hdr_t h = hdr_bytes(a->bytes, (uint32_t)i);
         mp_xport_req_t *r;
-        if (mp_xport_recv(peer, JOB, MP_XPORT_KIND_USER, (uint32_t)i % MP_XPORT_MB_MAX, rbuf, a->bytes, &r) !=
-            MP_OK) {
+        if (mp_xport_recv(peer, JOB, MP_XPORT_KIND_USER, (uint32_t)i % MP_XPORT_MB_MAX, rbuf,
+                          a->bytes, &r) != MP_OK) {
             return 3;
         }
         if (rank == 0) {
-            if (mp_xport_send_wait(peer, &h, sbuf, 0) != MP_OK || mp_xport_wait(r, 0, NULL) != MP_OK) {
+            if (mp_xport_send_wait(peer, &h, sbuf, 0) != MP_OK ||
+                mp_xport_wait(r, 0, NULL) != MP_OK) {
                 return 4;
             }
         } else {
-            if (mp_xport_wait(r, 0, NULL) != MP_OK || mp_xport_send_wait(peer, &h, sbuf, 0) != MP_OK) {
+            if (mp_xport_wait(r, 0, NULL) != MP_OK ||
+                mp_xport_send_wait(peer, &h, sbuf, 0) != MP_OK) {
                 return 5;
             }
         }
@@ -189,6 +202,11 @@ static double run_mpar(uint32_t n, xh_rank_fn fn, void *arg, const xh_opts_t *o)
     int codes[XH_MAX_RANKS];
     for (uint32_t i = 0; i < XH_MAX_RANKS; i++) {
         g_out[i] = -1;
+    }
+    xh_opts_t def = {0};
+    if (o == NULL) {
+        def.spin_us = g_spin_us;
+        o = &def;
     }
     if (xh_run_procs(n, fn, arg, o, codes) != 0) {
         fprintf(stderr, "mpar-bench-xport: a rank failed (codes %d %d %d %d)\n", codes[0], codes[1],
@@ -232,11 +250,11 @@ static double run_perftest(const char *test, size_t bytes, int iters, int warm, 
             dup2(devnull, 2);
             close(pfd[0]);
             if (window > 0) {
-                execlp("ucx_perftest", "ucx_perftest", "127.0.0.1", "-p", port, "-t", test, "-s", size, "-n", n, "-w",
-                       w, "-O", o, "-v", (char *)NULL);
+                execlp("ucx_perftest", "ucx_perftest", "127.0.0.1", "-p", port, "-t", test, "-s",
+                       size, "-n", n, "-w", w, "-O", o, "-v", (char *)NULL);
             } else {
-                execlp("ucx_perftest", "ucx_perftest", "127.0.0.1", "-p", port, "-t", test, "-s", size, "-n", n, "-w",
-                       w, "-v", (char *)NULL);
+                execlp("ucx_perftest", "ucx_perftest", "127.0.0.1", "-p", port, "-t", test, "-s",
+                       size, "-n", n, "-w", w, "-v", (char *)NULL);
             }
             _exit(127);
         }
@@ -245,7 +263,8 @@ static double run_perftest(const char *test, size_t bytes, int iters, int warm, 
         char line[512];
         double last = -1;
         while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
-            /* The final CSV line: iterations,p50,avg_lat,overall_lat,avg_bw,overall_bw,avg_mr,overall_mr */
+            /* The final CSV line:
+             * iterations,p50,avg_lat,overall_lat,avg_bw,overall_bw,avg_mr,overall_mr */
             char *p = line;
             while (*p == ' ') {
                 p++;
@@ -340,7 +359,8 @@ static double run_mpi(uint32_t n, size_t bytes, int iters, int warm)
 {
     char cmd[PATH_MAX + 256];
     snprintf(cmd, sizeof(cmd),
-             "env -u UCX_TLS timeout 120 mpirun --allow-run-as-root --oversubscribe --bind-to none -np %u %s %zu %d %d "
+             "env -u UCX_TLS timeout 120 mpirun --allow-run-as-root --oversubscribe --bind-to none "
+             "-np %u %s %zu %d %d "
              "2>/dev/null",
              n, g_mpi_exe, bytes, iters, warm);
     FILE *f = popen(cmd, "r");
@@ -361,7 +381,8 @@ static double run_mpi(uint32_t n, size_t bytes, int iters, int warm)
 
 /* ---- wake-up latency ---- */
 
-static int wake_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, uint32_t n, void *arg)
+static int wake_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, uint32_t n,
+                     void *arg)
 {
     (void)w;
     (void)n;
@@ -397,8 +418,8 @@ static int wake_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, u
 
 static json_t *g_results;
 
-static void emit(const char *test, const char *key, json_int_t bytes, json_int_t ranks, const char *tls, double mpar,
-                 double peer, const char *unit, int higher_better)
+static void emit(const char *test, const char *key, json_int_t bytes, json_int_t ranks,
+                 const char *tls, double mpar, double peer, const char *unit, int higher_better)
 {
     json_t *r = json_object();
     json_object_set_new(r, "test", json_string(test));
@@ -420,7 +441,8 @@ static void emit(const char *test, const char *key, json_int_t bytes, json_int_t
     }
     json_object_set_new(r, "ratio", ratio >= 0 ? json_real(ratio) : json_null());
     json_array_append_new(g_results, r);
-    fprintf(g_json ? stderr : stdout, "%-18s %10lld B %2lld ranks %-8s mpar %12.3f  peer %12.3f %-5s ratio %.3f\n", test,
+    fprintf(g_json ? stderr : stdout,
+            "%-18s %10lld B %2lld ranks %-8s mpar %12.3f  peer %12.3f %-5s ratio %.3f\n", test,
             (long long)bytes, (long long)ranks, tls != NULL ? tls : "-", mpar, peer, unit, ratio);
 }
 
@@ -441,7 +463,8 @@ static void bench_p2p(const char *tls_name, const char *tls, int reps)
     set_tls(tls);
     for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
         size_t b = sizes[k];
-        int bw_iters = b <= 65536 ? (g_quick ? 2000 : 10000) : (b <= 1048576 ? (g_quick ? 300 : 1000) : (g_quick ? 30 : 100));
+        int bw_iters = b <= 65536 ? (g_quick ? 2000 : 10000)
+                                  : (b <= 1048576 ? (g_quick ? 300 : 1000) : (g_quick ? 30 : 100));
         int lat_iters = b <= 65536 ? (g_quick ? 2000 : 10000) : (g_quick ? 100 : 300);
         if (b >= 16 * 1024 * 1024) {
             lat_iters = g_quick ? 20 : 60;
@@ -457,8 +480,10 @@ static void bench_p2p(const char *tls_name, const char *tls, int reps)
             p = run_perftest("tag_lat", b, lat.iters, lat.warm, 0, 3);
             pl = best(pl, p > 0 ? p * 1e-6 : -1, 0);
         }
-        emit("p2p_bw", "bytes", (json_int_t)b, 0, tls_name, mb > 0 ? mb / 1e9 : -1, pb > 0 ? pb / 1e9 : -1, "GB/s", 1);
-        emit("p2p_lat", "bytes", (json_int_t)b, 0, tls_name, ml > 0 ? ml * 1e6 : -1, pl > 0 ? pl * 1e6 : -1, "us", 0);
+        emit("p2p_bw", "bytes", (json_int_t)b, 0, tls_name, mb > 0 ? mb / 1e9 : -1,
+             pb > 0 ? pb / 1e9 : -1, "GB/s", 1);
+        emit("p2p_lat", "bytes", (json_int_t)b, 0, tls_name, ml > 0 ? ml * 1e6 : -1,
+             pl > 0 ? pl * 1e6 : -1, "us", 0);
     }
     /* Does a sleeping receive notice a message through the event fd, or only at the backstop? */
     xh_opts_t o = {.backstop_ms = 1000, .spin_us = -1};
@@ -475,7 +500,8 @@ static void bench_allreduce(int reps)
         for (size_t k = 0; k < 3; k++) {
             size_t b = sizes[k];
             uint32_t n = ranks[i];
-            int iters = b <= 4096 ? (g_quick ? 1000 : 5000) : (b <= 1048576 ? (g_quick ? 50 : 200) : (g_quick ? 3 : 10));
+            int iters = b <= 4096 ? (g_quick ? 1000 : 5000)
+                                  : (b <= 1048576 ? (g_quick ? 50 : 200) : (g_quick ? 3 : 10));
             int warm = iters / 10 + 1;
             ar_arg_t a = {.bytes = b, .iters = iters, .warm = warm, .algo = MP_COLL_ALGO_AUTO};
             double mt = -1, pt = -1;
@@ -495,7 +521,8 @@ static void bench_switch(void)
     for (uint32_t n = 2; n <= 4; n++) {
         for (size_t b = 1024; b <= 4 * 1024 * 1024; b *= 4) {
             int iters = b <= 65536 ? 500 : 50;
-            ar_arg_t rd = {.bytes = b, .iters = iters, .warm = iters / 10 + 1, .algo = MP_COLL_ALGO_RD};
+            ar_arg_t rd = {
+                .bytes = b, .iters = iters, .warm = iters / 10 + 1, .algo = MP_COLL_ALGO_RD};
             ar_arg_t ring = rd;
             ring.algo = MP_COLL_ALGO_RING;
             double trd = -1, tring = -1;
@@ -518,12 +545,19 @@ int main(int argc, char **argv)
             g_quick = 1;
         } else if (strcmp(argv[i], "--switch") == 0) {
             do_switch = 1;
+        } else if (strcmp(argv[i], "--spin-us") == 0 && i + 1 < argc) {
+            g_spin_us = atoi(argv[++i]);
+        } else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
+            g_only = argv[++i];
         } else if (strcmp(argv[i], "-o") == 0 && i + 1 < argc && strcmp(argv[i + 1], "json") == 0) {
             json = 1;
             g_json = 1;
             i++;
         } else {
-            fprintf(stderr, "usage: %s [--quick] [--switch] [-o json]\n", argv[0]);
+            fprintf(
+                stderr,
+                "usage: %s [--quick] [--switch] [--only p2p|allreduce] [--spin-us N] [-o json]\n",
+                argv[0]);
             return 2;
         }
     }
@@ -539,20 +573,26 @@ int main(int argc, char **argv)
     }
     g_mpi_exe[len] = 0;
     char *slash = strrchr(g_mpi_exe, '/');
-    snprintf(slash + 1, sizeof(g_mpi_exe) - (size_t)(slash + 1 - g_mpi_exe), "mpar-bench-xport-mpi");
+    snprintf(slash + 1, sizeof(g_mpi_exe) - (size_t)(slash + 1 - g_mpi_exe),
+             "mpar-bench-xport-mpi");
     /* The bench's own environment decides nothing: each case sets UCX_TLS itself. */
     const char *user_tls = getenv("UCX_TLS");
     if (user_tls != NULL) {
-        fprintf(stderr, "mpar-bench-xport: ignoring UCX_TLS=%s (each case sets its own)\n", user_tls);
+        fprintf(stderr, "mpar-bench-xport: ignoring UCX_TLS=%s (each case sets its own)\n",
+                user_tls);
     }
     g_results = json_array();
     int reps = g_quick ? 1 : 3;
     if (do_switch) {
         bench_switch();
     } else {
-        bench_p2p("default", NULL, reps);
-        bench_p2p("tcp", "tcp", reps);
-        bench_allreduce(g_quick ? 1 : 2);
+        if (g_only == NULL || strncmp(g_only, "p2p", 3) == 0) {
+            bench_p2p("default", NULL, reps);
+            bench_p2p("tcp", "tcp", reps);
+        }
+        if (g_only == NULL || strncmp(g_only, "allreduce", 9) == 0) {
+            bench_allreduce(g_quick ? 1 : 2);
+        }
     }
     if (json) {
         json_t *doc = json_pack("{s:s, s:o}", "bench", "xport", "results", g_results);

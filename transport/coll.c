@@ -31,14 +31,16 @@ struct mp_coll_group {
     mp_xport_ep_t **eps;
     float *scratch; /* receive staging */
     size_t scratch_cap;
-    float *work;    /* reduce-scatter working copy */
+    float *work; /* reduce-scatter working copy */
     size_t work_cap;
 };
 
-mp_status_t mp_coll_group_create(mp_xport_worker_t *worker, uint16_t group_id, uint32_t size, uint32_t rank,
-                                 mp_xport_ep_t *const *eps, mp_coll_group_t **group_p)
+mp_status_t mp_coll_group_create(mp_xport_worker_t *worker, uint16_t group_id, uint32_t size,
+                                 uint32_t rank, mp_xport_ep_t *const *eps,
+                                 mp_coll_group_t **group_p)
 {
-    if (worker == NULL || size == 0 || size > MP_COLL_GROUP_MAX || rank >= size || (size > 1 && eps == NULL)) {
+    if (worker == NULL || size == 0 || size > MP_COLL_GROUP_MAX || rank >= size ||
+        (size > 1 && eps == NULL)) {
         mp_err("coll: invalid group (size %u, rank %u)", size, rank);
         return MP_ERR_INVAL;
     }
@@ -80,10 +82,22 @@ void mp_coll_group_destroy(mp_coll_group_t *g)
     mp_free(g);
 }
 
-uint32_t mp_coll_group_size(const mp_coll_group_t *g) { return g->size; }
-uint32_t mp_coll_group_rank(const mp_coll_group_t *g) { return g->rank; }
-mp_status_t mp_coll_group_status(const mp_coll_group_t *g) { return g->status; }
-void mp_coll_group_set_ring_threshold(mp_coll_group_t *g, size_t bytes) { g->ring_threshold = bytes; }
+uint32_t mp_coll_group_size(const mp_coll_group_t *g)
+{
+    return g->size;
+}
+uint32_t mp_coll_group_rank(const mp_coll_group_t *g)
+{
+    return g->rank;
+}
+mp_status_t mp_coll_group_status(const mp_coll_group_t *g)
+{
+    return g->status;
+}
+void mp_coll_group_set_ring_threshold(mp_coll_group_t *g, size_t bytes)
+{
+    g->ring_threshold = bytes;
+}
 
 void mp_coll_block(size_t count, uint32_t size, uint32_t b, size_t *off_p, size_t *len_p)
 {
@@ -146,28 +160,31 @@ static mp_status_t op_fail(op_t *op, mp_status_t st, const char *what)
     mp_coll_group_t *g = op->g;
     if (g->status == MP_OK) {
         g->status = st;
-        mp_warn("coll: %s on group %u (rank %u of %u, op %u) failed: %s", what, g->id, g->rank, g->size,
-                op->seq, mp_strerror(st));
+        mp_warn("coll: %s on group %u (rank %u of %u, op %u) failed: %s", what, g->id, g->rank,
+                g->size, op->seq, mp_strerror(st));
     }
     return st;
 }
 
-/* One step: optionally send (to, sbuf, sbytes) and receive (from, rbuf, rbytes), then wait for both. */
-static mp_status_t op_xchg(op_t *op, uint32_t step, int to, const void *sbuf, size_t sbytes, int from, void *rbuf,
-                           size_t rbytes)
+/* One step: optionally send (to, sbuf, sbytes) and receive (from, rbuf, rbytes), then wait for
+ * both. */
+static mp_status_t op_xchg(op_t *op, uint32_t step, int to, const void *sbuf, size_t sbytes,
+                           int from, void *rbuf, size_t rbytes)
 {
     mp_coll_group_t *g = op->g;
     mp_xport_req_t *reqs[2] = {NULL, NULL};
     mp_status_t st = MP_OK;
     if (from >= 0) {
-        st = mp_xport_raw_recv(g->eps[from], mp_xport_tag_coll(g->id, op->seq, step, (uint32_t)from), rbuf,
-                               rbytes, &reqs[0]);
+        st =
+            mp_xport_raw_recv(g->eps[from], mp_xport_tag_coll(g->id, op->seq, step, (uint32_t)from),
+                              rbuf, rbytes, &reqs[0]);
     }
     if (st == MP_OK && to >= 0) {
-        st = mp_xport_raw_send(g->eps[to], mp_xport_tag_coll(g->id, op->seq, step, g->rank), sbuf, sbytes,
-                               &reqs[1]);
+        st = mp_xport_raw_send(g->eps[to], mp_xport_tag_coll(g->id, op->seq, step, g->rank), sbuf,
+                               sbytes, &reqs[1]);
     }
-    mp_status_t wst = mp_xport_wait_set(g->worker, reqs, 2, st == MP_OK ? op->deadline : 0, group_check, g);
+    mp_status_t wst =
+        mp_xport_wait_set(g->worker, reqs, 2, st == MP_OK ? op->deadline : 0, group_check, g);
     return st != MP_OK ? st : wst;
 }
 
@@ -180,7 +197,8 @@ static void add_f32(float *restrict dst, const float *restrict src, size_t n)
 
 /* ---- ring ---- */
 
-/* In place on buf: afterwards rank r's block r holds the group's sum. Steps [step0, step0 + n-1). */
+/* In place on buf: afterwards rank r's block r holds the group's sum. Steps [step0, step0 + n-1).
+ */
 static mp_status_t ring_reduce_scatter(op_t *op, float *buf, size_t count, uint32_t step0)
 {
     mp_coll_group_t *g = op->g;
@@ -217,8 +235,8 @@ static mp_status_t ring_allgather(op_t *op, float *buf, size_t count, uint32_t s
         size_t soff, slen, roff, rlen;
         mp_coll_block(count, n, sb, &soff, &slen);
         mp_coll_block(count, n, rb, &roff, &rlen);
-        mp_status_t st = op_xchg(op, step0 + s, right, buf + soff, slen * sizeof(float), left, buf + roff,
-                                 rlen * sizeof(float));
+        mp_status_t st = op_xchg(op, step0 + s, right, buf + soff, slen * sizeof(float), left,
+                                 buf + roff, rlen * sizeof(float));
         if (st != MP_OK) {
             return st;
         }
@@ -287,8 +305,8 @@ static mp_status_t rd_allreduce(op_t *op, float *buf, size_t count)
 
 /* ---- public collectives ---- */
 
-mp_status_t mp_coll_allreduce_sum_f32_algo(mp_coll_group_t *g, float *buf, size_t count, mp_coll_algo_t algo,
-                                           int64_t timeout_ms)
+mp_status_t mp_coll_allreduce_sum_f32_algo(mp_coll_group_t *g, float *buf, size_t count,
+                                           mp_coll_algo_t algo, int64_t timeout_ms)
 {
     op_t op;
     mp_status_t st = op_begin(g, timeout_ms, &op);
@@ -299,7 +317,8 @@ mp_status_t mp_coll_allreduce_sum_f32_algo(mp_coll_group_t *g, float *buf, size_
         return MP_OK;
     }
     if (algo == MP_COLL_ALGO_AUTO) {
-        algo = count * sizeof(float) > g->ring_threshold && count >= g->size ? MP_COLL_ALGO_RING : MP_COLL_ALGO_RD;
+        algo = count * sizeof(float) > g->ring_threshold && count >= g->size ? MP_COLL_ALGO_RING
+                                                                             : MP_COLL_ALGO_RD;
     }
     if (algo == MP_COLL_ALGO_RING) {
         st = ring_reduce_scatter(&op, buf, count, 0);
@@ -312,7 +331,8 @@ mp_status_t mp_coll_allreduce_sum_f32_algo(mp_coll_group_t *g, float *buf, size_
     return st == MP_OK ? MP_OK : op_fail(&op, st, "allreduce");
 }
 
-mp_status_t mp_coll_allreduce_sum_f32(mp_coll_group_t *g, float *buf, size_t count, int64_t timeout_ms)
+mp_status_t mp_coll_allreduce_sum_f32(mp_coll_group_t *g, float *buf, size_t count,
+                                      int64_t timeout_ms)
 {
     return mp_coll_allreduce_sum_f32_algo(g, buf, count, MP_COLL_ALGO_AUTO, timeout_ms);
 }
@@ -337,8 +357,8 @@ mp_status_t mp_coll_allgather_f32(mp_coll_group_t *g, const float *mine, float *
     return st == MP_OK ? MP_OK : op_fail(&op, st, "allgather");
 }
 
-mp_status_t mp_coll_reduce_scatter_sum_f32(mp_coll_group_t *g, const float *in, float *mine, size_t count,
-                                           int64_t timeout_ms)
+mp_status_t mp_coll_reduce_scatter_sum_f32(mp_coll_group_t *g, const float *in, float *mine,
+                                           size_t count, int64_t timeout_ms)
 {
     op_t op;
     mp_status_t st = op_begin(g, timeout_ms, &op);
@@ -368,7 +388,8 @@ mp_status_t mp_coll_reduce_scatter_sum_f32(mp_coll_group_t *g, const float *in, 
     return MP_OK;
 }
 
-mp_status_t mp_coll_bcast(mp_coll_group_t *g, void *buf, size_t bytes, uint32_t root, int64_t timeout_ms)
+mp_status_t mp_coll_bcast(mp_coll_group_t *g, void *buf, size_t bytes, uint32_t root,
+                          int64_t timeout_ms)
 {
     if (root >= g->size) {
         mp_err("coll: broadcast root %u outside a group of %u", root, g->size);
@@ -401,15 +422,16 @@ mp_status_t mp_coll_bcast(mp_coll_group_t *g, void *buf, size_t bytes, uint32_t 
     for (mask >>= 1; mask > 0; mask >>= 1) {
         if (vr + mask < n) {
             int child = (int)((vr + mask + root) % n);
-            st = mp_xport_raw_send(g->eps[child], mp_xport_tag_coll(g->id, op.seq, 0, g->rank), buf, bytes,
-                                   &reqs[nreq]);
+            st = mp_xport_raw_send(g->eps[child], mp_xport_tag_coll(g->id, op.seq, 0, g->rank), buf,
+                                   bytes, &reqs[nreq]);
             if (st != MP_OK) {
                 break;
             }
             nreq++;
         }
     }
-    mp_status_t wst = mp_xport_wait_set(g->worker, reqs, nreq, st == MP_OK ? op.deadline : 0, group_check, g);
+    mp_status_t wst =
+        mp_xport_wait_set(g->worker, reqs, nreq, st == MP_OK ? op.deadline : 0, group_check, g);
     if (st == MP_OK) {
         st = wst;
     }

@@ -36,20 +36,30 @@ typedef struct mp_coll_group mp_coll_group_t;
 
 typedef enum {
     MP_COLL_ALGO_AUTO = 0, /* by size: MP_COLL_ALGO_RD up to the ring threshold, ring above */
-    MP_COLL_ALGO_RD = 1,   /* recursive doubling (latency-bound, log2(n) rounds of the whole tensor) */
+    MP_COLL_ALGO_RD =
+        1, /* recursive doubling (latency-bound, log2(n) rounds of the whole tensor) */
     MP_COLL_ALGO_RING = 2, /* ring reduce-scatter + allgather (bandwidth-bound, 2(n-1) steps) */
 } mp_coll_algo_t;
 
-/* Allreduce bytes above which AUTO takes the ring (measured with mpar-bench-xport --switch). */
-#define MP_COLL_RING_THRESHOLD_DEFAULT (64u * 1024u)
+/*
+ * Allreduce bytes above which AUTO takes the ring.  Measured with
+ * `mpar-bench-xport --switch` (2-4 processes, shared memory, a loaded
+ * 2-core machine): recursive doubling is faster up to 1 MiB (the ring's
+ * 2(n-1) dependent steps each wait for a scheduled neighbour), the ring is
+ * ~2.3x faster at 4 MiB for n = 2 and 4.  On hosts with more cores per rank
+ * the crossover moves down; tune it per group with
+ * mp_coll_group_set_ring_threshold().
+ */
+#define MP_COLL_RING_THRESHOLD_DEFAULT (1024u * 1024u)
 
 /*
  * Makes a group of size members, of which the caller is group rank rank.
  * eps[i] is the endpoint to member i (eps[rank] is not used and may be
  * NULL); the endpoints stay the caller's and must outlive the group.
  */
-mp_status_t mp_coll_group_create(mp_xport_worker_t *worker, uint16_t group_id, uint32_t size, uint32_t rank,
-                                 mp_xport_ep_t *const *eps, mp_coll_group_t **group_p);
+mp_status_t mp_coll_group_create(mp_xport_worker_t *worker, uint16_t group_id, uint32_t size,
+                                 uint32_t rank, mp_xport_ep_t *const *eps,
+                                 mp_coll_group_t **group_p);
 void mp_coll_group_destroy(mp_coll_group_t *group);
 uint32_t mp_coll_group_size(const mp_coll_group_t *group);
 uint32_t mp_coll_group_rank(const mp_coll_group_t *group);
@@ -63,18 +73,20 @@ void mp_coll_block(size_t count, uint32_t size, uint32_t b, size_t *off_p, size_
 
 /* In place: buf (count floats) becomes the element-wise sum over the group.
  * Every member gets the same bits.  timeout_ms <= 0: the worker's default. */
-mp_status_t mp_coll_allreduce_sum_f32(mp_coll_group_t *group, float *buf, size_t count, int64_t timeout_ms);
+mp_status_t mp_coll_allreduce_sum_f32(mp_coll_group_t *group, float *buf, size_t count,
+                                      int64_t timeout_ms);
 mp_status_t mp_coll_allreduce_sum_f32_algo(mp_coll_group_t *group, float *buf, size_t count,
                                            mp_coll_algo_t algo, int64_t timeout_ms);
 /* all (count floats) gets every member's block; mine is the caller's block
  * (mp_coll_block length), which may already sit at its place inside all. */
-mp_status_t mp_coll_allgather_f32(mp_coll_group_t *group, const float *mine, float *all, size_t count,
-                                  int64_t timeout_ms);
+mp_status_t mp_coll_allgather_f32(mp_coll_group_t *group, const float *mine, float *all,
+                                  size_t count, int64_t timeout_ms);
 /* mine gets the caller's block of the element-wise sum over the group of in (count floats). */
-mp_status_t mp_coll_reduce_scatter_sum_f32(mp_coll_group_t *group, const float *in, float *mine, size_t count,
-                                           int64_t timeout_ms);
+mp_status_t mp_coll_reduce_scatter_sum_f32(mp_coll_group_t *group, const float *in, float *mine,
+                                           size_t count, int64_t timeout_ms);
 /* buf (bytes) of member root is copied to every member's buf. */
-mp_status_t mp_coll_bcast(mp_coll_group_t *group, void *buf, size_t bytes, uint32_t root, int64_t timeout_ms);
+mp_status_t mp_coll_bcast(mp_coll_group_t *group, void *buf, size_t bytes, uint32_t root,
+                          int64_t timeout_ms);
 /* Returns once every member has entered it. */
 mp_status_t mp_coll_barrier(mp_coll_group_t *group, int64_t timeout_ms);
 

@@ -90,10 +90,10 @@ typedef enum { REQ_SEND, REQ_RECV, REQ_RAW_SEND, REQ_RAW_RECV } req_type_t;
 
 typedef struct {
     mp_xport_req_t *req;
-    void *handle;   /* UCX request while pending, else NULL */
-    int pending;    /* posted and not completed */
+    void *handle; /* UCX request while pending, else NULL */
+    int pending;  /* posted and not completed */
     ucs_status_t st;
-    size_t len;     /* received length */
+    size_t len; /* received length */
 } sub_t;
 
 struct mp_xport_req {
@@ -102,7 +102,7 @@ struct mp_xport_req {
     req_type_t type;
     mp_status_t status; /* MP_ERR_INPROGRESS until final */
     int zombie;
-    int phase;          /* REQ_RECV: 0 header, 1 payload */
+    int phase; /* REQ_RECV: 0 header, 1 payload */
     uint64_t tag;
     void *buf;
     size_t cap;
@@ -120,7 +120,7 @@ struct mp_xport_ep {
     mp_status_t status;
     int ucp_closed; /* force-closed after a failure; ucp is NULL */
     int pidfd;      /* the peer's process on this host, or -1 */
-    int local;      /* same kernel and pid namespace: UCX error handling off (see mp_xport_ep_connect) */
+    int local; /* same kernel and pid namespace: UCX error handling off (see mp_xport_ep_connect) */
     int peer_alive_unknown; /* a failure not known to be the peer's death (a timeout) */
     mp_xport_ep_t *prev, *next;
 };
@@ -137,13 +137,13 @@ struct mp_xport_worker {
     mp_xport_ep_t *eps;
     uint64_t next_liveness_ns;
     addr_hdr_t self;
-    mp_xport_req_t *live;  /* active and zombie requests */
+    mp_xport_req_t *live; /* active and zombie requests */
     mp_xport_req_t *free_reqs;
     int nfree;
     mp_xport_worker_stats_t stats;
-    int woke_by_event;  /* the last sleep ended by the event fd */
-    int spurious;       /* consecutive event wake-ups after which progress found nothing */
-    unsigned backoffs;  /* sleeps taken without the event fd since the last useful wake-up */
+    int woke_by_event; /* the last sleep ended by the event fd */
+    int spurious;      /* consecutive event wake-ups after which progress found nothing */
+    unsigned backoffs; /* sleeps taken without the event fd since the last useful wake-up */
 };
 
 uint64_t mp_xport_now_ns(void)
@@ -283,8 +283,8 @@ mp_status_t mp_xport_ctx_create(const mp_xport_ctx_opts_t *opts, mp_xport_ctx_t 
         tls = o.tls;
     }
     int shm = tls == NULL || strstr(tls, "all") != NULL || strstr(tls, "sm") != NULL ||
-              strstr(tls, "posix") != NULL || strstr(tls, "sysv") != NULL || strstr(tls, "cma") != NULL ||
-              strstr(tls, "mm") != NULL;
+              strstr(tls, "posix") != NULL || strstr(tls, "sysv") != NULL ||
+              strstr(tls, "cma") != NULL || strstr(tls, "mm") != NULL;
     /* Without shared memory (UCX_TLS=tcp: what runs between hosts) local
      * peers gain nothing from running without UCX error handling. */
     ctx->local_err_peer = o.local_err_peer || !shm;
@@ -323,7 +323,8 @@ void mp_xport_ctx_destroy(mp_xport_ctx_t *ctx)
     }
     for (int i = 0; i < MAX_ARENAS; i++) {
         if (ctx->arenas[i] != NULL) {
-            mp_warn("xport: arena of %zu bytes still alive at context destroy", ctx->arenas[i]->size);
+            mp_warn("xport: arena of %zu bytes still alive at context destroy",
+                    ctx->arenas[i]->size);
         }
     }
     ucp_cleanup(ctx->ucp);
@@ -404,8 +405,14 @@ void mp_xport_arena_destroy(mp_xport_arena_t *a)
     mp_free(a);
 }
 
-void *mp_xport_arena_base(const mp_xport_arena_t *a) { return a->base; }
-size_t mp_xport_arena_size(const mp_xport_arena_t *a) { return a->size; }
+void *mp_xport_arena_base(const mp_xport_arena_t *a)
+{
+    return a->base;
+}
+size_t mp_xport_arena_size(const mp_xport_arena_t *a)
+{
+    return a->size;
+}
 
 void *mp_xport_arena_alloc(mp_xport_arena_t *a, size_t bytes)
 {
@@ -417,7 +424,10 @@ void *mp_xport_arena_alloc(mp_xport_arena_t *a, size_t bytes)
     return a->base + start;
 }
 
-void mp_xport_arena_reset(mp_xport_arena_t *a) { a->used = 0; }
+void mp_xport_arena_reset(mp_xport_arena_t *a)
+{
+    a->used = 0;
+}
 
 /* The registration covering [p, p+len), or NULL. */
 static ucp_mem_h arena_lookup(mp_xport_ctx_t *ctx, const void *p, size_t len)
@@ -491,9 +501,18 @@ mp_status_t mp_xport_worker_create(mp_xport_ctx_t *ctx, const mp_xport_worker_op
     return MP_OK;
 }
 
-uint32_t mp_xport_worker_rank(const mp_xport_worker_t *w) { return w->rank; }
-mp_xport_ctx_t *mp_xport_worker_ctx(const mp_xport_worker_t *w) { return w->ctx; }
-int64_t mp_xport_worker_timeout_ms(const mp_xport_worker_t *w) { return w->timeout_ms; }
+uint32_t mp_xport_worker_rank(const mp_xport_worker_t *w)
+{
+    return w->rank;
+}
+mp_xport_ctx_t *mp_xport_worker_ctx(const mp_xport_worker_t *w)
+{
+    return w->ctx;
+}
+int64_t mp_xport_worker_timeout_ms(const mp_xport_worker_t *w)
+{
+    return w->timeout_ms;
+}
 
 void mp_xport_worker_stats(const mp_xport_worker_t *w, mp_xport_worker_stats_t *stats_p)
 {
@@ -624,7 +643,8 @@ static void sub_started(sub_t *s, ucs_status_ptr_t p, size_t len)
     }
 }
 
-static void sub_send(sub_t *s, ucp_ep_h ep, uint64_t tag, const void *buf, size_t len, ucp_mem_h memh)
+static void sub_send(sub_t *s, ucp_ep_h ep, uint64_t tag, const void *buf, size_t len,
+                     ucp_mem_h memh)
 {
     ucp_request_param_t prm = {
         .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
@@ -644,7 +664,8 @@ static void sub_recv(sub_t *s, ucp_worker_h w, uint64_t tag, void *buf, size_t l
 {
     /* Always through the callback: it is the one place that learns the received length. */
     ucp_request_param_t prm = {
-        .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FLAG_NO_IMM_CMPL,
+        .op_attr_mask =
+            UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FLAG_NO_IMM_CMPL,
         .cb.recv = on_recv_done,
         .user_data = s,
     };
@@ -674,7 +695,8 @@ static void ep_fail(mp_xport_ep_t *ep, mp_status_t why)
         return;
     }
     ep->ucp_closed = 1;
-    ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS, .flags = UCP_EP_CLOSE_FLAG_FORCE};
+    ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
+                               .flags = UCP_EP_CLOSE_FLAG_FORCE};
     ucs_status_ptr_t p = ucp_ep_close_nbx(ep->ucp, &prm);
     if (p != NULL && !UCS_PTR_IS_ERR(p)) {
         uint64_t end = mp_xport_now_ns() + CLOSE_WAIT_NS;
@@ -781,12 +803,16 @@ static void req_advance(mp_xport_req_t *r)
         return;
     }
     memcpy(&wh, r->bounce, sizeof(wh));
-    mp_xport_hdr_t h = {.job = wh.job, .step = wh.step, .micro_batch = wh.micro_batch,
-                        .kind = wh.kind, .dtype = wh.dtype, .ndim = wh.ndim};
+    mp_xport_hdr_t h = {.job = wh.job,
+                        .step = wh.step,
+                        .micro_batch = wh.micro_batch,
+                        .kind = wh.kind,
+                        .dtype = wh.dtype,
+                        .ndim = wh.ndim};
     memcpy(h.shape, wh.shape, sizeof(h.shape));
     size_t nbytes;
-    if (wh.magic != WIRE_MAGIC || wh.version != WIRE_VERSION || mp_xport_hdr_nbytes(&h, &nbytes) != MP_OK ||
-        nbytes != wh.nbytes) {
+    if (wh.magic != WIRE_MAGIC || wh.version != WIRE_VERSION ||
+        mp_xport_hdr_nbytes(&h, &nbytes) != MP_OK || nbytes != wh.nbytes) {
         mp_err("xport: bad tensor header from rank %u", r->ep->peer_rank);
         r->status = MP_ERR_PROTO;
         return;
@@ -794,14 +820,15 @@ static void req_advance(mp_xport_req_t *r)
     r->hdr = h;
     r->nbytes = nbytes;
     if (nbytes > r->cap) {
-        mp_err("xport: tensor of %zu bytes from rank %u does not fit the receive buffer of %zu", nbytes,
-               r->ep->peer_rank, r->cap);
+        mp_err("xport: tensor of %zu bytes from rank %u does not fit the receive buffer of %zu",
+               nbytes, r->ep->peer_rank, r->cap);
         r->status = MP_ERR_TOOBIG;
         return;
     }
     if (wh.flags & WIRE_FLAG_INLINE) {
         if (r->sub[0].len != sizeof(wh) + nbytes) {
-            mp_err("xport: inline tensor message of %zu bytes, header said %zu", r->sub[0].len, nbytes);
+            mp_err("xport: inline tensor message of %zu bytes, header said %zu", r->sub[0].len,
+                   nbytes);
             r->status = MP_ERR_PROTO;
             return;
         }
@@ -879,8 +906,8 @@ static void on_ep_error(void *arg, ucp_ep_h uep, ucs_status_t st)
     }
 }
 
-mp_status_t mp_xport_ep_connect(mp_xport_worker_t *w, const void *addr, size_t len, uint32_t peer_rank,
-                                mp_xport_ep_t **ep_p)
+mp_status_t mp_xport_ep_connect(mp_xport_worker_t *w, const void *addr, size_t len,
+                                uint32_t peer_rank, mp_xport_ep_t **ep_p)
 {
     addr_hdr_t peer;
     if (addr == NULL || len <= sizeof(peer) || peer_rank > MP_XPORT_RANK_MAX) {
@@ -979,7 +1006,8 @@ void mp_xport_ep_destroy(mp_xport_ep_t *ep)
     /* Requests that still point at ep are done or zombies; detach them. */
     for (mp_xport_req_t *r = w->live; r != NULL; r = r->next) {
         if (r->ep == ep) {
-            mp_warn("xport: endpoint to rank %u destroyed with a request not waited for", ep->peer_rank);
+            mp_warn("xport: endpoint to rank %u destroyed with a request not waited for",
+                    ep->peer_rank);
             r->zombie = 1;
             r->ep = NULL;
         }
@@ -999,8 +1027,14 @@ void mp_xport_ep_destroy(mp_xport_ep_t *ep)
     mp_free(ep);
 }
 
-uint32_t mp_xport_ep_peer_rank(const mp_xport_ep_t *ep) { return ep->peer_rank; }
-mp_status_t mp_xport_ep_status(const mp_xport_ep_t *ep) { return ep->status; }
+uint32_t mp_xport_ep_peer_rank(const mp_xport_ep_t *ep)
+{
+    return ep->peer_rank;
+}
+mp_status_t mp_xport_ep_status(const mp_xport_ep_t *ep)
+{
+    return ep->status;
+}
 
 void mp_xport_worker_destroy(mp_xport_worker_t *w)
 {
@@ -1049,8 +1083,8 @@ mp_status_t mp_xport_send(mp_xport_ep_t *ep, const mp_xport_hdr_t *hdr, const vo
 {
     size_t nbytes;
     if (hdr == NULL || mp_xport_hdr_nbytes(hdr, &nbytes) != MP_OK || hdr->kind == 0 ||
-        hdr->kind > MP_XPORT_KIND_MAX || hdr->job > MP_XPORT_JOB_MAX || hdr->micro_batch > MP_XPORT_MB_MAX ||
-        (nbytes > 0 && data == NULL)) {
+        hdr->kind > MP_XPORT_KIND_MAX || hdr->job > MP_XPORT_JOB_MAX ||
+        hdr->micro_batch > MP_XPORT_MB_MAX || (nbytes > 0 && data == NULL)) {
         mp_err("xport: send with an invalid tensor header");
         return MP_ERR_INVAL;
     }
@@ -1065,9 +1099,15 @@ mp_status_t mp_xport_send(mp_xport_ep_t *ep, const mp_xport_hdr_t *hdr, const vo
     mp_xport_worker_t *w = ep->worker;
     r->tag = tag_tensor(hdr->job, hdr->kind, hdr->micro_batch, w->rank);
     r->nbytes = nbytes;
-    wire_hdr_t wh = {.magic = WIRE_MAGIC, .version = WIRE_VERSION, .job = hdr->job, .step = hdr->step,
-                     .micro_batch = hdr->micro_batch, .kind = hdr->kind, .dtype = hdr->dtype,
-                     .ndim = hdr->ndim, .nbytes = nbytes};
+    wire_hdr_t wh = {.magic = WIRE_MAGIC,
+                     .version = WIRE_VERSION,
+                     .job = hdr->job,
+                     .step = hdr->step,
+                     .micro_batch = hdr->micro_batch,
+                     .kind = hdr->kind,
+                     .dtype = hdr->dtype,
+                     .ndim = hdr->ndim,
+                     .nbytes = nbytes};
     memcpy(wh.shape, hdr->shape, sizeof(wh.shape));
     for (uint32_t i = hdr->ndim; i < MP_XPORT_MAX_DIMS; i++) {
         wh.shape[i] = 0;
@@ -1091,11 +1131,11 @@ mp_status_t mp_xport_send(mp_xport_ep_t *ep, const mp_xport_hdr_t *hdr, const vo
     return MP_OK;
 }
 
-mp_status_t mp_xport_recv(mp_xport_ep_t *ep, uint32_t job, uint32_t kind, uint32_t micro_batch, void *buf,
-                          size_t capacity, mp_xport_req_t **req_p)
+mp_status_t mp_xport_recv(mp_xport_ep_t *ep, uint32_t job, uint32_t kind, uint32_t micro_batch,
+                          void *buf, size_t capacity, mp_xport_req_t **req_p)
 {
-    if (kind == 0 || kind > MP_XPORT_KIND_MAX || job > MP_XPORT_JOB_MAX || micro_batch > MP_XPORT_MB_MAX ||
-        (capacity > 0 && buf == NULL)) {
+    if (kind == 0 || kind > MP_XPORT_KIND_MAX || job > MP_XPORT_JOB_MAX ||
+        micro_batch > MP_XPORT_MB_MAX || (capacity > 0 && buf == NULL)) {
         mp_err("xport: receive with invalid job/kind/micro-batch");
         return MP_ERR_INVAL;
     }
@@ -1134,7 +1174,8 @@ mp_status_t mp_xport_raw_send(mp_xport_ep_t *ep, uint64_t tag, const void *buf, 
     return MP_OK;
 }
 
-mp_status_t mp_xport_raw_recv(mp_xport_ep_t *ep, uint64_t tag, void *buf, size_t len, mp_xport_req_t **req_p)
+mp_status_t mp_xport_raw_recv(mp_xport_ep_t *ep, uint64_t tag, void *buf, size_t len,
+                              mp_xport_req_t **req_p)
 {
     mp_status_t est = ep_usable(ep);
     if (est != MP_OK) {
@@ -1184,7 +1225,8 @@ static void worker_sleep(mp_xport_worker_t *w, uint64_t max_ns)
     }
     if (w->spurious >= SPURIOUS_MAX && (++w->backoffs % BACKOFF_RETRY) != 0) {
         uint64_t ns = max_ns < BACKOFF_NS ? max_ns : BACKOFF_NS;
-        struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000ull), .tv_nsec = (long)(ns % 1000000000ull)};
+        struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000ull),
+                              .tv_nsec = (long)(ns % 1000000000ull)};
         w->stats.sleeps++;
         w->stats.timer_wakeups++;
         nanosleep(&ts, NULL);
@@ -1218,7 +1260,8 @@ static uint64_t deadline_from(mp_xport_worker_t *w, int64_t timeout_ms)
     return mp_xport_now_ns() + (uint64_t)timeout_ms * 1000000ull;
 }
 
-/* Frees a request once it has a final status; a request with UCX operations pending becomes a zombie. */
+/* Frees a request once it has a final status; a request with UCX operations pending becomes a
+ * zombie. */
 static void req_finish(mp_xport_req_t *r)
 {
     if (req_subs_pending(r)) {
@@ -1230,8 +1273,9 @@ static void req_finish(mp_xport_req_t *r)
 
 #define SEND_GRACE_NS (200ull * 1000 * 1000)
 
-static mp_status_t wait_set_impl(mp_xport_worker_t *w, mp_xport_req_t **reqs, size_t n, uint64_t deadline_ns,
-                                 mp_xport_check_fn check, void *arg, int close_sends)
+static mp_status_t wait_set_impl(mp_xport_worker_t *w, mp_xport_req_t **reqs, size_t n,
+                                 uint64_t deadline_ns, mp_xport_check_fn check, void *arg,
+                                 int close_sends)
 {
     mp_status_t result = MP_OK;
     uint64_t spin_ns = (uint64_t)w->spin_us * 1000ull;
@@ -1307,8 +1351,8 @@ static mp_status_t wait_set_impl(mp_xport_worker_t *w, mp_xport_req_t **reqs, si
     return result;
 }
 
-mp_status_t mp_xport_wait_set(mp_xport_worker_t *w, mp_xport_req_t **reqs, size_t n, uint64_t deadline_ns,
-                              mp_xport_check_fn check, void *arg)
+mp_status_t mp_xport_wait_set(mp_xport_worker_t *w, mp_xport_req_t **reqs, size_t n,
+                              uint64_t deadline_ns, mp_xport_check_fn check, void *arg)
 {
     return wait_set_impl(w, reqs, n, deadline_ns, check, arg, 0);
 }
@@ -1377,8 +1421,9 @@ mp_status_t mp_xport_send_wait(mp_xport_ep_t *ep, const mp_xport_hdr_t *hdr, con
     return mp_xport_wait(r, timeout_ms, NULL);
 }
 
-mp_status_t mp_xport_recv_wait(mp_xport_ep_t *ep, uint32_t job, uint32_t kind, uint32_t micro_batch, void *buf,
-                               size_t capacity, int64_t timeout_ms, mp_xport_hdr_t *hdr_p)
+mp_status_t mp_xport_recv_wait(mp_xport_ep_t *ep, uint32_t job, uint32_t kind, uint32_t micro_batch,
+                               void *buf, size_t capacity, int64_t timeout_ms,
+                               mp_xport_hdr_t *hdr_p)
 {
     mp_xport_req_t *r;
     mp_status_t st = mp_xport_recv(ep, job, kind, micro_batch, buf, capacity, &r);

@@ -81,9 +81,9 @@ typedef enum {
 
 #define MP_XPORT_MAX_DIMS 4
 /* Limits of the tag fields. */
-#define MP_XPORT_JOB_MAX 0xffffu        /* 16 bits */
-#define MP_XPORT_MB_MAX 0x7fffffu       /* 23 bits */
-#define MP_XPORT_RANK_MAX 0xfffffu      /* 20 bits */
+#define MP_XPORT_JOB_MAX 0xffffu   /* 16 bits */
+#define MP_XPORT_MB_MAX 0x7fffffu  /* 23 bits */
+#define MP_XPORT_RANK_MAX 0xfffffu /* 20 bits */
 /* Payloads up to this many bytes travel in one message with the header. */
 #define MP_XPORT_INLINE_MAX 8192
 
@@ -125,10 +125,10 @@ mp_status_t mp_xport_ctx_create(const mp_xport_ctx_opts_t *opts, mp_xport_ctx_t 
 void mp_xport_ctx_destroy(mp_xport_ctx_t *ctx);
 
 typedef struct {
-    uint32_t rank;       /* this worker's rank in the job: the source field of its tags */
-    int64_t timeout_ms;  /* default wait timeout; <= 0 = 30000 */
-    int backstop_ms;     /* longest sleep between progress calls when idle; <= 0 = 10 */
-    int spin_us;         /* busy-progress burst before sleeping; < 0 = 0, 0 = 20 */
+    uint32_t rank;      /* this worker's rank in the job: the source field of its tags */
+    int64_t timeout_ms; /* default wait timeout; <= 0 = 30000 */
+    int backstop_ms;    /* longest sleep between progress calls when idle; <= 0 = 10 */
+    int spin_us;        /* busy-progress burst before sleeping; < 0 = 0, 0 = 20 */
 } mp_xport_worker_opts_t;
 
 /* Creates a worker owned by the calling thread. */

@@ -69,7 +69,8 @@ static int same_everywhere(mp_coll_group_t *g, uint64_t h)
     return 1;
 }
 
-static int check_allreduce(mp_coll_group_t *g, uint32_t seed, size_t count, mp_coll_algo_t algo, float *buf)
+static int check_allreduce(mp_coll_group_t *g, uint32_t seed, size_t count, mp_coll_algo_t algo,
+                           float *buf)
 {
     uint32_t n = mp_coll_group_size(g), r = mp_coll_group_rank(g);
     for (size_t i = 0; i < count; i++) {
@@ -112,7 +113,8 @@ static int check_allgather(mp_coll_group_t *g, uint32_t seed, size_t count, floa
     return 0;
 }
 
-static int check_reduce_scatter(mp_coll_group_t *g, uint32_t seed, size_t count, float *in, float *mine)
+static int check_reduce_scatter(mp_coll_group_t *g, uint32_t seed, size_t count, float *in,
+                                float *mine)
 {
     uint32_t n = mp_coll_group_size(g), r = mp_coll_group_rank(g);
     for (size_t i = 0; i < count; i++) {
@@ -160,7 +162,8 @@ static int check_bcast(mp_coll_group_t *g, uint32_t seed, size_t count, float *b
     return 0;
 }
 
-static int all_collectives_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, uint32_t n, void *arg)
+static int all_collectives_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank,
+                                uint32_t n, void *arg)
 {
     coll_arg_t *a = arg;
     mp_coll_group_t *g;
@@ -201,7 +204,8 @@ static int all_collectives_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint3
             code = 70;
         }
         if (code != 0) {
-            fprintf(stderr, "coll test: rank %u of %u failed with code %d at count %zu\n", rank, n, code, c);
+            fprintf(stderr, "coll test: rank %u of %u failed with code %d at count %zu\n", rank, n,
+                    code, c);
         }
     }
     if (code == 0 && mp_coll_group_status(g) != MP_OK) {
@@ -219,7 +223,8 @@ Test(coll, all_collectives_threads_n1_to_n4)
         int codes[4] = {0};
         coll_arg_t a = {.seed = 1000 * n};
         int bad = xh_run_threads(n, all_collectives_rank, &a, NULL, codes);
-        cr_assert_eq(bad, 0, "n=%u: rank codes %d %d %d %d", n, codes[0], codes[1], codes[2], codes[3]);
+        cr_assert_eq(bad, 0, "n=%u: rank codes %d %d %d %d", n, codes[0], codes[1], codes[2],
+                     codes[3]);
     }
 }
 
@@ -229,13 +234,15 @@ Test(coll, all_collectives_processes_n1_to_n4)
         int codes[4] = {0};
         coll_arg_t a = {.seed = 7000 * n + 1};
         int bad = xh_run_procs(n, all_collectives_rank, &a, NULL, codes);
-        cr_assert_eq(bad, 0, "n=%u: rank codes %d %d %d %d", n, codes[0], codes[1], codes[2], codes[3]);
+        cr_assert_eq(bad, 0, "n=%u: rank codes %d %d %d %d", n, codes[0], codes[1], codes[2],
+                     codes[3]);
     }
 }
 
-/* Four ranks as a 2x2 grid: TP groups {0,1},{2,3} (id 1), DP groups {0,2},{1,3} (id 2), and the world (id 3),
- * all on the same workers, used in turns. */
-static int grid_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, uint32_t n, void *arg)
+/* Four ranks as a 2x2 grid: TP groups {0,1},{2,3} (id 1), DP groups {0,2},{1,3} (id 2), and the
+ * world (id 3), all on the same workers, used in turns. */
+static int grid_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, uint32_t n,
+                     void *arg)
 {
     (void)n;
     (void)arg;
@@ -290,7 +297,8 @@ Test(coll, tp_and_dp_groups_share_a_worker)
     int bad = xh_run_threads(4, grid_rank, NULL, NULL, codes);
     cr_assert_eq(bad, 0, "threads: rank codes %d %d %d %d", codes[0], codes[1], codes[2], codes[3]);
     bad = xh_run_procs(4, grid_rank, NULL, NULL, codes);
-    cr_assert_eq(bad, 0, "processes: rank codes %d %d %d %d", codes[0], codes[1], codes[2], codes[3]);
+    cr_assert_eq(bad, 0, "processes: rank codes %d %d %d %d", codes[0], codes[1], codes[2],
+                 codes[3]);
 }
 
 Test(coll, rejects_bad_groups)
@@ -301,7 +309,8 @@ Test(coll, rejects_bad_groups)
     mp_xport_worker_t *w = (mp_xport_worker_t *)&g; /* never dereferenced: the checks come first */
     cr_assert_eq(mp_coll_group_create(w, 1, 0, 0, NULL, &g), MP_ERR_INVAL);
     cr_assert_eq(mp_coll_group_create(w, 1, 2, 2, eps, &g), MP_ERR_INVAL);
-    cr_assert_eq(mp_coll_group_create(w, 1, 2, 0, eps, &g), MP_ERR_INVAL, "missing endpoint accepted");
+    cr_assert_eq(mp_coll_group_create(w, 1, 2, 0, eps, &g), MP_ERR_INVAL,
+                 "missing endpoint accepted");
     cr_assert_eq(mp_coll_group_create(w, 1, MP_COLL_GROUP_MAX + 1, 0, eps, &g), MP_ERR_INVAL);
     size_t off, len, total = 0;
     for (uint32_t b = 0; b < 4; b++) {
@@ -316,7 +325,8 @@ Test(coll, rejects_bad_groups)
 /* Rank DEAD is killed while everyone loops over allreduces; the survivors fail within the timeout,
  * the failed group refuses further work, and a new group of the survivors works. */
 #define KILL_TIMEOUT_MS 4000
-static int dead_rank_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, uint32_t n, void *arg)
+static int dead_rank_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, uint32_t n,
+                          void *arg)
 {
     uint32_t dead = *(uint32_t *)arg;
     mp_coll_group_t *g;
@@ -351,8 +361,9 @@ static int dead_rank_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t ra
         code = 5;
     }
     mp_coll_group_destroy(g);
-    /* A new group of the survivors on the same worker, over fresh endpoints (as the engine would make
-     * from addresses shipped again: both sides of a link must agree on which endpoint they use). */
+    /* A new group of the survivors on the same worker, over fresh endpoints (as the engine would
+     * make from addresses shipped again: both sides of a link must agree on which endpoint they
+     * use). */
     mp_xport_ep_t *neps[8] = {NULL}, *fresh[8] = {NULL};
     uint32_t m = 0, myr = 0;
     /* Survivors take part in the new group whatever the first part found, so
@@ -368,7 +379,8 @@ static int dead_rank_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t ra
         } else {
             const void *addr;
             size_t len;
-            if (xh_peer_address(j, &addr, &len) != 0 || mp_xport_ep_connect(w, addr, len, j, &fresh[m]) != MP_OK) {
+            if (xh_peer_address(j, &addr, &len) != 0 ||
+                mp_xport_ep_connect(w, addr, len, j, &fresh[m]) != MP_OK) {
                 code = 6;
             }
             neps[m] = fresh[m];
@@ -383,8 +395,8 @@ static int dead_rank_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t ra
             for (size_t i = 0; i < count; i++) {
                 b[i] = 2.0f;
             }
-            if (mp_coll_allreduce_sum_f32(g2, b, count, 10000) != MP_OK || b[0] != 2.0f * (float)m ||
-                b[count - 1] != 2.0f * (float)m) {
+            if (mp_coll_allreduce_sum_f32(g2, b, count, 10000) != MP_OK ||
+                b[0] != 2.0f * (float)m || b[count - 1] != 2.0f * (float)m) {
                 code = 8;
             }
             mp_coll_group_destroy(g2);
@@ -403,9 +415,11 @@ Test(coll, killed_rank_fails_survivors_then_new_group_works)
     for (int t = 0; t < 2; t++) {
         uint32_t n = ns[t], dead = n - 2;
         int codes[4] = {0};
-        xh_opts_t o = {.kill_rank = (int)dead, .kill_after_ms = 700, .timeout_ms = 10000, .deadline_s = 50};
+        xh_opts_t o = {
+            .kill_rank = (int)dead, .kill_after_ms = 700, .timeout_ms = 10000, .deadline_s = 50};
         int bad = xh_run_procs(n, dead_rank_rank, &dead, &o, codes);
         cr_assert_eq(codes[dead], -1, "n=%u: rank %u not killed (code %d)", n, dead, codes[dead]);
-        cr_assert_eq(bad, 1, "n=%u: rank codes %d %d %d %d", n, codes[0], codes[1], codes[2], codes[3]);
+        cr_assert_eq(bad, 1, "n=%u: rank codes %d %d %d %d", n, codes[0], codes[1], codes[2],
+                     codes[3]);
     }
 }

@@ -20,21 +20,30 @@
 #define JOB 7
 #define CTRL_MB 5000000u
 
-static double secs(uint64_t a, uint64_t b) { return (double)(b - a) / 1e9; }
+static double secs(uint64_t a, uint64_t b)
+{
+    return (double)(b - a) / 1e9;
+}
 
 /* A tiny control message on kind USER (a distinct micro-batch per purpose). */
 static int ctrl_send(mp_xport_ep_t *ep, uint32_t mb)
 {
     float one = 1.0f;
-    mp_xport_hdr_t h = {.job = JOB, .micro_batch = mb, .kind = MP_XPORT_KIND_USER, .dtype = MP_XPORT_DTYPE_F32,
-                        .ndim = 1, .shape = {1}};
+    mp_xport_hdr_t h = {.job = JOB,
+                        .micro_batch = mb,
+                        .kind = MP_XPORT_KIND_USER,
+                        .dtype = MP_XPORT_DTYPE_F32,
+                        .ndim = 1,
+                        .shape = {1}};
     return mp_xport_send_wait(ep, &h, &one, 0) == MP_OK ? 0 : 1;
 }
 
 static int ctrl_recv(mp_xport_ep_t *ep, uint32_t mb)
 {
     float one = 0;
-    return mp_xport_recv_wait(ep, JOB, MP_XPORT_KIND_USER, mb, &one, sizeof(one), 0, NULL) == MP_OK && one == 1.0f
+    return mp_xport_recv_wait(ep, JOB, MP_XPORT_KIND_USER, mb, &one, sizeof(one), 0, NULL) ==
+                       MP_OK &&
+                   one == 1.0f
                ? 0
                : 1;
 }
@@ -46,15 +55,22 @@ static const size_t sizes[] = {0, 1, 7, 2047, 2048, 2049, 10007, 262147, 1048576
 static mp_xport_hdr_t hdr_for(size_t count, uint32_t mb, uint32_t step)
 {
     /* A 2-D shape when count factors as rows x 1..; keeps ndim honest. */
-    mp_xport_hdr_t h = {.job = JOB, .step = step, .micro_batch = mb, .kind = MP_XPORT_KIND_ACT,
-                        .dtype = MP_XPORT_DTYPE_F32, .ndim = 2, .shape = {count, 1}};
+    mp_xport_hdr_t h = {.job = JOB,
+                        .step = step,
+                        .micro_batch = mb,
+                        .kind = MP_XPORT_KIND_ACT,
+                        .dtype = MP_XPORT_DTYPE_F32,
+                        .ndim = 2,
+                        .shape = {count, 1}};
     return h;
 }
 
-static int check_tensor(const float *got, const mp_xport_hdr_t *h, size_t count, uint32_t mb, uint32_t step)
+static int check_tensor(const float *got, const mp_xport_hdr_t *h, size_t count, uint32_t mb,
+                        uint32_t step)
 {
     if (h->job != JOB || h->micro_batch != mb || h->step != step || h->kind != MP_XPORT_KIND_ACT ||
-        h->dtype != MP_XPORT_DTYPE_F32 || h->ndim != 2 || h->shape[0] != count || h->shape[1] != 1) {
+        h->dtype != MP_XPORT_DTYPE_F32 || h->ndim != 2 || h->shape[0] != count ||
+        h->shape[1] != 1) {
         return 20;
     }
     for (size_t i = 0; i < count; i++) {
@@ -66,7 +82,8 @@ static int check_tensor(const float *got, const mp_xport_hdr_t *h, size_t count,
 }
 
 /* Rank 0 sends; rank 1 receives, half posted before the send and half after. */
-static int roundtrip_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, uint32_t n, void *arg)
+static int roundtrip_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, uint32_t n,
+                          void *arg)
 {
     (void)n;
     (void)arg;
@@ -104,8 +121,8 @@ static int roundtrip_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t ra
             memset(buf, 0xff, (count + 16) * sizeof(float));
             if (before) {
                 /* Posted first, then the sender is told to go. */
-                if (mp_xport_recv(eps[0], JOB, MP_XPORT_KIND_ACT, mb, buf, (count + 16) * sizeof(float), &req) !=
-                        MP_OK ||
+                if (mp_xport_recv(eps[0], JOB, MP_XPORT_KIND_ACT, mb, buf,
+                                  (count + 16) * sizeof(float), &req) != MP_OK ||
                     ctrl_send(eps[0], CTRL_MB + k) != 0 || mp_xport_wait(req, 0, &h) != MP_OK) {
                     code = 6;
                 }
@@ -115,7 +132,8 @@ static int roundtrip_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t ra
                 if (ctrl_recv(eps[0], CTRL_MB + k) != 0) {
                     code = 7;
                 } else if ((st = mp_xport_recv_wait(eps[0], JOB, MP_XPORT_KIND_ACT, mb, buf,
-                                                    (count + 16) * sizeof(float), 0, &h)) != MP_OK) {
+                                                    (count + 16) * sizeof(float), 0, &h)) !=
+                           MP_OK) {
                     fprintf(stderr, "roundtrip: receive after send: %s\n", mp_strerror(st));
                     code = 8;
                 }
@@ -125,8 +143,8 @@ static int roundtrip_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t ra
             }
         }
         if (code != 0) {
-            fprintf(stderr, "roundtrip: rank %u failed with %d at count %zu (%s the send)\n", rank, code, count,
-                    before ? "posted before" : "posted after");
+            fprintf(stderr, "roundtrip: rank %u failed with %d at count %zu (%s the send)\n", rank,
+                    code, count, before ? "posted before" : "posted after");
         }
     }
     mp_free(buf);
@@ -149,7 +167,8 @@ Test(xport, roundtrip_processes_before_and_after_send)
 
 /* Micro-batches sent 0..M-1, received (and waited for) in reverse order. */
 #define NMB 6
-static int out_of_order_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, uint32_t n, void *arg)
+static int out_of_order_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, uint32_t n,
+                             void *arg)
 {
     (void)w;
     (void)n;
@@ -179,8 +198,8 @@ static int out_of_order_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t
         }
     } else {
         for (int m = NMB - 1; m >= 0 && code == 0; m--) {
-            if (mp_xport_recv(eps[0], JOB, MP_XPORT_KIND_ACT, (uint32_t)m, bufs[m], count * sizeof(float) + 64,
-                              &reqs[m]) != MP_OK) {
+            if (mp_xport_recv(eps[0], JOB, MP_XPORT_KIND_ACT, (uint32_t)m, bufs[m],
+                              count * sizeof(float) + 64, &reqs[m]) != MP_OK) {
                 code = 5;
             }
         }
@@ -212,13 +231,18 @@ Test(xport, out_of_order_micro_batches_small_and_large)
 }
 
 /* Rank 1 waits 1 s for a tensor that rank 0 sends after sleeping: it must sleep, not spin. */
-static int idle_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, uint32_t n, void *arg)
+static int idle_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, uint32_t n,
+                     void *arg)
 {
     (void)n;
     double *cpu_out = arg;
     float v[4] = {1, 2, 3, 4};
-    mp_xport_hdr_t h = {.job = JOB, .micro_batch = 1, .kind = MP_XPORT_KIND_GRAD, .dtype = MP_XPORT_DTYPE_F32,
-                        .ndim = 1, .shape = {4}};
+    mp_xport_hdr_t h = {.job = JOB,
+                        .micro_batch = 1,
+                        .kind = MP_XPORT_KIND_GRAD,
+                        .dtype = MP_XPORT_DTYPE_F32,
+                        .ndim = 1,
+                        .shape = {4}};
     if (rank == 0) {
         usleep(1000000);
         return mp_xport_send_wait(eps[1], &h, v, 0) == MP_OK ? 0 : 3;
@@ -227,11 +251,15 @@ static int idle_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, u
     struct rusage r0, r1;
     getrusage(RUSAGE_SELF, &r0);
     uint64_t t0 = mp_xport_now_ns();
-    mp_status_t st = mp_xport_recv_wait(eps[0], JOB, MP_XPORT_KIND_GRAD, 1, got, sizeof(got), 5000, NULL);
+    mp_status_t st =
+        mp_xport_recv_wait(eps[0], JOB, MP_XPORT_KIND_GRAD, 1, got, sizeof(got), 5000, NULL);
     uint64_t t1 = mp_xport_now_ns();
     getrusage(RUSAGE_SELF, &r1);
-    double cpu = (double)(r1.ru_utime.tv_sec - r0.ru_utime.tv_sec + r1.ru_stime.tv_sec - r0.ru_stime.tv_sec) +
-                 (double)(r1.ru_utime.tv_usec - r0.ru_utime.tv_usec + r1.ru_stime.tv_usec - r0.ru_stime.tv_usec) / 1e6;
+    double cpu = (double)(r1.ru_utime.tv_sec - r0.ru_utime.tv_sec + r1.ru_stime.tv_sec -
+                          r0.ru_stime.tv_sec) +
+                 (double)(r1.ru_utime.tv_usec - r0.ru_utime.tv_usec + r1.ru_stime.tv_usec -
+                          r0.ru_stime.tv_usec) /
+                     1e6;
     mp_xport_worker_stats_t ws;
     mp_xport_worker_stats(w, &ws);
     if (cpu_out != NULL) {
@@ -247,9 +275,11 @@ static int idle_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, u
         return 6;
     }
     if (cpu >= 0.1) {
-        fprintf(stderr, "idle: %.3f s CPU over %.3f s; %llu sleeps (%llu woken by events, %llu by the backstop)\n",
-                cpu, secs(t0, t1), (unsigned long long)ws.sleeps, (unsigned long long)ws.event_wakeups,
-                (unsigned long long)ws.timer_wakeups);
+        fprintf(stderr,
+                "idle: %.3f s CPU over %.3f s; %llu sleeps (%llu woken by events, %llu by the "
+                "backstop)\n",
+                cpu, secs(t0, t1), (unsigned long long)ws.sleeps,
+                (unsigned long long)ws.event_wakeups, (unsigned long long)ws.timer_wakeups);
         fflush(stderr);
         return 7;
     }
@@ -264,7 +294,8 @@ Test(xport, idle_receive_of_one_second_uses_under_a_tenth_of_cpu)
 }
 
 /* A receive with nothing sent times out in about its timeout, and the worker goes on working. */
-static int timeout_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, uint32_t n, void *arg)
+static int timeout_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, uint32_t n,
+                        void *arg)
 {
     (void)w;
     (void)n;
@@ -272,7 +303,8 @@ static int timeout_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank
     float buf[8];
     if (rank == 1) {
         uint64_t t0 = mp_xport_now_ns();
-        mp_status_t st = mp_xport_recv_wait(eps[0], JOB, MP_XPORT_KIND_ACT, 9, buf, sizeof(buf), 300, NULL);
+        mp_status_t st =
+            mp_xport_recv_wait(eps[0], JOB, MP_XPORT_KIND_ACT, 9, buf, sizeof(buf), 300, NULL);
         double el = secs(t0, mp_xport_now_ns());
         if (st != MP_ERR_TIMEOUT) {
             return 3;
@@ -299,7 +331,8 @@ Test(xport, receive_times_out_and_worker_stays_usable)
 }
 
 /* Rank 0 is killed while rank 1 waits on it: rank 1 gets MP_ERR_PEER well before its timeout. */
-static int dead_peer_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, uint32_t n, void *arg)
+static int dead_peer_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, uint32_t n,
+                          void *arg)
 {
     (void)w;
     (void)n;
@@ -312,7 +345,8 @@ static int dead_peer_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t ra
     }
     float big[1024];
     uint64_t t0 = mp_xport_now_ns();
-    mp_status_t st = mp_xport_recv_wait(eps[0], JOB, MP_XPORT_KIND_ACT, 2, big, sizeof(big), 15000, NULL);
+    mp_status_t st =
+        mp_xport_recv_wait(eps[0], JOB, MP_XPORT_KIND_ACT, 2, big, sizeof(big), 15000, NULL);
     double el = secs(t0, mp_xport_now_ns());
     if (st != MP_ERR_PEER) {
         return 3;
@@ -334,16 +368,22 @@ Test(xport, dead_peer_fails_pending_receive)
     cr_assert_eq(codes[1], 0, "survivor code %d (3: not MP_ERR_PEER, 4: too slow)", codes[1]);
 }
 
-/* A tensor larger than the receive buffer is refused with MP_ERR_TOOBIG; invalid headers are refused. */
-static int toobig_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, uint32_t n, void *arg)
+/* A tensor larger than the receive buffer is refused with MP_ERR_TOOBIG; invalid headers are
+ * refused. */
+static int toobig_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, uint32_t n,
+                       void *arg)
 {
     (void)w;
     (void)n;
     (void)arg;
     float v[100] = {0};
     if (rank == 0) {
-        mp_xport_hdr_t h = {.job = JOB, .micro_batch = 3, .kind = MP_XPORT_KIND_ACT, .dtype = MP_XPORT_DTYPE_F32,
-                            .ndim = 1, .shape = {100}};
+        mp_xport_hdr_t h = {.job = JOB,
+                            .micro_batch = 3,
+                            .kind = MP_XPORT_KIND_ACT,
+                            .dtype = MP_XPORT_DTYPE_F32,
+                            .ndim = 1,
+                            .shape = {100}};
         mp_xport_hdr_t bad = h;
         bad.kind = 0;
         mp_xport_req_t *r;
@@ -357,7 +397,8 @@ static int toobig_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank,
         }
         return mp_xport_send_wait(eps[1], &h, v, 0) == MP_OK ? 0 : 5;
     }
-    return mp_xport_recv_wait(eps[0], JOB, MP_XPORT_KIND_ACT, 3, v, 10 * sizeof(float), 0, NULL) == MP_ERR_TOOBIG
+    return mp_xport_recv_wait(eps[0], JOB, MP_XPORT_KIND_ACT, 3, v, 10 * sizeof(float), 0, NULL) ==
+                   MP_ERR_TOOBIG
                ? 0
                : 6;
 }
@@ -370,7 +411,8 @@ Test(xport, refuses_oversized_tensor_and_bad_header)
 }
 
 /* Tensors carved from a registered arena go through zero-copy and arrive intact. */
-static int arena_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, uint32_t n, void *arg)
+static int arena_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, uint32_t n,
+                      void *arg)
 {
     (void)n;
     (void)arg;
@@ -381,7 +423,8 @@ static int arena_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, 
     }
     int code = 0;
     float *t = mp_xport_arena_alloc(a, count * sizeof(float));
-    if (t == NULL || ((uintptr_t)t & 63) != 0 || mp_xport_arena_alloc(a, 3 * count * sizeof(float)) != NULL) {
+    if (t == NULL || ((uintptr_t)t & 63) != 0 ||
+        mp_xport_arena_alloc(a, 3 * count * sizeof(float)) != NULL) {
         code = 3;
     }
     mp_xport_hdr_t h = hdr_for(count, 11, 2);
@@ -392,7 +435,8 @@ static int arena_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, 
         code = mp_xport_send_wait(eps[1], &h, t, 0) == MP_OK ? 0 : 4;
     } else if (code == 0) {
         mp_xport_hdr_t got;
-        code = mp_xport_recv_wait(eps[0], JOB, MP_XPORT_KIND_ACT, 11, t, count * sizeof(float), 0, &got) == MP_OK
+        code = mp_xport_recv_wait(eps[0], JOB, MP_XPORT_KIND_ACT, 11, t, count * sizeof(float), 0,
+                                  &got) == MP_OK
                    ? check_tensor(t, &got, count, 11, 2)
                    : 5;
     }

@@ -44,7 +44,10 @@ int xh_peer_address(uint32_t j, const void **addr_p, size_t *len_p)
     return 0;
 }
 
-static int64_t opt_timeout(const xh_opts_t *o) { return o != NULL && o->timeout_ms > 0 ? o->timeout_ms : 10000; }
+static int64_t opt_timeout(const xh_opts_t *o)
+{
+    return o != NULL && o->timeout_ms > 0 ? o->timeout_ms : 10000;
+}
 
 /* ---- threads ---- */
 
@@ -73,13 +76,16 @@ static void *th_main(void *p)
     uint32_t r = a->rank;
     mp_xport_worker_t *w = NULL;
     mp_xport_ep_t *eps[XH_MAX_RANKS] = {0};
-    mp_xport_worker_opts_t wo = {
-        .rank = r, .timeout_ms = sh->timeout_ms, .backstop_ms = sh->backstop_ms, .spin_us = sh->spin_us};
+    mp_xport_worker_opts_t wo = {.rank = r,
+                                 .timeout_ms = sh->timeout_ms,
+                                 .backstop_ms = sh->backstop_ms,
+                                 .spin_us = sh->spin_us};
     int ok = mp_xport_worker_create(sh->ctx, &wo, &w) == MP_OK &&
              mp_xport_worker_address(w, &sh->addr[r], &sh->len[r]) == MP_OK;
     pthread_barrier_wait(&sh->bar);
     for (uint32_t j = 0; ok && j < sh->n; j++) {
-        if (j != r && (sh->addr[j] == NULL || mp_xport_ep_connect(w, sh->addr[j], sh->len[j], j, &eps[j]) != MP_OK)) {
+        if (j != r && (sh->addr[j] == NULL ||
+                       mp_xport_ep_connect(w, sh->addr[j], sh->len[j], j, &eps[j]) != MP_OK)) {
             ok = 0;
         }
     }
@@ -99,8 +105,12 @@ static void *th_main(void *p)
 
 int xh_run_threads(uint32_t n, xh_rank_fn fn, void *arg, const xh_opts_t *opts, int codes[])
 {
-    th_shared_t sh = {.n = n, .fn = fn, .arg = arg, .timeout_ms = opt_timeout(opts),
-                      .backstop_ms = opts != NULL ? opts->backstop_ms : 0, .spin_us = opts != NULL ? opts->spin_us : 0};
+    th_shared_t sh = {.n = n,
+                      .fn = fn,
+                      .arg = arg,
+                      .timeout_ms = opt_timeout(opts),
+                      .backstop_ms = opts != NULL ? opts->backstop_ms : 0,
+                      .spin_us = opts != NULL ? opts->spin_us : 0};
     if (n == 0 || n > XH_MAX_RANKS || mp_xport_ctx_create(NULL, &sh.ctx) != MP_OK) {
         return -1;
     }
@@ -159,7 +169,8 @@ static int full_read(int fd, void *p, size_t n)
     return 0;
 }
 
-static int child_main(uint32_t n, uint32_t r, int up, int down, xh_rank_fn fn, void *arg, const xh_opts_t *opts)
+static int child_main(uint32_t n, uint32_t r, int up, int down, xh_rank_fn fn, void *arg,
+                      const xh_opts_t *opts)
 {
     mp_xport_ctx_t *ctx;
     mp_xport_worker_t *w;
@@ -253,7 +264,9 @@ int xh_run_procs(uint32_t n, xh_rank_fn fn, void *arg, const xh_opts_t *opts, in
         return -1;
     }
     int kill_rank = opts != NULL && opts->kill_after_ms > 0 ? opts->kill_rank : -1;
-    uint64_t deadline = now_ms() + 1000ull * (uint64_t)(opts != NULL && opts->deadline_s > 0 ? opts->deadline_s : 60);
+    uint64_t deadline =
+        now_ms() +
+        1000ull * (uint64_t)(opts != NULL && opts->deadline_s > 0 ? opts->deadline_s : 60);
     signal(SIGPIPE, SIG_IGN);
     int up[XH_MAX_RANKS], down[XH_MAX_RANKS];
     pid_t pid[XH_MAX_RANKS];

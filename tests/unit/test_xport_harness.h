@@ -15,14 +15,15 @@
 #define XH_MAX_RANKS 8
 
 /* Runs on each rank; eps[rank] is NULL.  Returns 0 for success, else a code the test reports. */
-typedef int (*xh_rank_fn)(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, uint32_t n, void *arg);
+typedef int (*xh_rank_fn)(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, uint32_t n,
+                          void *arg);
 
 typedef struct {
-    int64_t timeout_ms;  /* the workers' default wait timeout; 0 = 10000 */
-    int kill_rank;       /* processes only: SIGKILL this rank ... */
-    int kill_after_ms;   /* ... this long after every rank started fn; kill_rank < 0: nobody */
-    int deadline_s;      /* the whole run; 0 = 60 */
-    int backstop_ms;     /* worker options (0: the worker's defaults) */
+    int64_t timeout_ms; /* the workers' default wait timeout; 0 = 10000 */
+    int kill_rank;      /* processes only: SIGKILL this rank ... */
+    int kill_after_ms;  /* ... this long after every rank started fn; kill_rank < 0: nobody */
+    int deadline_s;     /* the whole run; 0 = 60 */
+    int backstop_ms;    /* worker options (0: the worker's defaults) */
     int spin_us;
 } xh_opts_t;
 
