@@ -12,6 +12,9 @@ pkgs=(
   libssl-dev libsystemd-dev zlib1g-dev
   dataset-fashion-mnist
   python3 python3-torch python3-numpy
+  # PyTorch's BLAS for the benchmark and cross-check peers: without it torch
+  # falls back to the reference BLAS, some 50x slower, an unfair peer.
+  libopenblas0-pthread
   openmpi-bin libopenmpi-dev
   prometheus socat iproute2 procps systemd
 )
