@@ -196,6 +196,15 @@ mp_status_t mp_agent_forward(mp_agent_t *a, mp_session_t *s, const Mpar__Envelop
     return MP_OK;
 }
 
+size_t mp_agent_pending(const mp_agent_t *a, const mp_session_t *s)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < a->nfwd; i++) {
+        n += a->fwd[i].s == s;
+    }
+    return n;
+}
+
 void mp_agent_session_closed(mp_agent_t *a, mp_session_t *s)
 {
     for (size_t i = 0; i < a->nfwd;) {

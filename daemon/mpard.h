@@ -139,6 +139,8 @@ void mp_agent_destroy(mp_agent_t *a);
 mp_status_t mp_agent_forward(mp_agent_t *a, mp_session_t *s, const Mpar__Envelope *req,
                              const char *who, mp_errbuf_t *err);
 void mp_agent_session_closed(mp_agent_t *a, mp_session_t *s);
+/* Requests of s still waiting for the coordinator's reply. */
+size_t mp_agent_pending(const mp_agent_t *a, const mp_session_t *s);
 const char *mp_agent_state(const mp_agent_t *a);
 
 /* metrics.c: the Prometheus text exposition; free with mp_free. */

@@ -27,6 +27,7 @@ struct mp_session {
     bool is_unix;
     bool can_mutate;
     mp_coord_node_t *node;
+    bool peer_done; /* the JSON peer half-closed; end once its replies are out */
     mp_session_t *prev, *next;
 };
 
@@ -43,8 +44,51 @@ static void session_unlink(mp_session_t *s)
     s->prev = s->next = NULL;
 }
 
+static void line_reply(mp_session_t *s, json_t *o);
+
+/* A status-socket (JSON) session gets a relayed reply as one JSON line. */
+static mp_status_t send_as_json(mp_session_t *s, const Mpar__Envelope *env)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "ok", json_boolean(env->msg_case != MPAR__ENVELOPE__MSG_ERROR));
+    switch (env->msg_case) {
+    case MPAR__ENVELOPE__MSG_NODE_LIST:
+    case MPAR__ENVELOPE__MSG_JOB_LIST: {
+        bool nodes = env->msg_case == MPAR__ENVELOPE__MSG_NODE_LIST;
+        json_t *l = mp_proto_to_json(nodes ? &env->node_list->base : &env->job_list->base);
+        json_object_set(o, nodes ? "nodes" : "jobs", json_object_get(l, nodes ? "nodes" : "jobs"));
+        json_decref(l);
+        break;
+    }
+    case MPAR__ENVELOPE__MSG_JOB_REPLY:
+        json_object_set_new(o, "job", env->job_reply->job ? mp_proto_to_json(&env->job_reply->job->base)
+                                                          : json_null());
+        break;
+    case MPAR__ENVELOPE__MSG_JOB_ACCEPTED:
+        json_object_set_new(o, "job", env->job_accepted->job
+                                          ? mp_proto_to_json(&env->job_accepted->job->base)
+                                          : json_null());
+        break;
+    case MPAR__ENVELOPE__MSG_ERROR:
+        json_object_set_new(o, "error", json_string(env->error->message ? env->error->message : ""));
+        break;
+    default:
+        json_decref(o);
+        return MP_OK; /* nothing a JSON request asked for */
+    }
+    line_reply(s, o);
+    return MP_OK;
+}
+
 mp_status_t mp_session_send(mp_session_t *s, const Mpar__Envelope *env)
 {
+    if (mp_conn_is_lines(s->conn)) {
+        mp_status_t st = send_as_json(s, env);
+        if (s->peer_done && (s->d->agent == NULL || mp_agent_pending(s->d->agent, s) == 0)) {
+            mp_conn_end(s->conn, MP_CONN_EOF, "peer closed");
+        }
+        return st;
+    }
     return mp_conn_send(s->conn, env);
 }
 
@@ -415,6 +459,69 @@ static json_t *list_json(const char *key, ProtobufCMessage **items, size_t n)
     return o;
 }
 
+/* On a node: the cluster's JSON commands go to the coordinator as framed
+ * requests; the replies come back through mp_session_send as JSON lines. */
+static void line_forward(mp_session_t *s, json_t *req, const char *cmd, const char *id)
+{
+    mpard_t *d = s->d;
+    mp_errbuf_t err;
+    char who[200];
+    if (d->agent == NULL) {
+        char msg[300];
+        snprintf(msg, sizeof(msg), "mpard '%s' is not the coordinator and has no node role",
+                 d->cfg.name);
+        line_error(s, msg, false);
+        return;
+    }
+    bool mutating = !strcmp(cmd, "submit") || !strcmp(cmd, "cancel");
+    if (mutating && !s->can_mutate) {
+        d->n.requests_denied++;
+        line_error(s, "permission denied: only root and the mpard user may change jobs", false);
+        return;
+    }
+    Mpar__Envelope env = MPAR__ENVELOPE__INIT;
+    Mpar__ListNodes ln = MPAR__LIST_NODES__INIT;
+    Mpar__ListJobs lj = MPAR__LIST_JOBS__INIT;
+    Mpar__GetJob gj = MPAR__GET_JOB__INIT;
+    Mpar__CancelJob cj = MPAR__CANCEL_JOB__INIT;
+    Mpar__SubmitJob sj = MPAR__SUBMIT_JOB__INIT;
+    char *text = NULL;
+    if (!strcmp(cmd, "nodes")) {
+        env.msg_case = MPAR__ENVELOPE__MSG_LIST_NODES;
+        env.list_nodes = &ln;
+    } else if (!strcmp(cmd, "jobs")) {
+        env.msg_case = MPAR__ENVELOPE__MSG_LIST_JOBS;
+        env.list_jobs = &lj;
+    } else if (!strcmp(cmd, "submit")) {
+        json_t *spec = json_object_get(req, "spec");
+        text = json_is_string(spec) ? strdup(json_string_value(spec))
+               : json_is_object(spec) ? json_dumps(spec, JSON_COMPACT)
+                                      : NULL;
+        if (text == NULL) {
+            line_error(s, "\"submit\" needs \"spec\" (the job spec, an object)", false);
+            return;
+        }
+        sj.spec_json = text;
+        env.msg_case = MPAR__ENVELOPE__MSG_SUBMIT_JOB;
+        env.submit_job = &sj;
+    } else if (id == NULL) {
+        line_error(s, "this command needs \"id\"", false);
+        return;
+    } else if (!strcmp(cmd, "job")) {
+        gj.job_id = (char *)id;
+        env.msg_case = MPAR__ENVELOPE__MSG_GET_JOB;
+        env.get_job = &gj;
+    } else {
+        cj.job_id = (char *)id;
+        env.msg_case = MPAR__ENVELOPE__MSG_CANCEL_JOB;
+        env.cancel_job = &cj;
+    }
+    if (mp_agent_forward(d->agent, s, &env, peer_user(s, NULL, who, sizeof(who)), &err) != MP_OK) {
+        line_error(s, err.msg, false);
+    }
+    free(text);
+}
+
 static void on_line(mp_conn_t *conn, const char *line, size_t len, bool oversized, void *data)
 {
     mp_session_t *s = data;
@@ -456,10 +563,7 @@ static void on_line(mp_conn_t *conn, const char *line, size_t len, bool oversize
     } else if (d->coord == NULL &&
                (!strcmp(cmd, "nodes") || !strcmp(cmd, "jobs") || !strcmp(cmd, "job") ||
                 !strcmp(cmd, "submit") || !strcmp(cmd, "cancel"))) {
-        char msg[300];
-        snprintf(msg, sizeof(msg), "mpard '%s' is a node, not the coordinator (at %s)",
-                 d->cfg.name, d->cfg.join);
-        line_error(s, msg, false);
+        line_forward(s, req, cmd, id);
     } else if (!strcmp(cmd, "nodes")) {
         size_t n;
         Mpar__NodeInfo **v = mp_coord_nodes(d->coord, &n);
@@ -552,6 +656,16 @@ static void on_ready(mp_conn_t *conn, void *data)
     }
 }
 
+static void on_eof(mp_conn_t *conn, void *data)
+{
+    mp_session_t *s = data;
+    if (s->d->agent != NULL && mp_agent_pending(s->d->agent, s) > 0) {
+        s->peer_done = true; /* relayed replies are still to come */
+        return;
+    }
+    mp_conn_end(conn, MP_CONN_EOF, "peer closed");
+}
+
 static void on_close(mp_conn_t *conn, mp_conn_reason_t reason, const char *why, void *data)
 {
     mp_session_t *s = data;
@@ -596,7 +710,11 @@ void mp_session_on_accept(uv_stream_t *server, int status)
         .sniff_lines = s->is_unix,
     };
     static const mp_conn_cbs_t cbs = {
-        .on_envelope = on_envelope, .on_ready = on_ready, .on_line = on_line, .on_close = on_close};
+        .on_envelope = on_envelope,
+        .on_ready = on_ready,
+        .on_line = on_line,
+        .on_eof = on_eof,
+        .on_close = on_close};
     mp_conn_t *conn;
     /* accept failures close the half-made connection, which frees s. */
     if (mp_conn_accept(server, &p, &cbs, s, &conn) != MP_OK) {

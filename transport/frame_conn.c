@@ -48,6 +48,7 @@ struct mp_conn {
     /* Back-pressure: above QUEUE_HIGH bytes of unsent replies the connection
      * stops taking requests; the bytes already read wait in `held`. */
     bool paused;
+    bool peer_eof; /* line mode: the peer half-closed, replies may follow */
     uint8_t *held;
     size_t held_len;
     bool ready, ending, closing, has_cred;
@@ -301,6 +302,10 @@ static void on_stall(uv_timer_t *t)
     }
     if (conn->paused) {
         mp_conn_close(conn, MP_CONN_SLOW_READER, "peer does not read its replies");
+        return;
+    }
+    if (conn->peer_eof) {
+        mp_conn_close(conn, MP_CONN_EOF, "no reply in time after the peer's end");
         return;
     }
     mp_conn_close(conn, MP_CONN_STALL, "peer stalled in the middle of a message");
@@ -563,6 +568,11 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             conn->line_len = 0;
             conn_line(conn, conn->line, total);
             mp_conn_end(conn, MP_CONN_EOF, "peer closed");
+        } else if (nread == UV_EOF && conn->mode == MODE_LINES && conn->cbs.on_eof != NULL) {
+            conn->peer_eof = true;
+            uv_read_stop(&conn->h.stream);
+            uv_timer_start(&conn->stall_timer, on_stall, conn->p.stall_ms, 0);
+            conn->cbs.on_eof(conn, conn->data);
         } else if (nread == UV_EOF) {
             mp_conn_close(conn, mp_frame_decoder_partial(conn->dec) || conn->line_len > 0
                                     ? MP_CONN_PROTO

@@ -55,6 +55,10 @@ typedef struct {
     /* Line mode: one line without its newline, NUL-terminated.  `oversized`
      * is set (and line empty) when a line exceeded max_line: reply and end. */
     void (*on_line)(mp_conn_t *conn, const char *line, size_t len, bool oversized, void *data);
+    /* Line mode, optional: the peer finished sending (a half-close) with no
+     * partial line.  Reading stops; the connection stays for replies until
+     * mp_conn_end (bounded by stall_ms).  Without it the connection closes. */
+    void (*on_eof)(mp_conn_t *conn, void *data);
     /* Exactly once, from the close callback; the connection is freed after. */
     void (*on_close)(mp_conn_t *conn, mp_conn_reason_t reason, const char *why, void *data);
 } mp_conn_cbs_t;

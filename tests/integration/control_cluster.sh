@@ -210,6 +210,10 @@ grep -q "via node n1" "$T/submitter.txt" || fail "submitter via n1: $(cat "$T/su
 "$CLIENT" cancel "$JOB3" --socket "$T/n1.sock" >/dev/null || fail "cancel via n1"
 "$CLIENT" logs "$JOB3" --socket "$T/n1.sock" >"$T/logs3.txt" || fail "logs via n1"
 grep -q "cancelled by" "$T/logs3.txt" || fail "logs via n1 lack the cancel"
+printf '{"cmd":"nodes"}\n' | socat -t 2 - "UNIX-CONNECT:$T/n1.sock" >"$T/n1.nodes.json"
+[ "$(jget 'len(d["nodes"])' <"$T/n1.nodes.json")" = 3 ] || fail "JSON nodes via n1: $(cat "$T/n1.nodes.json")"
+printf '{"cmd":"job","id":"%s"}\n' "$JOB3" | socat -t 2 - "UNIX-CONNECT:$T/n1.sock" >"$T/n1.job.json"
+[ "$(jget 'd["job"]["state"]' <"$T/n1.job.json")" = CANCELLED ] || fail "JSON job via n1: $(cat "$T/n1.job.json")"
 echo "ok requests through a node"
 
 # 2 devices on 3 one-device nodes, but a TP group of 2 must sit inside one node.
