@@ -5,7 +5,10 @@
  * the loop that runs the job's events (training steps as the schedule's
  * action list, evaluations forward only) with a timeline of every action.
  * Everything here runs on the executor's own thread, except
- * mp_exec_cancel, which only sets an atomic flag.
+ * mp_exec_cancel, which only sets an atomic flag.  With a device backend
+ * (CUDA) every message and the DP allreduce go through host buffers
+ * (download, transfer, upload); on the CPU the model's buffers are sent
+ * and received directly.
  *
  * Legend: R = rows of a micro-batch, I = the stage's input width, O = its
  * output width, m = micro-batches, S = activation slots.
@@ -61,13 +64,18 @@ struct mp_exec {
      * sends still reading from it. */
     int *slot_of; /* [max(m, chunks)] micro-batch -> slot, -1 */
     int nslot_of;
-    bool *busy;                 /* [S] */
-    float **out;                /* [S] */
-    mp_xport_req_t **act_req;   /* [S] */
-    float **gsend;              /* [S] host [R, I] copies of input gradients */
-    mp_xport_req_t **grad_req;  /* [S] */
-    int32_t *labels;            /* [m, R] */
-    mp_xport_req_t **label_req; /* [m] */
+    bool *busy;                /* [S] */
+    float **out;               /* [S] */
+    mp_xport_req_t **act_req;  /* [S] */
+    float **gsend;             /* [S] host [R, I] copies of input gradients */
+    mp_xport_req_t **grad_req; /* [S] */
+    int32_t *labels;           /* [m, R] */
+    /* Staging through host memory (a device backend). */
+    bool staged;
+    float **in_host, **out_host, **og_host; /* [S] [R, I], [R, O], [R, O] */
+    int32_t *labels_dev;                    /* [m, R] backend memory */
+    float *grads_host;                      /* [params] for the DP allreduce */
+    mp_xport_req_t **label_req;             /* [m] */
 
     mp_exec_span_t *spans;
     int nspans, cap_spans;
@@ -166,6 +174,36 @@ static int slots_needed(const mp_sched_t *sched, int stage)
     return peak > 0 ? peak : 1;
 }
 
+static mp_status_t alloc_staging(mp_exec_t *ex)
+{
+    int S = ex->nslots;
+    ex->in_host = mp_calloc((size_t)S, sizeof(float *));
+    ex->out_host = mp_calloc((size_t)S, sizeof(float *));
+    ex->og_host = mp_calloc((size_t)S, sizeof(float *));
+    if (ex->in_host == NULL || ex->out_host == NULL || ex->og_host == NULL) {
+        return MP_ERR_NOMEM;
+    }
+    for (int s = 0; s < S; s++) {
+        ex->in_host[s] = mp_malloc((size_t)(ex->R * ex->I) * sizeof(float));
+        ex->out_host[s] = mp_malloc((size_t)(ex->R * ex->O) * sizeof(float));
+        ex->og_host[s] = mp_malloc((size_t)(ex->R * ex->O) * sizeof(float));
+        if (ex->in_host[s] == NULL || ex->out_host[s] == NULL || ex->og_host[s] == NULL) {
+            return MP_ERR_NOMEM;
+        }
+    }
+    ex->labels_dev = ex->be->ops->alloc(ex->be, (size_t)(ex->g.m * ex->R) * sizeof(int32_t));
+    if (ex->labels_dev == NULL) {
+        return MP_ERR_NOMEM;
+    }
+    if (ex->g.dp > 1) {
+        ex->grads_host = mp_malloc((size_t)mp_model_param_count(ex->model) * sizeof(float));
+        if (ex->grads_host == NULL) {
+            return MP_ERR_NOMEM;
+        }
+    }
+    return MP_OK;
+}
+
 mp_status_t mp_exec_create(mp_xport_ctx_t *ctx, const mp_exec_opts_t *opts, mp_exec_t **exec_p,
                            mp_errbuf_t *err)
 {
@@ -220,11 +258,17 @@ mp_status_t mp_exec_create(mp_xport_ctx_t *ctx, const mp_exec_opts_t *opts, mp_e
     }
     ex->nslots = slots_needed(ex->sched, ex->stage);
 
-    st = mp_backend_cpu_create(opts->threads > 0 ? opts->threads : 1, &ex->be);
+    if (opts->device_kind == MP_BACKEND_CUDA) {
+        st = mp_backend_cuda_create(opts->device, opts->tf32, &ex->be);
+    } else {
+        st = mp_backend_cpu_create(opts->threads > 0 ? opts->threads : 1, &ex->be);
+    }
     if (st != MP_OK) {
-        mp_errbuf_set(err, st, "executor: cannot create the CPU backend: %s", mp_strerror(st));
+        mp_errbuf_set(err, st, "rank %d: cannot create its %s backend: %s", ex->rank,
+                      opts->device_kind == MP_BACKEND_CUDA ? "CUDA" : "CPU", mp_strerror(st));
         goto err_free;
     }
+    ex->staged = ex->be->kind != MP_BACKEND_CPU || opts->stage_through_host;
     mp_model_coll_t coll = {tp_allreduce, tp_allgather, ex};
     st = mp_model_create_shard(ex->be, spec, ex->plan, ex->part.first[ex->stage],
                                ex->part.count[ex->stage], opts->tp_rank, &coll, ex->nslots, ex->R,
@@ -263,6 +307,13 @@ mp_status_t mp_exec_create(mp_xport_ctx_t *ctx, const mp_exec_opts_t *opts, mp_e
                 st = mp_errbuf_set(err, MP_ERR_NOMEM, "executor: out of memory");
                 goto err_free;
             }
+        }
+    }
+    if (ex->staged) {
+        st = alloc_staging(ex);
+        if (st != MP_OK) {
+            mp_errbuf_set(err, st, "executor: out of memory for host staging buffers");
+            goto err_free;
         }
     }
     mp_xport_worker_opts_t wo = {.rank = (uint32_t)ex->rank, .timeout_ms = ex->timeout_ms};
@@ -504,14 +555,57 @@ static mp_status_t recv_input(mp_exec_t *ex, int k, int64_t rows, mp_errbuf_t *e
     if (st != MP_OK) {
         return st;
     }
+    float *in = mp_model_input(ex->model, s);
+    float *buf = ex->staged ? ex->in_host[s] : in;
     if (ex->first) {
-        return recv_tensor(ex, ex->ep_feeder, MP_XPORT_KIND_INPUT, ex->seq + (uint64_t)k,
-                           mp_model_input(ex->model, s), rows, ex->I, false,
-                           "receiving an input micro-batch", err);
+        st = recv_tensor(ex, ex->ep_feeder, MP_XPORT_KIND_INPUT, ex->seq + (uint64_t)k, buf, rows,
+                         ex->I, false, "receiving an input micro-batch", err);
+    } else {
+        st = recv_tensor(ex, ex->ep_prev, MP_XPORT_KIND_ACT, ex->seq + (uint64_t)k, buf, rows,
+                         ex->I, false, "receiving an activation", err);
     }
-    return recv_tensor(ex, ex->ep_prev, MP_XPORT_KIND_ACT, ex->seq + (uint64_t)k,
-                       mp_model_input(ex->model, s), rows, ex->I, false, "receiving an activation",
-                       err);
+    if (st == MP_OK && ex->staged) {
+        st = ex->be->ops->upload(ex->be, in, buf, (size_t)(rows * ex->I) * sizeof(float));
+        if (st != MP_OK) {
+            return fail(ex, err, st, -1, "uploading an input");
+        }
+    }
+    return st;
+}
+
+/* The slot's forward output as host memory for a send (staged: a copy). */
+static mp_status_t host_output(mp_exec_t *ex, int s, int64_t rows, const float **host_p,
+                               mp_errbuf_t *err)
+{
+    if (!ex->staged) {
+        *host_p = ex->out[s];
+        return MP_OK;
+    }
+    mp_status_t st = ex->be->ops->download(ex->be, ex->out_host[s], ex->out[s],
+                                           (size_t)(rows * ex->O) * sizeof(float));
+    if (st != MP_OK) {
+        return fail(ex, err, st, -1, "downloading an activation");
+    }
+    *host_p = ex->out_host[s];
+    return MP_OK;
+}
+
+/* Labels [rows] at host offset k*R, as the backend's loss wants them. */
+static mp_status_t labels_for(mp_exec_t *ex, int64_t k, int64_t rows, const int32_t **dev_p,
+                              mp_errbuf_t *err)
+{
+    const int32_t *host = ex->labels + k * ex->R;
+    if (!ex->staged) {
+        *dev_p = host;
+        return MP_OK;
+    }
+    int32_t *dev = ex->labels_dev + k * ex->R;
+    mp_status_t st = ex->be->ops->upload(ex->be, dev, host, (size_t)rows * sizeof(int32_t));
+    if (st != MP_OK) {
+        return fail(ex, err, st, -1, "uploading labels");
+    }
+    *dev_p = dev;
+    return MP_OK;
 }
 
 static mp_status_t model_fail(mp_exec_t *ex, mp_status_t st, const char *what, mp_errbuf_t *err)
@@ -551,8 +645,12 @@ static mp_status_t train_action(mp_exec_t *ex, const mp_sched_action_t *a, doubl
             if (st != MP_OK) {
                 return fail(ex, err, st, (int)ex->g.feeder_rank, "receiving labels");
             }
-            st = mp_model_loss(ex->model, s, ex->labels + k * R, R, 1.0f / (float)ex->g.batch,
-                               loss_sum, NULL);
+            const int32_t *labels;
+            st = labels_for(ex, k, R, &labels, err);
+            if (st != MP_OK) {
+                return st;
+            }
+            st = mp_model_loss(ex->model, s, labels, R, 1.0f / (float)ex->g.batch, loss_sum, NULL);
             if (st != MP_OK) {
                 return fail(ex, err, st, -1, "loss");
             }
@@ -561,14 +659,27 @@ static mp_status_t train_action(mp_exec_t *ex, const mp_sched_action_t *a, doubl
     }
     case MP_SCHED_SEND_ACT: {
         int s = ex->slot_of[k];
-        return send_tensor(ex, ex->ep_next, MP_XPORT_KIND_ACT, ex->seq + (uint64_t)k, ex->out[s], R,
-                           ex->O, &ex->act_req[s], "sending an activation", err);
+        const float *out;
+        st = host_output(ex, s, R, &out, err);
+        if (st != MP_OK) {
+            return st;
+        }
+        return send_tensor(ex, ex->ep_next, MP_XPORT_KIND_ACT, ex->seq + (uint64_t)k, out, R, ex->O,
+                           &ex->act_req[s], "sending an activation", err);
     }
     case MP_SCHED_RECV_GRAD: {
         int s = ex->slot_of[k];
-        return recv_tensor(ex, ex->ep_next, MP_XPORT_KIND_GRAD, ex->seq + (uint64_t)k,
-                           mp_model_output_grad(ex->model, s), R, ex->O, false,
-                           "receiving a gradient", err);
+        float *og = mp_model_output_grad(ex->model, s);
+        float *buf = ex->staged ? ex->og_host[s] : og;
+        st = recv_tensor(ex, ex->ep_next, MP_XPORT_KIND_GRAD, ex->seq + (uint64_t)k, buf, R, ex->O,
+                         false, "receiving a gradient", err);
+        if (st == MP_OK && ex->staged) {
+            st = ex->be->ops->upload(ex->be, og, buf, (size_t)(R * ex->O) * sizeof(float));
+            if (st != MP_OK) {
+                return fail(ex, err, st, -1, "uploading a gradient");
+            }
+        }
+        return st;
     }
     case MP_SCHED_BWD: {
         int s = ex->slot_of[k];
@@ -584,7 +695,11 @@ static mp_status_t train_action(mp_exec_t *ex, const mp_sched_action_t *a, doubl
             if (st != MP_OK) {
                 return st;
             }
-            memcpy(ex->gsend[s], dx, (size_t)(R * ex->I) * sizeof(float));
+            st = ex->be->ops->download(ex->be, ex->gsend[s], dx,
+                                       (size_t)(R * ex->I) * sizeof(float));
+            if (st != MP_OK) {
+                return fail(ex, err, st, -1, "downloading a gradient");
+            }
         }
         return MP_OK;
     }
@@ -595,8 +710,18 @@ static mp_status_t train_action(mp_exec_t *ex, const mp_sched_action_t *a, doubl
     }
     case MP_SCHED_DP_ALLREDUCE:
         if (ex->dp_group != NULL) {
-            st = mp_coll_allreduce_sum_f32(ex->dp_group, mp_model_grads(ex->model),
-                                           (size_t)mp_model_param_count(ex->model), ex->timeout_ms);
+            float *grads = mp_model_grads(ex->model);
+            size_t n = (size_t)mp_model_param_count(ex->model);
+            float *buf = ex->staged ? ex->grads_host : grads;
+            if (ex->staged) {
+                st = ex->be->ops->download(ex->be, buf, grads, n * sizeof(float));
+            }
+            if (st == MP_OK) {
+                st = mp_coll_allreduce_sum_f32(ex->dp_group, buf, n, ex->timeout_ms);
+            }
+            if (st == MP_OK && ex->staged) {
+                st = ex->be->ops->upload(ex->be, grads, buf, n * sizeof(float));
+            }
             if (st != MP_OK) {
                 int t = ex->o.tp_rank;
                 return mp_errbuf_set(err, st,
@@ -729,15 +854,24 @@ static mp_status_t run_eval(mp_exec_t *ex, const mp_engine_ev_t *ev, mp_exec_rep
             st = recv_tensor(ex, ex->ep_feeder, MP_XPORT_KIND_LABEL, ex->seq + (uint64_t)k,
                              ex->labels, rows, 1, true, "receiving labels", err);
             if (st == MP_OK) {
-                st = mp_model_loss(ex->model, s, ex->labels, rows, 0.0f, &loss_sum, &correct);
+                const int32_t *labels;
+                st = labels_for(ex, 0, rows, &labels, err);
+                if (st != MP_OK) {
+                    return st;
+                }
+                st = mp_model_loss(ex->model, s, labels, rows, 0.0f, &loss_sum, &correct);
                 if (st != MP_OK) {
                     return fail(ex, err, st, -1, "evaluation loss");
                 }
             }
             samples += rows;
         } else {
-            st = send_tensor(ex, ex->ep_next, MP_XPORT_KIND_ACT, ex->seq + (uint64_t)k, ex->out[s],
-                             rows, ex->O, &ex->act_req[s], "sending an activation", err);
+            const float *out;
+            st = host_output(ex, s, rows, &out, err);
+            if (st == MP_OK) {
+                st = send_tensor(ex, ex->ep_next, MP_XPORT_KIND_ACT, ex->seq + (uint64_t)k, out,
+                                 rows, ex->O, &ex->act_req[s], "sending an activation", err);
+            }
         }
         ex->busy[s] = false;
         if (st != MP_OK) {
@@ -810,6 +944,24 @@ void mp_exec_destroy(mp_exec_t *ex)
         drain(ex);
         mp_exec_disconnect(ex);
         mp_xport_worker_destroy(ex->w);
+    }
+    for (int s = 0; s < ex->nslots; s++) {
+        if (ex->in_host != NULL) {
+            mp_free(ex->in_host[s]);
+        }
+        if (ex->out_host != NULL) {
+            mp_free(ex->out_host[s]);
+        }
+        if (ex->og_host != NULL) {
+            mp_free(ex->og_host[s]);
+        }
+    }
+    mp_free(ex->in_host);
+    mp_free(ex->out_host);
+    mp_free(ex->og_host);
+    mp_free(ex->grads_host);
+    if (ex->labels_dev != NULL) {
+        ex->be->ops->free(ex->be, ex->labels_dev);
     }
     mp_model_destroy(ex->model);
     mp_backend_destroy(ex->be);

@@ -5,7 +5,7 @@
  * owns a UCX worker, which is single-threaded).
  *
  * Life of an executor, in one process or across daemons:
- *   1. mp_exec_create() on the executor thread: CPU backend, the model of
+ *   1. mp_exec_create() on the executor thread: its backend, the model of
  *      its stage's layers and TP slice (parameters initialized by slice),
  *      its UCX worker.  mp_exec_address() gives the worker's address.
  *   2. The addresses of every shard and of the feeder travel to every
@@ -36,6 +36,7 @@
 
 #include "common/status.h"
 #include "engine/job.h"
+#include "gpu/backend.h"
 #include "model/spec.h"
 #include "parallel/sched.h"
 #include "parallel/tpplan.h"
@@ -73,7 +74,15 @@ typedef struct {
     const mp_spec_t *spec; /* must outlive the executor */
     uint32_t job;          /* job id in tags (low 16 bits) */
     int stage, tp_rank, dp_rank;
-    int threads;             /* CPU backend threads, >= 1 */
+    int threads; /* CPU backend threads, >= 1 */
+    /* The device: MP_BACKEND_CPU (default), or MP_BACKEND_CUDA on GPU
+     * `device` (tf32: allow TF32 GEMMs).  Messages and collectives stage
+     * through host buffers when the backend's memory is not host memory,
+     * or always with stage_through_host (tests of that path on a CPU). */
+    mp_backend_kind_t device_kind;
+    int device;
+    bool tf32;
+    bool stage_through_host;
     int64_t train_n, test_n; /* the data set's sizes (mp_feeder_sizes) */
     int64_t timeout_ms;      /* every wait; <= 0: 30000 */
     mp_exec_report_cb_t on_report;

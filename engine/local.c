@@ -346,6 +346,7 @@ static void *shard_main(void *p)
     if (bar_wait(&sh->bar) != 0) {
         return NULL;
     }
+    int ndev = sh->o->device_kind == MP_BACKEND_CUDA ? mp_backend_cuda_device_count() : 0;
     mp_exec_opts_t eo = {
         .spec = sh->spec,
         .job = 1,
@@ -353,6 +354,10 @@ static void *shard_main(void *p)
         .tp_rank = t,
         .dp_rank = d,
         .threads = sh->o->threads > 0 ? sh->o->threads : 1,
+        .device_kind = sh->o->device_kind,
+        .device = ndev > 0 ? th->rank % ndev : 0,
+        .tf32 = sh->o->tf32,
+        .stage_through_host = sh->o->stage_through_host,
         .train_n = sh->g.train_n,
         .test_n = sh->g.test_n,
         .timeout_ms = sh->o->timeout_ms,
@@ -443,7 +448,8 @@ static void finish_result(shared_t *sh)
     tr->has_test = g->test_n > 0;
     tr->seconds = secs;
     tr->samples_per_s = secs > 0 ? (double)tr->samples / secs : 0.0;
-    snprintf(tr->device, sizeof(tr->device), "cpu");
+    snprintf(tr->device, sizeof(tr->device), "%s",
+             sh->o->device_kind == MP_BACKEND_CUDA ? "cuda" : "cpu");
 }
 
 static mp_status_t save_weights(const mp_spec_t *spec, mp_engine_result_t *res, const char *dir,

@@ -18,7 +18,11 @@
 #include "model/train.h"
 
 typedef struct {
-    int threads;              /* CPU backend threads per shard; <= 0: 1 */
+    int threads; /* CPU backend threads per shard; <= 0: 1 */
+    /* MP_BACKEND_CPU, or MP_BACKEND_CUDA: shard r on GPU r % (GPUs visible). */
+    mp_backend_kind_t device_kind;
+    bool tf32;
+    bool stage_through_host;  /* tests: the device path's host staging on a CPU */
     int64_t timeout_ms;       /* every wait of every shard; <= 0: 30000 */
     const char *tls;          /* UCX transports (UCX_TLS when unset), NULL: UCX's choice */
     const char *save_weights; /* directory for <layer>.<param>.npy, or NULL */

@@ -104,6 +104,8 @@ static double rel_err(const float *a, const float *ref, int64_t n)
     return mx > 0 ? d / mx : d;
 }
 
+static bool staged; /* run the shards' host-staging path (a device backend's) */
+
 static void check_one_ex(int pp, int tp, int dp, int m, const char *sched, bool adamw,
                          const char *extra)
 {
@@ -112,6 +114,7 @@ static void check_one_ex(int pp, int tp, int dp, int m, const char *sched, bool 
     mp_spec_t *spec = make_spec_ex(pp, tp, dp, m, sched, adamw, extra);
     mp_engine_local_opts_t o = mp_engine_local_opts_default();
     o.timeout_ms = 20000;
+    o.stage_through_host = staged;
     mp_engine_result_t res;
     mp_errbuf_t err = {{0}};
     mp_status_t st = mp_engine_run_local(spec, &o, &res, &err);
@@ -213,4 +216,13 @@ Test(engine_equiv, naive_and_other_partitions, .timeout = 120)
      * pairing with layer 2, which becomes column-parallel on stage 1. */
     check_one_ex(3, 2, 1, 3, "1f1b", false, ", \"stages\": [1, 3, 2]");
     check_one_ex(2, 2, 2, 2, "gpipe", false, ", \"partition\": \"balanced\"");
+}
+
+Test(engine_equiv, host_staging_path_of_device_backends, .timeout = 120)
+{
+    /* What a CUDA shard does (download, send, receive, upload; the DP
+     * allreduce on a host copy), run on the CPU backend. */
+    staged = true;
+    check_one(2, 2, 1, 3, "1f1b", false);
+    check_one(2, 1, 2, 4, "gpipe", false);
 }
