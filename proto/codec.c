@@ -154,6 +154,13 @@ static mp_status_t check_message(const ProtobufCMessage *msg, int depth, mp_errb
     if (depth > 16) {
         return mp_errbuf_set(err, MP_ERR_PROTO, "messages nested too deep");
     }
+    /* protobuf-c keeps unknown fields, and accepts field number 0 when its
+     * tag is a padded varint; such a field could not even be re-encoded. */
+    for (unsigned i = 0; i < msg->n_unknown_fields; i++) {
+        if (msg->unknown_fields[i].tag == 0) {
+            return mp_errbuf_set(err, MP_ERR_PROTO, "%s: field number 0", d->name);
+        }
+    }
     for (unsigned i = 0; i < d->n_fields; i++) {
         const ProtobufCFieldDescriptor *f = &d->fields[i];
         const char *base = (const char *)msg;

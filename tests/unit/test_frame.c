@@ -212,6 +212,17 @@ Test(frame, unknown_oneof_is_refused)
     cr_assert_eq(mp_frame_unpack(only_id, sizeof(only_id), &env, &err), MP_ERR_PROTO);
 }
 
+Test(frame, field_number_zero_is_refused)
+{
+    /* Found by the fuzzer: tag 0 written as a padded varint (0x80 0x00)
+     * inside a JobAssignment. */
+    const uint8_t payload[] = {0xe2, 0x03, 0x06, 0x0a, 0x01, 0x37, 0x80, 0x00, 0x02};
+    Mpar__Envelope *env;
+    mp_errbuf_t err;
+    cr_assert_eq(mp_frame_unpack(payload, sizeof(payload), &env, &err), MP_ERR_PROTO);
+    cr_assert(strstr(err.msg, "field number 0") != NULL, "%s", err.msg);
+}
+
 Test(frame, out_of_range_enum_is_refused)
 {
     Mpar__Envelope env = MPAR__ENVELOPE__INIT;
