@@ -526,11 +526,16 @@ static void drain(mp_exec_t *ex)
 /* Takes a free slot for micro-batch (or chunk) k, once its last send is done. */
 static mp_status_t slot_take(mp_exec_t *ex, int k, int *slot_p, mp_errbuf_t *err)
 {
-    int s = 0;
-    while (s < ex->nslots && ex->busy[s]) {
-        s++;
+    /* Round robin from k: an evaluation, whose slots free at once, then
+     * finds the oldest send, most likely done, rather than the newest. */
+    int s = -1;
+    for (int i = 0; i < ex->nslots && s < 0; i++) {
+        int c = (k + i) % ex->nslots;
+        if (!ex->busy[c]) {
+            s = c;
+        }
     }
-    if (s == ex->nslots) {
+    if (s < 0) {
         return mp_errbuf_set(err, MP_ERR_STATE,
                              "rank %d: no free activation slot for "
                              "micro-batch %d (%d slots)",
