@@ -24,7 +24,7 @@
 #include "proto/json.h"
 
 #define EVENTS_MAX 1000
-#define JOBS_MAX 10000
+#define JOBS_MAX 2000 /* finished jobs beyond this are forgotten, oldest first */
 #define STATE_FILE "jobs.json"
 #define STATE_VERSION 1
 
@@ -952,6 +952,20 @@ mp_status_t mp_coord_create(mpard_t *d, mp_coord_t **coord_p)
         c->save_inflight = true;
         st = coord_load(c, &err);
         c->save_inflight = false;
+        if (st == MP_ERR_FORMAT) {
+            /* Kept for inspection, never silently overwritten; the cluster
+             * still starts. */
+            char aside[PATH_MAX + 64];
+            snprintf(aside, sizeof(aside), "%s.corrupt-%llu", c->state_path,
+                     (unsigned long long)mpard_now_ms());
+            mp_err("the job state is unreadable (%s); moved to %s, starting with no jobs",
+                   err.msg, aside);
+            st = rename(c->state_path, aside) == 0 ? MP_OK : MP_ERR_IO;
+            if (st != MP_OK) {
+                mp_errbuf_set(&err, st, "cannot move %s aside: %s", c->state_path,
+                              strerror(errno));
+            }
+        }
     }
     if (st != MP_OK) {
         mp_err("state dir: %s", err.msg);

@@ -68,6 +68,18 @@ grep -q "loopback only" "$T/c.log" || fail "mpard did not say it bound loopback 
 [ "$(stat -c %a "$T/c.sock")" = 660 ] || fail "socket mode $(stat -c %a "$T/c.sock"), want 660"
 echo "ok flag over file, loopback only without a secret, socket 0660"
 
+# A corrupt state file is moved aside, and the coordinator still starts.
+mkdir -p "$T/cs"
+echo '{"version": 1, "jobs": [' >"$T/cs/jobs.json"
+"$MPARD" --coordinator --devices none --listen 127.0.0.1:0 --socket "$T/cs.sock" \
+    --state-dir "$T/cs" >"$T/cs.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do [ -S "$T/cs.sock" ] && break; sleep 0.05; done
+printf '{"cmd":"status"}\n' | socat -t 2 - "UNIX-CONNECT:$T/cs.sock" | grep -q '"ok":true' ||
+    fail "coordinator with a corrupt state file did not start: $(cat "$T/cs.log")"
+ls "$T/cs"/jobs.json.corrupt-* >/dev/null 2>&1 || fail "the corrupt state file was not kept aside"
+echo "ok corrupt state file moved aside"
+
 # SO_PEERCRED: the socket's group reads, only root and mpard's user change jobs.
 if command -v runuser >/dev/null && id nobody >/dev/null 2>&1 &&
     runuser -u nobody -- test -x "$CLIENT" 2>/dev/null; then
