@@ -167,8 +167,8 @@ static double cpu_seconds(pid_t pid)
     char *p = strrchr(buf, ')');
     unsigned long ut = 0, st = 0;
     /* After "pid (comm)": state and 10 more fields, then utime and stime. */
-    if (p == NULL || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut,
-                            &st) != 2) {
+    if (p == NULL ||
+        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2) {
         return 0;
     }
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
@@ -265,9 +265,9 @@ int main(int argc, char **argv)
     snprintf(csock, sizeof(csock), "%s/c0.sock", tmpdir);
     snprintf(cstate, sizeof(cstate), "%s/c0", tmpdir);
     snprintf(log, sizeof(log), "%s/mpard.log", tmpdir);
-    char *cargv[] = {mpard, "--name", "c0", "--coordinator", "--devices", "none", "--listen",
-                     "127.0.0.1:0", "--socket", csock, "--state-dir", cstate, "--log-level",
-                     "warn", NULL};
+    char *cargv[] = {mpard,         "--name",   "c0",          "--coordinator", "--devices",
+                     "none",        "--listen", "127.0.0.1:0", "--socket",      csock,
+                     "--state-dir", cstate,     "--log-level", "warn",          NULL};
     pid_t coord = spawn(cargv, log);
     json_t *st = NULL;
     for (int i = 0; i < 100 && st == NULL; i++) {
@@ -288,8 +288,9 @@ int main(int argc, char **argv)
         snprintf(name, sizeof(name), "n%d", i + 1);
         snprintf(sock, sizeof(sock), "%s/%s.sock", tmpdir, name);
         snprintf(state, sizeof(state), "%s/%s", tmpdir, name);
-        char *nargv[] = {mpard, "--name", name, "--join", join, "--devices", "cpu:1", "--socket",
-                         sock, "--state-dir", state, "--log-level", "warn", NULL};
+        char *nargv[] = {mpard,       "--name",      name,       "--join", join,
+                         "--devices", "cpu:1",       "--socket", sock,     "--state-dir",
+                         state,       "--log-level", "warn",     NULL};
         pid_t p = spawn(nargv, log);
         if (i == 0) {
             node0 = p;
@@ -330,19 +331,17 @@ int main(int argc, char **argv)
         json_array_append_new(
             results, json_pack("{s:s, s:i, s:f, s:n, s:f, s:s, s:s, s:f, s:f}", "test",
                                "status_rps", "clients", clients[i], "mpar", rps[i], "peer",
-                               "target", RPS_TARGET, "reference", "target", "unit",
-                               "requests/s", "ratio", rps[i] / RPS_TARGET,
-                               "mpard_cpu_us_per_request", us[i]));
+                               "target", RPS_TARGET, "reference", "target", "unit", "requests/s",
+                               "ratio", rps[i] / RPS_TARGET, "mpard_cpu_us_per_request", us[i]));
     }
     const char *roles[2] = {"coordinator", "node"};
     long rss[2] = {rss_coord, rss_node};
     for (int i = 0; i < 2; i++) {
         json_array_append_new(
-            results, json_pack("{s:s, s:s, s:i, s:I, s:n, s:f, s:s, s:s, s:f}", "test",
-                               "idle_rss", "role", roles[i], "nodes", NNODES,
-                               "mpar", (json_int_t)rss[i], "peer", "target", RSS_TARGET,
-                               "reference", "target", "unit", "bytes", "ratio",
-                               rss[i] > 0 ? RSS_TARGET / (double)rss[i] : 0.0));
+            results, json_pack("{s:s, s:s, s:i, s:I, s:n, s:f, s:s, s:s, s:f}", "test", "idle_rss",
+                               "role", roles[i], "nodes", NNODES, "mpar", (json_int_t)rss[i],
+                               "peer", "target", RSS_TARGET, "reference", "target", "unit", "bytes",
+                               "ratio", rss[i] > 0 ? RSS_TARGET / (double)rss[i] : 0.0));
     }
     json_t *doc = json_pack("{s:s, s:o}", "bench", "control", "results", results);
     if (as_json) {

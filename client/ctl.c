@@ -54,18 +54,19 @@ static const char *user_name(void)
 
 static void ctl_usage(FILE *f)
 {
-    fprintf(f, "usage: mpar-client COMMAND [options]\n"
-               "  nodes                   the cluster's nodes\n"
-               "  jobs                    the job queue\n"
-               "  submit JOB.json [-f]    validate and queue a job (-f: follow its events)\n"
-               "  status JOB              one job's state\n"
-               "  logs JOB [-f]           a job's events (-f: until it ends)\n"
-               "  cancel JOB              cancel a job\n"
-               "options:\n"
-               "  --socket PATH           mpard's Unix socket (default %s, or $MPAR_SOCKET)\n"
-               "  --connect HOST:PORT     a coordinator over TCP instead\n"
-               "  --secret-file FILE      the cluster secret for --connect\n"
-               "  -o json                 print one JSON document\n",
+    fprintf(f,
+            "usage: mpar-client COMMAND [options]\n"
+            "  nodes                   the cluster's nodes\n"
+            "  jobs                    the job queue\n"
+            "  submit JOB.json [-f]    validate and queue a job (-f: follow its events)\n"
+            "  status JOB              one job's state\n"
+            "  logs JOB [-f]           a job's events (-f: until it ends)\n"
+            "  cancel JOB              cancel a job\n"
+            "options:\n"
+            "  --socket PATH           mpard's Unix socket (default %s, or $MPAR_SOCKET)\n"
+            "  --connect HOST:PORT     a coordinator over TCP instead\n"
+            "  --secret-file FILE      the cluster secret for --connect\n"
+            "  -o json                 print one JSON document\n",
             DEFAULT_SOCKET);
 }
 
@@ -76,8 +77,7 @@ static int ctl_connect(ctl_t *c)
     if (c->connect != NULL) {
         char host[256];
         const char *colon = strrchr(c->connect, ':');
-        if (colon == NULL || colon == c->connect ||
-            (size_t)(colon - c->connect) >= sizeof(host)) {
+        if (colon == NULL || colon == c->connect || (size_t)(colon - c->connect) >= sizeof(host)) {
             fprintf(stderr, "mpar-client: --connect expects HOST:PORT, not '%s'\n", c->connect);
             return EXIT_USAGE;
         }
@@ -205,8 +205,7 @@ static int ctl_send(ctl_t *c, Mpar__Envelope *env)
     int rc = write_all(c->fd, buf, len);
     mp_free(buf);
     if (rc != 0) {
-        fprintf(stderr, "mpar-client: lost the connection to %s: %s\n", c->where,
-                strerror(errno));
+        fprintf(stderr, "mpar-client: lost the connection to %s: %s\n", c->where, strerror(errno));
         return EXIT_UNREACHABLE;
     }
     return EXIT_OK;
@@ -219,8 +218,8 @@ static int ctl_recv(ctl_t *c, int timeout_ms, Mpar__Envelope **env_p)
         fprintf(stderr, "mpar-client: no reply from %s: %s\n", c->where, strerror(errno));
         return EXIT_UNREACHABLE;
     }
-    uint32_t n = ((uint32_t)hdr[0] << 24) | ((uint32_t)hdr[1] << 16) | ((uint32_t)hdr[2] << 8) |
-                 hdr[3];
+    uint32_t n =
+        ((uint32_t)hdr[0] << 24) | ((uint32_t)hdr[1] << 16) | ((uint32_t)hdr[2] << 8) | hdr[3];
     if (n == 0 || n > MP_FRAME_MAX_DEFAULT) {
         fprintf(stderr, "mpar-client: %s sent a frame of %u bytes; is it mpard?\n", c->where, n);
         return EXIT_UNREACHABLE;
@@ -252,7 +251,9 @@ static int ctl_handshake(ctl_t *c)
         fprintf(stderr, "mpar-client: %s\n", err.msg);
         return EXIT_AUTH;
     }
-    mp_handshake_params_t p = {.side = MP_AUTH_SIDE_CLIENT, .secret = secret, .name = user_name(),
+    mp_handshake_params_t p = {.side = MP_AUTH_SIDE_CLIENT,
+                               .secret = secret,
+                               .name = user_name(),
                                .role = MPAR__PEER_ROLE__PEER_ROLE_CLIENT};
     mp_handshake_t *hs;
     if (mp_handshake_create(&p, &hs) != MP_OK) {
@@ -483,8 +484,8 @@ static int cmd_jobs(ctl_t *c)
     if (c->json) {
         print_json(mp_proto_to_json(&jl->base));
     } else {
-        printf("%-6s %-20s %-10s %-10s %-24s %s\n", "ID", "NAME", "STATE", "PPxTPxDP",
-               "SUBMITTED", "REASON");
+        printf("%-6s %-20s %-10s %-10s %-24s %s\n", "ID", "NAME", "STATE", "PPxTPxDP", "SUBMITTED",
+               "REASON");
         for (size_t i = 0; i < jl->n_jobs; i++) {
             const Mpar__JobInfo *j = jl->jobs[i];
             char grid[32], t[64];
@@ -714,8 +715,7 @@ int mp_client_ctl_main(int argc, char **argv)
             ctl_usage(stdout);
             return EXIT_OK;
         default:
-            fprintf(stderr, "mpar-client: unknown or incomplete option '%s'\n",
-                    argv[optind - 1]);
+            fprintf(stderr, "mpar-client: unknown or incomplete option '%s'\n", argv[optind - 1]);
             ctl_usage(stderr);
             return EXIT_USAGE;
         }
@@ -727,8 +727,7 @@ int mp_client_ctl_main(int argc, char **argv)
         const char *a = argv[i];
         if (a[0] == '-' && a[1] != '\0') {
             bool takes = !strcmp(a, "--socket") || !strcmp(a, "--connect") ||
-                         !strcmp(a, "--secret-file") || !strcmp(a, "-o") ||
-                         !strcmp(a, "--output");
+                         !strcmp(a, "--secret-file") || !strcmp(a, "-o") || !strcmp(a, "--output");
             i += takes ? 1 : 0;
             continue;
         }
@@ -749,7 +748,9 @@ int mp_client_ctl_main(int argc, char **argv)
     }
     if (npos != want) {
         fprintf(stderr, "mpar-client: %s takes %s\n", cmd,
-                want == 0 ? "no argument" : !strcmp(cmd, "submit") ? "JOB.json" : "a JOB id");
+                want == 0                ? "no argument"
+                : !strcmp(cmd, "submit") ? "JOB.json"
+                                         : "a JOB id");
         return EXIT_USAGE;
     }
     if (c.follow && strcmp(cmd, "submit") != 0 && strcmp(cmd, "logs") != 0) {

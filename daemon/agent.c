@@ -22,7 +22,7 @@ typedef struct {
     uint64_t rid;      /* on the coordinator link */
     uint64_t orig_rid; /* the client's */
     mp_session_t *s;
-    bool watch;        /* a WatchJob: its events come until one says final */
+    bool watch; /* a WatchJob: its events come until one says final */
 } forward_t;
 
 struct mp_agent {
@@ -45,8 +45,14 @@ struct mp_agent {
     const char *state;
 };
 
-bool mp_agent_registered(const mp_agent_t *a) { return a->registered; }
-const char *mp_agent_state(const mp_agent_t *a) { return a->state; }
+bool mp_agent_registered(const mp_agent_t *a)
+{
+    return a->registered;
+}
+const char *mp_agent_state(const mp_agent_t *a)
+{
+    return a->state;
+}
 
 static void agent_connect(mp_agent_t *a);
 
@@ -141,8 +147,8 @@ static bool fwd_reply(mp_agent_t *a, const Mpar__Envelope *env)
             continue;
         }
         forward_t f = a->fwd[i];
-        bool more = f.watch && env->msg_case == MPAR__ENVELOPE__MSG_JOB_EVENT &&
-                    !env->job_event->final;
+        bool more =
+            f.watch && env->msg_case == MPAR__ENVELOPE__MSG_JOB_EVENT && !env->job_event->final;
         if (!more) {
             fwd_remove(a, i);
         }
@@ -159,8 +165,8 @@ mp_status_t mp_agent_forward(mp_agent_t *a, mp_session_t *s, const Mpar__Envelop
 {
     if (a->conn == NULL || !a->registered) {
         return mp_errbuf_set(err, MP_ERR_PEER,
-                             "this node is not connected to its coordinator at %s (%s)",
-                             a->target, a->state);
+                             "this node is not connected to its coordinator at %s (%s)", a->target,
+                             a->state);
     }
     if (a->nfwd == a->cap_fwd) {
         size_t cap = a->cap_fwd ? a->cap_fwd * 2 : 8;
@@ -186,7 +192,9 @@ mp_status_t mp_agent_forward(mp_agent_t *a, mp_session_t *s, const Mpar__Envelop
         copy.cancel_job = &cj;
     }
     copy.request_id = ++a->next_rid;
-    forward_t f = {.rid = copy.request_id, .orig_rid = req->request_id, .s = s,
+    forward_t f = {.rid = copy.request_id,
+                   .orig_rid = req->request_id,
+                   .s = s,
                    .watch = req->msg_case == MPAR__ENVELOPE__MSG_WATCH_JOB};
     a->fwd[a->nfwd++] = f;
     if (mp_conn_send(a->conn, &copy) != MP_OK) {
@@ -293,8 +301,7 @@ static void on_close(mp_conn_t *conn, mp_conn_reason_t reason, const char *why, 
         mp_err("the coordinator at %s refused this node's cluster secret (%s)", a->target, why);
         a->backoff_ms = BACKOFF_MAX_MS;
     } else if (was) {
-        mp_warn("lost the coordinator at %s (%s): %s", a->target, mp_conn_reason_name(reason),
-                why);
+        mp_warn("lost the coordinator at %s (%s): %s", a->target, mp_conn_reason_name(reason), why);
     } else {
         mp_debug("cannot reach the coordinator at %s (%s): %s", a->target,
                  mp_conn_reason_name(reason), why);

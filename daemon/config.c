@@ -200,13 +200,19 @@ mp_status_t mp_daemon_config_load(int argc, char **argv, mp_daemon_config_t *cfg
                                   mp_errbuf_t *err)
 {
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},  {"name", required_argument, NULL, 0},
-        {"coordinator", no_argument, NULL, 'C'},   {"listen", required_argument, NULL, 0},
-        {"join", required_argument, NULL, 0},      {"socket", required_argument, NULL, 0},
-        {"state-dir", required_argument, NULL, 0}, {"secret-file", required_argument, NULL, 0},
-        {"devices", required_argument, NULL, 0},   {"heartbeat-ms", required_argument, NULL, 0},
+        {"config", required_argument, NULL, 'c'},
+        {"name", required_argument, NULL, 0},
+        {"coordinator", no_argument, NULL, 'C'},
+        {"listen", required_argument, NULL, 0},
+        {"join", required_argument, NULL, 0},
+        {"socket", required_argument, NULL, 0},
+        {"state-dir", required_argument, NULL, 0},
+        {"secret-file", required_argument, NULL, 0},
+        {"devices", required_argument, NULL, 0},
+        {"heartbeat-ms", required_argument, NULL, 0},
         {"dead-after-ms", required_argument, NULL, 0},
-        {"log-level", required_argument, NULL, 0}, {"help", no_argument, NULL, 'h'},
+        {"log-level", required_argument, NULL, 0},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     mp_daemon_config_t c;
@@ -255,8 +261,8 @@ mp_status_t mp_daemon_config_load(int argc, char **argv, mp_daemon_config_t *cfg
         ini_ctx_t ctx = {.cfg = &c, .err = err, .st = MP_OK};
         int rc = ini_parse(c.config_path, on_ini, &ctx);
         if (rc == -1) {
-            return mp_errbuf_set(err, MP_ERR_INVAL, "cannot open config file %s: %s",
-                                 c.config_path, strerror(errno));
+            return mp_errbuf_set(err, MP_ERR_INVAL, "cannot open config file %s: %s", c.config_path,
+                                 strerror(errno));
         }
         if (ctx.st != MP_OK) {
             char msg[sizeof(err->msg)];
@@ -357,8 +363,7 @@ mp_status_t mp_daemon_devices_parse(const char *spec, mp_daemon_device_t *devs, 
             }
             for (int i = 0; i < n; i++) {
                 if (devs[i].index == (uint32_t)k) {
-                    return mp_errbuf_set(err, MP_ERR_INVAL, "'%s': GPU %ld named twice", spec,
-                                         k);
+                    return mp_errbuf_set(err, MP_ERR_INVAL, "'%s': GPU %ld named twice", spec, k);
                 }
             }
             devs[n].kind = MP_DEVKIND_CUDA;
@@ -409,8 +414,10 @@ mp_status_t mp_daemon_addr_parse(const char *hostport, struct sockaddr_storage *
     }
     struct sockaddr_in *a4 = (struct sockaddr_in *)addr_p;
     if (inet_pton(AF_INET, host, &a4->sin_addr) != 1) {
-        return mp_errbuf_set(err, MP_ERR_INVAL, "'%s': host must be a numeric IPv4 address, "
-                                                "[IPv6] or localhost", hostport);
+        return mp_errbuf_set(err, MP_ERR_INVAL,
+                             "'%s': host must be a numeric IPv4 address, "
+                             "[IPv6] or localhost",
+                             hostport);
     }
     a4->sin_family = AF_INET;
     a4->sin_port = htons((uint16_t)port);

@@ -83,7 +83,10 @@ struct mp_coord {
 static void coord_save(mp_coord_t *c);
 static void job_try_start(mp_coord_t *c, coord_job_t *j);
 
-uint64_t mp_coord_epoch(const mp_coord_t *c) { return c->epoch; }
+uint64_t mp_coord_epoch(const mp_coord_t *c)
+{
+    return c->epoch;
+}
 
 static bool job_terminal(Mpar__JobState s)
 {
@@ -309,11 +312,13 @@ static void sweep_restart(mp_coord_t *c)
     uv_timer_start(&c->sweep_timer, on_sweep, every, every);
 }
 
-void mp_coord_apply_config(mp_coord_t *c) { sweep_restart(c); }
+void mp_coord_apply_config(mp_coord_t *c)
+{
+    sweep_restart(c);
+}
 
 mp_status_t mp_coord_node_register(mp_coord_t *c, mp_session_t *s, const Mpar__RegisterNode *r,
-                                   const char *address, mp_coord_node_t **node_p,
-                                   mp_errbuf_t *err)
+                                   const char *address, mp_coord_node_t **node_p, mp_errbuf_t *err)
 {
     const char *name = r->name ? r->name : "";
     size_t nl = strlen(name);
@@ -370,7 +375,7 @@ mp_status_t mp_coord_node_register(mp_coord_t *c, mp_session_t *s, const Mpar__R
         mp_session_set_node(old, NULL);
         mp_session_close(old, "replaced by a new registration of the same node");
     }
-    const char *how = !known ? "registered"
+    const char *how = !known                                  ? "registered"
                       : n->info.incarnation != r->incarnation ? "rejoined after a restart"
                                                               : "reconnected";
     mp_free(n->devs);
@@ -476,8 +481,8 @@ Mpar__JobInfo **mp_coord_jobs(mp_coord_t *c, size_t *n_p)
 static coord_job_t *job_find(mp_coord_t *c, const char *id)
 {
     for (coord_job_t *j = c->jobs; j != NULL; j = j->next) {
-        if (strcmp(j->id, id) == 0 || (j->name != NULL && strcmp(j->name, id) == 0 &&
-                                       !job_terminal(j->info.state))) {
+        if (strcmp(j->id, id) == 0 ||
+            (j->name != NULL && strcmp(j->name, id) == 0 && !job_terminal(j->info.state))) {
             return j;
         }
     }
@@ -923,8 +928,7 @@ static mp_status_t mkdir_p(const char *path, mp_errbuf_t *err)
         if (*p == '/') {
             *p = '\0';
             if (mkdir(buf, 0755) != 0 && errno != EEXIST) {
-                return mp_errbuf_set(err, MP_ERR_IO, "cannot create %s: %s", buf,
-                                     strerror(errno));
+                return mp_errbuf_set(err, MP_ERR_IO, "cannot create %s: %s", buf, strerror(errno));
             }
             *p = '/';
         }
@@ -958,12 +962,11 @@ mp_status_t mp_coord_create(mpard_t *d, mp_coord_t **coord_p)
             char aside[PATH_MAX + 64];
             snprintf(aside, sizeof(aside), "%s.corrupt-%llu", c->state_path,
                      (unsigned long long)mpard_now_ms());
-            mp_err("the job state is unreadable (%s); moved to %s, starting with no jobs",
-                   err.msg, aside);
+            mp_err("the job state is unreadable (%s); moved to %s, starting with no jobs", err.msg,
+                   aside);
             st = rename(c->state_path, aside) == 0 ? MP_OK : MP_ERR_IO;
             if (st != MP_OK) {
-                mp_errbuf_set(&err, st, "cannot move %s aside: %s", c->state_path,
-                              strerror(errno));
+                mp_errbuf_set(&err, st, "cannot move %s aside: %s", c->state_path, strerror(errno));
             }
         }
     }

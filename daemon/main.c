@@ -43,7 +43,8 @@ void mpard_check_ready(mpard_t *d)
     mp_notify_send("READY=1");
     mp_notify_status_update(d);
     mp_notice("mpard %s ready: %s%s%s", d->cfg.name, d->coord ? "coordinator on " : "",
-              d->coord ? d->tcp_bound : "", d->agent ? (d->coord ? ", node registered" : "node registered") : "");
+              d->coord ? d->tcp_bound : "",
+              d->agent ? (d->coord ? ", node registered" : "node registered") : "");
 }
 
 static void close_if_open(uv_handle_t *h, void *arg)
@@ -122,16 +123,20 @@ static void mpard_reload(mpard_t *d)
             size_t off, len;
         } fixed[] = {
 #define F(k, f) {k, offsetof(mp_daemon_config_t, f), sizeof(((mp_daemon_config_t *)0)->f)}
-            F("name", name),           F("coordinator", coordinator), F("listen", listen),
-            F("join", join),           F("socket", socket_path),      F("state-dir", state_dir),
-            F("secret-file", secret_file), F("devices", devices),
+            F("name", name),
+            F("coordinator", coordinator),
+            F("listen", listen),
+            F("join", join),
+            F("socket", socket_path),
+            F("state-dir", state_dir),
+            F("secret-file", secret_file),
+            F("devices", devices),
 #undef F
         };
         for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++) {
-            if (memcmp((char *)&nc + fixed[i].off, (char *)&d->cfg + fixed[i].off,
-                       fixed[i].len) != 0) {
-                mp_warn("reload: '%s' changed; it takes effect at the next restart",
-                        fixed[i].key);
+            if (memcmp((char *)&nc + fixed[i].off, (char *)&d->cfg + fixed[i].off, fixed[i].len) !=
+                0) {
+                mp_warn("reload: '%s' changed; it takes effect at the next restart", fixed[i].key);
             }
         }
         d->cfg.heartbeat_ms = nc.heartbeat_ms;
@@ -306,8 +311,7 @@ int main(int argc, char **argv)
     uv_signal_start(&d.sig_hup, on_signal, SIGHUP);
 
     int rc = 0;
-    if (d.cfg.coordinator &&
-        (listen_tcp(&d) != MP_OK || mp_coord_create(&d, &d.coord) != MP_OK)) {
+    if (d.cfg.coordinator && (listen_tcp(&d) != MP_OK || mp_coord_create(&d, &d.coord) != MP_OK)) {
         rc = 1;
     }
     if (rc == 0 && listen_unix(&d) != MP_OK) {
@@ -323,8 +327,7 @@ int main(int argc, char **argv)
         mp_info("mpard %s %s: %s%s, %d device%s (%s), heartbeat %u ms, dead after %u ms",
                 MP_VERSION, d.cfg.name, d.coord ? "coordinator" : "",
                 d.agent ? (d.coord ? " + node" : "node") : "", d.ndevices,
-                d.ndevices == 1 ? "" : "s", d.cfg.devices, d.cfg.heartbeat_ms,
-                d.cfg.dead_after_ms);
+                d.ndevices == 1 ? "" : "s", d.cfg.devices, d.cfg.heartbeat_ms, d.cfg.dead_after_ms);
         mp_notify_watchdog_start(&d);
         mpard_check_ready(&d);
     } else {

@@ -127,9 +127,9 @@ char *mp_metrics_render(mpard_t *d)
     }
     family(&t, "mpar_connections", "gauge", "Open control connections.");
     put(&t, "mpar_connections %llu\n", (unsigned long long)cs->open);
-    counter(&t, "mpar_connections_accepted_total", "Control connections accepted.",
-            cs->accepted);
-    family(&t, "mpar_connections_closed_total", "counter", "Control connections closed, by reason.");
+    counter(&t, "mpar_connections_accepted_total", "Control connections accepted.", cs->accepted);
+    family(&t, "mpar_connections_closed_total", "counter",
+           "Control connections closed, by reason.");
     for (int r = 0; r < MP_CONN_REASON_COUNT; r++) {
         put(&t, "mpar_connections_closed_total{reason=\"%s\"} %llu\n",
             mp_conn_reason_name((mp_conn_reason_t)r), (unsigned long long)cs->closed[r]);

@@ -30,12 +30,12 @@ typedef struct mp_session mp_session_t;
 typedef struct mp_coord_node mp_coord_node_t;
 
 typedef struct {
-    uint64_t status_requests;      /* JSON lines answered */
-    uint64_t status_errors;        /* malformed, oversized or unknown JSON requests */
-    uint64_t requests;             /* framed requests answered */
-    uint64_t requests_denied;      /* refused for lack of permission */
+    uint64_t status_requests; /* JSON lines answered */
+    uint64_t status_errors;   /* malformed, oversized or unknown JSON requests */
+    uint64_t requests;        /* framed requests answered */
+    uint64_t requests_denied; /* refused for lack of permission */
     uint64_t jobs_submitted;
-    uint64_t jobs_refused;         /* invalid specs */
+    uint64_t jobs_refused; /* invalid specs */
     uint64_t heartbeats;
     uint64_t registrations;
     uint64_t reloads;
@@ -65,8 +65,8 @@ typedef struct mpard {
     bool listeners_ready;
     bool ready_sent;
     bool stopping;
-    mp_coord_t *coord; /* coordinator role, or NULL */
-    mp_agent_t *agent; /* node role (devices not "none"), or NULL */
+    mp_coord_t *coord;      /* coordinator role, or NULL */
+    mp_agent_t *agent;      /* node role (devices not "none"), or NULL */
     mp_session_t *sessions; /* doubly linked, for shutdown */
     mpard_counters_t n;
 } mpard_t;
@@ -86,9 +86,6 @@ void mp_session_close_all(mpard_t *d); /* flush, then close */
 void mp_session_abort_all(mpard_t *d); /* close now */
 /* Sends to a session's connection (used by coord.c for watchers). */
 mp_status_t mp_session_send(mp_session_t *s, const Mpar__Envelope *env);
-bool mp_session_is_lines(const mp_session_t *s);
-/* Line mode: sends a JSON document plus newline. */
-void mp_session_send_json_line(mp_session_t *s, const char *text);
 /* Closes a session (a node replaced by its own re-registration, or DEAD). */
 void mp_session_close(mp_session_t *s, const char *why);
 /* The node a session registered, and clearing it. */
@@ -96,14 +93,13 @@ void mp_session_set_node(mp_session_t *s, mp_coord_node_t *n);
 
 /* coord.c */
 mp_status_t mp_coord_create(mpard_t *d, mp_coord_t **coord_p);
-void mp_coord_stop(mp_coord_t *c);   /* closes its timers (shutdown) */
+void mp_coord_stop(mp_coord_t *c);    /* closes its timers (shutdown) */
 void mp_coord_destroy(mp_coord_t *c); /* after the loop ended: final save */
 void mp_coord_apply_config(mp_coord_t *c);
 uint64_t mp_coord_epoch(const mp_coord_t *c);
 /* Membership. */
 mp_status_t mp_coord_node_register(mp_coord_t *c, mp_session_t *s, const Mpar__RegisterNode *r,
-                                   const char *address, mp_coord_node_t **node_p,
-                                   mp_errbuf_t *err);
+                                   const char *address, mp_coord_node_t **node_p, mp_errbuf_t *err);
 void mp_coord_node_heartbeat(mp_coord_t *c, mp_coord_node_t *n, const Mpar__Heartbeat *hb);
 void mp_coord_node_goodbye(mp_coord_t *c, mp_coord_node_t *n, const char *reason);
 void mp_coord_node_disconnected(mp_coord_t *c, mp_coord_node_t *n, mp_session_t *s);
@@ -131,7 +127,7 @@ json_t *mp_coord_job_events_json(mp_coord_t *c, const char *id);
 /* agent.c */
 mp_status_t mp_agent_create(mpard_t *d, mp_agent_t **agent_p);
 bool mp_agent_registered(const mp_agent_t *a);
-void mp_agent_stop(mp_agent_t *a); /* says Goodbye, closes */
+void mp_agent_stop(mp_agent_t *a);  /* says Goodbye, closes */
 void mp_agent_abort(mp_agent_t *a); /* closes its connection now */
 void mp_agent_destroy(mp_agent_t *a);
 /* A node that is not the coordinator passes a client's request on to it and

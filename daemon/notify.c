@@ -69,8 +69,8 @@ void mp_notify_status_update(mpard_t *d)
                               js[MPAR__JOB_STATE__JOB_STATE_PENDING] == 1 ? "" : "s");
     }
     if (d->agent != NULL && n < sizeof(text)) {
-        snprintf(text + n, sizeof(text) - n, "node %s (%d device%s): %s", d->cfg.name,
-                 d->ndevices, d->ndevices == 1 ? "" : "s", mp_agent_state(d->agent));
+        snprintf(text + n, sizeof(text) - n, "node %s (%d device%s): %s", d->cfg.name, d->ndevices,
+                 d->ndevices == 1 ? "" : "s", mp_agent_state(d->agent));
     }
     mp_notify_send("STATUS=%s", text);
 }

@@ -61,16 +61,18 @@ static mp_status_t send_as_json(mp_session_t *s, const Mpar__Envelope *env)
         break;
     }
     case MPAR__ENVELOPE__MSG_JOB_REPLY:
-        json_object_set_new(o, "job", env->job_reply->job ? mp_proto_to_json(&env->job_reply->job->base)
-                                                          : json_null());
+        json_object_set_new(o, "job",
+                            env->job_reply->job ? mp_proto_to_json(&env->job_reply->job->base)
+                                                : json_null());
         break;
     case MPAR__ENVELOPE__MSG_JOB_ACCEPTED:
-        json_object_set_new(o, "job", env->job_accepted->job
-                                          ? mp_proto_to_json(&env->job_accepted->job->base)
-                                          : json_null());
+        json_object_set_new(o, "job",
+                            env->job_accepted->job ? mp_proto_to_json(&env->job_accepted->job->base)
+                                                   : json_null());
         break;
     case MPAR__ENVELOPE__MSG_ERROR:
-        json_object_set_new(o, "error", json_string(env->error->message ? env->error->message : ""));
+        json_object_set_new(o, "error",
+                            json_string(env->error->message ? env->error->message : ""));
         break;
     default:
         json_decref(o);
@@ -92,8 +94,10 @@ mp_status_t mp_session_send(mp_session_t *s, const Mpar__Envelope *env)
     return mp_conn_send(s->conn, env);
 }
 
-bool mp_session_is_lines(const mp_session_t *s) { return mp_conn_is_lines(s->conn); }
-void mp_session_set_node(mp_session_t *s, mp_coord_node_t *n) { s->node = n; }
+void mp_session_set_node(mp_session_t *s, mp_coord_node_t *n)
+{
+    s->node = n;
+}
 
 void mp_session_close(mp_session_t *s, const char *why)
 {
@@ -112,20 +116,6 @@ void mp_session_abort_all(mpard_t *d)
     for (mp_session_t *s = d->sessions; s != NULL; s = s->next) {
         mp_conn_close(s->conn, MP_CONN_LOCAL, "mpard is stopping");
     }
-}
-
-void mp_session_send_json_line(mp_session_t *s, const char *text)
-{
-    size_t n = strlen(text);
-    char *buf = mp_malloc(n + 1);
-    if (buf == NULL) {
-        mp_conn_close(s->conn, MP_CONN_LOCAL, "out of memory");
-        return;
-    }
-    memcpy(buf, text, n);
-    buf[n] = '\n';
-    mp_conn_send_raw(s->conn, buf, n + 1);
-    mp_free(buf);
 }
 
 /* ---- framed requests ---------------------------------------------------- */
@@ -178,11 +168,10 @@ static bool need_coord(mp_session_t *s, const Mpar__Envelope *in)
         }
         char who[200];
         mp_errbuf_t err;
-        const char *claimed = in->msg_case == MPAR__ENVELOPE__MSG_SUBMIT_JOB
-                                  ? in->submit_job->submitter
-                              : in->msg_case == MPAR__ENVELOPE__MSG_CANCEL_JOB
-                                  ? in->cancel_job->requester
-                                  : NULL;
+        const char *claimed =
+            in->msg_case == MPAR__ENVELOPE__MSG_SUBMIT_JOB   ? in->submit_job->submitter
+            : in->msg_case == MPAR__ENVELOPE__MSG_CANCEL_JOB ? in->cancel_job->requester
+                                                             : NULL;
         if (mp_agent_forward(s->d->agent, s, in, peer_user(s, claimed, who, sizeof(who)), &err) !=
             MP_OK) {
             reply_error(s, rid, MPAR__ERROR_CODE__ERROR_CODE_NOT_COORDINATOR, err.msg);
@@ -269,10 +258,9 @@ static void on_request(mp_session_t *s, const Mpar__Envelope *in)
         char who[200];
         Mpar__JobInfo *j;
         const char *spec = in->submit_job->spec_json;
-        mp_status_t st = mp_coord_job_submit(d->coord, spec, strlen(spec),
-                                             peer_user(s, in->submit_job->submitter, who,
-                                                       sizeof(who)),
-                                             &j, &err);
+        mp_status_t st = mp_coord_job_submit(
+            d->coord, spec, strlen(spec), peer_user(s, in->submit_job->submitter, who, sizeof(who)),
+            &j, &err);
         if (st != MP_OK) {
             reply_error(s, rid,
                         st == MP_ERR_SPEC ? MPAR__ERROR_CODE__ERROR_CODE_INVALID_SPEC
@@ -324,8 +312,8 @@ static void on_request(mp_session_t *s, const Mpar__Envelope *in)
         break;
     }
     /* Node messages: only from a connection that said it is a node. */
-    bool is_node = mp_handshake_peer_role(mp_conn_handshake(s->conn)) ==
-                   MPAR__PEER_ROLE__PEER_ROLE_NODE;
+    bool is_node =
+        mp_handshake_peer_role(mp_conn_handshake(s->conn)) == MPAR__PEER_ROLE__PEER_ROLE_NODE;
     if (is_node && d->coord != NULL) {
         switch (in->msg_case) {
         case MPAR__ENVELOPE__MSG_REGISTER_NODE: {
@@ -404,8 +392,7 @@ static json_t *status_json(mpard_t *d)
         mp_coord_counts(d->coord, ns, js);
         json_t *nodes = json_object(), *jobs = json_object();
         for (int i = 1; i < 5; i++) {
-            json_object_set_new(nodes,
-                                mp_proto_enum_short(&mpar__node_state__descriptor, i),
+            json_object_set_new(nodes, mp_proto_enum_short(&mpar__node_state__descriptor, i),
                                 json_integer(ns[i]));
         }
         for (int i = 1; i < 6; i++) {
@@ -494,7 +481,7 @@ static void line_forward(mp_session_t *s, json_t *req, const char *cmd, const ch
         env.list_jobs = &lj;
     } else if (!strcmp(cmd, "submit")) {
         json_t *spec = json_object_get(req, "spec");
-        text = json_is_string(spec) ? strdup(json_string_value(spec))
+        text = json_is_string(spec)   ? strdup(json_string_value(spec))
                : json_is_object(spec) ? json_dumps(spec, JSON_COMPACT)
                                       : NULL;
         if (text == NULL) {
@@ -539,8 +526,7 @@ static void on_line(mp_conn_t *conn, const char *line, size_t len, bool oversize
     if (req == NULL || !json_is_object(req) || cmd == NULL) {
         char msg[300];
         if (req == NULL) {
-            snprintf(msg, sizeof(msg), "malformed request: %s (column %d)", jerr.text,
-                     jerr.column);
+            snprintf(msg, sizeof(msg), "malformed request: %s (column %d)", jerr.text, jerr.column);
         } else {
             snprintf(msg, sizeof(msg), "malformed request: expected {\"cmd\": \"...\"}");
         }
@@ -588,15 +574,14 @@ static void on_line(mp_conn_t *conn, const char *line, size_t len, bool oversize
     } else if (!strcmp(cmd, "submit") || !strcmp(cmd, "cancel")) {
         if (!s->can_mutate) {
             d->n.requests_denied++;
-            line_error(s, "permission denied: only root and the mpard user may change jobs",
-                       false);
+            line_error(s, "permission denied: only root and the mpard user may change jobs", false);
         } else if (!strcmp(cmd, "cancel")) {
             Mpar__JobInfo *j;
             char who[200];
             if (id == NULL) {
                 line_error(s, "\"cancel\" needs \"id\"", false);
-            } else if (mp_coord_job_cancel(d->coord, id, peer_user(s, NULL, who, sizeof(who)),
-                                           &j, &err) != MP_OK) {
+            } else if (mp_coord_job_cancel(d->coord, id, peer_user(s, NULL, who, sizeof(who)), &j,
+                                           &err) != MP_OK) {
                 line_error(s, err.msg, false);
             } else {
                 json_t *o = json_object();
@@ -606,7 +591,7 @@ static void on_line(mp_conn_t *conn, const char *line, size_t len, bool oversize
             }
         } else {
             json_t *spec = json_object_get(req, "spec");
-            char *text = json_is_string(spec) ? strdup(json_string_value(spec))
+            char *text = json_is_string(spec)   ? strdup(json_string_value(spec))
                          : json_is_object(spec) ? json_dumps(spec, JSON_COMPACT)
                                                 : NULL;
             Mpar__JobInfo *j;
@@ -647,8 +632,7 @@ static void on_ready(mp_conn_t *conn, void *data)
     if (!mp_conn_is_lines(conn)) {
         const mp_handshake_t *hs = mp_conn_handshake(conn);
         mp_debug("%s: handshake done (%s '%s')", mp_conn_peer(conn),
-                 mp_handshake_peer_role(hs) == MPAR__PEER_ROLE__PEER_ROLE_NODE ? "node"
-                                                                                : "client",
+                 mp_handshake_peer_role(hs) == MPAR__PEER_ROLE__PEER_ROLE_NODE ? "node" : "client",
                  mp_handshake_peer_name(hs));
         if (!s->is_unix) {
             s->can_mutate = s->d->secret != NULL;
@@ -709,12 +693,11 @@ void mp_session_on_accept(uv_stream_t *server, int status)
         .handshake_ms = d->cfg.dead_after_ms,
         .sniff_lines = s->is_unix,
     };
-    static const mp_conn_cbs_t cbs = {
-        .on_envelope = on_envelope,
-        .on_ready = on_ready,
-        .on_line = on_line,
-        .on_eof = on_eof,
-        .on_close = on_close};
+    static const mp_conn_cbs_t cbs = {.on_envelope = on_envelope,
+                                      .on_ready = on_ready,
+                                      .on_line = on_line,
+                                      .on_eof = on_eof,
+                                      .on_close = on_close};
     mp_conn_t *conn;
     /* accept failures close the half-made connection, which frees s. */
     if (mp_conn_accept(server, &p, &cbs, s, &conn) != MP_OK) {
@@ -725,8 +708,7 @@ void mp_session_on_accept(uv_stream_t *server, int status)
         uid_t uid;
         gid_t gid;
         pid_t pid;
-        s->can_mutate = mp_conn_peer_cred(conn, &uid, &gid, &pid) &&
-                        (uid == 0 || uid == geteuid());
+        s->can_mutate = mp_conn_peer_cred(conn, &uid, &gid, &pid) && (uid == 0 || uid == geteuid());
     }
     s->next = d->sessions;
     if (d->sessions != NULL) {

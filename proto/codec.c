@@ -17,11 +17,17 @@ struct mp_frame_decoder {
     uint32_t header_have; /* bytes of header read */
     uint32_t body_len;    /* valid once header_have == 4 */
     uint32_t body_have;
-    uint8_t *body;        /* body_len bytes, allocated after the length check */
+    uint8_t *body; /* body_len bytes, allocated after the length check */
 };
 
-static void *pb_alloc(void *data, size_t size) { return mp_malloc(size); }
-static void pb_free(void *data, void *ptr) { mp_free(ptr); }
+static void *pb_alloc(void *data, size_t size)
+{
+    return mp_malloc(size);
+}
+static void pb_free(void *data, void *ptr)
+{
+    mp_free(ptr);
+}
 static ProtobufCAllocator pb_allocator = {pb_alloc, pb_free, NULL};
 
 mp_status_t mp_frame_decoder_create(uint32_t max_len, mp_frame_decoder_t **dec_p)
@@ -44,7 +50,10 @@ void mp_frame_decoder_destroy(mp_frame_decoder_t *dec)
     mp_free(dec);
 }
 
-void mp_frame_decoder_set_max(mp_frame_decoder_t *dec, uint32_t max_len) { dec->max_len = max_len; }
+void mp_frame_decoder_set_max(mp_frame_decoder_t *dec, uint32_t max_len)
+{
+    dec->max_len = max_len;
+}
 
 int mp_frame_decoder_partial(const mp_frame_decoder_t *dec)
 {
@@ -223,7 +232,8 @@ mp_status_t mp_frame_unpack(const uint8_t *payload, size_t len, Mpar__Envelope *
     }
     if (env->msg_case == MPAR__ENVELOPE__MSG__NOT_SET) {
         mpar__envelope__free_unpacked(env, &pb_allocator);
-        return mp_errbuf_set(err, MP_ERR_PROTO, "unknown message (no known field of the Envelope set)");
+        return mp_errbuf_set(err, MP_ERR_PROTO,
+                             "unknown message (no known field of the Envelope set)");
     }
     mp_status_t st = check_message(&env->base, 0, err);
     if (st != MP_OK) {

@@ -158,10 +158,10 @@ mp_status_t mp_auth_mac_verify(const mp_auth_secret_t *secret, mp_auth_side_t si
 /* ---- the handshake ------------------------------------------------------ */
 
 typedef enum {
-    HS_START = 0,    /* client: Hello not sent; server: waiting for Hello */
-    HS_HELLO_SENT,   /* client */
-    HS_CHALLENGED,   /* server: Challenge sent, waiting for Auth */
-    HS_AUTH_SENT,    /* client */
+    HS_START = 0,  /* client: Hello not sent; server: waiting for Hello */
+    HS_HELLO_SENT, /* client */
+    HS_CHALLENGED, /* server: Challenge sent, waiting for Auth */
+    HS_AUTH_SENT,  /* client */
     HS_DONE,
     HS_FAILED,
 } hs_state_t;
@@ -200,11 +200,26 @@ void mp_handshake_destroy(mp_handshake_t *hs)
     }
 }
 
-bool mp_handshake_done(const mp_handshake_t *hs) { return hs->state == HS_DONE; }
-Mpar__PeerRole mp_handshake_peer_role(const mp_handshake_t *hs) { return hs->peer_role; }
-const char *mp_handshake_peer_name(const mp_handshake_t *hs) { return hs->peer_name; }
-uint64_t mp_handshake_epoch(const mp_handshake_t *hs) { return hs->epoch; }
-bool mp_handshake_peer_coordinator(const mp_handshake_t *hs) { return hs->peer_coordinator; }
+bool mp_handshake_done(const mp_handshake_t *hs)
+{
+    return hs->state == HS_DONE;
+}
+Mpar__PeerRole mp_handshake_peer_role(const mp_handshake_t *hs)
+{
+    return hs->peer_role;
+}
+const char *mp_handshake_peer_name(const mp_handshake_t *hs)
+{
+    return hs->peer_name;
+}
+uint64_t mp_handshake_epoch(const mp_handshake_t *hs)
+{
+    return hs->epoch;
+}
+bool mp_handshake_peer_coordinator(const mp_handshake_t *hs)
+{
+    return hs->peer_coordinator;
+}
 
 static void out_reset(mp_handshake_out_t *out)
 {
@@ -214,8 +229,7 @@ static void out_reset(mp_handshake_out_t *out)
 
 /* Fails the handshake and, for the server, queues an Error to tell the peer. */
 static mp_status_t hs_fail(mp_handshake_t *hs, mp_handshake_out_t *out, mp_status_t st,
-                           Mpar__ErrorCode code, mp_errbuf_t *err, const char *fmt,
-                           const char *arg)
+                           Mpar__ErrorCode code, mp_errbuf_t *err, const char *fmt, const char *arg)
 {
     char msg[256];
     snprintf(msg, sizeof(msg), fmt, arg);
@@ -258,8 +272,8 @@ mp_status_t mp_handshake_start(mp_handshake_t *hs, mp_handshake_out_t *out)
     return MP_OK;
 }
 
-static mp_status_t server_on(mp_handshake_t *hs, const Mpar__Envelope *in,
-                             mp_handshake_out_t *out, mp_errbuf_t *err)
+static mp_status_t server_on(mp_handshake_t *hs, const Mpar__Envelope *in, mp_handshake_out_t *out,
+                             mp_errbuf_t *err)
 {
     char num[32];
     if (hs->state == HS_START && in->msg_case == MPAR__ENVELOPE__MSG_HELLO) {
@@ -270,13 +284,13 @@ static mp_status_t server_on(mp_handshake_t *hs, const Mpar__Envelope *in,
                            "protocol version %s is not supported (this mpard speaks 1)", num);
         }
         if (h->nonce.len != MP_AUTH_NONCE_LEN) {
-            return hs_fail(hs, out, MP_ERR_PROTO, MPAR__ERROR_CODE__ERROR_CODE_PROTOCOL, err,
-                           "%s", "hello nonce must be 32 bytes");
+            return hs_fail(hs, out, MP_ERR_PROTO, MPAR__ERROR_CODE__ERROR_CODE_PROTOCOL, err, "%s",
+                           "hello nonce must be 32 bytes");
         }
         if (h->role != MPAR__PEER_ROLE__PEER_ROLE_CLIENT &&
             h->role != MPAR__PEER_ROLE__PEER_ROLE_NODE) {
-            return hs_fail(hs, out, MP_ERR_PROTO, MPAR__ERROR_CODE__ERROR_CODE_PROTOCOL, err,
-                           "%s", "hello without a role");
+            return hs_fail(hs, out, MP_ERR_PROTO, MPAR__ERROR_CODE__ERROR_CODE_PROTOCOL, err, "%s",
+                           "hello without a role");
         }
         memcpy(hs->client_nonce, h->nonce.data, MP_AUTH_NONCE_LEN);
         hs->peer_role = h->role;
@@ -333,8 +347,8 @@ static mp_status_t server_on(mp_handshake_t *hs, const Mpar__Envelope *in,
                    "unexpected %s during the handshake", mp_frame_msg_name(in->msg_case));
 }
 
-static mp_status_t client_on(mp_handshake_t *hs, const Mpar__Envelope *in,
-                             mp_handshake_out_t *out, mp_errbuf_t *err)
+static mp_status_t client_on(mp_handshake_t *hs, const Mpar__Envelope *in, mp_handshake_out_t *out,
+                             mp_errbuf_t *err)
 {
     char num[32];
     if (in->msg_case == MPAR__ENVELOPE__MSG_ERROR &&

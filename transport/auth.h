@@ -56,7 +56,7 @@ mp_status_t mp_auth_mac_verify(const mp_auth_secret_t *secret, mp_auth_side_t si
 typedef struct mp_handshake mp_handshake_t;
 
 typedef struct {
-    bool has_msg;   /* out holds an Envelope to send */
+    bool has_msg; /* out holds an Envelope to send */
     Mpar__Envelope env;
     union {
         Mpar__Hello hello;

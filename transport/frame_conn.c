@@ -71,7 +71,10 @@ static mp_conn_stats_t stats;
 static char read_buf[READ_BUF_LEN];
 static bool read_buf_busy;
 
-const mp_conn_stats_t *mp_conn_stats(void) { return &stats; }
+const mp_conn_stats_t *mp_conn_stats(void)
+{
+    return &stats;
+}
 
 const char *mp_conn_reason_name(mp_conn_reason_t reason)
 {
@@ -83,12 +86,30 @@ const char *mp_conn_reason_name(mp_conn_reason_t reason)
     return (unsigned)reason < MP_CONN_REASON_COUNT ? names[reason] : "unknown";
 }
 
-bool mp_conn_is_lines(const mp_conn_t *conn) { return conn->mode == MODE_LINES; }
-bool mp_conn_is_closing(const mp_conn_t *conn) { return conn->closing || conn->ending; }
-const mp_handshake_t *mp_conn_handshake(const mp_conn_t *conn) { return conn->hs; }
-const char *mp_conn_peer(const mp_conn_t *conn) { return conn->peer; }
-void *mp_conn_data(const mp_conn_t *conn) { return conn->data; }
-void mp_conn_set_data(mp_conn_t *conn, void *data) { conn->data = data; }
+bool mp_conn_is_lines(const mp_conn_t *conn)
+{
+    return conn->mode == MODE_LINES;
+}
+bool mp_conn_is_closing(const mp_conn_t *conn)
+{
+    return conn->closing || conn->ending;
+}
+const mp_handshake_t *mp_conn_handshake(const mp_conn_t *conn)
+{
+    return conn->hs;
+}
+const char *mp_conn_peer(const mp_conn_t *conn)
+{
+    return conn->peer;
+}
+void *mp_conn_data(const mp_conn_t *conn)
+{
+    return conn->data;
+}
+void mp_conn_set_data(mp_conn_t *conn, void *data)
+{
+    conn->data = data;
+}
 
 bool mp_conn_peer_cred(const mp_conn_t *conn, uid_t *uid_p, gid_t *gid_p, pid_t *pid_p)
 {
@@ -407,8 +428,9 @@ static void conn_feed_frames(mp_conn_t *conn, const uint8_t *data, size_t len)
             break;
         }
         if (st != MP_OK) {
-            mp_conn_fail(conn, st == MP_ERR_TOOBIG ? MPAR__ERROR_CODE__ERROR_CODE_TOO_BIG
-                                                   : MPAR__ERROR_CODE__ERROR_CODE_PROTOCOL,
+            mp_conn_fail(conn,
+                         st == MP_ERR_TOOBIG ? MPAR__ERROR_CODE__ERROR_CODE_TOO_BIG
+                                             : MPAR__ERROR_CODE__ERROR_CODE_PROTOCOL,
                          reason_of(st), err.msg);
             return;
         }
@@ -574,9 +596,9 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             uv_timer_start(&conn->stall_timer, on_stall, conn->p.stall_ms, 0);
             conn->cbs.on_eof(conn, conn->data);
         } else if (nread == UV_EOF) {
-            mp_conn_close(conn, mp_frame_decoder_partial(conn->dec) || conn->line_len > 0
-                                    ? MP_CONN_PROTO
-                                    : MP_CONN_EOF,
+            mp_conn_close(conn,
+                          mp_frame_decoder_partial(conn->dec) || conn->line_len > 0 ? MP_CONN_PROTO
+                                                                                    : MP_CONN_EOF,
                           mp_frame_decoder_partial(conn->dec) ? "truncated frame" : "peer closed");
         } else {
             mp_conn_close(conn, MP_CONN_IO, uv_strerror((int)nread));

@@ -24,17 +24,17 @@
 typedef struct mp_conn mp_conn_t;
 
 /* Why a connection closed; counted per reason for the metrics. */
-#define MP_CONN_REASON_LIST(X)                    \
-    X(MP_CONN_EOF, "eof")                         \
-    X(MP_CONN_LOCAL, "local")                     \
-    X(MP_CONN_IO, "io_error")                     \
-    X(MP_CONN_PROTO, "protocol")                  \
-    X(MP_CONN_TOOBIG, "oversized")                \
-    X(MP_CONN_AUTH, "auth")                       \
-    X(MP_CONN_VERSION, "version")                 \
-    X(MP_CONN_STALL, "stalled")                   \
-    X(MP_CONN_HANDSHAKE_TIMEOUT, "handshake_timeout") \
-    X(MP_CONN_SLOW_READER, "slow_reader")         \
+#define MP_CONN_REASON_LIST(X)                                                                     \
+    X(MP_CONN_EOF, "eof")                                                                          \
+    X(MP_CONN_LOCAL, "local")                                                                      \
+    X(MP_CONN_IO, "io_error")                                                                      \
+    X(MP_CONN_PROTO, "protocol")                                                                   \
+    X(MP_CONN_TOOBIG, "oversized")                                                                 \
+    X(MP_CONN_AUTH, "auth")                                                                        \
+    X(MP_CONN_VERSION, "version")                                                                  \
+    X(MP_CONN_STALL, "stalled")                                                                    \
+    X(MP_CONN_HANDSHAKE_TIMEOUT, "handshake_timeout")                                              \
+    X(MP_CONN_SLOW_READER, "slow_reader")                                                          \
     X(MP_CONN_CONNECT, "connect_failed")
 
 typedef enum {
@@ -64,13 +64,14 @@ typedef struct {
 } mp_conn_cbs_t;
 
 typedef struct {
-    mp_handshake_params_t hs;  /* side, secret, epoch/name (server), role/name (client) */
-    uint32_t max_frame;        /* after the handshake; default MP_FRAME_MAX_DEFAULT */
-    uint64_t stall_ms;         /* a partial frame or line with no progress: close; default 10000 */
-    uint64_t handshake_ms;     /* default 10000 */
-    size_t max_queued;         /* bytes of queued output before the peer counts as a slow reader; default 16 MiB */
-    bool sniff_lines;          /* a first byte other than 0x00 switches to line mode */
-    size_t max_line;           /* default 1 MiB */
+    mp_handshake_params_t hs; /* side, secret, epoch/name (server), role/name (client) */
+    uint32_t max_frame;       /* after the handshake; default MP_FRAME_MAX_DEFAULT */
+    uint64_t stall_ms;        /* a partial frame or line with no progress: close; default 10000 */
+    uint64_t handshake_ms;    /* default 10000 */
+    size_t max_queued; /* bytes of queued output before the peer counts as a slow reader; default 16
+                          MiB */
+    bool sniff_lines;  /* a first byte other than 0x00 switches to line mode */
+    size_t max_line;   /* default 1 MiB */
 } mp_conn_params_t;
 
 /* Accepts a pending connection of `server` (a uv_tcp_t or uv_pipe_t). */

@@ -18,23 +18,40 @@
 #include "transport/auth.h"
 
 static const ProtobufCMessageDescriptor *const all_messages[] = {
-    &mpar__hello__descriptor,          &mpar__challenge__descriptor,
-    &mpar__auth__descriptor,           &mpar__welcome__descriptor,
-    &mpar__device__descriptor,         &mpar__register_node__descriptor,
-    &mpar__node_registered__descriptor, &mpar__heartbeat__descriptor,
-    &mpar__goodbye__descriptor,        &mpar__node_info__descriptor,
-    &mpar__job_info__descriptor,       &mpar__submit_job__descriptor,
-    &mpar__job_accepted__descriptor,   &mpar__list_nodes__descriptor,
-    &mpar__node_list__descriptor,      &mpar__list_jobs__descriptor,
-    &mpar__job_list__descriptor,       &mpar__get_job__descriptor,
-    &mpar__job_reply__descriptor,      &mpar__cancel_job__descriptor,
-    &mpar__watch_job__descriptor,      &mpar__job_event__descriptor,
-    &mpar__error__descriptor,          &mpar__ok__descriptor,
-    &mpar__shard_id__descriptor,       &mpar__shard_assignment__descriptor,
-    &mpar__job_assignment__descriptor, &mpar__shard_address__descriptor,
-    &mpar__shard_ready__descriptor,    &mpar__peer_addresses__descriptor,
-    &mpar__job_start__descriptor,      &mpar__shard_report__descriptor,
-    &mpar__job_abort__descriptor,      &mpar__envelope__descriptor,
+    &mpar__hello__descriptor,
+    &mpar__challenge__descriptor,
+    &mpar__auth__descriptor,
+    &mpar__welcome__descriptor,
+    &mpar__device__descriptor,
+    &mpar__register_node__descriptor,
+    &mpar__node_registered__descriptor,
+    &mpar__heartbeat__descriptor,
+    &mpar__goodbye__descriptor,
+    &mpar__node_info__descriptor,
+    &mpar__job_info__descriptor,
+    &mpar__submit_job__descriptor,
+    &mpar__job_accepted__descriptor,
+    &mpar__list_nodes__descriptor,
+    &mpar__node_list__descriptor,
+    &mpar__list_jobs__descriptor,
+    &mpar__job_list__descriptor,
+    &mpar__get_job__descriptor,
+    &mpar__job_reply__descriptor,
+    &mpar__cancel_job__descriptor,
+    &mpar__watch_job__descriptor,
+    &mpar__job_event__descriptor,
+    &mpar__error__descriptor,
+    &mpar__ok__descriptor,
+    &mpar__shard_id__descriptor,
+    &mpar__shard_assignment__descriptor,
+    &mpar__job_assignment__descriptor,
+    &mpar__shard_address__descriptor,
+    &mpar__shard_ready__descriptor,
+    &mpar__peer_addresses__descriptor,
+    &mpar__job_start__descriptor,
+    &mpar__shard_report__descriptor,
+    &mpar__job_abort__descriptor,
+    &mpar__envelope__descriptor,
 };
 
 static mp_auth_secret_t *secret;
@@ -60,7 +77,8 @@ static void on_envelope(Mpar__Envelope *env)
     /* Both sides of the handshake, fresh, with this message first. */
     for (int side = 0; side < 2; side++) {
         mp_handshake_params_t p = {.side = side ? MP_AUTH_SIDE_SERVER : MP_AUTH_SIDE_CLIENT,
-                                   .secret = secret, .name = "fuzz",
+                                   .secret = secret,
+                                   .name = "fuzz",
                                    .role = MPAR__PEER_ROLE__PEER_ROLE_NODE};
         mp_handshake_t *hs;
         if (mp_handshake_create(&p, &hs) != MP_OK) {

@@ -51,12 +51,12 @@ int main(int argc, char **argv)
     int bad = 0;
     Mpar__Envelope env;
 
-#define SEED(field, CASE, value)                 \
-    mpar__envelope__init(&env);                  \
-    env.request_id = 9;                          \
-    env.msg_case = MPAR__ENVELOPE__MSG_##CASE;   \
-    env.field = &value;                          \
-    bad |= put(dir, #field, &env, 0);            \
+#define SEED(field, CASE, value)                                                                   \
+    mpar__envelope__init(&env);                                                                    \
+    env.request_id = 9;                                                                            \
+    env.msg_case = MPAR__ENVELOPE__MSG_##CASE;                                                     \
+    env.field = &value;                                                                            \
+    bad |= put(dir, #field, &env, 0);                                                              \
     bad |= put(dir, #field, &env, 1)
 
     Mpar__Hello hello = MPAR__HELLO__INIT;
@@ -113,8 +113,9 @@ int main(int argc, char **argv)
     SEED(goodbye, GOODBYE, gb);
 
     Mpar__SubmitJob sj = MPAR__SUBMIT_JOB__INIT;
-    sj.spec_json = "{\"name\":\"x\",\"model\":{\"input\":4,\"layers\":[{\"type\":\"linear\",\"out\":2}],"
-                   "\"loss\":\"softmax_xent\"}}";
+    sj.spec_json =
+        "{\"name\":\"x\",\"model\":{\"input\":4,\"layers\":[{\"type\":\"linear\",\"out\":2}],"
+        "\"loss\":\"softmax_xent\"}}";
     sj.submitter = "alice";
     SEED(submit_job, SUBMIT_JOB, sj);
     Mpar__JobInfo ji = MPAR__JOB_INFO__INIT;

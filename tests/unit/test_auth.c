@@ -38,8 +38,11 @@ static Mpar__Envelope *wire(const mp_handshake_out_t *out)
 
 static mp_handshake_t *server_new(const mp_auth_secret_t *secret)
 {
-    mp_handshake_params_t p = {.side = MP_AUTH_SIDE_SERVER, .secret = secret, .epoch = 77,
-                               .name = "coord", .coordinator = true};
+    mp_handshake_params_t p = {.side = MP_AUTH_SIDE_SERVER,
+                               .secret = secret,
+                               .epoch = 77,
+                               .name = "coord",
+                               .coordinator = true};
     mp_handshake_t *hs;
     cr_assert_eq(mp_handshake_create(&p, &hs), MP_OK);
     return hs;
@@ -47,7 +50,9 @@ static mp_handshake_t *server_new(const mp_auth_secret_t *secret)
 
 static mp_handshake_t *client_new(const mp_auth_secret_t *secret)
 {
-    mp_handshake_params_t p = {.side = MP_AUTH_SIDE_CLIENT, .secret = secret, .name = "n1",
+    mp_handshake_params_t p = {.side = MP_AUTH_SIDE_CLIENT,
+                               .secret = secret,
+                               .name = "n1",
                                .role = MPAR__PEER_ROLE__PEER_ROLE_NODE};
     mp_handshake_t *hs;
     cr_assert_eq(mp_handshake_create(&p, &hs), MP_OK);

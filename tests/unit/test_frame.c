@@ -138,8 +138,8 @@ Test(frame, rejects_length_zero)
 
 Test(frame, preauth_limit_is_4_kib)
 {
-    const uint8_t ok[4] = {0, 0, 0x10, 0x00};   /* 4096 */
-    const uint8_t big[4] = {0, 0, 0x10, 0x01};  /* 4097 */
+    const uint8_t ok[4] = {0, 0, 0x10, 0x00};  /* 4096 */
+    const uint8_t big[4] = {0, 0, 0x10, 0x01}; /* 4097 */
     int64_t delta;
     cr_assert_eq(feed_header(MP_FRAME_MAX_PREAUTH, ok, &delta), MP_ERR_INPROGRESS);
     cr_assert_eq(feed_header(MP_FRAME_MAX_PREAUTH, big, &delta), MP_ERR_TOOBIG);

@@ -41,7 +41,10 @@ typedef struct {
     int raw_nsend;
 } fx_t;
 
-static void on_guard(uv_timer_t *t) { cr_assert_fail("the test's loop ran too long"); }
+static void on_guard(uv_timer_t *t)
+{
+    cr_assert_fail("the test's loop ran too long");
+}
 
 static void fx_init(fx_t *fx)
 {
@@ -185,7 +188,9 @@ static void run_framed(fx_t *fx, const char *srv_secret, const char *cli_secret)
         .side = MP_AUTH_SIDE_SERVER, .secret = ss, .epoch = 1, .name = "srv", .coordinator = true};
     struct sockaddr_in addr;
     listen_tcp(fx, &addr);
-    mp_conn_params_t cp = {.hs = {.side = MP_AUTH_SIDE_CLIENT, .secret = cs, .name = "cli",
+    mp_conn_params_t cp = {.hs = {.side = MP_AUTH_SIDE_CLIENT,
+                                  .secret = cs,
+                                  .name = "cli",
                                   .role = MPAR__PEER_ROLE__PEER_ROLE_CLIENT}};
     mp_conn_t *cli;
     cr_assert_eq(mp_conn_connect_tcp(&fx->loop, (struct sockaddr *)&addr, &cp, &cli_cbs, fx, &cli),
