@@ -25,7 +25,7 @@
 #include <unistd.h>
 
 #define RPS_TARGET 20000.0
-#define RSS_TARGET (8.0 * 1024 * 1024)
+#define RSS_TARGET (8ll * 1024 * 1024)
 #define NNODES 3
 
 static char tmpdir[PATH_MAX];
@@ -338,10 +338,11 @@ int main(int argc, char **argv)
     long rss[2] = {rss_coord, rss_node};
     for (int i = 0; i < 2; i++) {
         json_array_append_new(
-            results, json_pack("{s:s, s:s, s:i, s:I, s:n, s:f, s:s, s:s, s:f}", "test", "idle_rss",
-                               "role", roles[i], "nodes", NNODES, "mpar", (json_int_t)rss[i],
-                               "peer", "target", RSS_TARGET, "reference", "target", "unit", "bytes",
-                               "ratio", rss[i] > 0 ? RSS_TARGET / (double)rss[i] : 0.0));
+            results,
+            json_pack("{s:s, s:s, s:i, s:I, s:n, s:I, s:s, s:s, s:f}", "test", "idle_rss", "role",
+                      roles[i], "nodes", NNODES, "mpar", (json_int_t)rss[i], "peer", "target",
+                      (json_int_t)RSS_TARGET, "reference", "target", "unit", "bytes", "ratio",
+                      rss[i] > 0 ? (double)RSS_TARGET / (double)rss[i] : 0.0));
     }
     json_t *doc = json_pack("{s:s, s:o}", "bench", "control", "results", results);
     if (as_json) {
