@@ -141,6 +141,7 @@ struct mp_xport_worker {
     mp_xport_req_t *free_reqs;
     int nfree;
     mp_xport_worker_stats_t stats;
+    int dirty;         /* a completion or failure since the requests were last walked */
     int woke_by_event; /* the last sleep ended by the event fd */
     int spurious;      /* consecutive event wake-ups after which progress found nothing */
     unsigned backoffs; /* sleeps taken without the event fd since the last useful wake-up */
@@ -606,6 +607,7 @@ static void req_release(mp_xport_req_t *r)
 static void on_send_done(void *request, ucs_status_t st, void *user_data)
 {
     sub_t *s = user_data;
+    s->req->worker->dirty = 1;
     s->st = st;
     s->pending = 0;
     s->handle = NULL;
@@ -616,6 +618,7 @@ static void on_recv_done(void *request, ucs_status_t st, const ucp_tag_recv_info
                          void *user_data)
 {
     sub_t *s = user_data;
+    s->req->worker->dirty = 1;
     s->st = st;
     s->len = st == UCS_OK ? info->length : 0;
     s->pending = 0;
@@ -681,6 +684,7 @@ static void sub_recv(sub_t *s, ucp_worker_h w, uint64_t tag, void *buf, size_t l
 /* Force-closes ep's UCX endpoint so that UCX fails its pending sends. */
 static void ep_fail(mp_xport_ep_t *ep, mp_status_t why)
 {
+    ep->worker->dirty = 1;
     if (ep->status == MP_OK) {
         ep->status = why;
     }
@@ -862,6 +866,7 @@ static void worker_check_liveness(mp_xport_worker_t *w)
         if (poll(&pfd, 1, 0) > 0) {
             mp_warn("xport: peer rank %u failed: its process exited", ep->peer_rank);
             ep->status = MP_ERR_PEER;
+            w->dirty = 1;
         }
     }
 }
@@ -880,6 +885,11 @@ int mp_xport_worker_progress(mp_xport_worker_t *w)
         w->spurious++;
     }
     w->woke_by_event = 0;
+    /* Requests only move on when a completion or failure was seen. */
+    if (!w->dirty) {
+        return any;
+    }
+    w->dirty = 0;
     mp_xport_req_t *r = w->live;
     while (r != NULL) {
         mp_xport_req_t *next = r->next;
@@ -900,6 +910,7 @@ int mp_xport_worker_progress(mp_xport_worker_t *w)
 static void on_ep_error(void *arg, ucp_ep_h uep, ucs_status_t st)
 {
     mp_xport_ep_t *ep = arg;
+    ep->worker->dirty = 1;
     if (ep->status == MP_OK) {
         mp_warn("xport: peer rank %u failed: %s", ep->peer_rank, ucs_status_string(st));
         ep->status = MP_ERR_PEER;
@@ -1006,8 +1017,10 @@ void mp_xport_ep_destroy(mp_xport_ep_t *ep)
     /* Requests that still point at ep are done or zombies; detach them. */
     for (mp_xport_req_t *r = w->live; r != NULL; r = r->next) {
         if (r->ep == ep) {
-            mp_warn("xport: endpoint to rank %u destroyed with a request not waited for",
-                    ep->peer_rank);
+            if (!r->zombie) {
+                mp_warn("xport: endpoint to rank %u destroyed with a request not waited for",
+                        ep->peer_rank);
+            }
             r->zombie = 1;
             r->ep = NULL;
         }

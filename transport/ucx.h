@@ -194,8 +194,12 @@ mp_status_t mp_xport_recv(mp_xport_ep_t *ep, uint32_t job, uint32_t kind, uint32
 /*
  * Waits for req (timeout_ms <= 0: the worker's default) and frees it.
  * A receive fills *hdr_p (may be NULL) with the sender's header.  On a
- * timeout a receive is cancelled, and a send fails its endpoint (the only
- * way UCX gives the buffer back), so the buffer is free once this returns.
+ * timeout a receive is cancelled (its buffer is free once this returns) and
+ * a send fails its endpoint: with UCX error handling (peers on other hosts)
+ * that force-closes it, the only way UCX gives the buffer back.  To a peer
+ * on this host UCX cannot close a live endpoint by force; the send is left
+ * pending and the buffer may still be read by that peer (never written)
+ * until mp_xport_ep_destroy().
  */
 mp_status_t mp_xport_wait(mp_xport_req_t *req, int64_t timeout_ms, mp_xport_hdr_t *hdr_p);
 /* Waits for all of reqs and frees them; returns the first error, if any. */
