@@ -10,7 +10,9 @@ if(MP_TESTS)
   add_test(NAME control_cluster
     COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/integration/control_cluster.sh
             $<TARGET_FILE:mpard> $<TARGET_FILE:mpar-client> ${CMAKE_SOURCE_DIR})
-  set_tests_properties(control_cluster PROPERTIES TIMEOUT 180)
+  # Its DEAD-within-a-heartbeat check is about timing: it does not share the
+  # machine with the fuzzer.
+  set_tests_properties(control_cluster PROPERTIES TIMEOUT 180 RESOURCE_LOCK mp_control_cpu)
 endif()
 
 # The systemd unit: verify and the offline security score.
@@ -50,7 +52,7 @@ if(MP_TESTS AND MP_CLANG)
   add_test(NAME control_fuzz
     COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/run_fuzz.sh ${MP_FUZZ_BIN}
             $<TARGET_FILE:fuzz_seeds> ${CMAKE_CURRENT_BINARY_DIR}/fuzz-work 45)
-  set_tests_properties(control_fuzz PROPERTIES TIMEOUT 180)
+  set_tests_properties(control_fuzz PROPERTIES TIMEOUT 180 RESOURCE_LOCK mp_control_cpu)
 endif()
 
 # mpard's flags and config file, mpar-client's usage errors, socket permissions.
