@@ -10,8 +10,9 @@
  *                        under mpirun), busbw = 2(n-1)/n * bytes / time;
  *   wakeup_latency       how long a sleeping receive takes to notice a
  *                        message (events vs the backstop), per UCX_TLS;
- *   allreduce_switch     (--switch) recursive doubling vs ring by size,
- *                        the measurement behind MP_COLL_RING_THRESHOLD_DEFAULT.
+ *   allreduce_switch     (--switch) ring and recursive halving-doubling
+ *                        against recursive doubling by size and group, the
+ *                        measurement behind the MP_COLL_*_THRESHOLD_DEFAULTs.
  *
  * Every number is the best of a few alternating repetitions (the machine is
  * shared), mpar and peer measured back to back.  Ratios are oriented so that
@@ -510,29 +511,38 @@ static void bench_allreduce(int reps)
                 pt = best(pt, run_mpi(n, b, iters, warm), 0);
             }
             double f = 2.0 * (n - 1) / n * (double)b;
-            emit("allreduce_busbw", "bytes", (json_int_t)b, n, NULL, mt > 0 ? f / mt / 1e9 : -1,
-                 pt > 0 ? f / pt / 1e9 : -1, "GB/s", 1);
+            emit("allreduce_busbw", "bytes", (json_int_t)b, n, "default",
+                 mt > 0 ? f / mt / 1e9 : -1, pt > 0 ? f / pt / 1e9 : -1, "GB/s", 1);
         }
     }
 }
 
 static void bench_switch(void)
 {
+    static const char *names[] = {"auto", "rd", "ring", "rhd"};
     for (uint32_t n = 2; n <= 4; n++) {
-        for (size_t b = 1024; b <= 4 * 1024 * 1024; b *= 4) {
-            int iters = b <= 65536 ? 500 : 50;
-            ar_arg_t rd = {
-                .bytes = b, .iters = iters, .warm = iters / 10 + 1, .algo = MP_COLL_ALGO_RD};
-            ar_arg_t ring = rd;
-            ring.algo = MP_COLL_ALGO_RING;
-            double trd = -1, tring = -1;
-            for (int r = 0; r < 2; r++) {
-                trd = best(trd, run_allreduce(n, &rd), 0);
-                tring = best(tring, run_allreduce(n, &ring), 0);
+        for (size_t b = 1024; b <= 16 * 1024 * 1024; b *= 4) {
+            int iters = b <= 65536 ? 300 : (b <= 1048576 ? 40 : 8);
+            double t[4] = {-1, -1, -1, -1};
+            for (int rep = 0; rep < 2; rep++) {
+                for (int a = MP_COLL_ALGO_RD; a <= MP_COLL_ALGO_RHD; a++) {
+                    ar_arg_t arg = {.bytes = b,
+                                    .iters = iters,
+                                    .warm = iters / 10 + 1,
+                                    .algo = (mp_coll_algo_t)a};
+                    t[a] = best(t[a], run_allreduce(n, &arg), 0);
+                }
             }
-            /* "peer" here is recursive doubling: ratio > 1 means the ring is faster. */
-            emit("allreduce_switch", "bytes", (json_int_t)b, n, NULL, tring > 0 ? tring * 1e6 : -1,
-                 trd > 0 ? trd * 1e6 : -1, "us", 0);
+            /* "peer" is recursive doubling: a ratio > 1 means the algorithm beats it. */
+            for (int a = MP_COLL_ALGO_RING; a <= MP_COLL_ALGO_RHD; a++) {
+                emit("allreduce_switch", "bytes", (json_int_t)b, n, NULL,
+                     t[a] > 0 ? t[a] * 1e6 : -1,
+                     t[MP_COLL_ALGO_RD] > 0 ? t[MP_COLL_ALGO_RD] * 1e6 : -1, "us", 0);
+                json_object_set_new(json_array_get(g_results, json_array_size(g_results) - 1),
+                                    "algo", json_string(names[a]));
+                json_object_set_new(json_array_get(g_results, json_array_size(g_results) - 1),
+                                    "peer_algo", json_string("rd"));
+            }
         }
     }
 }

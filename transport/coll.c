@@ -1,8 +1,9 @@
 /*
  * coll.c - collectives over the UCX transport: ring reduce-scatter and
- * allgather (bandwidth-bound), recursive doubling allreduce with the
- * non-power-of-two fold (latency-bound), binomial-tree broadcast and a
- * dissemination barrier.
+ * allgather (bandwidth-bound), recursive doubling allreduce (latency-bound)
+ * and Rabenseifner's recursive halving-doubling allreduce, both with the
+ * non-power-of-two fold, binomial-tree broadcast and a dissemination
+ * barrier.
  *
  * Owns each group's endpoint list (borrowed pointers), its sequence number
  * and scratch buffers.  Runs on the thread of the group's worker.  Every
@@ -28,6 +29,7 @@ struct mp_coll_group {
     uint32_t rank;
     mp_status_t status;
     size_t ring_threshold;
+    size_t rhd_threshold;
     mp_xport_ep_t **eps;
     float *scratch; /* receive staging */
     size_t scratch_cap;
@@ -67,6 +69,7 @@ mp_status_t mp_coll_group_create(mp_xport_worker_t *worker, uint16_t group_id, u
     g->size = size;
     g->rank = rank;
     g->ring_threshold = MP_COLL_RING_THRESHOLD_DEFAULT;
+    g->rhd_threshold = MP_COLL_RHD_THRESHOLD_DEFAULT;
     *group_p = g;
     return MP_OK;
 }
@@ -94,9 +97,10 @@ mp_status_t mp_coll_group_status(const mp_coll_group_t *g)
 {
     return g->status;
 }
-void mp_coll_group_set_ring_threshold(mp_coll_group_t *g, size_t bytes)
+void mp_coll_group_set_thresholds(mp_coll_group_t *g, size_t rhd_bytes, size_t ring_bytes)
 {
-    g->ring_threshold = bytes;
+    g->rhd_threshold = rhd_bytes;
+    g->ring_threshold = ring_bytes;
 }
 
 void mp_coll_block(size_t count, uint32_t size, uint32_t b, size_t *off_p, size_t *len_p)
@@ -244,47 +248,84 @@ static mp_status_t ring_allgather(op_t *op, float *buf, size_t count, uint32_t s
     return MP_OK;
 }
 
-/* ---- recursive doubling ---- */
+/* ---- recursive doubling and recursive halving-doubling ---- */
 
-static mp_status_t rd_allreduce(op_t *op, float *buf, size_t count)
+/* The group rank behind rank pn of the p = 2^k ranks left after the fold. */
+static int unfolded(uint32_t pn, uint32_t rem)
+{
+    return (int)(pn < rem ? pn * 2 + 1 : pn + rem);
+}
+
+/*
+ * Folds a group of n = p + rem ranks into p: each of the first rem even
+ * ranks hands its tensor to the odd rank after it and sits out
+ * (*newrank_p = -1).  Step 0.
+ */
+static mp_status_t fold_in(op_t *op, float *buf, size_t count, uint32_t p, int *newrank_p)
 {
     mp_coll_group_t *g = op->g;
-    uint32_t n = g->size, r = g->rank;
+    uint32_t r = g->rank, rem = g->size - p;
     size_t bytes = count * sizeof(float);
-    mp_status_t st = grow(&g->scratch, &g->scratch_cap, count);
-    if (st != MP_OK) {
-        return st;
+    mp_status_t st = MP_OK;
+    if (r >= 2 * rem) {
+        *newrank_p = (int)(r - rem);
+    } else if (r % 2 == 0) {
+        st = op_xchg(op, 0, (int)r + 1, buf, bytes, -1, NULL, 0);
+        *newrank_p = -1;
+    } else {
+        st = op_xchg(op, 0, -1, NULL, 0, (int)r - 1, g->scratch, bytes);
+        if (st == MP_OK) {
+            add_f32(buf, g->scratch, count);
+        }
+        *newrank_p = (int)(r / 2);
     }
+    return st;
+}
+
+/* Hands the result back to the ranks that sat out. */
+static mp_status_t fold_out(op_t *op, float *buf, size_t count, uint32_t p, uint32_t step)
+{
+    mp_coll_group_t *g = op->g;
+    uint32_t r = g->rank, rem = g->size - p;
+    size_t bytes = count * sizeof(float);
+    if (r >= 2 * rem) {
+        return MP_OK;
+    }
+    if (r % 2 == 0) {
+        return op_xchg(op, step, -1, NULL, 0, (int)r + 1, buf, bytes);
+    }
+    return op_xchg(op, step, (int)r - 1, buf, bytes, -1, NULL, 0);
+}
+
+static uint32_t pow2_floor(uint32_t n, uint32_t *rounds_p)
+{
     uint32_t p = 1, rounds = 0;
     while (p * 2 <= n) {
         p *= 2;
         rounds++;
     }
-    uint32_t rem = n - p;
+    *rounds_p = rounds;
+    return p;
+}
+
+/* log2(p) rounds, each exchanging and adding the whole tensor. */
+static mp_status_t rd_allreduce(op_t *op, float *buf, size_t count)
+{
+    mp_coll_group_t *g = op->g;
+    size_t bytes = count * sizeof(float);
+    mp_status_t st = grow(&g->scratch, &g->scratch_cap, count);
+    if (st != MP_OK) {
+        return st;
+    }
+    uint32_t rounds, p = pow2_floor(g->size, &rounds), rem = g->size - p;
     int newrank;
-    /* Fold the first 2*rem ranks pairwise so that p ranks remain. */
-    if (r < 2 * rem) {
-        if (r % 2 == 0) {
-            st = op_xchg(op, 0, (int)r + 1, buf, bytes, -1, NULL, 0);
-            newrank = -1;
-        } else {
-            st = op_xchg(op, 0, -1, NULL, 0, (int)r - 1, g->scratch, bytes);
-            if (st == MP_OK) {
-                add_f32(buf, g->scratch, count);
-            }
-            newrank = (int)(r / 2);
-        }
-        if (st != MP_OK) {
-            return st;
-        }
-    } else {
-        newrank = (int)(r - rem);
+    if ((st = fold_in(op, buf, count, p, &newrank)) != MP_OK) {
+        return st;
     }
     if (newrank >= 0) {
         uint32_t k = 0;
         for (uint32_t mask = 1; mask < p; mask <<= 1, k++) {
-            uint32_t pn = (uint32_t)newrank ^ mask;
-            int partner = (int)(pn < rem ? pn * 2 + 1 : pn + rem);
+            int partner = unfolded((uint32_t)newrank ^ mask, rem);
             st = op_xchg(op, 1 + k, partner, buf, bytes, partner, g->scratch, bytes);
             if (st != MP_OK) {
                 return st;
@@ -293,14 +334,66 @@ static mp_status_t rd_allreduce(op_t *op, float *buf, size_t count)
             add_f32(buf, g->scratch, count);
         }
     }
-    if (r < 2 * rem) {
-        if (r % 2 == 0) {
-            st = op_xchg(op, 1 + rounds, -1, NULL, 0, (int)r + 1, buf, bytes);
-        } else {
-            st = op_xchg(op, 1 + rounds, (int)r - 1, buf, bytes, -1, NULL, 0);
+    return fold_out(op, buf, count, p, 1 + rounds);
+}
+
+/*
+ * Rabenseifner's allreduce: a reduce-scatter by recursive halving (each
+ * round exchanges half of the range still held and keeps the other half,
+ * reduced), then an allgather by recursive doubling that retraces the
+ * halvings.  The ring's bandwidth (2(p-1)/p of the tensor) in 2 log2(p)
+ * rounds instead of 2(p-1) steps.  Each element is reduced by one rank and
+ * copied to the others, so every rank holds the same bits.
+ */
+static mp_status_t rhd_allreduce(op_t *op, float *buf, size_t count)
+{
+    mp_coll_group_t *g = op->g;
+    mp_status_t st = grow(&g->scratch, &g->scratch_cap, count / 2 + 1);
+    if (st == MP_OK && (g->size & (g->size - 1)) != 0) {
+        st = grow(&g->scratch, &g->scratch_cap, count); /* the fold receives a whole tensor */
+    }
+    if (st != MP_OK) {
+        return st;
+    }
+    uint32_t rounds, p = pow2_floor(g->size, &rounds), rem = g->size - p;
+    int newrank;
+    if ((st = fold_in(op, buf, count, p, &newrank)) != MP_OK) {
+        return st;
+    }
+    if (newrank >= 0) {
+        uint32_t nr = (uint32_t)newrank;
+        size_t lo[32], hi[32], cl = 0, ch = count;
+        for (uint32_t k = 0; k < rounds; k++) {
+            uint32_t mask = p >> (k + 1);
+            int partner = unfolded(nr ^ mask, rem);
+            size_t mid = cl + (ch - cl) / 2;
+            lo[k] = cl;
+            hi[k] = ch;
+            size_t kl = (nr & mask) ? mid : cl, kh = (nr & mask) ? ch : mid;
+            size_t gl = (nr & mask) ? cl : mid, gh = (nr & mask) ? mid : ch;
+            st = op_xchg(op, 1 + k, partner, buf + gl, (gh - gl) * sizeof(float), partner,
+                         g->scratch, (kh - kl) * sizeof(float));
+            if (st != MP_OK) {
+                return st;
+            }
+            add_f32(buf + kl, g->scratch, kh - kl);
+            cl = kl;
+            ch = kh;
+        }
+        for (uint32_t k = rounds; k-- > 0;) {
+            uint32_t mask = p >> (k + 1);
+            int partner = unfolded(nr ^ mask, rem);
+            size_t ol = cl == lo[k] ? ch : lo[k], oh = cl == lo[k] ? hi[k] : cl;
+            st = op_xchg(op, 1 + rounds + (rounds - 1 - k), partner, buf + cl,
+                         (ch - cl) * sizeof(float), partner, buf + ol, (oh - ol) * sizeof(float));
+            if (st != MP_OK) {
+                return st;
+            }
+            cl = lo[k];
+            ch = hi[k];
         }
     }
-    return st;
+    return fold_out(op, buf, count, p, 1 + 2 * rounds);
 }
 
 /* ---- public collectives ---- */
@@ -317,14 +410,23 @@ mp_status_t mp_coll_allreduce_sum_f32_algo(mp_coll_group_t *g, float *buf, size_
         return MP_OK;
     }
     if (algo == MP_COLL_ALGO_AUTO) {
-        algo = count * sizeof(float) > g->ring_threshold && count >= g->size ? MP_COLL_ALGO_RING
-                                                                             : MP_COLL_ALGO_RD;
+        int pow2 = (g->size & (g->size - 1)) == 0;
+        size_t bytes = count * sizeof(float);
+        if (pow2 && bytes > g->rhd_threshold) {
+            algo = MP_COLL_ALGO_RHD;
+        } else if (!pow2 && bytes > g->ring_threshold && count >= g->size) {
+            algo = MP_COLL_ALGO_RING;
+        } else {
+            algo = MP_COLL_ALGO_RD;
+        }
     }
     if (algo == MP_COLL_ALGO_RING) {
         st = ring_reduce_scatter(&op, buf, count, 0);
         if (st == MP_OK) {
             st = ring_allgather(&op, buf, count, g->size - 1);
         }
+    } else if (algo == MP_COLL_ALGO_RHD) {
+        st = rhd_allreduce(&op, buf, count);
     } else {
         st = rd_allreduce(&op, buf, count);
     }

@@ -35,21 +35,29 @@
 typedef struct mp_coll_group mp_coll_group_t;
 
 typedef enum {
-    MP_COLL_ALGO_AUTO = 0, /* by size: MP_COLL_ALGO_RD up to the ring threshold, ring above */
-    MP_COLL_ALGO_RD =
-        1, /* recursive doubling (latency-bound, log2(n) rounds of the whole tensor) */
-    MP_COLL_ALGO_RING = 2, /* ring reduce-scatter + allgather (bandwidth-bound, 2(n-1) steps) */
+    /* By size and group: recursive doubling up to a threshold, then recursive
+     * halving-doubling for power-of-two groups and the ring for the others. */
+    MP_COLL_ALGO_AUTO = 0,
+    /* Recursive doubling: log2(n) rounds of the whole tensor (latency-bound). */
+    MP_COLL_ALGO_RD = 1,
+    /* Ring reduce-scatter + allgather: 2(n-1) steps of 1/n of it (bandwidth-bound). */
+    MP_COLL_ALGO_RING = 2,
+    /* Rabenseifner: recursive halving reduce-scatter + recursive doubling
+     * allgather, the ring's bandwidth in 2 log2(n) rounds. */
+    MP_COLL_ALGO_RHD = 3,
 } mp_coll_algo_t;
 
 /*
- * Allreduce bytes above which AUTO takes the ring.  Measured with
- * `mpar-bench-xport --switch` (2-4 processes, shared memory, a loaded
- * 2-core machine): recursive doubling is faster up to 1 MiB (the ring's
- * 2(n-1) dependent steps each wait for a scheduled neighbour), the ring is
- * ~2.3x faster at 4 MiB for n = 2 and 4.  On hosts with more cores per rank
- * the crossover moves down; tune it per group with
- * mp_coll_group_set_ring_threshold().
+ * Allreduce bytes above which AUTO leaves recursive doubling: for
+ * power-of-two groups for recursive halving-doubling, for the others for
+ * the ring.  Measured with `mpar-bench-xport --switch` (2-4 processes,
+ * shared memory, a loaded 2-core machine): see the numbers in the xport
+ * issue's note.  The ring's 2(n-1) dependent steps each wait for a
+ * scheduled neighbour, so it only pays from a few MiB there; on hosts
+ * with more cores per rank the crossovers move down.  Tune per group with
+ * mp_coll_group_set_thresholds().
  */
+#define MP_COLL_RHD_THRESHOLD_DEFAULT (64u * 1024u)
 #define MP_COLL_RING_THRESHOLD_DEFAULT (1024u * 1024u)
 
 /*
@@ -65,8 +73,9 @@ uint32_t mp_coll_group_size(const mp_coll_group_t *group);
 uint32_t mp_coll_group_rank(const mp_coll_group_t *group);
 /* MP_OK, or the error that failed the group. */
 mp_status_t mp_coll_group_status(const mp_coll_group_t *group);
-/* Allreduce bytes above which MP_COLL_ALGO_AUTO uses the ring. */
-void mp_coll_group_set_ring_threshold(mp_coll_group_t *group, size_t bytes);
+/* Allreduce bytes above which MP_COLL_ALGO_AUTO uses recursive halving-doubling
+ * (power-of-two groups) or the ring (other groups). */
+void mp_coll_group_set_thresholds(mp_coll_group_t *group, size_t rhd_bytes, size_t ring_bytes);
 
 /* The block [*off_p, *off_p + *len_p) of group rank b in a count-element tensor. */
 void mp_coll_block(size_t count, uint32_t size, uint32_t b, size_t *off_p, size_t *len_p);

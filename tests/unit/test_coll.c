@@ -1,5 +1,5 @@
 /*
- * test_coll.c - collectives over UCX workers: allreduce (both algorithms
+ * test_coll.c - collectives over UCX workers: allreduce (each algorithm
  * and the automatic choice), allgather, reduce-scatter, broadcast and
  * barrier on N = 1..4 ranks as threads and as processes, with element
  * counts 0, 1, primes, random ones and counts not divisible by N, each
@@ -188,7 +188,7 @@ static int all_collectives_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint3
     for (size_t k = 0; k < NFIXED + NRANDOM && code == 0; k++) {
         uint32_t seed = a->seed + (uint32_t)k;
         size_t c = counts[k];
-        for (int algo = MP_COLL_ALGO_AUTO; algo <= MP_COLL_ALGO_RING && code == 0; algo++) {
+        for (int algo = MP_COLL_ALGO_AUTO; algo <= MP_COLL_ALGO_RHD && code == 0; algo++) {
             code = check_allreduce(g, seed, c, (mp_coll_algo_t)algo, b1);
         }
         if (code == 0) {
@@ -259,13 +259,14 @@ static int grid_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, u
     int code = 0;
     size_t count = 5003;
     float *b = mp_aligned_alloc(count * sizeof(float));
-    for (uint32_t round = 0; round < 6 && code == 0; round++) {
+    for (uint32_t round = 0; round < 9 && code == 0; round++) {
         mp_coll_group_t *g = round % 3 == 0 ? tp : (round % 3 == 1 ? dp : world);
         uint32_t peer = round % 3 == 0 ? tp_peer : dp_peer;
         for (size_t i = 0; i < count; i++) {
             b[i] = xh_value(round, rank, i);
         }
-        mp_coll_algo_t algo = round < 3 ? MP_COLL_ALGO_RING : MP_COLL_ALGO_RD;
+        mp_coll_algo_t algo =
+            round < 3 ? MP_COLL_ALGO_RING : (round < 6 ? MP_COLL_ALGO_RD : MP_COLL_ALGO_RHD);
         if (mp_coll_allreduce_sum_f32_algo(g, b, count, algo, 0) != MP_OK) {
             code = 3;
             break;
