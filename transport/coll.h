@@ -51,14 +51,17 @@ typedef enum {
  * Allreduce bytes above which AUTO leaves recursive doubling: for
  * power-of-two groups for recursive halving-doubling, for the others for
  * the ring.  Measured with `mpar-bench-xport --switch` (2-4 processes,
- * shared memory, a loaded 2-core machine): see the numbers in the xport
- * issue's note.  The ring's 2(n-1) dependent steps each wait for a
- * scheduled neighbour, so it only pays from a few MiB there; on hosts
- * with more cores per rank the crossovers move down.  Tune per group with
+ * shared memory, a loaded 2-core machine; time of RD / time of the other):
+ *   n=2  rhd 1.15 at 64 KiB, 1.8 at 256 KiB, 1.07 at 1 MiB, 1.4 at 4 MiB
+ *   n=4  rhd 0.31 at 64 KiB, 0.64 at 256 KiB, 1.12 at 1 MiB, 1.7 at 4 MiB
+ *   n=3  ring 0.43 at 256 KiB, 0.58 at 1 MiB, 1.4 at 4 MiB, 1.2 at 16 MiB
+ * The ring's 2(n-1) dependent steps each wait for a scheduled neighbour,
+ * so on an oversubscribed host it pays only from a few MiB; with a core
+ * per rank the crossovers move down.  Tune per group with
  * mp_coll_group_set_thresholds().
  */
-#define MP_COLL_RHD_THRESHOLD_DEFAULT (64u * 1024u)
-#define MP_COLL_RING_THRESHOLD_DEFAULT (1024u * 1024u)
+#define MP_COLL_RHD_THRESHOLD_DEFAULT (512u * 1024u)
+#define MP_COLL_RING_THRESHOLD_DEFAULT (2u * 1024u * 1024u)
 
 /*
  * Makes a group of size members, of which the caller is group rank rank.

@@ -344,7 +344,9 @@ static int dead_rank_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t ra
             b[i] = 1.0f;
         }
         uint64_t t0 = mp_xport_now_ns();
-        st = mp_coll_allreduce_sum_f32(g, b, count, KILL_TIMEOUT_MS);
+        /* The ring for 3 ranks, the automatic choice (recursive halving-doubling) for 4. */
+        st = mp_coll_allreduce_sum_f32_algo(
+            g, b, count, n == 3 ? MP_COLL_ALGO_RING : MP_COLL_ALGO_AUTO, KILL_TIMEOUT_MS);
         fail_s = (double)(mp_xport_now_ns() - t0) / 1e9;
         if (st == MP_OK && b[count - 1] != (float)n) {
             st = MP_ERR_FORMAT;
