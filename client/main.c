@@ -17,7 +17,8 @@ static void usage(FILE *f)
             "\n"
             "commands:\n"
             "  run JOB.json [--serial] [-o json] [--save-weights DIR] [--device cpu|cuda|auto]\n"
-            "               [--threads N]     train a job (--serial: in this process, one device)\n"
+            "               [--threads N]     train a job: on a throwaway local cluster, or\n"
+            "                                 with --serial in this process on one device\n"
 #ifdef MP_HAVE_CTL
             "  nodes                          list the cluster's nodes\n"
             "  jobs                           list jobs\n"
@@ -25,6 +26,8 @@ static void usage(FILE *f)
             "  status JOB                     show one job\n"
             "  logs JOB [-f]                  show a job's events\n"
             "  cancel JOB                     cancel a job\n"
+            "  trace JOB [--format chrome|svg] [-o FILE]\n"
+            "                                 the timeline of a job's last step\n"
             "\n"
             "cluster options: --socket PATH | --connect HOST:PORT --secret-file FILE; -o json\n"
 #endif
@@ -46,6 +49,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(argv[1], "run") == 0) {
         return mp_client_run_main(argc - 1, argv + 1);
+    }
+    if (strcmp(argv[1], "trace") == 0) {
+        return mp_client_trace_main(argc - 1, argv + 1);
     }
 #ifdef MP_HAVE_CTL
     return mp_client_ctl_main(argc - 1, argv + 1);

@@ -130,7 +130,10 @@ static void run_usage(FILE *f)
 {
     fprintf(f, "usage: mpar-client run JOB.json [--serial] [-o json|text] [--save-weights DIR]\n"
                "                          [--device cpu|cuda|auto] [--threads N] [--tf32] "
-               "[--quiet]\n");
+               "[--quiet]\n"
+               "                          [--timeline FILE.svg|none]\n"
+               "without --serial: a throwaway local cluster of mpard daemons runs the job's\n"
+               "pp x tp x dp grid (a coordinator and pp*dp nodes of tp CPU shards each)\n");
 }
 
 int mp_client_run_main(int argc, char **argv)
@@ -140,9 +143,11 @@ int mp_client_run_main(int argc, char **argv)
         {"save-weights", required_argument, NULL, 'w'}, {"device", required_argument, NULL, 'd'},
         {"threads", required_argument, NULL, 't'}, {"tf32", no_argument, NULL, 'f'},
         {"quiet", no_argument, NULL, 'q'},        {"help", no_argument, NULL, 'h'},
+        {"timeline", required_argument, NULL, 'T'},
         {NULL, 0, NULL, 0},
     };
     bool serial = false, json = false;
+    const char *timeline = NULL;
     mp_train_opts_t opts = {.device = "cpu", .threads = 1};
     progress_t pr = {.tty = isatty(STDERR_FILENO) == 1};
     int c;
@@ -183,6 +188,9 @@ int mp_client_run_main(int argc, char **argv)
         case 'q':
             pr.quiet = true;
             break;
+        case 'T':
+            timeline = optarg;
+            break;
         case 'h':
             run_usage(stdout);
             return MP_EXIT_OK;
@@ -203,11 +211,17 @@ int mp_client_run_main(int argc, char **argv)
         return MP_EXIT_USAGE;
     }
     if (!serial) {
-        fprintf(stderr,
-                "mpar-client run: running on a local cluster of mpard daemons is not available "
-                "in this build; add --serial to train in this process\n");
+        if (strcmp(opts.device, "cpu") != 0) {
+            fprintf(stderr, "mpar-client run: --device applies to --serial; a local cluster's "
+                            "nodes use CPU shards\n");
+            mp_spec_free(spec);
+            return MP_EXIT_USAGE;
+        }
+        int code = mp_client_run_local(path, spec->parallel.pp, spec->parallel.tp,
+                                       spec->parallel.dp, spec->name, json, opts.save_weights,
+                                       timeline, pr.quiet);
         mp_spec_free(spec);
-        return MP_EXIT_USAGE;
+        return code;
     }
     opts.on_progress = on_progress;
     opts.arg = &pr;
