@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <netdb.h>
 #include <poll.h>
 #include <pwd.h>
@@ -41,6 +42,7 @@ typedef struct {
     const char *secret_file;
     bool json;
     bool follow;
+    const char *save_weights; /* submit --save-weights DIR */
     int fd;
     uint64_t next_rid;
     char where[300];
@@ -58,7 +60,10 @@ static void ctl_usage(FILE *f)
             "usage: mpar-client COMMAND [options]\n"
             "  nodes                   the cluster's nodes\n"
             "  jobs                    the job queue\n"
-            "  submit JOB.json [-f]    validate and queue a job (-f: follow its events)\n"
+            "  submit JOB.json [-f] [--save-weights DIR]\n"
+            "                          validate and queue a job (-f: follow it to its end,\n"
+            "                          progress on stderr; DIR: where the coordinator writes\n"
+            "                          the trained weights as <layer>.<param>.npy)\n"
             "  status JOB              one job's state\n"
             "  logs JOB [-f]           a job's events (-f: until it ends)\n"
             "  cancel JOB              cancel a job\n"
@@ -409,12 +414,53 @@ static void print_job(const Mpar__JobInfo *j)
     if (j->has_bubble_fraction) {
         printf("  bubble:      %.4f\n", j->bubble_fraction);
     }
+    if (j->save_weights != NULL && j->save_weights[0] != '\0') {
+        printf("  weights:     %s\n", j->save_weights);
+    }
+    if (j->n_placement > 0) {
+        /* One line per TP group: a stage of one replica, inside one node. */
+        printf("  placement:\n");
+        for (uint32_t d = 0; d < j->dp; d++) {
+            for (uint32_t st = 0; st < j->pp; st++) {
+                const char *node = NULL;
+                char devs[256] = "";
+                size_t off = 0;
+                for (size_t k = 0; k < j->n_placement; k++) {
+                    const Mpar__PlacementEntry *p = j->placement[k];
+                    if (p->stage != st || p->dp != d) {
+                        continue;
+                    }
+                    node = p->node;
+                    int w = snprintf(devs + off, sizeof(devs) - off, "%stp %u: rank %u on %s",
+                                     off ? ", " : "", p->tp, p->rank, p->device);
+                    off += w > 0 && (size_t)w < sizeof(devs) - off ? (size_t)w : 0;
+                }
+                if (node != NULL) {
+                    printf("    stage %u, dp %u: TP group of %u on node %s (%s)\n", st, d, j->tp,
+                           node, devs);
+                }
+            }
+        }
+    }
+    if (j->n_losses > 0) {
+        printf("  losses:      ");
+        for (size_t i = 0; i < j->n_losses; i++) {
+            if (j->n_losses > 12 && i == 5) {
+                printf(" ... (%zu more)", j->n_losses - 10);
+                i = j->n_losses - 5;
+            }
+            printf("%s%.4f", i ? " " : "", j->losses[i]);
+        }
+        printf("\n");
+    }
 }
 
 static int job_exit(const Mpar__JobInfo *j)
 {
     return j->state == MPAR__JOB_STATE__JOB_STATE_FAILED ? EXIT_FAILED : EXIT_OK;
 }
+
+static int cmd_job(ctl_t *c, const char *id, bool cancel);
 
 /* ---- commands ------------------------------------------------------------ */
 
@@ -499,7 +545,9 @@ static int cmd_jobs(ctl_t *c)
     return EXIT_OK;
 }
 
-static int cmd_follow(ctl_t *c, const char *id, bool follow)
+/* logs [-f]: the events on stdout.  submit -f (progress): the events on
+ * stderr, then the job's final document (or summary) on stdout. */
+static int cmd_follow(ctl_t *c, const char *id, bool follow, bool progress)
 {
     Mpar__Envelope req = MPAR__ENVELOPE__INIT;
     Mpar__WatchJob wj = MPAR__WATCH_JOB__INIT;
@@ -509,7 +557,7 @@ static int cmd_follow(ctl_t *c, const char *id, bool follow)
     req.watch_job = &wj;
     Mpar__Envelope *ev;
     int rc = ctl_call(c, &req, &ev);
-    json_t *events = c->json && !follow ? json_array() : NULL;
+    json_t *events = c->json && !follow && !progress ? json_array() : NULL;
     Mpar__JobState last = MPAR__JOB_STATE__JOB_STATE_UNSPECIFIED;
     while (rc == EXIT_OK) {
         if (ev->msg_case != MPAR__ENVELOPE__MSG_JOB_EVENT) {
@@ -519,7 +567,12 @@ static int cmd_follow(ctl_t *c, const char *id, bool follow)
         }
         const Mpar__JobEvent *e = ev->job_event;
         last = e->state;
-        if (events != NULL) {
+        if (progress) {
+            char t[64];
+            fmt_time(e->unix_ms, t, sizeof(t));
+            fprintf(stderr, "%s  %s\n", t, e->message);
+            fflush(stderr);
+        } else if (events != NULL) {
             json_array_append_new(events, mp_proto_to_json(&e->base));
         } else if (c->json) {
             /* Following: one JSON object per event, as they come. */
@@ -548,6 +601,14 @@ static int cmd_follow(ctl_t *c, const char *id, bool follow)
         } else {
             json_decref(doc);
         }
+    }
+    if (rc == EXIT_OK && progress) {
+        /* The final record: state, losses, placement, timeline. */
+        rc = cmd_job(c, id, false);
+        if (rc == EXIT_OK && last != MPAR__JOB_STATE__JOB_STATE_SUCCEEDED) {
+            rc = EXIT_FAILED;
+        }
+        return rc;
     }
     if (rc == EXIT_OK && follow) {
         return last == MPAR__JOB_STATE__JOB_STATE_SUCCEEDED ? EXIT_OK : EXIT_FAILED;
@@ -605,6 +666,7 @@ static int cmd_submit(ctl_t *c, const char *path)
     Mpar__SubmitJob sj = MPAR__SUBMIT_JOB__INIT;
     sj.spec_json = text;
     sj.submitter = (char *)user_name();
+    sj.save_weights = (char *)(c->save_weights ? c->save_weights : "");
     req.msg_case = MPAR__ENVELOPE__MSG_SUBMIT_JOB;
     req.submit_job = &sj;
     rc = ctl_call(c, &req, &rep);
@@ -621,12 +683,15 @@ static int cmd_submit(ctl_t *c, const char *path)
     snprintf(id, sizeof(id), "%s", j->id);
     if (c->json && !c->follow) {
         print_json(mp_proto_to_json(&j->base));
-    } else if (!c->json) {
+    } else if (c->follow) {
+        fprintf(stderr, "submitted job %s (%s): %s: %s\n", j->id, j->name, job_state(j->state),
+                j->reason);
+    } else {
         printf("submitted job %s (%s): %s: %s\n", j->id, j->name, job_state(j->state), j->reason);
     }
     mp_frame_envelope_free(rep);
     fflush(stdout);
-    return c->follow ? cmd_follow(c, id, true) : EXIT_OK;
+    return c->follow ? cmd_follow(c, id, true, true) : EXIT_OK;
 }
 
 static int cmd_job(ctl_t *c, const char *id, bool cancel)
@@ -673,6 +738,7 @@ int mp_client_ctl_main(int argc, char **argv)
         {"secret-file", required_argument, NULL, 'k'},
         {"output", required_argument, NULL, 'o'},
         {"follow", no_argument, NULL, 'f'},
+        {"save-weights", required_argument, NULL, 'w'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -711,6 +777,9 @@ int mp_client_ctl_main(int argc, char **argv)
         case 'f':
             c.follow = true;
             break;
+        case 'w':
+            c.save_weights = optarg;
+            break;
         case 'h':
             ctl_usage(stdout);
             return EXIT_OK;
@@ -727,7 +796,8 @@ int mp_client_ctl_main(int argc, char **argv)
         const char *a = argv[i];
         if (a[0] == '-' && a[1] != '\0') {
             bool takes = !strcmp(a, "--socket") || !strcmp(a, "--connect") ||
-                         !strcmp(a, "--secret-file") || !strcmp(a, "-o") || !strcmp(a, "--output");
+                         !strcmp(a, "--secret-file") || !strcmp(a, "-o") ||
+                         !strcmp(a, "--output") || !strcmp(a, "--save-weights");
             i += takes ? 1 : 0;
             continue;
         }
@@ -757,6 +827,28 @@ int mp_client_ctl_main(int argc, char **argv)
         fprintf(stderr, "mpar-client: -f applies to submit and logs\n");
         return EXIT_USAGE;
     }
+    if (c.save_weights != NULL && strcmp(cmd, "submit") != 0) {
+        fprintf(stderr, "mpar-client: --save-weights applies to submit\n");
+        return EXIT_USAGE;
+    }
+    /* The directory is the coordinator's: a relative one means this one's. */
+    char save_abs[PATH_MAX];
+    if (c.save_weights != NULL) {
+        if (c.save_weights[0] == '\0') {
+            fprintf(stderr, "mpar-client: --save-weights needs a directory\n");
+            return EXIT_USAGE;
+        }
+        if (c.save_weights[0] != '/') {
+            char cwd[PATH_MAX];
+            if (getcwd(cwd, sizeof(cwd)) == NULL ||
+                (size_t)snprintf(save_abs, sizeof(save_abs), "%s/%s", cwd, c.save_weights) >=
+                    sizeof(save_abs)) {
+                fprintf(stderr, "mpar-client: --save-weights: path too long\n");
+                return EXIT_USAGE;
+            }
+            c.save_weights = save_abs;
+        }
+    }
     if (c.secret_file != NULL && c.connect == NULL) {
         fprintf(stderr, "mpar-client: --secret-file goes with --connect HOST:PORT\n");
         return EXIT_USAGE;
@@ -781,7 +873,7 @@ int mp_client_ctl_main(int argc, char **argv)
         } else if (!strcmp(cmd, "status")) {
             rc = cmd_job(&c, pos[0], false);
         } else if (!strcmp(cmd, "logs")) {
-            rc = cmd_follow(&c, pos[0], c.follow);
+            rc = cmd_follow(&c, pos[0], c.follow, false);
         } else {
             rc = cmd_job(&c, pos[0], true);
         }

@@ -3,7 +3,9 @@
  * this mpard's own listener when it is the coordinator too), proves the
  * cluster secret, registers the node's devices, sends heartbeats at the
  * coordinator's interval, and reconnects with backoff when the link drops.
- * A graceful stop says Goodbye first.  Owns the connection and two timers.
+ * A graceful stop says Goodbye first.  The job messages of the data plane's
+ * wire-up go to the node's executor threads (shard.c); losing the
+ * coordinator aborts them.  Owns the connection, two timers and the shards.
  * libuv thread.
  */
 #include <stdio.h>
@@ -43,7 +45,16 @@ struct mp_agent {
     char target[128];
     struct sockaddr_storage addr;
     const char *state;
+    mp_shards_t *shards;
 };
+
+mp_status_t mp_agent_send(mp_agent_t *a, const Mpar__Envelope *env)
+{
+    if (a->conn == NULL || !a->registered) {
+        return MP_ERR_PEER;
+    }
+    return mp_conn_send(a->conn, env);
+}
 
 bool mp_agent_registered(const mp_agent_t *a)
 {
@@ -66,6 +77,7 @@ static void on_heartbeat_timer(uv_timer_t *t)
     Mpar__Heartbeat hb = MPAR__HEARTBEAT__INIT;
     hb.seq = ++a->seq;
     hb.sent_unix_ms = mpard_now_ms();
+    hb.running_shards = a->shards != NULL ? mp_shards_running(a->shards) : 0;
     env.msg_case = MPAR__ENVELOPE__MSG_HEARTBEAT;
     env.heartbeat = &hb;
     mp_conn_send(a->conn, &env);
@@ -251,19 +263,12 @@ static void on_envelope(mp_conn_t *conn, const Mpar__Envelope *env, void *data)
     case MPAR__ENVELOPE__MSG_JOB_ASSIGNMENT:
     case MPAR__ENVELOPE__MSG_PEER_ADDRESSES:
     case MPAR__ENVELOPE__MSG_JOB_START:
-    case MPAR__ENVELOPE__MSG_JOB_ABORT: {
-        /* The coordinator of this build never assigns shards; a newer one
-         * learns plainly that this node cannot run them. */
-        Mpar__Envelope reply = MPAR__ENVELOPE__INIT;
-        Mpar__Error e = MPAR__ERROR__INIT;
-        e.code = MPAR__ERROR_CODE__ERROR_CODE_INTERNAL;
-        e.message = "this mpard build has no job executor";
-        reply.request_id = env->request_id;
-        reply.msg_case = MPAR__ENVELOPE__MSG_ERROR;
-        reply.error = &e;
-        mp_conn_send(conn, &reply);
+    case MPAR__ENVELOPE__MSG_JOB_END:
+    case MPAR__ENVELOPE__MSG_JOB_ABORT:
+        if (a->registered) {
+            mp_shards_on_envelope(a->shards, env);
+        }
         return;
-    }
     case MPAR__ENVELOPE__MSG_JOB_EVENT:
     case MPAR__ENVELOPE__MSG_NODE_LIST:
     case MPAR__ENVELOPE__MSG_JOB_LIST:
@@ -292,6 +297,8 @@ static void on_close(mp_conn_t *conn, mp_conn_reason_t reason, const char *why, 
     bool was = a->registered;
     a->registered = false;
     fwd_fail_all(a, "this node lost its coordinator; retry when `mpar-client nodes` answers");
+    /* Its reports can no longer arrive: the coordinator fails the jobs. */
+    mp_shards_abort_all(a->shards, "lost the coordinator");
     if (a->stopping) {
         return;
     }
@@ -378,6 +385,11 @@ mp_status_t mp_agent_create(mpard_t *d, mp_agent_t **agent_p)
     }
     /* 53 bits: exact in every JSON reader. */
     a->incarnation = (r ? r : mpard_now_ms()) & ((1ull << 53) - 1);
+    if (mp_shards_create(d, &a->shards) != MP_OK) {
+        mp_err("cannot start the shard executors' mailbox");
+        mp_free(a);
+        return MP_ERR_NOMEM;
+    }
     uv_timer_init(d->loop, &a->hb_timer);
     uv_timer_init(d->loop, &a->retry_timer);
     a->hb_timer.data = a;
@@ -394,6 +406,7 @@ void mp_agent_stop(mp_agent_t *a)
         return;
     }
     a->stopping = true;
+    mp_shards_stop(a->shards);
     if (a->timers_open) {
         a->timers_open = false;
         uv_close((uv_handle_t *)&a->hb_timer, NULL);
@@ -421,6 +434,7 @@ void mp_agent_abort(mp_agent_t *a)
 
 void mp_agent_destroy(mp_agent_t *a)
 {
+    mp_shards_destroy(a->shards);
     mp_free(a->fwd);
     mp_free(a);
 }

@@ -18,77 +18,21 @@
 
 #include "common/alloc.h"
 #include "common/log.h"
-#include "daemon/mpard.h"
+#include "daemon/coord_internal.h"
 #include "model/spec.h"
 #include "parallel/placement.h"
+#include "parallel/sched.h"
 #include "proto/json.h"
 
-#define EVENTS_MAX 1000
-#define JOBS_MAX 2000 /* finished jobs beyond this are forgotten, oldest first */
-#define STATE_FILE "jobs.json"
-#define STATE_VERSION 1
-
-struct mp_coord_node {
-    Mpar__NodeInfo info;
-    Mpar__Device *devs;
-    Mpar__Device **devp;
-    char name[64];
-    char address[80];
-    mp_session_t *session;
-    uint64_t last_hb_mono; /* uv_now of the last heartbeat or registration */
-    mp_coord_node_t *next;
-};
-
-typedef struct {
-    mp_session_t *s;
-    uint64_t request_id;
-} watcher_t;
-
-typedef struct coord_job {
-    Mpar__JobInfo info;
-    char id[24];
-    char *name;
-    char *reason;
-    char *submitter;
-    char *spec_json;
-    Mpar__JobEvent *events;
-    size_t nevents, cap_events;
-    watcher_t *watchers;
-    size_t nwatchers, cap_watchers;
-    struct coord_job *next;
-} coord_job_t;
-
-typedef struct {
-    uv_work_t req;
-    mp_coord_t *c;
-    char *text;
-    int err; /* errno of the write, 0 = ok */
-} save_req_t;
-
-struct mp_coord {
-    mpard_t *d;
-    uint64_t epoch;
-    uint64_t next_job;
-    mp_coord_node_t *nodes;
-    size_t nnodes;
-    coord_job_t *jobs, *jobs_tail;
-    size_t njobs;
-    uv_timer_t sweep_timer;
-    bool sweep_open;
-    char state_path[PATH_MAX + 32];
-    char tmp_path[PATH_MAX + 40];
-    bool save_inflight, save_dirty;
-};
-
-static void coord_save(mp_coord_t *c);
 static void job_try_start(mp_coord_t *c, coord_job_t *j);
+static coord_job_t *job_find(mp_coord_t *c, const char *id);
 
 uint64_t mp_coord_epoch(const mp_coord_t *c)
 {
     return c->epoch;
 }
 
-static bool job_terminal(Mpar__JobState s)
+bool coord_job_terminal(Mpar__JobState s)
 {
     return s == MPAR__JOB_STATE__JOB_STATE_SUCCEEDED || s == MPAR__JOB_STATE__JOB_STATE_FAILED ||
            s == MPAR__JOB_STATE__JOB_STATE_CANCELLED;
@@ -117,7 +61,8 @@ static void job_send_event(coord_job_t *j, const Mpar__JobEvent *ev, watcher_t *
     mp_session_send(w->s, &env);
 }
 
-static void job_add_event(mp_coord_t *c, coord_job_t *j, const char *message)
+void coord_job_add_event(mp_coord_t *c, coord_job_t *j, const char *message, uint64_t step,
+                         bool has_loss, double loss)
 {
     if (j->nevents == EVENTS_MAX) {
         /* Keep the first event (submission) and drop the oldest after it. */
@@ -144,14 +89,23 @@ static void job_add_event(mp_coord_t *c, coord_job_t *j, const char *message)
     if (ev->message == NULL) {
         return;
     }
+    ev->has_step = step > 0;
+    ev->step = step;
+    ev->has_loss = has_loss;
+    ev->loss = loss;
     j->nevents++;
-    bool final = job_terminal(j->info.state);
+    bool final = coord_job_terminal(j->info.state);
     for (size_t i = 0; i < j->nwatchers; i++) {
         job_send_event(j, ev, &j->watchers[i], final);
     }
     if (final) {
         j->nwatchers = 0;
     }
+}
+
+static void job_add_event(mp_coord_t *c, coord_job_t *j, const char *message)
+{
+    coord_job_add_event(c, j, message, 0, false, 0.0);
 }
 
 static void job_set_reason(mp_coord_t *c, coord_job_t *j, const char *reason)
@@ -168,7 +122,7 @@ static void job_set_reason(mp_coord_t *c, coord_job_t *j, const char *reason)
     j->info.reason = r;
 }
 
-static void job_set_state(mp_coord_t *c, coord_job_t *j, Mpar__JobState state, const char *reason)
+void coord_job_set_state(mp_coord_t *c, coord_job_t *j, Mpar__JobState state, const char *reason)
 {
     bool changed = j->info.state != state;
     bool reason_changed = j->reason == NULL || strcmp(j->reason, reason) != 0;
@@ -181,7 +135,7 @@ static void job_set_state(mp_coord_t *c, coord_job_t *j, Mpar__JobState state, c
     if (state == MPAR__JOB_STATE__JOB_STATE_RUNNING && j->info.started_unix_ms == 0) {
         j->info.started_unix_ms = now;
     }
-    if (job_terminal(state) && j->info.finished_unix_ms == 0) {
+    if (coord_job_terminal(state) && j->info.finished_unix_ms == 0) {
         j->info.finished_unix_ms = now;
     }
     char msg[1200];
@@ -189,24 +143,32 @@ static void job_set_state(mp_coord_t *c, coord_job_t *j, Mpar__JobState state, c
     job_add_event(c, j, msg);
     mp_info("job %s (%s) %s: %s", j->id, j->name, job_state_name(state), reason);
     coord_save(c);
+    if (changed && coord_job_terminal(state) && j->run != NULL) {
+        jobrun_release(c, j);
+    }
 }
 
 /* ---- scheduling -------------------------------------------------------- */
 
 /*
- * The hook the job engine fills: starts `j` when the alive nodes can hold its
- * pp x tp x dp grid, placed by parallel/placement.h (a TP group inside one
- * node), the same placement the engine runs the job on.  This build has no
- * executor, so a job that fits stays PENDING and says so; one that does not
- * fit says what is missing.
+ * Starts `j` when the alive nodes' free devices can hold its pp x tp x dp
+ * grid, placed by parallel/placement.h (a TP group inside one node), and
+ * runs it on the data plane (coord_run.c); a job that does not fit stays
+ * PENDING with a reason that says what is missing.
  */
 static void job_try_start(mp_coord_t *c, coord_job_t *j)
 {
     if (j->info.state != MPAR__JOB_STATE__JOB_STATE_PENDING) {
         return;
     }
+    if (c->stopping) {
+        return;
+    }
     mp_place_node_t *pn = mp_calloc(c->nnodes + 1, sizeof(*pn));
-    if (pn == NULL) {
+    mp_coord_node_t **pnode = mp_calloc(c->nnodes + 1, sizeof(*pnode));
+    if (pn == NULL || pnode == NULL) {
+        mp_free(pn);
+        mp_free(pnode);
         return;
     }
     int n = 0;
@@ -220,8 +182,11 @@ static void job_try_start(mp_coord_t *c, coord_job_t *j)
                          ? MP_DEV_CUDA
                          : MP_DEV_CPU;
         pn[n].ndevices = (int)node->info.n_devices;
-        pn[n].busy = NULL; /* nothing runs in this build */
-        devices += node->info.n_devices;
+        pn[n].busy = node->busy;
+        for (size_t k = 0; k < node->info.n_devices; k++) {
+            devices += node->busy[k] ? 0 : 1;
+        }
+        pnode[n] = node;
         n++;
     }
     char reason[1100];
@@ -229,27 +194,39 @@ static void job_try_start(mp_coord_t *c, coord_job_t *j)
     mp_errbuf_t err;
     if (devices < j->info.devices_needed) {
         snprintf(reason, sizeof(reason),
-                 "needs %u devices (pp %u x tp %u x dp %u); the cluster has %llu on %d alive "
-                 "node%s",
+                 "needs %u devices (pp %u x tp %u x dp %u); the cluster has %llu free on %d "
+                 "alive node%s",
                  j->info.devices_needed, j->info.pp, j->info.tp, j->info.dp,
                  (unsigned long long)devices, n, n == 1 ? "" : "s");
     } else if (mp_place_build(pn, n, (int)j->info.pp, (int)j->info.tp, (int)j->info.dp, &place,
                               &err) != MP_OK) {
         snprintf(reason, sizeof(reason), "%s", err.msg);
     } else {
-        mp_place_free(&place);
-        snprintf(reason, sizeof(reason),
-                 "queued: the cluster can hold it, but this mpard build has no job executor");
+        mp_free(pn);
+        jobrun_start(c, j, &place, pnode); /* takes the placement */
+        mp_free(pnode);
+        return;
     }
     mp_free(pn);
-    job_set_state(c, j, MPAR__JOB_STATE__JOB_STATE_PENDING, reason);
+    mp_free(pnode);
+    coord_job_set_state(c, j, MPAR__JOB_STATE__JOB_STATE_PENDING, reason);
 }
 
-static void coord_reschedule(mp_coord_t *c)
+void coord_reschedule(mp_coord_t *c)
 {
     for (coord_job_t *j = c->jobs; j != NULL; j = j->next) {
         job_try_start(c, j);
     }
+}
+
+coord_job_t *coord_job_by_id(mp_coord_t *c, const char *id)
+{
+    for (coord_job_t *j = c->jobs; j != NULL; j = j->next) {
+        if (strcmp(j->id, id) == 0) {
+            return j;
+        }
+    }
+    return NULL;
 }
 
 /* ---- membership -------------------------------------------------------- */
@@ -269,6 +246,14 @@ static void node_set_state(mp_coord_t *c, mp_coord_node_t *n, Mpar__NodeState s,
     bool was_alive = n->info.state == MPAR__NODE_STATE__NODE_STATE_ALIVE;
     n->info.state = s;
     n->info.state_since_unix_ms = mpard_now_ms();
+    /* Its jobs cannot go on: DEAD, LEFT, or a lost connection (its reports
+     * cannot arrive).  Late heartbeats alone wait for DEAD. */
+    if (s == MPAR__NODE_STATE__NODE_STATE_DEAD || s == MPAR__NODE_STATE__NODE_STATE_LEFT ||
+        (s == MPAR__NODE_STATE__NODE_STATE_SUSPECT && n->session == NULL)) {
+        char lost[200];
+        snprintf(lost, sizeof(lost), "node %s is %s (%s)", n->name, node_state_name(s), why);
+        jobrun_node_lost(c, n, lost);
+    }
     if (was_alive || s == MPAR__NODE_STATE__NODE_STATE_ALIVE) {
         coord_reschedule(c);
     }
@@ -440,6 +425,10 @@ void mp_coord_node_disconnected(mp_coord_t *c, mp_coord_node_t *n, mp_session_t 
     }
     if (n->info.state == MPAR__NODE_STATE__NODE_STATE_ALIVE) {
         node_set_state(c, n, MPAR__NODE_STATE__NODE_STATE_SUSPECT, "connection lost");
+    } else if (n->info.state == MPAR__NODE_STATE__NODE_STATE_SUSPECT) {
+        char lost[200];
+        snprintf(lost, sizeof(lost), "node %s is SUSPECT (connection lost)", n->name);
+        jobrun_node_lost(c, n, lost);
     }
 }
 
@@ -469,10 +458,21 @@ Mpar__NodeInfo **mp_coord_nodes(mp_coord_t *c, size_t *n_p)
 
 Mpar__JobInfo **mp_coord_jobs(mp_coord_t *c, size_t *n_p)
 {
-    Mpar__JobInfo **v = mp_calloc(c->njobs + 1, sizeof(*v));
+    /* Shallow copies without the per-step results, so that a list of every
+     * job fits one frame: pointers and copies in one allocation. */
+    size_t n = c->njobs + 1;
+    Mpar__JobInfo **v = mp_calloc(1, n * sizeof(*v) + n * sizeof(Mpar__JobInfo));
+    Mpar__JobInfo *copies = v != NULL ? (Mpar__JobInfo *)(v + n) : NULL;
     size_t k = 0;
     for (coord_job_t *j = c->jobs; v != NULL && j != NULL; j = j->next) {
-        v[k++] = &j->info;
+        copies[k] = j->info;
+        copies[k].n_losses = 0;
+        copies[k].losses = NULL;
+        copies[k].n_placement = 0;
+        copies[k].placement = NULL;
+        copies[k].timeline = NULL;
+        v[k] = &copies[k];
+        k++;
     }
     *n_p = k;
     return v;
@@ -482,7 +482,7 @@ static coord_job_t *job_find(mp_coord_t *c, const char *id)
 {
     for (coord_job_t *j = c->jobs; j != NULL; j = j->next) {
         if (strcmp(j->id, id) == 0 ||
-            (j->name != NULL && strcmp(j->name, id) == 0 && !job_terminal(j->info.state))) {
+            (j->name != NULL && strcmp(j->name, id) == 0 && !coord_job_terminal(j->info.state))) {
             return j;
         }
     }
@@ -525,6 +525,7 @@ static coord_job_t *job_new(mp_coord_t *c, uint64_t num)
     j->info.name = "";
     j->info.reason = "";
     j->info.submitter = "";
+    j->info.save_weights = "";
     return j;
 }
 
@@ -539,7 +540,34 @@ static void job_free(coord_job_t *j)
     mp_free(j->reason);
     mp_free(j->submitter);
     mp_free(j->spec_json);
+    mp_free(j->save_weights);
+    coord_job_results_free(j);
     mp_free(j);
+}
+
+void coord_job_results_free(coord_job_t *j)
+{
+    mp_free(j->losses);
+    j->losses = NULL;
+    j->info.losses = NULL;
+    j->info.n_losses = 0;
+    mp_free(j->place);
+    mp_free(j->placep);
+    j->place = NULL;
+    j->placep = NULL;
+    j->info.placement = NULL;
+    j->info.n_placement = 0;
+    Mpar__Timeline *t = j->timeline;
+    if (t != NULL) {
+        for (size_t r = 0; r < t->n_rows; r++) {
+            mp_free(t->rows[r]->spans);
+            mp_free(t->rows[r]);
+        }
+        mp_free(t->rows);
+        mp_free(t);
+    }
+    j->timeline = NULL;
+    j->info.timeline = NULL;
 }
 
 static void job_append(mp_coord_t *c, coord_job_t *j)
@@ -559,7 +587,7 @@ static void jobs_trim(mp_coord_t *c)
     coord_job_t **pp = &c->jobs, *prev = NULL;
     while (c->njobs > JOBS_MAX && *pp != NULL) {
         coord_job_t *j = *pp;
-        if (job_terminal(j->info.state) && j->nwatchers == 0) {
+        if (coord_job_terminal(j->info.state) && j->nwatchers == 0 && j->run == NULL) {
             *pp = j->next;
             if (c->jobs_tail == j) {
                 c->jobs_tail = prev;
@@ -574,8 +602,17 @@ static void jobs_trim(mp_coord_t *c)
 }
 
 mp_status_t mp_coord_job_submit(mp_coord_t *c, const char *spec_json, size_t len,
-                                const char *submitter, Mpar__JobInfo **job_p, mp_errbuf_t *err)
+                                const char *submitter, const char *save_weights,
+                                Mpar__JobInfo **job_p, mp_errbuf_t *err)
 {
+    if (save_weights != NULL && save_weights[0] != '\0' &&
+        (save_weights[0] != '/' || strlen(save_weights) >= PATH_MAX - 64)) {
+        c->d->n.jobs_refused++;
+        return mp_errbuf_set(err, MP_ERR_SPEC,
+                             "save_weights: expected an absolute directory on the coordinator's "
+                             "machine, got '%.200s'",
+                             save_weights);
+    }
     mp_spec_t *spec;
     mp_status_t st = mp_spec_parse(spec_json, len, &spec, err);
     if (st != MP_OK) {
@@ -587,8 +624,10 @@ mp_status_t mp_coord_job_submit(mp_coord_t *c, const char *spec_json, size_t len
         j->name = mp_strdup(spec->name);
         j->submitter = mp_strdup(submitter && submitter[0] ? submitter : "unknown");
         j->spec_json = mp_malloc(len + 1);
+        j->save_weights = mp_strdup(save_weights ? save_weights : "");
     }
-    if (j == NULL || j->name == NULL || j->submitter == NULL || j->spec_json == NULL) {
+    if (j == NULL || j->name == NULL || j->submitter == NULL || j->spec_json == NULL ||
+        j->save_weights == NULL) {
         if (j != NULL) {
             job_free(j);
         }
@@ -599,6 +638,7 @@ mp_status_t mp_coord_job_submit(mp_coord_t *c, const char *spec_json, size_t len
     j->spec_json[len] = '\0';
     j->info.name = j->name;
     j->info.submitter = j->submitter;
+    j->info.save_weights = j->save_weights;
     j->info.submitted_unix_ms = mpard_now_ms();
     j->info.pp = (uint32_t)spec->parallel.pp;
     j->info.tp = (uint32_t)spec->parallel.tp;
@@ -629,13 +669,16 @@ mp_status_t mp_coord_job_cancel(mp_coord_t *c, const char *id, const char *who,
     if (j == NULL) {
         return mp_errbuf_set(err, MP_ERR_NOTFOUND, "no job %s", id);
     }
-    if (job_terminal(j->info.state)) {
+    if (coord_job_terminal(j->info.state)) {
         return mp_errbuf_set(err, MP_ERR_STATE, "job %s has already ended: %s", j->id,
                              job_state_name(j->info.state));
     }
     char reason[300];
     snprintf(reason, sizeof(reason), "cancelled by %s", who && who[0] ? who : "unknown");
-    job_set_state(c, j, MPAR__JOB_STATE__JOB_STATE_CANCELLED, reason);
+    if (j->run != NULL) {
+        jobrun_abort(c, j, reason);
+    }
+    coord_job_set_state(c, j, MPAR__JOB_STATE__JOB_STATE_CANCELLED, reason);
     *job_p = &j->info;
     return MP_OK;
 }
@@ -647,7 +690,7 @@ mp_status_t mp_coord_job_watch(mp_coord_t *c, const char *id, bool follow, mp_se
     if (j == NULL) {
         return mp_errbuf_set(err, MP_ERR_NOTFOUND, "no job %s", id);
     }
-    bool stay = follow && !job_terminal(j->info.state);
+    bool stay = follow && !coord_job_terminal(j->info.state);
     if (stay && j->nwatchers == j->cap_watchers) {
         size_t cap = j->cap_watchers ? j->cap_watchers * 2 : 4;
         watcher_t *nw = mp_realloc(j->watchers, cap * sizeof(*nw));
@@ -762,7 +805,7 @@ static void save_after(uv_work_t *req, int status)
 
 /* Writes the state on the thread pool; a change during a write is saved
  * right after it, so the file always ends with the latest state. */
-static void coord_save(mp_coord_t *c)
+void coord_save(mp_coord_t *c)
 {
     if (c->save_inflight || c->d->stopping) {
         c->save_dirty = true;
@@ -818,6 +861,104 @@ static void jopt_real(json_t *o, const char *key, protobuf_c_boolean *has_p, dou
     }
 }
 
+/* The per-step losses, placement and timeline of a stored job. */
+static void load_results(coord_job_t *j, json_t *o)
+{
+    json_t *a = json_object_get(o, "losses");
+    size_t n = json_array_size(a);
+    if (n > 0 && (j->losses = mp_calloc(n, sizeof(double))) != NULL) {
+        for (size_t i = 0; i < n; i++) {
+            j->losses[i] = json_number_value(json_array_get(a, i));
+        }
+        j->info.losses = j->losses;
+        j->info.n_losses = n;
+    }
+    a = json_object_get(o, "placement");
+    n = json_array_size(a);
+    if (n > 0) {
+        j->place = mp_calloc(n, sizeof(*j->place) + 96);
+        j->placep = mp_calloc(n, sizeof(*j->placep));
+        if (j->place == NULL || j->placep == NULL) {
+            mp_free(j->place);
+            mp_free(j->placep);
+            j->place = NULL;
+            j->placep = NULL;
+            return;
+        }
+        /* The node and device strings follow the entries. */
+        char *strs = (char *)(j->place + n);
+        for (size_t i = 0; i < n; i++) {
+            json_t *e = json_array_get(a, i);
+            Mpar__PlacementEntry *p = &j->place[i];
+            mpar__placement_entry__init(p);
+            p->rank = (uint32_t)jint(e, "rank");
+            p->stage = (uint32_t)jint(e, "stage");
+            p->tp = (uint32_t)jint(e, "tp");
+            p->dp = (uint32_t)jint(e, "dp");
+            const char *node = json_string_value(json_object_get(e, "node"));
+            const char *dev = json_string_value(json_object_get(e, "device"));
+            p->node = strs + 96 * i;
+            snprintf(p->node, 64, "%.63s", node ? node : "");
+            p->device = strs + 96 * i + 64;
+            snprintf(p->device, 32, "%.31s", dev ? dev : "");
+            j->placep[i] = p;
+        }
+        j->info.placement = j->placep;
+        j->info.n_placement = n;
+    }
+    json_t *t = json_object_get(o, "timeline");
+    json_t *rows = json_object_get(t, "rows");
+    if (!json_is_array(rows) || (j->timeline = mp_calloc(1, sizeof(*j->timeline))) == NULL) {
+        return;
+    }
+    mpar__timeline__init(j->timeline);
+    j->timeline->step = jint(t, "step");
+    n = json_array_size(rows);
+    j->timeline->rows = mp_calloc(n + 1, sizeof(*j->timeline->rows));
+    for (size_t r = 0; j->timeline->rows != NULL && r < n; r++) {
+        json_t *e = json_array_get(rows, r);
+        json_t *spans = json_object_get(e, "spans");
+        size_t ns = json_array_size(spans);
+        /* One block: the row, its span pointers, its spans, node name. */
+        Mpar__TimelineRow *row = mp_calloc(1, sizeof(*row));
+        void *blk = mp_calloc(1, (ns + 1) * (sizeof(Mpar__Span *) + sizeof(Mpar__Span)) + 64);
+        if (row == NULL || blk == NULL) {
+            mp_free(row);
+            mp_free(blk);
+            break;
+        }
+        mpar__timeline_row__init(row);
+        row->rank = (uint32_t)jint(e, "rank");
+        row->stage = (uint32_t)jint(e, "stage");
+        row->tp = (uint32_t)jint(e, "tp");
+        row->dp = (uint32_t)jint(e, "dp");
+        row->spans = blk;
+        Mpar__Span *sp = (Mpar__Span *)(row->spans + ns + 1);
+        char *node = (char *)(sp + ns + 1);
+        const char *nn = json_string_value(json_object_get(e, "node"));
+        snprintf(node, 64, "%s", nn ? nn : "");
+        row->node = node;
+        for (size_t k = 0; k < ns; k++) {
+            json_t *x = json_array_get(spans, k);
+            mpar__span__init(&sp[k]);
+            const char *op = json_string_value(json_object_get(x, "op"));
+            sp[k].op = (char *)mp_sched_op_name(MP_SCHED_FWD);
+            for (int q = 0; q <= MP_SCHED_OPT_STEP && op != NULL; q++) {
+                if (strcmp(op, mp_sched_op_name((mp_sched_op_t)q)) == 0) {
+                    sp[k].op = (char *)mp_sched_op_name((mp_sched_op_t)q);
+                }
+            }
+            sp[k].mb = (int32_t)json_integer_value(json_object_get(x, "mb"));
+            sp[k].t0_ns = jint(x, "t0_ns");
+            sp[k].t1_ns = jint(x, "t1_ns");
+            row->spans[k] = &sp[k];
+        }
+        row->n_spans = ns;
+        j->timeline->rows[j->timeline->n_rows++] = row;
+    }
+    j->info.timeline = j->timeline;
+}
+
 /* Reads the state file (main thread, before the loop runs).  A job that was
  * RUNNING did not survive the restart: it becomes FAILED, never lost. */
 static mp_status_t coord_load(mp_coord_t *c, mp_errbuf_t *err)
@@ -857,6 +998,8 @@ static mp_status_t coord_load(mp_coord_t *c, mp_errbuf_t *err)
         j->submitter = jstr(o, "submitter");
         j->reason = jstr(o, "reason");
         j->spec_json = jstr(o, "spec_json");
+        j->save_weights = jstr(o, "save_weights");
+        j->info.save_weights = j->save_weights ? j->save_weights : "";
         j->info.name = j->name ? j->name : "";
         j->info.submitter = j->submitter ? j->submitter : "";
         j->info.reason = j->reason ? j->reason : "";
@@ -875,6 +1018,7 @@ static mp_status_t coord_load(mp_coord_t *c, mp_errbuf_t *err)
         jopt_real(o, "bubble_fraction", &j->info.has_bubble_fraction, &j->info.bubble_fraction);
         json_t *sps = json_object_get(o, "samples_per_s");
         j->info.samples_per_s = json_is_number(sps) ? json_number_value(sps) : 0;
+        load_results(j, o);
         size_t k;
         json_t *e;
         json_array_foreach(json_object_get(o, "events"), k, e)
@@ -910,7 +1054,7 @@ static mp_status_t coord_load(mp_coord_t *c, mp_errbuf_t *err)
         }
         job_append(c, j);
         if (j->info.state == MPAR__JOB_STATE__JOB_STATE_RUNNING) {
-            job_set_state(c, j, MPAR__JOB_STATE__JOB_STATE_FAILED, "coordinator restarted");
+            coord_job_set_state(c, j, MPAR__JOB_STATE__JOB_STATE_FAILED, "coordinator restarted");
             failed++;
         }
     }
@@ -976,6 +1120,10 @@ mp_status_t mp_coord_create(mpard_t *d, mp_coord_t **coord_p)
         return st;
     }
     c->epoch++;
+    if (mp_mbox_init(d->loop, &c->mbox, jobrun_on_msg, c) != MP_OK) {
+        mp_coord_destroy(c);
+        return MP_ERR_NOMEM;
+    }
     uv_timer_init(d->loop, &c->sweep_timer);
     c->sweep_timer.data = c;
     c->sweep_open = true;
@@ -988,6 +1136,11 @@ mp_status_t mp_coord_create(mpard_t *d, mp_coord_t **coord_p)
 
 void mp_coord_stop(mp_coord_t *c)
 {
+    if (!c->stopping) {
+        c->stopping = true;
+        jobrun_stop_all(c);
+        mp_mbox_close(&c->mbox);
+    }
     if (c->sweep_open) {
         c->sweep_open = false;
         uv_close((uv_handle_t *)&c->sweep_timer, NULL);

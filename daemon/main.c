@@ -344,6 +344,8 @@ int main(int argc, char **argv)
     if (d.agent != NULL) {
         mp_agent_destroy(d.agent);
     }
+    /* Every executor and feeder thread has been joined by now. */
+    mpard_xport_ctx_release();
     mp_auth_secret_free(d.secret);
     if (rc == 0) {
         mp_notice("stopped");

@@ -10,6 +10,10 @@
  *   agent.c     the node role: registration and heartbeats to the coordinator
  *   metrics.c   Prometheus text exposition
  *   notify.c    sd_notify READY/STATUS/STOPPING and the watchdog timer
+ *   coord_run.c the coordinator's side of a running job: the data feeder and
+ *               weight gatherer thread, wire-up, per-step aggregation, the end
+ *   shard.c     the node's side of a running job: one executor thread per shard
+ *   mbox.c      worker threads -> loop mailbox; the process's UCX context
  */
 #ifndef MP_DAEMON_MPARD_H
 #define MP_DAEMON_MPARD_H
@@ -17,17 +21,46 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <uv.h>
 
 #include "daemon/config.h"
 #include "proto/mpar.pb-c.h"
 #include "transport/auth.h"
 #include "transport/frame_conn.h"
+#include "transport/ucx.h"
 
 typedef struct mp_coord mp_coord_t;
 typedef struct mp_agent mp_agent_t;
 typedef struct mp_session mp_session_t;
 typedef struct mp_coord_node mp_coord_node_t;
+typedef struct mp_shards mp_shards_t;
+
+/* mbox.c: a message a worker thread hands to the libuv thread; embed it
+ * first in the sender's own struct. */
+typedef struct mp_mbox_msg {
+    struct mp_mbox_msg *next;
+} mp_mbox_msg_t;
+typedef void (*mp_mbox_cb_t)(void *owner, mp_mbox_msg_t *msg);
+typedef struct {
+    uv_async_t async;
+    pthread_mutex_t mu;
+    mp_mbox_msg_t *head, *tail;
+    mp_mbox_cb_t cb;
+    void *owner;
+    bool open;
+} mp_mbox_t;
+mp_status_t mp_mbox_init(uv_loop_t *loop, mp_mbox_t *mb, mp_mbox_cb_t cb, void *owner);
+/* Any thread; the loop calls cb(owner, msg), which owns msg from then on. */
+void mp_mbox_post(mp_mbox_t *mb, mp_mbox_msg_t *msg);
+/* Handles what is queued now (the loop thread, e.g. while joining threads). */
+void mp_mbox_drain(mp_mbox_t *mb);
+/* Handles what is queued, then closes (no thread may post afterwards). */
+void mp_mbox_close(mp_mbox_t *mb);
+/* The process's UCX context, made on first use (any thread). */
+mp_status_t mpard_xport_ctx(mp_xport_ctx_t **ctx_p);
+/* At exit, after every thread that used it has ended. */
+void mpard_xport_ctx_release(void);
 
 typedef struct {
     uint64_t status_requests; /* JSON lines answered */
@@ -111,9 +144,11 @@ Mpar__JobInfo **mp_coord_jobs(mp_coord_t *c, size_t *n_p);
 Mpar__JobInfo *mp_coord_job_find(mp_coord_t *c, const char *id);
 /* Counts by state, for status and metrics. */
 void mp_coord_counts(mp_coord_t *c, int nodes_by_state[5], int jobs_by_state[6]);
-/* Jobs.  submit: MP_ERR_SPEC with the spec's message in err. */
+/* Jobs.  submit: MP_ERR_SPEC with the spec's message in err (or a
+ * save_weights directory that is not absolute; NULL or "" for none). */
 mp_status_t mp_coord_job_submit(mp_coord_t *c, const char *spec_json, size_t len,
-                                const char *submitter, Mpar__JobInfo **job_p, mp_errbuf_t *err);
+                                const char *submitter, const char *save_weights,
+                                Mpar__JobInfo **job_p, mp_errbuf_t *err);
 /* MP_ERR_NOTFOUND, or MP_ERR_STATE when already finished. */
 mp_status_t mp_coord_job_cancel(mp_coord_t *c, const char *id, const char *who,
                                 Mpar__JobInfo **job_p, mp_errbuf_t *err);
@@ -123,6 +158,9 @@ mp_status_t mp_coord_job_watch(mp_coord_t *c, const char *id, bool follow, mp_se
                                uint64_t request_id, mp_errbuf_t *err);
 /* The JSON form of a job's events (status socket "job" command). */
 json_t *mp_coord_job_events_json(mp_coord_t *c, const char *id);
+/* The data plane's wire-up and results, from a node (coord_run.c). */
+void mp_coord_shard_ready(mp_coord_t *c, mp_coord_node_t *n, const Mpar__ShardReady *r);
+void mp_coord_shard_report(mp_coord_t *c, mp_coord_node_t *n, const Mpar__ShardReport *r);
 
 /* agent.c */
 mp_status_t mp_agent_create(mpard_t *d, mp_agent_t **agent_p);
@@ -138,6 +176,19 @@ void mp_agent_session_closed(mp_agent_t *a, mp_session_t *s);
 /* Requests of s still waiting for the coordinator's reply. */
 size_t mp_agent_pending(const mp_agent_t *a, const mp_session_t *s);
 const char *mp_agent_state(const mp_agent_t *a);
+/* Sends to the coordinator; MP_ERR_PEER when not connected. */
+mp_status_t mp_agent_send(mp_agent_t *a, const Mpar__Envelope *env);
+
+/* shard.c: the executor threads of this node. */
+mp_status_t mp_shards_create(mpard_t *d, mp_shards_t **shards_p);
+void mp_shards_on_envelope(mp_shards_t *sh, const Mpar__Envelope *env);
+/* Cancels every job (the coordinator is gone, or mpard stops). */
+void mp_shards_abort_all(mp_shards_t *sh, const char *reason);
+uint32_t mp_shards_running(const mp_shards_t *sh);
+/* Shutdown: cancels, joins every thread (bounded by the executors'
+ * cancellation), closes the mailbox. */
+void mp_shards_stop(mp_shards_t *sh);
+void mp_shards_destroy(mp_shards_t *sh);
 
 /* metrics.c: the Prometheus text exposition; free with mp_free. */
 char *mp_metrics_render(mpard_t *d);

@@ -260,7 +260,7 @@ static void on_request(mp_session_t *s, const Mpar__Envelope *in)
         const char *spec = in->submit_job->spec_json;
         mp_status_t st = mp_coord_job_submit(
             d->coord, spec, strlen(spec), peer_user(s, in->submit_job->submitter, who, sizeof(who)),
-            &j, &err);
+            in->submit_job->save_weights, &j, &err);
         if (st != MP_OK) {
             reply_error(s, rid,
                         st == MP_ERR_SPEC ? MPAR__ERROR_CODE__ERROR_CODE_INVALID_SPEC
@@ -337,6 +337,18 @@ static void on_request(mp_session_t *s, const Mpar__Envelope *in)
         case MPAR__ENVELOPE__MSG_HEARTBEAT:
             if (s->node != NULL) {
                 mp_coord_node_heartbeat(d->coord, s->node, in->heartbeat);
+                return;
+            }
+            break;
+        case MPAR__ENVELOPE__MSG_SHARD_READY:
+            if (s->node != NULL) {
+                mp_coord_shard_ready(d->coord, s->node, in->shard_ready);
+                return;
+            }
+            break;
+        case MPAR__ENVELOPE__MSG_SHARD_REPORT:
+            if (s->node != NULL) {
+                mp_coord_shard_report(d->coord, s->node, in->shard_report);
                 return;
             }
             break;
@@ -489,6 +501,10 @@ static void line_forward(mp_session_t *s, json_t *req, const char *cmd, const ch
             return;
         }
         sj.spec_json = text;
+        sj.save_weights = (char *)json_string_value(json_object_get(req, "save_weights"));
+        if (sj.save_weights == NULL) {
+            sj.save_weights = "";
+        }
         env.msg_case = MPAR__ENVELOPE__MSG_SUBMIT_JOB;
         env.submit_job = &sj;
     } else if (id == NULL) {
@@ -599,8 +615,9 @@ static void on_line(mp_conn_t *conn, const char *line, size_t len, bool oversize
             if (text == NULL) {
                 line_error(s, "\"submit\" needs \"spec\" (the job spec, an object)", false);
             } else if (mp_coord_job_submit(d->coord, text, strlen(text),
-                                           peer_user(s, NULL, who, sizeof(who)), &j,
-                                           &err) != MP_OK) {
+                                           peer_user(s, NULL, who, sizeof(who)),
+                                           json_string_value(json_object_get(req, "save_weights")),
+                                           &j, &err) != MP_OK) {
                 line_error(s, err.msg, false);
             } else {
                 json_t *o = json_object();

@@ -1,0 +1,106 @@
+/*
+ * coord_internal.h - the coordinator's records, shared by coord.c
+ * (membership, queue, persistence) and coord_run.c (running jobs on the
+ * data plane).  libuv thread, like everything of the coordinator.
+ */
+#ifndef MP_DAEMON_COORD_INTERNAL_H
+#define MP_DAEMON_COORD_INTERNAL_H
+
+#include "daemon/mpard.h"
+#include "parallel/placement.h"
+
+#define EVENTS_MAX 1000
+#define JOBS_MAX 2000 /* finished jobs beyond this are forgotten, oldest first */
+#define STATE_FILE "jobs.json"
+#define STATE_VERSION 1
+
+struct mp_coord_node {
+    Mpar__NodeInfo info;
+    Mpar__Device *devs;
+    Mpar__Device **devp;
+    char name[64];
+    char address[80];
+    mp_session_t *session;
+    uint64_t last_hb_mono;            /* uv_now of the last heartbeat or registration */
+    bool busy[MP_DAEMON_MAX_DEVICES]; /* held by a running job */
+    mp_coord_node_t *next;
+};
+
+typedef struct {
+    mp_session_t *s;
+    uint64_t request_id;
+} watcher_t;
+
+typedef struct jobrun jobrun_t;
+
+typedef struct coord_job {
+    Mpar__JobInfo info;
+    char id[24];
+    char *name;
+    char *reason;
+    char *submitter;
+    char *spec_json;
+    char *save_weights;
+    Mpar__JobEvent *events;
+    size_t nevents, cap_events;
+    watcher_t *watchers;
+    size_t nwatchers, cap_watchers;
+    /* The results: info.losses, info.placement, info.timeline point here. */
+    double *losses;
+    Mpar__PlacementEntry *place;
+    Mpar__PlacementEntry **placep;
+    Mpar__Timeline *timeline;
+    jobrun_t *run; /* while it runs on the data plane (and its threads end) */
+    struct coord_job *next;
+} coord_job_t;
+
+typedef struct {
+    uv_work_t req;
+    mp_coord_t *c;
+    char *text;
+    int err; /* errno of the write, 0 = ok */
+} save_req_t;
+
+struct mp_coord {
+    mpard_t *d;
+    uint64_t epoch;
+    uint64_t next_job;
+    mp_coord_node_t *nodes;
+    size_t nnodes;
+    coord_job_t *jobs, *jobs_tail;
+    size_t njobs;
+    uv_timer_t sweep_timer;
+    bool sweep_open;
+    char state_path[PATH_MAX + 32];
+    char tmp_path[PATH_MAX + 40];
+    bool save_inflight, save_dirty;
+    mp_mbox_t mbox; /* from the feeder threads */
+    bool stopping;
+};
+
+/* coord.c */
+bool coord_job_terminal(Mpar__JobState s);
+void coord_job_set_state(mp_coord_t *c, coord_job_t *j, Mpar__JobState state, const char *reason);
+/* An event with a step and loss (has_step/has_loss when step > 0 / given). */
+void coord_job_add_event(mp_coord_t *c, coord_job_t *j, const char *message, uint64_t step,
+                         bool has_loss, double loss);
+void coord_job_results_free(coord_job_t *j);
+void coord_save(mp_coord_t *c);
+void coord_reschedule(mp_coord_t *c);
+coord_job_t *coord_job_by_id(mp_coord_t *c, const char *id);
+
+/* coord_run.c */
+/* Starts j on the placement (takes it): RUNNING, feeder thread, assignments. */
+void jobrun_start(mp_coord_t *c, coord_job_t *j, mp_place_t *place, mp_coord_node_t **nodes);
+/* Stops j's shards and feeder (cancel, node loss, failure); the state is the caller's. */
+void jobrun_abort(mp_coord_t *c, coord_job_t *j, const char *reason);
+/* A node of running jobs is gone (DEAD, LEFT, or its connection lost). */
+void jobrun_node_lost(mp_coord_t *c, mp_coord_node_t *n, const char *why);
+/* A job reached a terminal state: its devices are free again. */
+void jobrun_release(mp_coord_t *c, coord_job_t *j);
+/* Mailbox callback. */
+void jobrun_on_msg(void *owner, mp_mbox_msg_t *msg);
+/* Shutdown: aborts every run, joins the feeder threads. */
+void jobrun_stop_all(mp_coord_t *c);
+
+#endif

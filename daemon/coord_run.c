@@ -1,0 +1,1034 @@
+/*
+ * coord_run.c - the coordinator's side of a running job (DESIGN.md "The
+ * pieces"): the data feeder (engine/feeder.h) and, with --save-weights,
+ * the weight gatherer (engine/gather.h) on a thread of their own with
+ * their own UCX workers; the wire-up (JobAssignment to every node of the
+ * placement, their shards' ShardReady addresses, PeerAddresses + JobStart);
+ * the per-step aggregation of the shards' reports (loss over the DP
+ * replicas, samples/s, the measured bubble, evaluations, the last step's
+ * timeline) into JobEvents and the job's record; and the end: SUCCEEDED
+ * once every shard and the feeder are done and the weights are written,
+ * FAILED on a shard's error or a lost node (the other shards are aborted),
+ * CANCELLED by the user.  Owns the run records and the feeder threads; all
+ * of this runs on the libuv thread except feeder_main.
+ */
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "daemon/coord_internal.h"
+#include "engine/feeder.h"
+#include "engine/gather.h"
+#include "engine/stats.h"
+#include "model/spec.h"
+
+/* Every data-plane wait of a job's shards and feeder: long enough for a
+ * step of any stage on a loaded machine; a dead peer is noticed sooner
+ * (UCX peer errors, pidfds, or the abort that a lost node triggers). */
+#define JOB_DATA_TIMEOUT_MS 10000
+/* After a shard's error, how long to wait for a node loss that caused it,
+ * so that the reason names the node that died rather than its neighbour. */
+#define FAIL_GRACE_MS 400
+/* Progress events: at most one per this interval (and the first and last). */
+#define PROGRESS_EVERY_MS 1000
+
+struct jobrun {
+    mp_coord_t *c;
+    coord_job_t *j;
+    mp_spec_t *spec;
+    int pp, tp, dp, nranks;
+    uint32_t tag;
+    mp_place_t place;
+    mp_coord_node_t **rank_node; /* [nranks] */
+    mp_coord_node_t **nodes;     /* the distinct nodes, [nnodes] */
+    int nnodes;
+    char save_dir[PATH_MAX];
+
+    /* Wire-up: every shard's worker address, by rank. */
+    void **addr;
+    size_t *len;
+    int nready;
+    bool started;
+
+    /* Shared with the feeder thread (under mu). */
+    pthread_t tid;
+    bool thread_started, thread_exited;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool go, end, abort;
+    mp_feeder_t *feeder;
+
+    /* From the feeder thread's READY. */
+    bool feeder_ready;
+    mp_engine_geom_t g;
+    void *faddr, *gaddr;
+    size_t flen, glen;
+
+    /* Progress. */
+    bool *done; /* [nranks] */
+    int ndone;
+    bool feeder_done;
+    bool aborted; /* JobAbort sent */
+    bool failing; /* a shard failed; FAILED after the grace period */
+    bool ended;   /* the job reached a terminal state */
+    char fail_reason[1100];
+    uv_timer_t grace;
+
+    /* Aggregation, [steps] and [epochs]. */
+    mp_engine_stats_t *stats;
+    double *loss_sum;
+    int *loss_count, *step_reports;
+    double *eval_loss;
+    int64_t *eval_correct;
+    int *eval_count;
+    int64_t steps_done;
+    bool has_test;
+    double test_loss, test_acc;
+    uint64_t last_progress;
+    /* The latest training step's spans of every rank (Unix-epoch ns). */
+    mp_exec_span_t **tl;
+    int *ntl;
+    int64_t *tl_step;
+};
+
+typedef enum { FMSG_READY, FMSG_DONE, FMSG_EXITED, FMSG_RESCHEDULE } fmsg_kind_t;
+
+typedef struct {
+    mp_mbox_msg_t base;
+    fmsg_kind_t kind;
+    jobrun_t *r;
+    mp_status_t st;
+    char error[700];
+    /* READY */
+    mp_engine_geom_t g;
+    void *faddr, *gaddr;
+    size_t flen, glen;
+} fmsg_t;
+
+static void post(jobrun_t *r, fmsg_kind_t kind, mp_status_t st, const char *error)
+{
+    fmsg_t *m = mp_calloc(1, sizeof(*m));
+    if (m == NULL) {
+        mp_err("job: out of memory for a message of the feeder thread");
+        return;
+    }
+    m->kind = kind;
+    m->r = r;
+    m->st = st;
+    snprintf(m->error, sizeof(m->error), "%s", error ? error : "");
+    mp_mbox_post(&r->c->mbox, &m->base);
+}
+
+/* ---- the feeder thread ---------------------------------------------------- */
+
+static void wait_flag(jobrun_t *r, const bool *flag)
+{
+    pthread_mutex_lock(&r->mu);
+    while (!*flag && !r->abort) {
+        pthread_cond_wait(&r->cv, &r->mu);
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+static mp_status_t mkdir_p(const char *path, mp_errbuf_t *err)
+{
+    char buf[PATH_MAX];
+    snprintf(buf, sizeof(buf), "%s", path);
+    for (char *p = buf + 1;; p++) {
+        if (*p == '/' || *p == '\0') {
+            char c = *p;
+            *p = '\0';
+            if (mkdir(buf, 0755) != 0 && errno != EEXIST) {
+                return mp_errbuf_set(err, MP_ERR_IO, "cannot create %s: %s", buf, strerror(errno));
+            }
+            *p = c;
+            if (c == '\0') {
+                return MP_OK;
+            }
+        }
+    }
+}
+
+static void *feeder_main(void *arg)
+{
+    jobrun_t *r = arg;
+    mp_errbuf_t err = {{0}};
+    mp_xport_ctx_t *ctx = NULL;
+    mp_feeder_t *f = NULL;
+    mp_gather_t *gth = NULL;
+    bool save = r->save_dir[0] != '\0';
+    mp_status_t st = mpard_xport_ctx(&ctx);
+    if (st != MP_OK) {
+        mp_errbuf_set(&err, st, "cannot create the UCX context: %s", mp_strerror(st));
+    }
+    if (st == MP_OK) {
+        mp_feeder_opts_t fo = {.spec = r->spec, .job = r->tag, .timeout_ms = JOB_DATA_TIMEOUT_MS};
+        st = mp_feeder_create(ctx, &fo, &f, &err);
+    }
+    if (st == MP_OK && save) {
+        st = mp_gather_create(ctx, r->spec, r->tag, JOB_DATA_TIMEOUT_MS, &gth, &err);
+    }
+    fmsg_t *ready = NULL;
+    if (st == MP_OK) {
+        ready = mp_calloc(1, sizeof(*ready));
+        st = ready == NULL ? MP_ERR_NOMEM : mp_feeder_address(f, &ready->faddr, &ready->flen);
+        if (st == MP_OK && save) {
+            st = mp_gather_address(gth, &ready->gaddr, &ready->glen);
+        }
+        if (st != MP_OK) {
+            mp_errbuf_set(&err, st, "feeder: no worker address: %s", mp_strerror(st));
+            if (ready != NULL) {
+                mp_free(ready->faddr);
+                mp_free(ready);
+            }
+        }
+    }
+    if (st != MP_OK) {
+        post(r, FMSG_DONE, st, err.msg);
+        mp_gather_destroy(gth);
+        mp_feeder_destroy(f);
+        post(r, FMSG_EXITED, MP_OK, NULL);
+        return NULL;
+    }
+    pthread_mutex_lock(&r->mu);
+    r->feeder = f;
+    if (r->abort) {
+        mp_feeder_cancel(f);
+    }
+    pthread_mutex_unlock(&r->mu);
+    ready->kind = FMSG_READY;
+    ready->r = r;
+    ready->g = *mp_feeder_geom(f);
+    mp_mbox_post(&r->c->mbox, &ready->base);
+
+    wait_flag(r, &r->go);
+    pthread_mutex_lock(&r->mu);
+    bool go = r->go && !r->abort;
+    pthread_mutex_unlock(&r->mu);
+    bool connected = false;
+    if (go) {
+        st = mp_feeder_connect(f, (const void *const *)r->addr, r->len, &err);
+        connected = st == MP_OK;
+        if (st == MP_OK) {
+            st = mp_feeder_run(f, &err);
+        }
+        if (st == MP_OK && save) {
+            st = mp_gather_run(gth, (const void *const *)r->addr, r->len, &err);
+            if (st == MP_OK) {
+                st = mkdir_p(r->save_dir, &err);
+            }
+            if (st == MP_OK) {
+                st = mp_gather_save(gth, r->save_dir, &err);
+            }
+            if (st == MP_OK) {
+                mp_info("job %s: weights saved in %s", r->j->id, r->save_dir);
+            }
+        }
+        post(r, FMSG_DONE, st, st == MP_OK ? NULL : err.msg);
+        /* The shards may still read what the feeder sent: close at the end. */
+        wait_flag(r, &r->end);
+    }
+    pthread_mutex_lock(&r->mu);
+    r->feeder = NULL;
+    pthread_mutex_unlock(&r->mu);
+    if (connected) {
+        mp_feeder_disconnect(f);
+    }
+    mp_gather_destroy(gth);
+    mp_feeder_destroy(f);
+    post(r, FMSG_EXITED, MP_OK, NULL);
+    return NULL;
+}
+
+/* ---- messages to the nodes ------------------------------------------------- */
+
+static void send_nodes(jobrun_t *r, Mpar__Envelope *env)
+{
+    for (int i = 0; i < r->nnodes; i++) {
+        if (r->nodes[i]->session != NULL) {
+            mp_session_send(r->nodes[i]->session, env);
+        }
+    }
+}
+
+static void run_abort(jobrun_t *r, const char *reason)
+{
+    if (!r->aborted) {
+        r->aborted = true;
+        Mpar__Envelope env = MPAR__ENVELOPE__INIT;
+        Mpar__JobAbort a = MPAR__JOB_ABORT__INIT;
+        a.job_id = r->j->id;
+        a.reason = (char *)reason;
+        env.msg_case = MPAR__ENVELOPE__MSG_JOB_ABORT;
+        env.job_abort = &a;
+        if (r->started || r->feeder_ready) {
+            send_nodes(r, &env);
+        }
+    }
+    pthread_mutex_lock(&r->mu);
+    r->abort = true;
+    if (r->feeder != NULL) {
+        mp_feeder_cancel(r->feeder);
+    }
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void run_fail(jobrun_t *r, const char *reason)
+{
+    if (r->ended) {
+        return;
+    }
+    run_abort(r, reason);
+    coord_job_set_state(r->c, r->j, MPAR__JOB_STATE__JOB_STATE_FAILED, reason);
+}
+
+/* ---- the record's results --------------------------------------------------- */
+
+static void device_name(const mp_place_slot_t *s, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s:%d", s->kind == MP_DEV_CUDA ? "cuda" : "cpu", s->device);
+}
+
+static void fill_placement(jobrun_t *r)
+{
+    coord_job_t *j = r->j;
+    size_t n = (size_t)r->nranks;
+    j->place = mp_calloc(n, sizeof(*j->place) + 96);
+    j->placep = mp_calloc(n, sizeof(*j->placep));
+    if (j->place == NULL || j->placep == NULL) {
+        mp_free(j->place);
+        mp_free(j->placep);
+        j->place = NULL;
+        j->placep = NULL;
+        return;
+    }
+    char *strs = (char *)(j->place + n);
+    for (int k = 0; k < r->nranks; k++) {
+        Mpar__PlacementEntry *p = &j->place[k];
+        int stage, t, d;
+        mp_place_coords(r->pp, r->tp, k, &stage, &t, &d);
+        mpar__placement_entry__init(p);
+        p->rank = (uint32_t)k;
+        p->stage = (uint32_t)stage;
+        p->tp = (uint32_t)t;
+        p->dp = (uint32_t)d;
+        p->node = strs + 96 * k;
+        snprintf(p->node, 64, "%s", r->rank_node[k]->name);
+        p->device = strs + 96 * k + 64;
+        device_name(&r->place.slot[k], p->device, 32);
+        j->placep[k] = p;
+    }
+    j->info.placement = j->placep;
+    j->info.n_placement = n;
+}
+
+/* The last training step's timeline, spans relative to its earliest start. */
+static void fill_timeline(jobrun_t *r)
+{
+    coord_job_t *j = r->j;
+    int64_t step = 0;
+    for (int k = 0; k < r->nranks; k++) {
+        step = r->tl_step[k] > step ? r->tl_step[k] : step;
+    }
+    if (step == 0 || (j->timeline = mp_calloc(1, sizeof(*j->timeline))) == NULL) {
+        return;
+    }
+    mpar__timeline__init(j->timeline);
+    j->timeline->step = (uint64_t)step;
+    j->timeline->rows = mp_calloc((size_t)r->nranks + 1, sizeof(*j->timeline->rows));
+    if (j->timeline->rows == NULL) {
+        return;
+    }
+    uint64_t t0 = UINT64_MAX;
+    for (int k = 0; k < r->nranks; k++) {
+        for (int q = 0; r->tl_step[k] == step && q < r->ntl[k]; q++) {
+            t0 = r->tl[k][q].t0_ns < t0 ? r->tl[k][q].t0_ns : t0;
+        }
+    }
+    for (int k = 0; k < r->nranks; k++) {
+        size_t ns = r->tl_step[k] == step ? (size_t)r->ntl[k] : 0;
+        Mpar__TimelineRow *row = mp_calloc(1, sizeof(*row));
+        void *blk = mp_calloc(1, (ns + 1) * (sizeof(Mpar__Span *) + sizeof(Mpar__Span)) + 64);
+        if (row == NULL || blk == NULL) {
+            mp_free(row);
+            mp_free(blk);
+            break;
+        }
+        int stage, t, d;
+        mp_place_coords(r->pp, r->tp, k, &stage, &t, &d);
+        mpar__timeline_row__init(row);
+        row->rank = (uint32_t)k;
+        row->stage = (uint32_t)stage;
+        row->tp = (uint32_t)t;
+        row->dp = (uint32_t)d;
+        row->spans = blk;
+        Mpar__Span *sp = (Mpar__Span *)(row->spans + ns + 1);
+        char *node = (char *)(sp + ns + 1);
+        snprintf(node, 64, "%s", r->rank_node[k]->name);
+        row->node = node;
+        for (size_t q = 0; q < ns; q++) {
+            const mp_exec_span_t *x = &r->tl[k][q];
+            mpar__span__init(&sp[q]);
+            sp[q].op = (char *)mp_sched_op_name(x->op);
+            sp[q].mb = x->mb;
+            sp[q].t0_ns = x->t0_ns - t0;
+            sp[q].t1_ns = x->t1_ns - t0;
+            row->spans[q] = &sp[q];
+        }
+        row->n_spans = ns;
+        j->timeline->rows[j->timeline->n_rows++] = row;
+    }
+    j->info.timeline = j->timeline;
+}
+
+/* Steps so far, their loss, throughput and bubble into the record. */
+static void fill_results(jobrun_t *r)
+{
+    coord_job_t *j = r->j;
+    double secs = 0.0;
+    double bubble = mp_engine_stats_bubble(r->stats, &secs);
+    j->info.steps = (uint64_t)r->steps_done;
+    j->info.n_losses = (size_t)r->steps_done;
+    j->info.losses = j->losses;
+    if (r->steps_done > 0) {
+        j->info.has_final_loss = 1;
+        j->info.final_loss = j->losses[r->steps_done - 1];
+    }
+    j->info.samples_per_s = secs > 0 ? (double)(r->steps_done * r->g.batch) / secs : 0.0;
+    j->info.has_bubble_fraction = r->steps_done > 0;
+    j->info.bubble_fraction = bubble;
+    if (r->has_test) {
+        j->info.has_test_accuracy = 1;
+        j->info.test_accuracy = r->test_acc;
+    }
+}
+
+static void maybe_finish(jobrun_t *r)
+{
+    if (r->ended || r->failing || r->aborted || !r->feeder_done || r->ndone < r->nranks) {
+        return;
+    }
+    fill_results(r);
+    fill_timeline(r);
+    Mpar__Envelope env = MPAR__ENVELOPE__INIT;
+    Mpar__JobEnd e = MPAR__JOB_END__INIT;
+    e.job_id = r->j->id;
+    env.msg_case = MPAR__ENVELOPE__MSG_JOB_END;
+    env.job_end = &e;
+    send_nodes(r, &env);
+    pthread_mutex_lock(&r->mu);
+    r->end = true;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    char msg[600];
+    int n = snprintf(msg, sizeof(msg), "finished %llu steps, final loss %.6f",
+                     (unsigned long long)r->j->info.steps, r->j->info.final_loss);
+    if (r->has_test && n > 0 && (size_t)n < sizeof(msg)) {
+        n += snprintf(msg + n, sizeof(msg) - (size_t)n, ", test accuracy %.4f", r->test_acc);
+    }
+    if (n > 0 && (size_t)n < sizeof(msg)) {
+        n += snprintf(msg + n, sizeof(msg) - (size_t)n, ", %.1f samples/s, bubble %.3f",
+                      r->j->info.samples_per_s, r->j->info.bubble_fraction);
+    }
+    if (r->save_dir[0] != '\0' && n > 0 && (size_t)n < sizeof(msg)) {
+        snprintf(msg + n, sizeof(msg) - (size_t)n, ", weights in %.300s", r->save_dir);
+    }
+    coord_job_set_state(r->c, r->j, MPAR__JOB_STATE__JOB_STATE_SUCCEEDED, msg);
+}
+
+/* ---- life of a run ----------------------------------------------------------- */
+
+static void run_free_cb(uv_handle_t *h)
+{
+    jobrun_t *r = h->data;
+    for (int k = 0; k < r->nranks; k++) {
+        if (r->addr != NULL) {
+            mp_free(r->addr[k]);
+        }
+        if (r->tl != NULL) {
+            mp_free(r->tl[k]);
+        }
+    }
+    mp_free(r->addr);
+    mp_free(r->len);
+    mp_free(r->faddr);
+    mp_free(r->gaddr);
+    mp_free(r->done);
+    mp_free(r->tl);
+    mp_free(r->ntl);
+    mp_free(r->tl_step);
+    mp_free(r->loss_sum);
+    mp_free(r->loss_count);
+    mp_free(r->step_reports);
+    mp_free(r->eval_loss);
+    mp_free(r->eval_correct);
+    mp_free(r->eval_count);
+    mp_engine_stats_destroy(r->stats);
+    mp_free(r->rank_node);
+    mp_free(r->nodes);
+    mp_place_free(&r->place);
+    mp_spec_free(r->spec);
+    pthread_cond_destroy(&r->cv);
+    pthread_mutex_destroy(&r->mu);
+    mp_free(r);
+}
+
+/* Frees the run once its thread has ended and the job has too. */
+static void maybe_free(jobrun_t *r)
+{
+    if (!r->ended || (r->thread_started && !r->thread_exited)) {
+        return;
+    }
+    r->j->run = NULL;
+    uv_close((uv_handle_t *)&r->grace, run_free_cb);
+}
+
+void jobrun_release(mp_coord_t *c, coord_job_t *j)
+{
+    jobrun_t *r = j->run;
+    if (r == NULL || r->ended) {
+        return;
+    }
+    if (j->info.state != MPAR__JOB_STATE__JOB_STATE_SUCCEEDED) {
+        run_abort(r, j->reason ? j->reason : "the job ended");
+    }
+    r->ended = true;
+    uv_timer_stop(&r->grace);
+    for (int k = 0; k < r->nranks; k++) {
+        r->rank_node[k]->busy[r->place.slot[k].device] = false;
+    }
+    /* Pending jobs may fit now; on the next turn of the loop, not inside
+     * whatever changed this job's state. */
+    fmsg_t *m = mp_calloc(1, sizeof(*m));
+    if (m != NULL) {
+        m->kind = FMSG_RESCHEDULE;
+        m->r = NULL;
+        mp_mbox_post(&c->mbox, &m->base);
+    }
+    maybe_free(r);
+}
+
+void jobrun_abort(mp_coord_t *c, coord_job_t *j, const char *reason)
+{
+    if (j->run != NULL) {
+        run_abort(j->run, reason);
+    }
+}
+
+static bool run_on_node(const jobrun_t *r, const mp_coord_node_t *n)
+{
+    for (int i = 0; i < r->nnodes; i++) {
+        if (r->nodes[i] == n) {
+            return true;
+        }
+    }
+    return false;
+}
+
+void jobrun_node_lost(mp_coord_t *c, mp_coord_node_t *n, const char *why)
+{
+    for (coord_job_t *j = c->jobs; j != NULL; j = j->next) {
+        if (j->run != NULL && !j->run->ended && run_on_node(j->run, n)) {
+            run_fail(j->run, why);
+        }
+    }
+}
+
+static void on_grace(uv_timer_t *t)
+{
+    jobrun_t *r = t->data;
+    run_fail(r, r->fail_reason);
+}
+
+void jobrun_start(mp_coord_t *c, coord_job_t *j, mp_place_t *place, mp_coord_node_t **pnode)
+{
+    mp_errbuf_t err = {{0}};
+    jobrun_t *r = mp_calloc(1, sizeof(*r));
+    if (r == NULL) {
+        mp_place_free(place);
+        coord_job_set_state(c, j, MPAR__JOB_STATE__JOB_STATE_FAILED, "coordinator: out of memory");
+        return;
+    }
+    r->c = c;
+    r->j = j;
+    r->place = *place;
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->cv, NULL);
+    uv_timer_init(c->d->loop, &r->grace);
+    r->grace.data = r;
+    j->run = r;
+    coord_job_results_free(j);
+    const char *spec_json = j->spec_json ? j->spec_json : "";
+    if (mp_spec_parse(spec_json, strlen(spec_json), &r->spec, &err) != MP_OK) {
+        char why[700];
+        snprintf(why, sizeof(why), "the stored spec: %.600s", err.msg);
+        r->ended = true;
+        coord_job_set_state(c, j, MPAR__JOB_STATE__JOB_STATE_FAILED, why);
+        maybe_free(r);
+        return;
+    }
+    r->pp = r->spec->parallel.pp;
+    r->tp = r->spec->parallel.tp;
+    r->dp = r->spec->parallel.dp;
+    r->nranks = r->pp * r->tp * r->dp;
+    r->tag = (uint32_t)(strtoull(j->id, NULL, 10) & MP_XPORT_JOB_MAX);
+    snprintf(r->save_dir, sizeof(r->save_dir), "%s", j->save_weights ? j->save_weights : "");
+    size_t n = (size_t)r->nranks;
+    r->rank_node = mp_calloc(n, sizeof(*r->rank_node));
+    r->nodes = mp_calloc(n, sizeof(*r->nodes));
+    r->addr = mp_calloc(n + 1, sizeof(void *));
+    r->len = mp_calloc(n + 1, sizeof(size_t));
+    r->done = mp_calloc(n, sizeof(bool));
+    r->tl = mp_calloc(n, sizeof(*r->tl));
+    r->ntl = mp_calloc(n, sizeof(int));
+    r->tl_step = mp_calloc(n, sizeof(int64_t));
+    if (r->rank_node == NULL || r->nodes == NULL || r->addr == NULL || r->len == NULL ||
+        r->done == NULL || r->tl == NULL || r->ntl == NULL || r->tl_step == NULL) {
+        r->ended = true;
+        coord_job_set_state(c, j, MPAR__JOB_STATE__JOB_STATE_FAILED, "coordinator: out of memory");
+        maybe_free(r);
+        return;
+    }
+    for (int k = 0; k < r->nranks; k++) {
+        mp_coord_node_t *node = pnode[r->place.slot[k].node];
+        r->rank_node[k] = node;
+        node->busy[r->place.slot[k].device] = true;
+        if (!run_on_node(r, node)) {
+            r->nodes[r->nnodes++] = node;
+        }
+    }
+    fill_placement(r);
+    /* Where each stage's TP groups run, in the job's events. */
+    char where[900];
+    size_t off = 0;
+    where[0] = '\0';
+    for (int d = 0; d < r->dp; d++) {
+        for (int s = 0; s < r->pp; s++) {
+            int k0 = mp_place_rank(r->pp, r->tp, s, 0, d);
+            int w = snprintf(where + off, sizeof(where) - off, "%sstage %d dp %d on %s (",
+                             off ? "; " : "", s, d, r->rank_node[k0]->name);
+            off += w > 0 && (size_t)w < sizeof(where) - off ? (size_t)w : 0;
+            for (int t = 0; t < r->tp; t++) {
+                char dev[24];
+                device_name(&r->place.slot[k0 + t], dev, sizeof(dev));
+                w = snprintf(where + off, sizeof(where) - off, "%s%s", t ? ", " : "", dev);
+                off += w > 0 && (size_t)w < sizeof(where) - off ? (size_t)w : 0;
+            }
+            w = snprintf(where + off, sizeof(where) - off, ")");
+            off += w > 0 && (size_t)w < sizeof(where) - off ? (size_t)w : 0;
+        }
+    }
+    char msg[1000];
+    snprintf(msg, sizeof(msg), "placed: %s", where);
+    coord_job_set_state(c, j, MPAR__JOB_STATE__JOB_STATE_RUNNING, msg);
+    if (pthread_create(&r->tid, NULL, feeder_main, r) != 0) {
+        run_fail(r, "coordinator: cannot start the data feeder's thread");
+        return;
+    }
+    r->thread_started = true;
+}
+
+/* The feeder is ready: every node gets its assignment. */
+static void on_feeder_ready(jobrun_t *r, fmsg_t *m)
+{
+    r->feeder_ready = true;
+    r->g = m->g;
+    r->faddr = m->faddr;
+    r->flen = m->flen;
+    r->gaddr = m->gaddr;
+    r->glen = m->glen;
+    m->faddr = m->gaddr = NULL;
+    if (r->ended || r->aborted) {
+        return;
+    }
+    size_t steps = (size_t)(r->g.total_steps > 0 ? r->g.total_steps : 1);
+    size_t epochs = (size_t)(r->g.epochs > 0 ? r->g.epochs : 1);
+    r->loss_sum = mp_calloc(steps, sizeof(double));
+    r->loss_count = mp_calloc(steps, sizeof(int));
+    r->step_reports = mp_calloc(steps, sizeof(int));
+    r->eval_loss = mp_calloc(epochs, sizeof(double));
+    r->eval_correct = mp_calloc(epochs, sizeof(int64_t));
+    r->eval_count = mp_calloc(epochs, sizeof(int));
+    r->j->losses = mp_calloc(steps, sizeof(double));
+    if (r->loss_sum == NULL || r->loss_count == NULL || r->step_reports == NULL ||
+        r->eval_loss == NULL || r->eval_correct == NULL || r->eval_count == NULL ||
+        r->j->losses == NULL ||
+        mp_engine_stats_create(r->pp, r->g.total_steps, &r->stats) != MP_OK) {
+        run_fail(r, "coordinator: out of memory for the job's statistics");
+        return;
+    }
+    size_t n = (size_t)r->nranks;
+    Mpar__ShardAssignment *sa = mp_calloc(n, sizeof(*sa));
+    Mpar__ShardAssignment **sap = mp_calloc(n, sizeof(*sap));
+    Mpar__ShardId *ids = mp_calloc(n, sizeof(*ids));
+    mp_part_t part;
+    mp_errbuf_t err;
+    if (sa == NULL || sap == NULL || ids == NULL || mp_part_build(r->spec, &part, &err) != MP_OK) {
+        mp_free(sa);
+        mp_free(sap);
+        mp_free(ids);
+        run_fail(r, "coordinator: cannot build the assignment");
+        return;
+    }
+    for (int k = 0; k < r->nranks; k++) {
+        int stage, t, d;
+        mp_place_coords(r->pp, r->tp, k, &stage, &t, &d);
+        mpar__shard_id__init(&ids[k]);
+        ids[k].stage = (uint32_t)stage;
+        ids[k].tp_rank = (uint32_t)t;
+        ids[k].dp_rank = (uint32_t)d;
+        mpar__shard_assignment__init(&sa[k]);
+        sa[k].shard = &ids[k];
+        sa[k].node = r->rank_node[k]->name;
+        sa[k].device_kind = r->place.slot[k].kind == MP_DEV_CUDA
+                                ? MPAR__DEVICE_KIND__DEVICE_KIND_CUDA
+                                : MPAR__DEVICE_KIND__DEVICE_KIND_CPU;
+        sa[k].device_index = (uint32_t)r->place.slot[k].device;
+        sa[k].first_layer = (uint32_t)part.first[stage];
+        sa[k].nlayers = (uint32_t)part.count[stage];
+        sap[k] = &sa[k];
+    }
+    Mpar__Envelope env = MPAR__ENVELOPE__INIT;
+    Mpar__JobAssignment a = MPAR__JOB_ASSIGNMENT__INIT;
+    a.job_id = r->j->id;
+    a.spec_json = r->j->spec_json;
+    a.shards = sap;
+    a.n_shards = n;
+    a.epoch = r->c->epoch;
+    a.train_n = r->g.train_n;
+    a.test_n = r->g.test_n;
+    a.save_weights = r->save_dir[0] != '\0';
+    a.timeout_ms = JOB_DATA_TIMEOUT_MS;
+    a.tag = r->tag;
+    env.msg_case = MPAR__ENVELOPE__MSG_JOB_ASSIGNMENT;
+    env.job_assignment = &a;
+    char lost[200] = "";
+    for (int i = 0; i < r->nnodes; i++) {
+        if (r->nodes[i]->session == NULL) {
+            snprintf(lost, sizeof(lost), "node %s is not connected", r->nodes[i]->name);
+        }
+    }
+    if (lost[0] == '\0') {
+        send_nodes(r, &env);
+    }
+    mp_free(sa);
+    mp_free(sap);
+    mp_free(ids);
+    if (lost[0] != '\0') {
+        run_fail(r, lost);
+        return;
+    }
+    char msg[200];
+    snprintf(msg, sizeof(msg),
+             "data loaded (%lld training, %lld test samples, %lld steps); "
+             "starting %d shards",
+             (long long)r->g.train_n, (long long)r->g.test_n, (long long)r->g.total_steps,
+             r->nranks);
+    coord_job_add_event(r->c, r->j, msg, 0, false, 0.0);
+}
+
+void jobrun_on_msg(void *owner, mp_mbox_msg_t *base)
+{
+    mp_coord_t *c = owner;
+    fmsg_t *m = (fmsg_t *)base;
+    jobrun_t *r = m->r;
+    switch (m->kind) {
+    case FMSG_RESCHEDULE:
+        if (!c->stopping) {
+            coord_reschedule(c);
+        }
+        break;
+    case FMSG_READY:
+        on_feeder_ready(r, m);
+        break;
+    case FMSG_DONE:
+        if (m->st != MP_OK) {
+            if (!r->ended && !r->failing && !r->aborted) {
+                char why[800];
+                snprintf(why, sizeof(why), "coordinator: %.600s", m->error);
+                run_fail(r, why);
+            }
+        } else {
+            r->feeder_done = true;
+            maybe_finish(r);
+        }
+        break;
+    case FMSG_EXITED:
+        if (!r->thread_exited) {
+            pthread_join(r->tid, NULL);
+            r->thread_exited = true;
+        }
+        maybe_free(r);
+        break;
+    }
+    mp_free(m->faddr);
+    mp_free(m->gaddr);
+    mp_free(m);
+}
+
+/* ---- from the nodes ------------------------------------------------------------ */
+
+/* The run of job_id, and the rank of shard id on node n; NULL if stale. */
+static jobrun_t *run_of(mp_coord_t *c, const char *job_id, const Mpar__ShardId *id,
+                        mp_coord_node_t *n, int *rank_p)
+{
+    coord_job_t *j = coord_job_by_id(c, job_id ? job_id : "");
+    jobrun_t *r = j != NULL ? j->run : NULL;
+    if (r == NULL || r->ended || id == NULL || (int)id->stage >= r->pp ||
+        (int)id->tp_rank >= r->tp || (int)id->dp_rank >= r->dp) {
+        return NULL;
+    }
+    int k = mp_place_rank(r->pp, r->tp, (int)id->stage, (int)id->tp_rank, (int)id->dp_rank);
+    if (r->rank_node[k] != n) {
+        mp_warn("job %s: node %s reported for rank %d, which runs on %s", j->id, n->name, k,
+                r->rank_node[k]->name);
+        return NULL;
+    }
+    *rank_p = k;
+    return r;
+}
+
+void mp_coord_shard_ready(mp_coord_t *c, mp_coord_node_t *n, const Mpar__ShardReady *m)
+{
+    int k;
+    const Mpar__ShardAddress *a = m->address;
+    jobrun_t *r = a != NULL ? run_of(c, m->job_id, a->shard, n, &k) : NULL;
+    if (r == NULL || r->aborted || r->started || r->addr[k] != NULL || a->ucx_address.len == 0) {
+        return;
+    }
+    r->addr[k] = mp_malloc(a->ucx_address.len);
+    if (r->addr[k] == NULL) {
+        run_fail(r, "coordinator: out of memory");
+        return;
+    }
+    memcpy(r->addr[k], a->ucx_address.data, a->ucx_address.len);
+    r->len[k] = a->ucx_address.len;
+    if (++r->nready < r->nranks) {
+        return;
+    }
+    /* Every shard is up: the table goes to every node, then they start. */
+    size_t nr = (size_t)r->nranks;
+    Mpar__ShardAddress *sa = mp_calloc(nr, sizeof(*sa));
+    Mpar__ShardAddress **sap = mp_calloc(nr, sizeof(*sap));
+    Mpar__ShardId *ids = mp_calloc(nr, sizeof(*ids));
+    if (sa == NULL || sap == NULL || ids == NULL) {
+        mp_free(sa);
+        mp_free(sap);
+        mp_free(ids);
+        run_fail(r, "coordinator: out of memory");
+        return;
+    }
+    for (int q = 0; q < r->nranks; q++) {
+        int stage, t, d;
+        mp_place_coords(r->pp, r->tp, q, &stage, &t, &d);
+        mpar__shard_id__init(&ids[q]);
+        ids[q].stage = (uint32_t)stage;
+        ids[q].tp_rank = (uint32_t)t;
+        ids[q].dp_rank = (uint32_t)d;
+        mpar__shard_address__init(&sa[q]);
+        sa[q].shard = &ids[q];
+        sa[q].node = r->rank_node[q]->name;
+        sa[q].ucx_address.data = r->addr[q];
+        sa[q].ucx_address.len = r->len[q];
+        sap[q] = &sa[q];
+    }
+    Mpar__Envelope env = MPAR__ENVELOPE__INIT;
+    Mpar__PeerAddresses pa = MPAR__PEER_ADDRESSES__INIT;
+    pa.job_id = r->j->id;
+    pa.addresses = sap;
+    pa.n_addresses = nr;
+    pa.feeder_address.data = r->faddr;
+    pa.feeder_address.len = r->flen;
+    pa.gather_address.data = r->gaddr;
+    pa.gather_address.len = r->glen;
+    env.msg_case = MPAR__ENVELOPE__MSG_PEER_ADDRESSES;
+    env.peer_addresses = &pa;
+    send_nodes(r, &env);
+    mp_free(sa);
+    mp_free(sap);
+    mp_free(ids);
+    Mpar__Envelope env2 = MPAR__ENVELOPE__INIT;
+    Mpar__JobStart js = MPAR__JOB_START__INIT;
+    js.job_id = r->j->id;
+    env2.msg_case = MPAR__ENVELOPE__MSG_JOB_START;
+    env2.job_start = &js;
+    send_nodes(r, &env2);
+    r->started = true;
+    /* The feeder's table: the shards', then its own (rank nranks). */
+    pthread_mutex_lock(&r->mu);
+    r->addr[r->nranks] = r->faddr;
+    r->len[r->nranks] = r->flen;
+    r->faddr = NULL; /* owned by addr[] now */
+    r->go = true;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    coord_job_add_event(c, r->j, "every shard is ready: training", 0, false, 0.0);
+}
+
+static bool op_parse(const char *name, mp_sched_op_t *op_p)
+{
+    for (int q = 0; q <= MP_SCHED_OPT_STEP && name != NULL; q++) {
+        if (strcmp(name, mp_sched_op_name((mp_sched_op_t)q)) == 0) {
+            *op_p = (mp_sched_op_t)q;
+            return true;
+        }
+    }
+    return false;
+}
+
+static void on_train_report(jobrun_t *r, int k, const Mpar__ShardReport *m)
+{
+    if (m->step < 1 || (int64_t)m->step > r->g.total_steps || r->stats == NULL) {
+        return;
+    }
+    int64_t i = (int64_t)m->step - 1;
+    mp_exec_span_t *spans = mp_calloc(m->n_spans + 1, sizeof(*spans));
+    if (spans == NULL) {
+        return;
+    }
+    int ns = 0;
+    for (size_t q = 0; q < m->n_spans; q++) {
+        mp_sched_op_t op;
+        if (op_parse(m->spans[q]->op, &op)) {
+            spans[ns++] = (mp_exec_span_t){.op = op,
+                                           .mb = m->spans[q]->mb,
+                                           .t0_ns = m->spans[q]->t0_ns,
+                                           .t1_ns = m->spans[q]->t1_ns};
+        }
+    }
+    int stage, t, d;
+    mp_place_coords(r->pp, r->tp, k, &stage, &t, &d);
+    mp_exec_report_t rep = {.rank = k,
+                            .stage = stage,
+                            .tp_rank = t,
+                            .dp_rank = d,
+                            .ev = {.kind = MP_ENGINE_EV_TRAIN, .step = (int64_t)m->step},
+                            .t0_ns = m->t0_ns,
+                            .t1_ns = m->t1_ns,
+                            .nspans = ns,
+                            .spans = spans};
+    mp_engine_stats_add(r->stats, &rep);
+    if ((int64_t)m->step >= r->tl_step[k]) {
+        mp_free(r->tl[k]);
+        r->tl[k] = spans;
+        r->ntl[k] = ns;
+        r->tl_step[k] = (int64_t)m->step;
+    } else {
+        mp_free(spans);
+    }
+    if (m->has_loss) {
+        r->loss_sum[i] += m->loss_sum;
+        r->loss_count[i]++;
+    }
+    r->step_reports[i]++;
+    if (r->step_reports[i] != r->nranks || r->loss_count[i] != r->dp) {
+        return;
+    }
+    /* Step i is complete: every shard reported it, every replica's loss. */
+    double loss = r->loss_sum[i] / (double)r->g.batch;
+    r->j->losses[i] = loss;
+    r->steps_done = i + 1;
+    fill_results(r);
+    uint64_t now = uv_now(r->c->d->loop);
+    bool last_in_epoch = r->g.steps_per_epoch > 0 && (i + 1) % r->g.steps_per_epoch == 0;
+    if (i == 0 || i + 1 == r->g.total_steps || last_in_epoch ||
+        now - r->last_progress >= PROGRESS_EVERY_MS) {
+        r->last_progress = now;
+        char msg[300];
+        int64_t epoch = r->g.steps_per_epoch > 0 ? i / r->g.steps_per_epoch + 1 : 1;
+        snprintf(msg, sizeof(msg),
+                 "step %lld/%lld (epoch %lld/%lld): loss %.6f, %.1f samples/s, bubble %.3f",
+                 (long long)(i + 1), (long long)r->g.total_steps, (long long)epoch,
+                 (long long)(r->g.epochs > 0 ? r->g.epochs : 1), loss, r->j->info.samples_per_s,
+                 r->j->info.bubble_fraction);
+        coord_job_add_event(r->c, r->j, msg, (uint64_t)(i + 1), true, loss);
+    }
+}
+
+static void on_eval_report(jobrun_t *r, const Mpar__ShardReport *m)
+{
+    if (!m->has_loss || m->epoch < 0 || m->epoch >= (r->g.epochs > 0 ? r->g.epochs : 1) ||
+        r->eval_count == NULL || r->g.test_n <= 0) {
+        return;
+    }
+    int64_t e = m->epoch;
+    r->eval_loss[e] += m->loss_sum;
+    r->eval_correct[e] += m->correct;
+    if (++r->eval_count[e] != r->dp) {
+        return;
+    }
+    r->has_test = true;
+    r->test_loss = r->eval_loss[e] / (double)r->g.test_n;
+    r->test_acc = (double)r->eval_correct[e] / (double)r->g.test_n;
+    r->j->info.has_test_accuracy = 1;
+    r->j->info.test_accuracy = r->test_acc;
+    char msg[200];
+    snprintf(msg, sizeof(msg), "epoch %lld/%lld: test loss %.4f, test accuracy %.4f",
+             (long long)(e + 1), (long long)r->g.epochs, r->test_loss, r->test_acc);
+    coord_job_add_event(r->c, r->j, msg, (uint64_t)m->step, false, 0.0);
+}
+
+void mp_coord_shard_report(mp_coord_t *c, mp_coord_node_t *n, const Mpar__ShardReport *m)
+{
+    int k;
+    jobrun_t *r = run_of(c, m->job_id, m->shard, n, &k);
+    if (r == NULL) {
+        return;
+    }
+    if (m->done && m->error != NULL && m->error[0] != '\0') {
+        if (r->failing || r->aborted) {
+            return; /* the abort's echo, or a consequence of the first error */
+        }
+        snprintf(r->fail_reason, sizeof(r->fail_reason),
+                 "node %s: rank %d (stage %u, tp %u, dp %u): %s", n->name, k, m->shard->stage,
+                 m->shard->tp_rank, m->shard->dp_rank, m->error);
+        r->failing = true;
+        /* Stop everyone now; decide the reason after a short grace, in case
+         * a node died and this shard only saw its neighbour go. */
+        run_abort(r, r->fail_reason);
+        uv_timer_start(&r->grace, on_grace, FAIL_GRACE_MS, 0);
+        return;
+    }
+    if (m->exited) {
+        return;
+    }
+    if (m->done) {
+        if (!r->done[k]) {
+            r->done[k] = true;
+            r->ndone++;
+        }
+        maybe_finish(r);
+        return;
+    }
+    if (m->eval) {
+        on_eval_report(r, m);
+    } else {
+        on_train_report(r, k, m);
+    }
+}
+
+void jobrun_stop_all(mp_coord_t *c)
+{
+    for (coord_job_t *j = c->jobs; j != NULL; j = j->next) {
+        jobrun_t *r = j->run;
+        if (r == NULL) {
+            continue;
+        }
+        if (!r->ended) {
+            run_fail(r, "the coordinator stopped");
+        }
+        /* Cancelled: the thread ends within its waits' bounds. */
+        if (r->thread_started && !r->thread_exited) {
+            pthread_join(r->tid, NULL);
+            r->thread_exited = true;
+        }
+    }
+    /* Messages of the joined threads are handled by mp_mbox_close (the
+     * runs are freed there through maybe_free). */
+}
