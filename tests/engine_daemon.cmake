@@ -1,0 +1,9 @@
+# Jobs on a cluster of mpard daemons (owner: wiring): equivalence with the
+# serial run through real daemons, and failure/cancel handling.  Each test
+# starts its own coordinator and nodes on loopback (tests/integration/).
+if(MP_TESTS AND TARGET mpard AND TARGET mpar-client)
+  add_test(NAME engine_daemon_equiv
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/integration/engine_daemon_equiv.sh
+            $<TARGET_FILE:mpard> $<TARGET_FILE:mpar-client> ${CMAKE_SOURCE_DIR})
+  set_tests_properties(engine_daemon_equiv PROPERTIES TIMEOUT 300)
+endif()

@@ -1,0 +1,99 @@
+# engine_daemon_lib.sh - shared by the engine_daemon_* integration tests
+# (sourced): a coordinator and nodes of mpard on loopback, each with its own
+# port, sockets and state dirs under one mktemp dir; every process started
+# is killed on exit.  Needs MPARD, CLIENT, SRC set and T made by the caller.
+
+HB=${HB:-200}
+DEAD=${DEAD:-1000}
+PIDS=()
+
+cleanup() {
+    for p in "${PIDS[@]}"; do
+        kill -9 "$p" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+    if [ "${KEEP:-0}" = 1 ]; then echo "kept $T"; else rm -rf "$T"; fi
+}
+trap cleanup EXIT
+
+fail() {
+    echo "FAIL: $*" >&2
+    for f in "$T"/*.log; do echo "--- $f"; tail -n 40 "$f"; done >&2
+    exit 1
+}
+
+now_ms() { date +%s%3N; }
+
+# JSON field from stdin: jget EXPR, EXPR is Python over `d`.
+jget() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_for() { # seconds command...: polls until the command succeeds
+    local limit=$1
+    shift
+    local end=$(($(date +%s%3N) + limit * 1000))
+    while [ "$(date +%s%3N)" -lt $end ]; do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.05
+    done
+    return 1
+}
+
+PORT=$(free_port)
+COMMON=(--heartbeat-ms "$HB" --dead-after-ms "$DEAD" --log-level debug)
+
+start_coord() {
+    "$MPARD" --name c0 --coordinator --listen "127.0.0.1:$PORT" --devices none \
+        --socket "$T/c0.sock" --state-dir "$T/c0" "${COMMON[@]}" >>"$T/c0.log" 2>&1 &
+    PIDS+=($!)
+    PID_c0=$!
+    wait_for 5 test -S "$T/c0.sock" || fail "the coordinator did not create its socket"
+}
+
+start_node() { # name devices
+    "$MPARD" --name "$1" --join "127.0.0.1:$PORT" --socket "$T/$1.sock" --state-dir "$T/$1" \
+        --devices "$2" "${COMMON[@]}" >>"$T/$1.log" 2>&1 &
+    PIDS+=($!)
+    eval "PID_$1=$!"
+}
+
+alive_count() { "$CLIENT" nodes -o json | jget 'sum(1 for n in d["nodes"] if n["state"]=="ALIVE")'; }
+
+wait_alive() { # count
+    local want=$1
+    n_alive() { [ "$(alive_count)" = "$want" ]; }
+    wait_for 10 n_alive || fail "$want nodes never ALIVE: $("$CLIENT" nodes)"
+}
+
+job_field() { # id expr
+    "$CLIENT" status "$1" -o json | jget "$2"
+}
+
+# Writes a job spec: spec FILE NAME PP TP DP M SCHEDULE OPTIMIZER STEPS [SAMPLES]
+spec() {
+    python3 - "$@" <<'PY'
+import json, sys
+f, name, pp, tp, dp, m, sched, opt, steps = sys.argv[1:10]
+samples = int(sys.argv[10]) if len(sys.argv) > 10 else 240
+train = {"batch_size": 24, "steps": int(steps), "optimizer": opt, "seed": 4, "shuffle": True}
+if opt == "sgd":
+    train.update({"lr": 0.1, "momentum": 0.9})
+else:
+    train.update({"lr": 0.01, "weight_decay": 0.01})
+d = {"name": name,
+     "model": {"input": 12, "layers": [
+         {"type": "linear", "out": 16}, {"type": "gelu"},
+         {"type": "linear", "out": 16}, {"type": "relu"},
+         {"type": "mlp_block", "hidden": 16, "ffn": 32},
+         {"type": "linear", "out": 6}], "loss": "softmax_xent"},
+     "data": {"dataset": "synthetic", "samples": samples, "test_samples": 30, "classes": 6,
+              "seed": 9},
+     "parallel": {"pp": int(pp), "tp": int(tp), "dp": int(dp), "micro_batches": int(m),
+                  "schedule": sched},
+     "train": train}
+json.dump(d, open(f, "w"))
+PY
+}
