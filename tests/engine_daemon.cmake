@@ -7,3 +7,11 @@ if(MP_TESTS AND TARGET mpard AND TARGET mpar-client)
             $<TARGET_FILE:mpard> $<TARGET_FILE:mpar-client> ${CMAKE_SOURCE_DIR})
   set_tests_properties(engine_daemon_equiv PROPERTIES TIMEOUT 300)
 endif()
+if(MP_TESTS AND TARGET mpard AND TARGET mpar-client)
+  add_test(NAME engine_daemon_fail
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/integration/engine_daemon_fail.sh
+            $<TARGET_FILE:mpard> $<TARGET_FILE:mpar-client> ${CMAKE_SOURCE_DIR})
+  # Its FAILED-within-the-heartbeat-timeout check is about timing: it does
+  # not share the machine with the fuzzer or the control plane's timing test.
+  set_tests_properties(engine_daemon_fail PROPERTIES TIMEOUT 300 RESOURCE_LOCK mp_control_cpu)
+endif()

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Failure and cancel of jobs on a cluster of mpard daemons: a coordinator
+# and 3 nodes of 2 CPU devices each on loopback.  kill -9 of a node that
+# runs a stage of a long job FAILs the job, with a reason naming the node,
+# within dead-after + one heartbeat (+ slack for a loaded machine); the
+# surviving node's shard threads end (its heartbeats say 0 running shards);
+# the next job on the remaining nodes SUCCEEDS.  `cancel` of a running job
+# makes it CANCELLED, every shard ends, and the next job SUCCEEDS.  Every
+# daemon still stops cleanly on SIGTERM.
+#
+# usage: engine_daemon_fail.sh MPARD MPAR_CLIENT SOURCE_DIR
+set -euo pipefail
+
+MPARD=$1
+CLIENT=$2
+SRC=$3
+T=$(mktemp -d /tmp/mpar-engine-daemon-fail.XXXXXX)
+# shellcheck source=engine_daemon_lib.sh
+. "$SRC/tests/integration/engine_daemon_lib.sh"
+SLACK=1500
+
+start_coord
+export MPAR_SOCKET="$T/c0.sock"
+start_node n1 cpu:2
+start_node n2 cpu:2
+start_node n3 cpu:2
+wait_alive 3
+
+# A job that runs for minutes unless stopped: pp 2 x tp 2.
+python3 - "$T/long.json" <<'PY'
+import json, sys
+json.dump({"name": "long",
+           "model": {"input": 64, "layers": [
+               {"type": "linear", "out": 128}, {"type": "gelu"},
+               {"type": "mlp_block", "hidden": 128, "ffn": 512},
+               {"type": "linear", "out": 10}], "loss": "softmax_xent"},
+           "data": {"dataset": "synthetic", "samples": 4096, "classes": 10, "seed": 5},
+           "parallel": {"pp": 2, "tp": 2, "dp": 1, "micro_batches": 4, "schedule": "1f1b"},
+           "train": {"batch_size": 64, "steps": 1000000, "optimizer": "sgd", "lr": 0.05,
+                     "seed": 1}}, open(sys.argv[1], "w"))
+PY
+spec "$T/short.json" short 2 2 1 4 1f1b sgd 5
+
+running_shards() { # node
+    "$CLIENT" nodes -o json | jget '[n["running_shards"] for n in d["nodes"] if n["name"]=="'"$1"'"][0]'
+}
+shards_ended() { [ "$(running_shards "$1")" = 0 ]; }
+steps_past() { # job n
+    [ "$(job_field "$1" 'd["steps"]')" -ge "$2" ]
+}
+short_job_succeeds() { # label
+    set +e
+    timeout 120 "$CLIENT" submit "$T/short.json" -f -o json >"$T/short.$1.json" 2>"$T/short.$1.err"
+    local rc=$?
+    set -e
+    [ $rc = 0 ] || fail "$1: the next job: exit $rc: $(cat "$T/short.$1.err")"
+    [ "$(jget 'd["state"]' <"$T/short.$1.json")" = SUCCEEDED ] || fail "$1: next job not SUCCEEDED"
+    jget '" ".join(sorted(set(p["node"] for p in d["placement"])))' <"$T/short.$1.json"
+}
+
+# --- kill -9 a node mid-job ------------------------------------------------------
+JOB=$("$CLIENT" submit "$T/long.json" -o json | jget 'd["id"]')
+wait_for 60 steps_past "$JOB" 3 || fail "the long job never ran: $("$CLIENT" status "$JOB")"
+[ "$(job_field "$JOB" 'd["state"]')" = RUNNING ] || fail "long job not RUNNING"
+job_field "$JOB" '" ".join(p["node"] for p in d["placement"])' | grep -q n2 || fail "job not on n2"
+KILL_AT=$(now_ms)
+kill -9 "$PID_n2"
+failed() { [ "$(job_field "$JOB" 'd["state"]')" = FAILED ]; }
+wait_for 10 failed || fail "job not FAILED after kill -9 of n2: $("$CLIENT" status "$JOB")"
+FAILED_AT=$(job_field "$JOB" 'd["finished_unix_ms"]')
+LATENCY=$((FAILED_AT - KILL_AT))
+REASON=$(job_field "$JOB" 'd["reason"]')
+echo "job FAILED $LATENCY ms after kill -9 of n2: $REASON"
+[ "$LATENCY" -le $((DEAD + HB + SLACK)) ] || fail "FAILED after $LATENCY ms"
+echo "$REASON" | grep -q "node n2" || fail "reason does not name n2: $REASON"
+wait_for 30 shards_ended n1 || fail "n1's shards did not end: $(running_shards n1)"
+"$CLIENT" logs "$JOB" | grep -q "FAILED: node n2" || fail "logs lack the failure"
+NODES=$(short_job_succeeds kill)
+[ "$NODES" = "n1 n3" ] || fail "next job placed on $NODES"
+echo "ok kill -9 -> FAILED naming n2, shards ended, next job on $NODES SUCCEEDED"
+
+# --- cancel mid-job ----------------------------------------------------------------
+JOB=$("$CLIENT" submit "$T/long.json" -o json | jget 'd["id"]')
+wait_for 60 steps_past "$JOB" 3 || fail "the second long job never ran"
+"$CLIENT" cancel "$JOB" >/dev/null || fail "cancel exit"
+[ "$(job_field "$JOB" 'd["state"]')" = CANCELLED ] || fail "not CANCELLED"
+wait_for 30 shards_ended n1 || fail "n1's shards did not end after cancel"
+wait_for 30 shards_ended n3 || fail "n3's shards did not end after cancel"
+grep -q "job $JOB: every shard of this node has ended" "$T/n3.log" || fail "n3 log"
+short_job_succeeds cancel >/dev/null
+echo "ok cancel -> CANCELLED, shards ended, next job SUCCEEDED"
+
+# --- submit -f of a job that is cancelled exits 1 ----------------------------------------
+"$CLIENT" submit "$T/long.json" -f -o json >"$T/f.json" 2>"$T/f.err" &
+FPID=$!
+PIDS+=($FPID)
+running_job() { "$CLIENT" jobs -o json | jget '[j["id"] for j in d["jobs"] if j["state"]=="RUNNING"][0]'; }
+wait_for 30 running_job || fail "no running job for -f"
+JOB=$(running_job)
+wait_for 60 steps_past "$JOB" 2 || fail "the -f job never ran"
+"$CLIENT" cancel "$JOB" >/dev/null
+set +e
+timeout 15 tail --pid="$FPID" -f /dev/null
+wait "$FPID"
+RC=$?
+set -e
+[ $RC = 1 ] || fail "submit -f of a cancelled job: exit $RC"
+[ "$(jget 'd["state"]' <"$T/f.json")" = CANCELLED ] || fail "submit -f -o json document"
+grep -q "step 1/" "$T/f.err" || fail "no progress on stderr: $(cat "$T/f.err")"
+echo "ok submit -f: progress on stderr, final document, exit 1 when CANCELLED"
+
+for p in $PID_n1 $PID_n3 $PID_c0; do kill -TERM "$p"; done
+for p in $PID_n1 $PID_n3 $PID_c0; do
+    timeout 10 tail --pid="$p" -f /dev/null || fail "mpard $p did not stop"
+done
+echo "PASS"
