@@ -392,7 +392,7 @@ static void fill_results(jobrun_t *r)
 {
     coord_job_t *j = r->j;
     double secs = 0.0;
-    double bubble = mp_engine_stats_bubble(r->stats, &secs);
+    double bubble = mp_engine_stats_bubble_upto(r->stats, r->steps_done, &secs);
     j->info.steps = (uint64_t)r->steps_done;
     j->info.n_losses = (size_t)r->steps_done;
     j->info.losses = j->losses;

@@ -97,9 +97,14 @@ double mp_engine_stats_step_seconds(const mp_engine_stats_t *s, int64_t step)
 
 double mp_engine_stats_bubble(const mp_engine_stats_t *s, double *seconds_p)
 {
+    return mp_engine_stats_bubble_upto(s, s->steps, seconds_p);
+}
+
+double mp_engine_stats_bubble_upto(const mp_engine_stats_t *s, int64_t upto, double *seconds_p)
+{
     double bubble = 0.0, secs = 0.0;
     int64_t nb = 0;
-    for (int64_t i = 0; i < s->steps; i++) {
+    for (int64_t i = 0; i < s->steps && i < upto; i++) {
         if (s->win1[i] <= s->win0[i]) {
             continue;
         }

@@ -29,6 +29,8 @@ double mp_engine_stats_step_seconds(const mp_engine_stats_t *stats, int64_t step
  * window, averaged over the steps but the first (warm-up) when there are
  * more; 0 with none.  *seconds_p (may be NULL): the windows' sum. */
 double mp_engine_stats_bubble(const mp_engine_stats_t *stats, double *seconds_p);
+/* The same over steps 1..upto only (those known complete while a job runs). */
+double mp_engine_stats_bubble_upto(const mp_engine_stats_t *stats, int64_t upto, double *seconds_p);
 /* FWD, BWD, DP_ALLREDUCE and OPT_STEP: the actions that compute. */
 int mp_engine_op_busy(mp_sched_op_t op);
 

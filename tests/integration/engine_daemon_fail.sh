@@ -4,7 +4,9 @@
 # runs a stage of a long job FAILs the job, with a reason naming the node,
 # within dead-after + one heartbeat (+ slack for a loaded machine); the
 # surviving node's shard threads end (its heartbeats say 0 running shards);
-# the next job on the remaining nodes SUCCEEDS.  `cancel` of a running job
+# the next job on the remaining nodes SUCCEEDS.  A node that stops
+# answering (SIGSTOP) is DEAD after dead-after and FAILs its job the same
+# way; once it runs again its shards end and it rejoins.  `cancel` of a running job
 # makes it CANCELLED, every shard ends, and the next job SUCCEEDS.  Every
 # daemon still stops cleanly on SIGTERM.
 #
@@ -62,31 +64,58 @@ short_job_succeeds() { # label
 JOB=$("$CLIENT" submit "$T/long.json" -o json | jget 'd["id"]')
 wait_for 60 steps_past "$JOB" 3 || fail "the long job never ran: $("$CLIENT" status "$JOB")"
 [ "$(job_field "$JOB" 'd["state"]')" = RUNNING ] || fail "long job not RUNNING"
-job_field "$JOB" '" ".join(p["node"] for p in d["placement"])' | grep -q n2 || fail "job not on n2"
+# Which node runs which stage depends on the order the nodes registered.
+S0=$(job_field "$JOB" '[p["node"] for p in d["placement"] if p["stage"]==0][0]')
+S1=$(job_field "$JOB" '[p["node"] for p in d["placement"] if p["stage"]==1][0]')
+[ "$S0" != "$S1" ] || fail "both stages on $S0"
+OTHER=$(printf '%s\n' n1 n2 n3 | grep -v -x -e "$S0" -e "$S1")
+eval "VICTIM_PID=\$PID_$S1"
 KILL_AT=$(now_ms)
-kill -9 "$PID_n2"
+kill -9 "$VICTIM_PID"
 failed() { [ "$(job_field "$JOB" 'd["state"]')" = FAILED ]; }
-wait_for 10 failed || fail "job not FAILED after kill -9 of n2: $("$CLIENT" status "$JOB")"
+wait_for 10 failed || fail "job not FAILED after kill -9 of $S1: $("$CLIENT" status "$JOB")"
 FAILED_AT=$(job_field "$JOB" 'd["finished_unix_ms"]')
 LATENCY=$((FAILED_AT - KILL_AT))
 REASON=$(job_field "$JOB" 'd["reason"]')
-echo "job FAILED $LATENCY ms after kill -9 of n2: $REASON"
+echo "job FAILED $LATENCY ms after kill -9 of $S1: $REASON"
 [ "$LATENCY" -le $((DEAD + HB + SLACK)) ] || fail "FAILED after $LATENCY ms"
-echo "$REASON" | grep -q "node n2" || fail "reason does not name n2: $REASON"
-wait_for 30 shards_ended n1 || fail "n1's shards did not end: $(running_shards n1)"
-"$CLIENT" logs "$JOB" | grep -q "FAILED: node n2" || fail "logs lack the failure"
+echo "$REASON" | grep -q "node $S1" || fail "reason does not name $S1: $REASON"
+wait_for 30 shards_ended "$S0" || fail "$S0's shards did not end: $(running_shards "$S0")"
+"$CLIENT" logs "$JOB" | grep -q "FAILED: node $S1" || fail "logs lack the failure"
 NODES=$(short_job_succeeds kill)
-[ "$NODES" = "n1 n3" ] || fail "next job placed on $NODES"
-echo "ok kill -9 -> FAILED naming n2, shards ended, next job on $NODES SUCCEEDED"
+[ "$NODES" = "$(printf '%s\n' "$S0" "$OTHER" | sort | tr '\n' ' ' | sed 's/ $//')" ] ||
+    fail "next job placed on $NODES"
+echo "ok kill -9 -> FAILED naming $S1, shards ended, next job on $NODES SUCCEEDED"
+
+# --- a node that stops answering (SIGSTOP): DEAD by heartbeat timeout -------------------
+JOB=$("$CLIENT" submit "$T/long.json" -o json | jget 'd["id"]')
+wait_for 60 steps_past "$JOB" 3 || fail "the long job never ran on $S0 and $OTHER"
+S1=$(job_field "$JOB" '[p["node"] for p in d["placement"] if p["stage"]==1][0]')
+S0=$(job_field "$JOB" '[p["node"] for p in d["placement"] if p["stage"]==0][0]')
+eval "VICTIM_PID=\$PID_$S1"
+STOP_AT=$(now_ms)
+kill -STOP "$VICTIM_PID"
+wait_for 10 failed || fail "job not FAILED after SIGSTOP of $S1: $("$CLIENT" status "$JOB")"
+LATENCY=$(($(job_field "$JOB" 'd["finished_unix_ms"]') - STOP_AT))
+REASON=$(job_field "$JOB" 'd["reason"]')
+kill -CONT "$VICTIM_PID"
+echo "job FAILED $LATENCY ms after SIGSTOP of $S1: $REASON"
+[ "$LATENCY" -le $((DEAD + HB + SLACK)) ] || fail "FAILED after $LATENCY ms"
+echo "$REASON" | grep -q "node $S1 is DEAD" || fail "reason does not say $S1 is DEAD: $REASON"
+wait_for 30 shards_ended "$S0" || fail "$S0's shards did not end after $S1 died"
+wait_alive 2
+wait_for 30 shards_ended "$S1" || fail "$S1's shards did not end after it came back"
+short_job_succeeds stop >/dev/null
+echo "ok SIGSTOP -> DEAD -> FAILED naming $S1, shards ended on both, next job SUCCEEDED"
 
 # --- cancel mid-job ----------------------------------------------------------------
 JOB=$("$CLIENT" submit "$T/long.json" -o json | jget 'd["id"]')
 wait_for 60 steps_past "$JOB" 3 || fail "the second long job never ran"
 "$CLIENT" cancel "$JOB" >/dev/null || fail "cancel exit"
 [ "$(job_field "$JOB" 'd["state"]')" = CANCELLED ] || fail "not CANCELLED"
-wait_for 30 shards_ended n1 || fail "n1's shards did not end after cancel"
-wait_for 30 shards_ended n3 || fail "n3's shards did not end after cancel"
-grep -q "job $JOB: every shard of this node has ended" "$T/n3.log" || fail "n3 log"
+wait_for 30 shards_ended "$S0" || fail "$S0's shards did not end after cancel"
+wait_for 30 shards_ended "$S1" || fail "$S1's shards did not end after cancel"
+grep -q "job $JOB: every shard of this node has ended" "$T/$S1.log" || fail "$S1 log"
 short_job_succeeds cancel >/dev/null
 echo "ok cancel -> CANCELLED, shards ended, next job SUCCEEDED"
 
@@ -109,8 +138,9 @@ set -e
 grep -q "step 1/" "$T/f.err" || fail "no progress on stderr: $(cat "$T/f.err")"
 echo "ok submit -f: progress on stderr, final document, exit 1 when CANCELLED"
 
-for p in $PID_n1 $PID_n3 $PID_c0; do kill -TERM "$p"; done
-for p in $PID_n1 $PID_n3 $PID_c0; do
+eval "P0=\$PID_$S0 P1=\$PID_$S1"
+for p in $P0 $P1 $PID_c0; do kill -TERM "$p"; done
+for p in $P0 $P1 $PID_c0; do
     timeout 10 tail --pid="$p" -f /dev/null || fail "mpard $p did not stop"
 done
 echo "PASS"
