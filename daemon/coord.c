@@ -363,6 +363,12 @@ mp_status_t mp_coord_node_register(mp_coord_t *c, mp_session_t *s, const Mpar__R
     const char *how = !known                                  ? "registered"
                       : n->info.incarnation != r->incarnation ? "rejoined after a restart"
                                                               : "reconnected";
+    if (known && n->info.incarnation != r->incarnation) {
+        /* Its executors died with the old process. */
+        char lost[200];
+        snprintf(lost, sizeof(lost), "node %s restarted", n->name);
+        jobrun_node_lost(c, n, lost);
+    }
     mp_free(n->devs);
     mp_free(n->devp);
     n->devs = devs;

@@ -505,7 +505,7 @@ void jobrun_release(mp_coord_t *c, coord_job_t *j)
     }
     /* Pending jobs may fit now; on the next turn of the loop, not inside
      * whatever changed this job's state. */
-    fmsg_t *m = mp_calloc(1, sizeof(*m));
+    fmsg_t *m = c->stopping ? NULL : mp_calloc(1, sizeof(*m));
     if (m != NULL) {
         m->kind = FMSG_RESCHEDULE;
         m->r = NULL;
@@ -544,6 +544,20 @@ static void on_grace(uv_timer_t *t)
 {
     jobrun_t *r = t->data;
     run_fail(r, r->fail_reason);
+}
+
+/* A shard's or the feeder's error: everyone stops now; the job FAILs after
+ * a short grace, unless a node of the job is lost meanwhile, which then is
+ * the reason (a peer's death is often seen first by its neighbours). */
+static void fail_soon(jobrun_t *r, const char *reason)
+{
+    if (r->ended || r->failing || r->aborted) {
+        return; /* the abort's echo, or a consequence of the first error */
+    }
+    snprintf(r->fail_reason, sizeof(r->fail_reason), "%s", reason);
+    r->failing = true;
+    run_abort(r, r->fail_reason);
+    uv_timer_start(&r->grace, on_grace, FAIL_GRACE_MS, 0);
 }
 
 void jobrun_start(mp_coord_t *c, coord_job_t *j, mp_place_t *place, mp_coord_node_t **pnode)
@@ -749,11 +763,9 @@ void jobrun_on_msg(void *owner, mp_mbox_msg_t *base)
         break;
     case FMSG_DONE:
         if (m->st != MP_OK) {
-            if (!r->ended && !r->failing && !r->aborted) {
-                char why[800];
-                snprintf(why, sizeof(why), "coordinator: %.600s", m->error);
-                run_fail(r, why);
-            }
+            char why[800];
+            snprintf(why, sizeof(why), "coordinator: %.600s", m->error);
+            fail_soon(r, why);
         } else {
             r->feeder_done = true;
             maybe_finish(r);
@@ -982,17 +994,10 @@ void mp_coord_shard_report(mp_coord_t *c, mp_coord_node_t *n, const Mpar__ShardR
         return;
     }
     if (m->done && m->error != NULL && m->error[0] != '\0') {
-        if (r->failing || r->aborted) {
-            return; /* the abort's echo, or a consequence of the first error */
-        }
-        snprintf(r->fail_reason, sizeof(r->fail_reason),
-                 "node %s: rank %d (stage %u, tp %u, dp %u): %s", n->name, k, m->shard->stage,
-                 m->shard->tp_rank, m->shard->dp_rank, m->error);
-        r->failing = true;
-        /* Stop everyone now; decide the reason after a short grace, in case
-         * a node died and this shard only saw its neighbour go. */
-        run_abort(r, r->fail_reason);
-        uv_timer_start(&r->grace, on_grace, FAIL_GRACE_MS, 0);
+        char why[1100];
+        snprintf(why, sizeof(why), "node %s: rank %d (stage %u, tp %u, dp %u): %.900s", n->name, k,
+                 m->shard->stage, m->shard->tp_rank, m->shard->dp_rank, m->error);
+        fail_soon(r, why);
         return;
     }
     if (m->exited) {
