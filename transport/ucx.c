@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -467,7 +468,7 @@ mp_status_t mp_xport_worker_create(mp_xport_ctx_t *ctx, const mp_xport_worker_op
     w->rank = o.rank;
     w->timeout_ms = o.timeout_ms > 0 ? o.timeout_ms : 30000;
     w->backstop_ms = o.backstop_ms > 0 ? o.backstop_ms : 10;
-    w->spin_us = o.spin_us < 0 ? 0 : (o.spin_us == 0 ? 20 : o.spin_us);
+    w->spin_us = o.spin_us < 0 ? 0 : (o.spin_us == 0 ? 50 : o.spin_us);
     ucp_worker_params_t wp = {
         .field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
         .thread_mode = UCS_THREAD_MODE_SINGLE,
@@ -1322,6 +1323,8 @@ static mp_status_t wait_set_impl(mp_xport_worker_t *w, mp_xport_req_t **reqs, si
             continue;
         }
         if (now < spin_end) {
+            /* Spin politely: on an oversubscribed host the peer we wait for may need this core. */
+            sched_yield();
             continue;
         }
         worker_sleep(w, deadline_ns - now);
@@ -1394,6 +1397,8 @@ mp_status_t mp_xport_wait(mp_xport_req_t *req, int64_t timeout_ms, mp_xport_hdr_
         } else if (now >= spin_end) {
             worker_sleep(w, deadline - now);
             spin_end = mp_xport_now_ns() + spin_ns;
+        } else {
+            sched_yield();
         }
     }
     st = req->status;

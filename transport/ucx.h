@@ -128,7 +128,7 @@ typedef struct {
     uint32_t rank;      /* this worker's rank in the job: the source field of its tags */
     int64_t timeout_ms; /* default wait timeout; <= 0 = 30000 */
     int backstop_ms;    /* longest sleep between progress calls when idle; <= 0 = 10 */
-    int spin_us;        /* busy-progress burst before sleeping; < 0 = 0, 0 = 20 */
+    int spin_us;        /* progress-and-yield burst before sleeping; < 0 = none, 0 = 50 */
 } mp_xport_worker_opts_t;
 
 /* Creates a worker owned by the calling thread. */

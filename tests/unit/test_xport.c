@@ -274,16 +274,13 @@ static int idle_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, u
     if (ws.sleeps == 0) {
         return 6;
     }
-    if (cpu >= 0.1) {
-        fprintf(stderr,
-                "idle: %.3f s CPU over %.3f s; %llu sleeps (%llu woken by events, %llu by the "
-                "backstop)\n",
-                cpu, secs(t0, t1), (unsigned long long)ws.sleeps,
-                (unsigned long long)ws.event_wakeups, (unsigned long long)ws.timer_wakeups);
-        fflush(stderr);
-        return 7;
-    }
-    return 0;
+    /* The measurement goes to the log either way: it is what the test is about. */
+    fprintf(stderr,
+            "idle: %.3f s CPU over %.3f s; %llu sleeps (%llu woken by events, %llu by timers)\n",
+            cpu, secs(t0, t1), (unsigned long long)ws.sleeps, (unsigned long long)ws.event_wakeups,
+            (unsigned long long)ws.timer_wakeups);
+    fflush(stderr);
+    return cpu < 0.1 ? 0 : 7;
 }
 
 Test(xport, idle_receive_of_one_second_uses_under_a_tenth_of_cpu)
