@@ -735,8 +735,15 @@ static char *coord_serialize(mp_coord_t *c)
     json_object_set_new(root, "version", json_integer(STATE_VERSION));
     json_object_set_new(root, "epoch", json_integer((json_int_t)c->epoch));
     json_object_set_new(root, "next_job", json_integer((json_int_t)c->next_job));
-    for (coord_job_t *j = c->jobs; j != NULL; j = j->next) {
+    size_t idx = 0;
+    for (coord_job_t *j = c->jobs; j != NULL; j = j->next, idx++) {
         json_t *o = mp_proto_to_json(&j->info.base);
+        if (idx + RESULTS_KEPT < c->njobs) {
+            /* Older jobs keep their summary; the per-step results of only
+             * the newest ones are stored, so the file stays small. */
+            json_object_del(o, "losses");
+            json_object_del(o, "timeline");
+        }
         json_t *evs = json_array();
         for (size_t i = 0; i < j->nevents; i++) {
             json_t *e = json_object();

@@ -13,6 +13,7 @@
 #define JOBS_MAX 2000 /* finished jobs beyond this are forgotten, oldest first */
 #define STATE_FILE "jobs.json"
 #define STATE_VERSION 1
+#define RESULTS_KEPT 64 /* newest jobs whose losses and timeline are stored */
 
 struct mp_coord_node {
     Mpar__NodeInfo info;

@@ -447,11 +447,11 @@ static void maybe_finish(jobrun_t *r)
 static void run_free_cb(uv_handle_t *h)
 {
     jobrun_t *r = h->data;
-    for (int k = 0; k < r->nranks; k++) {
+    for (int k = 0; k <= r->nranks; k++) {
         if (r->addr != NULL) {
-            mp_free(r->addr[k]);
+            mp_free(r->addr[k]); /* the feeder's last */
         }
-        if (r->tl != NULL) {
+        if (r->tl != NULL && k < r->nranks) {
             mp_free(r->tl[k]);
         }
     }

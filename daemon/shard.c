@@ -512,12 +512,6 @@ static void on_assignment(mp_shards_t *sh, const Mpar__JobAssignment *a)
             job_free(j);
             return;
         }
-        if (x->device_kind == MPAR__DEVICE_KIND__DEVICE_KIND_CUDA &&
-            mp_backend_cuda_device_count() <= (int)x->device_index) {
-            refuse(sh, a, "a CUDA device this node does not have");
-            job_free(j);
-            return;
-        }
         shard_t *s = &j->shards[j->nshards++];
         s->job = j;
         s->stage = (int)x->shard->stage;
