@@ -427,8 +427,11 @@ static void maybe_finish(jobrun_t *r)
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
     char msg[600];
-    int n = snprintf(msg, sizeof(msg), "finished %llu steps, final loss %.6f",
-                     (unsigned long long)r->j->info.steps, r->j->info.final_loss);
+    int n = r->j->info.has_final_loss
+                ? snprintf(msg, sizeof(msg), "finished %llu steps, final loss %.6f",
+                           (unsigned long long)r->j->info.steps, r->j->info.final_loss)
+                : snprintf(msg, sizeof(msg), "finished %llu steps",
+                           (unsigned long long)r->j->info.steps);
     if (r->has_test && n > 0 && (size_t)n < sizeof(msg)) {
         n += snprintf(msg + n, sizeof(msg) - (size_t)n, ", test accuracy %.4f", r->test_acc);
     }
