@@ -997,9 +997,16 @@ void mp_coord_shard_report(mp_coord_t *c, mp_coord_node_t *n, const Mpar__ShardR
         return;
     }
     if (m->done && m->error != NULL && m->error[0] != '\0') {
-        char why[1100];
-        snprintf(why, sizeof(why), "node %s: rank %d (stage %u, tp %u, dp %u): %.900s", n->name, k,
-                 m->shard->stage, m->shard->tp_rank, m->shard->dp_rank, m->error);
+        /* "node n2: rank 1 (stage 1, tp 0, dp 0): ...", once even when the
+         * engine's message already names the rank. */
+        char who[96], why[1100];
+        snprintf(who, sizeof(who), "rank %d (stage %u, tp %u, dp %u)", k, m->shard->stage,
+                 m->shard->tp_rank, m->shard->dp_rank);
+        if (strncmp(m->error, who, strlen(who)) == 0) {
+            snprintf(why, sizeof(why), "node %s: %.900s", n->name, m->error);
+        } else {
+            snprintf(why, sizeof(why), "node %s: %s: %.900s", n->name, who, m->error);
+        }
         fail_soon(r, why);
         return;
     }

@@ -11,10 +11,16 @@
  * is cancelled), frees its executor and says so (ShardReport exited).
  * Every wait of a thread is bounded.  Owns the job records and threads;
  * the record functions run on the libuv thread, shard_main on its own.
+ *
+ * Fault injection for tests (as engine/local.h has): with the environment
+ * variable MPARD_FAULT_SHARD=NAME:RANK:STEP, shard RANK of a job named NAME
+ * cancels itself when it has reported step STEP, so its mp_exec_run fails
+ * while the coordinator did not ask for it.
  */
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -50,6 +56,7 @@ struct node_job {
     uint32_t tag;
     int64_t train_n, test_n, timeout_ms;
     bool save_weights;
+    bool fault;  /* MPARD_FAULT_SHARD names this job */
     int nranks;  /* the whole grid */
     int nshards; /* this node's */
     shard_t *shards;
@@ -66,6 +73,9 @@ struct node_job {
 
 struct mp_shards {
     mpard_t *d;
+    char fault_name[128]; /* MPARD_FAULT_SHARD, or "" */
+    int fault_rank;
+    int64_t fault_step;
     mp_mbox_t mbox;
     node_job_t *jobs;
     uint32_t running;
@@ -135,6 +145,13 @@ static void on_report(const mp_exec_report_t *rep, void *arg)
     }
     m->rep.spans = m->spans;
     mp_mbox_post(&s->job->sh->mbox, &m->base);
+    const mp_shards_t *sh = s->job->sh;
+    if (s->job->fault && s->rank == sh->fault_rank && rep->ev.kind == MP_ENGINE_EV_TRAIN &&
+        rep->ev.step == sh->fault_step) {
+        mp_warn("job %s: rank %d fails at step %lld (MPARD_FAULT_SHARD)", s->job->id, s->rank,
+                (long long)rep->ev.step);
+        mp_exec_cancel(s->ex); /* this thread's own executor */
+    }
 }
 
 /* Waits until flag (under job->mu) or abort, for at most ms; true if flag. */
@@ -491,6 +508,7 @@ static void on_assignment(mp_shards_t *sh, const Mpar__JobAssignment *a)
     j->test_n = a->test_n;
     j->timeout_ms = a->timeout_ms;
     j->save_weights = a->save_weights;
+    j->fault = sh->fault_name[0] != '\0' && strcmp(j->spec->name, sh->fault_name) == 0;
     int pp = j->spec->parallel.pp, tp = j->spec->parallel.tp, dp = j->spec->parallel.dp;
     j->nranks = pp * tp * dp;
     j->shards = mp_calloc(a->n_shards + 1, sizeof(*j->shards));
@@ -668,6 +686,21 @@ mp_status_t mp_shards_create(mpard_t *d, mp_shards_t **shards_p)
         return MP_ERR_NOMEM;
     }
     sh->d = d;
+    const char *fault = getenv("MPARD_FAULT_SHARD");
+    if (fault != NULL && fault[0] != '\0') {
+        char name[128];
+        int rank;
+        long long step;
+        if (sscanf(fault, "%127[^:]:%d:%lld", name, &rank, &step) == 3) {
+            snprintf(sh->fault_name, sizeof(sh->fault_name), "%s", name);
+            sh->fault_rank = rank;
+            sh->fault_step = step;
+            mp_warn("MPARD_FAULT_SHARD: rank %d of jobs named %s fails at step %lld", rank, name,
+                    step);
+        } else {
+            mp_warn("MPARD_FAULT_SHARD='%s' ignored: expected NAME:RANK:STEP", fault);
+        }
+    }
     mp_status_t st = mp_mbox_init(d->loop, &sh->mbox, on_msg, sh);
     if (st != MP_OK) {
         mp_free(sh);

@@ -6,7 +6,9 @@
 # surviving node's shard threads end (its heartbeats say 0 running shards);
 # the next job on the remaining nodes SUCCEEDS.  A node that stops
 # answering (SIGSTOP) is DEAD after dead-after and FAILs its job the same
-# way; once it runs again its shards end and it rejoins.  `cancel` of a running job
+# way; once it runs again its shards end and it rejoins.  A shard whose
+# run fails by itself (fault injection) FAILs its job with a reason naming
+# its node, rank, stage, tp and dp ranks.  `cancel` of a running job
 # makes it CANCELLED, every shard ends, and the next job SUCCEEDS.  Every
 # daemon still stops cleanly on SIGTERM.
 #
@@ -23,6 +25,8 @@ SLACK=1500
 
 start_coord
 export MPAR_SOCKET="$T/c0.sock"
+# Shard rank 2 of jobs named "faulty" fails by itself at step 3.
+export MPARD_FAULT_SHARD=faulty:2:3
 start_node n1 cpu:2
 start_node n2 cpu:2
 start_node n3 cpu:2
@@ -59,6 +63,25 @@ short_job_succeeds() { # label
     [ "$(jget 'd["state"]' <"$T/short.$1.json")" = SUCCEEDED ] || fail "$1: next job not SUCCEEDED"
     jget '" ".join(sorted(set(p["node"] for p in d["placement"])))' <"$T/short.$1.json"
 }
+
+# --- a shard's own error ------------------------------------------------------------
+spec "$T/faulty.json" faulty 2 2 1 4 1f1b sgd 20
+set +e
+timeout 60 "$CLIENT" submit "$T/faulty.json" -f -o json >"$T/faulty.out" 2>"$T/faulty.err"
+RC=$?
+set -e
+[ $RC = 1 ] || fail "a failing job: submit -f exit $RC"
+[ "$(jget 'd["state"]' <"$T/faulty.out")" = FAILED ] || fail "faulty job not FAILED"
+S1=$(jget '[p["node"] for p in d["placement"] if p["rank"]==2][0]' <"$T/faulty.out")
+S0=$(jget '[p["node"] for p in d["placement"] if p["rank"]==0][0]' <"$T/faulty.out")
+REASON=$(jget 'd["reason"]' <"$T/faulty.out")
+echo "$REASON" | grep -q "^node $S1: rank 2 (stage 1, tp 0, dp 0): " ||
+    fail "reason does not name the failing shard on $S1: $REASON"
+[ "$(jget 'd["steps"]' <"$T/faulty.out")" -lt 20 ] || fail "the faulty job ran to its end"
+wait_for 30 shards_ended "$S0" || fail "$S0's shards did not end after the shard error"
+wait_for 30 shards_ended "$S1" || fail "$S1's shards did not end after the shard error"
+short_job_succeeds fault >/dev/null
+echo "ok shard error -> FAILED: $REASON; shards ended; next job SUCCEEDED"
 
 # --- kill -9 a node mid-job ------------------------------------------------------
 JOB=$("$CLIENT" submit "$T/long.json" -o json | jget 'd["id"]')
