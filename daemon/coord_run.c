@@ -290,9 +290,19 @@ static void run_fail(jobrun_t *r, const char *reason)
 
 /* ---- the record's results --------------------------------------------------- */
 
-static void device_name(const mp_place_slot_t *s, char *buf, size_t cap)
+/* The node's own index of the device placement slot k uses (a node may
+ * own, say, cuda:1 and cuda:3 as its devices 0 and 1). */
+static uint32_t device_index(const jobrun_t *r, int k)
 {
-    snprintf(buf, cap, "%s:%d", s->kind == MP_DEV_CUDA ? "cuda" : "cpu", s->device);
+    const mp_coord_node_t *n = r->rank_node[k];
+    int d = r->place.slot[k].device;
+    return d >= 0 && (size_t)d < n->info.n_devices ? n->info.devices[d]->index : (uint32_t)d;
+}
+
+static void device_name(const jobrun_t *r, int k, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s:%u", r->place.slot[k].kind == MP_DEV_CUDA ? "cuda" : "cpu",
+             device_index(r, k));
 }
 
 static void fill_placement(jobrun_t *r)
@@ -321,7 +331,7 @@ static void fill_placement(jobrun_t *r)
         p->node = strs + 96 * k;
         snprintf(p->node, 64, "%s", r->rank_node[k]->name);
         p->device = strs + 96 * k + 64;
-        device_name(&r->place.slot[k], p->device, 32);
+        device_name(r, k, p->device, 32);
         j->placep[k] = p;
     }
     j->info.placement = j->placep;
@@ -633,7 +643,7 @@ void jobrun_start(mp_coord_t *c, coord_job_t *j, mp_place_t *place, mp_coord_nod
             off += w > 0 && (size_t)w < sizeof(where) - off ? (size_t)w : 0;
             for (int t = 0; t < r->tp; t++) {
                 char dev[24];
-                device_name(&r->place.slot[k0 + t], dev, sizeof(dev));
+                device_name(r, k0 + t, dev, sizeof(dev));
                 w = snprintf(where + off, sizeof(where) - off, "%s%s", t ? ", " : "", dev);
                 off += w > 0 && (size_t)w < sizeof(where) - off ? (size_t)w : 0;
             }
@@ -706,7 +716,7 @@ static void on_feeder_ready(jobrun_t *r, fmsg_t *m)
         sa[k].device_kind = r->place.slot[k].kind == MP_DEV_CUDA
                                 ? MPAR__DEVICE_KIND__DEVICE_KIND_CUDA
                                 : MPAR__DEVICE_KIND__DEVICE_KIND_CPU;
-        sa[k].device_index = (uint32_t)r->place.slot[k].device;
+        sa[k].device_index = device_index(r, k);
         sa[k].first_layer = (uint32_t)part.first[stage];
         sa[k].nlayers = (uint32_t)part.count[stage];
         sap[k] = &sa[k];
