@@ -207,7 +207,9 @@ int mp_client_run_main(int argc, char **argv)
     mp_errbuf_t err = {{0}};
     mp_spec_t *spec = NULL;
     if (mp_spec_load(path, &spec, &err) != MP_OK) {
-        fprintf(stderr, "mpar-client: %s: %s\n", path, err.msg);
+        /* A file error already names the file; a spec error names the field. */
+        bool named = strncmp(err.msg, path, strlen(path)) == 0;
+        fprintf(stderr, "mpar-client: %s%s%s\n", named ? "" : path, named ? "" : ": ", err.msg);
         return MP_EXIT_USAGE;
     }
     if (!serial) {
