@@ -13,6 +13,10 @@
  * same count with OpenMP; every element is computed by the same code
  * whatever the split, so results do not depend on the thread count.
  *
+ * oneDNN is opened with dlopen when the first CPU backend is created, not
+ * linked: a daemon that only coordinates never pays its few MiB of
+ * relocated pages and libstdc++.
+ *
  * Numerics: GeLU uses its own branch-free erfc/exp so that the loops
  * vectorize; against the exact erf form (in double) the forward's error is
  * below 4e-7 absolute and 1.4e-6 relative for x >= -3 (2e-5 relative in the
@@ -21,9 +25,11 @@
  * including the fused multiply-adds of ATen's CPU kernels (add_ with alpha,
  * addcmul_), so they agree with PyTorch bit for bit or within an ulp.
  */
+#include <dlfcn.h>
 #include <math.h>
 #include <omp.h>
 #include <oneapi/dnnl/dnnl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -149,6 +155,28 @@ static mp_status_t cpu_sync(mp_backend_t *be)
 
 /* ---- GEMM ------------------------------------------------------------ */
 
+/* dnnl_sgemm, resolved from libdnnl.so.2 on first use (see the top). */
+typedef dnnl_status_t (*sgemm_fn_t)(char, char, dnnl_dim_t, dnnl_dim_t, dnnl_dim_t, float,
+                                    const float *, dnnl_dim_t, const float *, dnnl_dim_t, float,
+                                    float *, dnnl_dim_t);
+static sgemm_fn_t cpu_sgemm;
+static pthread_once_t cpu_dnnl_once = PTHREAD_ONCE_INIT;
+static char cpu_dnnl_error[512];
+
+static void cpu_dnnl_load(void)
+{
+    void *h = dlopen("libdnnl.so.2", RTLD_NOW | RTLD_LOCAL);
+    if (h == NULL) {
+        snprintf(cpu_dnnl_error, sizeof(cpu_dnnl_error), "%s", dlerror());
+        return;
+    }
+    cpu_sgemm = (sgemm_fn_t)(uintptr_t)dlsym(h, "dnnl_sgemm");
+    if (cpu_sgemm == NULL) {
+        snprintf(cpu_dnnl_error, sizeof(cpu_dnnl_error), "libdnnl.so.2 has no dnnl_sgemm");
+        dlclose(h);
+    }
+}
+
 static mp_status_t cpu_dnnl_status(const char *op, dnnl_status_t st)
 {
     switch (st) {
@@ -208,7 +236,7 @@ static mp_status_t cpu_gemm(mp_backend_t *be, mp_op_t ta, mp_op_t tb, int64_t M,
         return MP_OK;
     }
     omp_set_num_threads(be->threads);
-    dnnl_status_t st = dnnl_sgemm(ta == MP_OP_N ? 'N' : 'T', tb == MP_OP_N ? 'N' : 'T', M, N, K,
+    dnnl_status_t st = cpu_sgemm(ta == MP_OP_N ? 'N' : 'T', tb == MP_OP_N ? 'N' : 'T', M, N, K,
                                   alpha, A, lda, Bm, ldb, beta, Cm, ldc);
     return cpu_dnnl_status("gemm", st);
 }
@@ -854,6 +882,11 @@ mp_status_t mp_backend_cpu_create(int threads, mp_backend_t **be_p)
 {
     if (threads < 1 || be_p == NULL) {
         return cpu_inval("create", "threads must be >= 1");
+    }
+    pthread_once(&cpu_dnnl_once, cpu_dnnl_load);
+    if (cpu_sgemm == NULL) {
+        mp_err("cpu backend: cannot load oneDNN (Debian package libdnnl2): %s", cpu_dnnl_error);
+        return MP_ERR_UNSUPPORTED;
     }
     cpu_backend_t *cb = mp_calloc(1, sizeof *cb);
     if (cb == NULL) {

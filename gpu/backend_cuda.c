@@ -16,6 +16,13 @@
  * Strict fp32 (CUBLAS_DEFAULT_MATH) unless the backend was created with
  * tf32, then CUBLAS_TF32_TENSOR_OP_MATH.
  *
+ * Built as its own shared library, libmpar-cuda.so, that
+ * backend_cuda_loader.c opens on first use: cuBLAS is some 150 MiB of
+ * resident memory once loaded, which a daemon with CPU shards must not pay.
+ * Its entry points are mp_cuda_plugin_device_count and mp_cuda_plugin_create;
+ * mp_log, mp_malloc and the rest resolve against the executable that loads
+ * it (linked with -rdynamic).
+ *
  * Legend: B = batch rows, I = in features, O = out features, C = classes,
  * n = element count.
  */
@@ -516,12 +523,11 @@ static mp_status_t cuda_backend_init(mp_cuda_backend_t *cb)
     return MP_OK;
 }
 
-bool mp_backend_cuda_built(void)
-{
-    return true;
-}
+/* The plugin's entry points (looked up by name with dlsym). */
+int mp_cuda_plugin_device_count(void);
+mp_status_t mp_cuda_plugin_create(int device, bool tf32, mp_backend_t **be_p);
 
-int mp_backend_cuda_device_count(void)
+int mp_cuda_plugin_device_count(void)
 {
     int count = 0;
     cudaError_t err = cudaGetDeviceCount(&count);
@@ -535,9 +541,9 @@ int mp_backend_cuda_device_count(void)
     return count;
 }
 
-mp_status_t mp_backend_cuda_create(int device, bool tf32, mp_backend_t **be_p)
+mp_status_t mp_cuda_plugin_create(int device, bool tf32, mp_backend_t **be_p)
 {
-    int count = mp_backend_cuda_device_count();
+    int count = mp_cuda_plugin_device_count();
     if (device < 0 || device >= count) {
         mp_err("cuda: no CUDA device %d (%d visible)", device, count);
         return MP_ERR_NODEV;

@@ -56,7 +56,16 @@ if [ "${1:-}" = "--prepare" ]; then
       echo "check-device --prepare: no $build/bin/$b (that step will be skipped on the device)"
     fi
   done
-  "$root/deploy/bundle-libs.sh" "$staging/lib" "${bins[@]}" | tail -1
+  # Opened at run time, so not among the binaries' NEEDED entries: the CUDA
+  # backend plugin and oneDNN (the CPU backend, the reference of test_cuda).
+  dnnl=$(ldconfig -p | awk '/libdnnl\.so\.2 /{print $NF; exit}')
+  plugin=$build/lib/libmpar-cuda.so
+  if [ ! -f "$plugin" ] || [ -z "$dnnl" ]; then
+    echo "check-device --prepare: need $plugin and libdnnl.so.2 (found: '${dnnl}')" >&2
+    exit 2
+  fi
+  "$root/deploy/bundle-libs.sh" "$staging/lib" "${bins[@]}" "$plugin" "$dnnl" | tail -1
+  cp -L "$plugin" "$dnnl" "$staging/lib/"
   tar -C "$staging/lib" -czf "$carry/lib.tar.gz" .
   fm=/usr/share/datasets/fashion-mnist
   if [ -f "$fm/train-images-idx3-ubyte.gz" ]; then
