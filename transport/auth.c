@@ -11,9 +11,9 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
-#include <openssl/rand.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -111,7 +111,21 @@ void mp_auth_secret_free(mp_auth_secret_t *secret)
 
 mp_status_t mp_auth_nonce_fill(uint8_t nonce[MP_AUTH_NONCE_LEN])
 {
-    return RAND_bytes(nonce, MP_AUTH_NONCE_LEN) == 1 ? MP_OK : MP_ERR_IO;
+    /* The kernel's CSPRNG directly: OpenSSL's DRBG would load its providers
+     * (some 2 MiB of resident pages) in every mpard, even one without a
+     * secret that never computes an HMAC. */
+    size_t got = 0;
+    while (got < MP_AUTH_NONCE_LEN) {
+        ssize_t n = getrandom(nonce + got, MP_AUTH_NONCE_LEN - got, 0);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return MP_ERR_IO;
+        }
+        got += (size_t)n;
+    }
+    return MP_OK;
 }
 
 mp_status_t mp_auth_mac_compute(const mp_auth_secret_t *secret, mp_auth_side_t side,
