@@ -22,7 +22,7 @@ enum {
 
 /* `mpar-client run JOB.json [--serial] ...`; argv[0] is "run". */
 int mp_client_run_main(int argc, char **argv);
-/* `mpar-client trace JOB [--format chrome|svg] [-o FILE]`; argv[0] is "trace". */
+/* `mpar-client trace JOB [--format chrome|svg] [--file FILE]`; argv[0] is "trace". */
 int mp_client_trace_main(int argc, char **argv);
 
 /* Writes a job document's "timeline" as Chrome trace JSON (format "chrome")

@@ -26,7 +26,7 @@ static void usage(FILE *f)
             "  status JOB                     show one job\n"
             "  logs JOB [-f]                  show a job's events\n"
             "  cancel JOB                     cancel a job\n"
-            "  trace JOB [--format chrome|svg] [-o FILE]\n"
+            "  trace JOB [--format chrome|svg] [--file FILE]\n"
             "                                 the timeline of a job's last step\n"
             "\n"
             "cluster options: --socket PATH | --connect HOST:PORT --secret-file FILE; -o json\n"

@@ -146,6 +146,7 @@ int mp_client_trace_main(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"format", required_argument, NULL, 'f'}, {"output", required_argument, NULL, 'o'},
+        {"file", required_argument, NULL, 'F'},
         {"socket", required_argument, NULL, 's'}, {"connect", required_argument, NULL, 'c'},
         {"secret-file", required_argument, NULL, 'k'}, {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -166,6 +167,15 @@ int mp_client_trace_main(int argc, char **argv)
             format = optarg;
             break;
         case 'o':
+            /* -o json, as on every command: one JSON document, the Chrome trace. */
+            if (strcmp(optarg, "json") != 0) {
+                fprintf(stderr, "mpar-client trace: -o: expected json, got '%s' (write a file "
+                                "with --file)\n", optarg);
+                return MP_EXIT_USAGE;
+            }
+            format = "chrome";
+            break;
+        case 'F':
             outpath = optarg;
             break;
         case 's':
@@ -175,7 +185,7 @@ int mp_client_trace_main(int argc, char **argv)
             conn[nconn++] = optarg;
             break;
         case 'h':
-            printf("usage: mpar-client trace JOB [--format chrome|svg] [-o FILE]\n"
+            printf("usage: mpar-client trace JOB [--format chrome|svg] [--file FILE] [-o json]\n"
                    "       [--socket PATH | --connect HOST:PORT --secret-file FILE]\n");
             return MP_EXIT_OK;
         default:
@@ -183,7 +193,7 @@ int mp_client_trace_main(int argc, char **argv)
         }
     }
     if (optind != argc - 1) {
-        fprintf(stderr, "usage: mpar-client trace JOB [--format chrome|svg] [-o FILE]\n");
+        fprintf(stderr, "usage: mpar-client trace JOB [--format chrome|svg] [--file FILE]\n");
         return MP_EXIT_USAGE;
     }
     const char *job = argv[optind];

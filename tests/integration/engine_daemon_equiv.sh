@@ -154,6 +154,23 @@ printf '{"cmd":"submit","spec":%s,"save_weights":"rel/dir"}\n' "$(cat "$T/g211.j
     fail "relative save_weights accepted"
 echo "ok status socket, status, jobs"
 
+# The timeline of the last step: Chrome trace JSON (one thread per shard,
+# forward and backward spans) and the SVG Gantt chart.
+"$CLIENT" trace "$JOB" >"$T/trace.json" || fail "trace exit"
+python3 - "$T/trace.json" <<'PY' || fail "trace: $(head -c 300 "$T/trace.json")"
+import json, sys
+d = json.load(open(sys.argv[1]))
+ev = [e for e in d["traceEvents"] if e.get("ph") == "X"]
+names = {e["name"] for e in ev}
+assert len({e["tid"] for e in ev}) == 4, "a row per shard of the 2x2 grid"
+assert any(n.startswith("F") for n in names) and any(n.startswith("B") for n in names), names
+assert all(e["dur"] >= 0 for e in ev)
+PY
+"$CLIENT" trace "$JOB" --format svg --file "$T/trace.svg" 2>/dev/null || fail "trace --format svg"
+grep -q "<svg" "$T/trace.svg" || fail "trace: no SVG"
+"$CLIENT" trace 99999 >/dev/null 2>&1 && fail "trace of a missing job exited 0"
+echo "ok trace: Chrome JSON and SVG"
+
 # Every daemon stops cleanly.
 for p in $PID_n1 $PID_n2 $PID_c0; do kill -TERM "$p"; done
 for p in $PID_n1 $PID_n2 $PID_c0; do
