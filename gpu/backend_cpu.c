@@ -471,9 +471,16 @@ static mp_status_t cpu_check_vec(const char *op, int64_t n, const void *a, const
     return MP_OK;
 }
 
-static mp_status_t cpu_gelu_fwd(mp_backend_t *be, float *y, const float *x, int64_t n)
+/* The element-wise ops share one shape: check the vectors, split the
+ * range over the backend's threads, run the kernel on each part. */
+typedef void (*k_unary_t)(float *restrict, const float *restrict, int64_t);
+typedef void (*k_binary_t)(float *restrict, const float *restrict, const float *restrict,
+                           int64_t);
+
+static mp_status_t cpu_map_unary(mp_backend_t *be, const char *op, k_unary_t k, float *y,
+                                 const float *x, int64_t n)
 {
-    mp_status_t st = cpu_check_vec("gelu_fwd", n, y, x, x);
+    mp_status_t st = cpu_check_vec(op, n, y, x, x);
     if (st != MP_OK) {
         return st;
     }
@@ -482,26 +489,37 @@ static mp_status_t cpu_gelu_fwd(mp_backend_t *be, float *y, const float *x, int6
     {
         int64_t lo, hi;
         cpu_thread_range(n, 16, &lo, &hi);
-        k_gelu_fwd(y + lo, x + lo, hi - lo);
+        k(y + lo, x + lo, hi - lo);
     }
     return MP_OK;
+}
+
+static mp_status_t cpu_map_binary(mp_backend_t *be, const char *op, k_binary_t k, float *dx,
+                                  const float *x, const float *dy, int64_t n)
+{
+    mp_status_t st = cpu_check_vec(op, n, dx, x, dy);
+    if (st != MP_OK) {
+        return st;
+    }
+    int nt = cpu_par_threads(be, n);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int64_t lo, hi;
+        cpu_thread_range(n, 16, &lo, &hi);
+        k(dx + lo, x + lo, dy + lo, hi - lo);
+    }
+    return MP_OK;
+}
+
+static mp_status_t cpu_gelu_fwd(mp_backend_t *be, float *y, const float *x, int64_t n)
+{
+    return cpu_map_unary(be, "gelu_fwd", k_gelu_fwd, y, x, n);
 }
 
 static mp_status_t cpu_gelu_bwd(mp_backend_t *be, float *dx, const float *x, const float *dy,
                                 int64_t n)
 {
-    mp_status_t st = cpu_check_vec("gelu_bwd", n, dx, x, dy);
-    if (st != MP_OK) {
-        return st;
-    }
-    int nt = cpu_par_threads(be, n);
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-        int64_t lo, hi;
-        cpu_thread_range(n, 16, &lo, &hi);
-        k_gelu_bwd(dx + lo, x + lo, dy + lo, hi - lo);
-    }
-    return MP_OK;
+    return cpu_map_binary(be, "gelu_bwd", k_gelu_bwd, dx, x, dy, n);
 }
 
 /* ---- ReLU, axpy, bias ------------------------------------------------ */
@@ -541,35 +559,13 @@ MP_KERNEL static void k_bias_add(float *restrict y, const float *restrict b, int
 
 static mp_status_t cpu_relu_fwd(mp_backend_t *be, float *y, const float *x, int64_t n)
 {
-    mp_status_t st = cpu_check_vec("relu_fwd", n, y, x, x);
-    if (st != MP_OK) {
-        return st;
-    }
-    int nt = cpu_par_threads(be, n);
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-        int64_t lo, hi;
-        cpu_thread_range(n, 16, &lo, &hi);
-        k_relu_fwd(y + lo, x + lo, hi - lo);
-    }
-    return MP_OK;
+    return cpu_map_unary(be, "relu_fwd", k_relu_fwd, y, x, n);
 }
 
 static mp_status_t cpu_relu_bwd(mp_backend_t *be, float *dx, const float *x, const float *dy,
                                 int64_t n)
 {
-    mp_status_t st = cpu_check_vec("relu_bwd", n, dx, x, dy);
-    if (st != MP_OK) {
-        return st;
-    }
-    int nt = cpu_par_threads(be, n);
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-        int64_t lo, hi;
-        cpu_thread_range(n, 16, &lo, &hi);
-        k_relu_bwd(dx + lo, x + lo, dy + lo, hi - lo);
-    }
-    return MP_OK;
+    return cpu_map_binary(be, "relu_bwd", k_relu_bwd, dx, x, dy, n);
 }
 
 static mp_status_t cpu_axpy(mp_backend_t *be, float *y, float alpha, const float *x, int64_t n)
