@@ -323,6 +323,9 @@ mp_status_t mp_exec_create(mp_xport_ctx_t *ctx, const mp_exec_opts_t *opts, mp_e
                       mp_strerror(st));
         goto err_free;
     }
+    /* Cancellation reaches every wait of the worker, a TP or DP collective's
+     * included, not only the executor's own message waits. */
+    mp_xport_worker_set_abort(ex->w, &ex->cancel);
     *exec_p = ex;
     return MP_OK;
 

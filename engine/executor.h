@@ -25,8 +25,8 @@
  * Every wait is bounded by timeout_ms; a peer that fails or stays silent
  * fails the event with an error naming the peer's rank, and mp_exec_run
  * returns it; mp_exec_cancel() (any thread) makes a running executor stop
- * at its next action or message wait with MP_ERR_CANCELLED (a TP or DP
- * collective in progress runs to its end or its own timeout first).
+ * at its next action or wait with MP_ERR_CANCELLED, a TP or DP collective
+ * in progress included (the worker's waits check the flag).
  */
 #ifndef MP_ENGINE_EXECUTOR_H
 #define MP_ENGINE_EXECUTOR_H

@@ -134,6 +134,7 @@ struct mp_xport_worker {
     int64_t timeout_ms;
     int backstop_ms;
     int spin_us;
+    const atomic_bool *abort_flag; /* mp_xport_worker_set_abort */
     int neps;
     mp_xport_ep_t *eps;
     uint64_t next_liveness_ns;
@@ -1050,6 +1051,16 @@ mp_status_t mp_xport_ep_status(const mp_xport_ep_t *ep)
     return ep->status;
 }
 
+void mp_xport_worker_set_abort(mp_xport_worker_t *w, const atomic_bool *abort_flag)
+{
+    w->abort_flag = abort_flag;
+}
+
+static int worker_aborted(const mp_xport_worker_t *w)
+{
+    return w->abort_flag != NULL && atomic_load_explicit(w->abort_flag, memory_order_relaxed);
+}
+
 void mp_xport_worker_destroy(mp_xport_worker_t *w)
 {
     if (w == NULL) {
@@ -1313,6 +1324,10 @@ static mp_status_t wait_set_impl(mp_xport_worker_t *w, mp_xport_req_t **reqs, si
         if (check != NULL && (result = check(arg)) != MP_OK) {
             break;
         }
+        if (worker_aborted(w)) {
+            result = MP_ERR_CANCELLED;
+            break;
+        }
         uint64_t now = mp_xport_now_ns();
         if (now >= deadline_ns) {
             result = MP_ERR_TIMEOUT;
@@ -1385,6 +1400,10 @@ mp_status_t mp_xport_wait(mp_xport_req_t *req, int64_t timeout_ms, mp_xport_hdr_
     while (req->status == MP_ERR_INPROGRESS) {
         int any = mp_xport_worker_progress(w);
         if (req->status != MP_ERR_INPROGRESS) {
+            break;
+        }
+        if (worker_aborted(w)) {
+            req_abort(req, MP_ERR_CANCELLED);
             break;
         }
         uint64_t now = mp_xport_now_ns();

@@ -51,6 +51,8 @@
 #ifndef MP_TRANSPORT_UCX_H
 #define MP_TRANSPORT_UCX_H
 
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -136,6 +138,11 @@ mp_status_t mp_xport_worker_create(mp_xport_ctx_t *ctx, const mp_xport_worker_op
                                    mp_xport_worker_t **worker_p);
 /* Every endpoint of the worker must have been destroyed first. */
 void mp_xport_worker_destroy(mp_xport_worker_t *worker);
+/* An abort flag (NULL: none) that every wait of this worker, collectives'
+ * included, checks between progress calls (at least every backstop): once
+ * it reads true, the wait ends with MP_ERR_CANCELLED.  The flag may be set
+ * from any thread and must outlive the worker or be unset first. */
+void mp_xport_worker_set_abort(mp_xport_worker_t *worker, const atomic_bool *abort_flag);
 uint32_t mp_xport_worker_rank(const mp_xport_worker_t *worker);
 mp_xport_ctx_t *mp_xport_worker_ctx(const mp_xport_worker_t *worker);
 int64_t mp_xport_worker_timeout_ms(const mp_xport_worker_t *worker);

@@ -7,6 +7,8 @@
  */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -325,6 +327,69 @@ Test(xport, receive_times_out_and_worker_stays_usable)
     int codes[2];
     int bad = xh_run_threads(2, timeout_rank, NULL, NULL, codes);
     cr_assert_eq(bad, 0, "rank codes %d %d", codes[0], codes[1]);
+}
+
+/* An abort flag set from another thread ends a worker's waits (a single
+ * wait and a wait on a set, as collectives use) with MP_ERR_CANCELLED long
+ * before their timeout; with the flag unset the worker goes on working. */
+static void *set_flag_later(void *arg)
+{
+    usleep(200 * 1000);
+    atomic_store((atomic_bool *)arg, true);
+    return NULL;
+}
+
+static int abort_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, uint32_t n,
+                      void *arg)
+{
+    (void)n;
+    (void)arg;
+    float buf[8];
+    if (rank == 1) {
+        static atomic_bool flag;
+        mp_xport_worker_set_abort(w, &flag);
+        for (int round = 0; round < 2; round++) {
+            atomic_store(&flag, false);
+            pthread_t t;
+            pthread_create(&t, NULL, set_flag_later, &flag);
+            uint64_t t0 = mp_xport_now_ns();
+            mp_status_t st;
+            if (round == 0) {
+                st = mp_xport_recv_wait(eps[0], JOB, MP_XPORT_KIND_ACT, 9, buf, sizeof(buf), 10000,
+                                        NULL);
+            } else {
+                mp_xport_req_t *req = NULL;
+                st = mp_xport_recv(eps[0], JOB, MP_XPORT_KIND_ACT, 10, buf, sizeof(buf), &req);
+                if (st == MP_OK) {
+                    st = mp_xport_wait_all(&req, 1, 10000);
+                }
+            }
+            double el = secs(t0, mp_xport_now_ns());
+            pthread_join(t, NULL);
+            if (st != MP_ERR_CANCELLED) {
+                return 3;
+            }
+            if (el > 3.0) {
+                return 4;
+            }
+        }
+        mp_xport_worker_set_abort(w, NULL);
+        if (ctrl_send(eps[0], CTRL_MB) != 0) {
+            return 5;
+        }
+        return ctrl_recv(eps[0], CTRL_MB + 1) == 0 ? 0 : 6;
+    }
+    if (ctrl_recv(eps[1], CTRL_MB) != 0) {
+        return 7;
+    }
+    return ctrl_send(eps[1], CTRL_MB + 1) == 0 ? 0 : 8;
+}
+
+Test(xport, abort_flag_ends_waits_before_their_timeout)
+{
+    int codes[2];
+    int bad = xh_run_threads(2, abort_rank, NULL, NULL, codes);
+    cr_assert_eq(bad, 0, "rank codes %d %d (3: not cancelled, 4: too slow)", codes[0], codes[1]);
 }
 
 /* Rank 0 is killed while rank 1 waits on it: rank 1 gets MP_ERR_PEER well before its timeout. */
