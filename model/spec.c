@@ -21,6 +21,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +54,22 @@ static void json_brief(const json_t *v, char *buf, size_t size)
         snprintf(buf, size, "%s", s);
     }
     free(s);
+}
+
+/* The error for a field of the wrong type or range: "<head>, got <v>", where
+ * head is "<path>: expected <what>". */
+static mp_status_t expected(mp_errbuf_t *err, const json_t *v, const char *fmt, ...)
+    MP_PRINTF(3, 4);
+
+static mp_status_t expected(mp_errbuf_t *err, const json_t *v, const char *fmt, ...)
+{
+    char head[sizeof(err->msg)], got[80];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(head, sizeof(head), fmt, ap);
+    va_end(ap);
+    json_brief(v, got, sizeof(got));
+    return mp_errbuf_set(err, MP_ERR_SPEC, "%s, got %s", head, got);
 }
 
 /* "parent.key", or "key" at the top level. */
@@ -110,9 +127,7 @@ static mp_status_t get_object(const json_t *parent, const char *key, const char 
         return MP_OK;
     }
     if (!json_is_object(v)) {
-        char got[80];
-        json_brief(v, got, sizeof(got));
-        return mp_errbuf_set(err, MP_ERR_SPEC, "%s: expected an object, got %s", path, got);
+        return expected(err, v, "%s: expected an object", path);
     }
     *obj_p = v;
     return MP_OK;
@@ -136,9 +151,7 @@ static mp_status_t get_int(const json_t *obj, const char *key, const char *paren
         return MP_OK;
     }
     if (!json_is_integer(v) || json_integer_value(v) < min) {
-        char got[80];
-        json_brief(v, got, sizeof(got));
-        return mp_errbuf_set(err, MP_ERR_SPEC, "%s: expected %s, got %s", path, what, got);
+        return expected(err, v, "%s: expected %s", path, what);
     }
     if (json_integer_value(v) > max) {
         return mp_errbuf_set(err, MP_ERR_SPEC, "%s: %lld is too large (at most %lld)", path,
@@ -192,9 +205,7 @@ static mp_status_t get_number(const json_t *obj, const char *key, const char *pa
         ok = ok && isfinite(x);
     }
     if (!ok) {
-        char got[80];
-        json_brief(v, got, sizeof(got));
-        return mp_errbuf_set(err, MP_ERR_SPEC, "%s: expected %s, got %s", path, what[range], got);
+        return expected(err, v, "%s: expected %s", path, what[range]);
     }
     *out_p = x;
     return MP_OK;
@@ -211,9 +222,7 @@ static mp_status_t get_bool(const json_t *obj, const char *key, const char *pare
         return MP_OK;
     }
     if (!json_is_boolean(v)) {
-        char got[80];
-        json_brief(v, got, sizeof(got));
-        return mp_errbuf_set(err, MP_ERR_SPEC, "%s: expected true or false, got %s", path, got);
+        return expected(err, v, "%s: expected true or false", path);
     }
     *out_p = json_is_true(v);
     return MP_OK;
@@ -252,9 +261,7 @@ static mp_status_t get_enum(const json_t *obj, const char *key, const char *pare
             }
         }
     }
-    char got[80];
-    json_brief(v, got, sizeof(got));
-    return mp_errbuf_set(err, MP_ERR_SPEC, "%s: expected %s, got %s", path, list, got);
+    return expected(err, v, "%s: expected %s", path, list);
 }
 
 /* ---- sections ------------------------------------------------------------- */
@@ -273,9 +280,7 @@ static mp_status_t parse_name(const json_t *root, const char *def, mp_spec_t *sp
     const char *name = def;
     if (v != NULL) {
         if (!json_is_string(v)) {
-            char got[80];
-            json_brief(v, got, sizeof(got));
-            return mp_errbuf_set(err, MP_ERR_SPEC, "name: expected a string, got %s", got);
+            return expected(err, v, "name: expected a string");
         }
         name = json_string_value(v);
     }
@@ -288,12 +293,10 @@ static mp_status_t parse_name(const json_t *root, const char *def, mp_spec_t *sp
              c == '.' || c == '_' || c == '-';
     }
     if (!ok) {
-        char got[80];
-        json_brief(v, got, sizeof(got));
-        return mp_errbuf_set(err, MP_ERR_SPEC,
-                             "name: expected 1 to %zu characters of A-Z a-z 0-9 . _ - not "
-                             "starting with . or -, got %s",
-                             sizeof(spec->name) - 1, got);
+        return expected(err, v,
+                        "name: expected 1 to %zu characters of A-Z a-z 0-9 . _ - not "
+                        "starting with . or -",
+                        sizeof(spec->name) - 1);
     }
     snprintf(spec->name, sizeof(spec->name), "%s", name);
     return MP_OK;
@@ -308,9 +311,7 @@ static mp_status_t parse_layer(const json_t *lj, int i, int64_t in_dim, const ch
     char path[64], fpath[80], ctx[64];
     snprintf(path, sizeof(path), "model.layers[%d]", i);
     if (!json_is_object(lj)) {
-        char got[80];
-        json_brief(lj, got, sizeof(got));
-        return mp_errbuf_set(err, MP_ERR_SPEC, "%s: expected an object, got %s", path, got);
+        return expected(err, lj, "%s: expected an object", path);
     }
     int kind;
     mp_status_t st = get_enum(lj, "type", path, 1, 0, layer_kind_names, 4, &kind, err);
@@ -399,11 +400,7 @@ static mp_status_t parse_model(const json_t *root, mp_spec_t *spec, mp_errbuf_t 
                              "layer objects)");
     }
     if (!json_is_array(layers) || json_array_size(layers) == 0) {
-        char got[80];
-        json_brief(layers, got, sizeof(got));
-        return mp_errbuf_set(err, MP_ERR_SPEC,
-                             "model.layers: expected a non-empty array of layer objects, got %s",
-                             got);
+        return expected(err, layers, "model.layers: expected a non-empty array of layer objects");
     }
     if (json_array_size(layers) > MP_SPEC_MAX_LAYERS) {
         return mp_errbuf_set(err, MP_ERR_SPEC, "model.layers: %zu layers, at most %d are supported",
@@ -450,12 +447,10 @@ static mp_status_t parse_data(const json_t *root, mp_spec_t *spec, mp_errbuf_t *
         if (p != NULL) {
             if (!json_is_string(p) || json_string_length(p) == 0 ||
                 json_string_length(p) >= sizeof(spec->data.path)) {
-                char got[80];
-                json_brief(p, got, sizeof(got));
-                return mp_errbuf_set(err, MP_ERR_SPEC,
-                                     "data.path: expected a folder name (a non-empty string "
-                                     "under %zu bytes), got %s",
-                                     sizeof(spec->data.path), got);
+                return expected(err, p,
+                                "data.path: expected a folder name (a non-empty string "
+                                "under %zu bytes)",
+                                sizeof(spec->data.path));
             }
             path = json_string_value(p);
         }
@@ -578,12 +573,8 @@ static mp_status_t parse_parallel(const json_t *root, mp_spec_t *spec, mp_errbuf
                                  "parallel.partition, not both");
         }
         if (!json_is_array(stages)) {
-            char got[80];
-            json_brief(stages, got, sizeof(got));
-            return mp_errbuf_set(err, MP_ERR_SPEC,
-                                 "parallel.stages: expected an array of layer counts, one per "
-                                 "stage, got %s",
-                                 got);
+            return expected(err, stages,
+                            "parallel.stages: expected an array of layer counts, one per stage");
         }
         if ((int64_t)json_array_size(stages) != pp) {
             return mp_errbuf_set(err, MP_ERR_SPEC,
@@ -595,12 +586,8 @@ static mp_status_t parse_parallel(const json_t *root, mp_spec_t *spec, mp_errbuf
             json_t *v = json_array_get(stages, (size_t)s);
             if (!json_is_integer(v) || json_integer_value(v) < 1 ||
                 json_integer_value(v) > nl) {
-                char got[80];
-                json_brief(v, got, sizeof(got));
-                return mp_errbuf_set(err, MP_ERR_SPEC,
-                                     "parallel.stages[%d]: expected a layer count from 1 to %d, "
-                                     "got %s",
-                                     s, nl, got);
+                return expected(err, v, "parallel.stages[%d]: expected a layer count from 1 to %d",
+                                s, nl);
             }
             spec->parallel.stage_layers[s] = (int)json_integer_value(v);
             sum += json_integer_value(v);
@@ -725,23 +712,15 @@ static mp_status_t parse_train(const json_t *root, mp_spec_t *spec, mp_errbuf_t 
     json_t *betas = json_object_get(tj, "betas");
     if (betas != NULL) {
         if (!json_is_array(betas) || json_array_size(betas) != 2) {
-            char got[80];
-            json_brief(betas, got, sizeof(got));
-            return mp_errbuf_set(err, MP_ERR_SPEC,
-                                 "train.betas: expected an array of two numbers [beta1, beta2], "
-                                 "got %s",
-                                 got);
+            return expected(err, betas,
+                            "train.betas: expected an array of two numbers [beta1, beta2]");
         }
         double b[2];
         for (int i = 0; i < 2; i++) {
             json_t *v = json_array_get(betas, (size_t)i);
             b[i] = json_is_number(v) ? json_number_value(v) : -1.0;
             if (!(b[i] >= 0.0 && b[i] < 1.0)) {
-                char got[80];
-                json_brief(v, got, sizeof(got));
-                return mp_errbuf_set(err, MP_ERR_SPEC,
-                                     "train.betas[%d]: expected a number in [0, 1), got %s", i,
-                                     got);
+                return expected(err, v, "train.betas[%d]: expected a number in [0, 1)", i);
             }
         }
         spec->train.beta1 = b[0];
@@ -773,9 +752,7 @@ static mp_status_t spec_parse(const char *json, size_t len, const char *default_
     mp_status_t st;
     mp_spec_t *spec = NULL;
     if (!json_is_object(root)) {
-        char got[80];
-        json_brief(root, got, sizeof(got));
-        st = mp_errbuf_set(err, MP_ERR_SPEC, "job spec: expected a JSON object, got %s", got);
+        st = expected(err, root, "job spec: expected a JSON object");
         goto free_json;
     }
     spec = mp_calloc(1, sizeof(*spec));
