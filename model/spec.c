@@ -273,6 +273,17 @@ static const char *const part_names[] = {"uniform", "balanced"};
 static const char *const optim_names[] = {"sgd", "adamw"};
 static const char *const data_names[] = {"fashion-mnist", "synthetic"};
 
+/* A character a job name may hold: the name appears in file names, logs and
+ * tables, so it stays plain (A-Z a-z 0-9 . _ -, not starting with . or -). */
+static int name_char_ok(char c, int first)
+{
+    if (first && (c == '.' || c == '-')) {
+        return 0;
+    }
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
+}
+
 static mp_status_t parse_name(const json_t *root, const char *def, mp_spec_t *spec,
                               mp_errbuf_t *err)
 {
@@ -284,13 +295,10 @@ static mp_status_t parse_name(const json_t *root, const char *def, mp_spec_t *sp
         }
         name = json_string_value(v);
     }
-    /* The name appears in file names, logs and tables: keep it plain. */
     size_t len = strlen(name);
-    int ok = len >= 1 && len < sizeof(spec->name) && name[0] != '.' && name[0] != '-';
+    int ok = len >= 1 && len < sizeof(spec->name);
     for (size_t i = 0; i < len && ok; i++) {
-        char c = name[i];
-        ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-             c == '.' || c == '_' || c == '-';
+        ok = name_char_ok(name[i], i == 0);
     }
     if (!ok) {
         return expected(err, v,
@@ -841,9 +849,7 @@ mp_status_t mp_spec_load(const char *path, mp_spec_t **spec_p, mp_errbuf_t *err)
             name[n - 5] = '\0';
         }
         for (char *c = name; *c != '\0'; c++) {
-            int ok = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
-                     (*c >= '0' && *c <= '9') || *c == '.' || *c == '_' || *c == '-';
-            if (!ok || (c == name && (*c == '.' || *c == '-'))) {
+            if (!name_char_ok(*c, c == name)) {
                 *c = '_';
             }
         }
