@@ -322,6 +322,26 @@ static void fill_id(Mpar__ShardId *id, const shard_t *s)
     id->dp_rank = (uint32_t)s->dp_rank;
 }
 
+/* The ShardReport that says shard s is done (with error, "" when it
+ * succeeded) or that its thread has exited. */
+static void send_shard_end(mp_shards_t *sh, const shard_t *s, bool done, bool exited,
+                           const char *error)
+{
+    Mpar__Envelope env = MPAR__ENVELOPE__INIT;
+    Mpar__ShardReport r = MPAR__SHARD_REPORT__INIT;
+    Mpar__ShardId sid;
+    fill_id(&sid, s);
+    r.job_id = s->job->id;
+    r.shard = &sid;
+    r.rank = (uint32_t)s->rank;
+    r.done = done;
+    r.exited = exited;
+    r.error = (char *)error;
+    env.msg_case = MPAR__ENVELOPE__MSG_SHARD_REPORT;
+    env.shard_report = &r;
+    send_env(sh, &env);
+}
+
 static void job_abort(node_job_t *j, const char *why)
 {
     pthread_mutex_lock(&j->mu);
@@ -406,7 +426,6 @@ static void on_msg(void *owner, mp_mbox_msg_t *base)
         break;
     }
     case MSG_DONE: {
-        Mpar__ShardReport r = MPAR__SHARD_REPORT__INIT;
         char error[1100] = "";
         if (m->st != MP_OK) {
             snprintf(error, sizeof(error), "%s", m->error[0] ? m->error : mp_strerror(m->st));
@@ -415,14 +434,7 @@ static void on_msg(void *owner, mp_mbox_msg_t *base)
                         s->stage, s->tp_rank, s->dp_rank, error);
             }
         }
-        r.job_id = j->id;
-        r.shard = &sid;
-        r.rank = (uint32_t)s->rank;
-        r.done = true;
-        r.error = error;
-        env.msg_case = MPAR__ENVELOPE__MSG_SHARD_REPORT;
-        env.shard_report = &r;
-        send_env(sh, &env);
+        send_shard_end(sh, s, true, false, error);
         break;
     }
     case MSG_EXITED: {
@@ -430,16 +442,8 @@ static void on_msg(void *owner, mp_mbox_msg_t *base)
         s->exited = true;
         j->running--;
         sh->running--;
-        Mpar__ShardReport r = MPAR__SHARD_REPORT__INIT;
-        r.job_id = j->id;
-        r.shard = &sid;
-        r.rank = (uint32_t)s->rank;
-        r.exited = true;
-        r.error = "";
-        env.msg_case = MPAR__ENVELOPE__MSG_SHARD_REPORT;
-        env.shard_report = &r;
         if (!sh->stopping) {
-            send_env(sh, &env);
+            send_shard_end(sh, s, false, true, "");
         }
         if (j->running == 0) {
             mp_info("job %s: every shard of this node has ended", j->id);
@@ -551,18 +555,7 @@ static void on_assignment(mp_shards_t *sh, const Mpar__JobAssignment *a)
     for (int i = 0; i < j->nshards; i++) {
         shard_t *s = &j->shards[i];
         if (pthread_create(&s->tid, NULL, shard_main, s) != 0) {
-            Mpar__Envelope env = MPAR__ENVELOPE__INIT;
-            Mpar__ShardReport r = MPAR__SHARD_REPORT__INIT;
-            Mpar__ShardId sid;
-            fill_id(&sid, s);
-            r.job_id = j->id;
-            r.shard = &sid;
-            r.rank = (uint32_t)s->rank;
-            r.done = true;
-            r.error = "cannot start the shard's thread";
-            env.msg_case = MPAR__ENVELOPE__MSG_SHARD_REPORT;
-            env.shard_report = &r;
-            send_env(sh, &env);
+            send_shard_end(sh, s, true, false, "cannot start the shard's thread");
             continue;
         }
         s->started = true;
