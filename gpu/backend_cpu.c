@@ -37,6 +37,7 @@
 #include "common/alloc.h"
 #include "common/log.h"
 #include "gpu/backend.h"
+#include "gpu/optim_scalars.h"
 
 /* Hot kernels get an AVX2+FMA clone chosen at load time; the default clone
  * runs anywhere.  No kernel uses contraction implicitly (ISO C mode), so
@@ -700,24 +701,7 @@ static mp_status_t cpu_xent_bwd(mp_backend_t *be, float *dlogits, const float *p
 
 /* ---- optimizers ------------------------------------------------------ */
 
-/*
- * torch.optim computes its scalars (1 - lr*wd, 1 - beta1**t, ...) in Python
- * doubles from the user's decimal hyper-parameters, while mp_optim_hp_t
- * carries floats.  The shortest decimal that rounds to the float is the
- * value the user wrote (0.9f -> 0.9), so the doubles match PyTorch's.
- */
-static double hp_decimal(float f)
-{
-    char buf[32];
-    for (int prec = 6; prec <= 9; prec++) {
-        snprintf(buf, sizeof buf, "%.*g", prec, (double)f);
-        double d = strtod(buf, NULL);
-        if ((float)d == f) {
-            return d;
-        }
-    }
-    return (double)f;
-}
+/* The steps' scalars come from gpu/optim_scalars.h, shared with the CUDA backend. */
 
 typedef struct {
     float wd, momentum, one_minus_damp, neg_lr;
@@ -763,7 +747,7 @@ static mp_status_t cpu_sgd_step(mp_backend_t *be, float *p, const float *grad, f
     sgd_consts_t k = {
         .wd = hp->weight_decay,
         .momentum = hp->momentum,
-        .one_minus_damp = (float)(1.0 - hp_decimal(hp->dampening)),
+        .one_minus_damp = mp_optim_sgd_one_minus_damp(hp),
         .neg_lr = -hp->lr,
         .first = hp->step == 1,
         .nesterov = hp->nesterov,
@@ -778,17 +762,14 @@ static mp_status_t cpu_sgd_step(mp_backend_t *be, float *p, const float *grad, f
     return MP_OK;
 }
 
-typedef struct {
-    float decay, beta1, one_minus_beta1, beta2, one_minus_beta2, bc2_sqrt, eps, neg_step;
-} adamw_consts_t;
-
 /* _single_tensor_adamw (torch 1.13, foreach off as on CPU):
  *   p.mul_(1 - lr*wd); m.mul_(b1).add_(g, alpha=1-b1); v.mul_(b2).addcmul_(g, g, value=1-b2);
  *   denom = (v.sqrt() / sqrt(bc2)).add_(eps); p.addcdiv_(m, denom, value=-lr/bc1)
  * with ATen's CPU rounding: add_ = fma(g, alpha, m*b1), addcmul_ = fma(value*g, g, v),
- * addcdiv_ = p + (value*m)/denom. */
+ * addcdiv_ = p + (value*m)/denom, written p - (step_size*m)/denom (the same bits:
+ * negation is exact). */
 MP_KERNEL static void k_adamw(float *restrict p, const float *restrict grad, float *restrict m,
-                              float *restrict v, int64_t n, adamw_consts_t k)
+                              float *restrict v, int64_t n, mp_optim_adamw_scalars_t k)
 {
     for (int64_t i = 0; i < n; i++) {
         float g = grad[i];
@@ -796,7 +777,7 @@ MP_KERNEL static void k_adamw(float *restrict p, const float *restrict grad, flo
         float mi = fmaf(g, k.one_minus_beta1, m[i] * k.beta1);
         float vi = fmaf(k.one_minus_beta2 * g, g, v[i] * k.beta2);
         float denom = sqrtf(vi) / k.bc2_sqrt + k.eps;
-        p[i] = pi + (k.neg_step * mi) / denom;
+        p[i] = pi - (k.step_size * mi) / denom;
         m[i] = mi;
         v[i] = vi;
     }
@@ -815,21 +796,7 @@ static mp_status_t cpu_adamw_step(mp_backend_t *be, float *p, const float *grad,
     if (st != MP_OK) {
         return st;
     }
-    double lr = hp_decimal(hp->lr), wd = hp_decimal(hp->weight_decay);
-    double b1 = hp_decimal(hp->beta1), b2 = hp_decimal(hp->beta2), eps = hp_decimal(hp->eps);
-    double t = (double)hp->step;
-    double bc1 = 1.0 - pow(b1, t);
-    double bc2 = 1.0 - pow(b2, t);
-    adamw_consts_t k = {
-        .decay = (float)(1.0 - lr * wd),
-        .beta1 = (float)b1,
-        .one_minus_beta1 = (float)(1.0 - b1),
-        .beta2 = (float)b2,
-        .one_minus_beta2 = (float)(1.0 - b2),
-        .bc2_sqrt = (float)sqrt(bc2),
-        .eps = (float)eps,
-        .neg_step = (float)(-(lr / bc1)),
-    };
+    mp_optim_adamw_scalars_t k = mp_optim_adamw_scalars(hp);
     int nt = cpu_par_threads(be, n);
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {

@@ -37,6 +37,7 @@
 #include "common/log.h"
 #include "gpu/backend.h"
 #include "gpu/cuda_internal.h"
+#include "gpu/optim_scalars.h"
 
 static mp_status_t cuda_check(cudaError_t err, const char *what, const char *file, int line)
 {
@@ -398,25 +399,7 @@ static mp_status_t cuda_xent_bwd(mp_backend_t *be, float *dlogits, const float *
 
 /* ---- optimizers ------------------------------------------------------------------------ */
 
-/*
- * torch.optim computes its scalars (1 - lr*wd, 1 - beta1**t, ...) in Python
- * doubles from the decimal hyper-parameters the user wrote, while
- * mp_optim_hp_t carries floats.  The shortest decimal that rounds back to
- * the float is what the user wrote (0.9f -> 0.9), so the scalars computed
- * from it match PyTorch's before they are rounded to float for the kernel.
- */
-static double hp_decimal(float f)
-{
-    char buf[32];
-    for (int prec = 6; prec <= 9; prec++) {
-        snprintf(buf, sizeof(buf), "%.*g", prec, (double)f);
-        double d = strtod(buf, NULL);
-        if ((float)d == f) {
-            return d;
-        }
-    }
-    return (double)f;
-}
+/* The steps' scalars come from gpu/optim_scalars.h, shared with the CPU backend. */
 
 static mp_status_t cuda_sgd_step(mp_backend_t *be, float *p, const float *grad, float *buf,
                                  int64_t n, const mp_optim_hp_t *hp)
@@ -436,9 +419,9 @@ static mp_status_t cuda_sgd_step(mp_backend_t *be, float *p, const float *grad, 
         return MP_ERR_INVAL;
     }
     ENTER(cb);
-    float one_minus_damp = (float)(1.0 - hp_decimal(hp->dampening));
-    CUDA_TRY(mp_cuda_sgd_launch(cb->stream, p, grad, buf, n, hp->lr, hp->momentum, one_minus_damp,
-                                hp->weight_decay, hp->nesterov, hp->step == 1));
+    CUDA_TRY(mp_cuda_sgd_launch(cb->stream, p, grad, buf, n, hp->lr, hp->momentum,
+                                mp_optim_sgd_one_minus_damp(hp), hp->weight_decay, hp->nesterov,
+                                hp->step == 1));
     return MP_OK;
 }
 
@@ -451,14 +434,9 @@ static mp_status_t cuda_adamw_step(mp_backend_t *be, float *p, const float *grad
         return MP_ERR_INVAL;
     }
     ENTER(cb);
-    double lr = hp_decimal(hp->lr), wd = hp_decimal(hp->weight_decay);
-    double b1 = hp_decimal(hp->beta1), b2 = hp_decimal(hp->beta2);
-    double t = (double)hp->step;
-    double bc1 = 1.0 - pow(b1, t);
-    double bc2 = 1.0 - pow(b2, t);
-    CUDA_TRY(mp_cuda_adamw_launch(cb->stream, p, grad, m, v, n, (float)(1.0 - lr * wd),
-                                  (float)(1.0 - b1), (float)b2, (float)(1.0 - b2),
-                                  (float)(lr / bc1), (float)sqrt(bc2), (float)hp_decimal(hp->eps)));
+    mp_optim_adamw_scalars_t k = mp_optim_adamw_scalars(hp);
+    CUDA_TRY(mp_cuda_adamw_launch(cb->stream, p, grad, m, v, n, k.decay, k.one_minus_beta1, k.beta2,
+                                  k.one_minus_beta2, k.step_size, k.bc2_sqrt, k.eps));
     return MP_OK;
 }
 
