@@ -1298,53 +1298,63 @@ static void req_finish(mp_xport_req_t *r)
 
 #define SEND_GRACE_NS (200ull * 1000 * 1000)
 
-static mp_status_t wait_set_impl(mp_xport_worker_t *w, mp_xport_req_t **reqs, size_t n,
-                                 uint64_t deadline_ns, mp_xport_check_fn check, void *arg,
-                                 int close_sends)
+/*
+ * Progresses w until every request of reqs (NULL entries are skipped) has
+ * completed, one has failed, check() reports an error, the worker's abort
+ * flag is set, or deadline_ns passes: after any progress it spins (yielding
+ * the core) for the worker's spin_us, then sleeps on the event fd.  Returns
+ * the first failed request's status or the reason it stopped, MP_OK when
+ * all completed; requests still in flight are left to the caller.
+ */
+static mp_status_t wait_progress(mp_xport_worker_t *w, mp_xport_req_t *const *reqs, size_t n,
+                                 uint64_t deadline_ns, mp_xport_check_fn check, void *arg)
 {
-    mp_status_t result = MP_OK;
     uint64_t spin_ns = (uint64_t)w->spin_us * 1000ull;
     uint64_t spin_end = mp_xport_now_ns() + spin_ns;
     for (;;) {
         int any = mp_xport_worker_progress(w);
         int all_done = 1;
-        for (size_t i = 0; i < n && result == MP_OK; i++) {
+        for (size_t i = 0; i < n; i++) {
             if (reqs[i] == NULL) {
                 continue;
             }
             if (reqs[i]->status == MP_ERR_INPROGRESS) {
                 all_done = 0;
             } else if (reqs[i]->status != MP_OK) {
-                result = reqs[i]->status;
+                return reqs[i]->status;
             }
         }
-        if (result != MP_OK || all_done) {
-            break;
+        if (all_done) {
+            return MP_OK;
         }
-        if (check != NULL && (result = check(arg)) != MP_OK) {
-            break;
+        mp_status_t st;
+        if (check != NULL && (st = check(arg)) != MP_OK) {
+            return st;
         }
         if (worker_aborted(w)) {
-            result = MP_ERR_CANCELLED;
-            break;
+            return MP_ERR_CANCELLED;
         }
         uint64_t now = mp_xport_now_ns();
         if (now >= deadline_ns) {
-            result = MP_ERR_TIMEOUT;
-            break;
+            return MP_ERR_TIMEOUT;
         }
         if (any) {
             spin_end = now + spin_ns;
-            continue;
-        }
-        if (now < spin_end) {
+        } else if (now < spin_end) {
             /* Spin politely: on an oversubscribed host the peer we wait for may need this core. */
             sched_yield();
-            continue;
+        } else {
+            worker_sleep(w, deadline_ns - now);
+            spin_end = mp_xport_now_ns() + spin_ns;
         }
-        worker_sleep(w, deadline_ns - now);
-        spin_end = mp_xport_now_ns() + spin_ns;
     }
+}
+
+static mp_status_t wait_set_impl(mp_xport_worker_t *w, mp_xport_req_t **reqs, size_t n,
+                                 uint64_t deadline_ns, mp_xport_check_fn check, void *arg,
+                                 int close_sends)
+{
+    mp_status_t result = wait_progress(w, reqs, n, deadline_ns, check, arg);
     for (size_t i = 0; i < n; i++) {
         mp_xport_req_t *r = reqs[i];
         if (r == NULL) {
@@ -1394,33 +1404,13 @@ mp_status_t mp_xport_wait(mp_xport_req_t *req, int64_t timeout_ms, mp_xport_hdr_
     int is_recv = req->type == REQ_RECV;
     mp_xport_hdr_t hdr = {0};
     uint64_t deadline = deadline_from(w, timeout_ms);
-    mp_status_t st;
-    uint64_t spin_ns = (uint64_t)w->spin_us * 1000ull;
-    uint64_t spin_end = mp_xport_now_ns() + spin_ns;
-    while (req->status == MP_ERR_INPROGRESS) {
-        int any = mp_xport_worker_progress(w);
-        if (req->status != MP_ERR_INPROGRESS) {
-            break;
-        }
-        if (worker_aborted(w)) {
-            req_abort(req, MP_ERR_CANCELLED);
-            break;
-        }
-        uint64_t now = mp_xport_now_ns();
-        if (now >= deadline) {
-            req_abort(req, MP_ERR_TIMEOUT);
-            break;
-        }
-        if (any) {
-            spin_end = now + spin_ns;
-        } else if (now >= spin_end) {
-            worker_sleep(w, deadline - now);
-            spin_end = mp_xport_now_ns() + spin_ns;
-        } else {
-            sched_yield();
+    if (req->status == MP_ERR_INPROGRESS) {
+        mp_status_t why = wait_progress(w, &req, 1, deadline, NULL, NULL);
+        if (req->status == MP_ERR_INPROGRESS) {
+            req_abort(req, why); /* timed out or aborted */
         }
     }
-    st = req->status;
+    mp_status_t st = req->status;
     if (st == MP_OK && is_recv) {
         hdr = req->hdr;
     }
