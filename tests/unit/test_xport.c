@@ -50,6 +50,23 @@ static int ctrl_recv(mp_xport_ep_t *ep, uint32_t mb)
                : 1;
 }
 
+/* After rank 1's failed wait, one control message each way between ranks 0
+ * and 1 proves that both workers still work: 0, or the step that failed
+ * (5, 6 on rank 1; 7, 8 on rank 0). */
+static int still_usable(mp_xport_ep_t **eps, uint32_t rank)
+{
+    if (rank == 1) {
+        if (ctrl_send(eps[0], CTRL_MB) != 0) {
+            return 5;
+        }
+        return ctrl_recv(eps[0], CTRL_MB + 1) == 0 ? 0 : 6;
+    }
+    if (ctrl_recv(eps[1], CTRL_MB) != 0) {
+        return 7;
+    }
+    return ctrl_send(eps[1], CTRL_MB + 1) == 0 ? 0 : 8;
+}
+
 /* Element counts around the inline limit and the rendezvous range. */
 static const size_t sizes[] = {0, 1, 7, 2047, 2048, 2049, 10007, 262147, 1048576 + 3};
 #define NSIZES (sizeof(sizes) / sizeof(sizes[0]))
@@ -311,15 +328,8 @@ static int timeout_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank
         if (el < 0.29 || el > 3.0) {
             return 4;
         }
-        if (ctrl_send(eps[0], CTRL_MB) != 0) {
-            return 5;
-        }
-        return ctrl_recv(eps[0], CTRL_MB + 1) == 0 ? 0 : 6;
     }
-    if (ctrl_recv(eps[1], CTRL_MB) != 0) {
-        return 7;
-    }
-    return ctrl_send(eps[1], CTRL_MB + 1) == 0 ? 0 : 8;
+    return still_usable(eps, rank);
 }
 
 Test(xport, receive_times_out_and_worker_stays_usable)
@@ -374,15 +384,8 @@ static int abort_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, 
             }
         }
         mp_xport_worker_set_abort(w, NULL);
-        if (ctrl_send(eps[0], CTRL_MB) != 0) {
-            return 5;
-        }
-        return ctrl_recv(eps[0], CTRL_MB + 1) == 0 ? 0 : 6;
     }
-    if (ctrl_recv(eps[1], CTRL_MB) != 0) {
-        return 7;
-    }
-    return ctrl_send(eps[1], CTRL_MB + 1) == 0 ? 0 : 8;
+    return still_usable(eps, rank);
 }
 
 Test(xport, abort_flag_ends_waits_before_their_timeout)
