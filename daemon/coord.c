@@ -61,6 +61,25 @@ static void job_send_event(coord_job_t *j, const Mpar__JobEvent *ev, watcher_t *
     mp_session_send(w->s, &env);
 }
 
+/* The next event slot of j, initialized; it counts once the caller has
+ * filled it in (j->nevents++).  NULL when out of memory. */
+static Mpar__JobEvent *job_event_next(coord_job_t *j)
+{
+    if (j->nevents == j->cap_events) {
+        size_t cap = j->cap_events ? j->cap_events * 2 : 8;
+        Mpar__JobEvent *ne = mp_realloc(j->events, cap * sizeof(*ne));
+        if (ne == NULL) {
+            return NULL;
+        }
+        j->events = ne;
+        j->cap_events = cap;
+    }
+    Mpar__JobEvent *ev = &j->events[j->nevents];
+    mpar__job_event__init(ev);
+    ev->job_id = j->id;
+    return ev;
+}
+
 void coord_job_add_event(mp_coord_t *c, coord_job_t *j, const char *message, uint64_t step,
                          bool has_loss, double loss)
 {
@@ -70,19 +89,11 @@ void coord_job_add_event(mp_coord_t *c, coord_job_t *j, const char *message, uin
         memmove(&j->events[1], &j->events[2], (EVENTS_MAX - 2) * sizeof(j->events[0]));
         j->nevents--;
     }
-    if (j->nevents == j->cap_events) {
-        size_t cap = j->cap_events ? j->cap_events * 2 : 8;
-        Mpar__JobEvent *ne = mp_realloc(j->events, cap * sizeof(*ne));
-        if (ne == NULL) {
-            mp_err("job %s: out of memory for its event log", j->id);
-            return;
-        }
-        j->events = ne;
-        j->cap_events = cap;
+    Mpar__JobEvent *ev = job_event_next(j);
+    if (ev == NULL) {
+        mp_err("job %s: out of memory for its event log", j->id);
+        return;
     }
-    Mpar__JobEvent *ev = &j->events[j->nevents];
-    mpar__job_event__init(ev);
-    ev->job_id = j->id;
     ev->unix_ms = mpard_now_ms();
     ev->state = j->info.state;
     ev->message = mp_strdup(message);
@@ -1036,18 +1047,10 @@ static mp_status_t coord_load(mp_coord_t *c, mp_errbuf_t *err)
         json_t *e;
         json_array_foreach(json_object_get(o, "events"), k, e)
         {
-            if (j->nevents == j->cap_events) {
-                size_t cap = j->cap_events ? j->cap_events * 2 : 8;
-                Mpar__JobEvent *ne = mp_realloc(j->events, cap * sizeof(*ne));
-                if (ne == NULL) {
-                    break;
-                }
-                j->events = ne;
-                j->cap_events = cap;
+            Mpar__JobEvent *ev = job_event_next(j);
+            if (ev == NULL) {
+                break;
             }
-            Mpar__JobEvent *ev = &j->events[j->nevents];
-            mpar__job_event__init(ev);
-            ev->job_id = j->id;
             ev->unix_ms = jint(e, "unix_ms");
             const char *es = json_string_value(json_object_get(e, "state"));
             ev->state = job_state_parse(es ? es : "");
