@@ -1080,7 +1080,7 @@ static mp_status_t coord_load(mp_coord_t *c, mp_errbuf_t *err)
     return MP_OK;
 }
 
-static mp_status_t mkdir_p(const char *path, mp_errbuf_t *err)
+mp_status_t coord_mkdir_p(const char *path, mode_t mode, mp_errbuf_t *err)
 {
     char buf[PATH_MAX];
     snprintf(buf, sizeof(buf), "%s", path);
@@ -1093,7 +1093,7 @@ static mp_status_t mkdir_p(const char *path, mp_errbuf_t *err)
             *p = '/';
         }
     }
-    if (mkdir(buf, 0700) != 0 && errno != EEXIST) {
+    if (mkdir(buf, mode) != 0 && errno != EEXIST) {
         return mp_errbuf_set(err, MP_ERR_IO, "cannot create %s: %s", buf, strerror(errno));
     }
     return MP_OK;
@@ -1110,7 +1110,7 @@ mp_status_t mp_coord_create(mpard_t *d, mp_coord_t **coord_p)
     c->next_job = 1;
     snprintf(c->state_path, sizeof(c->state_path), "%s/%s", d->cfg.state_dir, STATE_FILE);
     snprintf(c->tmp_path, sizeof(c->tmp_path), "%s/%s.tmp", d->cfg.state_dir, STATE_FILE);
-    mp_status_t st = mkdir_p(d->cfg.state_dir, &err);
+    mp_status_t st = coord_mkdir_p(d->cfg.state_dir, 0700, &err);
     if (st == MP_OK) {
         /* Loading may mark jobs FAILED; saving waits until the loop runs. */
         c->save_inflight = true;

@@ -6,6 +6,8 @@
 #ifndef MP_DAEMON_COORD_INTERNAL_H
 #define MP_DAEMON_COORD_INTERNAL_H
 
+#include <sys/types.h>
+
 #include "daemon/mpard.h"
 #include "parallel/placement.h"
 
@@ -86,6 +88,8 @@ void coord_job_set_state(mp_coord_t *c, coord_job_t *j, Mpar__JobState state, co
 void coord_job_add_event(mp_coord_t *c, coord_job_t *j, const char *message, uint64_t step,
                          bool has_loss, double loss);
 void coord_job_results_free(coord_job_t *j);
+/* mkdir -p: the missing parents 0755, the last one mode.  Any thread. */
+mp_status_t coord_mkdir_p(const char *path, mode_t mode, mp_errbuf_t *err);
 void coord_save(mp_coord_t *c);
 void coord_reschedule(mp_coord_t *c);
 coord_job_t *coord_job_by_id(mp_coord_t *c, const char *id);

@@ -12,12 +12,10 @@
  * CANCELLED by the user.  Owns the run records and the feeder threads; all
  * of this runs on the libuv thread except feeder_main.
  */
-#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "common/alloc.h"
 #include "common/log.h"
@@ -135,25 +133,6 @@ static void wait_flag(jobrun_t *r, const bool *flag)
     pthread_mutex_unlock(&r->mu);
 }
 
-static mp_status_t mkdir_p(const char *path, mp_errbuf_t *err)
-{
-    char buf[PATH_MAX];
-    snprintf(buf, sizeof(buf), "%s", path);
-    for (char *p = buf + 1;; p++) {
-        if (*p == '/' || *p == '\0') {
-            char c = *p;
-            *p = '\0';
-            if (mkdir(buf, 0755) != 0 && errno != EEXIST) {
-                return mp_errbuf_set(err, MP_ERR_IO, "cannot create %s: %s", buf, strerror(errno));
-            }
-            *p = c;
-            if (c == '\0') {
-                return MP_OK;
-            }
-        }
-    }
-}
-
 static void *feeder_main(void *arg)
 {
     jobrun_t *r = arg;
@@ -220,7 +199,7 @@ static void *feeder_main(void *arg)
         if (st == MP_OK && save) {
             st = mp_gather_run(gth, (const void *const *)r->addr, r->len, &err);
             if (st == MP_OK) {
-                st = mkdir_p(r->save_dir, &err);
+                st = coord_mkdir_p(r->save_dir, 0755, &err);
             }
             if (st == MP_OK) {
                 st = mp_gather_save(gth, r->save_dir, &err);
