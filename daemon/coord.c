@@ -587,6 +587,66 @@ void coord_job_results_free(coord_job_t *j)
     j->info.timeline = NULL;
 }
 
+Mpar__PlacementEntry *coord_job_placement_new(coord_job_t *j, size_t n)
+{
+    const size_t strs_each = PLACE_NODE_MAX + PLACE_DEVICE_MAX;
+    j->place = mp_calloc(n, sizeof(*j->place) + strs_each);
+    j->placep = mp_calloc(n, sizeof(*j->placep));
+    if (j->place == NULL || j->placep == NULL) {
+        mp_free(j->place);
+        mp_free(j->placep);
+        j->place = NULL;
+        j->placep = NULL;
+        return NULL;
+    }
+    /* The node and device strings follow the entries. */
+    char *strs = (char *)(j->place + n);
+    for (size_t i = 0; i < n; i++) {
+        Mpar__PlacementEntry *p = &j->place[i];
+        mpar__placement_entry__init(p);
+        p->node = strs + strs_each * i;
+        p->device = p->node + PLACE_NODE_MAX;
+        j->placep[i] = p;
+    }
+    j->info.placement = j->placep;
+    j->info.n_placement = n;
+    return j->place;
+}
+
+Mpar__TimelineRow *coord_timeline_row_new(size_t ns, const char *node)
+{
+    /* One block: the span pointers, the spans, the node's name. */
+    Mpar__TimelineRow *row = mp_calloc(1, sizeof(*row));
+    void *blk = mp_calloc(1, (ns + 1) * (sizeof(Mpar__Span *) + sizeof(Mpar__Span)) + 64);
+    if (row == NULL || blk == NULL) {
+        mp_free(row);
+        mp_free(blk);
+        return NULL;
+    }
+    mpar__timeline_row__init(row);
+    row->spans = blk;
+    Mpar__Span *sp = (Mpar__Span *)(row->spans + ns + 1);
+    row->node = (char *)(sp + ns + 1);
+    snprintf(row->node, 64, "%s", node);
+    for (size_t k = 0; k < ns; k++) {
+        mpar__span__init(&sp[k]);
+        row->spans[k] = &sp[k];
+    }
+    row->n_spans = ns;
+    return row;
+}
+
+bool coord_op_parse(const char *name, mp_sched_op_t *op_p)
+{
+    for (int q = 0; q <= MP_SCHED_OPT_STEP && name != NULL; q++) {
+        if (strcmp(name, mp_sched_op_name((mp_sched_op_t)q)) == 0) {
+            *op_p = (mp_sched_op_t)q;
+            return true;
+        }
+    }
+    return false;
+}
+
 static void job_append(mp_coord_t *c, coord_job_t *j)
 {
     if (c->jobs_tail != NULL) {
@@ -900,35 +960,21 @@ static void load_results(coord_job_t *j, json_t *o)
     a = json_object_get(o, "placement");
     n = json_array_size(a);
     if (n > 0) {
-        j->place = mp_calloc(n, sizeof(*j->place) + 96);
-        j->placep = mp_calloc(n, sizeof(*j->placep));
-        if (j->place == NULL || j->placep == NULL) {
-            mp_free(j->place);
-            mp_free(j->placep);
-            j->place = NULL;
-            j->placep = NULL;
+        if (coord_job_placement_new(j, n) == NULL) {
             return;
         }
-        /* The node and device strings follow the entries. */
-        char *strs = (char *)(j->place + n);
         for (size_t i = 0; i < n; i++) {
             json_t *e = json_array_get(a, i);
             Mpar__PlacementEntry *p = &j->place[i];
-            mpar__placement_entry__init(p);
             p->rank = (uint32_t)jint(e, "rank");
             p->stage = (uint32_t)jint(e, "stage");
             p->tp = (uint32_t)jint(e, "tp");
             p->dp = (uint32_t)jint(e, "dp");
             const char *node = json_string_value(json_object_get(e, "node"));
             const char *dev = json_string_value(json_object_get(e, "device"));
-            p->node = strs + 96 * i;
-            snprintf(p->node, 64, "%.63s", node ? node : "");
-            p->device = strs + 96 * i + 64;
-            snprintf(p->device, 32, "%.31s", dev ? dev : "");
-            j->placep[i] = p;
+            snprintf(p->node, PLACE_NODE_MAX, "%s", node ? node : "");
+            snprintf(p->device, PLACE_DEVICE_MAX, "%s", dev ? dev : "");
         }
-        j->info.placement = j->placep;
-        j->info.n_placement = n;
     }
     json_t *t = json_object_get(o, "timeline");
     json_t *rows = json_object_get(t, "rows");
@@ -943,41 +989,25 @@ static void load_results(coord_job_t *j, json_t *o)
         json_t *e = json_array_get(rows, r);
         json_t *spans = json_object_get(e, "spans");
         size_t ns = json_array_size(spans);
-        /* One block: the row, its span pointers, its spans, node name. */
-        Mpar__TimelineRow *row = mp_calloc(1, sizeof(*row));
-        void *blk = mp_calloc(1, (ns + 1) * (sizeof(Mpar__Span *) + sizeof(Mpar__Span)) + 64);
-        if (row == NULL || blk == NULL) {
-            mp_free(row);
-            mp_free(blk);
+        const char *nn = json_string_value(json_object_get(e, "node"));
+        Mpar__TimelineRow *row = coord_timeline_row_new(ns, nn ? nn : "");
+        if (row == NULL) {
             break;
         }
-        mpar__timeline_row__init(row);
         row->rank = (uint32_t)jint(e, "rank");
         row->stage = (uint32_t)jint(e, "stage");
         row->tp = (uint32_t)jint(e, "tp");
         row->dp = (uint32_t)jint(e, "dp");
-        row->spans = blk;
-        Mpar__Span *sp = (Mpar__Span *)(row->spans + ns + 1);
-        char *node = (char *)(sp + ns + 1);
-        const char *nn = json_string_value(json_object_get(e, "node"));
-        snprintf(node, 64, "%s", nn ? nn : "");
-        row->node = node;
         for (size_t k = 0; k < ns; k++) {
             json_t *x = json_array_get(spans, k);
-            mpar__span__init(&sp[k]);
-            const char *op = json_string_value(json_object_get(x, "op"));
-            sp[k].op = (char *)mp_sched_op_name(MP_SCHED_FWD);
-            for (int q = 0; q <= MP_SCHED_OPT_STEP && op != NULL; q++) {
-                if (strcmp(op, mp_sched_op_name((mp_sched_op_t)q)) == 0) {
-                    sp[k].op = (char *)mp_sched_op_name((mp_sched_op_t)q);
-                }
-            }
-            sp[k].mb = (int32_t)json_integer_value(json_object_get(x, "mb"));
-            sp[k].t0_ns = jint(x, "t0_ns");
-            sp[k].t1_ns = jint(x, "t1_ns");
-            row->spans[k] = &sp[k];
+            Mpar__Span *sp = row->spans[k];
+            mp_sched_op_t op = MP_SCHED_FWD;
+            coord_op_parse(json_string_value(json_object_get(x, "op")), &op);
+            sp->op = (char *)mp_sched_op_name(op);
+            sp->mb = (int32_t)json_integer_value(json_object_get(x, "mb"));
+            sp->t0_ns = jint(x, "t0_ns");
+            sp->t1_ns = jint(x, "t1_ns");
         }
-        row->n_spans = ns;
         j->timeline->rows[j->timeline->n_rows++] = row;
     }
     j->info.timeline = j->timeline;

@@ -10,6 +10,7 @@
 
 #include "daemon/mpard.h"
 #include "parallel/placement.h"
+#include "parallel/sched.h"
 
 #define EVENTS_MAX 1000
 #define JOBS_MAX 2000 /* finished jobs beyond this are forgotten, oldest first */
@@ -81,6 +82,10 @@ struct mp_coord {
     bool stopping;
 };
 
+/* A placement entry's strings, stored after the entries. */
+#define PLACE_NODE_MAX 64
+#define PLACE_DEVICE_MAX 32
+
 /* coord.c */
 bool coord_job_terminal(Mpar__JobState s);
 void coord_job_set_state(mp_coord_t *c, coord_job_t *j, Mpar__JobState state, const char *reason);
@@ -88,6 +93,16 @@ void coord_job_set_state(mp_coord_t *c, coord_job_t *j, Mpar__JobState state, co
 void coord_job_add_event(mp_coord_t *c, coord_job_t *j, const char *message, uint64_t step,
                          bool has_loss, double loss);
 void coord_job_results_free(coord_job_t *j);
+/* j's n placement entries, initialized, in one block with their node and
+ * device strings (PLACE_NODE_MAX, PLACE_DEVICE_MAX bytes), already in
+ * j->info; the caller fills them in.  NULL when out of memory. */
+Mpar__PlacementEntry *coord_job_placement_new(coord_job_t *j, size_t n);
+/* A timeline row of ns initialized spans (row->spans[k]) and the node's
+ * name, in one block that coord_job_results_free frees; the caller sets
+ * the row's coordinates and the spans.  NULL when out of memory. */
+Mpar__TimelineRow *coord_timeline_row_new(size_t ns, const char *node);
+/* The schedule op named name, as in a ShardReport or the state file. */
+bool coord_op_parse(const char *name, mp_sched_op_t *op_p);
 /* mkdir -p: the missing parents 0755, the last one mode.  Any thread. */
 mp_status_t coord_mkdir_p(const char *path, mode_t mode, mp_errbuf_t *err);
 void coord_save(mp_coord_t *c);

@@ -286,35 +286,20 @@ static void device_name(const jobrun_t *r, int k, char *buf, size_t cap)
 
 static void fill_placement(jobrun_t *r)
 {
-    coord_job_t *j = r->j;
-    size_t n = (size_t)r->nranks;
-    j->place = mp_calloc(n, sizeof(*j->place) + 96);
-    j->placep = mp_calloc(n, sizeof(*j->placep));
-    if (j->place == NULL || j->placep == NULL) {
-        mp_free(j->place);
-        mp_free(j->placep);
-        j->place = NULL;
-        j->placep = NULL;
+    if (coord_job_placement_new(r->j, (size_t)r->nranks) == NULL) {
         return;
     }
-    char *strs = (char *)(j->place + n);
     for (int k = 0; k < r->nranks; k++) {
-        Mpar__PlacementEntry *p = &j->place[k];
+        Mpar__PlacementEntry *p = &r->j->place[k];
         int stage, t, d;
         mp_place_coords(r->pp, r->tp, k, &stage, &t, &d);
-        mpar__placement_entry__init(p);
         p->rank = (uint32_t)k;
         p->stage = (uint32_t)stage;
         p->tp = (uint32_t)t;
         p->dp = (uint32_t)d;
-        p->node = strs + 96 * k;
-        snprintf(p->node, 64, "%s", r->rank_node[k]->name);
-        p->device = strs + 96 * k + 64;
-        device_name(r, k, p->device, 32);
-        j->placep[k] = p;
+        snprintf(p->node, PLACE_NODE_MAX, "%s", r->rank_node[k]->name);
+        device_name(r, k, p->device, PLACE_DEVICE_MAX);
     }
-    j->info.placement = j->placep;
-    j->info.n_placement = n;
 }
 
 /* The last training step's timeline, spans relative to its earliest start. */
@@ -342,35 +327,24 @@ static void fill_timeline(jobrun_t *r)
     }
     for (int k = 0; k < r->nranks; k++) {
         size_t ns = r->tl_step[k] == step ? (size_t)r->ntl[k] : 0;
-        Mpar__TimelineRow *row = mp_calloc(1, sizeof(*row));
-        void *blk = mp_calloc(1, (ns + 1) * (sizeof(Mpar__Span *) + sizeof(Mpar__Span)) + 64);
-        if (row == NULL || blk == NULL) {
-            mp_free(row);
-            mp_free(blk);
+        Mpar__TimelineRow *row = coord_timeline_row_new(ns, r->rank_node[k]->name);
+        if (row == NULL) {
             break;
         }
         int stage, t, d;
         mp_place_coords(r->pp, r->tp, k, &stage, &t, &d);
-        mpar__timeline_row__init(row);
         row->rank = (uint32_t)k;
         row->stage = (uint32_t)stage;
         row->tp = (uint32_t)t;
         row->dp = (uint32_t)d;
-        row->spans = blk;
-        Mpar__Span *sp = (Mpar__Span *)(row->spans + ns + 1);
-        char *node = (char *)(sp + ns + 1);
-        snprintf(node, 64, "%s", r->rank_node[k]->name);
-        row->node = node;
         for (size_t q = 0; q < ns; q++) {
             const mp_exec_span_t *x = &r->tl[k][q];
-            mpar__span__init(&sp[q]);
-            sp[q].op = (char *)mp_sched_op_name(x->op);
-            sp[q].mb = x->mb;
-            sp[q].t0_ns = x->t0_ns - t0;
-            sp[q].t1_ns = x->t1_ns - t0;
-            row->spans[q] = &sp[q];
+            Mpar__Span *sp = row->spans[q];
+            sp->op = (char *)mp_sched_op_name(x->op);
+            sp->mb = x->mb;
+            sp->t0_ns = x->t0_ns - t0;
+            sp->t1_ns = x->t1_ns - t0;
         }
-        row->n_spans = ns;
         j->timeline->rows[j->timeline->n_rows++] = row;
     }
     j->info.timeline = j->timeline;
@@ -875,17 +849,6 @@ void mp_coord_shard_ready(mp_coord_t *c, mp_coord_node_t *n, const Mpar__ShardRe
     coord_job_add_event(c, r->j, "every shard is ready: training", 0, false, 0.0);
 }
 
-static bool op_parse(const char *name, mp_sched_op_t *op_p)
-{
-    for (int q = 0; q <= MP_SCHED_OPT_STEP && name != NULL; q++) {
-        if (strcmp(name, mp_sched_op_name((mp_sched_op_t)q)) == 0) {
-            *op_p = (mp_sched_op_t)q;
-            return true;
-        }
-    }
-    return false;
-}
-
 static void on_train_report(jobrun_t *r, int k, const Mpar__ShardReport *m)
 {
     if (m->step < 1 || (int64_t)m->step > r->g.total_steps || r->stats == NULL) {
@@ -899,7 +862,7 @@ static void on_train_report(jobrun_t *r, int k, const Mpar__ShardReport *m)
     int ns = 0;
     for (size_t q = 0; q < m->n_spans; q++) {
         mp_sched_op_t op;
-        if (op_parse(m->spans[q]->op, &op)) {
+        if (coord_op_parse(m->spans[q]->op, &op)) {
             spans[ns++] = (mp_exec_span_t){.op = op,
                                            .mb = m->spans[q]->mb,
                                            .t0_ns = m->spans[q]->t0_ns,
