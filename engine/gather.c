@@ -170,19 +170,7 @@ const float *mp_gather_param(const mp_gather_t *g, int layer, int param)
 
 mp_status_t mp_gather_save(const mp_gather_t *g, const char *dir, mp_errbuf_t *err)
 {
-    for (int l = 0; l < g->spec->model.nlayers; l++) {
-        const mp_layer_spec_t *ls = &g->spec->model.layers[l];
-        for (int p = 0; p < mp_layer_nparams(ls); p++) {
-            int64_t rows, cols;
-            mp_layer_param_shape(ls, p, &rows, &cols);
-            mp_status_t st = mp_npy_save_param(dir, l, mp_layer_param_name(ls, p), g->full[l][p],
-                                               rows, cols, err);
-            if (st != MP_OK) {
-                return st;
-            }
-        }
-    }
-    return MP_OK;
+    return mp_npy_save_weights(dir, g->spec, g->full, err);
 }
 
 void mp_gather_destroy(mp_gather_t *g)

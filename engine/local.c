@@ -452,24 +452,6 @@ static void finish_result(shared_t *sh)
              sh->o->device_kind == MP_BACKEND_CUDA ? "cuda" : "cpu");
 }
 
-static mp_status_t save_weights(const mp_spec_t *spec, mp_engine_result_t *res, const char *dir,
-                                mp_errbuf_t *err)
-{
-    for (int l = 0; l < spec->model.nlayers; l++) {
-        const mp_layer_spec_t *ls = &spec->model.layers[l];
-        for (int p = 0; p < mp_layer_nparams(ls); p++) {
-            int64_t rows, cols;
-            mp_layer_param_shape(ls, p, &rows, &cols);
-            mp_status_t st = mp_npy_save_param(dir, l, mp_layer_param_name(ls, p),
-                                               res->weights[l][p], rows, cols, err);
-            if (st != MP_OK) {
-                return st;
-            }
-        }
-    }
-    return MP_OK;
-}
-
 mp_status_t mp_engine_run_local(const mp_spec_t *spec, const mp_engine_local_opts_t *opts,
                                 mp_engine_result_t *res, mp_errbuf_t *err)
 {
@@ -547,7 +529,7 @@ mp_status_t mp_engine_run_local(const mp_spec_t *spec, const mp_engine_local_opt
     }
     finish_result(&sh);
     if (opts->save_weights != NULL) {
-        st = save_weights(spec, res, opts->save_weights, err);
+        st = mp_npy_save_weights(opts->save_weights, spec, res->weights, err);
     }
 
 out:

@@ -128,3 +128,21 @@ mp_status_t mp_npy_save_param(const char *dir, int layer, const char *param, con
     }
     return mp_npy_write(path, data, 2, shape, err);
 }
+
+mp_status_t mp_npy_save_weights(const char *dir, const mp_spec_t *spec, float *const weights[][4],
+                                mp_errbuf_t *err)
+{
+    for (int l = 0; l < spec->model.nlayers; l++) {
+        const mp_layer_spec_t *ls = &spec->model.layers[l];
+        for (int p = 0; p < mp_layer_nparams(ls); p++) {
+            int64_t rows, cols;
+            mp_layer_param_shape(ls, p, &rows, &cols);
+            mp_status_t st = mp_npy_save_param(dir, l, mp_layer_param_name(ls, p), weights[l][p],
+                                               rows, cols, err);
+            if (st != MP_OK) {
+                return st;
+            }
+        }
+    }
+    return MP_OK;
+}
