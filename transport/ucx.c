@@ -119,7 +119,7 @@ struct mp_xport_ep {
     ucp_ep_h ucp;
     uint32_t peer_rank;
     mp_status_t status;
-    int ucp_closed; /* force-closed after a failure; ucp is NULL */
+    int ucp_closed; /* closed (forced after a failure); ucp is NULL */
     int pidfd;      /* the peer's process on this host, or -1 */
     int local; /* same kernel and pid namespace: UCX error handling off (see mp_xport_ep_connect) */
     int peer_alive_unknown; /* a failure not known to be the peer's death (a timeout) */
@@ -683,6 +683,27 @@ static void sub_recv(sub_t *s, ucp_worker_h w, uint64_t tag, void *buf, size_t l
     sub_started(s, ucp_tag_recv_nbx(w, buf, len, tag, TAG_FULL_MASK, &prm), 0);
 }
 
+/*
+ * Closes ep's UCX endpoint (flags: 0 flushes first, UCP_EP_CLOSE_FLAG_FORCE
+ * does not), progressing the worker for at most CLOSE_WAIT_NS while the
+ * close runs.  A close that does not finish in time is released by UCX when
+ * it does (or with the worker).
+ */
+static void ep_close_ucp(mp_xport_ep_t *ep, uint32_t flags)
+{
+    ep->ucp_closed = 1;
+    ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS, .flags = flags};
+    ucs_status_ptr_t p = ucp_ep_close_nbx(ep->ucp, &prm);
+    if (p != NULL && !UCS_PTR_IS_ERR(p)) {
+        uint64_t end = mp_xport_now_ns() + CLOSE_WAIT_NS;
+        while (ucp_request_check_status(p) == UCS_INPROGRESS && mp_xport_now_ns() < end) {
+            ucp_worker_progress(ep->worker->ucp);
+        }
+        ucp_request_free(p);
+    }
+    ep->ucp = NULL;
+}
+
 /* Force-closes ep's UCX endpoint so that UCX fails its pending sends. */
 static void ep_fail(mp_xport_ep_t *ep, mp_status_t why)
 {
@@ -700,18 +721,7 @@ static void ep_fail(mp_xport_ep_t *ep, mp_status_t why)
         ep->peer_alive_unknown = 1;
         return;
     }
-    ep->ucp_closed = 1;
-    ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
-                               .flags = UCP_EP_CLOSE_FLAG_FORCE};
-    ucs_status_ptr_t p = ucp_ep_close_nbx(ep->ucp, &prm);
-    if (p != NULL && !UCS_PTR_IS_ERR(p)) {
-        uint64_t end = mp_xport_now_ns() + CLOSE_WAIT_NS;
-        while (ucp_request_check_status(p) == UCS_INPROGRESS && mp_xport_now_ns() < end) {
-            ucp_worker_progress(ep->worker->ucp);
-        }
-        ucp_request_free(p);
-    }
-    ep->ucp = NULL;
+    ep_close_ucp(ep, UCP_EP_CLOSE_FLAG_FORCE);
 }
 
 /*
@@ -1003,18 +1013,7 @@ void mp_xport_ep_destroy(mp_xport_ep_t *ep)
     }
     if (!ep->ucp_closed) {
         int force = ep->status != MP_OK && !(ep->local && ep->peer_alive_unknown);
-        ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
-                                   .flags = force ? UCP_EP_CLOSE_FLAG_FORCE : 0};
-        ucs_status_ptr_t p = ucp_ep_close_nbx(ep->ucp, &prm);
-        if (p != NULL && !UCS_PTR_IS_ERR(p)) {
-            uint64_t end = mp_xport_now_ns() + CLOSE_WAIT_NS;
-            while (ucp_request_check_status(p) == UCS_INPROGRESS && mp_xport_now_ns() < end) {
-                ucp_worker_progress(w->ucp);
-            }
-            /* A flush that did not finish in time is released by UCX when it does
-             * (or with the worker). */
-            ucp_request_free(p);
-        }
+        ep_close_ucp(ep, force ? UCP_EP_CLOSE_FLAG_FORCE : 0);
     }
     /* Requests that still point at ep are done or zombies; detach them. */
     for (mp_xport_req_t *r = w->live; r != NULL; r = r->next) {
