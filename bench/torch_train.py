@@ -5,38 +5,16 @@ file order.  Prints {"samples_per_s": x, "steps": n, "threads": t}."""
 import argparse
 import gzip
 import json
+import os
 import sys
 import time
 
 import numpy as np
 import torch
 
-
-class Residual(torch.nn.Module):
-    def __init__(self, hidden, ffn):
-        super().__init__()
-        self.fc1 = torch.nn.Linear(hidden, ffn)
-        self.fc2 = torch.nn.Linear(ffn, hidden)
-        self.act = torch.nn.GELU()
-
-    def forward(self, x):
-        return x + self.fc2(self.act(self.fc1(x)))
-
-
-def build(spec):
-    layers, width = [], spec["model"]["input"]
-    for l in spec["model"]["layers"]:
-        t = l["type"]
-        if t == "linear":
-            layers.append(torch.nn.Linear(width, l["out"]))
-            width = l["out"]
-        elif t == "gelu":
-            layers.append(torch.nn.GELU())
-        elif t == "relu":
-            layers.append(torch.nn.ReLU())
-        elif t == "mlp_block":
-            layers.append(Residual(l["hidden"], l["ffn"]))
-    return torch.nn.Sequential(*layers)
+# The model definition is the cross-check's (tests/ref/torch_model.py).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "ref"))
+from torch_model import build  # noqa: E402
 
 
 def main():

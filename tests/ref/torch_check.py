@@ -22,6 +22,8 @@ import tempfile
 import numpy as np
 import torch
 
+from torch_model import build
+
 STEPS = 50
 
 
@@ -32,38 +34,6 @@ def read_idx(path):
     ndim = magic & 0xFF
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-class Residual(torch.nn.Module):
-    """mlp_block: y = x + gelu(x W1 + b1) W2 + b2."""
-
-    def __init__(self, hidden, ffn):
-        super().__init__()
-        self.fc1 = torch.nn.Linear(hidden, ffn)
-        self.fc2 = torch.nn.Linear(ffn, hidden)
-        self.act = torch.nn.GELU()
-
-    def forward(self, x):
-        return x + self.fc2(self.act(self.fc1(x)))
-
-
-def build(spec):
-    layers = []
-    width = spec["model"]["input"]
-    for l in spec["model"]["layers"]:
-        t = l["type"]
-        if t == "linear":
-            layers.append(torch.nn.Linear(width, l["out"]))
-            width = l["out"]
-        elif t == "gelu":
-            layers.append(torch.nn.GELU())
-        elif t == "relu":
-            layers.append(torch.nn.ReLU())
-        elif t == "mlp_block":
-            layers.append(Residual(l["hidden"], l["ffn"]))
-        else:
-            raise ValueError(t)
-    return torch.nn.Sequential(*layers)
 
 
 def params_of(model, spec):
