@@ -132,6 +132,17 @@ static void reply_error(mp_session_t *s, uint64_t rid, Mpar__ErrorCode code, con
     mp_conn_send(s->conn, &env);
 }
 
+static void reply_job(mp_session_t *s, uint64_t rid, Mpar__JobInfo *j)
+{
+    Mpar__Envelope env = MPAR__ENVELOPE__INIT;
+    Mpar__JobReply jr = MPAR__JOB_REPLY__INIT;
+    jr.job = j;
+    env.request_id = rid;
+    env.msg_case = MPAR__ENVELOPE__MSG_JOB_REPLY;
+    env.job_reply = &jr;
+    mp_conn_send(s->conn, &env);
+}
+
 static const char *peer_user(mp_session_t *s, const char *claimed, char *buf, size_t cap)
 {
     uid_t uid;
@@ -244,11 +255,7 @@ static void on_request(mp_session_t *s, const Mpar__Envelope *in)
             reply_error(s, rid, MPAR__ERROR_CODE__ERROR_CODE_NOT_FOUND, err.msg);
             return;
         }
-        Mpar__JobReply jr = MPAR__JOB_REPLY__INIT;
-        jr.job = j;
-        env.msg_case = MPAR__ENVELOPE__MSG_JOB_REPLY;
-        env.job_reply = &jr;
-        mp_conn_send(s->conn, &env);
+        reply_job(s, rid, j);
         return;
     }
     case MPAR__ENVELOPE__MSG_SUBMIT_JOB: {
@@ -291,11 +298,7 @@ static void on_request(mp_session_t *s, const Mpar__Envelope *in)
                         err.msg);
             return;
         }
-        Mpar__JobReply jr = MPAR__JOB_REPLY__INIT;
-        jr.job = j;
-        env.msg_case = MPAR__ENVELOPE__MSG_JOB_REPLY;
-        env.job_reply = &jr;
-        mp_conn_send(s->conn, &env);
+        reply_job(s, rid, j);
         return;
     }
     case MPAR__ENVELOPE__MSG_WATCH_JOB: {
@@ -447,6 +450,35 @@ static void line_error(mp_session_t *s, const char *msg, bool close)
     }
 }
 
+/* The JSON peer may change jobs; if not, it is told so. */
+static bool line_need_mutate(mp_session_t *s)
+{
+    if (s->can_mutate) {
+        return true;
+    }
+    s->d->n.requests_denied++;
+    line_error(s, "permission denied: only root and the mpard user may change jobs", false);
+    return false;
+}
+
+/* The job spec of a "submit" as text ("spec": an object, or a string);
+ * NULL when it has none.  Freed with free(). */
+static char *line_spec_text(json_t *req)
+{
+    json_t *spec = json_object_get(req, "spec");
+    return json_is_string(spec)   ? strdup(json_string_value(spec))
+           : json_is_object(spec) ? json_dumps(spec, JSON_COMPACT)
+                                  : NULL;
+}
+
+static json_t *job_json(const Mpar__JobInfo *j)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "ok", json_true());
+    json_object_set_new(o, "job", mp_proto_to_json(&j->base));
+    return o;
+}
+
 static json_t *list_json(const char *key, ProtobufCMessage **items, size_t n)
 {
     json_t *o = json_object(), *a = json_array();
@@ -473,9 +505,7 @@ static void line_forward(mp_session_t *s, json_t *req, const char *cmd, const ch
         return;
     }
     bool mutating = !strcmp(cmd, "submit") || !strcmp(cmd, "cancel");
-    if (mutating && !s->can_mutate) {
-        d->n.requests_denied++;
-        line_error(s, "permission denied: only root and the mpard user may change jobs", false);
+    if (mutating && !line_need_mutate(s)) {
         return;
     }
     Mpar__Envelope env = MPAR__ENVELOPE__INIT;
@@ -492,10 +522,7 @@ static void line_forward(mp_session_t *s, json_t *req, const char *cmd, const ch
         env.msg_case = MPAR__ENVELOPE__MSG_LIST_JOBS;
         env.list_jobs = &lj;
     } else if (!strcmp(cmd, "submit")) {
-        json_t *spec = json_object_get(req, "spec");
-        text = json_is_string(spec)   ? strdup(json_string_value(spec))
-               : json_is_object(spec) ? json_dumps(spec, JSON_COMPACT)
-                                      : NULL;
+        text = line_spec_text(req);
         if (text == NULL) {
             line_error(s, "\"submit\" needs \"spec\" (the job spec, an object)", false);
             return;
@@ -581,52 +608,38 @@ static void on_line(mp_conn_t *conn, const char *line, size_t len, bool oversize
         if (j == NULL) {
             line_error(s, id ? "no such job" : "\"job\" needs \"id\"", false);
         } else {
-            json_t *o = json_object();
-            json_object_set_new(o, "ok", json_true());
-            json_object_set_new(o, "job", mp_proto_to_json(&j->base));
+            json_t *o = job_json(j);
             json_object_set_new(o, "events", mp_coord_job_events_json(d->coord, id));
             line_reply(s, o);
         }
-    } else if (!strcmp(cmd, "submit") || !strcmp(cmd, "cancel")) {
-        if (!s->can_mutate) {
-            d->n.requests_denied++;
-            line_error(s, "permission denied: only root and the mpard user may change jobs", false);
-        } else if (!strcmp(cmd, "cancel")) {
-            Mpar__JobInfo *j;
-            char who[200];
-            if (id == NULL) {
-                line_error(s, "\"cancel\" needs \"id\"", false);
-            } else if (mp_coord_job_cancel(d->coord, id, peer_user(s, NULL, who, sizeof(who)), &j,
-                                           &err) != MP_OK) {
-                line_error(s, err.msg, false);
-            } else {
-                json_t *o = json_object();
-                json_object_set_new(o, "ok", json_true());
-                json_object_set_new(o, "job", mp_proto_to_json(&j->base));
-                line_reply(s, o);
-            }
+    } else if ((!strcmp(cmd, "submit") || !strcmp(cmd, "cancel")) && !line_need_mutate(s)) {
+        /* Refused; line_need_mutate said why. */
+    } else if (!strcmp(cmd, "cancel")) {
+        Mpar__JobInfo *j;
+        char who[200];
+        if (id == NULL) {
+            line_error(s, "\"cancel\" needs \"id\"", false);
+        } else if (mp_coord_job_cancel(d->coord, id, peer_user(s, NULL, who, sizeof(who)), &j,
+                                       &err) != MP_OK) {
+            line_error(s, err.msg, false);
         } else {
-            json_t *spec = json_object_get(req, "spec");
-            char *text = json_is_string(spec)   ? strdup(json_string_value(spec))
-                         : json_is_object(spec) ? json_dumps(spec, JSON_COMPACT)
-                                                : NULL;
-            Mpar__JobInfo *j;
-            char who[200];
-            if (text == NULL) {
-                line_error(s, "\"submit\" needs \"spec\" (the job spec, an object)", false);
-            } else if (mp_coord_job_submit(d->coord, text, strlen(text),
-                                           peer_user(s, NULL, who, sizeof(who)),
-                                           json_string_value(json_object_get(req, "save_weights")),
-                                           &j, &err) != MP_OK) {
-                line_error(s, err.msg, false);
-            } else {
-                json_t *o = json_object();
-                json_object_set_new(o, "ok", json_true());
-                json_object_set_new(o, "job", mp_proto_to_json(&j->base));
-                line_reply(s, o);
-            }
-            free(text);
+            line_reply(s, job_json(j));
         }
+    } else if (!strcmp(cmd, "submit")) {
+        char *text = line_spec_text(req);
+        Mpar__JobInfo *j;
+        char who[200];
+        if (text == NULL) {
+            line_error(s, "\"submit\" needs \"spec\" (the job spec, an object)", false);
+        } else if (mp_coord_job_submit(d->coord, text, strlen(text),
+                                       peer_user(s, NULL, who, sizeof(who)),
+                                       json_string_value(json_object_get(req, "save_weights")), &j,
+                                       &err) != MP_OK) {
+            line_error(s, err.msg, false);
+        } else {
+            line_reply(s, job_json(j));
+        }
+        free(text);
     } else {
         char msg[200];
         snprintf(msg, sizeof(msg),
