@@ -559,8 +559,15 @@ static void list_remove(mp_xport_worker_t *w, mp_xport_req_t *r)
     r->prev = r->next = NULL;
 }
 
-static mp_xport_req_t *req_new(mp_xport_ep_t *ep, req_type_t type)
+/* A new request on ep, taken from the free list when it can be; MP_OK only while ep is usable. */
+static mp_status_t req_new(mp_xport_ep_t *ep, req_type_t type, mp_xport_req_t **req_p)
 {
+    if (ep == NULL) {
+        return MP_ERR_INVAL;
+    }
+    if (ep->status != MP_OK) {
+        return ep->status;
+    }
     mp_xport_worker_t *w = ep->worker;
     mp_xport_req_t *r = w->free_reqs;
     if (r != NULL) {
@@ -569,7 +576,7 @@ static mp_xport_req_t *req_new(mp_xport_ep_t *ep, req_type_t type)
     } else {
         r = mp_malloc(sizeof(*r));
         if (r == NULL) {
-            return NULL;
+            return MP_ERR_NOMEM;
         }
     }
     memset(r, 0, offsetof(mp_xport_req_t, bounce));
@@ -584,7 +591,8 @@ static mp_xport_req_t *req_new(mp_xport_ep_t *ep, req_type_t type)
         w->live->prev = r;
     }
     w->live = r;
-    return r;
+    *req_p = r;
+    return MP_OK;
 }
 
 static int req_subs_pending(const mp_xport_req_t *r)
@@ -1094,14 +1102,6 @@ void mp_xport_worker_destroy(mp_xport_worker_t *w)
 
 /* ---- sends and receives ---- */
 
-static mp_status_t ep_usable(const mp_xport_ep_t *ep)
-{
-    if (ep == NULL) {
-        return MP_ERR_INVAL;
-    }
-    return ep->status;
-}
-
 mp_status_t mp_xport_send(mp_xport_ep_t *ep, const mp_xport_hdr_t *hdr, const void *data,
                           mp_xport_req_t **req_p)
 {
@@ -1112,13 +1112,10 @@ mp_status_t mp_xport_send(mp_xport_ep_t *ep, const mp_xport_hdr_t *hdr, const vo
         mp_err("xport: send with an invalid tensor header");
         return MP_ERR_INVAL;
     }
-    mp_status_t est = ep_usable(ep);
-    if (est != MP_OK) {
-        return est;
-    }
-    mp_xport_req_t *r = req_new(ep, REQ_SEND);
-    if (r == NULL) {
-        return MP_ERR_NOMEM;
+    mp_xport_req_t *r;
+    mp_status_t st = req_new(ep, REQ_SEND, &r);
+    if (st != MP_OK) {
+        return st;
     }
     mp_xport_worker_t *w = ep->worker;
     r->tag = tag_tensor(hdr->job, hdr->kind, hdr->micro_batch, w->rank);
@@ -1163,13 +1160,10 @@ mp_status_t mp_xport_recv(mp_xport_ep_t *ep, uint32_t job, uint32_t kind, uint32
         mp_err("xport: receive with invalid job/kind/micro-batch");
         return MP_ERR_INVAL;
     }
-    mp_status_t est = ep_usable(ep);
-    if (est != MP_OK) {
-        return est;
-    }
-    mp_xport_req_t *r = req_new(ep, REQ_RECV);
-    if (r == NULL) {
-        return MP_ERR_NOMEM;
+    mp_xport_req_t *r;
+    mp_status_t st = req_new(ep, REQ_RECV, &r);
+    if (st != MP_OK) {
+        return st;
     }
     r->tag = tag_tensor(job, kind, micro_batch, ep->peer_rank);
     r->buf = buf;
@@ -1183,13 +1177,10 @@ mp_status_t mp_xport_recv(mp_xport_ep_t *ep, uint32_t job, uint32_t kind, uint32
 mp_status_t mp_xport_raw_send(mp_xport_ep_t *ep, uint64_t tag, const void *buf, size_t len,
                               mp_xport_req_t **req_p)
 {
-    mp_status_t est = ep_usable(ep);
-    if (est != MP_OK) {
-        return est;
-    }
-    mp_xport_req_t *r = req_new(ep, REQ_RAW_SEND);
-    if (r == NULL) {
-        return MP_ERR_NOMEM;
+    mp_xport_req_t *r;
+    mp_status_t st = req_new(ep, REQ_RAW_SEND, &r);
+    if (st != MP_OK) {
+        return st;
     }
     r->tag = tag;
     sub_send(&r->sub[0], ep->ucp, tag, buf, len, arena_lookup(ep->worker->ctx, buf, len));
@@ -1201,13 +1192,10 @@ mp_status_t mp_xport_raw_send(mp_xport_ep_t *ep, uint64_t tag, const void *buf, 
 mp_status_t mp_xport_raw_recv(mp_xport_ep_t *ep, uint64_t tag, void *buf, size_t len,
                               mp_xport_req_t **req_p)
 {
-    mp_status_t est = ep_usable(ep);
-    if (est != MP_OK) {
-        return est;
-    }
-    mp_xport_req_t *r = req_new(ep, REQ_RAW_RECV);
-    if (r == NULL) {
-        return MP_ERR_NOMEM;
+    mp_xport_req_t *r;
+    mp_status_t st = req_new(ep, REQ_RAW_RECV, &r);
+    if (st != MP_OK) {
+        return st;
     }
     r->tag = tag;
     r->buf = buf;
