@@ -19,6 +19,7 @@
 #include "common/log.h"
 #include "engine/feeder.h"
 #include "engine/internal.h"
+#include "engine/stats.h"
 #include "model/npy.h"
 #include "parallel/placement.h"
 
@@ -80,14 +81,12 @@ struct shared {
     mp_exec_t **execs;
     mp_feeder_t *feeder;
 
-    /* Per training step: losses of the replicas, and the timing window and
-     * busy time of each stage's (tp 0, dp 0) shard. */
-    double *loss_sum;      /* [steps] */
-    int *loss_count;       /* [steps] */
-    uint64_t *win0, *win1; /* [steps] first start, last end over every shard */
-    uint64_t *busy;        /* [steps * pp] */
-    int *stage_count;      /* [steps] */
-    double *eval_loss;     /* [epochs] */
+    /* Per training step: losses of the replicas; the steps' windows and
+     * stage busy times (for the bubble fraction) in stats. */
+    double *loss_sum; /* [steps] */
+    int *loss_count;  /* [steps] */
+    mp_engine_stats_t *stats;
+    double *eval_loss; /* [epochs] */
     int64_t *eval_correct;
     int *eval_count;
     double eval_ns; /* wall time of evaluations so far (for progress) */
@@ -115,12 +114,6 @@ static void record_error(shared_t *sh, mp_status_t st, const mp_errbuf_t *err)
         }
     }
     pthread_mutex_unlock(&sh->mu);
-}
-
-static bool busy_op(mp_sched_op_t op)
-{
-    return op == MP_SCHED_FWD || op == MP_SCHED_BWD || op == MP_SCHED_DP_ALLREDUCE ||
-           op == MP_SCHED_OPT_STEP;
 }
 
 static void progress(shared_t *sh, const mp_engine_ev_t *ev, bool eval, double test_loss,
@@ -154,34 +147,7 @@ static void on_report(const mp_exec_report_t *rep, void *arg)
     pthread_mutex_lock(&sh->mu);
     if (rep->ev.kind == MP_ENGINE_EV_TRAIN) {
         int64_t i = rep->ev.step - 1;
-        /* The step's window: from the first compute of any shard (a shard
-         * that finished the previous step early starts waiting before the
-         * step really begins) to the last action's end. */
-        uint64_t w0 = rep->t0_ns, w1 = rep->t1_ns;
-        for (int k = 0; k < rep->nspans; k++) {
-            if (busy_op(rep->spans[k].op)) {
-                w0 = rep->spans[k].t0_ns;
-                break;
-            }
-        }
-        if (rep->nspans > 0) {
-            w1 = rep->spans[rep->nspans - 1].t1_ns;
-        }
-        if (sh->win0[i] == 0 || w0 < sh->win0[i]) {
-            sh->win0[i] = w0;
-        }
-        if (w1 > sh->win1[i]) {
-            sh->win1[i] = w1;
-        }
-        if (rep->tp_rank == 0 && rep->dp_rank == 0) {
-            uint64_t b = 0;
-            for (int k = 0; k < rep->nspans; k++) {
-                if (busy_op(rep->spans[k].op)) {
-                    b += rep->spans[k].t1_ns - rep->spans[k].t0_ns;
-                }
-            }
-            sh->busy[i * g->pp + rep->stage] = b;
-        }
+        mp_engine_stats_add(sh->stats, rep);
         /* Keep the latest step's timeline of every shard. */
         mp_exec_span_t *sp = mp_realloc(res->spans[rep->rank],
                                         (size_t)(rep->nspans > 0 ? rep->nspans : 1) * sizeof(*sp));
@@ -234,17 +200,13 @@ static mp_status_t alloc_tables(shared_t *sh, mp_errbuf_t *err)
     mp_train_result_t *tr = &sh->res->train;
     sh->loss_sum = mp_calloc(steps, sizeof(double));
     sh->loss_count = mp_calloc(steps, sizeof(int));
-    sh->win0 = mp_calloc(steps, sizeof(uint64_t));
-    sh->win1 = mp_calloc(steps, sizeof(uint64_t));
-    sh->busy = mp_calloc(steps * (size_t)g->pp, sizeof(uint64_t));
-    sh->stage_count = mp_calloc(steps, sizeof(int));
+    mp_status_t st = mp_engine_stats_create(g->pp, g->total_steps, &sh->stats);
     sh->eval_loss = mp_calloc(epochs, sizeof(double));
     sh->eval_correct = mp_calloc(epochs, sizeof(int64_t));
     sh->eval_count = mp_calloc(epochs, sizeof(int));
     tr->losses = mp_calloc(steps, sizeof(double));
     tr->epoch_test_accuracy = mp_calloc(epochs, sizeof(double));
-    if (sh->loss_sum == NULL || sh->loss_count == NULL || sh->win0 == NULL || sh->win1 == NULL ||
-        sh->busy == NULL || sh->stage_count == NULL || sh->eval_loss == NULL ||
+    if (st != MP_OK || sh->loss_sum == NULL || sh->loss_count == NULL || sh->eval_loss == NULL ||
         sh->eval_correct == NULL || sh->eval_count == NULL || tr->losses == NULL ||
         tr->epoch_test_accuracy == NULL) {
         return mp_errbuf_set(err, MP_ERR_NOMEM, "engine: out of memory for the result tables");
@@ -422,25 +384,8 @@ static void finish_result(shared_t *sh)
     const mp_engine_geom_t *g = &sh->g;
     mp_engine_result_t *res = sh->res;
     mp_train_result_t *tr = &res->train;
-    double bubble = 0.0, secs = 0.0;
-    int64_t nb = 0;
-    for (int64_t i = 0; i < g->total_steps; i++) {
-        double span = (double)(sh->win1[i] - sh->win0[i]);
-        if (span <= 0) {
-            continue;
-        }
-        secs += span * 1e-9;
-        if (i == 0 && g->total_steps > 1) {
-            continue; /* warm-up: endpoint wire-up and first-touch memory */
-        }
-        double idle = 0.0;
-        for (int s = 0; s < g->pp; s++) {
-            idle += 1.0 - (double)sh->busy[i * g->pp + s] / span;
-        }
-        bubble += idle / g->pp;
-        nb++;
-    }
-    res->bubble_fraction = nb > 0 ? bubble / (double)nb : 0.0;
+    double secs = 0.0;
+    res->bubble_fraction = mp_engine_stats_bubble(sh->stats, &secs);
     tr->steps = g->total_steps;
     tr->epochs_done = g->epochs;
     tr->samples = g->total_steps * g->batch;
@@ -543,10 +488,7 @@ out:
     mp_free(tid);
     mp_free(sh.loss_sum);
     mp_free(sh.loss_count);
-    mp_free(sh.win0);
-    mp_free(sh.win1);
-    mp_free(sh.busy);
-    mp_free(sh.stage_count);
+    mp_engine_stats_destroy(sh.stats);
     mp_free(sh.eval_loss);
     mp_free(sh.eval_correct);
     mp_free(sh.eval_count);
