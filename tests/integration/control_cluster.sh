@@ -20,27 +20,8 @@ SRC=$3
 HB=200
 DEAD=1000
 T=$(mktemp -d /tmp/mpar-ctl-test.XXXXXX)
-PIDS=()
-
-cleanup() {
-    for p in "${PIDS[@]}"; do
-        kill -9 "$p" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true
-    if [ "${KEEP:-0}" = 1 ]; then echo "kept $T"; else rm -rf "$T"; fi
-}
-trap cleanup EXIT
-
-fail() {
-    echo "FAIL: $*" >&2
-    for f in "$T"/*.log; do echo "--- $f"; tail -n 30 "$f"; done >&2
-    exit 1
-}
-
-now_ms() { date +%s%3N; }
-
-# JSON field from stdin: jget EXPR, EXPR is Python over `d`.
-jget() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+# shellcheck source=daemon_lib.sh
+. "$SRC/tests/integration/daemon_lib.sh"
 
 status_req() { # socket -> the status JSON
     printf '{"cmd":"status"}\n' | timeout 5 socat -t 2 - "UNIX-CONNECT:$1"
@@ -50,10 +31,6 @@ assert_alive_daemon() { # after a bad input: mpard still answers
     local out
     out=$(status_req "$T/c0.sock") || fail "no status reply after $1"
     [ "$(echo "$out" | jget 'd["ok"]')" = True ] || fail "status not ok after $1: $out"
-}
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
 notify_listener() { # path log: records every datagram with a timestamp
@@ -68,17 +45,6 @@ with open(sys.argv[2], "a", buffering=1) as f:
             f.write("%d %s\n" % (int(time.time() * 1000), line))
 PY
     PIDS+=($!)
-}
-
-wait_for() { # seconds command...: polls until the command succeeds
-    local limit=$1
-    shift
-    local end=$(($(date +%s%3N) + limit * 1000))
-    while [ "$(date +%s%3N)" -lt $end ]; do
-        if "$@" >/dev/null 2>&1; then return 0; fi
-        sleep 0.05
-    done
-    return 1
 }
 
 SECRET="$T/secret"

@@ -172,8 +172,5 @@ grep -q "<svg" "$T/trace.svg" || fail "trace: no SVG"
 echo "ok trace: Chrome JSON and SVG"
 
 # Every daemon stops cleanly.
-for p in $PID_n1 $PID_n2 $PID_c0; do kill -TERM "$p"; done
-for p in $PID_n1 $PID_n2 $PID_c0; do
-    timeout 10 tail --pid="$p" -f /dev/null || fail "mpard $p did not stop"
-done
+stop_daemons "$PID_n1" "$PID_n2" "$PID_c0"
 echo "PASS"

@@ -162,8 +162,5 @@ grep -q "step 1/" "$T/f.err" || fail "no progress on stderr: $(cat "$T/f.err")"
 echo "ok submit -f: progress on stderr, final document, exit 1 when CANCELLED"
 
 eval "P0=\$PID_$S0 P1=\$PID_$S1"
-for p in $P0 $P1 $PID_c0; do kill -TERM "$p"; done
-for p in $P0 $P1 $PID_c0; do
-    timeout 10 tail --pid="$p" -f /dev/null || fail "mpard $p did not stop"
-done
+stop_daemons "$P0" "$P1" "$PID_c0"
 echo "PASS"

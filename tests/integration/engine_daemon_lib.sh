@@ -1,46 +1,13 @@
 # engine_daemon_lib.sh - shared by the engine_daemon_* integration tests
 # (sourced): a coordinator and nodes of mpard on loopback, each with its own
 # port, sockets and state dirs under one mktemp dir; every process started
-# is killed on exit.  Needs MPARD, CLIENT, SRC set and T made by the caller.
+# is killed on exit (daemon_lib.sh).  Needs MPARD, CLIENT, SRC set and T
+# made by the caller.
 
 HB=${HB:-200}
 DEAD=${DEAD:-1000}
-PIDS=()
-
-cleanup() {
-    for p in "${PIDS[@]}"; do
-        kill -9 "$p" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true
-    if [ "${KEEP:-0}" = 1 ]; then echo "kept $T"; else rm -rf "$T"; fi
-}
-trap cleanup EXIT
-
-fail() {
-    echo "FAIL: $*" >&2
-    for f in "$T"/*.log; do echo "--- $f"; tail -n 40 "$f"; done >&2
-    exit 1
-}
-
-now_ms() { date +%s%3N; }
-
-# JSON field from stdin: jget EXPR, EXPR is Python over `d`.
-jget() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_for() { # seconds command...: polls until the command succeeds
-    local limit=$1
-    shift
-    local end=$(($(date +%s%3N) + limit * 1000))
-    while [ "$(date +%s%3N)" -lt $end ]; do
-        if "$@" >/dev/null 2>&1; then return 0; fi
-        sleep 0.05
-    done
-    return 1
-}
+# shellcheck source=daemon_lib.sh
+. "$SRC/tests/integration/daemon_lib.sh"
 
 PORT=$(free_port)
 COMMON=(--heartbeat-ms "$HB" --dead-after-ms "$DEAD" --log-level debug)
@@ -66,6 +33,14 @@ wait_alive() { # count
     local want=$1
     n_alive() { [ "$(alive_count)" = "$want" ]; }
     wait_for 10 n_alive || fail "$want nodes never ALIVE: $("$CLIENT" nodes)"
+}
+
+stop_daemons() { # pid...: SIGTERM to each; each must exit within 10 s
+    local p
+    for p in "$@"; do kill -TERM "$p"; done
+    for p in "$@"; do
+        timeout 10 tail --pid="$p" -f /dev/null || fail "mpard $p did not stop"
+    done
 }
 
 job_field() { # id expr (status exits 1 for a FAILED job: the document still comes)
