@@ -442,8 +442,13 @@ static void conn_feed_frames(mp_conn_t *conn, const uint8_t *data, size_t len)
     }
 }
 
+/* Adds data to the pending line; false when the line would exceed max_line
+ * or cannot grow. */
 static bool line_append(mp_conn_t *conn, const char *data, size_t len)
 {
+    if (conn->line_len + len > conn->p.max_line) {
+        return false;
+    }
     if (conn->line_len + len + 1 > conn->line_cap) {
         size_t cap = conn->line_cap ? conn->line_cap : 1024;
         while (cap < conn->line_len + len + 1) {
@@ -476,6 +481,14 @@ static void conn_line(mp_conn_t *conn, char *line, size_t len)
     conn->cbs.on_line(conn, line, len, false, conn->data);
 }
 
+/* Hands the pending line (conn->line) to on_line and empties it. */
+static void conn_line_flush(mp_conn_t *conn)
+{
+    size_t total = conn->line_len;
+    conn->line_len = 0;
+    conn_line(conn, conn->line, total);
+}
+
 static void conn_oversized_line(mp_conn_t *conn)
 {
     conn->line_len = 0;
@@ -491,7 +504,7 @@ static void conn_feed_lines(mp_conn_t *conn, char *data, size_t len)
     while (len > 0 && !conn->closing && !conn->ending) {
         char *nl = memchr(data, '\n', len);
         if (nl == NULL) {
-            if (conn->line_len + len > conn->p.max_line || !line_append(conn, data, len)) {
+            if (!line_append(conn, data, len)) {
                 conn_oversized_line(conn);
             }
             return;
@@ -505,13 +518,11 @@ static void conn_feed_lines(mp_conn_t *conn, char *data, size_t len)
             *nl = '\0';
             conn_line(conn, data, n);
         } else {
-            if (conn->line_len + n > conn->p.max_line || !line_append(conn, data, n)) {
+            if (!line_append(conn, data, n)) {
                 conn_oversized_line(conn);
                 return;
             }
-            size_t total = conn->line_len;
-            conn->line_len = 0;
-            conn_line(conn, conn->line, total);
+            conn_line_flush(conn);
         }
         data = nl + 1;
         len -= n + 1;
@@ -586,9 +597,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread < 0) {
         if (nread == UV_EOF && conn->mode == MODE_LINES && conn->line_len > 0) {
             /* A last request without its newline is still answered. */
-            size_t total = conn->line_len;
-            conn->line_len = 0;
-            conn_line(conn, conn->line, total);
+            conn_line_flush(conn);
             mp_conn_end(conn, MP_CONN_EOF, "peer closed");
         } else if (nread == UV_EOF && conn->mode == MODE_LINES && conn->cbs.on_eof != NULL) {
             conn->peer_eof = true;
