@@ -41,6 +41,15 @@ const char *mp_status_name(mp_status_t status);
 /* errno value -> status. */
 mp_status_t mp_status_from_errno(int err);
 
+/* Returns expr's status from the calling function unless it is MP_OK. */
+#define MP_TRY(expr)                                                                               \
+    do {                                                                                           \
+        mp_status_t try_st_ = (expr);                                                              \
+        if (try_st_ != MP_OK) {                                                                    \
+            return try_st_;                                                                        \
+        }                                                                                          \
+    } while (0)
+
 /*
  * A buffer for a human-readable reason that travels with a status to the
  * user (a job spec's field path, a corrupt file's name).  Functions that take

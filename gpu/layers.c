@@ -10,14 +10,6 @@
 
 #include "common/log.h"
 
-#define MP_TRY(expr)                        \
-    do {                                    \
-        mp_status_t st_ = (expr);           \
-        if (st_ != MP_OK) {                 \
-            return st_;                     \
-        }                                   \
-    } while (0)
-
 mp_status_t mp_mlp_block_fc1_fwd(mp_backend_t *be, float *Hpre, float *A, const float *X,
                                  const float *W1, const float *b1, int64_t B, int64_t H,
                                  int64_t Fl)

@@ -56,14 +56,6 @@ struct mp_model {
     int nallocs, cap_allocs;
 };
 
-#define MP_TRY(expr)                                                                               \
-    do {                                                                                           \
-        mp_status_t try_st_ = (expr);                                                              \
-        if (try_st_ != MP_OK) {                                                                    \
-            return try_st_;                                                                        \
-        }                                                                                          \
-    } while (0)
-
 static float *model_alloc(mp_model_t *m, int64_t elems)
 {
     if (m->nallocs == m->cap_allocs) {
