@@ -259,7 +259,8 @@ static int unfolded(uint32_t pn, uint32_t rem)
 /*
  * Folds a group of n = p + rem ranks into p: each of the first rem even
  * ranks hands its tensor to the odd rank after it and sits out
- * (*newrank_p = -1).  Step 0.
+ * (*newrank_p = -1); the odd rank receives it whole into the scratch
+ * buffer.  Step 0.
  */
 static mp_status_t fold_in(op_t *op, float *buf, size_t count, uint32_t p, int *newrank_p)
 {
@@ -273,7 +274,10 @@ static mp_status_t fold_in(op_t *op, float *buf, size_t count, uint32_t p, int *
         st = op_xchg(op, 0, (int)r + 1, buf, bytes, -1, NULL, 0);
         *newrank_p = -1;
     } else {
-        st = op_xchg(op, 0, -1, NULL, 0, (int)r - 1, g->scratch, bytes);
+        st = grow(&g->scratch, &g->scratch_cap, count);
+        if (st == MP_OK) {
+            st = op_xchg(op, 0, -1, NULL, 0, (int)r - 1, g->scratch, bytes);
+        }
         if (st == MP_OK) {
             add_f32(buf, g->scratch, count);
         }
@@ -349,9 +353,6 @@ static mp_status_t rhd_allreduce(op_t *op, float *buf, size_t count)
 {
     mp_coll_group_t *g = op->g;
     mp_status_t st = grow(&g->scratch, &g->scratch_cap, count / 2 + 1);
-    if (st == MP_OK && (g->size & (g->size - 1)) != 0) {
-        st = grow(&g->scratch, &g->scratch_cap, count); /* the fold receives a whole tensor */
-    }
     if (st != MP_OK) {
         return st;
     }
