@@ -3,8 +3,9 @@
  * the cluster listener (coordinator) and the Unix socket, starts the roles,
  * and runs the libuv loop until SIGTERM/SIGINT.  READY=1 goes to systemd once
  * the listeners are bound and the node has registered; SIGHUP reloads the
- * configuration and keeps the old one on error.  Owns mpard_t and the loop.
- * Main thread = the libuv thread.
+ * configuration (read on the libuv thread pool, applied on the loop) and
+ * keeps the old one on error.  Owns mpard_t and the loop.  Main thread =
+ * the libuv thread.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -108,52 +109,109 @@ static void mpard_shutdown(mpard_t *d, const char *why)
     uv_unref((uv_handle_t *)&d->shutdown_timer);
 }
 
-static void mpard_reload(mpard_t *d)
-{
-    mp_errbuf_t err;
+/* A reload: the configuration is read on the thread pool (the loop never
+ * touches the disk) and applied back on the loop. */
+typedef struct {
+    uv_work_t req;
+    mpard_t *d;
     mp_daemon_config_t nc;
-    bool help;
-    mp_notify_send("RELOADING=1");
-    if (mp_daemon_config_load(d->argc, d->argv, &nc, &help, &err) != MP_OK) {
-        d->n.reload_failures++;
-        mp_err("reload refused, keeping the running configuration: %s", err.msg);
-    } else {
-        static const struct {
-            const char *key;
-            size_t off, len;
-        } fixed[] = {
+    mp_errbuf_t err;
+    mp_status_t st;
+} reload_req_t;
+
+static void mpard_reload(mpard_t *d);
+
+static void reload_apply(mpard_t *d, const mp_daemon_config_t *nc)
+{
+    static const struct {
+        const char *key;
+        size_t off, len;
+    } fixed[] = {
 #define F(k, f) {k, offsetof(mp_daemon_config_t, f), sizeof(((mp_daemon_config_t *)0)->f)}
-            F("name", name),
-            F("coordinator", coordinator),
-            F("listen", listen),
-            F("join", join),
-            F("socket", socket_path),
-            F("state-dir", state_dir),
-            F("secret-file", secret_file),
-            F("devices", devices),
+        F("name", name),
+        F("coordinator", coordinator),
+        F("listen", listen),
+        F("join", join),
+        F("socket", socket_path),
+        F("state-dir", state_dir),
+        F("secret-file", secret_file),
+        F("devices", devices),
 #undef F
-        };
-        for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++) {
-            if (memcmp((char *)&nc + fixed[i].off, (char *)&d->cfg + fixed[i].off, fixed[i].len) !=
-                0) {
-                mp_warn("reload: '%s' changed; it takes effect at the next restart", fixed[i].key);
-            }
+    };
+    for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++) {
+        if (memcmp((const char *)nc + fixed[i].off, (char *)&d->cfg + fixed[i].off, fixed[i].len) !=
+            0) {
+            mp_warn("reload: '%s' changed; it takes effect at the next restart", fixed[i].key);
         }
-        d->cfg.heartbeat_ms = nc.heartbeat_ms;
-        d->cfg.dead_after_ms = nc.dead_after_ms;
-        d->cfg.log_level = nc.log_level;
-        memcpy(d->cfg.log_level_name, nc.log_level_name, sizeof(nc.log_level_name));
-        mp_log_set_level(d->cfg.log_level);
-        if (d->coord != NULL) {
-            mp_coord_apply_config(d->coord);
-        }
-        d->n.reloads++;
-        mp_notice("configuration reloaded (heartbeat %u ms, dead after %u ms, log level %s)",
-                  d->cfg.heartbeat_ms, d->cfg.dead_after_ms, d->cfg.log_level_name);
     }
+    d->cfg.heartbeat_ms = nc->heartbeat_ms;
+    d->cfg.dead_after_ms = nc->dead_after_ms;
+    d->cfg.log_level = nc->log_level;
+    memcpy(d->cfg.log_level_name, nc->log_level_name, sizeof(nc->log_level_name));
+    mp_log_set_level(d->cfg.log_level);
+    if (d->coord != NULL) {
+        mp_coord_apply_config(d->coord);
+    }
+    d->n.reloads++;
+    mp_notice("configuration reloaded (heartbeat %u ms, dead after %u ms, log level %s)",
+              d->cfg.heartbeat_ms, d->cfg.dead_after_ms, d->cfg.log_level_name);
+}
+
+static void reload_work(uv_work_t *req)
+{
+    reload_req_t *r = (reload_req_t *)req;
+    bool help;
+    r->st = mp_daemon_config_load(r->d->argc, r->d->argv, &r->nc, &help, &r->err);
+}
+
+static void reload_after(uv_work_t *req, int status)
+{
+    reload_req_t *r = (reload_req_t *)req;
+    mpard_t *d = r->d;
+    d->reload_inflight = false;
+    if (d->stopping) {
+        mp_free(r);
+        return;
+    }
+    if (r->st != MP_OK) {
+        d->n.reload_failures++;
+        mp_err("reload refused, keeping the running configuration: %s", r->err.msg);
+    } else {
+        reload_apply(d, &r->nc);
+    }
+    mp_free(r);
     if (d->ready_sent) {
         mp_notify_send("READY=1");
     }
+    if (d->reload_again) {
+        d->reload_again = false;
+        mpard_reload(d);
+    }
+}
+
+static void mpard_reload(mpard_t *d)
+{
+    if (d->reload_inflight) {
+        d->reload_again = true; /* getopt and the file are not for two readers at once */
+        return;
+    }
+    mp_notify_send("RELOADING=1");
+    reload_req_t *r = mp_calloc(1, sizeof(*r));
+    int rc = UV_ENOMEM;
+    if (r != NULL) {
+        r->d = d;
+        rc = uv_queue_work(d->loop, &r->req, reload_work, reload_after);
+    }
+    if (rc != 0) {
+        mp_free(r);
+        d->n.reload_failures++;
+        mp_err("reload refused, keeping the running configuration: %s", uv_strerror(rc));
+        if (d->ready_sent) {
+            mp_notify_send("READY=1");
+        }
+        return;
+    }
+    d->reload_inflight = true;
 }
 
 static void on_signal(uv_signal_t *h, int signum)

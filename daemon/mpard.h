@@ -98,6 +98,8 @@ typedef struct mpard {
     bool listeners_ready;
     bool ready_sent;
     bool stopping;
+    bool reload_inflight;   /* the config file is being read on the thread pool */
+    bool reload_again;      /* a SIGHUP came meanwhile: read it once more after */
     mp_coord_t *coord;      /* coordinator role, or NULL */
     mp_agent_t *agent;      /* node role (devices not "none"), or NULL */
     mp_session_t *sessions; /* doubly linked, for shutdown */
