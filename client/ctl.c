@@ -22,16 +22,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "client/client.h"
 #include "common/alloc.h"
 #include "proto/codec.h"
 #include "proto/json.h"
 #include "transport/auth.h"
-
-#define EXIT_OK 0
-#define EXIT_FAILED 1
-#define EXIT_USAGE 2
-#define EXIT_UNREACHABLE 3
-#define EXIT_AUTH 4
 
 #define DEFAULT_SOCKET "/run/mpar/mpard.sock"
 #define REPLY_TIMEOUT_MS 30000
@@ -84,7 +79,7 @@ static int ctl_connect(ctl_t *c)
         const char *colon = strrchr(c->connect, ':');
         if (colon == NULL || colon == c->connect || (size_t)(colon - c->connect) >= sizeof(host)) {
             fprintf(stderr, "mpar-client: --connect expects HOST:PORT, not '%s'\n", c->connect);
-            return EXIT_USAGE;
+            return MP_EXIT_USAGE;
         }
         memcpy(host, c->connect, (size_t)(colon - c->connect));
         host[colon - c->connect] = '\0';
@@ -97,7 +92,7 @@ static int ctl_connect(ctl_t *c)
         int rc = getaddrinfo(host, colon + 1, &hints, &res);
         if (rc != 0) {
             fprintf(stderr, "mpar-client: cannot resolve %s: %s\n", c->connect, gai_strerror(rc));
-            return EXIT_UNREACHABLE;
+            return MP_EXIT_UNREACHABLE;
         }
         int err = 0;
         for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
@@ -119,9 +114,9 @@ static int ctl_connect(ctl_t *c)
                     "mpar-client: cannot connect to %s (%s): is the coordinator's mpard "
                     "running and listening there?\n",
                     c->connect, strerror(err));
-            return EXIT_UNREACHABLE;
+            return MP_EXIT_UNREACHABLE;
         }
-        return EXIT_OK;
+        return MP_EXIT_OK;
     }
     const char *path = c->socket_path;
     if (path == NULL) {
@@ -134,7 +129,7 @@ static int ctl_connect(ctl_t *c)
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     if (strlen(path) >= sizeof(sa.sun_path)) {
         fprintf(stderr, "mpar-client: socket path too long: %s\n", path);
-        return EXIT_USAGE;
+        return MP_EXIT_USAGE;
     }
     memcpy(sa.sun_path, path, strlen(path) + 1);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -147,10 +142,10 @@ static int ctl_connect(ctl_t *c)
                 "mpar-client: cannot connect to %s (%s): is mpard running? try: systemctl "
                 "status mpard\n",
                 path, strerror(e));
-        return e == EACCES ? EXIT_AUTH : EXIT_UNREACHABLE;
+        return e == EACCES ? MP_EXIT_AUTH : MP_EXIT_UNREACHABLE;
     }
     c->fd = fd;
-    return EXIT_OK;
+    return MP_EXIT_OK;
 }
 
 static int write_all(int fd, const uint8_t *buf, size_t len)
@@ -205,15 +200,15 @@ static int ctl_send(ctl_t *c, Mpar__Envelope *env)
     mp_status_t st = mp_frame_pack(env, MP_FRAME_MAX_DEFAULT, &buf, &len);
     if (st != MP_OK) {
         fprintf(stderr, "mpar-client: cannot encode the request: %s\n", mp_strerror(st));
-        return st == MP_ERR_TOOBIG ? EXIT_USAGE : EXIT_FAILED;
+        return st == MP_ERR_TOOBIG ? MP_EXIT_USAGE : MP_EXIT_FAILED;
     }
     int rc = write_all(c->fd, buf, len);
     mp_free(buf);
     if (rc != 0) {
         fprintf(stderr, "mpar-client: lost the connection to %s: %s\n", c->where, strerror(errno));
-        return EXIT_UNREACHABLE;
+        return MP_EXIT_UNREACHABLE;
     }
-    return EXIT_OK;
+    return MP_EXIT_OK;
 }
 
 static int ctl_recv(ctl_t *c, int timeout_ms, Mpar__Envelope **env_p)
@@ -221,31 +216,31 @@ static int ctl_recv(ctl_t *c, int timeout_ms, Mpar__Envelope **env_p)
     uint8_t hdr[4];
     if (read_all(c->fd, hdr, 4, timeout_ms) != 0) {
         fprintf(stderr, "mpar-client: no reply from %s: %s\n", c->where, strerror(errno));
-        return EXIT_UNREACHABLE;
+        return MP_EXIT_UNREACHABLE;
     }
     uint32_t n =
         ((uint32_t)hdr[0] << 24) | ((uint32_t)hdr[1] << 16) | ((uint32_t)hdr[2] << 8) | hdr[3];
     if (n == 0 || n > MP_FRAME_MAX_DEFAULT) {
         fprintf(stderr, "mpar-client: %s sent a frame of %u bytes; is it mpard?\n", c->where, n);
-        return EXIT_UNREACHABLE;
+        return MP_EXIT_UNREACHABLE;
     }
     uint8_t *body = mp_malloc(n);
     if (body == NULL) {
-        return EXIT_FAILED;
+        return MP_EXIT_FAILED;
     }
     if (read_all(c->fd, body, n, timeout_ms) != 0) {
         fprintf(stderr, "mpar-client: truncated reply from %s: %s\n", c->where, strerror(errno));
         mp_free(body);
-        return EXIT_UNREACHABLE;
+        return MP_EXIT_UNREACHABLE;
     }
     mp_errbuf_t err;
     mp_status_t st = mp_frame_unpack(body, n, env_p, &err);
     mp_free(body);
     if (st != MP_OK) {
         fprintf(stderr, "mpar-client: bad reply from %s: %s\n", c->where, err.msg);
-        return EXIT_UNREACHABLE;
+        return MP_EXIT_UNREACHABLE;
     }
-    return EXIT_OK;
+    return MP_EXIT_OK;
 }
 
 static int ctl_handshake(ctl_t *c)
@@ -254,7 +249,7 @@ static int ctl_handshake(ctl_t *c)
     mp_errbuf_t err;
     if (c->secret_file != NULL && mp_auth_secret_load(c->secret_file, &secret, &err) != MP_OK) {
         fprintf(stderr, "mpar-client: %s\n", err.msg);
-        return EXIT_AUTH;
+        return MP_EXIT_AUTH;
     }
     mp_handshake_params_t p = {.side = MP_AUTH_SIDE_CLIENT,
                                .secret = secret,
@@ -263,21 +258,21 @@ static int ctl_handshake(ctl_t *c)
     mp_handshake_t *hs;
     if (mp_handshake_create(&p, &hs) != MP_OK) {
         mp_auth_secret_free(secret);
-        return EXIT_FAILED;
+        return MP_EXIT_FAILED;
     }
     mp_handshake_out_t out;
-    int rc = mp_handshake_start(hs, &out) == MP_OK ? ctl_send(c, &out.env) : EXIT_FAILED;
-    while (rc == EXIT_OK && !mp_handshake_done(hs)) {
+    int rc = mp_handshake_start(hs, &out) == MP_OK ? ctl_send(c, &out.env) : MP_EXIT_FAILED;
+    while (rc == MP_EXIT_OK && !mp_handshake_done(hs)) {
         Mpar__Envelope *in;
         rc = ctl_recv(c, REPLY_TIMEOUT_MS, &in);
-        if (rc != EXIT_OK) {
+        if (rc != MP_EXIT_OK) {
             break;
         }
         mp_status_t st = mp_handshake_on_envelope(hs, in, &out, &err);
         mp_frame_envelope_free(in);
         if (st != MP_OK) {
             fprintf(stderr, "mpar-client: %s: %s\n", c->where, err.msg);
-            rc = st == MP_ERR_AUTH ? EXIT_AUTH : EXIT_UNREACHABLE;
+            rc = st == MP_ERR_AUTH ? MP_EXIT_AUTH : MP_EXIT_UNREACHABLE;
             break;
         }
         if (out.has_msg) {
@@ -295,10 +290,10 @@ static int ctl_call(ctl_t *c, Mpar__Envelope *req, Mpar__Envelope **reply_p)
 {
     req->request_id = ++c->next_rid;
     int rc = ctl_send(c, req);
-    while (rc == EXIT_OK) {
+    while (rc == MP_EXIT_OK) {
         Mpar__Envelope *in;
         rc = ctl_recv(c, REPLY_TIMEOUT_MS, &in);
-        if (rc != EXIT_OK) {
+        if (rc != MP_EXIT_OK) {
             break;
         }
         if (in->request_id != req->request_id && in->msg_case != MPAR__ENVELOPE__MSG_ERROR) {
@@ -310,28 +305,28 @@ static int ctl_call(ctl_t *c, Mpar__Envelope *req, Mpar__Envelope **reply_p)
             switch (in->error->code) {
             case MPAR__ERROR_CODE__ERROR_CODE_INVALID_SPEC:
                 fprintf(stderr, "mpar-client: invalid job spec: %s\n", m);
-                rc = EXIT_USAGE;
+                rc = MP_EXIT_USAGE;
                 break;
             case MPAR__ERROR_CODE__ERROR_CODE_AUTH:
             case MPAR__ERROR_CODE__ERROR_CODE_PERMISSION:
                 fprintf(stderr, "mpar-client: %s\n", m);
-                rc = EXIT_AUTH;
+                rc = MP_EXIT_AUTH;
                 break;
             case MPAR__ERROR_CODE__ERROR_CODE_NOT_COORDINATOR:
             case MPAR__ERROR_CODE__ERROR_CODE_VERSION:
                 fprintf(stderr, "mpar-client: %s\n", m);
-                rc = EXIT_UNREACHABLE;
+                rc = MP_EXIT_UNREACHABLE;
                 break;
             default:
                 fprintf(stderr, "mpar-client: %s\n", m);
-                rc = EXIT_FAILED;
+                rc = MP_EXIT_FAILED;
                 break;
             }
             mp_frame_envelope_free(in);
             return rc;
         }
         *reply_p = in;
-        return EXIT_OK;
+        return MP_EXIT_OK;
     }
     return rc;
 }
@@ -457,7 +452,7 @@ static void print_job(const Mpar__JobInfo *j)
 
 static int job_exit(const Mpar__JobInfo *j)
 {
-    return j->state == MPAR__JOB_STATE__JOB_STATE_FAILED ? EXIT_FAILED : EXIT_OK;
+    return j->state == MPAR__JOB_STATE__JOB_STATE_FAILED ? MP_EXIT_FAILED : MP_EXIT_OK;
 }
 
 static int cmd_job(ctl_t *c, const char *id, bool cancel);
@@ -471,13 +466,13 @@ static int cmd_nodes(ctl_t *c)
     req.msg_case = MPAR__ENVELOPE__MSG_LIST_NODES;
     req.list_nodes = &ln;
     int rc = ctl_call(c, &req, &rep);
-    if (rc != EXIT_OK) {
+    if (rc != MP_EXIT_OK) {
         return rc;
     }
     if (rep->msg_case != MPAR__ENVELOPE__MSG_NODE_LIST) {
         fprintf(stderr, "mpar-client: unexpected reply %s\n", mp_frame_msg_name(rep->msg_case));
         mp_frame_envelope_free(rep);
-        return EXIT_FAILED;
+        return MP_EXIT_FAILED;
     }
     const Mpar__NodeList *nl = rep->node_list;
     if (c->json) {
@@ -509,7 +504,7 @@ static int cmd_nodes(ctl_t *c)
         }
     }
     mp_frame_envelope_free(rep);
-    return EXIT_OK;
+    return MP_EXIT_OK;
 }
 
 static int cmd_jobs(ctl_t *c)
@@ -519,12 +514,12 @@ static int cmd_jobs(ctl_t *c)
     req.msg_case = MPAR__ENVELOPE__MSG_LIST_JOBS;
     req.list_jobs = &lj;
     int rc = ctl_call(c, &req, &rep);
-    if (rc != EXIT_OK) {
+    if (rc != MP_EXIT_OK) {
         return rc;
     }
     if (rep->msg_case != MPAR__ENVELOPE__MSG_JOB_LIST) {
         mp_frame_envelope_free(rep);
-        return EXIT_FAILED;
+        return MP_EXIT_FAILED;
     }
     const Mpar__JobList *jl = rep->job_list;
     if (c->json) {
@@ -542,7 +537,7 @@ static int cmd_jobs(ctl_t *c)
         }
     }
     mp_frame_envelope_free(rep);
-    return EXIT_OK;
+    return MP_EXIT_OK;
 }
 
 /* logs [-f]: the events on stdout.  submit -f (progress): the events on
@@ -559,10 +554,10 @@ static int cmd_follow(ctl_t *c, const char *id, bool follow, bool progress)
     int rc = ctl_call(c, &req, &ev);
     json_t *events = c->json && !follow && !progress ? json_array() : NULL;
     Mpar__JobState last = MPAR__JOB_STATE__JOB_STATE_UNSPECIFIED;
-    while (rc == EXIT_OK) {
+    while (rc == MP_EXIT_OK) {
         if (ev->msg_case != MPAR__ENVELOPE__MSG_JOB_EVENT) {
             mp_frame_envelope_free(ev);
-            rc = EXIT_FAILED;
+            rc = MP_EXIT_FAILED;
             break;
         }
         const Mpar__JobEvent *e = ev->job_event;
@@ -596,22 +591,22 @@ static int cmd_follow(ctl_t *c, const char *id, bool follow, bool progress)
         json_t *doc = json_object();
         json_object_set_new(doc, "job_id", json_string(id));
         json_object_set_new(doc, "events", events);
-        if (rc == EXIT_OK) {
+        if (rc == MP_EXIT_OK) {
             print_json(doc);
         } else {
             json_decref(doc);
         }
     }
-    if (rc == EXIT_OK && progress) {
+    if (rc == MP_EXIT_OK && progress) {
         /* The final record: state, losses, placement, timeline. */
         rc = cmd_job(c, id, false);
-        if (rc == EXIT_OK && last != MPAR__JOB_STATE__JOB_STATE_SUCCEEDED) {
-            rc = EXIT_FAILED;
+        if (rc == MP_EXIT_OK && last != MPAR__JOB_STATE__JOB_STATE_SUCCEEDED) {
+            rc = MP_EXIT_FAILED;
         }
         return rc;
     }
-    if (rc == EXIT_OK && follow) {
-        return last == MPAR__JOB_STATE__JOB_STATE_SUCCEEDED ? EXIT_OK : EXIT_FAILED;
+    if (rc == MP_EXIT_OK && follow) {
+        return last == MPAR__JOB_STATE__JOB_STATE_SUCCEEDED ? MP_EXIT_OK : MP_EXIT_FAILED;
     }
     return rc;
 }
@@ -621,14 +616,14 @@ static int read_file(const char *path, char **text_p)
     FILE *f = fopen(path, "rb");
     if (f == NULL) {
         fprintf(stderr, "mpar-client: cannot read %s: %s\n", path, strerror(errno));
-        return EXIT_USAGE;
+        return MP_EXIT_USAGE;
     }
     size_t cap = 4096, len = 0;
     char *buf = malloc(cap);
     for (;;) {
         if (buf == NULL) {
             fclose(f);
-            return EXIT_FAILED;
+            return MP_EXIT_FAILED;
         }
         len += fread(buf + len, 1, cap - len - 1, f);
         if (len < cap - 1) {
@@ -639,7 +634,7 @@ static int read_file(const char *path, char **text_p)
             fprintf(stderr, "mpar-client: %s is larger than a job spec can be\n", path);
             free(buf);
             fclose(f);
-            return EXIT_USAGE;
+            return MP_EXIT_USAGE;
         }
         buf = realloc(buf, cap);
     }
@@ -648,18 +643,18 @@ static int read_file(const char *path, char **text_p)
     if (bad) {
         fprintf(stderr, "mpar-client: cannot read %s\n", path);
         free(buf);
-        return EXIT_USAGE;
+        return MP_EXIT_USAGE;
     }
     buf[len] = '\0';
     *text_p = buf;
-    return EXIT_OK;
+    return MP_EXIT_OK;
 }
 
 static int cmd_submit(ctl_t *c, const char *path)
 {
     char *text;
     int rc = read_file(path, &text);
-    if (rc != EXIT_OK) {
+    if (rc != MP_EXIT_OK) {
         return rc;
     }
     Mpar__Envelope req = MPAR__ENVELOPE__INIT, *rep;
@@ -671,12 +666,12 @@ static int cmd_submit(ctl_t *c, const char *path)
     req.submit_job = &sj;
     rc = ctl_call(c, &req, &rep);
     free(text);
-    if (rc != EXIT_OK) {
+    if (rc != MP_EXIT_OK) {
         return rc;
     }
     if (rep->msg_case != MPAR__ENVELOPE__MSG_JOB_ACCEPTED || rep->job_accepted->job == NULL) {
         mp_frame_envelope_free(rep);
-        return EXIT_FAILED;
+        return MP_EXIT_FAILED;
     }
     const Mpar__JobInfo *j = rep->job_accepted->job;
     char id[32];
@@ -691,7 +686,7 @@ static int cmd_submit(ctl_t *c, const char *path)
     }
     mp_frame_envelope_free(rep);
     fflush(stdout);
-    return c->follow ? cmd_follow(c, id, true, true) : EXIT_OK;
+    return c->follow ? cmd_follow(c, id, true, true) : MP_EXIT_OK;
 }
 
 static int cmd_job(ctl_t *c, const char *id, bool cancel)
@@ -710,12 +705,12 @@ static int cmd_job(ctl_t *c, const char *id, bool cancel)
         req.get_job = &gj;
     }
     int rc = ctl_call(c, &req, &rep);
-    if (rc != EXIT_OK) {
+    if (rc != MP_EXIT_OK) {
         return rc;
     }
     if (rep->msg_case != MPAR__ENVELOPE__MSG_JOB_REPLY || rep->job_reply->job == NULL) {
         mp_frame_envelope_free(rep);
-        return EXIT_FAILED;
+        return MP_EXIT_FAILED;
     }
     const Mpar__JobInfo *j = rep->job_reply->job;
     if (c->json) {
@@ -725,7 +720,7 @@ static int cmd_job(ctl_t *c, const char *id, bool cancel)
     } else {
         print_job(j);
     }
-    rc = cancel ? EXIT_OK : job_exit(j);
+    rc = cancel ? MP_EXIT_OK : job_exit(j);
     mp_frame_envelope_free(rep);
     return rc;
 }
@@ -745,7 +740,7 @@ int mp_client_ctl_main(int argc, char **argv)
     ctl_t c = {.fd = -1};
     if (argc < 1) {
         ctl_usage(stderr);
-        return EXIT_USAGE;
+        return MP_EXIT_USAGE;
     }
     const char *cmd = argv[0];
     optind = 1;
@@ -770,7 +765,7 @@ int mp_client_ctl_main(int argc, char **argv)
         case 'o':
             if (strcmp(optarg, "json") != 0 && strcmp(optarg, "table") != 0) {
                 fprintf(stderr, "mpar-client: -o takes json or table, not '%s'\n", optarg);
-                return EXIT_USAGE;
+                return MP_EXIT_USAGE;
             }
             c.json = strcmp(optarg, "json") == 0;
             break;
@@ -782,11 +777,11 @@ int mp_client_ctl_main(int argc, char **argv)
             break;
         case 'h':
             ctl_usage(stdout);
-            return EXIT_OK;
+            return MP_EXIT_OK;
         default:
             fprintf(stderr, "mpar-client: unknown or incomplete option '%s'\n", argv[optind - 1]);
             ctl_usage(stderr);
-            return EXIT_USAGE;
+            return MP_EXIT_USAGE;
         }
     }
     /* The positional arguments, in order, with the options taken out. */
@@ -814,29 +809,29 @@ int mp_client_ctl_main(int argc, char **argv)
     if (want < 0) {
         fprintf(stderr, "mpar-client: unknown command '%s'\n", cmd);
         ctl_usage(stderr);
-        return EXIT_USAGE;
+        return MP_EXIT_USAGE;
     }
     if (npos != want) {
         fprintf(stderr, "mpar-client: %s takes %s\n", cmd,
                 want == 0                ? "no argument"
                 : !strcmp(cmd, "submit") ? "JOB.json"
                                          : "a JOB id");
-        return EXIT_USAGE;
+        return MP_EXIT_USAGE;
     }
     if (c.follow && strcmp(cmd, "submit") != 0 && strcmp(cmd, "logs") != 0) {
         fprintf(stderr, "mpar-client: -f applies to submit and logs\n");
-        return EXIT_USAGE;
+        return MP_EXIT_USAGE;
     }
     if (c.save_weights != NULL && strcmp(cmd, "submit") != 0) {
         fprintf(stderr, "mpar-client: --save-weights applies to submit\n");
-        return EXIT_USAGE;
+        return MP_EXIT_USAGE;
     }
     /* The directory is the coordinator's: a relative one means this one's. */
     char save_abs[PATH_MAX];
     if (c.save_weights != NULL) {
         if (c.save_weights[0] == '\0') {
             fprintf(stderr, "mpar-client: --save-weights needs a directory\n");
-            return EXIT_USAGE;
+            return MP_EXIT_USAGE;
         }
         if (c.save_weights[0] != '/') {
             char cwd[PATH_MAX];
@@ -844,26 +839,26 @@ int mp_client_ctl_main(int argc, char **argv)
                 (size_t)snprintf(save_abs, sizeof(save_abs), "%s/%s", cwd, c.save_weights) >=
                     sizeof(save_abs)) {
                 fprintf(stderr, "mpar-client: --save-weights: path too long\n");
-                return EXIT_USAGE;
+                return MP_EXIT_USAGE;
             }
             c.save_weights = save_abs;
         }
     }
     if (c.secret_file != NULL && c.connect == NULL) {
         fprintf(stderr, "mpar-client: --secret-file goes with --connect HOST:PORT\n");
-        return EXIT_USAGE;
+        return MP_EXIT_USAGE;
     }
     /* Read the spec first: a missing file is a usage error, daemon or not. */
-    int rc = EXIT_OK;
+    int rc = MP_EXIT_OK;
     if (!strcmp(cmd, "submit") && access(pos[0], R_OK) != 0) {
         fprintf(stderr, "mpar-client: cannot read %s: %s\n", pos[0], strerror(errno));
-        return EXIT_USAGE;
+        return MP_EXIT_USAGE;
     }
     rc = ctl_connect(&c);
-    if (rc == EXIT_OK) {
+    if (rc == MP_EXIT_OK) {
         rc = ctl_handshake(&c);
     }
-    if (rc == EXIT_OK) {
+    if (rc == MP_EXIT_OK) {
         if (!strcmp(cmd, "nodes")) {
             rc = cmd_nodes(&c);
         } else if (!strcmp(cmd, "jobs")) {
