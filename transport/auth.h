@@ -3,7 +3,7 @@
  * (DESIGN.md "Control plane"): version check, then HMAC-SHA256
  * challenge-response over both nonces, compared in constant time, failing
  * closed.  The handshake is a pure state machine over Envelopes, so it is
- * tested without sockets; transport/conn.c drives it on a stream.  Any
+ * tested without sockets; transport/frame_conn.c drives it on a stream.  Any
  * thread; one handshake per connection.
  */
 #ifndef MP_TRANSPORT_AUTH_H
