@@ -559,6 +559,7 @@ static void job_free(coord_job_t *j)
     mp_free(j->spec_json);
     mp_free(j->save_weights);
     coord_job_results_free(j);
+    json_decref(j->saved);
     mp_free(j);
 }
 
@@ -799,7 +800,34 @@ json_t *mp_coord_job_events_json(mp_coord_t *c, const char *id)
 
 /* ---- persistence ------------------------------------------------------- */
 
-static char *coord_serialize(mp_coord_t *c)
+/* A job's entry of the state file; with_results: its losses and timeline too. */
+static json_t *job_save_json(const coord_job_t *j, bool with_results)
+{
+    json_t *o = mp_proto_to_json(&j->info.base);
+    if (!with_results) {
+        json_object_del(o, "losses");
+        json_object_del(o, "timeline");
+    }
+    json_t *evs = json_array();
+    for (size_t i = 0; i < j->nevents; i++) {
+        json_t *e = json_object();
+        json_object_set_new(e, "unix_ms", json_integer((json_int_t)j->events[i].unix_ms));
+        json_object_set_new(e, "state", json_string(job_state_name(j->events[i].state)));
+        json_object_set_new(e, "message", json_string(j->events[i].message));
+        json_array_append_new(evs, e);
+    }
+    json_object_set_new(o, "spec_json", json_string(j->spec_json ? j->spec_json : ""));
+    json_object_set_new(o, "events", evs);
+    return o;
+}
+
+/*
+ * The state as a JSON tree.  An ended job's entry is built once and shared
+ * by every later save (a reference), so a save costs the loop the jobs that
+ * can still change, not the whole queue; the tree is dumped to text on the
+ * thread pool.
+ */
+static json_t *coord_snapshot(mp_coord_t *c)
 {
     json_t *root = json_object();
     json_t *jobs = json_array();
@@ -808,29 +836,24 @@ static char *coord_serialize(mp_coord_t *c)
     json_object_set_new(root, "next_job", json_integer((json_int_t)c->next_job));
     size_t idx = 0;
     for (coord_job_t *j = c->jobs; j != NULL; j = j->next, idx++) {
-        json_t *o = mp_proto_to_json(&j->info.base);
-        if (idx + RESULTS_KEPT < c->njobs) {
-            /* Older jobs keep their summary; the per-step results of only
-             * the newest ones are stored, so the file stays small. */
-            json_object_del(o, "losses");
-            json_object_del(o, "timeline");
+        /* Older jobs keep their summary; the per-step results of only the
+         * newest ones are stored, so the file stays small. */
+        bool with_results = idx + RESULTS_KEPT >= c->njobs;
+        if (j->saved != NULL &&
+            (j->saved_nevents != j->nevents || j->saved_results != with_results)) {
+            json_decref(j->saved);
+            j->saved = NULL;
         }
-        json_t *evs = json_array();
-        for (size_t i = 0; i < j->nevents; i++) {
-            json_t *e = json_object();
-            json_object_set_new(e, "unix_ms", json_integer((json_int_t)j->events[i].unix_ms));
-            json_object_set_new(e, "state", json_string(job_state_name(j->events[i].state)));
-            json_object_set_new(e, "message", json_string(j->events[i].message));
-            json_array_append_new(evs, e);
+        json_t *o = j->saved != NULL ? json_incref(j->saved) : job_save_json(j, with_results);
+        if (j->saved == NULL && coord_job_terminal(j->info.state)) {
+            j->saved = json_incref(o);
+            j->saved_nevents = j->nevents;
+            j->saved_results = with_results;
         }
-        json_object_set_new(o, "spec_json", json_string(j->spec_json ? j->spec_json : ""));
-        json_object_set_new(o, "events", evs);
         json_array_append_new(jobs, o);
     }
     json_object_set_new(root, "jobs", jobs);
-    char *text = json_dumps(root, JSON_COMPACT);
-    json_decref(root);
-    return text;
+    return root;
 }
 
 static int write_file_atomic(const char *tmp, const char *path, const char *text)
@@ -866,10 +889,19 @@ static int write_file_atomic(const char *tmp, const char *path, const char *text
     return 0;
 }
 
+/* Dumps the state and writes it; any thread. */
+static int save_state(const mp_coord_t *c, const json_t *root)
+{
+    char *text = json_dumps(root, JSON_COMPACT);
+    int e = text != NULL ? write_file_atomic(c->tmp_path, c->state_path, text) : ENOMEM;
+    free(text);
+    return e;
+}
+
 static void save_work(uv_work_t *req)
 {
     save_req_t *s = (save_req_t *)req;
-    s->err = write_file_atomic(s->c->tmp_path, s->c->state_path, s->text);
+    s->err = save_state(s->c, s->root);
 }
 
 static void save_after(uv_work_t *req, int status)
@@ -880,7 +912,7 @@ static void save_after(uv_work_t *req, int status)
     if (s->err != 0) {
         mp_err("cannot save the job state to %s: %s", c->state_path, strerror(s->err));
     }
-    free(s->text);
+    json_decref(s->root);
     mp_free(s);
     if (c->save_dirty && !c->d->stopping) {
         coord_save(c);
@@ -897,7 +929,7 @@ void coord_save(mp_coord_t *c)
     }
     c->save_dirty = false;
     save_req_t *s = mp_calloc(1, sizeof(*s));
-    if (s == NULL || (s->text = coord_serialize(c)) == NULL) {
+    if (s == NULL || (s->root = coord_snapshot(c)) == NULL) {
         mp_free(s);
         c->save_dirty = true;
         mp_err("cannot serialize the job state (out of memory)");
@@ -905,7 +937,7 @@ void coord_save(mp_coord_t *c)
     }
     s->c = c;
     if (uv_queue_work(c->d->loop, &s->req, save_work, save_after) != 0) {
-        free(s->text);
+        json_decref(s->root);
         mp_free(s);
         c->save_dirty = true;
         return;
@@ -1199,12 +1231,12 @@ void mp_coord_destroy(mp_coord_t *c)
         return;
     }
     if (c->save_dirty) {
-        char *text = coord_serialize(c);
-        int e = text ? write_file_atomic(c->tmp_path, c->state_path, text) : ENOMEM;
+        json_t *root = coord_snapshot(c);
+        int e = root != NULL ? save_state(c, root) : ENOMEM;
         if (e != 0) {
             mp_err("cannot save the job state to %s: %s", c->state_path, strerror(e));
         }
-        free(text);
+        json_decref(root);
     }
     while (c->jobs != NULL) {
         coord_job_t *j = c->jobs;

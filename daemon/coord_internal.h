@@ -6,6 +6,7 @@
 #ifndef MP_DAEMON_COORD_INTERNAL_H
 #define MP_DAEMON_COORD_INTERNAL_H
 
+#include <jansson.h>
 #include <sys/types.h>
 
 #include "daemon/mpard.h"
@@ -55,14 +56,20 @@ typedef struct coord_job {
     Mpar__PlacementEntry **placep;
     Mpar__Timeline *timeline;
     jobrun_t *run; /* while it runs on the data plane (and its threads end) */
+    /* Its entry of the state file once it has ended, kept so that a save
+     * rebuilds only the jobs that can still change; never modified, only
+     * replaced, since a save in flight dumps it on the thread pool. */
+    json_t *saved;
+    size_t saved_nevents;
+    bool saved_results;
     struct coord_job *next;
 } coord_job_t;
 
 typedef struct {
     uv_work_t req;
     mp_coord_t *c;
-    char *text;
-    int err; /* errno of the write, 0 = ok */
+    json_t *root; /* the state, dumped and written on the thread pool */
+    int err;      /* errno of the write, 0 = ok */
 } save_req_t;
 
 struct mp_coord {
