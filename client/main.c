@@ -17,7 +17,8 @@ static void usage(FILE *f)
             "\n"
             "commands:\n"
             "  run JOB.json [--serial] [-o json] [--save-weights DIR] [--device cpu|cuda|auto]\n"
-            "               [--threads N]     train a job: on a throwaway local cluster, or\n"
+            "               [--threads N] [--tf32] [--timeline FILE.svg|none]\n"
+            "                                 train a job: on a throwaway local cluster, or\n"
             "                                 with --serial in this process on one device\n"
 #ifdef MP_HAVE_CTL
             "  nodes                          list the cluster's nodes\n"
