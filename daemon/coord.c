@@ -1217,7 +1217,9 @@ void mp_coord_stop(mp_coord_t *c)
     if (!c->stopping) {
         c->stopping = true;
         jobrun_stop_all(c);
-        mp_mbox_close(&c->mbox);
+        if (c->nthreads == 0) {
+            mp_mbox_close(&c->mbox); /* else after the last one exits (coord_run.c) */
+        }
     }
     if (c->sweep_open) {
         c->sweep_open = false;
@@ -1230,6 +1232,7 @@ void mp_coord_destroy(mp_coord_t *c)
     if (c == NULL) {
         return;
     }
+    jobrun_join_all(c);
     if (c->save_dirty) {
         json_t *root = coord_snapshot(c);
         int e = root != NULL ? save_state(c, root) : ENOMEM;

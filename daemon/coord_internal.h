@@ -86,6 +86,7 @@ struct mp_coord {
     char tmp_path[PATH_MAX + 40];
     bool save_inflight, save_dirty;
     mp_mbox_t mbox; /* from the feeder threads */
+    int nthreads;   /* feeder threads not yet joined */
     bool stopping;
 };
 
@@ -127,7 +128,11 @@ void jobrun_node_lost(mp_coord_t *c, mp_coord_node_t *n, const char *why);
 void jobrun_release(mp_coord_t *c, coord_job_t *j);
 /* Mailbox callback. */
 void jobrun_on_msg(void *owner, mp_mbox_msg_t *msg);
-/* Shutdown: aborts every run, joins the feeder threads. */
+/* Shutdown: fails every run and returns; the feeder threads are joined as
+ * their EXITED arrives. */
 void jobrun_stop_all(mp_coord_t *c);
+/* After the loop: joins any feeder thread still there (none, normally) and
+ * frees what is left of the runs and their messages. */
+void jobrun_join_all(mp_coord_t *c);
 
 #endif

@@ -76,6 +76,9 @@ struct jobrun {
     bool ended;   /* the job reached a terminal state */
     char fail_reason[1100];
     uv_timer_t grace;
+    bool grace_closing, grace_closed;
+    bool released;         /* ended, thread joined: freed once grace has closed */
+    struct fmsg *exit_msg; /* the thread's EXITED, made before it starts */
 
     /* Aggregation, [steps] and [epochs]. */
     mp_engine_stats_t *stats;
@@ -96,7 +99,7 @@ struct jobrun {
 
 typedef enum { FMSG_READY, FMSG_DONE, FMSG_EXITED, FMSG_RESCHEDULE } fmsg_kind_t;
 
-typedef struct {
+typedef struct fmsg {
     mp_mbox_msg_t base;
     fmsg_kind_t kind;
     jobrun_t *r;
@@ -171,7 +174,7 @@ static void *feeder_main(void *arg)
         post(r, FMSG_DONE, st, err.msg);
         mp_gather_destroy(gth);
         mp_feeder_destroy(f);
-        post(r, FMSG_EXITED, MP_OK, NULL);
+        mp_mbox_post(&r->c->mbox, &r->exit_msg->base); /* the last act */
         return NULL;
     }
     pthread_mutex_lock(&r->mu);
@@ -220,7 +223,8 @@ static void *feeder_main(void *arg)
     }
     mp_gather_destroy(gth);
     mp_feeder_destroy(f);
-    post(r, FMSG_EXITED, MP_OK, NULL);
+    /* The last act: the loop joins this thread when it reads this. */
+    mp_mbox_post(&r->c->mbox, &r->exit_msg->base);
     return NULL;
 }
 
@@ -410,9 +414,8 @@ static void maybe_finish(jobrun_t *r)
 
 /* ---- life of a run ----------------------------------------------------------- */
 
-static void run_free_cb(uv_handle_t *h)
+static void run_free(jobrun_t *r)
 {
-    jobrun_t *r = h->data;
     for (int k = 0; k <= r->nranks; k++) {
         if (r->addr != NULL) {
             mp_free(r->addr[k]); /* the feeder's last */
@@ -445,14 +448,39 @@ static void run_free_cb(uv_handle_t *h)
     mp_free(r);
 }
 
+static void on_grace_closed(uv_handle_t *h)
+{
+    jobrun_t *r = h->data;
+    r->grace_closed = true;
+    if (r->released) {
+        run_free(r);
+    }
+}
+
+/* The grace timer is closed when the run is freed, or at shutdown while
+ * its thread may still run (so that the sweep of the loop's handles, which
+ * would close it without a callback, finds it closing). */
+static void grace_close(jobrun_t *r)
+{
+    if (!r->grace_closing) {
+        r->grace_closing = true;
+        uv_close((uv_handle_t *)&r->grace, on_grace_closed);
+    }
+}
+
 /* Frees the run once its thread has ended and the job has too. */
 static void maybe_free(jobrun_t *r)
 {
-    if (!r->ended || (r->thread_started && !r->thread_exited)) {
+    if (r->released || !r->ended || (r->thread_started && !r->thread_exited)) {
         return;
     }
     r->j->run = NULL;
-    uv_close((uv_handle_t *)&r->grace, run_free_cb);
+    r->released = true;
+    if (r->grace_closed) {
+        run_free(r);
+    } else {
+        grace_close(r); /* on_grace_closed frees it */
+    }
 }
 
 void jobrun_release(mp_coord_t *c, coord_job_t *j)
@@ -607,11 +635,19 @@ void jobrun_start(mp_coord_t *c, coord_job_t *j, mp_place_t *place, mp_coord_nod
     char msg[1000];
     snprintf(msg, sizeof(msg), "placed: %s", where);
     coord_job_set_state(c, j, MPAR__JOB_STATE__JOB_STATE_RUNNING, msg);
-    if (pthread_create(&r->tid, NULL, feeder_main, r) != 0) {
+    r->exit_msg = mp_calloc(1, sizeof(*r->exit_msg));
+    if (r->exit_msg != NULL) {
+        r->exit_msg->kind = FMSG_EXITED;
+        r->exit_msg->r = r;
+    }
+    if (r->exit_msg == NULL || pthread_create(&r->tid, NULL, feeder_main, r) != 0) {
+        mp_free(r->exit_msg);
+        r->exit_msg = NULL;
         run_fail(r, "coordinator: cannot start the data feeder's thread");
         return;
     }
     r->thread_started = true;
+    c->nthreads++;
 }
 
 /* The feeder is ready: every node gets its assignment. */
@@ -741,6 +777,7 @@ void jobrun_on_msg(void *owner, mp_mbox_msg_t *base)
         if (!r->thread_exited) {
             pthread_join(r->tid, NULL);
             r->thread_exited = true;
+            c->nthreads--;
         }
         maybe_free(r);
         break;
@@ -748,6 +785,9 @@ void jobrun_on_msg(void *owner, mp_mbox_msg_t *base)
     mp_free(m->faddr);
     mp_free(m->gaddr);
     mp_free(m);
+    if (c->stopping && c->nthreads == 0) {
+        mp_mbox_close(&c->mbox); /* the last feeder thread has exited */
+    }
 }
 
 /* ---- from the nodes ------------------------------------------------------------ */
@@ -988,14 +1028,41 @@ void jobrun_stop_all(mp_coord_t *c)
             continue;
         }
         if (!r->ended) {
-            run_fail(r, "the coordinator stopped");
+            run_fail(r, "the coordinator stopped"); /* may free r (no thread left) */
         }
-        /* Cancelled: the thread ends within its waits' bounds. */
+        /* Cancelled: the thread ends within its waits' bounds, and is joined
+         * when its EXITED arrives, which frees the run (maybe_free). */
+        if (j->run != NULL) {
+            grace_close(j->run);
+        }
+    }
+}
+
+void jobrun_join_all(mp_coord_t *c)
+{
+    for (coord_job_t *j = c->jobs; j != NULL; j = j->next) {
+        jobrun_t *r = j->run;
+        if (r == NULL) {
+            continue;
+        }
         if (r->thread_started && !r->thread_exited) {
             pthread_join(r->tid, NULL);
             r->thread_exited = true;
+            c->nthreads--;
+        }
+        j->run = NULL;
+        run_free(r); /* its grace timer closed with the loop */
+    }
+    if (c->mbox.open) {
+        /* The threads' messages, exits included, are all queued. */
+        mp_mbox_msg_t *m = c->mbox.head;
+        c->mbox.head = c->mbox.tail = NULL;
+        while (m != NULL) {
+            fmsg_t *x = (fmsg_t *)m;
+            m = m->next;
+            mp_free(x->faddr);
+            mp_free(x->gaddr);
+            mp_free(x);
         }
     }
-    /* Messages of the joined threads are handled by mp_mbox_close (the
-     * runs are freed there through maybe_free). */
 }

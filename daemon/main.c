@@ -50,13 +50,16 @@ void mpard_check_ready(mpard_t *d)
 
 static void close_if_open(uv_handle_t *h, void *arg)
 {
-    if (!uv_is_closing(h)) {
+    /* A mailbox is closed by its owner once the threads that post to it
+     * have exited (uv_async_send on a closed handle is undefined); until
+     * then it keeps the loop running, which joins them as they end. */
+    if (!uv_is_closing(h) && !mp_mbox_owns(h)) {
         uv_close(h, NULL);
     }
 }
 
 /* Closes what is still open: connections through their own close path (so
- * their records are freed), then any remaining handle. */
+ * their records are freed), then any remaining handle but the mailboxes. */
 static void mpard_force_close(mpard_t *d)
 {
     mp_session_abort_all(d);
@@ -398,11 +401,13 @@ int main(int argc, char **argv)
     if (uv_loop_close(d.loop) != 0) {
         mp_warn("the loop still had open handles at exit");
     }
+    /* The loop ended once the mailboxes closed, so every executor and
+     * feeder thread has been joined; destroying joins any left, should one
+     * be, before the UCX context they share goes. */
     mp_coord_destroy(d.coord);
     if (d.agent != NULL) {
         mp_agent_destroy(d.agent);
     }
-    /* Every executor and feeder thread has been joined by now. */
     mpard_xport_ctx_release();
     mp_auth_secret_free(d.secret);
     if (rc == 0) {

@@ -46,7 +46,7 @@ mp_status_t mp_mbox_init(uv_loop_t *loop, mp_mbox_t *mb, mp_mbox_cb_t cb, void *
         mp_err("mailbox: %s", uv_strerror(rc));
         return MP_ERR_NOMEM;
     }
-    mb->async.data = mb;
+    mb->async.data = mb; /* mp_mbox_owns tells a mailbox by this */
     mb->open = true;
     return MP_OK;
 }
@@ -72,13 +72,21 @@ void mp_mbox_drain(mp_mbox_t *mb)
     }
 }
 
+bool mp_mbox_owns(const uv_handle_t *h)
+{
+    /* Only a mailbox's async has itself as data (async is mp_mbox_t's first
+     * member); the pointers are compared, nothing behind them is read. */
+    return h->type == UV_ASYNC && h->data == (const void *)h;
+}
+
 void mp_mbox_close(mp_mbox_t *mb)
 {
     if (!mb->open) {
         return;
     }
-    on_async(&mb->async); /* what the threads said last is still handled */
+    /* Marked first: the owner may close it again from a callback below. */
     mb->open = false;
+    on_async(&mb->async); /* what the threads said last is still handled */
     uv_close((uv_handle_t *)&mb->async, NULL);
 }
 

@@ -43,7 +43,7 @@ typedef struct mp_mbox_msg {
 } mp_mbox_msg_t;
 typedef void (*mp_mbox_cb_t)(void *owner, mp_mbox_msg_t *msg);
 typedef struct {
-    uv_async_t async;
+    uv_async_t async; /* first: mp_mbox_owns relies on it */
     pthread_mutex_t mu;
     mp_mbox_msg_t *head, *tail;
     mp_mbox_cb_t cb;
@@ -55,8 +55,12 @@ mp_status_t mp_mbox_init(uv_loop_t *loop, mp_mbox_t *mb, mp_mbox_cb_t cb, void *
 void mp_mbox_post(mp_mbox_t *mb, mp_mbox_msg_t *msg);
 /* Handles what is queued now (the loop thread, e.g. while joining threads). */
 void mp_mbox_drain(mp_mbox_t *mb);
-/* Handles what is queued, then closes (no thread may post afterwards). */
+/* Handles what is queued, then closes (no thread may post afterwards):
+ * its owner does so once the last thread that posts to it has exited. */
 void mp_mbox_close(mp_mbox_t *mb);
+/* Whether h is a mailbox's async, which a shutdown's sweep of the loop's
+ * handles leaves to its owner (a thread may still post to it). */
+bool mp_mbox_owns(const uv_handle_t *h);
 /* The process's UCX context, made on first use (any thread). */
 mp_status_t mpard_xport_ctx(mp_xport_ctx_t **ctx_p);
 /* At exit, after every thread that used it has ended. */
@@ -128,7 +132,9 @@ void mp_session_set_node(mp_session_t *s, mp_coord_node_t *n);
 
 /* coord.c */
 mp_status_t mp_coord_create(mpard_t *d, mp_coord_t **coord_p);
-void mp_coord_stop(mp_coord_t *c);    /* closes its timers (shutdown) */
+/* Shutdown: closes its timers, fails the running jobs; the feeder threads
+ * are joined as they exit, and the mailbox closes after the last one. */
+void mp_coord_stop(mp_coord_t *c);
 void mp_coord_destroy(mp_coord_t *c); /* after the loop ended: final save */
 void mp_coord_apply_config(mp_coord_t *c);
 uint64_t mp_coord_epoch(const mp_coord_t *c);
@@ -187,9 +193,10 @@ void mp_shards_on_envelope(mp_shards_t *sh, const Mpar__Envelope *env);
 /* Cancels every job (the coordinator is gone, or mpard stops). */
 void mp_shards_abort_all(mp_shards_t *sh, const char *reason);
 uint32_t mp_shards_running(const mp_shards_t *sh);
-/* Shutdown: cancels, joins every thread (bounded by the executors'
- * cancellation), closes the mailbox. */
+/* Shutdown: cancels every job and returns; each thread is joined when its
+ * exit reaches the loop, and the mailbox closes after the last one. */
 void mp_shards_stop(mp_shards_t *sh);
+/* After the loop: joins any thread still there (none, normally), frees. */
 void mp_shards_destroy(mp_shards_t *sh);
 
 /* metrics.c: the Prometheus text exposition; free with mp_free. */

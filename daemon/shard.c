@@ -37,6 +37,7 @@
 #define CONTROL_WAIT_MS 120000
 
 typedef struct node_job node_job_t;
+typedef struct shard_msg msg_t;
 
 typedef struct {
     node_job_t *job;
@@ -45,8 +46,9 @@ typedef struct {
     int device;
     pthread_t tid;
     bool started;
-    bool exited;   /* its EXITED message was handled (joined) */
-    mp_exec_t *ex; /* under job->mu, while it exists */
+    bool exited;     /* its EXITED message was handled (joined) */
+    msg_t *exit_msg; /* its EXITED, made before it starts: its last act never fails */
+    mp_exec_t *ex;   /* under job->mu, while it exists */
 } shard_t;
 
 struct node_job {
@@ -84,7 +86,7 @@ struct mp_shards {
 
 typedef enum { MSG_READY, MSG_REPORT, MSG_DONE, MSG_EXITED } msg_kind_t;
 
-typedef struct {
+struct shard_msg {
     mp_mbox_msg_t base;
     msg_kind_t kind;
     shard_t *s;
@@ -98,7 +100,7 @@ typedef struct {
     /* DONE */
     mp_status_t st;
     char error[1100];
-} msg_t;
+};
 
 uint32_t mp_shards_running(const mp_shards_t *sh)
 {
@@ -259,14 +261,22 @@ static void *shard_main(void *arg)
     s->ex = NULL;
     pthread_mutex_unlock(&j->mu);
     mp_exec_destroy(ex);
-    msg_t *m = msg_new(s, MSG_EXITED);
-    if (m != NULL) {
-        mp_mbox_post(&j->sh->mbox, &m->base);
-    }
+    /* The last act: the loop joins this thread when it reads this. */
+    mp_mbox_post(&j->sh->mbox, &s->exit_msg->base);
     return NULL;
 }
 
 /* ---- records (libuv thread) ----------------------------------------------- */
+
+static void msg_free(msg_t *m)
+{
+    if (m->kind == MSG_READY) {
+        mp_free(m->addr);
+    } else if (m->kind == MSG_REPORT) {
+        mp_free(m->spans);
+    }
+    mp_free(m);
+}
 
 static node_job_t *job_find(mp_shards_t *sh, const char *id)
 {
@@ -365,6 +375,10 @@ static void on_msg(void *owner, mp_mbox_msg_t *base)
     msg_t *m = (msg_t *)base;
     shard_t *s = m->s;
     node_job_t *j = s->job;
+    if (sh->stopping && m->kind != MSG_EXITED) {
+        msg_free(m); /* said Goodbye: the coordinator hears no more */
+        return;
+    }
     Mpar__Envelope env = MPAR__ENVELOPE__INIT;
     Mpar__ShardId sid;
     fill_id(&sid, s);
@@ -446,13 +460,18 @@ static void on_msg(void *owner, mp_mbox_msg_t *base)
             send_shard_end(sh, s, false, true, "");
         }
         if (j->running == 0) {
-            mp_info("job %s: every shard of this node has ended", j->id);
+            if (!sh->stopping) {
+                mp_info("job %s: every shard of this node has ended", j->id);
+            }
             job_unlink_free(sh, j);
         }
         break;
     }
     }
     mp_free(m);
+    if (sh->stopping && sh->running == 0) {
+        mp_mbox_close(&sh->mbox); /* the last thread has exited */
+    }
 }
 
 /* Refuses an assignment the coordinator should not have sent, by a failed
@@ -554,7 +573,10 @@ static void on_assignment(mp_shards_t *sh, const Mpar__JobAssignment *a)
             j->nshards == 1 ? "" : "s");
     for (int i = 0; i < j->nshards; i++) {
         shard_t *s = &j->shards[i];
-        if (pthread_create(&s->tid, NULL, shard_main, s) != 0) {
+        s->exit_msg = msg_new(s, MSG_EXITED);
+        if (s->exit_msg == NULL || pthread_create(&s->tid, NULL, shard_main, s) != 0) {
+            mp_free(s->exit_msg);
+            s->exit_msg = NULL;
             send_shard_end(sh, s, true, false, "cannot start the shard's thread");
             continue;
         }
@@ -709,9 +731,19 @@ void mp_shards_stop(mp_shards_t *sh)
         return;
     }
     sh->stopping = true;
+    /* The loop does not wait for the cancelled executors to unwind: each
+     * thread is joined when its EXITED arrives (on_msg), and what they say
+     * meanwhile is dropped; the mailbox closes after the last one. */
     mp_shards_abort_all(sh, "mpard is stopping");
-    /* Joining blocks the loop, but only at shutdown and only while the
-     * cancelled executors unwind. */
+    if (sh->running == 0) {
+        mp_mbox_close(&sh->mbox);
+    }
+}
+
+void mp_shards_destroy(mp_shards_t *sh)
+{
+    /* After the loop, where blocking is fine: the mailbox closed after the
+     * last thread's exit, so this finds none, unless it never closed. */
     while (sh->jobs != NULL) {
         node_job_t *j = sh->jobs;
         for (int i = 0; i < j->nshards; i++) {
@@ -720,30 +752,18 @@ void mp_shards_stop(mp_shards_t *sh)
                 j->shards[i].exited = true;
             }
         }
-        /* Their messages (exits included) are now all queued: free them
-         * without sending; the job record goes with them. */
-        pthread_mutex_lock(&sh->mbox.mu);
-        mp_mbox_msg_t *m = sh->mbox.head;
-        sh->mbox.head = sh->mbox.tail = NULL;
-        pthread_mutex_unlock(&sh->mbox.mu);
-        while (m != NULL) {
-            msg_t *x = (msg_t *)m;
-            m = m->next;
-            if (x->kind == MSG_READY) {
-                mp_free(x->addr);
-            } else if (x->kind == MSG_REPORT) {
-                mp_free(x->spans);
-            }
-            mp_free(x);
-        }
         sh->jobs = j->next;
         job_free(j);
     }
-    sh->running = 0;
-    mp_mbox_close(&sh->mbox);
-}
-
-void mp_shards_destroy(mp_shards_t *sh)
-{
+    if (sh->mbox.open) {
+        /* Their messages, exits included, are all queued: freed unsent. */
+        mp_mbox_msg_t *m = sh->mbox.head;
+        sh->mbox.head = sh->mbox.tail = NULL;
+        while (m != NULL) {
+            msg_t *x = (msg_t *)m;
+            m = m->next;
+            msg_free(x);
+        }
+    }
     mp_free(sh);
 }
