@@ -64,8 +64,8 @@ typedef struct mp_backend_ops {
     /* Z[B,O] = X[B,I] * W[I,O] (+ b[O] when b != NULL). */
     mp_status_t (*linear_fwd)(mp_backend_t *be, float *Z, const float *X, const float *W,
                               const float *b, int64_t B, int64_t I, int64_t O);
-    /* dX += dZ * W^T (skipped when dX == NULL); dW += X^T * dZ;
-     * db += column sums of dZ (skipped when db == NULL). */
+    /* dX += dZ * W^T (skipped when dX == NULL); dW += X^T * dZ (skipped
+     * when dW == NULL); db += column sums of dZ (skipped when db == NULL). */
     mp_status_t (*linear_bwd)(mp_backend_t *be, float *dX, float *dW, float *db, const float *dZ,
                               const float *X, const float *W, int64_t B, int64_t I, int64_t O);
 
@@ -91,6 +91,73 @@ typedef struct mp_backend_ops {
                             int64_t *correct_host);
     mp_status_t (*xent_bwd)(mp_backend_t *be, float *dlogits, const float *probs,
                             const int32_t *labels, int64_t B, int64_t C, float scale);
+
+    /* ---- sequence-model layers (DESIGN.md "Transformers (GPT)") ----
+     * Activations [B, T, C] are stored row-major as R = B*T rows of C.
+     * Every pointer marked "may be NULL" skips that output, so a backward
+     * can run as its input-gradient half (weight gradients NULL) and its
+     * weight-gradient half (dX NULL) separately, with the same results. */
+
+    /* Token lookup of a vocab shard: y[r, :] = tok[id - v0, :] where
+     * id = (int)ids[r] lies in [v0, v0 + Vl), else a zero row.  Token ids
+     * travel as floats (exact below 2^24).  y is OVERWRITTEN.  An id
+     * outside [0, V) is the caller's to refuse; here it is just out of range. */
+    mp_status_t (*embed_fwd)(mp_backend_t *be, float *y, const float *ids, const float *tok,
+                             int64_t R, int64_t C, int64_t v0, int64_t Vl);
+    /* dtok[id - v0, :] += dy[r, :] for the rows whose id is in the shard. */
+    mp_status_t (*embed_bwd)(mp_backend_t *be, float *dtok, const float *dy, const float *ids,
+                             int64_t R, int64_t C, int64_t v0, int64_t Vl);
+    /* Positions: y[b*T + t, :] += pos[t, :] for R = B*T rows (T divides R). */
+    mp_status_t (*pos_add)(mp_backend_t *be, float *y, const float *pos, int64_t R, int64_t T,
+                           int64_t C);
+    /* dpos[t, :] += sum over b of dy[b*T + t, :]. */
+    mp_status_t (*pos_bwd)(mp_backend_t *be, float *dpos, const float *dy, int64_t R, int64_t T,
+                           int64_t C);
+
+    /* torch.nn.LayerNorm over the last axis (biased variance, eps):
+     * y[r, :] = (x[r, :] - mean[r]) * rstd[r] * w + b, rstd = 1/sqrt(var + eps);
+     * saves mean[R] and rstd[R] for the backward.  y is OVERWRITTEN and
+     * must not alias x. */
+    mp_status_t (*layernorm_fwd)(mp_backend_t *be, float *y, float *mean, float *rstd,
+                                 const float *x, const float *w, const float *b, int64_t R,
+                                 int64_t C, float eps);
+    /* dx += d/dx (may be NULL); dw += sum_r dy * xhat and db += sum_r dy
+     * (each may be NULL); xhat = (x - mean) * rstd. */
+    mp_status_t (*layernorm_bwd)(mp_backend_t *be, float *dx, float *dw, float *db,
+                                 const float *dy, const float *x, const float *mean,
+                                 const float *rstd, const float *w, int64_t R, int64_t C);
+
+    /* Causal multi-head self-attention over H heads of width D, fused
+     * (scores, causal mask, softmax, weighted sum; no loop of tiny GEMMs).
+     * qkv [B*T, 3*H*D]: row (b, t) holds [Q | K | V], each H*D wide, head h
+     * at columns [h*D, (h+1)*D) of each third.  out [B*T, H*D] (OVERWRITTEN):
+     * out[b,t,h] = sum_{s <= t} att[b,h,t,s] * V[b,s,h] with
+     * att[b,h,t,:] = softmax over s <= t of Q[b,t,h]·K[b,s,h] / sqrt(D)
+     * (0 for s > t).  att [B, H, T, T] is saved for the backward. */
+    mp_status_t (*attn_fwd)(mp_backend_t *be, float *out, float *att, const float *qkv,
+                            int64_t B, int64_t T, int64_t H, int64_t D);
+    /* dqkv [B*T, 3*H*D] += the gradient of out with respect to qkv. */
+    mp_status_t (*attn_bwd)(mp_backend_t *be, float *dqkv, const float *dout, const float *qkv,
+                            const float *att, int64_t B, int64_t T, int64_t H, int64_t D);
+
+    /* Vocab-parallel softmax cross-entropy (Megatron): logits [R, Vl] are
+     * columns [v0, v0 + Vl) of the full [R, V] logits; labels [R] are full
+     * vocab ids.  The caller combines the ranks' partial results between
+     * the calls (max, then sums), so the full logits are never gathered.
+     * vp_max: rowmax[r] = max over the shard's columns (OVERWRITTEN).
+     * vp_sumexp: sumexp[r] = sum_c exp(logits[r,c] - gmax[r]) and
+     * target[r] = logits[r, labels[r] - v0] when the label is in the shard,
+     * else 0 (both OVERWRITTEN); gmax is the max over all ranks.
+     * vp_bwd: dlogits[r, c] += scale * (exp(logits[r,c] - gmax[r]) / gsum[r]
+     * - (c + v0 == labels[r])), gsum the sum over all ranks. */
+    mp_status_t (*xent_vp_max)(mp_backend_t *be, float *rowmax, const float *logits, int64_t R,
+                               int64_t Vl);
+    mp_status_t (*xent_vp_sumexp)(mp_backend_t *be, float *sumexp, float *target,
+                                  const float *logits, const float *gmax, const int32_t *labels,
+                                  int64_t R, int64_t Vl, int64_t v0);
+    mp_status_t (*xent_vp_bwd)(mp_backend_t *be, float *dlogits, const float *logits,
+                               const float *gmax, const float *gsum, const int32_t *labels,
+                               int64_t R, int64_t Vl, int64_t v0, float scale);
 
     /* torch.optim.SGD: g = grad + wd*p; buf = g on step 1, else
      * buf = momentum*buf + (1-dampening)*g; g = nesterov ? g + momentum*buf : buf

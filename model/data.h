@@ -17,8 +17,9 @@ typedef struct {
     int64_t n;     /* samples */
     int64_t dim;   /* features per sample */
     int64_t classes;
-    float *x;      /* [n, dim]; Fashion-MNIST pixels / 255 */
-    int32_t *y;    /* [n], in [0, classes) */
+    int64_t ydim;  /* labels per sample: 1, or T for text (the next token of each position) */
+    float *x;      /* [n, dim]; Fashion-MNIST pixels / 255; text: token ids as floats */
+    int32_t *y;    /* [n, ydim], in [0, classes) */
 } mp_dataset_t;
 
 /* Reads one gzipped IDX file.  images: magic 0x00000803, 3 dims; labels:
@@ -40,13 +41,31 @@ mp_status_t mp_data_synthetic(int64_t n, int64_t test_n, int64_t dim, int64_t cl
                               uint64_t seed, mp_dataset_t *train, mp_dataset_t *test,
                               mp_errbuf_t *err);
 
+/* Text (DESIGN.md "Text data"): the bytes of `path` as tokens (vocab 256);
+ * the first floor(0.9 n) bytes are the training split, the rest the test
+ * split; in a split of n bytes, sample i < floor((n - 1) / T) is
+ * x = bytes[i*T, i*T + T), y = bytes[i*T + 1, i*T + T + 1).  dim = ydim = T,
+ * classes = 256.  A missing, unreadable or empty file, or one too short
+ * for one window in either split, is refused naming the file. */
+mp_status_t mp_data_load_text(const char *path, int64_t block_size, mp_dataset_t *train,
+                              mp_dataset_t *test, mp_errbuf_t *err);
+/* The same windows over a text held in memory (len bytes); `what` names
+ * it in errors. */
+mp_status_t mp_data_text_from_bytes(const unsigned char *bytes, int64_t len, int64_t block_size,
+                                    const char *what, mp_dataset_t *train, mp_dataset_t *test,
+                                    mp_errbuf_t *err);
+/* The named corpus "kjv": the King James Bible as Debian's bible-kjv prints
+ * it (`bible gen1:1-rev22:21`, run without a shell), as text windows. */
+mp_status_t mp_data_load_kjv(int64_t block_size, mp_dataset_t *train, mp_dataset_t *test,
+                             mp_errbuf_t *err);
+
 void mp_dataset_free(mp_dataset_t *ds);
 
 /* perm[0..n) = the order of epoch `epoch` (Fisher-Yates from a counter-based
  * RNG of (seed, epoch)); identity when shuffle is 0. */
 void mp_data_order(int64_t *perm, int64_t n, uint64_t seed, int64_t epoch, int shuffle);
 
-/* Copies the samples perm[first .. first+count) into x_out [count, dim] and y_out [count]. */
+/* Copies the samples perm[first .. first+count) into x_out [count, dim] and y_out [count, ydim]. */
 void mp_data_gather(const mp_dataset_t *ds, const int64_t *perm, int64_t first, int64_t count,
                     float *x_out, int32_t *y_out);
 

@@ -18,6 +18,9 @@ typedef enum {
     MP_LAYER_GELU,
     MP_LAYER_RELU,
     MP_LAYER_MLP_BLOCK,
+    MP_LAYER_EMBEDDING,         /* token + position embedding (first layer only) */
+    MP_LAYER_LAYERNORM,         /* torch.nn.LayerNorm over the last axis */
+    MP_LAYER_TRANSFORMER_BLOCK, /* GPT-2 pre-LN block: causal attention + MLP */
 } mp_layer_kind_t;
 
 /* How a layer splits across a TP group (DESIGN.md "Which layers split"). */
@@ -28,7 +31,12 @@ typedef enum {
     MP_TP_REPLICATE,
 } mp_tp_mode_t;
 
-typedef enum { MP_DATA_FASHION_MNIST = 0, MP_DATA_SYNTHETIC } mp_data_kind_t;
+typedef enum {
+    MP_DATA_FASHION_MNIST = 0,
+    MP_DATA_SYNTHETIC,
+    MP_DATA_TEXT, /* "text": any file's bytes as tokens (data.path) */
+    MP_DATA_KJV,  /* "kjv": the King James Bible of Debian's bible-kjv, as text */
+} mp_data_kind_t;
 typedef enum { MP_SCHED_NAIVE = 0, MP_SCHED_GPIPE, MP_SCHED_1F1B } mp_sched_kind_t;
 typedef enum { MP_PART_UNIFORM = 0, MP_PART_BALANCED, MP_PART_EXPLICIT } mp_part_kind_t;
 typedef enum { MP_OPTIM_SGD = 0, MP_OPTIM_ADAMW } mp_optim_kind_t;
@@ -39,6 +47,10 @@ typedef struct {
     int64_t hidden;     /* mlp_block: "hidden" (must equal its input width) */
     int64_t ffn;        /* mlp_block: "ffn" */
     mp_tp_mode_t tp;    /* linear: "tp" if given, else MP_TP_AUTO */
+    int64_t vocab;      /* embedding: "vocab" */
+    int64_t dim;        /* embedding: "dim" */
+    int64_t max_seq;    /* embedding: "max_seq" */
+    int64_t heads;      /* transformer_block: "heads" (its "ffn" is in ffn) */
     /* Derived by validation: the width entering and leaving this layer. */
     int64_t in_dim;
     int64_t out_dim;
@@ -50,7 +62,10 @@ typedef struct {
 typedef struct {
     char name[128];
     struct {
-        int64_t input;
+        int64_t input; /* per-position input width (1 token id for an embedding) */
+        /* Positions per sample, T: data.block_size for text, 1 otherwise.
+         * Activations are [B, T, C], stored as B*T rows of C. */
+        int64_t seq;
         int nlayers;
         mp_layer_spec_t layers[MP_SPEC_MAX_LAYERS];
     } model; /* "loss" must be "softmax_xent", the only loss */
@@ -61,6 +76,7 @@ typedef struct {
         int64_t test_samples; /* synthetic: "test_samples", 0 = no test split */
         int64_t classes;      /* synthetic: "classes"; fashion-mnist: 10 */
         uint64_t seed;        /* synthetic: "seed" */
+        int64_t block_size;   /* text, kjv: "block_size" (T) */
     } data;
     struct {
         int pp, tp, dp;       /* default 1 each */

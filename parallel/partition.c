@@ -71,8 +71,9 @@ double mp_part_layer_flops(const mp_layer_spec_t *layer, int64_t in, int64_t out
     case MP_LAYER_GELU:
     case MP_LAYER_RELU:
         return (double)in;
+    default:
+        return 0.0;
     }
-    return 0.0;
 }
 
 static mp_status_t check_pp(int nlayers, int pp, mp_errbuf_t *err)
