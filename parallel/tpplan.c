@@ -172,6 +172,9 @@ mp_status_t mp_tp_plan_build(const mp_spec_t *spec, const mp_part_t *part, mp_tp
                 return st;
             }
             break;
+        default:
+            mp_free(plan);
+            return mp_errbuf_set(err, MP_ERR_SPEC, "model.layers[%d].type: not planned yet", l);
         }
         if (!pl.needs_dx) {
             pl.bwd_post = MP_TP_COMM_NONE;
