@@ -377,6 +377,8 @@ static mp_status_t parse_layer(const json_t *lj, int i, int64_t in_dim, const ch
         }
         layer->out_dim = in_dim;
         break;
+    default:
+        return mp_errbuf_set(err, MP_ERR_SPEC, "%s.type: not supported yet", path);
     }
     return MP_OK;
 }
