@@ -688,3 +688,65 @@ mp_status_t mp_model_param_download(mp_model_t *m, int layer, int param, float *
     return m->be->ops->download(m->be, host, m->params + l->off[param],
                                 (size_t)(s.rows * s.cols) * sizeof(float));
 }
+
+/* Until the layer table splits each layer's backward, B runs the whole
+ * backward and W has nothing left to do: the same sums, in the same order. */
+mp_status_t mp_model_backward_input(mp_model_t *m, int slot, int64_t rows, float **in_grad_p)
+{
+    return mp_model_backward(m, slot, rows, in_grad_p);
+}
+
+mp_status_t mp_model_backward_weight(mp_model_t *m, int slot, int64_t rows)
+{
+    if (rows > m->max_rows || rows < 0 || slot < 0 || slot >= m->nslots) {
+        return MP_ERR_INVAL;
+    }
+    return MP_OK;
+}
+
+/* The backend buffer of a parameter block: base + the block's offset. */
+static mp_status_t param_block(mp_model_t *m, float *base, int layer, int param, float **p,
+                               size_t *bytes)
+{
+    mp_tp_slice_t s;
+    if (base == NULL) {
+        return MP_ERR_INVAL;
+    }
+    MP_TRY(mp_model_param_slice(m, layer, param, &s));
+    const model_layer_t *l = &m->layers[layer - m->first];
+    *p = base + l->off[param];
+    *bytes = (size_t)(s.rows * s.cols) * sizeof(float);
+    return MP_OK;
+}
+
+mp_status_t mp_model_param_upload(mp_model_t *m, int layer, int param, const float *host)
+{
+    float *p;
+    size_t bytes;
+    MP_TRY(param_block(m, m->params, layer, param, &p, &bytes));
+    return m->be->ops->upload(m->be, p, host, bytes);
+}
+
+bool mp_model_has_state(const mp_model_t *m, int which)
+{
+    return (which == 0 ? m->state1 : which == 1 ? m->state2 : NULL) != NULL;
+}
+
+mp_status_t mp_model_state_download(mp_model_t *m, int which, int layer, int param, float *host)
+{
+    float *p;
+    size_t bytes;
+    MP_TRY(param_block(m, which == 0 ? m->state1 : which == 1 ? m->state2 : NULL, layer, param,
+                       &p, &bytes));
+    return m->be->ops->download(m->be, host, p, bytes);
+}
+
+mp_status_t mp_model_state_upload(mp_model_t *m, int which, int layer, int param,
+                                  const float *host)
+{
+    float *p;
+    size_t bytes;
+    MP_TRY(param_block(m, which == 0 ? m->state1 : which == 1 ? m->state2 : NULL, layer, param,
+                       &p, &bytes));
+    return m->be->ops->upload(m->be, p, host, bytes);
+}

@@ -18,6 +18,7 @@
 #ifndef MP_MODEL_MODEL_H
 #define MP_MODEL_MODEL_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "common/status.h"
@@ -89,6 +90,15 @@ mp_status_t mp_model_loss(mp_model_t *model, int slot, const int32_t *labels, in
 /* Backward of the slot: accumulates parameter gradients; when in_grad_p is
  * not NULL, returns dL/d(input) [rows, in_dim] (owned by the model). */
 mp_status_t mp_model_backward(mp_model_t *model, int slot, int64_t rows, float **in_grad_p);
+/*
+ * The backward in two halves, for schedules that run them as separate
+ * actions (zero-bubble): B, the input gradient (what the previous stage
+ * waits for), then later W, the weight gradients of the same slot.
+ * mp_model_backward_input + mp_model_backward_weight accumulate exactly
+ * what mp_model_backward does.  W must run before the slot's next forward.
+ */
+mp_status_t mp_model_backward_input(mp_model_t *model, int slot, int64_t rows, float **in_grad_p);
+mp_status_t mp_model_backward_weight(mp_model_t *model, int slot, int64_t rows);
 
 mp_status_t mp_model_zero_grad(mp_model_t *model);
 /* The flat gradient buffer (all parameters, in order), e.g. for a DP allreduce. */
@@ -104,5 +114,18 @@ mp_status_t mp_model_step(mp_model_t *model, int64_t step);
 mp_status_t mp_model_param_slice(const mp_model_t *model, int layer, int param,
                                  mp_tp_slice_t *slice_p);
 mp_status_t mp_model_param_download(mp_model_t *model, int layer, int param, float *host);
+/* The reverse, for loading weights (sample, resume): host holds this
+ * model's block (slice.rows * slice.cols floats, row-major). */
+mp_status_t mp_model_param_upload(mp_model_t *model, int layer, int param, const float *host);
+
+/* Optimizer state of a parameter block, laid out as the block itself:
+ * which 0 = SGD momentum buffer or AdamW exp_avg, 1 = AdamW exp_avg_sq.
+ * MP_ERR_INVAL when the optimizer keeps no such state (SGD without
+ * momentum has none; SGD has no `1`).  For checkpoints. */
+bool mp_model_has_state(const mp_model_t *model, int which);
+mp_status_t mp_model_state_download(mp_model_t *model, int which, int layer, int param,
+                                    float *host);
+mp_status_t mp_model_state_upload(mp_model_t *model, int which, int layer, int param,
+                                  const float *host);
 
 #endif
