@@ -49,24 +49,55 @@ static const char *user_name(void)
     return pw != NULL ? pw->pw_name : "unknown";
 }
 
-static void ctl_usage(FILE *f)
+/* One command's synopsis and what it does; --help prints it. */
+typedef struct {
+    const char *name;
+    int nargs; /* positional arguments: none, or a JOB id / JOB.json */
+    const char *synopsis;
+    const char *what;
+} ctl_cmd_t;
+
+static const ctl_cmd_t ctl_cmds[] = {
+    {"nodes", 0, "nodes", "the cluster's nodes: name, state, devices, address, last heartbeat"},
+    {"jobs", 0, "jobs", "the job queue: every job's id, name, state, grid and reason"},
+    {"submit", 1, "submit JOB.json [-f] [--save-weights DIR]",
+     "validate and queue a job (-f: follow it to its end, progress on stderr; DIR: where\n"
+     "the coordinator writes the trained weights as <layer>.<param>.npy, made and checked\n"
+     "at submit)"},
+    {"status", 1, "status JOB", "one job's state, grid, placement and results"},
+    {"logs", 1, "logs JOB [-f]", "a job's events (-f: until it ends)"},
+    {"cancel", 1, "cancel JOB", "cancel a job"},
+};
+
+static const ctl_cmd_t *ctl_cmd_find(const char *name)
 {
+    for (size_t i = 0; i < sizeof(ctl_cmds) / sizeof(ctl_cmds[0]); i++) {
+        if (strcmp(ctl_cmds[i].name, name) == 0) {
+            return &ctl_cmds[i];
+        }
+    }
+    return NULL;
+}
+
+/* cmd NULL: every command. */
+static void ctl_usage(FILE *f, const ctl_cmd_t *cmd)
+{
+    if (cmd != NULL) {
+        fprintf(f, "usage: mpar-client %s [options]\n%s\n", cmd->synopsis, cmd->what);
+    } else {
+        fprintf(f, "usage: mpar-client COMMAND [options]\n");
+        for (size_t i = 0; i < sizeof(ctl_cmds) / sizeof(ctl_cmds[0]); i++) {
+            fprintf(f, "  %s\n", ctl_cmds[i].synopsis);
+        }
+    }
     fprintf(f,
-            "usage: mpar-client COMMAND [options]\n"
-            "  nodes                   the cluster's nodes\n"
-            "  jobs                    the job queue\n"
-            "  submit JOB.json [-f] [--save-weights DIR]\n"
-            "                          validate and queue a job (-f: follow it to its end,\n"
-            "                          progress on stderr; DIR: where the coordinator writes\n"
-            "                          the trained weights as <layer>.<param>.npy)\n"
-            "  status JOB              one job's state\n"
-            "  logs JOB [-f]           a job's events (-f: until it ends)\n"
-            "  cancel JOB              cancel a job\n"
-            "options:\n"
+            "options (before or after the command):\n"
             "  --socket PATH           mpard's Unix socket (default %s, or $MPAR_SOCKET)\n"
             "  --connect HOST:PORT     a coordinator over TCP instead\n"
             "  --secret-file FILE      the cluster secret for --connect\n"
-            "  -o json                 print one JSON document\n",
+            "  -o json|table           print one JSON document\n"
+            "exit codes: 0 ok, 1 the job failed or no such job, 2 usage or invalid spec,\n"
+            "            3 daemon unreachable, 4 authentication or permission refused\n",
             DEFAULT_SOCKET);
 }
 
@@ -138,11 +169,21 @@ static int ctl_connect(ctl_t *c)
         if (fd >= 0) {
             close(fd);
         }
+        if (e == EACCES || e == EPERM) {
+            /* mpard may well be running: the socket (or its folder) is not
+             * open to this user. */
+            fprintf(stderr,
+                    "mpar-client: permission denied on %s: user %s may not open mpard's socket; "
+                    "members of the socket's group may (usermod -aG mpar %s, then log in "
+                    "again), or run as root\n",
+                    path, user_name(), user_name());
+            return MP_EXIT_AUTH;
+        }
         fprintf(stderr,
                 "mpar-client: cannot connect to %s (%s): is mpard running? try: systemctl "
                 "status mpard\n",
                 path, strerror(e));
-        return e == EACCES ? MP_EXIT_AUTH : MP_EXIT_UNREACHABLE;
+        return MP_EXIT_UNREACHABLE;
     }
     c->fd = fd;
     return MP_EXIT_OK;
@@ -739,10 +780,15 @@ int mp_client_ctl_main(int argc, char **argv)
     };
     ctl_t c = {.fd = -1};
     if (argc < 1) {
-        ctl_usage(stderr);
+        ctl_usage(stderr, NULL);
         return MP_EXIT_USAGE;
     }
     const char *cmd = argv[0];
+    const ctl_cmd_t *info = ctl_cmd_find(cmd);
+    if (info == NULL) {
+        fprintf(stderr, "mpar-client: unknown command '%s' (see mpar-client --help)\n", cmd);
+        return MP_EXIT_USAGE;
+    }
     optind = 1;
     opterr = 0;
     int ch;
@@ -776,11 +822,12 @@ int mp_client_ctl_main(int argc, char **argv)
             c.save_weights = optarg;
             break;
         case 'h':
-            ctl_usage(stdout);
+            ctl_usage(stdout, info);
             return MP_EXIT_OK;
         default:
-            fprintf(stderr, "mpar-client: unknown or incomplete option '%s'\n", argv[optind - 1]);
-            ctl_usage(stderr);
+            fprintf(stderr, "mpar-client %s: unknown or incomplete option '%s'\n", cmd,
+                    argv[optind - 1]);
+            ctl_usage(stderr, info);
             return MP_EXIT_USAGE;
         }
     }
@@ -801,21 +848,13 @@ int mp_client_ctl_main(int argc, char **argv)
         }
         npos++;
     }
-    int want = !strcmp(cmd, "nodes") || !strcmp(cmd, "jobs") ? 0
-               : !strcmp(cmd, "submit") || !strcmp(cmd, "status") || !strcmp(cmd, "logs") ||
-                       !strcmp(cmd, "cancel")
-                   ? 1
-                   : -1;
-    if (want < 0) {
-        fprintf(stderr, "mpar-client: unknown command '%s'\n", cmd);
-        ctl_usage(stderr);
-        return MP_EXIT_USAGE;
-    }
+    int want = info->nargs;
     if (npos != want) {
-        fprintf(stderr, "mpar-client: %s takes %s\n", cmd,
+        fprintf(stderr, "mpar-client: %s takes %s (usage: mpar-client %s)\n", cmd,
                 want == 0                ? "no argument"
                 : !strcmp(cmd, "submit") ? "JOB.json"
-                                         : "a JOB id");
+                                         : "a JOB id",
+                info->synopsis);
         return MP_EXIT_USAGE;
     }
     if (c.follow && strcmp(cmd, "submit") != 0 && strcmp(cmd, "logs") != 0) {

@@ -144,6 +144,8 @@ int mp_client_run_main(int argc, char **argv)
         {"threads", required_argument, NULL, 't'}, {"tf32", no_argument, NULL, 'f'},
         {"quiet", no_argument, NULL, 'q'},        {"help", no_argument, NULL, 'h'},
         {"timeline", required_argument, NULL, 'T'},
+        {"socket", required_argument, NULL, 'S'}, {"connect", required_argument, NULL, 'S'},
+        {"secret-file", required_argument, NULL, 'S'},
         {NULL, 0, NULL, 0},
     };
     bool serial = false, json = false;
@@ -160,7 +162,7 @@ int mp_client_run_main(int argc, char **argv)
         case 'o':
             if (strcmp(optarg, "json") == 0) {
                 json = true;
-            } else if (strcmp(optarg, "text") != 0) {
+            } else if (strcmp(optarg, "text") != 0 && strcmp(optarg, "table") != 0) {
                 fprintf(stderr, "mpar-client run: -o: expected json or text, got '%s'\n", optarg);
                 return MP_EXIT_USAGE;
             }
@@ -191,6 +193,11 @@ int mp_client_run_main(int argc, char **argv)
         case 'T':
             timeline = optarg;
             break;
+        case 'S':
+            fprintf(stderr, "mpar-client run: --socket, --connect and --secret-file name a "
+                            "running cluster, and run starts its own (or none with --serial); "
+                            "to use a running cluster: mpar-client submit JOB.json -f\n");
+            return MP_EXIT_USAGE;
         case 'h':
             run_usage(stdout);
             return MP_EXIT_OK;

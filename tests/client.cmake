@@ -5,3 +5,11 @@ if(MP_TESTS)
                    ${CMAKE_RUNTIME_OUTPUT_DIRECTORY})
   set_tests_properties(client_run_local PROPERTIES TIMEOUT 400)
 endif()
+
+# mpar-client's conventions: global options in both orders, --help, exit codes.
+if(MP_TESTS)
+  add_test(NAME client_cli
+           COMMAND ${CMAKE_SOURCE_DIR}/tests/integration/client_cli.sh
+                   $<TARGET_FILE:mpard> $<TARGET_FILE:mpar-client> ${CMAKE_SOURCE_DIR})
+  set_tests_properties(client_cli PROPERTIES TIMEOUT 120)
+endif()
