@@ -52,13 +52,18 @@
  * What an exported address carries in front of the ucp address: who the
  * worker's process is.  UCX 1.13's shared-memory transports never notice
  * that a peer process died (measured: a receive from a SIGKILLed peer
- * waits out its whole timeout), so for a peer on the same kernel and in the
- * same pid namespace we watch its process with a pidfd.
+ * waits out its whole timeout), so for a peer on the same kernel, in the
+ * same pid namespace and the same network namespace we watch its process
+ * with a pidfd.  The network namespace is part of "same host": a peer in
+ * another one (a container, or a "host" of the netns test bed) is reached
+ * over the network like any other machine, and a pidfd on it would see its
+ * process but not its link, so it gets UCX's peer error handling instead.
  */
 typedef struct {
     uint32_t magic;
     uint32_t pid;
     uint64_t pidns;   /* inode of /proc/self/ns/pid */
+    uint64_t netns;   /* inode of /proc/self/ns/net */
     char boot_id[40]; /* /proc/sys/kernel/random/boot_id */
 } addr_hdr_t;
 
@@ -485,6 +490,9 @@ mp_status_t mp_xport_worker_create(mp_xport_ctx_t *ctx, const mp_xport_worker_op
     struct stat nsst;
     if (stat("/proc/self/ns/pid", &nsst) == 0) {
         w->self.pidns = (uint64_t)nsst.st_ino;
+    }
+    if (stat("/proc/self/ns/net", &nsst) == 0) {
+        w->self.netns = (uint64_t)nsst.st_ino;
     }
     FILE *bf = fopen("/proc/sys/kernel/random/boot_id", "r");
     if (bf != NULL) {
@@ -958,7 +966,9 @@ mp_status_t mp_xport_ep_connect(mp_xport_worker_t *w, const void *addr, size_t l
     ep->peer_rank = peer_rank;
     ep->pidfd = -1;
     /*
-     * A peer on this kernel, in this pid namespace, is watched through its
+     * A peer on this kernel, in this pid and network namespace (the
+     * namespace ids are only compared once the boot ids say "this kernel";
+     * 0 means unknown, which is never "same"), is watched through its
      * process (a pidfd, or nothing to watch when it is this process), and
      * its endpoint runs without UCX error handling: measured on UCX 1.13,
      * peer error handling excludes cma, so large messages between processes
@@ -967,8 +977,10 @@ mp_status_t mp_xport_ep_connect(mp_xport_worker_t *w, const void *addr, size_t l
      * fails everything in flight with it; UCX's own error handling remains
      * for peers on other hosts (tcp), or everywhere with local_err_peer.
      */
-    int local = peer.pidns == w->self.pidns && w->self.boot_id[0] != 0 &&
-                strncmp(peer.boot_id, w->self.boot_id, sizeof(peer.boot_id)) == 0;
+    int local = w->self.boot_id[0] != 0 &&
+                strncmp(peer.boot_id, w->self.boot_id, sizeof(peer.boot_id)) == 0 &&
+                w->self.pidns != 0 && peer.pidns == w->self.pidns && w->self.netns != 0 &&
+                peer.netns == w->self.netns;
     if (local && peer.pid != w->self.pid) {
         ep->pidfd = (int)syscall(SYS_pidfd_open, (pid_t)peer.pid, 0);
         if (ep->pidfd < 0 && errno == ESRCH) {
@@ -998,6 +1010,10 @@ mp_status_t mp_xport_ep_connect(mp_xport_worker_t *w, const void *addr, size_t l
         mp_free(ep);
         return status_from_ucs(st);
     }
+    mp_debug("xport: rank %u -> rank %u: %s", w->rank, peer_rank,
+             !local      ? "another host (kernel or network namespace), UCX peer error handling"
+             : ep->local ? "this host, watched by pidfd"
+                         : "this host, watched by pidfd and UCX peer error handling");
     ep->next = w->eps;
     if (w->eps != NULL) {
         w->eps->prev = ep;

@@ -31,8 +31,10 @@
  *   16 MiB at ~1/5 of plain ucx_perftest's bandwidth.
  * - Shared memory never reports a dead peer (a receive from a SIGKILLed
  *   process waits out its timeout).
- * - So: exported addresses carry the process id, pid namespace and boot id;
- *   a peer on the same kernel and pid namespace gets an endpoint without
+ * - So: exported addresses carry the process id, pid and network namespace
+ *   and boot id; a peer on the same kernel, pid namespace and network
+ *   namespace (a peer in another network namespace is another host, like
+ *   the "hosts" of tests/integration/netns_cluster.sh) gets an endpoint without
  *   UCX error handling (shared memory + cma at full speed) and is watched
  *   with a pidfd (or is this very process), which fails everything in
  *   flight with it when it dies.  Peers elsewhere (tcp), and every peer
