@@ -1,13 +1,15 @@
 # engine_daemon_lib.sh - shared by the engine_daemon_* integration tests
 # (sourced): a coordinator and nodes of mpard on loopback, each with its own
 # port, sockets and state dirs under one mktemp dir; every process started
-# is killed on exit (daemon_lib.sh).  Needs MPARD, CLIENT, SRC set and T
-# made by the caller.
+# is killed on exit (daemon_lib.sh); the weights and losses checks come
+# from equiv_lib.sh.  Needs MPARD, CLIENT, SRC set and T made by the caller.
 
 HB=${HB:-200}
 DEAD=${DEAD:-1000}
 # shellcheck source=daemon_lib.sh
 . "$SRC/tests/integration/daemon_lib.sh"
+# shellcheck source=equiv_lib.sh
+. "$SRC/tests/integration/equiv_lib.sh"
 
 PORT=$(free_port)
 COMMON=(--heartbeat-ms "$HB" --dead-after-ms "$DEAD" --log-level debug)
