@@ -15,3 +15,14 @@ if(MP_TESTS AND TARGET mpard AND TARGET mpar-client)
   # not share the machine with the fuzzer or the control plane's timing test.
   set_tests_properties(engine_daemon_fail PROPERTIES TIMEOUT 300 RESOURCE_LOCK mp_control_cpu)
 endif()
+# A cluster whose coordinator and nodes each run in their own network
+# namespace (root only; skips, saying why, elsewhere): jobs across "hosts"
+# over UCX tcp, a cut link, lossy links.
+if(MP_TESTS AND TARGET mpard AND TARGET mpar-client)
+  add_test(NAME netns_cluster
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/integration/netns_cluster.sh
+            $<TARGET_FILE:mpard> $<TARGET_FILE:mpar-client> ${CMAKE_SOURCE_DIR})
+  # FAILED within the heartbeat timeout is a timing check, like engine_daemon_fail's.
+  set_tests_properties(netns_cluster PROPERTIES TIMEOUT 400 SKIP_RETURN_CODE 77
+                       RESOURCE_LOCK mp_control_cpu)
+endif()
