@@ -20,6 +20,15 @@
  * the send completes: a slot's output until the slot is reused, and a
  * per-slot copy of the input gradient (the model's gradient buffers are
  * reused by the next backward).
+ *
+ * Prefetch: the data of a training step is received ahead of need.  When
+ * a step starts, the receives of all its input micro-batches (first stage)
+ * and labels (last stage) are posted, and so are those of the next step,
+ * into two sets of host buffers used in turn (bounded: two steps of data,
+ * as the feeder sends at most two events ahead).  The transfers then run
+ * while the stage computes (every wait of the worker progresses them), so
+ * a forward finds its input already landed and only copies it into its
+ * slot.
  */
 #include "engine/executor.h"
 
@@ -75,7 +84,17 @@ struct mp_exec {
     float **in_host, **out_host, **og_host; /* [S] [R, I], [R, O], [R, O] */
     int32_t *labels_dev;                    /* [m, R] backend memory */
     float *grads_host;                      /* [params] for the DP allreduce */
-    mp_xport_req_t **label_req;             /* [m] */
+    /* Prefetched training data, two steps' worth used in turn (event index
+     * parity); pf[i].ev is the event whose receives are posted, or -1. */
+    struct {
+        int64_t ev;
+        uint64_t seq;
+        float *x;                      /* [m, R, I] inputs (first stage) */
+        int32_t *y;                    /* [m, R] labels (last stage) */
+        mp_xport_req_t **xreq, **yreq; /* [m] */
+    } pf[2];
+    int pf_cur;      /* the set of the running step */
+    int64_t it_next; /* the event iterator after the running event */
 
     mp_exec_span_t *spans;
     int nspans, cap_spans;
@@ -291,14 +310,29 @@ mp_status_t mp_exec_create(mp_xport_ctx_t *ctx, const mp_exec_opts_t *opts, mp_e
     ex->gsend = mp_calloc((size_t)S, sizeof(float *));
     ex->grad_req = mp_calloc((size_t)S, sizeof(mp_xport_req_t *));
     ex->labels = mp_calloc((size_t)(g->m * ex->R), sizeof(int32_t));
-    ex->label_req = mp_calloc((size_t)g->m, sizeof(mp_xport_req_t *));
     ex->ep_tp = mp_calloc((size_t)g->tp, sizeof(mp_xport_ep_t *));
     ex->ep_dp = mp_calloc((size_t)g->dp, sizeof(mp_xport_ep_t *));
     if (ex->slot_of == NULL || ex->busy == NULL || ex->out == NULL || ex->act_req == NULL ||
-        ex->gsend == NULL || ex->grad_req == NULL || ex->labels == NULL || ex->label_req == NULL ||
-        ex->ep_tp == NULL || ex->ep_dp == NULL) {
+        ex->gsend == NULL || ex->grad_req == NULL || ex->labels == NULL || ex->ep_tp == NULL ||
+        ex->ep_dp == NULL) {
         st = mp_errbuf_set(err, MP_ERR_NOMEM, "executor: out of memory");
         goto err_free;
+    }
+    for (int i = 0; i < 2; i++) {
+        ex->pf[i].ev = -1;
+        ex->pf[i].xreq = mp_calloc((size_t)g->m, sizeof(mp_xport_req_t *));
+        ex->pf[i].yreq = mp_calloc((size_t)g->m, sizeof(mp_xport_req_t *));
+        if (ex->first) {
+            ex->pf[i].x = mp_malloc((size_t)(g->m * ex->R * ex->I) * sizeof(float));
+        }
+        if (ex->last) {
+            ex->pf[i].y = mp_malloc((size_t)(g->m * ex->R) * sizeof(int32_t));
+        }
+        if (ex->pf[i].xreq == NULL || ex->pf[i].yreq == NULL ||
+            (ex->first && ex->pf[i].x == NULL) || (ex->last && ex->pf[i].y == NULL)) {
+            st = mp_errbuf_set(err, MP_ERR_NOMEM, "executor: out of memory for prefetch buffers");
+            goto err_free;
+        }
     }
     if (!ex->first) {
         for (int s = 0; s < S; s++) {
@@ -451,20 +485,31 @@ static bool cancelled(mp_exec_t *ex)
     return atomic_load_explicit(&ex->cancel, memory_order_relaxed);
 }
 
+static mp_status_t wait_tensor(mp_exec_t *ex, mp_xport_ep_t *ep, mp_xport_req_t **req, int64_t rows,
+                               int64_t cols, bool i32, const char *what, mp_errbuf_t *err);
+
 /* Receives a [rows, cols] tensor of `kind` with sequence number seq from ep. */
 static mp_status_t recv_tensor(mp_exec_t *ex, mp_xport_ep_t *ep, uint32_t kind, uint64_t seq,
                                void *buf, int64_t rows, int64_t cols, bool i32, const char *what,
                                mp_errbuf_t *err)
 {
-    int peer = (int)mp_xport_ep_peer_rank(ep);
-    size_t cap = (size_t)(rows * cols) * 4;
     mp_xport_req_t *req;
-    mp_xport_hdr_t hdr;
     mp_status_t st = mp_xport_recv(ep, ex->o.job & MP_XPORT_JOB_MAX, kind, mp_engine_tag_mb(seq),
-                                   buf, cap, &req);
-    if (st == MP_OK) {
-        st = mp_engine_wait(req, deadline(ex), &ex->cancel, &hdr);
+                                   buf, (size_t)(rows * cols) * 4, &req);
+    if (st != MP_OK) {
+        return fail(ex, err, st, (int)mp_xport_ep_peer_rank(ep), what);
     }
+    return wait_tensor(ex, ep, &req, rows, cols, i32, what, err);
+}
+
+/* Waits for a posted receive of a [rows, cols] tensor and checks its header. */
+static mp_status_t wait_tensor(mp_exec_t *ex, mp_xport_ep_t *ep, mp_xport_req_t **req, int64_t rows,
+                               int64_t cols, bool i32, const char *what, mp_errbuf_t *err)
+{
+    int peer = (int)mp_xport_ep_peer_rank(ep);
+    mp_xport_hdr_t hdr;
+    mp_status_t st = mp_engine_wait(*req, deadline(ex), &ex->cancel, &hdr);
+    *req = NULL;
     if (st != MP_OK) {
         return fail(ex, err, st, peer, what);
     }
@@ -520,9 +565,13 @@ static void drain(mp_exec_t *ex)
         ex->act_req[s] = ex->grad_req[s] = NULL;
         ex->busy[s] = false;
     }
-    for (int k = 0; k < ex->g.m; k++) {
-        mp_engine_abort(ex->label_req[k]);
-        ex->label_req[k] = NULL;
+    for (int i = 0; i < 2; i++) {
+        for (int k = 0; ex->pf[i].xreq != NULL && k < ex->g.m; k++) {
+            mp_engine_abort(ex->pf[i].xreq[k]);
+            mp_engine_abort(ex->pf[i].yreq[k]);
+            ex->pf[i].xreq[k] = ex->pf[i].yreq[k] = NULL;
+        }
+        ex->pf[i].ev = -1;
     }
 }
 
@@ -554,9 +603,60 @@ static mp_status_t slot_take(mp_exec_t *ex, int k, int *slot_p, mp_errbuf_t *err
     return MP_OK;
 }
 
+/* Posts the receives of a training event's inputs and labels into prefetch set i. */
+static mp_status_t prefetch_post(mp_exec_t *ex, const mp_engine_ev_t *ev, int i, mp_errbuf_t *err)
+{
+    int64_t R = ex->R;
+    uint32_t job = ex->o.job & MP_XPORT_JOB_MAX;
+    uint64_t seq = mp_engine_geom_seq(&ex->g, ex->o.dp_rank, ev);
+    mp_status_t st = MP_OK;
+    for (int k = 0; k < ex->g.m && st == MP_OK; k++) {
+        uint32_t tag = mp_engine_tag_mb(seq + (uint64_t)k);
+        if (ex->first) {
+            st = mp_xport_recv(ex->ep_feeder, job, MP_XPORT_KIND_INPUT, tag,
+                               ex->pf[i].x + (int64_t)k * R * ex->I,
+                               (size_t)(R * ex->I) * sizeof(float), &ex->pf[i].xreq[k]);
+        }
+        if (st == MP_OK && ex->last) {
+            st = mp_xport_recv(ex->ep_feeder, job, MP_XPORT_KIND_LABEL, tag, ex->pf[i].y + k * R,
+                               (size_t)R * sizeof(int32_t), &ex->pf[i].yreq[k]);
+        }
+    }
+    if (st != MP_OK) {
+        return fail(ex, err, st, (int)ex->g.feeder_rank, "posting input and label receives");
+    }
+    ex->pf[i].ev = ev->index;
+    ex->pf[i].seq = seq;
+    return MP_OK;
+}
+
+/*
+ * Makes sure the receives of this training event and of the next event, if
+ * it trains too, are posted; the running event's data is set pf_cur.
+ */
+static mp_status_t prefetch(mp_exec_t *ex, const mp_engine_ev_t *ev, mp_errbuf_t *err)
+{
+    if (ex->ep_feeder == NULL) {
+        return MP_OK;
+    }
+    int cur = (int)(ev->index & 1);
+    ex->pf_cur = cur;
+    mp_status_t st = MP_OK;
+    if (ex->pf[cur].ev != ev->index) {
+        st = prefetch_post(ex, ev, cur, err);
+    }
+    int64_t it = ex->it_next;
+    mp_engine_ev_t next;
+    mp_engine_geom_next(&ex->g, &it, &next);
+    if (st == MP_OK && next.kind == MP_ENGINE_EV_TRAIN && ex->pf[1 - cur].ev != next.index) {
+        st = prefetch_post(ex, &next, 1 - cur, err);
+    }
+    return st;
+}
+
 /* The input of micro-batch/chunk k into a fresh slot: from the feeder on the
- * first stage, else from the previous stage. */
-static mp_status_t recv_input(mp_exec_t *ex, int k, int64_t rows, mp_errbuf_t *err)
+ * first stage (prefetched in a training step), else from the previous stage. */
+static mp_status_t recv_input(mp_exec_t *ex, int k, int64_t rows, bool train, mp_errbuf_t *err)
 {
     int s = 0;
     mp_status_t st = slot_take(ex, k, &s, err);
@@ -565,6 +665,22 @@ static mp_status_t recv_input(mp_exec_t *ex, int k, int64_t rows, mp_errbuf_t *e
     }
     float *in = mp_model_input(ex->model, s);
     float *buf = ex->staged ? ex->in_host[s] : in;
+    if (ex->first && train) {
+        int i = ex->pf_cur;
+        const float *x = ex->pf[i].x + (int64_t)k * rows * ex->I;
+        size_t bytes = (size_t)(rows * ex->I) * sizeof(float);
+        st = wait_tensor(ex, ex->ep_feeder, &ex->pf[i].xreq[k], rows, ex->I, false,
+                         "receiving an input micro-batch", err);
+        if (st == MP_OK && ex->staged) {
+            st = ex->be->ops->upload(ex->be, in, x, bytes);
+            if (st != MP_OK) {
+                return fail(ex, err, st, -1, "uploading an input");
+            }
+        } else if (st == MP_OK) {
+            memcpy(in, x, bytes);
+        }
+        return st;
+    }
     if (ex->first) {
         st = recv_tensor(ex, ex->ep_feeder, MP_XPORT_KIND_INPUT, ex->seq + (uint64_t)k, buf, rows,
                          ex->I, false, "receiving an input micro-batch", err);
@@ -598,11 +714,10 @@ static mp_status_t host_output(mp_exec_t *ex, int s, int64_t rows, const float *
     return MP_OK;
 }
 
-/* Labels [rows] at host offset k*R, as the backend's loss wants them. */
-static mp_status_t labels_for(mp_exec_t *ex, int64_t k, int64_t rows, const int32_t **dev_p,
-                              mp_errbuf_t *err)
+/* Labels [rows] of micro-batch k from host memory, as the backend's loss wants them. */
+static mp_status_t labels_for(mp_exec_t *ex, int64_t k, const int32_t *host, int64_t rows,
+                              const int32_t **dev_p, mp_errbuf_t *err)
 {
-    const int32_t *host = ex->labels + k * ex->R;
     if (!ex->staged) {
         *dev_p = host;
         return MP_OK;
@@ -640,7 +755,7 @@ static mp_status_t train_action(mp_exec_t *ex, const mp_sched_action_t *a, doubl
     mp_status_t st = MP_OK;
     switch (a->op) {
     case MP_SCHED_RECV_ACT:
-        return recv_input(ex, k, R, err);
+        return recv_input(ex, k, R, true, err);
     case MP_SCHED_FWD: {
         int s = ex->slot_of[k];
         st = mp_model_forward(ex->model, s, R, &ex->out[s]);
@@ -648,13 +763,14 @@ static mp_status_t train_action(mp_exec_t *ex, const mp_sched_action_t *a, doubl
             return model_fail(ex, st, "forward", err);
         }
         if (ex->last) {
-            st = mp_engine_wait(ex->label_req[k], deadline(ex), &ex->cancel, NULL);
-            ex->label_req[k] = NULL;
+            int i = ex->pf_cur;
+            st = wait_tensor(ex, ex->ep_feeder, &ex->pf[i].yreq[k], R, 1, true, "receiving labels",
+                             err);
             if (st != MP_OK) {
-                return fail(ex, err, st, (int)ex->g.feeder_rank, "receiving labels");
+                return st;
             }
             const int32_t *labels;
-            st = labels_for(ex, k, R, &labels, err);
+            st = labels_for(ex, k, ex->pf[i].y + k * R, R, &labels, err);
             if (st != MP_OK) {
                 return st;
             }
@@ -785,16 +901,9 @@ static mp_status_t run_train(mp_exec_t *ex, const mp_engine_ev_t *ev, mp_exec_re
     if (st != MP_OK) {
         return fail(ex, err, st, -1, "zeroing gradients");
     }
-    if (ex->last) {
-        /* Labels are small: post every receive now. */
-        for (int k = 0; k < ex->g.m && st == MP_OK; k++) {
-            st = mp_xport_recv(ex->ep_feeder, ex->o.job & MP_XPORT_JOB_MAX, MP_XPORT_KIND_LABEL,
-                               mp_engine_tag_mb(ex->seq + (uint64_t)k), ex->labels + k * R,
-                               (size_t)R * sizeof(int32_t), &ex->label_req[k]);
-        }
-        if (st != MP_OK) {
-            return fail(ex, err, st, (int)ex->g.feeder_rank, "posting label receives");
-        }
+    st = prefetch(ex, ev, err);
+    if (st != MP_OK) {
+        return st;
     }
     int n = ex->sched->count[ex->stage];
     const mp_sched_action_t *list = ex->sched->action[ex->stage];
@@ -806,7 +915,7 @@ static mp_status_t run_train(mp_exec_t *ex, const mp_engine_ev_t *ev, mp_exec_re
         uint64_t t0 = mp_engine_now_ns();
         if (ex->first && a->op == MP_SCHED_FWD) {
             /* The first stage's input comes from the feeder. */
-            st = recv_input(ex, a->mb, R, err);
+            st = recv_input(ex, a->mb, R, true, err);
             if (st == MP_OK) {
                 st = span_push(ex, MP_SCHED_RECV_ACT, a->mb, t0);
             }
@@ -849,7 +958,7 @@ static mp_status_t run_eval(mp_exec_t *ex, const mp_engine_ev_t *ev, mp_exec_rep
         }
         int64_t rows = mp_engine_geom_chunk_rows(g, ci * g->dp + d);
         int k = (int)ci;
-        mp_status_t st = recv_input(ex, k, rows, err);
+        mp_status_t st = recv_input(ex, k, rows, false, err);
         if (st != MP_OK) {
             return st;
         }
@@ -863,7 +972,7 @@ static mp_status_t run_eval(mp_exec_t *ex, const mp_engine_ev_t *ev, mp_exec_rep
                              ex->labels, rows, 1, true, "receiving labels", err);
             if (st == MP_OK) {
                 const int32_t *labels;
-                st = labels_for(ex, 0, rows, &labels, err);
+                st = labels_for(ex, 0, ex->labels, rows, &labels, err);
                 if (st != MP_OK) {
                     return st;
                 }
@@ -908,6 +1017,7 @@ mp_status_t mp_exec_run(mp_exec_t *ex, mp_errbuf_t *err)
         }
         ex->seq = mp_engine_geom_seq(&ex->g, ex->o.dp_rank, &ev);
         ex->step = ev.step;
+        ex->it_next = it;
         mp_exec_report_t rep = {
             .rank = ex->rank,
             .stage = ex->stage,
@@ -987,7 +1097,12 @@ void mp_exec_destroy(mp_exec_t *ex)
     mp_free(ex->busy);
     mp_free(ex->slot_of);
     mp_free(ex->labels);
-    mp_free(ex->label_req);
+    for (int i = 0; i < 2; i++) {
+        mp_free(ex->pf[i].x);
+        mp_free(ex->pf[i].y);
+        mp_free(ex->pf[i].xreq);
+        mp_free(ex->pf[i].yreq);
+    }
     mp_free(ex->ep_tp);
     mp_free(ex->ep_dp);
     mp_free(ex->spans);
