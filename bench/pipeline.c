@@ -220,7 +220,7 @@ int main(int argc, char **argv)
     double ratio = sres.samples_per_s > 0 ? res.train.samples_per_s / sres.samples_per_s : 0.0;
     json_array_append_new(results,
                           json_pack("{s:s, s:i, s:i, s:s, s:i, s:f, s:f, s:s, s:f}", "test",
-                                    "throughput_pp2", "p", 2, "m", 8, "schedule", "1f1b", "threads",
+                                    "pp_speedup", "p", 2, "m", 8, "schedule", "1f1b", "threads",
                                     1, "mpar", res.train.samples_per_s, "peer", sres.samples_per_s,
                                     "unit", "samples/s", "ratio", ratio));
     if (json) {
