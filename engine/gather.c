@@ -15,7 +15,7 @@
 #include "parallel/partition.h"
 #include "parallel/placement.h"
 
-#define META_N 8 /* int64 of placement before each block's floats */
+#define META_N 10 /* int64 of placement before each block's floats */
 
 struct mp_gather {
     const mp_spec_t *spec;
@@ -97,6 +97,7 @@ static mp_status_t place_block(mp_gather_t *g, int rank, int stage, int tp_rank,
     memcpy(m, msg, sizeof(m));
     int64_t layer = m[0], param = m[1], row0 = m[2], col0 = m[3], rows = m[4], cols = m[5];
     bool replicated = m[6] != 0;
+    int64_t parts = m[8] > 1 ? m[8] : 1, stride = m[9];
     const mp_part_t *part = &g->part;
     if (layer < part->first[stage] || layer >= part->first[stage] + part->count[stage] ||
         param < 0 || param >= mp_layer_nparams(&g->spec->model.layers[layer])) {
@@ -105,8 +106,11 @@ static mp_status_t place_block(mp_gather_t *g, int rank, int stage, int tp_rank,
     }
     int64_t frows, fcols;
     mp_layer_param_shape(&g->spec->model.layers[layer], (int)param, &frows, &fcols);
-    if (row0 < 0 || col0 < 0 || rows < 0 || cols < 0 || row0 + rows > frows ||
-        col0 + cols > fcols || n != sizeof(m) + (size_t)(rows * cols) * sizeof(float)) {
+    /* The last column a block touches: its last part's end. */
+    int64_t col_end = parts > 1 ? col0 + (parts - 1) * stride + cols / parts : col0 + cols;
+    if (row0 < 0 || col0 < 0 || rows < 0 || cols < 0 || row0 + rows > frows || col_end > fcols ||
+        parts > 16 || cols % parts != 0 || (parts > 1 && stride < cols / parts) ||
+        n != sizeof(m) + (size_t)(rows * cols) * sizeof(float)) {
         return mp_errbuf_set(err, MP_ERR_PROTO,
                              "gather: rank %d: block of layer %lld param %lld does not fit", rank,
                              (long long)layer, (long long)param);
@@ -114,11 +118,9 @@ static mp_status_t place_block(mp_gather_t *g, int rank, int stage, int tp_rank,
     if (replicated && tp_rank != 0) {
         return MP_OK; /* the same tensor as tp rank 0's */
     }
-    const float *src = (const float *)(msg + sizeof(m));
-    float *full = g->full[layer][param];
-    for (int64_t i = 0; i < rows; i++) {
-        memcpy(full + (row0 + i) * fcols + col0, src + i * cols, (size_t)cols * sizeof(float));
-    }
+    mp_tp_slice_t s = {.full_rows = frows, .full_cols = fcols, .row0 = row0, .rows = rows,
+                       .col0 = col0, .cols = cols, .parts = (int)parts, .part_stride = stride};
+    mp_tp_slice_scatter(&s, (const float *)(msg + sizeof(m)), g->full[layer][param]);
     return MP_OK;
 }
 
@@ -245,7 +247,8 @@ mp_status_t mp_gather_send(mp_xport_ctx_t *ctx, mp_exec_t *exec, const mp_spec_t
                 break;
             }
             int64_t m[META_N] = {
-                l, p, s.row0, s.col0, s.rows, s.cols, s.replicated ? 1 : 0, s.full_cols};
+                l, p, s.row0, s.col0, s.rows, s.cols, s.replicated ? 1 : 0, s.full_cols,
+                s.parts, s.part_stride};
             memcpy(msgs[k], m, sizeof(m));
             mp_xport_hdr_t hdr = {
                 .job = job,

@@ -287,10 +287,7 @@ static mp_status_t gather_weights(shared_t *sh, th_t *th, int stage, int tp_rank
             }
             float *full = sh->res->weights[l][p];
             if (!s.replicated || tp_rank == 0) {
-                for (int64_t i = 0; i < s.rows; i++) {
-                    memcpy(full + (s.row0 + i) * s.full_cols + s.col0, blk + i * s.cols,
-                           (size_t)s.cols * sizeof(float));
-                }
+                mp_tp_slice_scatter(&s, blk, full);
             }
             mp_free(blk);
         }

@@ -367,9 +367,11 @@ static mp_status_t cpu_linear_bwd(mp_backend_t *be, float *dX, float *dW, float 
             return st;
         }
     }
-    st = cpu_gemm(be, MP_OP_T, MP_OP_N, I, O, B, 1.0f, X, ldi, dZ, ldo, 1.0f, dW, ldo);
-    if (st != MP_OK) {
-        return st;
+    if (dW != NULL) {
+        st = cpu_gemm(be, MP_OP_T, MP_OP_N, I, O, B, 1.0f, X, ldi, dZ, ldo, 1.0f, dW, ldo);
+        if (st != MP_OK) {
+            return st;
+        }
     }
     if (db != NULL && B > 0 && O > 0) {
         cpu_colsum_add(be, db, dZ, B, O);

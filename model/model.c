@@ -1,15 +1,16 @@
 /*
  * model.c - a range of a spec's layers on one backend, whole or as one TP
  * rank's shard: parameters, gradients and optimizer state (one allocation
- * each, carved per tensor), activation slots, forward, loss, backward and
- * the optimizer step.  The tensor-parallel steps around each layer (slice,
- * AllGather, AllReduce, bias and residual after the reduce) follow the
- * plan of parallel/tpplan.h; the collectives go through the caller's hook
- * table on host memory.  Owned by one thread at a time (a serial trainer or
- * a shard executor).
+ * each, carved per tensor), activation slots, forward, loss, backward (in
+ * B and W halves) and the optimizer step.  Every layer is driven through
+ * its kind's table (model/layer.h); this file knows no kind.  The TP
+ * collectives go through the caller's hook table on host memory.  Owned
+ * by one thread at a time (a serial trainer or a shard executor).
  *
- * Legend: B = rows, I = in width, O = out width, H = mlp hidden, F = mlp ffn,
- * Il/Ol/Fl = this rank's share of a split width.
+ * Rows: the caller counts samples (rows); a sample of a sequence model is
+ * T = spec model.seq positions, so the layers see R = rows*T rows.
+ *
+ * Legend: R = rows*T, MR = max_rows*T, V = vocab, Vl = its share here.
  */
 #include "model/model.h"
 
@@ -19,40 +20,35 @@
 #include "common/alloc.h"
 #include "common/log.h"
 #include "gpu/init.h"
-#include "gpu/layers.h"
+#include "model/layer.h"
+#include "model/layer_env.h"
 
 typedef struct {
-    mp_tp_layer_t plan; /* this layer's TP plan (tp = 1: all whole, no collectives) */
-    int index;          /* index in the spec's model.layers */
-    int nparams;
-    int64_t off[MP_TP_MAX_PARAMS]; /* element offsets into the flat parameter buffer */
-    mp_tp_slice_t slice[MP_TP_MAX_PARAMS];
-    int64_t split_col0; /* first full column/row of this rank's share of the split width */
+    mp_layer_t L;
+    int64_t off[MP_LAYER_MAX_PARAMS]; /* element offsets into the flat parameter buffer */
+    int64_t saved_elems;              /* per slot, at MR rows */
 } model_layer_t;
 
 typedef struct {
-    float **act;   /* [count + 1]: act[0] input, act[i + 1] output of layer i (after fwd_post) */
-    float **xs;    /* [count]: row-parallel layer's sliced input [B, Il] (NULL otherwise) */
-    float **h_pre; /* [count]: mlp_block pre-activation [B, Fl] (NULL otherwise) */
-    float **h_act; /* [count]: mlp_block gelu output [B, Fl] */
-    float *out_grad;
+    float **act;   /* [count + 1]: act[0] input, act[i + 1] output of layer i */
+    float **grad;  /* [count + 1]: dL/d act[i]; grad[count] is the output gradient */
+    float **saved; /* [count]: what layer i keeps from forward (and B) for backward (and W) */
 } model_slot_t;
 
 struct mp_model {
     mp_backend_t *be;
     const mp_spec_t *spec;
     int first, count, nslots, tp, tp_rank;
-    mp_model_coll_t coll;
-    int64_t max_rows, max_width, max_ffn, nparams_total, slot_bytes;
+    int64_t T, max_rows, MR, nparams_total, slot_bytes;
+    bool vocab_parallel; /* the last layer's logits are vocab shards (sequence models) */
+    mp_layer_env_t env;
     model_layer_t *layers;
     model_slot_t *slots;
     float *params, *grads, *state1, *state2;
-    float *bwd_a, *bwd_b;   /* ping-pong activation gradients [max_rows, max_width] */
-    float *tp_tmp;          /* TP scratch [max_rows, max_width]: local shard before a gather */
-    float *dh_act, *dh_pre; /* mlp_block backward scratch [max_rows, max_ffn] */
-    float *probs;           /* softmax output [max_rows, out_dim] */
-    float *host_a, *host_b; /* TP host staging [max_rows * max_width] each (tp > 1) */
-    void **allocs;          /* every backend allocation, for destroy */
+    float *probs;      /* classic xent: softmax [MR, C] */
+    float *loss_dev;   /* vocab-parallel xent: rowmax, sumexp, target, gmax, gsum [MR] each */
+    float *loss_host;  /* [(tp + 4) * MR] host staging of the above */
+    void **allocs;     /* every backend allocation, for destroy */
     int nallocs, cap_allocs;
 };
 
@@ -82,15 +78,37 @@ static float *slot_alloc(mp_model_t *m, int64_t elems)
     return model_alloc(m, elems);
 }
 
-static float layer_bound(const mp_tp_layer_t *l, int param)
+/* N(0, a^2) from two uniforms of the counter (Box-Muller, in double). */
+static float init_normal(uint64_t seed, uint32_t layer, uint32_t param, uint64_t idx, float a)
 {
-    /* nn.Linear: weight and bias both U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
-     * fan_in of the FULL layer, so a shard draws the serial values. */
-    int64_t fan_in = l->in_dim;
-    if (l->kind == MP_LAYER_MLP_BLOCK && param >= 2) {
-        fan_in = l->ffn;
+    double u1 = mp_init_u01(seed, layer, param, 2 * idx);
+    double u2 = mp_init_u01(seed, layer, param, 2 * idx + 1);
+    double z = sqrt(-2.0 * log(1.0 - u1)) * cos(2.0 * M_PI * u2);
+    return (float)(a * z);
+}
+
+/* Fills dst (the slice's local block, row-major) with its elements of the
+ * full tensor drawn as `how` says. */
+static void init_block(float *dst, const mp_tp_slice_t *s, mp_layer_init_t how, uint64_t seed,
+                       uint32_t layer, uint32_t param)
+{
+    int parts = s->parts > 1 ? s->parts : 1;
+    int64_t w = s->cols / parts;
+    for (int64_t r = 0; r < s->rows; r++) {
+        for (int k = 0; k < parts; k++) {
+            float *d = dst + r * s->cols + k * w;
+            int64_t c0 = mp_tp_slice_full_col(s, k * w);
+            if (how.kind == MP_INIT_UNIFORM) {
+                mp_init_uniform_block(d, seed, layer, param, s->full_cols, s->row0 + r, 1, c0, w,
+                                      how.a);
+            }
+            for (int64_t c = 0; c < w && how.kind != MP_INIT_UNIFORM; c++) {
+                uint64_t idx = (uint64_t)((s->row0 + r) * s->full_cols + c0 + c);
+                d[c] = how.kind == MP_INIT_CONST ? how.a
+                                                 : init_normal(seed, layer, param, idx, how.a);
+            }
+        }
     }
-    return 1.0f / sqrtf((float)fan_in);
 }
 
 static mp_status_t model_init_params(mp_model_t *m)
@@ -101,12 +119,11 @@ static mp_status_t model_init_params(mp_model_t *m)
         return MP_ERR_NOMEM;
     }
     for (int i = 0; i < m->count; i++) {
-        model_layer_t *l = &m->layers[i];
-        for (int p = 0; p < l->nparams; p++) {
-            const mp_tp_slice_t *s = &l->slice[p];
-            mp_init_uniform_block(host + l->off[p], m->spec->train.seed, (uint32_t)l->index,
-                                  (uint32_t)p, s->full_cols, s->row0, s->rows, s->col0, s->cols,
-                                  layer_bound(&l->plan, p));
+        model_layer_t *ml = &m->layers[i];
+        const mp_layer_t *L = &ml->L;
+        for (int p = 0; p < L->plan.nparams; p++) {
+            init_block(host + ml->off[p], &L->slice[p], L->ops->param_init(L->spec, p),
+                       m->spec->train.seed, (uint32_t)L->index, (uint32_t)p);
         }
     }
     mp_status_t st = m->be->ops->upload(m->be, m->params, host, (size_t)n * sizeof(float));
@@ -140,46 +157,80 @@ static mp_status_t serial_plan(const mp_spec_t *spec, mp_tp_plan_t **plan_p)
 
 static mp_status_t model_alloc_slot(mp_model_t *m, model_slot_t *sl)
 {
-    int64_t R = m->max_rows;
+    int64_t MR = m->MR;
     sl->act = mp_calloc((size_t)m->count + 1, sizeof(float *));
-    sl->xs = mp_calloc((size_t)m->count, sizeof(float *));
-    sl->h_pre = mp_calloc((size_t)m->count, sizeof(float *));
-    sl->h_act = mp_calloc((size_t)m->count, sizeof(float *));
-    if (sl->act == NULL || sl->xs == NULL || sl->h_pre == NULL || sl->h_act == NULL) {
+    sl->grad = mp_calloc((size_t)m->count + 1, sizeof(float *));
+    sl->saved = mp_calloc((size_t)m->count, sizeof(float *));
+    if (sl->act == NULL || sl->grad == NULL || sl->saved == NULL) {
         return MP_ERR_NOMEM;
     }
-    sl->act[0] = slot_alloc(m, R * m->layers[0].plan.in_local);
-    if (sl->act[0] == NULL) {
-        return MP_ERR_NOMEM;
-    }
-    for (int i = 0; i < m->count; i++) {
-        const mp_tp_layer_t *pl = &m->layers[i].plan;
-        sl->act[i + 1] = slot_alloc(m, R * pl->out_local);
-        if (sl->act[i + 1] == NULL) {
+    for (int i = 0; i <= m->count; i++) {
+        int64_t w = i == 0 ? m->layers[0].L.plan.in_local : m->layers[i - 1].L.plan.out_local;
+        sl->act[i] = slot_alloc(m, MR * w);
+        sl->grad[i] = slot_alloc(m, MR * w);
+        if (sl->act[i] == NULL || sl->grad[i] == NULL) {
             return MP_ERR_NOMEM;
         }
-        if (pl->split == MP_TP_SPLIT_ROW && pl->fwd_pre == MP_TP_COMM_SLICE) {
-            sl->xs[i] = slot_alloc(m, R * pl->split_local);
-            if (sl->xs[i] == NULL) {
-                return MP_ERR_NOMEM;
-            }
-        }
-        if (pl->kind == MP_LAYER_MLP_BLOCK) {
-            sl->h_pre[i] = slot_alloc(m, R * pl->split_local);
-            sl->h_act[i] = slot_alloc(m, R * pl->split_local);
-            if (sl->h_pre[i] == NULL || sl->h_act[i] == NULL) {
+    }
+    for (int i = 0; i < m->count; i++) {
+        if (m->layers[i].saved_elems > 0) {
+            sl->saved[i] = slot_alloc(m, m->layers[i].saved_elems);
+            if (sl->saved[i] == NULL) {
                 return MP_ERR_NOMEM;
             }
         }
     }
-    sl->out_grad = slot_alloc(m, R * m->layers[m->count - 1].plan.out_local);
-    return sl->out_grad == NULL ? MP_ERR_NOMEM : MP_OK;
+    return MP_OK;
 }
 
 mp_status_t mp_model_create(mp_backend_t *be, const mp_spec_t *spec, int first, int count,
                             int slots, int64_t max_rows, mp_model_t **model_p)
 {
     return mp_model_create_shard(be, spec, NULL, first, count, 0, NULL, slots, max_rows, model_p);
+}
+
+/* Whether the range [first, first + count) of the plan starts and ends on
+ * replicated activations (a sequence model's head may end on vocab shards). */
+static bool range_fits(const mp_tp_plan_t *plan, int first, int count)
+{
+    const mp_tp_layer_t *last = &plan->layer[first + count - 1];
+    bool end_ok = last->out_layout == MP_TP_LAYOUT_REPLICATED ||
+                  (plan->vocab_parallel_loss && first + count == plan->nlayers);
+    return plan->layer[first].in_layout == MP_TP_LAYOUT_REPLICATED && end_ok;
+}
+
+static mp_status_t model_setup_layer(mp_model_t *m, const mp_tp_plan_t *plan, int i,
+                                     int64_t *off_p)
+{
+    model_layer_t *ml = &m->layers[i];
+    mp_layer_t *L = &ml->L;
+    int l = m->first + i;
+    L->index = l;
+    L->spec = &m->spec->model.layers[l];
+    L->ops = mp_layer_ops(L->spec->kind);
+    L->plan = plan->layer[l];
+    L->tp = m->tp;
+    L->tp_rank = m->tp_rank;
+    L->seq = m->T;
+    L->be = m->be;
+    L->env = &m->env;
+    if (L->ops == NULL) {
+        mp_err("model: layer %d has no kind table", l);
+        return MP_ERR_INVAL;
+    }
+    for (int p = 0; p < L->plan.nparams; p++) {
+        if (mp_tp_param_slice(plan, l, p, m->tp_rank, &L->slice[p]) != MP_OK) {
+            mp_err("model: no parameter slice for layer %d param %d", l, p);
+            return MP_ERR_INVAL;
+        }
+        ml->off[p] = *off_p;
+        *off_p += L->slice[p].rows * L->slice[p].cols;
+    }
+    int64_t split_full = L->plan.split == MP_TP_SPLIT_ROW ? L->plan.in_dim : L->plan.out_dim;
+    int64_t cols;
+    mp_tp_shard_range(split_full, m->tp, m->tp_rank, &L->split_col0, &cols);
+    ml->saved_elems = L->ops->saved_elems != NULL ? L->ops->saved_elems(L, m->MR) : 0;
+    return MP_OK;
 }
 
 mp_status_t mp_model_create_shard(mp_backend_t *be, const mp_spec_t *spec, const mp_tp_plan_t *plan,
@@ -201,8 +252,7 @@ mp_status_t mp_model_create_shard(mp_backend_t *be, const mp_spec_t *spec, const
     int tp = plan->tp;
     if (plan->nlayers != spec->model.nlayers || tp_rank < 0 || tp_rank >= tp ||
         (tp > 1 && (coll == NULL || coll->allreduce_sum == NULL || coll->allgather == NULL)) ||
-        plan->layer[first].in_layout != MP_TP_LAYOUT_REPLICATED ||
-        plan->layer[first + count - 1].out_layout != MP_TP_LAYOUT_REPLICATED) {
+        !range_fits(plan, first, count)) {
         mp_err("model: layers [%d, %d) of TP rank %d of %d do not fit the plan (%d layers), or "
                "the collectives are missing",
                first, first + count, tp_rank, tp, plan->nlayers);
@@ -220,10 +270,14 @@ mp_status_t mp_model_create_shard(mp_backend_t *be, const mp_spec_t *spec, const
     m->count = count;
     m->nslots = slots;
     m->max_rows = max_rows;
+    m->T = spec->model.seq > 0 ? spec->model.seq : 1;
+    m->MR = max_rows * m->T;
     m->tp = tp;
     m->tp_rank = tp_rank;
+    m->vocab_parallel = first + count == spec->model.nlayers &&
+                        spec->model.layers[0].kind == MP_LAYER_EMBEDDING;
     if (coll != NULL) {
-        m->coll = *coll;
+        m->env.coll = *coll;
     }
     m->layers = mp_calloc((size_t)count, sizeof(*m->layers));
     m->slots = mp_calloc((size_t)slots, sizeof(*m->slots));
@@ -231,31 +285,19 @@ mp_status_t mp_model_create_shard(mp_backend_t *be, const mp_spec_t *spec, const
         goto err_nomem;
     }
 
-    int64_t off = 0;
+    int64_t off = 0, scratch = 0, max_width = 0;
     for (int i = 0; i < count; i++) {
-        model_layer_t *l = &m->layers[i];
-        l->plan = plan->layer[first + i];
-        l->index = first + i;
-        l->nparams = l->plan.nparams;
-        for (int p = 0; p < l->nparams; p++) {
-            if (mp_tp_param_slice(plan, first + i, p, tp_rank, &l->slice[p]) != MP_OK) {
-                mp_err("model: no parameter slice for layer %d param %d", first + i, p);
-                goto err_inval;
-            }
-            l->off[p] = off;
-            off += l->slice[p].rows * l->slice[p].cols;
+        if (model_setup_layer(m, plan, i, &off) != MP_OK) {
+            mp_free(own_plan);
+            mp_model_destroy(m);
+            return MP_ERR_INVAL;
         }
-        int64_t split_full = l->plan.split == MP_TP_SPLIT_ROW ? l->plan.in_dim : l->plan.out_dim;
-        int64_t cols;
-        mp_tp_shard_range(split_full, tp, tp_rank, &l->split_col0, &cols);
-        int64_t widths[2] = {l->plan.in_dim, l->plan.out_dim};
+        const mp_layer_t *L = &m->layers[i].L;
+        int64_t sc = L->ops->scratch_elems != NULL ? L->ops->scratch_elems(L, m->MR) : 0;
+        scratch = sc > scratch ? sc : scratch;
+        int64_t widths[2] = {L->plan.in_dim, L->plan.out_dim};
         for (int w = 0; w < 2; w++) {
-            if (widths[w] > m->max_width) {
-                m->max_width = widths[w];
-            }
-        }
-        if (l->plan.kind == MP_LAYER_MLP_BLOCK && l->plan.split_local > m->max_ffn) {
-            m->max_ffn = l->plan.split_local;
+            max_width = widths[w] > max_width ? widths[w] : max_width;
         }
     }
     mp_free(own_plan);
@@ -279,6 +321,13 @@ mp_status_t mp_model_create_shard(mp_backend_t *be, const mp_spec_t *spec, const
             goto err_nomem;
         }
     }
+    for (int i = 0; i < count; i++) {
+        model_layer_t *ml = &m->layers[i];
+        for (int p = 0; p < ml->L.plan.nparams; p++) {
+            ml->L.P[p] = m->params + ml->off[p];
+            ml->L.G[p] = m->grads + ml->off[p];
+        }
+    }
 
     for (int s = 0; s < slots; s++) {
         if (model_alloc_slot(m, &m->slots[s]) != MP_OK) {
@@ -286,25 +335,29 @@ mp_status_t mp_model_create_shard(mp_backend_t *be, const mp_spec_t *spec, const
         }
     }
     m->slot_bytes /= slots;
-    int64_t out_dim = mp_model_out_dim(m);
-    m->bwd_a = model_alloc(m, max_rows * m->max_width);
-    m->bwd_b = model_alloc(m, max_rows * m->max_width);
-    m->probs = model_alloc(m, max_rows * out_dim);
-    if (m->bwd_a == NULL || m->bwd_b == NULL || m->probs == NULL) {
-        goto err_nomem;
+    int64_t out_local = m->layers[count - 1].L.plan.out_local;
+    if (m->vocab_parallel) {
+        m->loss_dev = model_alloc(m, 5 * m->MR);
+        m->loss_host = mp_malloc((size_t)((tp + 4) * m->MR) * sizeof(float));
+        if (m->loss_dev == NULL || m->loss_host == NULL) {
+            goto err_nomem;
+        }
+    } else {
+        m->probs = model_alloc(m, m->MR * out_local);
+        if (m->probs == NULL) {
+            goto err_nomem;
+        }
     }
-    if (m->max_ffn > 0) {
-        m->dh_act = model_alloc(m, max_rows * m->max_ffn);
-        m->dh_pre = model_alloc(m, max_rows * m->max_ffn);
-        if (m->dh_act == NULL || m->dh_pre == NULL) {
+    if (scratch > 0) {
+        m->env.scratch = model_alloc(m, scratch);
+        if (m->env.scratch == NULL) {
             goto err_nomem;
         }
     }
     if (tp > 1) {
-        m->tp_tmp = model_alloc(m, max_rows * m->max_width);
-        m->host_a = mp_malloc((size_t)(max_rows * m->max_width) * sizeof(float));
-        m->host_b = mp_malloc((size_t)(max_rows * m->max_width) * sizeof(float));
-        if (m->tp_tmp == NULL || m->host_a == NULL || m->host_b == NULL) {
+        m->env.host_a = mp_malloc((size_t)(m->MR * max_width) * sizeof(float));
+        m->env.host_b = mp_malloc((size_t)(m->MR * max_width) * sizeof(float));
+        if (m->env.host_a == NULL || m->env.host_b == NULL) {
             goto err_nomem;
         }
     }
@@ -326,10 +379,6 @@ mp_status_t mp_model_create_shard(mp_backend_t *be, const mp_spec_t *spec, const
     *model_p = m;
     return MP_OK;
 
-err_inval:
-    mp_free(own_plan);
-    mp_model_destroy(m);
-    return MP_ERR_INVAL;
 err_nomem:
     mp_err("model: out of %s memory for layers [%d, %d)", be->ops->name, first, first + count);
     mp_free(own_plan);
@@ -349,13 +398,13 @@ void mp_model_destroy(mp_model_t *m)
     if (m->slots != NULL) {
         for (int s = 0; s < m->nslots; s++) {
             mp_free(m->slots[s].act);
-            mp_free(m->slots[s].xs);
-            mp_free(m->slots[s].h_pre);
-            mp_free(m->slots[s].h_act);
+            mp_free(m->slots[s].grad);
+            mp_free(m->slots[s].saved);
         }
     }
-    mp_free(m->host_a);
-    mp_free(m->host_b);
+    mp_free(m->env.host_a);
+    mp_free(m->env.host_b);
+    mp_free(m->loss_host);
     mp_free(m->slots);
     mp_free(m->layers);
     mp_free(m);
@@ -363,11 +412,11 @@ void mp_model_destroy(mp_model_t *m)
 
 int64_t mp_model_in_dim(const mp_model_t *m)
 {
-    return m->layers[0].plan.in_dim;
+    return m->T * m->layers[0].L.plan.in_dim;
 }
 int64_t mp_model_out_dim(const mp_model_t *m)
 {
-    return m->layers[m->count - 1].plan.out_dim;
+    return m->T * m->layers[m->count - 1].L.plan.out_local;
 }
 int64_t mp_model_param_count(const mp_model_t *m)
 {
@@ -391,146 +440,125 @@ float *mp_model_input(mp_model_t *m, int slot)
 }
 float *mp_model_output_grad(mp_model_t *m, int slot)
 {
-    return m->slots[slot].out_grad;
+    return m->slots[slot].grad[m->count];
 }
 float *mp_model_grads(mp_model_t *m)
 {
     return m->grads;
 }
-
-/* ---- TP steps around a layer ------------------------------------------ */
-
-/* dst[B, cols] = columns [col0, col0 + cols) of src[B, n]. */
-static mp_status_t copy_cols(mp_model_t *m, float *dst, const float *src, int64_t rows, int64_t n,
-                             int64_t col0, int64_t cols)
+int64_t mp_model_coll_bytes(const mp_model_t *m)
 {
-    for (int64_t r = 0; r < rows; r++) {
-        MP_TRY(m->be->ops->copy(m->be, dst + r * cols, src + r * n + col0,
-                                (size_t)cols * sizeof(float)));
-    }
-    return MP_OK;
+    return m->env.coll_bytes;
 }
 
-/* In place over the TP group: buf (n floats, backend memory) becomes the sum. */
-static mp_status_t tp_allreduce(mp_model_t *m, float *buf, int64_t n)
+static bool slot_ok(const mp_model_t *m, int slot, int64_t rows)
 {
-    mp_backend_t *be = m->be;
-    if (be->kind == MP_BACKEND_CPU) {
-        return m->coll.allreduce_sum(m->coll.ctx, buf, n);
-    }
-    size_t bytes = (size_t)n * sizeof(float);
-    MP_TRY(be->ops->download(be, m->host_a, buf, bytes));
-    MP_TRY(m->coll.allreduce_sum(m->coll.ctx, m->host_a, n));
-    return be->ops->upload(be, buf, m->host_a, bytes);
-}
-
-/* out[B, c * tp] = the ranks' in[B, c] side by side along the feature axis:
- * the transport's rank-major blocks [tp][B x c] interleaved row by row. */
-static mp_status_t tp_allgather(mp_model_t *m, const float *in, float *out, int64_t rows, int64_t c)
-{
-    mp_backend_t *be = m->be;
-    const float *hin = in;
-    if (be->kind != MP_BACKEND_CPU) {
-        MP_TRY(be->ops->download(be, m->host_a, in, (size_t)(rows * c) * sizeof(float)));
-        hin = m->host_a;
-    }
-    MP_TRY(m->coll.allgather(m->coll.ctx, hin, m->host_b, rows * c));
-    int64_t n = c * m->tp;
-    for (int t = 0; t < m->tp; t++) {
-        for (int64_t r = 0; r < rows; r++) {
-            MP_TRY(be->ops->upload(be, out + r * n + t * c, m->host_b + (t * rows + r) * c,
-                                   (size_t)c * sizeof(float)));
-        }
-    }
-    return MP_OK;
+    return rows <= m->max_rows && rows >= 0 && slot >= 0 && slot < m->nslots;
 }
 
 /* ---- forward / loss / backward ---------------------------------------- */
 
-static mp_status_t layer_forward(mp_model_t *m, model_slot_t *sl, int i, int64_t B)
-{
-    mp_backend_t *be = m->be;
-    const model_layer_t *l = &m->layers[i];
-    const mp_tp_layer_t *pl = &l->plan;
-    const float *P = m->params;
-    const float *x = sl->act[i];
-    float *y = sl->act[i + 1];
-    int64_t I = pl->in_dim, O = pl->out_dim;
-    switch (pl->split) {
-    case MP_TP_SPLIT_REPLICATE:
-        return mp_linear_fwd(be, y, x, P + l->off[0], P + l->off[1], B, I, O);
-    case MP_TP_SPLIT_COLUMN: {
-        /* Z_r = X·W_r + b_r; all-gathered, or kept sharded for a row layer. */
-        int64_t Ol = pl->split_local;
-        float *z = pl->fwd_post == MP_TP_COMM_ALLGATHER ? m->tp_tmp : y;
-        MP_TRY(mp_linear_fwd(be, z, x, P + l->off[0], P + l->off[1], B, I, Ol));
-        if (pl->fwd_post == MP_TP_COMM_ALLGATHER) {
-            MP_TRY(tp_allgather(m, z, y, B, Ol));
-        }
-        return MP_OK;
-    }
-    case MP_TP_SPLIT_ROW: {
-        /* Z = sum_r X_r·W_r, then the whole bias once, after the sum. */
-        int64_t Il = pl->split_local;
-        if (pl->fwd_pre == MP_TP_COMM_SLICE) {
-            MP_TRY(copy_cols(m, sl->xs[i], x, B, I, l->split_col0, Il));
-            x = sl->xs[i];
-        }
-        MP_TRY(mp_linear_fwd(be, y, x, P + l->off[0], NULL, B, Il, O));
-        if (pl->fwd_post == MP_TP_COMM_ALLREDUCE) {
-            MP_TRY(tp_allreduce(m, y, B * O));
-        }
-        return be->ops->bias_add(be, y, P + l->off[1], B, O);
-    }
-    case MP_TP_SPLIT_ELEMENTWISE:
-        if (pl->kind == MP_LAYER_GELU) {
-            return mp_gelu_fwd(be, y, x, B * pl->in_local);
-        }
-        return mp_relu_fwd(be, y, x, B * pl->in_local);
-    case MP_TP_SPLIT_MLP: {
-        /* y = x + gelu(x·W1_r + b1_r)·W2_r summed over ranks, + b2. */
-        int64_t H = pl->in_dim, Fl = pl->split_local;
-        MP_TRY(mp_mlp_block_fc1_fwd(be, sl->h_pre[i], sl->h_act[i], x, P + l->off[0], P + l->off[1],
-                                    B, H, Fl));
-        MP_TRY(mp_mlp_block_fc2_fwd(be, y, sl->h_act[i], P + l->off[2], B, Fl, H));
-        if (pl->fwd_post == MP_TP_COMM_ALLREDUCE) {
-            MP_TRY(tp_allreduce(m, y, B * H));
-        }
-        return mp_mlp_block_residual_fwd(be, y, x, P + l->off[3], B, H);
-    }
-    }
-    return MP_ERR_INVAL;
-}
-
 mp_status_t mp_model_forward(mp_model_t *m, int slot, int64_t rows, float **out_p)
 {
-    if (rows > m->max_rows || rows < 0 || slot < 0 || slot >= m->nslots) {
+    if (!slot_ok(m, slot, rows)) {
         return MP_ERR_INVAL;
     }
     model_slot_t *sl = &m->slots[slot];
+    int64_t R = rows * m->T;
     for (int i = 0; i < m->count; i++) {
-        MP_TRY(layer_forward(m, sl, i, rows));
+        mp_layer_t *L = &m->layers[i].L;
+        MP_TRY(L->ops->forward(L, sl->saved[i], sl->act[i], sl->act[i + 1], R));
     }
-    MP_TRY(m->be->ops->zero(m->be, sl->out_grad,
-                            (size_t)(rows * mp_model_out_dim(m)) * sizeof(float)));
+    MP_TRY(m->be->ops->zero(m->be, sl->grad[m->count],
+                            (size_t)(R * m->layers[m->count - 1].L.plan.out_local) *
+                                sizeof(float)));
     *out_p = sl->act[m->count];
+    return MP_OK;
+}
+
+/* Megatron's vocab-parallel cross-entropy over logits [R, Vl] (columns
+ * [v0, v0 + Vl) of V): the row maxima are combined across the TP group
+ * (an AllGather of R floats, then the max), then the exponent sums and the
+ * target logits (one AllReduce of 2R floats); the loss and the gradient
+ * follow locally.  At tp = 1 the same arithmetic without collectives. */
+static mp_status_t loss_vocab_parallel(mp_model_t *m, model_slot_t *sl, const int32_t *labels,
+                                       int64_t R, float scale, double *loss_p, int64_t *correct_p)
+{
+    mp_backend_t *be = m->be;
+    mp_layer_t *L = &m->layers[m->count - 1].L;
+    const float *logits = sl->act[m->count];
+    int64_t Vl = L->plan.out_local, v0 = L->split_col0;
+    if (L->plan.split != MP_TP_SPLIT_COLUMN) {
+        v0 = 0;
+    }
+    int64_t MR = m->MR;
+    float *rowmax = m->loss_dev, *sumexp = rowmax + MR, *target = sumexp + MR;
+    float *gmax = target + MR, *gsum = gmax + MR;
+    float *h_max = m->loss_host;               /* [tp * R] gathered maxima */
+    float *h_g = h_max + (int64_t)m->tp * MR;  /* [R] global max */
+    float *h_st = h_g + MR;                    /* [2R] sumexp | target */
+    size_t rb = (size_t)R * sizeof(float);
+    MP_TRY(be->ops->xent_vp_max(be, rowmax, logits, R, Vl));
+    if (m->tp > 1) {
+        MP_TRY(be->ops->download(be, h_g, rowmax, rb));
+        m->env.coll_bytes += (int64_t)rb;
+        MP_TRY(m->env.coll.allgather(m->env.coll.ctx, h_g, h_max, R));
+        for (int64_t r = 0; r < R; r++) {
+            float mx = h_max[r];
+            for (int t = 1; t < m->tp; t++) {
+                float v = h_max[(int64_t)t * R + r];
+                mx = v > mx ? v : mx;
+            }
+            h_g[r] = mx;
+        }
+        MP_TRY(be->ops->upload(be, gmax, h_g, rb));
+    } else {
+        MP_TRY(be->ops->copy(be, gmax, rowmax, rb));
+        MP_TRY(be->ops->download(be, h_g, rowmax, rb));
+    }
+    MP_TRY(be->ops->xent_vp_sumexp(be, sumexp, target, logits, gmax, labels, R, Vl, v0));
+    MP_TRY(be->ops->download(be, h_st, sumexp, rb));
+    MP_TRY(be->ops->download(be, h_st + R, target, rb));
+    if (m->tp > 1) {
+        m->env.coll_bytes += 2 * (int64_t)rb;
+        MP_TRY(m->env.coll.allreduce_sum(m->env.coll.ctx, h_st, 2 * R));
+    }
+    double loss = 0.0;
+    int64_t correct = 0;
+    for (int64_t r = 0; r < R; r++) {
+        /* -log softmax[label] = log(sum) - (logit[label] - max), in double. */
+        loss += log((double)h_st[r]) - ((double)h_st[R + r] - (double)h_g[r]);
+        correct += h_st[R + r] >= h_g[r];
+    }
+    if (scale != 0.0f) {
+        MP_TRY(be->ops->upload(be, gsum, h_st, rb));
+        MP_TRY(be->ops->xent_vp_bwd(be, sl->grad[m->count], logits, gmax, gsum, labels, R, Vl, v0,
+                                    scale));
+    }
+    *loss_p = loss;
+    *correct_p = correct;
     return MP_OK;
 }
 
 mp_status_t mp_model_loss(mp_model_t *m, int slot, const int32_t *labels, int64_t rows, float scale,
                           double *loss_sum_p, int64_t *correct_p)
 {
-    if (rows > m->max_rows || rows < 0 || slot < 0 || slot >= m->nslots) {
+    if (!slot_ok(m, slot, rows)) {
         return MP_ERR_INVAL;
     }
     model_slot_t *sl = &m->slots[slot];
-    int64_t C = mp_model_out_dim(m);
+    int64_t R = rows * m->T;
     double loss = 0.0;
     int64_t correct = 0;
-    MP_TRY(
-        m->be->ops->xent_fwd(m->be, m->probs, sl->act[m->count], labels, rows, C, &loss, &correct));
-    if (scale != 0.0f) {
-        MP_TRY(m->be->ops->xent_bwd(m->be, sl->out_grad, m->probs, labels, rows, C, scale));
+    if (m->vocab_parallel) {
+        MP_TRY(loss_vocab_parallel(m, sl, labels, R, scale, &loss, &correct));
+    } else {
+        int64_t C = m->layers[m->count - 1].L.plan.out_local;
+        MP_TRY(m->be->ops->xent_fwd(m->be, m->probs, sl->act[m->count], labels, R, C, &loss,
+                                    &correct));
+        if (scale != 0.0f) {
+            MP_TRY(m->be->ops->xent_bwd(m->be, sl->grad[m->count], m->probs, labels, R, C, scale));
+        }
     }
     if (loss_sum_p != NULL) {
         *loss_sum_p += loss;
@@ -541,102 +569,70 @@ mp_status_t mp_model_loss(mp_model_t *m, int slot, const int32_t *labels, int64_
     return MP_OK;
 }
 
-/* Backward of layer i: dy is dL/d(its output) as laid out after fwd_post;
- * dx (NULL when nobody needs it) was zeroed, and receives dL/d(its input)
- * as laid out when it arrived. */
-static mp_status_t layer_backward(mp_model_t *m, model_slot_t *sl, int i, int64_t B,
-                                  const float *dy, float *dx)
+/* B of layer i: grad[i] (zeroed here; NULL for the model's input when
+ * nobody wants it) += dL/d act[i] from grad[i + 1]. */
+static mp_status_t layer_b(mp_model_t *m, model_slot_t *sl, int i, int64_t R, bool want_in)
 {
-    mp_backend_t *be = m->be;
-    const model_layer_t *l = &m->layers[i];
-    const mp_tp_layer_t *pl = &l->plan;
-    const float *P = m->params;
-    float *G = m->grads;
-    const float *x = sl->act[i];
-    int64_t I = pl->in_dim, O = pl->out_dim;
-    switch (pl->split) {
-    case MP_TP_SPLIT_REPLICATE:
-        return mp_linear_bwd(be, dx, G + l->off[0], G + l->off[1], dy, x, P + l->off[0], B, I, O);
-    case MP_TP_SPLIT_COLUMN: {
-        /* The gradient of an all-gathered Z is whole: take this rank's
-         * columns; dX = sum_r dZ_r·W_r^T is a partial sum to reduce. */
-        int64_t Ol = pl->split_local;
-        const float *dz = dy;
-        if (pl->bwd_pre == MP_TP_COMM_SLICE) {
-            MP_TRY(copy_cols(m, m->tp_tmp, dy, B, O, l->split_col0, Ol));
-            dz = m->tp_tmp;
-        }
-        MP_TRY(mp_linear_bwd(be, dx, G + l->off[0], G + l->off[1], dz, x, P + l->off[0], B, I, Ol));
-        if (dx != NULL && pl->bwd_post == MP_TP_COMM_ALLREDUCE) {
-            MP_TRY(tp_allreduce(m, dx, B * I));
-        }
+    mp_layer_t *L = &m->layers[i].L;
+    float *dx = NULL;
+    if (i > 0 || want_in) {
+        dx = sl->grad[i];
+        MP_TRY(m->be->ops->zero(m->be, dx, (size_t)(R * L->plan.in_local) * sizeof(float)));
+    }
+    return L->ops->backward_input(L, sl->saved[i], sl->act[i], sl->grad[i + 1], dx, R);
+}
+
+static mp_status_t layer_w(mp_model_t *m, model_slot_t *sl, int i, int64_t R)
+{
+    mp_layer_t *L = &m->layers[i].L;
+    if (L->ops->backward_weight == NULL) {
         return MP_OK;
     }
-    case MP_TP_SPLIT_ROW: {
-        /* dW_r = X_r^T·dY, db = colsum(dY) on every rank; dX_r = dY·W_r^T is
-         * this rank's columns of dX, gathered when X arrived whole. */
-        int64_t Il = pl->split_local;
-        bool sliced = pl->fwd_pre == MP_TP_COMM_SLICE;
-        const float *xr = sliced ? sl->xs[i] : x;
-        float *dxr = dx;
-        if (dx != NULL && sliced) {
-            dxr = m->tp_tmp;
-            MP_TRY(be->ops->zero(be, dxr, (size_t)(B * Il) * sizeof(float)));
-        }
-        MP_TRY(
-            mp_linear_bwd(be, dxr, G + l->off[0], G + l->off[1], dy, xr, P + l->off[0], B, Il, O));
-        if (dx != NULL && sliced) {
-            MP_TRY(tp_allgather(m, dxr, dx, B, Il));
-        }
-        return MP_OK;
-    }
-    case MP_TP_SPLIT_ELEMENTWISE:
-        if (dx == NULL) {
-            return MP_OK;
-        }
-        if (pl->kind == MP_LAYER_GELU) {
-            return mp_gelu_bwd(be, dx, x, dy, B * pl->in_local);
-        }
-        return mp_relu_bwd(be, dx, x, dy, B * pl->in_local);
-    case MP_TP_SPLIT_MLP: {
-        int64_t H = pl->in_dim, Fl = pl->split_local;
-        MP_TRY(mp_mlp_block_fc2_bwd(be, m->dh_act, G + l->off[2], G + l->off[3], dy, sl->h_act[i],
-                                    P + l->off[2], B, Fl, H));
-        MP_TRY(mp_mlp_block_fc1_bwd(be, dx, G + l->off[0], G + l->off[1], m->dh_pre, m->dh_act,
-                                    sl->h_pre[i], x, P + l->off[0], B, H, Fl));
-        if (dx != NULL && pl->bwd_post == MP_TP_COMM_ALLREDUCE) {
-            MP_TRY(tp_allreduce(m, dx, B * H));
-        }
-        /* The residual's dy once, after the sum. */
-        return mp_mlp_block_residual_bwd(be, dx, dy, B, H);
-    }
-    }
-    return MP_ERR_INVAL;
+    return L->ops->backward_weight(L, sl->saved[i], sl->act[i], sl->grad[i + 1], R);
 }
 
 mp_status_t mp_model_backward(mp_model_t *m, int slot, int64_t rows, float **in_grad_p)
 {
-    if (rows > m->max_rows || rows < 0 || slot < 0 || slot >= m->nslots) {
+    if (!slot_ok(m, slot, rows)) {
         return MP_ERR_INVAL;
     }
     model_slot_t *sl = &m->slots[slot];
-    const float *dy = sl->out_grad;
-    float *bufs[2] = {m->bwd_a, m->bwd_b};
-    int which = 0;
+    int64_t R = rows * m->T;
     for (int i = m->count - 1; i >= 0; i--) {
-        const mp_tp_layer_t *pl = &m->layers[i].plan;
-        /* The first layer's input gradient is needed only by a previous stage. */
-        float *dx = NULL;
-        if (i > 0 || in_grad_p != NULL) {
-            dx = bufs[which];
-            which ^= 1;
-            MP_TRY(m->be->ops->zero(m->be, dx, (size_t)(rows * pl->in_local) * sizeof(float)));
-        }
-        MP_TRY(layer_backward(m, sl, i, rows, dy, dx));
-        dy = dx;
+        MP_TRY(layer_b(m, sl, i, R, in_grad_p != NULL));
+        MP_TRY(layer_w(m, sl, i, R));
     }
     if (in_grad_p != NULL) {
-        *in_grad_p = (float *)dy;
+        *in_grad_p = sl->grad[0];
+    }
+    return MP_OK;
+}
+
+mp_status_t mp_model_backward_input(mp_model_t *m, int slot, int64_t rows, float **in_grad_p)
+{
+    if (!slot_ok(m, slot, rows)) {
+        return MP_ERR_INVAL;
+    }
+    model_slot_t *sl = &m->slots[slot];
+    int64_t R = rows * m->T;
+    for (int i = m->count - 1; i >= 0; i--) {
+        MP_TRY(layer_b(m, sl, i, R, in_grad_p != NULL));
+    }
+    if (in_grad_p != NULL) {
+        *in_grad_p = sl->grad[0];
+    }
+    return MP_OK;
+}
+
+mp_status_t mp_model_backward_weight(mp_model_t *m, int slot, int64_t rows)
+{
+    if (!slot_ok(m, slot, rows)) {
+        return MP_ERR_INVAL;
+    }
+    model_slot_t *sl = &m->slots[slot];
+    int64_t R = rows * m->T;
+    for (int i = m->count - 1; i >= 0; i--) {
+        MP_TRY(layer_w(m, sl, i, R));
     }
     return MP_OK;
 }
@@ -673,10 +669,10 @@ mp_status_t mp_model_step(mp_model_t *m, int64_t step)
 mp_status_t mp_model_param_slice(const mp_model_t *m, int layer, int param, mp_tp_slice_t *slice_p)
 {
     int i = layer - m->first;
-    if (i < 0 || i >= m->count || param < 0 || param >= m->layers[i].nparams) {
+    if (i < 0 || i >= m->count || param < 0 || param >= m->layers[i].L.plan.nparams) {
         return MP_ERR_INVAL;
     }
-    *slice_p = m->layers[i].slice[param];
+    *slice_p = m->layers[i].L.slice[param];
     return MP_OK;
 }
 
@@ -689,22 +685,6 @@ mp_status_t mp_model_param_download(mp_model_t *m, int layer, int param, float *
                                 (size_t)(s.rows * s.cols) * sizeof(float));
 }
 
-/* Until the layer table splits each layer's backward, B runs the whole
- * backward and W has nothing left to do: the same sums, in the same order. */
-mp_status_t mp_model_backward_input(mp_model_t *m, int slot, int64_t rows, float **in_grad_p)
-{
-    return mp_model_backward(m, slot, rows, in_grad_p);
-}
-
-mp_status_t mp_model_backward_weight(mp_model_t *m, int slot, int64_t rows)
-{
-    if (rows > m->max_rows || rows < 0 || slot < 0 || slot >= m->nslots) {
-        return MP_ERR_INVAL;
-    }
-    return MP_OK;
-}
-
-/* The backend buffer of a parameter block: base + the block's offset. */
 static mp_status_t param_block(mp_model_t *m, float *base, int layer, int param, float **p,
                                size_t *bytes)
 {

@@ -101,6 +101,9 @@ mp_status_t mp_model_backward_input(mp_model_t *model, int slot, int64_t rows, f
 mp_status_t mp_model_backward_weight(mp_model_t *model, int slot, int64_t rows);
 
 mp_status_t mp_model_zero_grad(mp_model_t *model);
+/* Bytes this model has handed to its TP collectives so far (tests: the
+ * vocab-parallel loss never moves the [B, T, V] logits). */
+int64_t mp_model_coll_bytes(const mp_model_t *model);
 /* The flat gradient buffer (all parameters, in order), e.g. for a DP allreduce. */
 float *mp_model_grads(mp_model_t *model);
 /* One optimizer step (train.optimizer of the spec); step is 1-based. */

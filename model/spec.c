@@ -30,6 +30,7 @@
 
 #include "common/alloc.h"
 #include "model/data.h"
+#include "model/layer.h"
 
 /* Limits that keep every product of widths far from overflow. */
 #define SPEC_MAX_WIDTH (1ll << 24)
@@ -266,7 +267,6 @@ static mp_status_t get_enum(const json_t *obj, const char *key, const char *pare
 
 /* ---- sections ------------------------------------------------------------- */
 
-static const char *const layer_kind_names[] = {"linear", "gelu", "relu", "mlp_block"};
 static const char *const tp_mode_names[] = {"column", "row", "replicate"};
 static const char *const sched_names[] = {"naive", "gpipe", "1f1b"};
 static const char *const part_names[] = {"uniform", "balanced"};
@@ -313,74 +313,57 @@ static mp_status_t parse_name(const json_t *root, const char *def, mp_spec_t *sp
 static mp_status_t parse_layer(const json_t *lj, int i, int64_t in_dim, const char *in_from,
                                mp_layer_spec_t *layer, mp_errbuf_t *err)
 {
-    static const char *const linear_keys[] = {"type", "out", "tp"};
-    static const char *const act_keys[] = {"type"};
-    static const char *const mlp_keys[] = {"type", "hidden", "ffn"};
-    char path[64], fpath[80], ctx[64];
+    char path[64], ctx[64];
     snprintf(path, sizeof(path), "model.layers[%d]", i);
     if (!json_is_object(lj)) {
         return expected(err, lj, "%s: expected an object", path);
     }
+    const char *const *kind_names;
+    int nkinds = mp_layer_kind_names(&kind_names);
     int kind;
-    mp_status_t st = get_enum(lj, "type", path, 1, 0, layer_kind_names, 4, &kind, err);
+    mp_status_t st = get_enum(lj, "type", path, 1, 0, kind_names, nkinds, &kind, err);
     if (st != MP_OK) {
         return st;
     }
+    const mp_layer_ops_t *ops = mp_layer_ops_by_name(kind_names[kind]);
     memset(layer, 0, sizeof(*layer));
-    layer->kind = (mp_layer_kind_t)kind;
+    layer->kind = ops->kind;
     layer->in_dim = in_dim;
-    snprintf(ctx, sizeof(ctx), " for a %s layer", layer_kind_names[kind]);
-    switch (layer->kind) {
-    case MP_LAYER_LINEAR: {
-        st = check_keys(lj, path, linear_keys, 3, ctx, err);
-        if (st == MP_OK) {
-            st = get_int(lj, "out", path, 1, 0, 1, SPEC_MAX_WIDTH, "a positive integer",
-                         &layer->out, err);
-        }
+    /* The kind's keys: "type", its integer fields, and "tp" where it takes one. */
+    const char *allowed[16];
+    int nallowed = 0;
+    allowed[nallowed++] = "type";
+    for (int k = 0; k < ops->nkeys && nallowed < 15; k++) {
+        allowed[nallowed++] = ops->keys[k].key;
+    }
+    if (ops->takes_tp) {
+        allowed[nallowed++] = "tp";
+    }
+    snprintf(ctx, sizeof(ctx), " for a %s layer", ops->name);
+    st = check_keys(lj, path, allowed, nallowed, ctx, err);
+    for (int k = 0; k < ops->nkeys && st == MP_OK; k++) {
+        int64_t *field = (int64_t *)((char *)layer + ops->keys[k].offset);
+        st = get_int(lj, ops->keys[k].key, path, ops->keys[k].required, 0, 1, SPEC_MAX_WIDTH,
+                     "a positive integer", field, err);
+    }
+    if (st == MP_OK && ops->takes_tp) {
         int tp = -1;
-        if (st == MP_OK) {
-            st = get_enum(lj, "tp", path, 0, -1, tp_mode_names, 3, &tp, err);
-        }
-        if (st != MP_OK) {
-            return st;
-        }
+        st = get_enum(lj, "tp", path, 0, -1, tp_mode_names, 3, &tp, err);
         layer->tp = tp < 0 ? MP_TP_AUTO : (mp_tp_mode_t)(MP_TP_COLUMN + tp);
-        layer->out_dim = layer->out;
-        break;
     }
-    case MP_LAYER_GELU:
-    case MP_LAYER_RELU:
-        st = check_keys(lj, path, act_keys, 1, ctx, err);
-        if (st != MP_OK) {
-            return st;
-        }
-        layer->out_dim = in_dim;
-        break;
-    case MP_LAYER_MLP_BLOCK:
-        st = check_keys(lj, path, mlp_keys, 3, ctx, err);
-        if (st == MP_OK) {
-            st = get_int(lj, "hidden", path, 1, 0, 1, SPEC_MAX_WIDTH, "a positive integer",
-                         &layer->hidden, err);
-        }
-        if (st == MP_OK) {
-            st = get_int(lj, "ffn", path, 1, 0, 1, SPEC_MAX_WIDTH, "a positive integer",
-                         &layer->ffn, err);
-        }
-        if (st != MP_OK) {
-            return st;
-        }
-        if (layer->hidden != in_dim) {
-            snprintf(fpath, sizeof(fpath), "%s.hidden", path);
-            return mp_errbuf_set(err, MP_ERR_SPEC,
-                                 "%s: %lld does not match the input width %lld from %s", fpath,
-                                 (long long)layer->hidden, (long long)in_dim, in_from);
-        }
-        layer->out_dim = in_dim;
-        break;
-    default:
-        return mp_errbuf_set(err, MP_ERR_SPEC, "%s.type: not supported yet", path);
+    if (st != MP_OK) {
+        return st;
     }
-    return MP_OK;
+    return ops->check(layer, i, in_dim, in_from, &layer->out_dim, err);
+}
+
+/* Whether the spec's first layer is an embedding (then model.input is 1,
+ * one token id per position, and may be omitted). */
+static bool starts_with_embedding(const json_t *mj)
+{
+    json_t *layers = json_object_get(mj, "layers");
+    json_t *type = json_object_get(json_array_get(layers, 0), "type");
+    return json_is_string(type) && strcmp(json_string_value(type), "embedding") == 0;
 }
 
 static mp_status_t parse_model(const json_t *root, mp_spec_t *spec, mp_errbuf_t *err)
@@ -393,7 +376,8 @@ static mp_status_t parse_model(const json_t *root, mp_spec_t *spec, mp_errbuf_t 
         st = check_keys(mj, "model", keys, 3, "", err);
     }
     if (st == MP_OK) {
-        st = get_int(mj, "input", "model", 1, 0, 1, SPEC_MAX_WIDTH, "a positive integer",
+        bool emb = starts_with_embedding(mj);
+        st = get_int(mj, "input", "model", !emb, 1, 1, SPEC_MAX_WIDTH, "a positive integer",
                      &spec->model.input, err);
     }
     int loss;
@@ -504,7 +488,7 @@ static mp_status_t check_logits(mp_spec_t *spec, mp_errbuf_t *err)
         return mp_errbuf_set(err, MP_ERR_SPEC,
                              "model.layers[%d].type: the last layer must be a \"linear\" "
                              "producing the logits of the softmax_xent loss, got \"%s\"",
-                             last, layer_kind_names[l->kind]);
+                             last, mp_layer_kind_name(l->kind));
     }
     if (l->out != spec->data.classes) {
         if (spec->data.kind == MP_DATA_FASHION_MNIST) {
@@ -865,24 +849,16 @@ void mp_spec_free(mp_spec_t *spec) { mp_free(spec); }
 
 int mp_layer_nparams(const mp_layer_spec_t *layer)
 {
-    switch (layer->kind) {
-    case MP_LAYER_LINEAR:
-        return 2;
-    case MP_LAYER_MLP_BLOCK:
-        return 4;
-    default:
-        return 0;
-    }
+    const mp_layer_ops_t *ops = mp_layer_ops(layer->kind);
+    return ops != NULL ? ops->nparams : 0;
 }
 
 const char *mp_layer_param_name(const mp_layer_spec_t *layer, int param)
 {
-    static const char *const linear[] = {"weight", "bias"};
-    static const char *const mlp[] = {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"};
     if (param < 0 || param >= mp_layer_nparams(layer)) {
         return NULL;
     }
-    return layer->kind == MP_LAYER_LINEAR ? linear[param] : mlp[param];
+    return mp_layer_ops(layer->kind)->param_names[param];
 }
 
 void mp_layer_param_shape(const mp_layer_spec_t *layer, int param, int64_t *rows_p,
@@ -890,17 +866,7 @@ void mp_layer_param_shape(const mp_layer_spec_t *layer, int param, int64_t *rows
 {
     int64_t rows = 0, cols = 0;
     if (param >= 0 && param < mp_layer_nparams(layer)) {
-        if (layer->kind == MP_LAYER_LINEAR) {
-            rows = param == 0 ? layer->in_dim : 1;
-            cols = layer->out_dim;
-        } else {
-            static const int is_fc1[] = {1, 1, 0, 0};
-            static const int is_weight[] = {1, 0, 1, 0};
-            int64_t in = is_fc1[param] ? layer->hidden : layer->ffn;
-            int64_t out = is_fc1[param] ? layer->ffn : layer->hidden;
-            rows = is_weight[param] ? in : 1;
-            cols = out;
-        }
+        mp_layer_ops(layer->kind)->param_shape(layer, param, &rows, &cols);
     }
     *rows_p = rows;
     *cols_p = cols;
@@ -908,10 +874,8 @@ void mp_layer_param_shape(const mp_layer_spec_t *layer, int param, int64_t *rows
 
 const char *mp_layer_kind_name(mp_layer_kind_t kind)
 {
-    if ((int)kind < 0 || (int)kind >= 4) {
-        return "unknown";
-    }
-    return layer_kind_names[kind];
+    const mp_layer_ops_t *ops = mp_layer_ops(kind);
+    return ops != NULL ? ops->name : "unknown";
 }
 
 const char *mp_sched_kind_name(mp_sched_kind_t kind)

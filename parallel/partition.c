@@ -8,6 +8,7 @@
 #include <stdio.h>
 
 #include "common/alloc.h"
+#include "model/layer.h"
 #include "parallel/internal.h"
 
 mp_status_t mp_par_layer_dims(const mp_spec_t *spec, int64_t *in_p, int64_t *out_p,
@@ -25,34 +26,20 @@ mp_status_t mp_par_layer_dims(const mp_spec_t *spec, int64_t *in_p, int64_t *out
     for (int l = 0; l < spec->model.nlayers; l++) {
         const mp_layer_spec_t *layer = &spec->model.layers[l];
         int64_t out = width;
-        switch (layer->kind) {
-        case MP_LAYER_LINEAR:
-            if (layer->out < 1) {
-                return mp_errbuf_set(err, MP_ERR_SPEC,
-                                     "model.layers[%d].out: %lld is not a positive width", l,
-                                     (long long)layer->out);
-            }
-            out = layer->out;
-            break;
-        case MP_LAYER_GELU:
-        case MP_LAYER_RELU:
-            break;
-        case MP_LAYER_MLP_BLOCK:
-            if (layer->hidden != width) {
-                return mp_errbuf_set(err, MP_ERR_SPEC,
-                                     "model.layers[%d].hidden: %lld does not equal the width "
-                                     "entering the layer (%lld)",
-                                     l, (long long)layer->hidden, (long long)width);
-            }
-            if (layer->ffn < 1) {
-                return mp_errbuf_set(err, MP_ERR_SPEC,
-                                     "model.layers[%d].ffn: %lld is not a positive width", l,
-                                     (long long)layer->ffn);
-            }
-            break;
-        default:
+        const mp_layer_ops_t *ops = mp_layer_ops(layer->kind);
+        if (ops == NULL) {
             return mp_errbuf_set(err, MP_ERR_SPEC, "model.layers[%d].type: unknown kind %d", l,
                                  (int)layer->kind);
+        }
+        char from[64];
+        if (l == 0) {
+            snprintf(from, sizeof(from), "model.input");
+        } else {
+            snprintf(from, sizeof(from), "model.layers[%d]", l - 1);
+        }
+        mp_status_t st = ops->check(layer, l, width, from, &out, err);
+        if (st != MP_OK) {
+            return st;
         }
         in_p[l] = width;
         out_p[l] = out;
@@ -63,17 +50,8 @@ mp_status_t mp_par_layer_dims(const mp_spec_t *spec, int64_t *in_p, int64_t *out
 
 double mp_part_layer_flops(const mp_layer_spec_t *layer, int64_t in, int64_t out)
 {
-    switch (layer->kind) {
-    case MP_LAYER_LINEAR:
-        return 2.0 * (double)in * (double)out;
-    case MP_LAYER_MLP_BLOCK:
-        return 2.0 * 2.0 * (double)layer->hidden * (double)layer->ffn;
-    case MP_LAYER_GELU:
-    case MP_LAYER_RELU:
-        return (double)in;
-    default:
-        return 0.0;
-    }
+    const mp_layer_ops_t *ops = mp_layer_ops(layer->kind);
+    return ops != NULL ? ops->flops(layer, in, out, 1) : 0.0;
 }
 
 static mp_status_t check_pp(int nlayers, int pp, mp_errbuf_t *err)

@@ -98,6 +98,8 @@ typedef enum {
     MP_TP_SPLIT_ROW,           /* linear: W split by rows, b replicated */
     MP_TP_SPLIT_MLP,           /* mlp_block: fc1 column, gelu, fc2 row */
     MP_TP_SPLIT_ELEMENTWISE,   /* gelu, relu: act on the layout that arrives */
+    MP_TP_SPLIT_VOCAB,         /* embedding: token rows split by vocab, positions replicated */
+    MP_TP_SPLIT_HEADS,         /* transformer_block: heads and ffn split, LayerNorms replicated */
 } mp_tp_split_t;
 
 /* A step around a layer's compute. */
@@ -113,13 +115,35 @@ typedef struct {
     int64_t full_rows, full_cols;   /* weight [in, out]; bias [1, out] */
     int64_t row0, rows, col0, cols; /* block [row0, row0+rows) x [col0, col0+cols) */
     bool replicated;                /* every TP rank holds the whole tensor */
+    /* A block of columns in `parts` pieces (0 or 1: one piece): local
+     * columns [k*w, (k+1)*w), w = cols / parts, are full columns
+     * [col0 + k*part_stride, col0 + k*part_stride + w).  A transformer
+     * block's qkv holds its heads' columns of each of Q, K and V so. */
+    int parts;
+    int64_t part_stride;
 } mp_tp_slice_t;
 
-#define MP_TP_MAX_PARAMS 4
+/* The full column of local column j of a slice. */
+static inline int64_t mp_tp_slice_full_col(const mp_tp_slice_t *s, int64_t j)
+{
+    if (s->parts <= 1) {
+        return s->col0 + j;
+    }
+    int64_t w = s->cols / s->parts;
+    return s->col0 + (j / w) * s->part_stride + j % w;
+}
+
+/* Copies a rank's block blk [rows, cols] into its place in the full tensor
+ * full [full_rows, full_cols] (scatter), or back out of it (extract). */
+void mp_tp_slice_scatter(const mp_tp_slice_t *s, const float *blk, float *full);
+void mp_tp_slice_extract(const mp_tp_slice_t *s, const float *full, float *blk);
+
+#define MP_TP_MAX_PARAMS 12
 
 /* One layer's plan; the same on every rank of the TP group. */
 typedef struct {
     mp_layer_kind_t kind;
+    mp_layer_spec_t layer;       /* the spec's layer (its kind's fields) */
     mp_tp_split_t split;
     int64_t in_dim, out_dim;     /* full widths, as in the serial model */
     int64_t ffn;                 /* mlp_block: full ffn width; else 0 */
@@ -138,12 +162,16 @@ typedef struct {
      * likewise added after fwd_post, and its dy after bwd_post. */
     bool bias_after_reduce;
     bool needs_dx; /* false for layer 0: nothing consumes dX of the input */
-    int nparams;   /* linear 2, mlp_block 4, others 0 */
+    int nparams;   /* linear 2, mlp_block 4, embedding 2, layernorm 2, transformer_block 12 */
 } mp_tp_layer_t;
 
 typedef struct {
     int tp;
     int nlayers;
+    /* A sequence model's head at tp > 1: the last linear is column-parallel
+     * over the vocab, its logits stay sharded, and the loss is the
+     * vocab-parallel cross-entropy (no [B, T, V] gather). */
+    bool vocab_parallel_loss;
     mp_tp_layer_t layer[MP_SPEC_MAX_LAYERS];
 } mp_tp_plan_t;
 

@@ -86,11 +86,11 @@ static const bad_spec_t bad_specs[] = {
     {SPEC(MODEL_L("[{'type':'linear','out':10},'gelu']") "," DATA "," TRAIN),
      "model.layers[1]: expected an object, got \"gelu\""},
     {SPEC(MODEL_L("[{'type':'conv'},{'type':'linear','out':10}]") "," DATA "," TRAIN),
-     "model.layers[0].type: expected \"linear\", \"gelu\", \"relu\" or \"mlp_block\", got "
-     "\"conv\""},
+     "model.layers[0].type: expected \"linear\", \"gelu\", \"relu\", \"mlp_block\", "
+     "\"embedding\", \"layernorm\" or \"transformer_block\", got \"conv\""},
     {SPEC(MODEL_L("[{'out':10}]") "," DATA "," TRAIN),
-     "model.layers[0].type: required field is missing (\"linear\", \"gelu\", \"relu\" or "
-     "\"mlp_block\")"},
+     "model.layers[0].type: required field is missing (\"linear\", \"gelu\", \"relu\", "
+     "\"mlp_block\", \"embedding\", \"layernorm\" or \"transformer_block\")"},
     {SPEC(MODEL_L("[{'type':'linear'}]") "," DATA "," TRAIN),
      "model.layers[0].out: required field is missing (a positive integer)"},
     {SPEC(MODEL_L("[{'type':'linear','out':-5}]") "," DATA "," TRAIN),

@@ -399,6 +399,8 @@ static void tp_run(const model_t *md, const mp_part_t *part, int R, const double
                 y[r] = mm(hid[l][r], W[l][2][r], B, f, yw);
                 break;
             }
+            default:
+                cr_assert_fail("the MLP math model has no %s layer", mp_tp_split_name(pl->split));
             }
         }
         collective(pl->fwd_post, y, yw, pl->out_dim, R);
@@ -479,6 +481,8 @@ static void tp_run(const model_t *md, const mp_part_t *part, int R, const double
                 free(dpre);
                 break;
             }
+            default:
+                cr_assert_fail("the MLP math model has no %s layer", mp_tp_split_name(pl->split));
             }
             if (pl->split == MP_TP_SPLIT_MLP && pl->needs_dx && pl->bwd_post == MP_TP_COMM_NONE)
                 add_to(dx[r], dy, B * xw); /* residual, tp = 1 */
