@@ -504,6 +504,42 @@ static mp_status_t check_logits(mp_spec_t *spec, mp_errbuf_t *err)
     return MP_OK;
 }
 
+/* A sequence model and its text data set fit each other: an embedding
+ * takes the byte tokens of a text data set (and only those), its vocab
+ * holds every byte, and its position table every position of a window. */
+static mp_status_t check_sequence(const mp_spec_t *spec, mp_errbuf_t *err)
+{
+    const mp_layer_spec_t *first = &spec->model.layers[0];
+    bool text = spec->data.kind == MP_DATA_TEXT || spec->data.kind == MP_DATA_KJV;
+    bool emb = first->kind == MP_LAYER_EMBEDDING;
+    if (text && !emb) {
+        return mp_errbuf_set(err, MP_ERR_SPEC,
+                             "model.layers[0].type: a text data set gives token ids; the first "
+                             "layer must be an \"embedding\", got \"%s\"",
+                             mp_layer_kind_name(first->kind));
+    }
+    if (emb && !text) {
+        return mp_errbuf_set(err, MP_ERR_SPEC,
+                             "model.layers[0].type: an \"embedding\" takes token ids, which only "
+                             "the text data sets (\"text\", \"kjv\") give");
+    }
+    if (!emb) {
+        return MP_OK;
+    }
+    if (first->vocab < 256) {
+        return mp_errbuf_set(err, MP_ERR_SPEC,
+                             "model.layers[0].vocab: %lld is smaller than the 256 byte values of "
+                             "a text data set",
+                             (long long)first->vocab);
+    }
+    if (spec->data.block_size > first->max_seq) {
+        return mp_errbuf_set(err, MP_ERR_SPEC,
+                             "data.block_size: %lld is larger than model.layers[0].max_seq = %lld",
+                             (long long)spec->data.block_size, (long long)first->max_seq);
+    }
+    return MP_OK;
+}
+
 static mp_status_t parse_parallel(const json_t *root, mp_spec_t *spec, mp_errbuf_t *err)
 {
     static const char *const keys[] = {"pp", "tp", "dp", "micro_batches",
@@ -763,6 +799,9 @@ static mp_status_t spec_parse(const char *json, size_t len, const char *default_
     }
     if (st == MP_OK) {
         st = parse_data(root, spec, err);
+    }
+    if (st == MP_OK) {
+        st = check_sequence(spec, err);
     }
     if (st == MP_OK) {
         st = check_logits(spec, err);
