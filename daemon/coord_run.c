@@ -19,6 +19,7 @@
 
 #include "common/alloc.h"
 #include "common/log.h"
+#include "common/status.h"
 #include "daemon/coord_internal.h"
 #include "engine/feeder.h"
 #include "engine/gather.h"
@@ -534,9 +535,35 @@ void jobrun_node_lost(mp_coord_t *c, mp_coord_node_t *n, const char *why)
     }
 }
 
+/*
+ * A data-plane timeout (or peer failure) names no culprit: a cut link times
+ * out the waits on both of its sides (and the feeder's wait on a healthy
+ * first stage), and UCX over tcp does not notice a silent link before the
+ * timeout.  A node of the job whose heartbeats are late is then the likely
+ * cause, so the reason names it first (a lost connection or DEAD would have
+ * failed the job already, through jobrun_node_lost).  A shard's own error
+ * (its spec, its data, an injected fault) stays as it is.
+ */
+static bool reason_is_transport(const char *why)
+{
+    return strstr(why, mp_strerror(MP_ERR_TIMEOUT)) != NULL ||
+           strstr(why, mp_strerror(MP_ERR_PEER)) != NULL;
+}
+
 static void on_grace(uv_timer_t *t)
 {
     jobrun_t *r = t->data;
+    uint64_t now = uv_now(r->c->d->loop);
+    for (int i = 0; i < r->nnodes && reason_is_transport(r->fail_reason); i++) {
+        const mp_coord_node_t *n = r->nodes[i];
+        if (n->info.state == MPAR__NODE_STATE__NODE_STATE_SUSPECT) {
+            char why[sizeof(r->fail_reason) + 128];
+            snprintf(why, sizeof(why), "node %s is SUSPECT (no heartbeat for %llu ms): %s",
+                     n->name, (unsigned long long)(now - n->last_hb_mono), r->fail_reason);
+            run_fail(r, why);
+            return;
+        }
+    }
     run_fail(r, r->fail_reason);
 }
 
