@@ -16,6 +16,9 @@
 #      rejoins, its shards end, and the next job SUCCEEDS across both; the
 #      same for kill -9 of that node (which no pidfd watches from the other
 #      host: UCX's peer error handling or the lost connection notices);
+#  (b2) with dead-after (SIGHUP: 30 s) longer than the data plane's timeout,
+#      a cut link FAILs the job when the shards' waits time out, still
+#      naming the node, by its late heartbeats;
 #  (c) a whole job over links with netem delay 2ms loss 1% SUCCEEDS equal to
 #      the serial run (skipped, saying so, where the kernel has no netem).
 # Each line says how long detection took and what the other node's data
@@ -40,19 +43,26 @@ if REASON=$(netns_skip_reason); then
 fi
 
 SLACK=${SLACK:-1500}
+DATA_TIMEOUT_MS=10400 # daemon/coord_run.c: JOB_DATA_TIMEOUT_MS + FAIL_GRACE_MS
 PORT=7070 # in c0's namespace: nothing else listens there
 SECRET="$T/secret"
 head -c 32 /dev/urandom | base64 >"$SECRET"
 chmod 0400 "$SECRET"
 export UCX_TLS=tcp UCX_NET_DEVICES=eth0
-COMMON=(--heartbeat-ms "$HB" --dead-after-ms "$DEAD" --secret-file "$SECRET" --log-level debug)
+COMMON=(--heartbeat-ms "$HB" --secret-file "$SECRET" --log-level debug)
 
 netns_host c0 0
 netns_host n1 1
 netns_host n2 2
 
-ip netns exec "$(ns c0)" "$MPARD" --name c0 --coordinator --listen "$(netns_addr 0):$PORT" \
-    --devices none --socket "$T/c0.sock" --state-dir "$T/c0" "${COMMON[@]}" >>"$T/c0.log" 2>&1 &
+# The coordinator's timing is in its config file, so that SIGHUP can change it (b2).
+coord_timing() { # dead-after-ms
+    printf '[mpard]\nheartbeat-ms = %s\ndead-after-ms = %s\n' "$HB" "$1" >"$T/c0.conf"
+}
+coord_timing "$DEAD"
+ip netns exec "$(ns c0)" "$MPARD" --config "$T/c0.conf" --name c0 --coordinator \
+    --listen "$(netns_addr 0):$PORT" --devices none --socket "$T/c0.sock" --state-dir "$T/c0" \
+    --secret-file "$SECRET" --log-level debug >>"$T/c0.log" 2>&1 &
 PIDS+=($!)
 PID_c0=$!
 wait_for 5 test -S "$T/c0.sock" || fail "the coordinator did not create its socket"
@@ -145,9 +155,10 @@ long_job() {
     S0_LINES=$(wc -l <"$T/$S0.log")
 }
 failed() { [ "$(job_field "$JOB" 'd["state"]')" = FAILED ]; }
-# failed_naming_s1 WHAT T0: the job FAILs naming S1 within the bound; sets LATENCY, REASON.
+# failed_naming_s1 WHAT T0 BOUND_MS: the job FAILs naming S1 within BOUND_MS
+# of T0; sets LATENCY, REASON.
 failed_naming_s1() {
-    wait_for $((DEAD / 1000 + 30)) failed ||
+    wait_for $(($3 / 1000 + 30)) failed ||
         fail "job not FAILED after $1: $("$CLIENT" status "$JOB")"
     LATENCY=$(($(job_field "$JOB" 'd["finished_unix_ms"]') - $2))
     REASON=$(job_field "$JOB" 'd["reason"]')
@@ -156,7 +167,7 @@ failed_naming_s1() {
     SEEN=$(tail -n +"$S0_LINES" "$T/$S0.log" | grep -o "xport: peer rank [0-9]* failed: .*" |
         sort -u | head -n 2 | tr '\n' ';' || true)
     echo "job FAILED $LATENCY ms after $1: $REASON; $S0's data plane: ${SEEN:-no peer error}"
-    [ "$LATENCY" -le $((DEAD + HB + SLACK)) ] || fail "FAILED after $LATENCY ms"
+    [ "$LATENCY" -le "$3" ] || fail "FAILED after $LATENCY ms (bound $3 ms)"
     echo "$REASON" | grep -q "node $S1" || fail "reason does not name $S1: $REASON"
 }
 running_shards() { # node
@@ -168,12 +179,32 @@ n_alive() { [ "$(alive_count)" = 2 ]; }
 long_job
 CUT_AT=$(now_ms)
 netns_link "$S1" down
-failed_naming_s1 "$S1's link went down" "$CUT_AT"
+failed_naming_s1 "$S1's link went down" "$CUT_AT" $((DEAD + HB + SLACK))
 netns_link "$S1" up
 wait_for 30 n_alive || fail "$S1 never ALIVE again: $("$CLIENT" nodes)"
 wait_for 30 ended || fail "shards did not end: n1 $(running_shards n1), n2 $(running_shards n2)"
 equal_to_serial after_cut 3 120
 echo "ok (b) link cut -> FAILED naming $S1 in $LATENCY ms; it rejoined, the next job SUCCEEDED: $CMP"
+
+# --- (b2) the same cut when heartbeats are slower than the data plane's timeout --------
+# With dead-after 30 s the shards' waits time out first (UCX over tcp does
+# not notice a silent link by itself): the reason still names the node, by
+# its late heartbeats.
+coord_timing 30000
+kill -HUP "$PID_c0"
+reloaded() { grep -q "configuration reloaded (heartbeat $HB ms, dead after 30000 ms" "$T/c0.log"; }
+wait_for 10 reloaded || fail "the coordinator did not reload dead-after"
+long_job
+CUT_AT=$(now_ms)
+netns_link "$S1" down
+failed_naming_s1 "$S1's link went down, dead-after 30 s" "$CUT_AT" $((DATA_TIMEOUT_MS + SLACK))
+echo "$REASON" | grep -q "^node $S1 is SUSPECT" || fail "reason does not blame $S1's heartbeats"
+netns_link "$S1" up
+coord_timing "$DEAD"
+kill -HUP "$PID_c0"
+wait_for 30 n_alive || fail "$S1 never ALIVE again: $("$CLIENT" nodes)"
+wait_for 30 ended || fail "shards did not end: n1 $(running_shards n1), n2 $(running_shards n2)"
+echo "ok (b2) link cut, heartbeats slower than the data timeout -> FAILED in $LATENCY ms: $REASON"
 
 # --- kill -9 of a node across hosts: no pidfd watches it from the other host ---------------
 long_job
@@ -181,7 +212,7 @@ eval "VICTIM=\$PID_$S1"
 KILL_AT=$(now_ms)
 kill -9 "$VICTIM"
 wait "$VICTIM" 2>/dev/null || true
-failed_naming_s1 "kill -9 of $S1" "$KILL_AT"
+failed_naming_s1 "kill -9 of $S1" "$KILL_AT" $((DEAD + HB + SLACK))
 start_node "$S1"
 wait_for 30 n_alive || fail "$S1 never ALIVE again after its restart: $("$CLIENT" nodes)"
 wait_for 30 ended || fail "shards did not end: n1 $(running_shards n1), n2 $(running_shards n2)"
