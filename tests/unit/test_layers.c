@@ -22,17 +22,7 @@
 #include "gpu/backend.h"
 #include "gpu/layers.h"
 
-#define FD_H 1e-5
-#define GRAD_TOL 1e-4
-#define FWD_TOL 1e-5
-
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-
-static double urand(void)
-{
-    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
-    return (double)(rng_state >> 11) * (1.0 / 9007199254740992.0) * 2.0 - 1.0;
-}
+#include "fd_check.h"
 
 static mp_backend_t *be;
 
@@ -47,56 +37,6 @@ static void teardown(void)
 }
 
 TestSuite(layers, .init = setup, .fini = teardown);
-
-/* A tensor kept both as fp32 (what the backend sees) and as double (what
- * the reference and the finite differences perturb). */
-typedef struct {
-    int64_t n;
-    float *f;
-    double *d;
-} ten_t;
-
-static ten_t ten_new(int64_t n, double scale)
-{
-    ten_t t = {n, calloc((size_t)(n > 0 ? n : 1), sizeof(float)),
-               calloc((size_t)(n > 0 ? n : 1), sizeof(double))};
-    cr_assert(t.f != NULL && t.d != NULL);
-    for (int64_t i = 0; i < n; i++) {
-        t.f[i] = (float)(scale * urand());
-        t.d[i] = t.f[i];
-    }
-    return t;
-}
-
-static void ten_free(ten_t *t)
-{
-    free(t->f);
-    free(t->d);
-}
-
-static float *fbuf(int64_t n, double scale)
-{
-    float *p = calloc((size_t)(n > 0 ? n : 1), sizeof(float));
-    cr_assert(p != NULL);
-    for (int64_t i = 0; i < n; i++) {
-        p[i] = (float)(scale * urand());
-    }
-    return p;
-}
-
-static float *fcopy(const float *src, int64_t n)
-{
-    float *p = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
-    cr_assert(p != NULL);
-    memcpy(p, src, sizeof(float) * (size_t)n);
-    return p;
-}
-
-static void expect_close(const char *what, int64_t i, double got, double want, double tol)
-{
-    cr_assert_leq(fabs(got - want), tol * (1.0 + fabs(want)), "%s[%lld] = %.9g, want %.9g", what,
-                  (long long)i, got, want);
-}
 
 /* ---- double references --------------------------------------------- */
 
@@ -119,24 +59,6 @@ static void linear_d(double *Z, const double *X, const double *W, const double *
             }
             Z[r * O + o] = s;
         }
-    }
-}
-
-/* Checks grad (which started at g0) against d L / d t.d[i] by central differences. */
-typedef double (*loss_fn)(void *ctx);
-
-static void check_grad(const char *what, loss_fn L, void *ctx, ten_t *t, const float *grad,
-                       const float *g0)
-{
-    for (int64_t i = 0; i < t->n; i++) {
-        double keep = t->d[i];
-        t->d[i] = keep + FD_H;
-        double lp = L(ctx);
-        t->d[i] = keep - FD_H;
-        double lm = L(ctx);
-        t->d[i] = keep;
-        double fd = (lp - lm) / (2.0 * FD_H);
-        expect_close(what, i, (double)grad[i] - (double)g0[i], fd, GRAD_TOL);
     }
 }
 
@@ -581,9 +503,9 @@ Test(layers, mlp_block_tensor_parallel_pieces_match_whole)
         cr_assert_eq(mp_mlp_block_fc2_bwd(be, dA, dW2p, db2p, c.r.f, As[k], c.W2.f + off[k] * H, B,
                                           wid[k], H),
                      MP_OK);
-        cr_assert_eq(mp_mlp_block_fc1_bwd(be, dXp, dW1p, db1p, sc, dA, Hs[k], c.X.f, W1s[k], B, H,
-                                          wid[k]),
-                     MP_OK);
+        cr_assert_eq(
+            mp_mlp_block_fc1_bwd(be, dXp, dW1p, db1p, sc, dA, Hs[k], c.X.f, W1s[k], B, H, wid[k]),
+            MP_OK);
         cr_assert_eq(be->ops->axpy(be, dXsum, 1.0f, dXp, B * H), MP_OK);
         float *dW1_cols = cols_of(dW1, H, F, off[k], wid[k]);
         for (int64_t i = 0; i < H * wid[k]; i++) {
@@ -658,7 +580,8 @@ Test(layers, elementwise_results_do_not_depend_on_threads)
         cr_assert_eq(e->ops->linear_bwd(e, NULL, b, out[k][5], x, x, x, rows, 0, cols), MP_OK);
     }
     for (int j = 0; j < 5; j++) {
-        cr_assert_eq(memcmp(out[0][j], out[1][j], sizeof(float) * (size_t)n), 0, "op %d differs", j);
+        cr_assert_eq(memcmp(out[0][j], out[1][j], sizeof(float) * (size_t)n), 0, "op %d differs",
+                     j);
     }
     cr_assert_eq(memcmp(out[0][5], out[1][5], sizeof(float) * (size_t)cols), 0);
     for (int k = 0; k < 2; k++) {
