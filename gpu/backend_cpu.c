@@ -24,8 +24,18 @@
  * the optimizer steps follow torch.optim's single-tensor code op by op,
  * including the fused multiply-adds of ATen's CPU kernels (add_ with alpha,
  * addcmul_), so they agree with PyTorch bit for bit or within an ulp.
+ *
+ * Sequence layers (embedding, positions, LayerNorm, causal attention,
+ * vocab-parallel cross-entropy) are plain C kernels too: rows, (batch,
+ * head) pairs or column ranges split over the threads, every reduction in
+ * a fixed order, so that they also give the same bits for any thread
+ * count.  Attention is fused per (batch, head) pair in register tiles
+ * (see "causal self-attention"); the softmaxes use mp_expf.
  */
 #include <dlfcn.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 #include <math.h>
 #include <omp.h>
 #include <oneapi/dnnl/dnnl.h>
@@ -60,8 +70,10 @@
 
 typedef struct {
     mp_backend_t base;
-    float *wpad;      /* linear_fwd's padded copy of W */
-    size_t wpad_cap;  /* its capacity in floats */
+    float *wpad;        /* linear_fwd's padded copy of W */
+    size_t wpad_cap;    /* its capacity in floats */
+    float *scratch;     /* the attention kernels' per-thread work space */
+    size_t scratch_cap; /* its capacity in floats */
 } cpu_backend_t;
 
 static mp_status_t cpu_inval(const char *op, const char *what)
@@ -162,6 +174,7 @@ typedef dnnl_status_t (*sgemm_fn_t)(char, char, dnnl_dim_t, dnnl_dim_t, dnnl_dim
                                     float *, dnnl_dim_t);
 static sgemm_fn_t cpu_sgemm;
 static pthread_once_t cpu_dnnl_once = PTHREAD_ONCE_INIT;
+static pthread_once_t cpu_isa_once = PTHREAD_ONCE_INIT;
 static char cpu_dnnl_error[512];
 
 static void cpu_dnnl_load(void)
@@ -238,7 +251,7 @@ static mp_status_t cpu_gemm(mp_backend_t *be, mp_op_t ta, mp_op_t tb, int64_t M,
     }
     omp_set_num_threads(be->threads);
     dnnl_status_t st = cpu_sgemm(ta == MP_OP_N ? 'N' : 'T', tb == MP_OP_N ? 'N' : 'T', M, N, K,
-                                  alpha, A, lda, Bm, ldb, beta, Cm, ldc);
+                                 alpha, A, lda, Bm, ldb, beta, Cm, ldc);
     return cpu_dnnl_status("gemm", st);
 }
 
@@ -255,8 +268,8 @@ MP_KERNEL static void k_fill_rows(float *restrict y, const float *restrict b, in
     }
 }
 
-static void k_copy_rows(float *restrict dst, int64_t ldd, const float *restrict src,
-                                  int64_t rows, int64_t cols)
+static void k_copy_rows(float *restrict dst, int64_t ldd, const float *restrict src, int64_t rows,
+                        int64_t cols)
 {
     for (int64_t r = 0; r < rows; r++) {
         memcpy(dst + r * ldd, src + r * cols, (size_t)cols * sizeof(float));
@@ -477,8 +490,7 @@ static mp_status_t cpu_check_vec(const char *op, int64_t n, const void *a, const
 /* The element-wise ops share one shape: check the vectors, split the
  * range over the backend's threads, run the kernel on each part. */
 typedef void (*k_unary_t)(float *restrict, const float *restrict, int64_t);
-typedef void (*k_binary_t)(float *restrict, const float *restrict, const float *restrict,
-                           int64_t);
+typedef void (*k_binary_t)(float *restrict, const float *restrict, const float *restrict, int64_t);
 
 static mp_status_t cpu_map_unary(mp_backend_t *be, const char *op, k_unary_t k, float *y,
                                  const float *x, int64_t n)
@@ -617,8 +629,8 @@ static mp_status_t cpu_check_labels(const char *op, const int32_t *labels, int64
 {
     for (int64_t r = 0; r < B; r++) {
         if (labels[r] < 0 || labels[r] >= C) {
-            mp_err("cpu backend: %s: label %d of row %lld is outside [0, %lld)", op,
-                   (int)labels[r], (long long)r, (long long)C);
+            mp_err("cpu backend: %s: label %d of row %lld is outside [0, %lld)", op, (int)labels[r],
+                   (long long)r, (long long)C);
             return MP_ERR_INVAL;
         }
     }
@@ -629,8 +641,8 @@ static mp_status_t cpu_check_labels(const char *op, const int32_t *labels, int64
  * this runs on the calling thread: the loss sum is then the same double
  * sum, in row order, whatever the backend's thread count. */
 static mp_status_t cpu_xent_fwd(mp_backend_t *be, float *probs, const float *logits,
-                                const int32_t *labels, int64_t B, int64_t C,
-                                double *loss_sum_host, int64_t *correct_host)
+                                const int32_t *labels, int64_t B, int64_t C, double *loss_sum_host,
+                                int64_t *correct_host)
 {
     if (B < 0 || C < 1) {
         return cpu_inval("xent_fwd", "need B >= 0 and C >= 1");
@@ -697,6 +709,965 @@ static mp_status_t cpu_xent_bwd(mp_backend_t *be, float *dlogits, const float *p
             float onehot = c == labels[r] ? 1.0f : 0.0f;
             d[c] += scale * (p[c] - onehot);
         }
+    }
+    return MP_OK;
+}
+
+/* ---- sequence layers ------------------------------------------------- */
+
+/* Reductions over a row use eight interleaved lanes (element i in lane
+ * i % 8), added in a fixed tree at the end: the same order on every call
+ * and for every thread count.  The lanes are a GCC vector (AVX in the
+ * x86-64-v3 clone, two SSE halves in the default one; no contraction in
+ * either, so both give the same bits): GCC's vectorizer turns an array of
+ * eight accumulators into shuffles instead. */
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+/* Macros, not functions: a function taking or returning v8f has a
+ * different ABI in the two clones (GCC's -Wpsabi). */
+#define V8_SPLAT(x) ((v8f){(x), (x), (x), (x), (x), (x), (x), (x)})
+#define V8_LOAD(v, p) memcpy(&(v), (p), sizeof(v8f))
+
+static inline float v8_total(const v8f *a)
+{
+    return (((*a)[0] + (*a)[1]) + ((*a)[2] + (*a)[3])) +
+           (((*a)[4] + (*a)[5]) + ((*a)[6] + (*a)[7]));
+}
+
+static inline float k_sum_lanes(const float *restrict x, int64_t n)
+{
+    v8f acc = V8_SPLAT(0.0f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        v8f v;
+        V8_LOAD(v, x + i);
+        acc += v;
+    }
+    for (int l = 0; i + l < n; l++) {
+        acc[l] += x[i + l];
+    }
+    return v8_total(&acc);
+}
+
+/* sum of (x - m)^2: the second pass of a two-pass variance. */
+static inline float k_sqdev_lanes(const float *restrict x, float m, int64_t n)
+{
+    v8f acc = V8_SPLAT(0.0f), mv = V8_SPLAT(m);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        v8f d;
+        V8_LOAD(d, x + i);
+        d -= mv;
+        acc += d * d;
+    }
+    for (int l = 0; i + l < n; l++) {
+        float d = x[i + l] - m;
+        acc[l] += d * d;
+    }
+    return v8_total(&acc);
+}
+
+static inline float k_dot_lanes(const float *restrict a, const float *restrict b, int64_t n)
+{
+    v8f acc = V8_SPLAT(0.0f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        v8f va, vb;
+        V8_LOAD(va, a + i);
+        V8_LOAD(vb, b + i);
+        acc += va * vb;
+    }
+    for (int l = 0; i + l < n; l++) {
+        acc[l] += a[i + l] * b[i + l];
+    }
+    return v8_total(&acc);
+}
+
+/* Max of x[0..n), n >= 1; a NaN is skipped (it then poisons the exp sum). */
+static inline float k_max_lanes(const float *restrict x, int64_t n)
+{
+    v8f acc = V8_SPLAT(x[0]);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        v8f v;
+        V8_LOAD(v, x + i);
+        v8i gt = v > acc;
+        acc = (v8f)(((v8i)v & gt) | ((v8i)acc & ~gt));
+    }
+    for (int l = 0; i + l < n; l++) {
+        acc[l] = x[i + l] > acc[l] ? x[i + l] : acc[l];
+    }
+    float m = acc[0];
+    for (int l = 1; l < 8; l++) {
+        m = acc[l] > m ? acc[l] : m;
+    }
+    return m;
+}
+
+/* Row of the vocab shard [v0, v0 + Vl) that token id `f` selects, or -1.
+ * The comparison runs before the conversion, so a NaN or a huge value
+ * never reaches the (undefined) float-to-integer cast. */
+static inline int64_t embed_row(float f, int64_t v0, int64_t Vl)
+{
+    double d = (double)f;
+    if (!(d >= (double)v0 && d < (double)(v0 + Vl))) {
+        return -1;
+    }
+    return (int64_t)d - v0;
+}
+
+static mp_status_t cpu_check_rows(const char *op, int64_t R, int64_t C)
+{
+    if (R < 0 || C < 0) {
+        return cpu_inval(op, "negative dimension");
+    }
+    return MP_OK;
+}
+
+static void k_embed_fwd(float *restrict y, const float *restrict ids, const float *restrict tok,
+                        int64_t r0, int64_t r1, int64_t C, int64_t v0, int64_t Vl)
+{
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t v = embed_row(ids[r], v0, Vl);
+        if (v < 0) {
+            memset(y + r * C, 0, (size_t)C * sizeof(float));
+        } else {
+            memcpy(y + r * C, tok + v * C, (size_t)C * sizeof(float));
+        }
+    }
+}
+
+static mp_status_t cpu_embed_fwd(mp_backend_t *be, float *y, const float *ids, const float *tok,
+                                 int64_t R, int64_t C, int64_t v0, int64_t Vl)
+{
+    MP_TRY(cpu_check_rows("embed_fwd", R, C));
+    if (v0 < 0 || Vl < 0) {
+        return cpu_inval("embed_fwd", "negative vocab shard");
+    }
+    if (R == 0 || C == 0) {
+        return MP_OK;
+    }
+    if (y == NULL || ids == NULL || (Vl > 0 && tok == NULL)) {
+        return cpu_inval("embed_fwd", "NULL buffer");
+    }
+    int nt = cpu_par_threads(be, R * C);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int64_t lo, hi;
+        cpu_thread_range(R, 1, &lo, &hi);
+        k_embed_fwd(y, ids, tok, lo, hi, C, v0, Vl);
+    }
+    return MP_OK;
+}
+
+/* Columns [c0, c1) of every selected row, rows in order: each dtok element
+ * is the same sequence of additions whatever the thread count. */
+MP_KERNEL static void k_embed_bwd(float *restrict dtok, const float *restrict dy,
+                                  const float *restrict ids, int64_t R, int64_t C, int64_t v0,
+                                  int64_t Vl, int64_t c0, int64_t c1)
+{
+    for (int64_t r = 0; r < R; r++) {
+        int64_t v = embed_row(ids[r], v0, Vl);
+        if (v < 0) {
+            continue;
+        }
+        float *restrict d = dtok + v * C;
+        const float *restrict g = dy + r * C;
+        for (int64_t c = c0; c < c1; c++) {
+            d[c] += g[c];
+        }
+    }
+}
+
+static mp_status_t cpu_embed_bwd(mp_backend_t *be, float *dtok, const float *dy, const float *ids,
+                                 int64_t R, int64_t C, int64_t v0, int64_t Vl)
+{
+    MP_TRY(cpu_check_rows("embed_bwd", R, C));
+    if (v0 < 0 || Vl < 0) {
+        return cpu_inval("embed_bwd", "negative vocab shard");
+    }
+    if (R == 0 || C == 0 || Vl == 0) {
+        return MP_OK;
+    }
+    if (dtok == NULL || dy == NULL || ids == NULL) {
+        return cpu_inval("embed_bwd", "NULL buffer");
+    }
+    int nt = cpu_par_threads(be, R * C);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int64_t lo, hi;
+        cpu_thread_range(C, 16, &lo, &hi);
+        if (lo < hi) {
+            k_embed_bwd(dtok, dy, ids, R, C, v0, Vl, lo, hi);
+        }
+    }
+    return MP_OK;
+}
+
+static mp_status_t cpu_check_pos(const char *op, int64_t R, int64_t T, int64_t C, const void *a,
+                                 const void *b)
+{
+    MP_TRY(cpu_check_rows(op, R, C));
+    if (T < 1 || R % T != 0) {
+        return cpu_inval(op, "need T >= 1 dividing the row count");
+    }
+    if (R > 0 && C > 0 && (a == NULL || b == NULL)) {
+        return cpu_inval(op, "NULL buffer");
+    }
+    return MP_OK;
+}
+
+MP_KERNEL static void k_pos_add(float *restrict y, const float *restrict pos, int64_t r0,
+                                int64_t r1, int64_t T, int64_t C)
+{
+    for (int64_t r = r0; r < r1; r++) {
+        float *restrict yr = y + r * C;
+        const float *restrict p = pos + (r % T) * C;
+        for (int64_t c = 0; c < C; c++) {
+            yr[c] += p[c];
+        }
+    }
+}
+
+static mp_status_t cpu_pos_add(mp_backend_t *be, float *y, const float *pos, int64_t R, int64_t T,
+                               int64_t C)
+{
+    MP_TRY(cpu_check_pos("pos_add", R, T, C, y, pos));
+    int nt = cpu_par_threads(be, R * C);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int64_t lo, hi;
+        cpu_thread_range(R, 1, &lo, &hi);
+        k_pos_add(y, pos, lo, hi, T, C);
+    }
+    return MP_OK;
+}
+
+/* dpos[t, :] for t in [t0, t1): the B rows of position t summed in batch
+ * order per column tile, then added (the autograd order). */
+MP_KERNEL static void k_pos_bwd(float *restrict dpos, const float *restrict dy, int64_t nb,
+                                int64_t T, int64_t C, int64_t t0, int64_t t1)
+{
+    enum { TILE = 256 };
+    float acc[TILE];
+    for (int64_t t = t0; t < t1; t++) {
+        for (int64_t cb = 0; cb < C; cb += TILE) {
+            int64_t w = C - cb < TILE ? C - cb : TILE;
+            for (int64_t j = 0; j < w; j++) {
+                acc[j] = 0.0f;
+            }
+            for (int64_t b = 0; b < nb; b++) {
+                const float *restrict row = dy + (b * T + t) * C + cb;
+                for (int64_t j = 0; j < w; j++) {
+                    acc[j] += row[j];
+                }
+            }
+            float *restrict d = dpos + t * C + cb;
+            for (int64_t j = 0; j < w; j++) {
+                d[j] += acc[j];
+            }
+        }
+    }
+}
+
+static mp_status_t cpu_pos_bwd(mp_backend_t *be, float *dpos, const float *dy, int64_t R, int64_t T,
+                               int64_t C)
+{
+    MP_TRY(cpu_check_pos("pos_bwd", R, T, C, dpos, dy));
+    if (R == 0 || C == 0) {
+        return MP_OK;
+    }
+    int nt = cpu_par_threads(be, R * C);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int64_t lo, hi;
+        cpu_thread_range(T, 1, &lo, &hi);
+        k_pos_bwd(dpos, dy, R / T, T, C, lo, hi);
+    }
+    return MP_OK;
+}
+
+/* ---- LayerNorm ------------------------------------------------------- */
+
+/* Two-pass statistics in float (mean, then the mean squared deviation):
+ * no cancellation when |mean| >> std, unlike E[x^2] - E[x]^2. */
+MP_KERNEL static void k_layernorm_fwd(float *restrict y, float *restrict mean, float *restrict rstd,
+                                      const float *restrict x, const float *restrict w,
+                                      const float *restrict b, int64_t r0, int64_t r1, int64_t C,
+                                      float eps)
+{
+    float fc = (float)C;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *restrict xr = x + r * C;
+        float *restrict yr = y + r * C;
+        float m = k_sum_lanes(xr, C) / fc;
+        float var = k_sqdev_lanes(xr, m, C) / fc;
+        float rs = 1.0f / sqrtf(var + eps);
+        for (int64_t c = 0; c < C; c++) {
+            yr[c] = (xr[c] - m) * rs * w[c] + b[c];
+        }
+        mean[r] = m;
+        rstd[r] = rs;
+    }
+}
+
+static mp_status_t cpu_layernorm_fwd(mp_backend_t *be, float *y, float *mean, float *rstd,
+                                     const float *x, const float *w, const float *b, int64_t R,
+                                     int64_t C, float eps)
+{
+    MP_TRY(cpu_check_rows("layernorm_fwd", R, C));
+    if (C < 1) {
+        return cpu_inval("layernorm_fwd", "need C >= 1");
+    }
+    if (!(eps >= 0.0f) || isinf(eps)) {
+        return cpu_inval("layernorm_fwd", "eps must be finite and >= 0");
+    }
+    if (R == 0) {
+        return MP_OK;
+    }
+    if (y == NULL || mean == NULL || rstd == NULL || x == NULL || w == NULL || b == NULL) {
+        return cpu_inval("layernorm_fwd", "NULL buffer");
+    }
+    if (y == x) {
+        return cpu_inval("layernorm_fwd", "y must not alias x");
+    }
+    int nt = cpu_par_threads(be, R * C);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int64_t lo, hi;
+        cpu_thread_range(R, 1, &lo, &hi);
+        k_layernorm_fwd(y, mean, rstd, x, w, b, lo, hi, C, eps);
+    }
+    return MP_OK;
+}
+
+/* dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w. */
+MP_KERNEL static void k_layernorm_bwd_dx(float *restrict dx, const float *restrict dy,
+                                         const float *restrict x, const float *restrict mean,
+                                         const float *restrict rstd, const float *restrict w,
+                                         int64_t r0, int64_t r1, int64_t C)
+{
+    float fc = (float)C;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *restrict xr = x + r * C;
+        const float *restrict gr = dy + r * C;
+        float *restrict dr = dx + r * C;
+        float m = mean[r], rs = rstd[r];
+        v8f ag = V8_SPLAT(0.0f), agx = V8_SPLAT(0.0f);
+        const v8f mv = V8_SPLAT(m), rv = V8_SPLAT(rs);
+        int64_t c = 0;
+        for (; c + 8 <= C; c += 8) {
+            v8f g, wv, xv;
+            V8_LOAD(g, gr + c);
+            V8_LOAD(wv, w + c);
+            V8_LOAD(xv, xr + c);
+            g *= wv;
+            ag += g;
+            agx += g * ((xv - mv) * rv);
+        }
+        for (int l = 0; c + l < C; l++) {
+            float g = gr[c + l] * w[c + l];
+            ag[l] += g;
+            agx[l] += g * ((xr[c + l] - m) * rs);
+        }
+        float mg = v8_total(&ag) / fc;
+        float mgx = v8_total(&agx) / fc;
+        for (c = 0; c < C; c++) {
+            float xhat = (xr[c] - m) * rs;
+            dr[c] += rs * (gr[c] * w[c] - mg - xhat * mgx);
+        }
+    }
+}
+
+/* dw[c0..c1) += sum_r dy * xhat, db[c0..c1) += sum_r dy, rows in order per
+ * column tile (either output may be NULL). */
+MP_KERNEL static void k_layernorm_bwd_dw(float *restrict dw, float *restrict db,
+                                         const float *restrict dy, const float *restrict x,
+                                         const float *restrict mean, const float *restrict rstd,
+                                         int64_t R, int64_t C, int64_t c0, int64_t c1)
+{
+    enum { TILE = 128 };
+    float aw[TILE], ab[TILE];
+    for (int64_t cb = c0; cb < c1; cb += TILE) {
+        int64_t n = c1 - cb < TILE ? c1 - cb : TILE;
+        for (int64_t j = 0; j < n; j++) {
+            aw[j] = 0.0f;
+            ab[j] = 0.0f;
+        }
+        for (int64_t r = 0; r < R; r++) {
+            const float *restrict xr = x + r * C + cb;
+            const float *restrict gr = dy + r * C + cb;
+            float m = mean[r], rs = rstd[r];
+            for (int64_t j = 0; j < n; j++) {
+                aw[j] += gr[j] * ((xr[j] - m) * rs);
+                ab[j] += gr[j];
+            }
+        }
+        if (dw != NULL) {
+            for (int64_t j = 0; j < n; j++) {
+                dw[cb + j] += aw[j];
+            }
+        }
+        if (db != NULL) {
+            for (int64_t j = 0; j < n; j++) {
+                db[cb + j] += ab[j];
+            }
+        }
+    }
+}
+
+static mp_status_t cpu_layernorm_bwd(mp_backend_t *be, float *dx, float *dw, float *db,
+                                     const float *dy, const float *x, const float *mean,
+                                     const float *rstd, const float *w, int64_t R, int64_t C)
+{
+    MP_TRY(cpu_check_rows("layernorm_bwd", R, C));
+    if (C < 1) {
+        return cpu_inval("layernorm_bwd", "need C >= 1");
+    }
+    if (R == 0 || (dx == NULL && dw == NULL && db == NULL)) {
+        return MP_OK;
+    }
+    if (dy == NULL || x == NULL || mean == NULL || rstd == NULL || (dx != NULL && w == NULL)) {
+        return cpu_inval("layernorm_bwd", "NULL buffer");
+    }
+    int nt = cpu_par_threads(be, R * C);
+    if (dx != NULL) {
+#pragma omp parallel num_threads(nt) if (nt > 1)
+        {
+            int64_t lo, hi;
+            cpu_thread_range(R, 1, &lo, &hi);
+            k_layernorm_bwd_dx(dx, dy, x, mean, rstd, w, lo, hi, C);
+        }
+    }
+    if (dw != NULL || db != NULL) {
+#pragma omp parallel num_threads(nt) if (nt > 1)
+        {
+            int64_t lo, hi;
+            cpu_thread_range(C, 16, &lo, &hi);
+            if (lo < hi) {
+                k_layernorm_bwd_dw(dw, db, dy, x, mean, rstd, R, C, lo, hi);
+            }
+        }
+    }
+    return MP_OK;
+}
+
+/* ---- causal self-attention ------------------------------------------- */
+
+/* One (b, h) pair per task.  A pair's Q, K, V (and dO) are first packed
+ * into the thread's scratch, zero-padded to Tp = T and Dp = D rounded up
+ * to MK, with K (forward) or V (backward) transposed, so that every
+ * product of the pair (S = QK^T, O = PV; dP = dO V^T, dQ = dS K,
+ * dK = dS^T Q, dV = P^T dO) is a sequence of MK x MK register tiles over
+ * contiguous rows: a small GEMM without a call, skipping the tiles above
+ * the causal diagonal.  The scores never leave the core's cache.  A pair
+ * is computed by the same code whatever thread runs it, so results do not
+ * depend on the thread count; the tiles use fmaf, which both clones round
+ * the same way. */
+
+enum { MK = 8 }; /* register tile: MK rows x MK columns */
+
+/* c[r, l] = sum over k in [k0, k1) of a[r*ars + k*aks] * b[k*ldb + l], for
+ * r, l < MK, stored at c[r*ldc + l]: one fused multiply-add per term, in k
+ * order.  With aks = 1, a is read by rows; with ars = 1, transposed (the
+ * tile's rows are columns of a). */
+typedef void (*mk_tile_fn_t)(float *restrict c, int64_t ldc, const float *restrict a, int64_t ars,
+                             int64_t aks, const float *restrict b, int64_t ldb, int64_t k0,
+                             int64_t k1);
+
+/* Portable: fmaf rounds exactly as the FMA instruction does, so both
+ * versions give the same bits. */
+static void mk_tile_any(float *restrict c, int64_t ldc, const float *restrict a, int64_t ars,
+                        int64_t aks, const float *restrict b, int64_t ldb, int64_t k0, int64_t k1)
+{
+    float acc[MK][MK];
+    for (int r = 0; r < MK; r++) {
+        for (int l = 0; l < MK; l++) {
+            acc[r][l] = 0.0f;
+        }
+    }
+    for (int64_t k = k0; k < k1; k++) {
+        const float *restrict bk = b + k * ldb;
+        const float *restrict ak = a + k * aks;
+        for (int r = 0; r < MK; r++) {
+            for (int l = 0; l < MK; l++) {
+                acc[r][l] = fmaf(ak[r * ars], bk[l], acc[r][l]);
+            }
+        }
+    }
+    for (int r = 0; r < MK; r++) {
+        for (int l = 0; l < MK; l++) {
+            c[r * ldc + l] = acc[r][l];
+        }
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* AVX2 + FMA: the eight rows of the tile in eight registers, one broadcast
+ * of a and one FMA per row and k.  (Written with intrinsics: GCC's
+ * vectorizer lays the tile out across rows, with a shuffle per FMA.) */
+__attribute__((target("avx2,fma"))) static void mk_tile_avx2(float *restrict c, int64_t ldc,
+                                                             const float *restrict a, int64_t ars,
+                                                             int64_t aks, const float *restrict b,
+                                                             int64_t ldb, int64_t k0, int64_t k1)
+{
+    __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
+    for (int64_t k = k0; k < k1; k++) {
+        const __m256 bv = _mm256_loadu_ps(b + k * ldb);
+        const float *restrict ak = a + k * aks;
+        c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(ak), bv, c0);
+        c1 = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + ars), bv, c1);
+        c2 = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 2 * ars), bv, c2);
+        c3 = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 3 * ars), bv, c3);
+        c4 = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 4 * ars), bv, c4);
+        c5 = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 5 * ars), bv, c5);
+        c6 = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 6 * ars), bv, c6);
+        c7 = _mm256_fmadd_ps(_mm256_broadcast_ss(ak + 7 * ars), bv, c7);
+    }
+    _mm256_storeu_ps(c, c0);
+    _mm256_storeu_ps(c + ldc, c1);
+    _mm256_storeu_ps(c + 2 * ldc, c2);
+    _mm256_storeu_ps(c + 3 * ldc, c3);
+    _mm256_storeu_ps(c + 4 * ldc, c4);
+    _mm256_storeu_ps(c + 5 * ldc, c5);
+    _mm256_storeu_ps(c + 6 * ldc, c6);
+    _mm256_storeu_ps(c + 7 * ldc, c7);
+}
+#endif
+
+static mk_tile_fn_t cpu_mk_tile = mk_tile_any;
+
+static void cpu_isa_probe(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        cpu_mk_tile = mk_tile_avx2;
+    }
+#endif
+}
+
+typedef struct {
+    int64_t T, D;
+    int64_t Tp, Dp; /* T and D rounded up to MK */
+    int64_t ld;     /* qkv row stride: 3*H*D */
+    int64_t ldo;    /* out / dout row stride: H*D */
+    int64_t hd;     /* H*D: offset of K (and 2*hd of V) in a qkv row */
+    float scale;    /* 1/sqrt(D) */
+    mk_tile_fn_t tile;
+} attn_dims_t;
+
+static int64_t round_up(int64_t n, int64_t m)
+{
+    return (n + m - 1) / m * m;
+}
+
+/* Per-thread scratch floats of the forward and the backward, whole cache lines. */
+static int64_t attn_fwd_scratch(const attn_dims_t *g)
+{
+    return round_up(3 * g->Tp * g->Dp + g->Tp * g->Tp + MK * g->Dp, 16);
+}
+
+static int64_t attn_bwd_scratch(const attn_dims_t *g)
+{
+    return round_up(4 * g->Tp * g->Dp + 2 * g->Tp * g->Tp + MK * g->Dp, 16);
+}
+
+/* dst[t, d] (row stride Dp) = src[t*ld + d], zero outside T x D. */
+static inline void attn_pack_rows(float *restrict dst, const float *restrict src, int64_t ld,
+                                  const attn_dims_t *g)
+{
+    for (int64_t t = 0; t < g->T; t++) {
+        float *restrict row = dst + t * g->Dp;
+        memcpy(row, src + t * ld, (size_t)g->D * sizeof(float));
+        for (int64_t d = g->D; d < g->Dp; d++) {
+            row[d] = 0.0f;
+        }
+    }
+    memset(dst + g->T * g->Dp, 0, (size_t)((g->Tp - g->T) * g->Dp) * sizeof(float));
+}
+
+/* dst[d, t] (row stride Tp) = src[t*ld + d], zero outside: MK rows of src
+ * at a time, so that the writes are runs of MK floats. */
+static inline void attn_pack_cols(float *restrict dst, const float *restrict src, int64_t ld,
+                                  const attn_dims_t *g)
+{
+    memset(dst + g->D * g->Tp, 0, (size_t)((g->Dp - g->D) * g->Tp) * sizeof(float));
+    for (int64_t t0 = 0; t0 < g->Tp; t0 += MK) {
+        if (t0 + MK <= g->T) {
+            for (int64_t d = 0; d < g->D; d++) {
+                float *restrict out = dst + d * g->Tp + t0;
+                for (int r = 0; r < MK; r++) {
+                    out[r] = src[(t0 + r) * ld + d];
+                }
+            }
+        } else {
+            for (int64_t d = 0; d < g->D; d++) {
+                float *restrict out = dst + d * g->Tp + t0;
+                for (int r = 0; r < MK; r++) {
+                    out[r] = t0 + r < g->T ? src[(t0 + r) * ld + d] : 0.0f;
+                }
+            }
+        }
+    }
+}
+
+/* dst[t*ld + d] += (or =) tile[r, d] for the rows t = t0 + r < T, d < D. */
+static inline void attn_store(float *restrict dst, int64_t ld, const float *restrict tile,
+                              int64_t t0, const attn_dims_t *g, int add)
+{
+    for (int64_t r = 0; r < MK && t0 + r < g->T; r++) {
+        float *restrict row = dst + (t0 + r) * ld;
+        const float *restrict tr = tile + r * g->Dp;
+        if (add) {
+            for (int64_t d = 0; d < g->D; d++) {
+                row[d] += tr[d];
+            }
+        } else {
+            for (int64_t d = 0; d < g->D; d++) {
+                row[d] = tr[d];
+            }
+        }
+    }
+}
+
+/* q0 points at Q of (b, t = 0, h) in qkv, out0 at out of (b, 0, h), att0 at att[b, h]. */
+MP_KERNEL static void k_attn_fwd_pair(float *restrict out0, float *restrict att0,
+                                      const float *restrict q0, attn_dims_t g, float *restrict ws)
+{
+    const int64_t T = g.T, Tp = g.Tp, Dp = g.Dp;
+    float *restrict qs = ws;           /* [Tp][Dp] */
+    float *restrict kt = qs + Tp * Dp; /* [Dp][Tp] */
+    float *restrict vs = kt + Dp * Tp; /* [Tp][Dp] */
+    float *restrict s = vs + Tp * Dp;  /* [Tp][Tp]: scores, then probabilities */
+    float *restrict o = s + Tp * Tp;   /* [MK][Dp]: one row block of the output */
+    attn_pack_rows(qs, q0, g.ld, &g);
+    attn_pack_cols(kt, q0 + g.hd, g.ld, &g);
+    attn_pack_rows(vs, q0 + 2 * g.hd, g.ld, &g);
+    for (int64_t t0 = 0; t0 < Tp; t0 += MK) {
+        for (int64_t j0 = 0; j0 <= t0; j0 += MK) {
+            g.tile(s + t0 * Tp + j0, Tp, qs + t0 * Dp, Dp, 1, kt + j0, Tp, 0, Dp);
+        }
+    }
+    for (int64_t t = 0; t < Tp; t++) {
+        float *restrict a = s + t * Tp;
+        const int64_t n = t < T ? t + 1 : 0;
+        for (int64_t j = 0; j < n; j++) {
+            a[j] *= g.scale;
+        }
+        if (n > 0) {
+            const float mx = k_max_lanes(a, n);
+            for (int64_t j = 0; j < n; j++) {
+                a[j] = mp_expf(a[j] - mx);
+            }
+            const float inv = 1.0f / k_sum_lanes(a, n);
+            for (int64_t j = 0; j < n; j++) {
+                a[j] *= inv;
+            }
+        }
+        /* Masked (and padding) entries are exact zeros: the PV tiles below
+         * run over whole tiles and add them. */
+        for (int64_t j = n; j < Tp; j++) {
+            a[j] = 0.0f;
+        }
+        if (t < T) {
+            memcpy(att0 + t * T, a, (size_t)T * sizeof(float));
+        }
+    }
+    for (int64_t t0 = 0; t0 < Tp; t0 += MK) {
+        for (int64_t d0 = 0; d0 < Dp; d0 += MK) {
+            g.tile(o + d0, Dp, s + t0 * Tp, Tp, 1, vs + d0, Dp, 0, t0 + MK);
+        }
+        attn_store(out0, g.ldo, o, t0, &g, 0);
+    }
+}
+
+/* The gradients of one pair, added to dqkv: dP = dO V^T;
+ * dS = P * (dP - rowsum(P * dP)) / sqrt(D); dQ = dS K, dK = dS^T Q,
+ * dV = P^T dO, each over the causal triangle only. */
+MP_KERNEL static void k_attn_bwd_pair(float *restrict dq0, const float *restrict dout0,
+                                      const float *restrict q0, const float *restrict att0,
+                                      attn_dims_t g, float *restrict ws)
+{
+    const int64_t T = g.T, Tp = g.Tp, Dp = g.Dp;
+    float *restrict qs = ws;            /* [Tp][Dp] */
+    float *restrict ks = qs + Tp * Dp;  /* [Tp][Dp] */
+    float *restrict vt = ks + Tp * Dp;  /* [Dp][Tp] */
+    float *restrict dos = vt + Dp * Tp; /* [Tp][Dp] */
+    float *restrict ps = dos + Tp * Dp; /* [Tp][Tp]: P, zero-padded */
+    float *restrict ds = ps + Tp * Tp;  /* [Tp][Tp]: dP, then dS */
+    float *restrict o = ds + Tp * Tp;   /* [MK][Dp] */
+    attn_pack_rows(qs, q0, g.ld, &g);
+    attn_pack_rows(ks, q0 + g.hd, g.ld, &g);
+    attn_pack_cols(vt, q0 + 2 * g.hd, g.ld, &g);
+    attn_pack_rows(dos, dout0, g.ldo, &g);
+    for (int64_t t = 0; t < Tp; t++) {
+        float *restrict p = ps + t * Tp;
+        const int64_t n = t < T ? t + 1 : 0;
+        memcpy(p, att0 + t * T, (size_t)n * sizeof(float));
+        memset(p + n, 0, (size_t)(Tp - n) * sizeof(float));
+    }
+    for (int64_t t0 = 0; t0 < Tp; t0 += MK) {
+        for (int64_t j0 = 0; j0 <= t0; j0 += MK) {
+            g.tile(ds + t0 * Tp + j0, Tp, dos + t0 * Dp, Dp, 1, vt + j0, Tp, 0, Dp);
+        }
+    }
+    for (int64_t t = 0; t < Tp; t++) {
+        const float *restrict p = ps + t * Tp;
+        float *restrict a = ds + t * Tp;
+        const int64_t n = t < T ? t + 1 : 0;
+        const float dot = k_dot_lanes(p, a, n);
+        for (int64_t j = 0; j < n; j++) {
+            a[j] = p[j] * (a[j] - dot) * g.scale;
+        }
+        for (int64_t j = n; j < Tp; j++) {
+            a[j] = 0.0f;
+        }
+    }
+    for (int64_t t0 = 0; t0 < Tp; t0 += MK) {
+        for (int64_t d0 = 0; d0 < Dp; d0 += MK) {
+            g.tile(o + d0, Dp, ds + t0 * Tp, Tp, 1, ks + d0, Dp, 0, t0 + MK);
+        }
+        attn_store(dq0, g.ld, o, t0, &g, 1);
+    }
+    /* dK and dV rows j0..j0+MK-1 gather the positions t >= j0 (columns of dS and P). */
+    for (int64_t j0 = 0; j0 < Tp; j0 += MK) {
+        for (int64_t d0 = 0; d0 < Dp; d0 += MK) {
+            g.tile(o + d0, Dp, ds + j0, 1, Tp, qs + d0, Dp, j0, Tp);
+        }
+        attn_store(dq0 + g.hd, g.ld, o, j0, &g, 1);
+        for (int64_t d0 = 0; d0 < Dp; d0 += MK) {
+            g.tile(o + d0, Dp, ps + j0, 1, Tp, dos + d0, Dp, j0, Tp);
+        }
+        attn_store(dq0 + 2 * g.hd, g.ld, o, j0, &g, 1);
+    }
+}
+
+/* The per-thread scratch of the attention kernels, grown on demand (a
+ * backend is used by one thread at a time, so one buffer serves every call). */
+static float *cpu_scratch(cpu_backend_t *cb, const char *op, size_t floats)
+{
+    if (floats > cb->scratch_cap) {
+        float *p = mp_aligned_alloc(floats * sizeof(float));
+        if (p == NULL) {
+            mp_err("cpu backend: %s: cannot allocate %zu bytes of scratch", op,
+                   floats * sizeof(float));
+            return NULL;
+        }
+        mp_free(cb->scratch);
+        cb->scratch = p;
+        cb->scratch_cap = floats;
+    }
+    return cb->scratch;
+}
+
+static mp_status_t cpu_check_attn(const char *op, int64_t B, int64_t T, int64_t H, int64_t D,
+                                  const void *a, const void *b, const void *c, const void *d)
+{
+    if (B < 0 || T < 0 || H < 1 || D < 1) {
+        return cpu_inval(op, "need B, T >= 0 and H, D >= 1");
+    }
+    if (B > 0 && T > 0 && (a == NULL || b == NULL || c == NULL || d == NULL)) {
+        return cpu_inval(op, "NULL buffer");
+    }
+    return MP_OK;
+}
+
+static attn_dims_t attn_dims(int64_t T, int64_t H, int64_t D)
+{
+    attn_dims_t g = {.T = T,
+                     .D = D,
+                     .Tp = round_up(T, MK),
+                     .Dp = round_up(D, MK),
+                     .ld = 3 * H * D,
+                     .ldo = H * D,
+                     .hd = H * D,
+                     .scale = 1.0f / sqrtf((float)D),
+                     .tile = cpu_mk_tile};
+    return g;
+}
+
+/* Threads for B*H pairs of about T*T*D multiply-adds each. */
+static int cpu_attn_threads(const mp_backend_t *be, int64_t B, int64_t T, int64_t H, int64_t D)
+{
+    int nt = cpu_par_threads(be, B * H * T * T * D / 2);
+    return (int64_t)nt > B * H ? (int)(B * H) : nt;
+}
+
+/* Runs the forward (dout == NULL: out and att written) or the backward
+ * (out is dqkv, att read) of every (b, h) pair, pairs split over the threads. */
+static mp_status_t cpu_attn_pairs(mp_backend_t *be, float *out, const float *dout, const float *qkv,
+                                  float *att_w, const float *att, int64_t B, int64_t T, int64_t H,
+                                  int64_t D)
+{
+    const bool bwd = dout != NULL;
+    attn_dims_t g = attn_dims(T, H, D);
+    int nt = cpu_attn_threads(be, B, T, H, D);
+    int64_t per = bwd ? attn_bwd_scratch(&g) : attn_fwd_scratch(&g);
+    float *ws = cpu_scratch((cpu_backend_t *)be, bwd ? "attn_bwd" : "attn_fwd", (size_t)(per * nt));
+    if (ws == NULL) {
+        return MP_ERR_NOMEM;
+    }
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int64_t lo, hi;
+        cpu_thread_range(B * H, 1, &lo, &hi);
+        float *mine = ws + per * omp_get_thread_num();
+        for (int64_t p = lo; p < hi; p++) {
+            int64_t b = p / H, h = p % H;
+            const float *q0 = qkv + b * T * g.ld + h * D;
+            if (bwd) {
+                k_attn_bwd_pair(out + b * T * g.ld + h * D, dout + b * T * g.ldo + h * D, q0,
+                                att + p * T * T, g, mine);
+            } else {
+                k_attn_fwd_pair(out + b * T * g.ldo + h * D, att_w + p * T * T, q0, g, mine);
+            }
+        }
+    }
+    return MP_OK;
+}
+
+static mp_status_t cpu_attn_fwd(mp_backend_t *be, float *out, float *att, const float *qkv,
+                                int64_t B, int64_t T, int64_t H, int64_t D)
+{
+    MP_TRY(cpu_check_attn("attn_fwd", B, T, H, D, out, att, qkv, qkv));
+    if (B == 0 || T == 0) {
+        return MP_OK;
+    }
+    return cpu_attn_pairs(be, out, NULL, qkv, att, att, B, T, H, D);
+}
+
+static mp_status_t cpu_attn_bwd(mp_backend_t *be, float *dqkv, const float *dout, const float *qkv,
+                                const float *att, int64_t B, int64_t T, int64_t H, int64_t D)
+{
+    MP_TRY(cpu_check_attn("attn_bwd", B, T, H, D, dqkv, dout, qkv, att));
+    if (B == 0 || T == 0) {
+        return MP_OK;
+    }
+    return cpu_attn_pairs(be, dqkv, dout, qkv, NULL, att, B, T, H, D);
+}
+
+/* ---- vocab-parallel cross-entropy ------------------------------------ */
+
+MP_KERNEL static void k_xent_vp_max(float *restrict rowmax, const float *restrict logits,
+                                    int64_t r0, int64_t r1, int64_t Vl)
+{
+    for (int64_t r = r0; r < r1; r++) {
+        rowmax[r] = k_max_lanes(logits + r * Vl, Vl);
+    }
+}
+
+static mp_status_t cpu_check_vp(const char *op, int64_t R, int64_t Vl, int64_t v0)
+{
+    if (R < 0 || Vl < 1 || v0 < 0) {
+        return cpu_inval(op, "need R >= 0, Vl >= 1 and v0 >= 0");
+    }
+    return MP_OK;
+}
+
+static mp_status_t cpu_xent_vp_max(mp_backend_t *be, float *rowmax, const float *logits, int64_t R,
+                                   int64_t Vl)
+{
+    MP_TRY(cpu_check_vp("xent_vp_max", R, Vl, 0));
+    if (R > 0 && (rowmax == NULL || logits == NULL)) {
+        return cpu_inval("xent_vp_max", "NULL buffer");
+    }
+    int nt = cpu_par_threads(be, R * Vl);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int64_t lo, hi;
+        cpu_thread_range(R, 1, &lo, &hi);
+        k_xent_vp_max(rowmax, logits, lo, hi, Vl);
+    }
+    return MP_OK;
+}
+
+/* exp(l - gmax) summed in the eight lanes of k_sum_lanes (element i in lane
+ * i % 8), computed a chunk at a time so that the exponentials vectorize. */
+MP_KERNEL static void k_xent_vp_sumexp(float *restrict sumexp, float *restrict target,
+                                       const float *restrict logits, const float *restrict gmax,
+                                       const int32_t *restrict labels, int64_t r0, int64_t r1,
+                                       int64_t Vl, int64_t v0)
+{
+    enum { CHUNK = 256 };
+    float e[CHUNK];
+    for (int64_t r = r0; r < r1; r++) {
+        const float *restrict l = logits + r * Vl;
+        const float m = gmax[r];
+        v8f acc = V8_SPLAT(0.0f);
+        for (int64_t cb = 0; cb < Vl; cb += CHUNK) {
+            int64_t n = Vl - cb < CHUNK ? Vl - cb : CHUNK;
+            for (int64_t j = 0; j < n; j++) {
+                e[j] = mp_expf(l[cb + j] - m);
+            }
+            int64_t j = 0;
+            for (; j + 8 <= n; j += 8) {
+                v8f v;
+                V8_LOAD(v, e + j);
+                acc += v;
+            }
+            for (int k = 0; j + k < n; k++) {
+                acc[k] += e[j + k];
+            }
+        }
+        sumexp[r] = v8_total(&acc);
+        int64_t c = (int64_t)labels[r] - v0;
+        target[r] = c >= 0 && c < Vl ? l[c] : 0.0f;
+    }
+}
+
+static mp_status_t cpu_xent_vp_sumexp(mp_backend_t *be, float *sumexp, float *target,
+                                      const float *logits, const float *gmax, const int32_t *labels,
+                                      int64_t R, int64_t Vl, int64_t v0)
+{
+    MP_TRY(cpu_check_vp("xent_vp_sumexp", R, Vl, v0));
+    if (R > 0 &&
+        (sumexp == NULL || target == NULL || logits == NULL || gmax == NULL || labels == NULL)) {
+        return cpu_inval("xent_vp_sumexp", "NULL buffer");
+    }
+    int nt = cpu_par_threads(be, R * Vl);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int64_t lo, hi;
+        cpu_thread_range(R, 1, &lo, &hi);
+        k_xent_vp_sumexp(sumexp, target, logits, gmax, labels, lo, hi, Vl, v0);
+    }
+    return MP_OK;
+}
+
+MP_KERNEL static void k_xent_vp_bwd(float *restrict dlogits, const float *restrict logits,
+                                    const float *restrict gmax, const float *restrict gsum,
+                                    const int32_t *restrict labels, int64_t r0, int64_t r1,
+                                    int64_t Vl, int64_t v0, float scale)
+{
+    for (int64_t r = r0; r < r1; r++) {
+        const float *restrict l = logits + r * Vl;
+        float *restrict d = dlogits + r * Vl;
+        const float m = gmax[r], inv = 1.0f / gsum[r];
+        const int64_t lab = (int64_t)labels[r] - v0;
+        for (int64_t c = 0; c < Vl; c++) {
+            float onehot = c == lab ? 1.0f : 0.0f;
+            d[c] += scale * (mp_expf(l[c] - m) * inv - onehot);
+        }
+    }
+}
+
+static mp_status_t cpu_xent_vp_bwd(mp_backend_t *be, float *dlogits, const float *logits,
+                                   const float *gmax, const float *gsum, const int32_t *labels,
+                                   int64_t R, int64_t Vl, int64_t v0, float scale)
+{
+    MP_TRY(cpu_check_vp("xent_vp_bwd", R, Vl, v0));
+    if (R > 0 &&
+        (dlogits == NULL || logits == NULL || gmax == NULL || gsum == NULL || labels == NULL)) {
+        return cpu_inval("xent_vp_bwd", "NULL buffer");
+    }
+    int nt = cpu_par_threads(be, R * Vl);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int64_t lo, hi;
+        cpu_thread_range(R, 1, &lo, &hi);
+        k_xent_vp_bwd(dlogits, logits, gmax, gsum, labels, lo, hi, Vl, v0, scale);
     }
     return MP_OK;
 }
@@ -785,8 +1756,8 @@ MP_KERNEL static void k_adamw(float *restrict p, const float *restrict grad, flo
     }
 }
 
-static mp_status_t cpu_adamw_step(mp_backend_t *be, float *p, const float *grad, float *m,
-                                  float *v, int64_t n, const mp_optim_hp_t *hp)
+static mp_status_t cpu_adamw_step(mp_backend_t *be, float *p, const float *grad, float *m, float *v,
+                                  int64_t n, const mp_optim_hp_t *hp)
 {
     if (hp == NULL || hp->step < 1) {
         return cpu_inval("adamw_step", "missing hyper-parameters or step < 1");
@@ -815,6 +1786,7 @@ static void cpu_destroy(mp_backend_t *be)
 {
     cpu_backend_t *cb = (cpu_backend_t *)be;
     mp_free(cb->wpad);
+    mp_free(cb->scratch);
     mp_free(cb);
 }
 
@@ -839,6 +1811,17 @@ static const mp_backend_ops_t cpu_ops = {
     .bias_add = cpu_bias_add,
     .xent_fwd = cpu_xent_fwd,
     .xent_bwd = cpu_xent_bwd,
+    .embed_fwd = cpu_embed_fwd,
+    .embed_bwd = cpu_embed_bwd,
+    .pos_add = cpu_pos_add,
+    .pos_bwd = cpu_pos_bwd,
+    .layernorm_fwd = cpu_layernorm_fwd,
+    .layernorm_bwd = cpu_layernorm_bwd,
+    .attn_fwd = cpu_attn_fwd,
+    .attn_bwd = cpu_attn_bwd,
+    .xent_vp_max = cpu_xent_vp_max,
+    .xent_vp_sumexp = cpu_xent_vp_sumexp,
+    .xent_vp_bwd = cpu_xent_vp_bwd,
     .sgd_step = cpu_sgd_step,
     .adamw_step = cpu_adamw_step,
 };
@@ -849,6 +1832,7 @@ mp_status_t mp_backend_cpu_create(int threads, mp_backend_t **be_p)
         return cpu_inval("create", "threads must be >= 1");
     }
     pthread_once(&cpu_dnnl_once, cpu_dnnl_load);
+    pthread_once(&cpu_isa_once, cpu_isa_probe);
     if (cpu_sgemm == NULL) {
         mp_err("cpu backend: cannot load oneDNN (Debian package libdnnl2): %s", cpu_dnnl_error);
         return MP_ERR_UNSUPPORTED;
