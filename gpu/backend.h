@@ -122,7 +122,8 @@ typedef struct mp_backend_ops {
                                  const float *x, const float *w, const float *b, int64_t R,
                                  int64_t C, float eps);
     /* dx += d/dx (may be NULL); dw += sum_r dy * xhat and db += sum_r dy
-     * (each may be NULL); xhat = (x - mean) * rstd. */
+     * (each may be NULL); xhat = (x - mean) * rstd.  w is read only for dx
+     * (it may be NULL in a weight-gradient-only call). */
     mp_status_t (*layernorm_bwd)(mp_backend_t *be, float *dx, float *dw, float *db,
                                  const float *dy, const float *x, const float *mean,
                                  const float *rstd, const float *w, int64_t R, int64_t C);

@@ -48,6 +48,7 @@
 #include "common/log.h"
 #include "gpu/backend.h"
 #include "gpu/optim_scalars.h"
+#include "gpu/seq_args.h"
 
 /* Hot kernels get an AVX2+FMA clone chosen at load time; the default clone
  * runs anywhere.  No kernel uses contraction implicitly (ISO C mode), so
@@ -805,6 +806,9 @@ static inline float k_max_lanes(const float *restrict x, int64_t n)
     return m;
 }
 
+/* Refuses a call that gpu/seq_args.h finds wrong (the same rules as CUDA). */
+#define CPU_SEQ_CHECK(op, check) MP_SEQ_REFUSE_IF(cpu_inval, op, check)
+
 /* Row of the vocab shard [v0, v0 + Vl) that token id `f` selects, or -1.
  * The comparison runs before the conversion, so a NaN or a huge value
  * never reaches the (undefined) float-to-integer cast. */
@@ -815,14 +819,6 @@ static inline int64_t embed_row(float f, int64_t v0, int64_t Vl)
         return -1;
     }
     return (int64_t)d - v0;
-}
-
-static mp_status_t cpu_check_rows(const char *op, int64_t R, int64_t C)
-{
-    if (R < 0 || C < 0) {
-        return cpu_inval(op, "negative dimension");
-    }
-    return MP_OK;
 }
 
 static void k_embed_fwd(float *restrict y, const float *restrict ids, const float *restrict tok,
@@ -841,15 +837,9 @@ static void k_embed_fwd(float *restrict y, const float *restrict ids, const floa
 static mp_status_t cpu_embed_fwd(mp_backend_t *be, float *y, const float *ids, const float *tok,
                                  int64_t R, int64_t C, int64_t v0, int64_t Vl)
 {
-    MP_TRY(cpu_check_rows("embed_fwd", R, C));
-    if (v0 < 0 || Vl < 0) {
-        return cpu_inval("embed_fwd", "negative vocab shard");
-    }
+    CPU_SEQ_CHECK("embed_fwd", mp_seq_check_embed(R, C, v0, Vl, y, ids, tok));
     if (R == 0 || C == 0) {
         return MP_OK;
-    }
-    if (y == NULL || ids == NULL || (Vl > 0 && tok == NULL)) {
-        return cpu_inval("embed_fwd", "NULL buffer");
     }
     int nt = cpu_par_threads(be, R * C);
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -883,15 +873,9 @@ MP_KERNEL static void k_embed_bwd(float *restrict dtok, const float *restrict dy
 static mp_status_t cpu_embed_bwd(mp_backend_t *be, float *dtok, const float *dy, const float *ids,
                                  int64_t R, int64_t C, int64_t v0, int64_t Vl)
 {
-    MP_TRY(cpu_check_rows("embed_bwd", R, C));
-    if (v0 < 0 || Vl < 0) {
-        return cpu_inval("embed_bwd", "negative vocab shard");
-    }
+    CPU_SEQ_CHECK("embed_bwd", mp_seq_check_embed(R, C, v0, Vl, dy, ids, dtok));
     if (R == 0 || C == 0 || Vl == 0) {
         return MP_OK;
-    }
-    if (dtok == NULL || dy == NULL || ids == NULL) {
-        return cpu_inval("embed_bwd", "NULL buffer");
     }
     int nt = cpu_par_threads(be, R * C);
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -901,19 +885,6 @@ static mp_status_t cpu_embed_bwd(mp_backend_t *be, float *dtok, const float *dy,
         if (lo < hi) {
             k_embed_bwd(dtok, dy, ids, R, C, v0, Vl, lo, hi);
         }
-    }
-    return MP_OK;
-}
-
-static mp_status_t cpu_check_pos(const char *op, int64_t R, int64_t T, int64_t C, const void *a,
-                                 const void *b)
-{
-    MP_TRY(cpu_check_rows(op, R, C));
-    if (T < 1 || R % T != 0) {
-        return cpu_inval(op, "need T >= 1 dividing the row count");
-    }
-    if (R > 0 && C > 0 && (a == NULL || b == NULL)) {
-        return cpu_inval(op, "NULL buffer");
     }
     return MP_OK;
 }
@@ -933,7 +904,10 @@ MP_KERNEL static void k_pos_add(float *restrict y, const float *restrict pos, in
 static mp_status_t cpu_pos_add(mp_backend_t *be, float *y, const float *pos, int64_t R, int64_t T,
                                int64_t C)
 {
-    MP_TRY(cpu_check_pos("pos_add", R, T, C, y, pos));
+    CPU_SEQ_CHECK("pos_add", mp_seq_check_pos(R, T, C, y, pos));
+    if (R == 0 || C == 0) {
+        return MP_OK;
+    }
     int nt = cpu_par_threads(be, R * C);
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
@@ -974,7 +948,7 @@ MP_KERNEL static void k_pos_bwd(float *restrict dpos, const float *restrict dy, 
 static mp_status_t cpu_pos_bwd(mp_backend_t *be, float *dpos, const float *dy, int64_t R, int64_t T,
                                int64_t C)
 {
-    MP_TRY(cpu_check_pos("pos_bwd", R, T, C, dpos, dy));
+    CPU_SEQ_CHECK("pos_bwd", mp_seq_check_pos(R, T, C, dpos, dy));
     if (R == 0 || C == 0) {
         return MP_OK;
     }
@@ -1016,21 +990,9 @@ static mp_status_t cpu_layernorm_fwd(mp_backend_t *be, float *y, float *mean, fl
                                      const float *x, const float *w, const float *b, int64_t R,
                                      int64_t C, float eps)
 {
-    MP_TRY(cpu_check_rows("layernorm_fwd", R, C));
-    if (C < 1) {
-        return cpu_inval("layernorm_fwd", "need C >= 1");
-    }
-    if (!(eps >= 0.0f) || isinf(eps)) {
-        return cpu_inval("layernorm_fwd", "eps must be finite and >= 0");
-    }
+    CPU_SEQ_CHECK("layernorm_fwd", mp_seq_check_layernorm_fwd(y, mean, rstd, x, w, b, R, C, eps));
     if (R == 0) {
         return MP_OK;
-    }
-    if (y == NULL || mean == NULL || rstd == NULL || x == NULL || w == NULL || b == NULL) {
-        return cpu_inval("layernorm_fwd", "NULL buffer");
-    }
-    if (y == x) {
-        return cpu_inval("layernorm_fwd", "y must not alias x");
     }
     int nt = cpu_par_threads(be, R * C);
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -1121,15 +1083,10 @@ static mp_status_t cpu_layernorm_bwd(mp_backend_t *be, float *dx, float *dw, flo
                                      const float *dy, const float *x, const float *mean,
                                      const float *rstd, const float *w, int64_t R, int64_t C)
 {
-    MP_TRY(cpu_check_rows("layernorm_bwd", R, C));
-    if (C < 1) {
-        return cpu_inval("layernorm_bwd", "need C >= 1");
-    }
-    if (R == 0 || (dx == NULL && dw == NULL && db == NULL)) {
+    CPU_SEQ_CHECK("layernorm_bwd",
+                  mp_seq_check_layernorm_bwd(dx, dw, db, dy, x, mean, rstd, w, R, C));
+    if (R == 0) {
         return MP_OK;
-    }
-    if (dy == NULL || x == NULL || mean == NULL || rstd == NULL || (dx != NULL && w == NULL)) {
-        return cpu_inval("layernorm_bwd", "NULL buffer");
     }
     int nt = cpu_par_threads(be, R * C);
     if (dx != NULL) {
@@ -1462,18 +1419,6 @@ static float *cpu_scratch(cpu_backend_t *cb, const char *op, size_t floats)
     return cb->scratch;
 }
 
-static mp_status_t cpu_check_attn(const char *op, int64_t B, int64_t T, int64_t H, int64_t D,
-                                  const void *a, const void *b, const void *c, const void *d)
-{
-    if (B < 0 || T < 0 || H < 1 || D < 1) {
-        return cpu_inval(op, "need B, T >= 0 and H, D >= 1");
-    }
-    if (B > 0 && T > 0 && (a == NULL || b == NULL || c == NULL || d == NULL)) {
-        return cpu_inval(op, "NULL buffer");
-    }
-    return MP_OK;
-}
-
 static attn_dims_t attn_dims(int64_t T, int64_t H, int64_t D)
 {
     attn_dims_t g = {.T = T,
@@ -1531,7 +1476,7 @@ static mp_status_t cpu_attn_pairs(mp_backend_t *be, float *out, const float *dou
 static mp_status_t cpu_attn_fwd(mp_backend_t *be, float *out, float *att, const float *qkv,
                                 int64_t B, int64_t T, int64_t H, int64_t D)
 {
-    MP_TRY(cpu_check_attn("attn_fwd", B, T, H, D, out, att, qkv, qkv));
+    CPU_SEQ_CHECK("attn_fwd", mp_seq_check_attn(B, T, H, D, out, att, qkv, qkv));
     if (B == 0 || T == 0) {
         return MP_OK;
     }
@@ -1541,7 +1486,7 @@ static mp_status_t cpu_attn_fwd(mp_backend_t *be, float *out, float *att, const 
 static mp_status_t cpu_attn_bwd(mp_backend_t *be, float *dqkv, const float *dout, const float *qkv,
                                 const float *att, int64_t B, int64_t T, int64_t H, int64_t D)
 {
-    MP_TRY(cpu_check_attn("attn_bwd", B, T, H, D, dqkv, dout, qkv, att));
+    CPU_SEQ_CHECK("attn_bwd", mp_seq_check_attn(B, T, H, D, dqkv, dout, qkv, att));
     if (B == 0 || T == 0) {
         return MP_OK;
     }
@@ -1558,21 +1503,10 @@ MP_KERNEL static void k_xent_vp_max(float *restrict rowmax, const float *restric
     }
 }
 
-static mp_status_t cpu_check_vp(const char *op, int64_t R, int64_t Vl, int64_t v0)
-{
-    if (R < 0 || Vl < 1 || v0 < 0) {
-        return cpu_inval(op, "need R >= 0, Vl >= 1 and v0 >= 0");
-    }
-    return MP_OK;
-}
-
 static mp_status_t cpu_xent_vp_max(mp_backend_t *be, float *rowmax, const float *logits, int64_t R,
                                    int64_t Vl)
 {
-    MP_TRY(cpu_check_vp("xent_vp_max", R, Vl, 0));
-    if (R > 0 && (rowmax == NULL || logits == NULL)) {
-        return cpu_inval("xent_vp_max", "NULL buffer");
-    }
+    CPU_SEQ_CHECK("xent_vp_max", mp_seq_check_vp(R, Vl, 0, rowmax, logits, logits, logits, logits));
     int nt = cpu_par_threads(be, R * Vl);
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
@@ -1621,11 +1555,8 @@ static mp_status_t cpu_xent_vp_sumexp(mp_backend_t *be, float *sumexp, float *ta
                                       const float *logits, const float *gmax, const int32_t *labels,
                                       int64_t R, int64_t Vl, int64_t v0)
 {
-    MP_TRY(cpu_check_vp("xent_vp_sumexp", R, Vl, v0));
-    if (R > 0 &&
-        (sumexp == NULL || target == NULL || logits == NULL || gmax == NULL || labels == NULL)) {
-        return cpu_inval("xent_vp_sumexp", "NULL buffer");
-    }
+    CPU_SEQ_CHECK("xent_vp_sumexp",
+                  mp_seq_check_vp(R, Vl, v0, sumexp, target, logits, gmax, labels));
     int nt = cpu_par_threads(be, R * Vl);
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
@@ -1657,11 +1588,7 @@ static mp_status_t cpu_xent_vp_bwd(mp_backend_t *be, float *dlogits, const float
                                    const float *gmax, const float *gsum, const int32_t *labels,
                                    int64_t R, int64_t Vl, int64_t v0, float scale)
 {
-    MP_TRY(cpu_check_vp("xent_vp_bwd", R, Vl, v0));
-    if (R > 0 &&
-        (dlogits == NULL || logits == NULL || gmax == NULL || gsum == NULL || labels == NULL)) {
-        return cpu_inval("xent_vp_bwd", "NULL buffer");
-    }
+    CPU_SEQ_CHECK("xent_vp_bwd", mp_seq_check_vp(R, Vl, v0, dlogits, logits, gmax, gsum, labels));
     int nt = cpu_par_threads(be, R * Vl);
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
