@@ -3,11 +3,12 @@
  * linear layers, the kernels of cuda_kernels.cu for everything else.
  *
  * Owns, per backend object: one CUDA stream, one cuBLAS handle bound to it,
- * and a small device scratch for the cross-entropy sums.  Every op is
- * enqueued on the stream in call order; upload and download return with the
- * copy complete.  This file is the module edge for CUDA and cuBLAS codes:
- * each call is checked with file and line, logged, and turned into
- * MP_ERR_DEVICE.  A backend is used by one thread at a time (any thread);
+ * a small device scratch for the cross-entropy sums and one for the
+ * attention backward's dS.  Every op is enqueued on the stream in call
+ * order; upload and download return with the copy complete.  This file is
+ * the module edge for CUDA and cuBLAS codes: each call is checked with file
+ * and line, logged, and turned into MP_ERR_DEVICE.  A backend is used by
+ * one thread at a time (any thread);
  * every entry point first makes the backend's device current on the
  * calling thread.
  *
@@ -38,6 +39,7 @@
 #include "gpu/backend.h"
 #include "gpu/cuda_internal.h"
 #include "gpu/optim_scalars.h"
+#include "gpu/seq_args.h"
 
 static mp_status_t cuda_check(cudaError_t err, const char *what, const char *file, int line)
 {
@@ -270,10 +272,12 @@ static mp_status_t cuda_linear_bwd(mp_backend_t *be, float *dX, float *dW, float
             return st;
         }
     }
-    /* dW[I,O] += X[B,I]^T dZ[B,O] */
-    st = gemm_rowmajor(cb, MP_OP_T, MP_OP_N, I, O, B, 1.0f, X, I, dZ, O, 1.0f, dW, O);
-    if (st != MP_OK) {
-        return st;
+    if (dW != NULL) {
+        /* dW[I,O] += X[B,I]^T dZ[B,O] */
+        st = gemm_rowmajor(cb, MP_OP_T, MP_OP_N, I, O, B, 1.0f, X, I, dZ, O, 1.0f, dW, O);
+        if (st != MP_OK) {
+            return st;
+        }
     }
     if (db != NULL) {
         CUDA_TRY(mp_cuda_colsum_add_launch(cb->stream, db, dZ, B, O));
@@ -336,20 +340,27 @@ static mp_status_t cuda_bias_add(mp_backend_t *be, float *y, const float *b, int
 
 /* ---- softmax cross-entropy ----------------------------------------------------------- */
 
-static mp_status_t xent_scratch_reserve(mp_cuda_backend_t *cb, int64_t B)
+/* Grows a device scratch *buf of *have bytes to at least `need`; cudaFree
+ * waits for the kernels that still use the old one. */
+static mp_status_t scratch_reserve(void **buf, size_t *have, size_t need)
 {
-    if (cb->xent_scratch != NULL && B <= cb->xent_rows) {
+    if (*buf != NULL && need <= *have) {
         return MP_OK;
     }
-    if (cb->xent_scratch != NULL) {
-        CUDA_TRY(cudaFree(cb->xent_scratch));
-        cb->xent_scratch = NULL;
-        cb->xent_rows = 0;
+    if (*buf != NULL) {
+        CUDA_TRY(cudaFree(*buf));
+        *buf = NULL;
+        *have = 0;
     }
-    int64_t rows = B < 256 ? 256 : B;
-    CUDA_TRY(cudaMalloc(&cb->xent_scratch, mp_cuda_xent_scratch_bytes(rows)));
-    cb->xent_rows = rows;
+    CUDA_TRY(cudaMalloc(buf, need));
+    *have = need;
     return MP_OK;
+}
+
+static mp_status_t xent_scratch_reserve(mp_cuda_backend_t *cb, int64_t B)
+{
+    return scratch_reserve(&cb->xent_scratch, &cb->xent_bytes,
+                           mp_cuda_xent_scratch_bytes(B < 256 ? 256 : B));
 }
 
 static mp_status_t cuda_xent_fwd(mp_backend_t *be, float *probs, const float *logits,
@@ -394,6 +405,143 @@ static mp_status_t cuda_xent_bwd(mp_backend_t *be, float *dlogits, const float *
     mp_cuda_backend_t *cb = cuda_of(be);
     ENTER(cb);
     CUDA_TRY(mp_cuda_xent_bwd_launch(cb->stream, dlogits, probs, labels, B, C, scale));
+    return MP_OK;
+}
+
+/* ---- sequence layers ---------------------------------------------------------------- */
+
+/* Arguments are checked here, on the host, by the CPU backend's rules
+ * (gpu/seq_args.h): a bad call is refused before anything is enqueued. */
+static mp_status_t cuda_refuse(const char *op, const char *why)
+{
+    mp_err("cuda: %s: %s", op, why);
+    return MP_ERR_INVAL;
+}
+
+#define SEQ_CHECK(op, check) MP_SEQ_REFUSE_IF(cuda_refuse, op, check)
+
+static mp_status_t cuda_embed_fwd(mp_backend_t *be, float *y, const float *ids, const float *tok,
+                                  int64_t R, int64_t C, int64_t v0, int64_t Vl)
+{
+    mp_cuda_backend_t *cb = cuda_of(be);
+    SEQ_CHECK("embed_fwd", mp_seq_check_embed(R, C, v0, Vl, y, ids, tok));
+    ENTER(cb);
+    CUDA_TRY(mp_cuda_embed_fwd_launch(cb->stream, y, ids, tok, R, C, v0, Vl));
+    return MP_OK;
+}
+
+static mp_status_t cuda_embed_bwd(mp_backend_t *be, float *dtok, const float *dy, const float *ids,
+                                  int64_t R, int64_t C, int64_t v0, int64_t Vl)
+{
+    mp_cuda_backend_t *cb = cuda_of(be);
+    SEQ_CHECK("embed_bwd", mp_seq_check_embed(R, C, v0, Vl, dy, ids, dtok));
+    ENTER(cb);
+    CUDA_TRY(mp_cuda_embed_bwd_launch(cb->stream, dtok, dy, ids, R, C, v0, Vl));
+    return MP_OK;
+}
+
+static mp_status_t cuda_pos_add(mp_backend_t *be, float *y, const float *pos, int64_t R, int64_t T,
+                                int64_t C)
+{
+    mp_cuda_backend_t *cb = cuda_of(be);
+    SEQ_CHECK("pos_add", mp_seq_check_pos(R, T, C, y, pos));
+    ENTER(cb);
+    CUDA_TRY(mp_cuda_pos_add_launch(cb->stream, y, pos, R, T, C));
+    return MP_OK;
+}
+
+static mp_status_t cuda_pos_bwd(mp_backend_t *be, float *dpos, const float *dy, int64_t R,
+                                int64_t T, int64_t C)
+{
+    mp_cuda_backend_t *cb = cuda_of(be);
+    SEQ_CHECK("pos_bwd", mp_seq_check_pos(R, T, C, dpos, dy));
+    ENTER(cb);
+    CUDA_TRY(mp_cuda_pos_bwd_launch(cb->stream, dpos, dy, R, T, C));
+    return MP_OK;
+}
+
+static mp_status_t cuda_layernorm_fwd(mp_backend_t *be, float *y, float *mean, float *rstd,
+                                      const float *x, const float *w, const float *b, int64_t R,
+                                      int64_t C, float eps)
+{
+    mp_cuda_backend_t *cb = cuda_of(be);
+    SEQ_CHECK("layernorm_fwd", mp_seq_check_layernorm_fwd(y, mean, rstd, x, w, b, R, C, eps));
+    ENTER(cb);
+    CUDA_TRY(mp_cuda_layernorm_fwd_launch(cb->stream, y, mean, rstd, x, w, b, R, C, eps));
+    return MP_OK;
+}
+
+static mp_status_t cuda_layernorm_bwd(mp_backend_t *be, float *dx, float *dw, float *db,
+                                      const float *dy, const float *x, const float *mean,
+                                      const float *rstd, const float *w, int64_t R, int64_t C)
+{
+    mp_cuda_backend_t *cb = cuda_of(be);
+    SEQ_CHECK("layernorm_bwd", mp_seq_check_layernorm_bwd(dx, dw, db, dy, x, mean, rstd, w, R, C));
+    ENTER(cb);
+    CUDA_TRY(mp_cuda_layernorm_bwd_launch(cb->stream, dx, dw, db, dy, x, mean, rstd, w, R, C));
+    return MP_OK;
+}
+
+static mp_status_t cuda_attn_fwd(mp_backend_t *be, float *out, float *att, const float *qkv,
+                                 int64_t B, int64_t T, int64_t H, int64_t D)
+{
+    mp_cuda_backend_t *cb = cuda_of(be);
+    SEQ_CHECK("attn_fwd", mp_seq_check_attn(B, T, H, D, out, att, qkv, qkv));
+    ENTER(cb);
+    CUDA_TRY(mp_cuda_attn_fwd_launch(cb->stream, out, att, qkv, B, T, H, D));
+    return MP_OK;
+}
+
+static mp_status_t cuda_attn_bwd(mp_backend_t *be, float *dqkv, const float *dout, const float *qkv,
+                                 const float *att, int64_t B, int64_t T, int64_t H, int64_t D)
+{
+    mp_cuda_backend_t *cb = cuda_of(be);
+    SEQ_CHECK("attn_bwd", mp_seq_check_attn(B, T, H, D, dqkv, dout, qkv, att));
+    if (B == 0 || T == 0) {
+        return MP_OK;
+    }
+    ENTER(cb);
+    mp_status_t st = scratch_reserve(&cb->attn_scratch, &cb->attn_bytes,
+                                     mp_cuda_attn_scratch_bytes(B, T, H));
+    if (st != MP_OK) {
+        return st;
+    }
+    CUDA_TRY(
+        mp_cuda_attn_bwd_launch(cb->stream, dqkv, dout, qkv, att, B, T, H, D, cb->attn_scratch));
+    return MP_OK;
+}
+
+static mp_status_t cuda_xent_vp_max(mp_backend_t *be, float *rowmax, const float *logits, int64_t R,
+                                    int64_t Vl)
+{
+    mp_cuda_backend_t *cb = cuda_of(be);
+    SEQ_CHECK("xent_vp_max", mp_seq_check_vp(R, Vl, 0, rowmax, logits, logits, logits, logits));
+    ENTER(cb);
+    CUDA_TRY(mp_cuda_xent_vp_max_launch(cb->stream, rowmax, logits, R, Vl));
+    return MP_OK;
+}
+
+static mp_status_t cuda_xent_vp_sumexp(mp_backend_t *be, float *sumexp, float *target,
+                                       const float *logits, const float *gmax,
+                                       const int32_t *labels, int64_t R, int64_t Vl, int64_t v0)
+{
+    mp_cuda_backend_t *cb = cuda_of(be);
+    SEQ_CHECK("xent_vp_sumexp", mp_seq_check_vp(R, Vl, v0, sumexp, target, logits, gmax, labels));
+    ENTER(cb);
+    CUDA_TRY(
+        mp_cuda_xent_vp_sumexp_launch(cb->stream, sumexp, target, logits, gmax, labels, R, Vl, v0));
+    return MP_OK;
+}
+
+static mp_status_t cuda_xent_vp_bwd(mp_backend_t *be, float *dlogits, const float *logits,
+                                    const float *gmax, const float *gsum, const int32_t *labels,
+                                    int64_t R, int64_t Vl, int64_t v0, float scale)
+{
+    mp_cuda_backend_t *cb = cuda_of(be);
+    SEQ_CHECK("xent_vp_bwd", mp_seq_check_vp(R, Vl, v0, dlogits, logits, gmax, gsum, labels));
+    ENTER(cb);
+    CUDA_TRY(mp_cuda_xent_vp_bwd_launch(cb->stream, dlogits, logits, gmax, gsum, labels, R, Vl, v0,
+                                        scale));
     return MP_OK;
 }
 
@@ -453,6 +601,9 @@ static void cuda_destroy(mp_backend_t *be)
         if (cb->xent_scratch != NULL) {
             (void)cuda_check(cudaFree(cb->xent_scratch), "cudaFree", __FILE__, __LINE__);
         }
+        if (cb->attn_scratch != NULL) {
+            (void)cuda_check(cudaFree(cb->attn_scratch), "cudaFree", __FILE__, __LINE__);
+        }
         if (cb->cublas != NULL) {
             (void)cublas_check(cublasDestroy(cb->cublas), "cublasDestroy", __FILE__, __LINE__);
         }
@@ -485,6 +636,17 @@ static const mp_backend_ops_t cuda_ops = {
     .bias_add = cuda_bias_add,
     .xent_fwd = cuda_xent_fwd,
     .xent_bwd = cuda_xent_bwd,
+    .embed_fwd = cuda_embed_fwd,
+    .embed_bwd = cuda_embed_bwd,
+    .pos_add = cuda_pos_add,
+    .pos_bwd = cuda_pos_bwd,
+    .layernorm_fwd = cuda_layernorm_fwd,
+    .layernorm_bwd = cuda_layernorm_bwd,
+    .attn_fwd = cuda_attn_fwd,
+    .attn_bwd = cuda_attn_bwd,
+    .xent_vp_max = cuda_xent_vp_max,
+    .xent_vp_sumexp = cuda_xent_vp_sumexp,
+    .xent_vp_bwd = cuda_xent_vp_bwd,
     .sgd_step = cuda_sgd_step,
     .adamw_step = cuda_adamw_step,
 };

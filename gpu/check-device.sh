@@ -18,7 +18,8 @@
 # when deploy/bundle-libs.sh was given only the three binaries above).
 #
 # On the device it: prints nvidia-smi and the library situation; runs
-# test_cuda (every test must run and pass: a skip there is a failure); runs
+# test_cuda (every test must run and pass: a skip there is a failure; the
+# sequence-layer kernels' tests are checked by name); runs
 # bench/torch_gemm.py (the peer) and mpar-bench-gemm -o json; trains one
 # epoch of examples/fashion_mnist.json with mpar-client --serial --device
 # cuda (strict fp32, then TF32) if mpar-client is there.  Everything goes to
@@ -193,6 +194,19 @@ checks() {
     failed=1
   else
     note "ok   test_cuda: ${synth}"
+  fi
+  # The sequence-layer kernels (issue 10) by name: a binary built before
+  # them would pass test_cuda without running them.
+  local t missing=()
+  for t in embedding_and_positions_match_cpu layernorm_matches_cpu attention_matches_cpu \
+           vocab_parallel_xent_matches_cpu sequence_ops_refuse_bad_arguments; do
+    grep -q "\[PASS\] cuda::$t" "$OUT/test_cuda.log" || missing+=("$t")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then
+    note "ok   sequence-layer kernels (embedding, positions, LayerNorm, attention, vocab-parallel xent) match the CPU backend"
+  else
+    note "FAIL sequence-layer kernels: not passed: ${missing[*]}"
+    failed=1
   fi
 
   # ---- GEMM benchmark: torch peer (its own environment), then mpar ----

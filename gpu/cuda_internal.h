@@ -37,9 +37,12 @@ typedef struct mp_cuda_backend {
     cublasHandle_t cublas;
     bool tf32;
     /* xent_fwd scratch: an mp_cuda_xent_out_t, then per-row loss (double)
-     * and per-row flags (int), sized for xent_rows rows. */
+     * and per-row flags (int), xent_bytes long. */
     void *xent_scratch;
-    int64_t xent_rows;
+    size_t xent_bytes;
+    /* attn_bwd scratch: dS [B, H, T, T], attn_bytes long. */
+    void *attn_scratch;
+    size_t attn_bytes;
 } mp_cuda_backend_t;
 
 /* Bytes of xent scratch needed for B rows. */
@@ -81,6 +84,40 @@ cudaError_t mp_cuda_adamw_launch(cudaStream_t stream, float *p, const float *gra
                                  float *v, int64_t n, float decay, float one_minus_beta1,
                                  float beta2, float one_minus_beta2, float step_size,
                                  float bc2_sqrt, float eps);
+
+/* ---- sequence layers (contracts in backend.h; arguments already checked) ---- */
+cudaError_t mp_cuda_embed_fwd_launch(cudaStream_t stream, float *y, const float *ids,
+                                     const float *tok, int64_t R, int64_t C, int64_t v0,
+                                     int64_t Vl);
+/* Deterministic: each dtok element adds its rows in row order (no atomics). */
+cudaError_t mp_cuda_embed_bwd_launch(cudaStream_t stream, float *dtok, const float *dy,
+                                     const float *ids, int64_t R, int64_t C, int64_t v0,
+                                     int64_t Vl);
+cudaError_t mp_cuda_pos_add_launch(cudaStream_t stream, float *y, const float *pos, int64_t R,
+                                   int64_t T, int64_t C);
+cudaError_t mp_cuda_pos_bwd_launch(cudaStream_t stream, float *dpos, const float *dy, int64_t R,
+                                   int64_t T, int64_t C);
+cudaError_t mp_cuda_layernorm_fwd_launch(cudaStream_t stream, float *y, float *mean, float *rstd,
+                                         const float *x, const float *w, const float *b, int64_t R,
+                                         int64_t C, float eps);
+cudaError_t mp_cuda_layernorm_bwd_launch(cudaStream_t stream, float *dx, float *dw, float *db,
+                                         const float *dy, const float *x, const float *mean,
+                                         const float *rstd, const float *w, int64_t R, int64_t C);
+/* Bytes of attn_bwd scratch for B sequences of T positions and H heads. */
+size_t mp_cuda_attn_scratch_bytes(int64_t B, int64_t T, int64_t H);
+cudaError_t mp_cuda_attn_fwd_launch(cudaStream_t stream, float *out, float *att, const float *qkv,
+                                    int64_t B, int64_t T, int64_t H, int64_t D);
+cudaError_t mp_cuda_attn_bwd_launch(cudaStream_t stream, float *dqkv, const float *dout,
+                                    const float *qkv, const float *att, int64_t B, int64_t T,
+                                    int64_t H, int64_t D, void *scratch);
+cudaError_t mp_cuda_xent_vp_max_launch(cudaStream_t stream, float *rowmax, const float *logits,
+                                       int64_t R, int64_t Vl);
+cudaError_t mp_cuda_xent_vp_sumexp_launch(cudaStream_t stream, float *sumexp, float *target,
+                                          const float *logits, const float *gmax,
+                                          const int32_t *labels, int64_t R, int64_t Vl, int64_t v0);
+cudaError_t mp_cuda_xent_vp_bwd_launch(cudaStream_t stream, float *dlogits, const float *logits,
+                                       const float *gmax, const float *gsum, const int32_t *labels,
+                                       int64_t R, int64_t Vl, int64_t v0, float scale);
 
 #ifdef __cplusplus
 }

@@ -1,7 +1,9 @@
 /*
  * cuda_kernels.cu - the CUDA backend's own kernels (everything that is not
  * a GEMM): GeLU, ReLU, axpy, bias add, bias-gradient column sums, softmax
- * cross-entropy, SGD and AdamW, each with a C launcher declared in
+ * cross-entropy, SGD and AdamW, and the sequence layers (embedding,
+ * positions, LayerNorm, causal attention, vocab-parallel cross-entropy),
+ * each with a C launcher declared in
  * cuda_internal.h.  Launchers enqueue on the backend's stream and return
  * the launch status; they run on whichever thread owns the backend.
  *
@@ -310,6 +312,336 @@ __global__ void adamw_kernel(float *p, const float *grad, float *m, float *v, in
     }
 }
 
+/* ---- sequence layers -------------------------------------------------------
+ * Same contracts as the CPU backend (backend.h).  The reductions use a fixed
+ * tree or a fixed loop order and no atomics, so every run gives the same
+ * bits; embed_bwd and pos_bwd add rows in the CPU backend's order. */
+
+/* Row of the vocab shard [v0, v0 + Vl) that token id f selects, or -1; the
+ * comparison runs before the cast, so a NaN never reaches it. */
+__device__ __forceinline__ int64_t embed_row(float f, int64_t v0, int64_t Vl)
+{
+    double d = (double)f;
+    if (!(d >= (double)v0 && d < (double)(v0 + Vl))) {
+        return -1;
+    }
+    return (int64_t)d - v0;
+}
+
+__global__ void embed_fwd_kernel(float *y, const float *ids, const float *tok, int64_t R,
+                                 int64_t C, int64_t v0, int64_t Vl)
+{
+    int64_t n = R * C;
+    for (int64_t i = first_index(); i < n; i += grid_stride()) {
+        int64_t r = i / C;
+        int64_t v = embed_row(ids[r], v0, Vl);
+        y[i] = v < 0 ? 0.0f : tok[v * C + (i - r * C)];
+    }
+}
+
+/* One thread per column c and vocab tile (blockIdx.y): the rows whose id
+ * falls in the tile, in row order. */
+__global__ void embed_bwd_kernel(float *dtok, const float *dy, const float *ids, int64_t R,
+                                 int64_t C, int64_t v0, int64_t Vl, int64_t tile)
+{
+    int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) {
+        return;
+    }
+    int64_t lo = (int64_t)blockIdx.y * tile;
+    int64_t hi = lo + tile < Vl ? lo + tile : Vl;
+    for (int64_t r = 0; r < R; r++) {
+        int64_t v = embed_row(ids[r], v0, Vl);
+        if (v >= lo && v < hi) {
+            dtok[v * C + c] += dy[r * C + c];
+        }
+    }
+}
+
+__global__ void pos_add_kernel(float *y, const float *pos, int64_t R, int64_t T, int64_t C)
+{
+    int64_t n = R * C;
+    for (int64_t i = first_index(); i < n; i += grid_stride()) {
+        int64_t r = i / C;
+        y[i] += pos[(r % T) * C + (i - r * C)];
+    }
+}
+
+/* One thread per (t, c): the batch's rows summed in order, then added. */
+__global__ void pos_bwd_kernel(float *dpos, const float *dy, int64_t nb, int64_t T, int64_t C)
+{
+    int64_t n = T * C;
+    for (int64_t i = first_index(); i < n; i += grid_stride()) {
+        int64_t t = i / C, c = i - t * C;
+        float acc = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            acc += dy[(b * T + t) * C + c];
+        }
+        dpos[i] += acc;
+    }
+}
+
+/* One block per row: mean, then the mean squared deviation (two passes). */
+__global__ void layernorm_fwd_kernel(float *y, float *mean, float *rstd, const float *x,
+                                     const float *w, const float *b, int64_t C, float eps)
+{
+    __shared__ float shared[32];
+    int64_t r = blockIdx.x;
+    const float *xr = x + r * C;
+    float *yr = y + r * C;
+    float s = 0.0f;
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+        s += xr[c];
+    }
+    float m = block_reduce(s, SumOp<float>(), 0.0f, shared) / (float)C;
+    float v = 0.0f;
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+        float d = xr[c] - m;
+        v += d * d;
+    }
+    float var = block_reduce(v, SumOp<float>(), 0.0f, shared) / (float)C;
+    float rs = 1.0f / sqrtf(var + eps);
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+        yr[c] = (xr[c] - m) * rs * w[c] + b[c];
+    }
+    if (threadIdx.x == 0) {
+        mean[r] = m;
+        rstd[r] = rs;
+    }
+}
+
+/* One block per row: dx += rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w. */
+__global__ void layernorm_bwd_dx_kernel(float *dx, const float *dy, const float *x,
+                                        const float *mean, const float *rstd, const float *w,
+                                        int64_t C)
+{
+    __shared__ float shared[32];
+    int64_t r = blockIdx.x;
+    const float *xr = x + r * C, *gr = dy + r * C;
+    float m = mean[r], rs = rstd[r];
+    float sg = 0.0f, sgx = 0.0f;
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+        float g = gr[c] * w[c];
+        sg += g;
+        sgx += g * ((xr[c] - m) * rs);
+    }
+    float mg = block_reduce(sg, SumOp<float>(), 0.0f, shared) / (float)C;
+    float mgx = block_reduce(sgx, SumOp<float>(), 0.0f, shared) / (float)C;
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+        float xhat = (xr[c] - m) * rs;
+        dx[r * C + c] += rs * (gr[c] * w[c] - mg - xhat * mgx);
+    }
+}
+
+/* dw[c] += sum_r dy * xhat, db[c] += sum_r dy (either may be NULL), laid out
+ * as colsum_add_kernel: 32 columns by 8 row lanes, fixed order. */
+__global__ void layernorm_bwd_dw_kernel(float *dw, float *db, const float *dy, const float *x,
+                                        const float *mean, const float *rstd, int64_t R,
+                                        int64_t C)
+{
+    __shared__ float pw[kColsumLanes][kColsumCols];
+    __shared__ float pb[kColsumLanes][kColsumCols];
+    int64_t c = (int64_t)blockIdx.x * kColsumCols + threadIdx.x;
+    float aw = 0.0f, ab = 0.0f;
+    if (c < C) {
+        for (int64_t r = threadIdx.y; r < R; r += kColsumLanes) {
+            float g = dy[r * C + c];
+            aw += g * ((x[r * C + c] - mean[r]) * rstd[r]);
+            ab += g;
+        }
+    }
+    pw[threadIdx.y][threadIdx.x] = aw;
+    pb[threadIdx.y][threadIdx.x] = ab;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+        float sw = pw[0][threadIdx.x], sb = pb[0][threadIdx.x];
+        for (int t = 1; t < kColsumLanes; t++) {
+            sw += pw[t][threadIdx.x];
+            sb += pb[t][threadIdx.x];
+        }
+        if (dw != NULL) {
+            dw[c] += sw;
+        }
+        if (db != NULL) {
+            db[c] += sb;
+        }
+    }
+}
+
+/* Geometry of one attention row block: blockIdx.x = (b*H + h)*T + t. */
+struct AttnRow {
+    int64_t t, bh, h, b;
+    __device__ AttnRow(int64_t row, int64_t T, int64_t H)
+        : t(row % T), bh(row / T), h((row / T) % H), b(row / T / H)
+    {
+    }
+};
+
+/* One block per (b, h, t): the scores of s <= t (a thread per position, a
+ * dot product of D each), softmax, then the weighted sum of V (a thread per
+ * column).  att's row is the scratch between the phases (__syncthreads makes
+ * a block's global writes visible to the block); masked entries are 0. */
+__global__ void attn_fwd_kernel(float *out, float *att, const float *qkv, int64_t T, int64_t H,
+                                int64_t D, float scale)
+{
+    __shared__ float shared[32];
+    const AttnRow g(blockIdx.x, T, H);
+    const int64_t C = H * D, ld = 3 * C;
+    const float *base = qkv + g.b * T * ld + g.h * D;
+    const float *q = base + g.t * ld;
+    float *a = att + (int64_t)blockIdx.x * T;
+    float mx = -INFINITY;
+    for (int64_t s = threadIdx.x; s <= g.t; s += blockDim.x) {
+        const float *k = base + s * ld + C;
+        float acc = 0.0f;
+        for (int64_t d = 0; d < D; d++) {
+            acc += q[d] * k[d];
+        }
+        acc *= scale;
+        a[s] = acc;
+        mx = fmaxf(mx, acc);
+    }
+    mx = block_reduce(mx, MaxOp(), -INFINITY, shared);
+    float sum = 0.0f;
+    for (int64_t s = threadIdx.x; s <= g.t; s += blockDim.x) {
+        float e = expf(a[s] - mx);
+        a[s] = e;
+        sum += e;
+    }
+    float inv = 1.0f / block_reduce(sum, SumOp<float>(), 0.0f, shared);
+    /* Each thread rescales the positions it wrote itself. */
+    for (int64_t s = threadIdx.x; s < T; s += blockDim.x) {
+        a[s] = s <= g.t ? a[s] * inv : 0.0f;
+    }
+    __syncthreads();
+    float *o = out + (g.b * T + g.t) * C + g.h * D;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int64_t s = 0; s <= g.t; s++) {
+            acc += a[s] * base[s * ld + 2 * C + d];
+        }
+        o[d] = acc;
+    }
+}
+
+/* Backward, first half, one block per (b, h, t): dP = dO V^T over s <= t,
+ * dS = P * (dP - rowsum(P * dP)) * scale into ds (0 for s > t), then
+ * dQ[t] += dS K. */
+__global__ void attn_bwd_rows_kernel(float *dqkv, float *ds, const float *dout, const float *qkv,
+                                     const float *att, int64_t T, int64_t H, int64_t D,
+                                     float scale)
+{
+    __shared__ float shared[32];
+    const AttnRow g(blockIdx.x, T, H);
+    const int64_t C = H * D, ld = 3 * C;
+    const float *base = qkv + g.b * T * ld + g.h * D;
+    const float *go = dout + (g.b * T + g.t) * C + g.h * D;
+    const float *a = att + (int64_t)blockIdx.x * T;
+    float *dsr = ds + (int64_t)blockIdx.x * T;
+    float dot = 0.0f;
+    for (int64_t s = threadIdx.x; s <= g.t; s += blockDim.x) {
+        const float *v = base + s * ld + 2 * C;
+        float acc = 0.0f;
+        for (int64_t d = 0; d < D; d++) {
+            acc += go[d] * v[d];
+        }
+        dsr[s] = acc;
+        dot += a[s] * acc;
+    }
+    dot = block_reduce(dot, SumOp<float>(), 0.0f, shared);
+    for (int64_t s = threadIdx.x; s < T; s += blockDim.x) {
+        dsr[s] = s <= g.t ? a[s] * (dsr[s] - dot) * scale : 0.0f;
+    }
+    __syncthreads();
+    float *dq = dqkv + (g.b * T + g.t) * ld + g.h * D;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int64_t s = 0; s <= g.t; s++) {
+            acc += dsr[s] * base[s * ld + C + d];
+        }
+        dq[d] += acc;
+    }
+}
+
+/* Backward, second half, one block per (b, h, s): dK[s] += dS[:, s]^T Q and
+ * dV[s] += P[:, s]^T dO over the positions t >= s (a thread per column). */
+__global__ void attn_bwd_cols_kernel(float *dqkv, const float *ds, const float *dout,
+                                     const float *qkv, const float *att, int64_t T, int64_t H,
+                                     int64_t D)
+{
+    const AttnRow g(blockIdx.x, T, H); /* g.t is the key position s */
+    const int64_t C = H * D, ld = 3 * C, s = g.t;
+    const float *base = qkv + g.b * T * ld + g.h * D;
+    const float *dob = dout + g.b * T * C + g.h * D;
+    const float *dsb = ds + g.bh * T * T;
+    const float *ab = att + g.bh * T * T;
+    float *dk = dqkv + (g.b * T + s) * ld + C + g.h * D;
+    float *dv = dk + C;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+        float ak = 0.0f, av = 0.0f;
+        for (int64_t t = s; t < T; t++) {
+            ak += dsb[t * T + s] * base[t * ld + d];
+            av += ab[t * T + s] * dob[t * C + d];
+        }
+        dk[d] += ak;
+        dv[d] += av;
+    }
+}
+
+/* Vocab-parallel cross-entropy: one block per row for the reductions. */
+__global__ void xent_vp_max_kernel(float *rowmax, const float *logits, int64_t Vl)
+{
+    __shared__ float shared[32];
+    const float *l = logits + (int64_t)blockIdx.x * Vl;
+    float mx = -INFINITY;
+    for (int64_t c = threadIdx.x; c < Vl; c += blockDim.x) {
+        mx = fmaxf(mx, l[c]);
+    }
+    mx = block_reduce(mx, MaxOp(), -INFINITY, shared);
+    if (threadIdx.x == 0) {
+        rowmax[blockIdx.x] = mx;
+    }
+}
+
+__global__ void xent_vp_sumexp_kernel(float *sumexp, float *target, const float *logits,
+                                      const float *gmax, const int32_t *labels, int64_t Vl,
+                                      int64_t v0)
+{
+    __shared__ float shared[32];
+    const int64_t r = blockIdx.x;
+    const float *l = logits + r * Vl;
+    const float m = gmax[r];
+    float s = 0.0f;
+    for (int64_t c = threadIdx.x; c < Vl; c += blockDim.x) {
+        s += expf(l[c] - m);
+    }
+    s = block_reduce(s, SumOp<float>(), 0.0f, shared);
+    if (threadIdx.x == 0) {
+        int64_t c = (int64_t)labels[r] - v0;
+        sumexp[r] = s;
+        target[r] = c >= 0 && c < Vl ? l[c] : 0.0f;
+    }
+}
+
+__global__ void xent_vp_bwd_kernel(float *dlogits, const float *logits, const float *gmax,
+                                   const float *gsum, const int32_t *labels, int64_t R,
+                                   int64_t Vl, int64_t v0, float scale)
+{
+    int64_t n = R * Vl;
+    for (int64_t i = first_index(); i < n; i += grid_stride()) {
+        int64_t r = i / Vl, c = i - r * Vl;
+        float onehot = (int64_t)labels[r] - v0 == c ? 1.0f : 0.0f;
+        dlogits[i] += scale * (expf(logits[i] - gmax[r]) / gsum[r] - onehot);
+    }
+}
+
+/* Threads for a block that strides over n items: one warp for short rows,
+ * up to 256 for long ones. */
+int row_threads(int64_t n)
+{
+    return n <= 32 ? 32 : n <= 64 ? 64 : n <= 128 ? 128 : 256;
+}
+
 } /* namespace */
 
 /* ---- launchers ------------------------------------------------------------ */
@@ -443,6 +775,164 @@ cudaError_t mp_cuda_adamw_launch(cudaStream_t stream, float *p, const float *gra
     }
     adamw_kernel<<<grid_for(n), kThreads, 0, stream>>>(
         p, grad, m, v, n, decay, one_minus_beta1, beta2, one_minus_beta2, step_size, bc2_sqrt, eps);
+    return cudaGetLastError();
+}
+
+
+/* ---- sequence layers ---------------------------------------------------- */
+
+cudaError_t mp_cuda_embed_fwd_launch(cudaStream_t stream, float *y, const float *ids,
+                                     const float *tok, int64_t R, int64_t C, int64_t v0,
+                                     int64_t Vl)
+{
+    if (R <= 0 || C <= 0) {
+        return cudaSuccess;
+    }
+    embed_fwd_kernel<<<grid_for(R * C), kThreads, 0, stream>>>(y, ids, tok, R, C, v0, Vl);
+    return cudaGetLastError();
+}
+
+cudaError_t mp_cuda_embed_bwd_launch(cudaStream_t stream, float *dtok, const float *dy,
+                                     const float *ids, int64_t R, int64_t C, int64_t v0,
+                                     int64_t Vl)
+{
+    if (R <= 0 || C <= 0 || Vl <= 0) {
+        return cudaSuccess;
+    }
+    int64_t tiles = Vl < 64 ? Vl : 64;
+    int64_t tile = (Vl + tiles - 1) / tiles;
+    tiles = (Vl + tile - 1) / tile;
+    dim3 grid((unsigned)((C + 31) / 32), (unsigned)tiles);
+    embed_bwd_kernel<<<grid, 32, 0, stream>>>(dtok, dy, ids, R, C, v0, Vl, tile);
+    return cudaGetLastError();
+}
+
+cudaError_t mp_cuda_pos_add_launch(cudaStream_t stream, float *y, const float *pos, int64_t R,
+                                   int64_t T, int64_t C)
+{
+    if (R <= 0 || C <= 0) {
+        return cudaSuccess;
+    }
+    pos_add_kernel<<<grid_for(R * C), kThreads, 0, stream>>>(y, pos, R, T, C);
+    return cudaGetLastError();
+}
+
+cudaError_t mp_cuda_pos_bwd_launch(cudaStream_t stream, float *dpos, const float *dy, int64_t R,
+                                   int64_t T, int64_t C)
+{
+    if (R <= 0 || C <= 0) {
+        return cudaSuccess;
+    }
+    pos_bwd_kernel<<<grid_for(T * C), kThreads, 0, stream>>>(dpos, dy, R / T, T, C);
+    return cudaGetLastError();
+}
+
+cudaError_t mp_cuda_layernorm_fwd_launch(cudaStream_t stream, float *y, float *mean, float *rstd,
+                                         const float *x, const float *w, const float *b,
+                                         int64_t R, int64_t C, float eps)
+{
+    if (R <= 0) {
+        return cudaSuccess;
+    }
+    layernorm_fwd_kernel<<<(unsigned)R, row_threads(C), 0, stream>>>(y, mean, rstd, x, w, b, C,
+                                                                     eps);
+    return cudaGetLastError();
+}
+
+cudaError_t mp_cuda_layernorm_bwd_launch(cudaStream_t stream, float *dx, float *dw, float *db,
+                                         const float *dy, const float *x, const float *mean,
+                                         const float *rstd, const float *w, int64_t R,
+                                         int64_t C)
+{
+    if (R <= 0) {
+        return cudaSuccess;
+    }
+    if (dx != NULL) {
+        layernorm_bwd_dx_kernel<<<(unsigned)R, row_threads(C), 0, stream>>>(dx, dy, x, mean, rstd,
+                                                                            w, C);
+        cudaError_t err = cudaGetLastError();
+        if (err != cudaSuccess) {
+            return err;
+        }
+    }
+    if (dw != NULL || db != NULL) {
+        dim3 block(kColsumCols, kColsumLanes);
+        unsigned blocks = (unsigned)((C + kColsumCols - 1) / kColsumCols);
+        layernorm_bwd_dw_kernel<<<blocks, block, 0, stream>>>(dw, db, dy, x, mean, rstd, R, C);
+    }
+    return cudaGetLastError();
+}
+
+size_t mp_cuda_attn_scratch_bytes(int64_t B, int64_t T, int64_t H)
+{
+    return (size_t)(B * H * T * T) * sizeof(float);
+}
+
+cudaError_t mp_cuda_attn_fwd_launch(cudaStream_t stream, float *out, float *att, const float *qkv,
+                                    int64_t B, int64_t T, int64_t H, int64_t D)
+{
+    if (B <= 0 || T <= 0) {
+        return cudaSuccess;
+    }
+    float scale = 1.0f / sqrtf((float)D);
+    attn_fwd_kernel<<<(unsigned)(B * H * T), row_threads(T), 0, stream>>>(out, att, qkv, T, H, D,
+                                                                         scale);
+    return cudaGetLastError();
+}
+
+cudaError_t mp_cuda_attn_bwd_launch(cudaStream_t stream, float *dqkv, const float *dout,
+                                    const float *qkv, const float *att, int64_t B, int64_t T,
+                                    int64_t H, int64_t D, void *scratch)
+{
+    if (B <= 0 || T <= 0) {
+        return cudaSuccess;
+    }
+    float scale = 1.0f / sqrtf((float)D);
+    float *ds = (float *)scratch;
+    unsigned rows = (unsigned)(B * H * T);
+    attn_bwd_rows_kernel<<<rows, row_threads(T > D ? T : D), 0, stream>>>(dqkv, ds, dout, qkv,
+                                                                         att, T, H, D, scale);
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) {
+        return err;
+    }
+    attn_bwd_cols_kernel<<<rows, row_threads(D), 0, stream>>>(dqkv, ds, dout, qkv, att, T, H, D);
+    return cudaGetLastError();
+}
+
+cudaError_t mp_cuda_xent_vp_max_launch(cudaStream_t stream, float *rowmax, const float *logits,
+                                       int64_t R, int64_t Vl)
+{
+    if (R <= 0) {
+        return cudaSuccess;
+    }
+    xent_vp_max_kernel<<<(unsigned)R, row_threads(Vl), 0, stream>>>(rowmax, logits, Vl);
+    return cudaGetLastError();
+}
+
+cudaError_t mp_cuda_xent_vp_sumexp_launch(cudaStream_t stream, float *sumexp, float *target,
+                                          const float *logits, const float *gmax,
+                                          const int32_t *labels, int64_t R, int64_t Vl,
+                                          int64_t v0)
+{
+    if (R <= 0) {
+        return cudaSuccess;
+    }
+    xent_vp_sumexp_kernel<<<(unsigned)R, row_threads(Vl), 0, stream>>>(sumexp, target, logits,
+                                                                       gmax, labels, Vl, v0);
+    return cudaGetLastError();
+}
+
+cudaError_t mp_cuda_xent_vp_bwd_launch(cudaStream_t stream, float *dlogits, const float *logits,
+                                       const float *gmax, const float *gsum,
+                                       const int32_t *labels, int64_t R, int64_t Vl, int64_t v0,
+                                       float scale)
+{
+    if (R <= 0) {
+        return cudaSuccess;
+    }
+    xent_vp_bwd_kernel<<<grid_for(R * Vl), kThreads, 0, stream>>>(dlogits, logits, gmax, gsum,
+                                                                  labels, R, Vl, v0, scale);
     return cudaGetLastError();
 }
 

@@ -344,11 +344,13 @@ static void check_linear(pair_t *p, int64_t B, int64_t I, int64_t O, bool bias, 
     twin_t dX = twin_rand(p, B * I, seed + 4, 0.1f, 1.0f);
     twin_t dW = twin_rand(p, I * O, seed + 5, 0.1f, 1.0f);
     twin_t db = twin_rand(p, O, seed + 6, 0.1f, 1.0f);
-    cr_assert_eq(p->cpu->ops->linear_bwd(p->cpu, with_dx ? dX.c : NULL, dW.c, with_db ? db.c : NULL,
-                                         dZ.c, X.c, W.c, B, I, O),
+    /* Odd seeds run the input-gradient half (dW NULL), as a split backward does. */
+    bool with_dw = seed % 2 == 0;
+    cr_assert_eq(p->cpu->ops->linear_bwd(p->cpu, with_dx ? dX.c : NULL, with_dw ? dW.c : NULL,
+                                         with_db ? db.c : NULL, dZ.c, X.c, W.c, B, I, O),
                  MP_OK);
-    cr_assert_eq(p->gpu->ops->linear_bwd(p->gpu, with_dx ? dX.g : NULL, dW.g, with_db ? db.g : NULL,
-                                         dZ.g, X.g, W.g, B, I, O),
+    cr_assert_eq(p->gpu->ops->linear_bwd(p->gpu, with_dx ? dX.g : NULL, with_dw ? dW.g : NULL,
+                                         with_db ? db.g : NULL, dZ.g, X.g, W.g, B, I, O),
                  MP_OK);
     /* Skipped outputs stay as they were on both sides, so they compare too. */
     expect_twin(p, &dX, FLOOR_NORMWISE, tol, "linear_bwd dX");
@@ -371,7 +373,8 @@ Test(cuda, linear_fwd_bwd_strict_fp32, .timeout = 120)
     check_linear(&p, 37, 129, 67, true, true, true, TOL_FP32, 700);
     check_linear(&p, 37, 129, 67, false, false, false, TOL_FP32, 710);
     check_linear(&p, 256, 784, 512, true, true, true, TOL_FP32, 720);
-    check_linear(&p, 1000, 10, 3, true, true, true, TOL_FP32, 730); /* tall: long column sums */
+    check_linear(&p, 1000, 10, 3, true, true, true, TOL_FP32, 730);  /* tall: long column sums */
+    check_linear(&p, 37, 129, 67, true, true, false, TOL_FP32, 751); /* dX only: dW NULL */
     pair_close(&p);
 }
 
@@ -675,5 +678,249 @@ Test(cuda, adamw_step_matches_cpu)
     twin_free(&p, &w);
     twin_free(&p, &m);
     twin_free(&p, &v);
+    pair_close(&p);
+}
+
+/* ---- sequence layers ------------------------------------------------------------------
+ * Tolerances: the lookups and the position sums add the same floats in the
+ * same order on both sides, so they must agree exactly; LayerNorm and
+ * attention forwards to TOL_FP32 normwise (their reductions run in another
+ * order, and CUDA's expf is not the CPU's mp_expf); their backwards, which
+ * chain two or three such reductions, to TOL_SEQ_BWD normwise; the
+ * vocab-parallel sums and gradients to TOL_FP32 element-wise. */
+
+#define TOL_SEQ_BWD 1e-4
+
+/* R token ids as floats in [0, V), from the counter (seed, r). */
+static float *host_ids(int64_t R, int64_t V, uint64_t seed)
+{
+    float *ids = mp_malloc((size_t)(R > 0 ? R : 1) * sizeof(float));
+    cr_assert_not_null(ids);
+    for (int64_t r = 0; r < R; r++) {
+        ids[r] = (float)((int64_t)(mp_init_u01(seed, 4, 0, (uint64_t)r) * (float)V) % V);
+    }
+    return ids;
+}
+
+static void check_embed_pos(pair_t *p, int64_t B, int64_t T, int64_t C, int64_t V, int64_t v0,
+                            int64_t Vl, uint64_t seed)
+{
+    const int64_t R = B * T;
+    float *hid = host_ids(R, V, seed);
+    twin_t ids = twin_new(p, R, hid);
+    twin_t tok = twin_rand(p, Vl * C, seed + 1, 0.1f, 1.0f);
+    twin_t pos = twin_rand(p, T * C, seed + 2, 0.1f, 1.0f);
+    twin_t y = twin_new(p, R * C, NULL);
+    cr_assert_eq(p->cpu->ops->embed_fwd(p->cpu, y.c, ids.c, tok.c, R, C, v0, Vl), MP_OK);
+    cr_assert_eq(p->gpu->ops->embed_fwd(p->gpu, y.g, ids.g, tok.g, R, C, v0, Vl), MP_OK);
+    expect_twin(p, &y, FLOOR_ELEMENTWISE, 0.0, "embed_fwd y (exact)");
+    cr_assert_eq(p->cpu->ops->pos_add(p->cpu, y.c, pos.c, R, T, C), MP_OK);
+    cr_assert_eq(p->gpu->ops->pos_add(p->gpu, y.g, pos.g, R, T, C), MP_OK);
+    expect_twin(p, &y, FLOOR_ELEMENTWISE, 0.0, "pos_add y (exact)");
+
+    twin_t dy = twin_rand(p, R * C, seed + 3, 0.1f, 1.0f);
+    twin_t dtok = twin_rand(p, Vl * C, seed + 4, 0.1f, 1.0f);
+    twin_t dpos = twin_rand(p, T * C, seed + 5, 0.1f, 1.0f);
+    cr_assert_eq(p->cpu->ops->embed_bwd(p->cpu, dtok.c, dy.c, ids.c, R, C, v0, Vl), MP_OK);
+    cr_assert_eq(p->gpu->ops->embed_bwd(p->gpu, dtok.g, dy.g, ids.g, R, C, v0, Vl), MP_OK);
+    expect_twin(p, &dtok, FLOOR_ELEMENTWISE, 0.0, "embed_bwd dtok (exact: rows in order)");
+    cr_assert_eq(p->cpu->ops->pos_bwd(p->cpu, dpos.c, dy.c, R, T, C), MP_OK);
+    cr_assert_eq(p->gpu->ops->pos_bwd(p->gpu, dpos.g, dy.g, R, T, C), MP_OK);
+    expect_twin(p, &dpos, FLOOR_ELEMENTWISE, 0.0, "pos_bwd dpos (exact: batch in order)");
+    twin_free(p, &ids);
+    twin_free(p, &tok);
+    twin_free(p, &pos);
+    twin_free(p, &y);
+    twin_free(p, &dy);
+    twin_free(p, &dtok);
+    twin_free(p, &dpos);
+    mp_free(hid);
+}
+
+Test(cuda, embedding_and_positions_match_cpu)
+{
+    pair_t p;
+    pair_open(&p, false);
+    check_embed_pos(&p, 3, 7, 10, 11, 0, 11, 2000);       /* the whole vocab */
+    check_embed_pos(&p, 3, 7, 10, 11, 4, 5, 2010);        /* a shard: other ids give zero rows */
+    check_embed_pos(&p, 1, 1, 6, 3, 1, 1, 2020);          /* T = 1, one row of the table */
+    check_embed_pos(&p, 8, 64, 128, 256, 128, 128, 2030); /* the GPT demo, tp = 2 */
+    pair_close(&p);
+}
+
+static void check_layernorm(pair_t *p, int64_t R, int64_t C, uint64_t seed)
+{
+    twin_t x = twin_rand(p, R * C, seed, 0.1f, 2.0f);
+    twin_t w = twin_rand(p, C, seed + 1, 0.5f, 1.5f);
+    twin_t b = twin_rand(p, C, seed + 2, 0.1f, 1.0f);
+    twin_t y = twin_new(p, R * C, NULL), mean = twin_new(p, R, NULL), rstd = twin_new(p, R, NULL);
+    cr_assert_eq(
+        p->cpu->ops->layernorm_fwd(p->cpu, y.c, mean.c, rstd.c, x.c, w.c, b.c, R, C, 1e-5f), MP_OK);
+    cr_assert_eq(
+        p->gpu->ops->layernorm_fwd(p->gpu, y.g, mean.g, rstd.g, x.g, w.g, b.g, R, C, 1e-5f), MP_OK);
+    expect_twin(p, &y, FLOOR_NORMWISE, TOL_FP32, "layernorm_fwd y");
+    expect_twin(p, &mean, FLOOR_NORMWISE, TOL_FP32, "layernorm_fwd mean");
+    expect_twin(p, &rstd, FLOOR_ELEMENTWISE, TOL_FP32, "layernorm_fwd rstd");
+    twin_t dy = twin_rand(p, R * C, seed + 3, 0.1f, 1.0f);
+    twin_t dx = twin_rand(p, R * C, seed + 4, 0.1f, 1.0f);
+    twin_t dw = twin_rand(p, C, seed + 5, 0.1f, 1.0f), db = twin_rand(p, C, seed + 6, 0.1f, 1.0f);
+    /* The two halves, as a split backward calls them. */
+    cr_assert_eq(
+        p->cpu->ops->layernorm_bwd(p->cpu, dx.c, NULL, NULL, dy.c, x.c, mean.c, rstd.c, w.c, R, C),
+        MP_OK);
+    cr_assert_eq(
+        p->cpu->ops->layernorm_bwd(p->cpu, NULL, dw.c, db.c, dy.c, x.c, mean.c, rstd.c, NULL, R, C),
+        MP_OK);
+    cr_assert_eq(
+        p->gpu->ops->layernorm_bwd(p->gpu, dx.g, NULL, NULL, dy.g, x.g, mean.g, rstd.g, w.g, R, C),
+        MP_OK);
+    cr_assert_eq(
+        p->gpu->ops->layernorm_bwd(p->gpu, NULL, dw.g, db.g, dy.g, x.g, mean.g, rstd.g, NULL, R, C),
+        MP_OK);
+    expect_twin(p, &dx, FLOOR_NORMWISE, TOL_SEQ_BWD, "layernorm_bwd dx");
+    expect_twin(p, &dw, FLOOR_NORMWISE, TOL_SEQ_BWD, "layernorm_bwd dw");
+    expect_twin(p, &db, FLOOR_NORMWISE, TOL_FP32, "layernorm_bwd db");
+    twin_free(p, &x);
+    twin_free(p, &w);
+    twin_free(p, &b);
+    twin_free(p, &y);
+    twin_free(p, &mean);
+    twin_free(p, &rstd);
+    twin_free(p, &dy);
+    twin_free(p, &dx);
+    twin_free(p, &dw);
+    twin_free(p, &db);
+}
+
+Test(cuda, layernorm_matches_cpu)
+{
+    pair_t p;
+    pair_open(&p, false);
+    check_layernorm(&p, 37, 24, 2100);
+    check_layernorm(&p, 5, 1, 2110);     /* C = 1: y = b */
+    check_layernorm(&p, 512, 128, 2120); /* the GPT demo */
+    check_layernorm(&p, 9, 1000, 2130);  /* rows longer than a block of threads */
+    pair_close(&p);
+}
+
+static void check_attention(pair_t *p, int64_t B, int64_t T, int64_t H, int64_t D, uint64_t seed)
+{
+    const int64_t R = B * T, C = H * D;
+    twin_t qkv = twin_rand(p, R * 3 * C, seed, 0.05f, 1.5f);
+    twin_t out = twin_new(p, R * C, NULL), att = twin_new(p, B * H * T * T, NULL);
+    cr_assert_eq(p->cpu->ops->attn_fwd(p->cpu, out.c, att.c, qkv.c, B, T, H, D), MP_OK);
+    cr_assert_eq(p->gpu->ops->attn_fwd(p->gpu, out.g, att.g, qkv.g, B, T, H, D), MP_OK);
+    char what[96];
+    snprintf(what, sizeof what, "attn_fwd out B=%lld T=%lld H=%lld D=%lld", (long long)B,
+             (long long)T, (long long)H, (long long)D);
+    expect_twin(p, &out, FLOOR_NORMWISE, TOL_FP32, what);
+    expect_twin(p, &att, FLOOR_NORMWISE, TOL_FP32, "attn_fwd att (0 above the diagonal)");
+    twin_t dout = twin_rand(p, R * C, seed + 1, 0.1f, 1.0f);
+    twin_t dqkv = twin_rand(p, R * 3 * C, seed + 2, 0.1f, 1.0f);
+    cr_assert_eq(p->cpu->ops->attn_bwd(p->cpu, dqkv.c, dout.c, qkv.c, att.c, B, T, H, D), MP_OK);
+    cr_assert_eq(p->gpu->ops->attn_bwd(p->gpu, dqkv.g, dout.g, qkv.g, att.g, B, T, H, D), MP_OK);
+    snprintf(what, sizeof what, "attn_bwd dqkv B=%lld T=%lld H=%lld D=%lld", (long long)B,
+             (long long)T, (long long)H, (long long)D);
+    expect_twin(p, &dqkv, FLOOR_NORMWISE, TOL_SEQ_BWD, what);
+    twin_free(p, &qkv);
+    twin_free(p, &out);
+    twin_free(p, &att);
+    twin_free(p, &dout);
+    twin_free(p, &dqkv);
+}
+
+Test(cuda, attention_matches_cpu, .timeout = 120)
+{
+    pair_t p;
+    pair_open(&p, false);
+    check_attention(&p, 1, 1, 1, 3, 2200);    /* T = 1 */
+    check_attention(&p, 2, 7, 3, 5, 2210);    /* C = 15 */
+    check_attention(&p, 3, 9, 1, 24, 2220);   /* one head */
+    check_attention(&p, 8, 64, 4, 32, 2230);  /* the GPT demo */
+    check_attention(&p, 2, 300, 2, 64, 2240); /* rows longer than a block of threads */
+    pair_close(&p);
+}
+
+static void check_xent_vp(pair_t *p, int64_t R, int64_t V, int64_t v0, int64_t Vl, uint64_t seed)
+{
+    float *hl = host_rand(R * Vl, seed, 0.1f, 30.0f);
+    int32_t *lab = mp_malloc((size_t)R * sizeof(int32_t));
+    for (int64_t r = 0; r < R; r++) {
+        lab[r] = (int32_t)((int64_t)(mp_init_u01(seed, 3, 0, (uint64_t)r) * (float)V) % V);
+    }
+    twin_t logits = twin_new(p, R * Vl, hl);
+    int32_t *lc = dev_put(p->cpu, lab, (size_t)R * sizeof(int32_t));
+    int32_t *lg = dev_put(p->gpu, lab, (size_t)R * sizeof(int32_t));
+    twin_t mx = twin_new(p, R, NULL);
+    cr_assert_eq(p->cpu->ops->xent_vp_max(p->cpu, mx.c, logits.c, R, Vl), MP_OK);
+    cr_assert_eq(p->gpu->ops->xent_vp_max(p->gpu, mx.g, logits.g, R, Vl), MP_OK);
+    expect_twin(p, &mx, FLOOR_ELEMENTWISE, 0.0, "xent_vp_max (exact)");
+    /* The combined maxima and sums come from the caller: give both sides the
+     * same ones (the CPU's, shifted as another shard's larger maximum would). */
+    float *gm = dev_get(p->cpu, mx.c, R);
+    for (int64_t r = 0; r < R; r++) {
+        gm[r] += r % 3 == 0 ? 2.5f : 0.0f;
+    }
+    twin_t gmax = twin_new(p, R, gm);
+    twin_t se = twin_new(p, R, NULL), tg = twin_new(p, R, NULL);
+    cr_assert_eq(p->cpu->ops->xent_vp_sumexp(p->cpu, se.c, tg.c, logits.c, gmax.c, lc, R, Vl, v0),
+                 MP_OK);
+    cr_assert_eq(p->gpu->ops->xent_vp_sumexp(p->gpu, se.g, tg.g, logits.g, gmax.g, lg, R, Vl, v0),
+                 MP_OK);
+    expect_twin(p, &se, FLOOR_ELEMENTWISE, TOL_FP32, "xent_vp_sumexp sumexp");
+    expect_twin(p, &tg, FLOOR_ELEMENTWISE, 0.0, "xent_vp_sumexp target (exact)");
+    float *gs = dev_get(p->cpu, se.c, R);
+    for (int64_t r = 0; r < R; r++) {
+        gs[r] *= 1.75f; /* the other shards' share */
+    }
+    twin_t gsum = twin_new(p, R, gs);
+    twin_t dl = twin_rand(p, R * Vl, seed + 1, 0.1f, 1.0f);
+    cr_assert_eq(p->cpu->ops->xent_vp_bwd(p->cpu, dl.c, logits.c, gmax.c, gsum.c, lc, R, Vl, v0,
+                                          1.0f / (float)R),
+                 MP_OK);
+    cr_assert_eq(p->gpu->ops->xent_vp_bwd(p->gpu, dl.g, logits.g, gmax.g, gsum.g, lg, R, Vl, v0,
+                                          1.0f / (float)R),
+                 MP_OK);
+    expect_twin(p, &dl, FLOOR_ELEMENTWISE, TOL_FP32, "xent_vp_bwd dlogits");
+    twin_free(p, &logits);
+    twin_free(p, &mx);
+    twin_free(p, &gmax);
+    twin_free(p, &se);
+    twin_free(p, &tg);
+    twin_free(p, &gsum);
+    twin_free(p, &dl);
+    p->cpu->ops->free(p->cpu, lc);
+    p->gpu->ops->free(p->gpu, lg);
+    mp_free(gm);
+    mp_free(gs);
+    mp_free(lab);
+    mp_free(hl);
+}
+
+Test(cuda, vocab_parallel_xent_matches_cpu)
+{
+    pair_t p;
+    pair_open(&p, false);
+    check_xent_vp(&p, 37, 11, 0, 11, 2300);      /* one shard: the whole vocab */
+    check_xent_vp(&p, 37, 300, 100, 150, 2310);  /* a middle shard: some labels elsewhere */
+    check_xent_vp(&p, 512, 256, 128, 128, 2320); /* the GPT demo, tp = 2 */
+    check_xent_vp(&p, 4, 2000, 0, 1000, 2330);   /* rows longer than a block of threads */
+    pair_close(&p);
+}
+
+Test(cuda, sequence_ops_refuse_bad_arguments)
+{
+    pair_t p;
+    pair_open(&p, false);
+    mp_backend_t *be = p.gpu;
+    float *a = be->ops->alloc(be, 256 * sizeof(float));
+    cr_assert_not_null(a);
+    cr_assert_eq(be->ops->pos_add(be, a, a + 64, 6, 4, 2), MP_ERR_INVAL, "T = 4 does not divide 6");
+    cr_assert_eq(be->ops->layernorm_fwd(be, a, a + 64, a + 72, a, a + 80, a + 88, 2, 4, 1e-5f),
+                 MP_ERR_INVAL, "y aliasing x");
+    cr_assert_eq(be->ops->attn_fwd(be, a, a + 64, a + 128, 1, 2, 0, 4), MP_ERR_INVAL, "H = 0");
+    cr_assert_eq(be->ops->xent_vp_max(be, a, a + 64, 2, 0), MP_ERR_INVAL, "Vl = 0");
+    cr_assert_eq(be->ops->embed_fwd(be, a, NULL, a + 64, 2, 4, 0, 4), MP_ERR_INVAL, "NULL ids");
+    be->ops->free(be, a);
     pair_close(&p);
 }
