@@ -24,7 +24,7 @@ struct mp_gather {
     int pp, tp, nranks;
     mp_part_t part;
     mp_xport_worker_t *worker;
-    float *full[MP_SPEC_MAX_LAYERS][4];
+    float *full[MP_SPEC_MAX_LAYERS][MP_SPEC_MAX_PARAMS];
     size_t max_msg; /* bytes of the largest message */
 };
 
@@ -184,7 +184,7 @@ void mp_gather_destroy(mp_gather_t *g)
         mp_xport_worker_destroy(g->worker);
     }
     for (int l = 0; l < MP_SPEC_MAX_LAYERS; l++) {
-        for (int p = 0; p < 4; p++) {
+        for (int p = 0; p < MP_SPEC_MAX_PARAMS; p++) {
             mp_free(g->full[l][p]);
         }
     }

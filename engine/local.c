@@ -502,7 +502,7 @@ void mp_engine_result_free(mp_engine_result_t *res)
 {
     mp_train_result_free(&res->train);
     for (int l = 0; l < MP_SPEC_MAX_LAYERS; l++) {
-        for (int p = 0; p < 4; p++) {
+        for (int p = 0; p < MP_SPEC_MAX_PARAMS; p++) {
             mp_free(res->weights[l][p]);
             res->weights[l][p] = NULL;
         }

@@ -52,7 +52,7 @@ typedef struct {
     int64_t stage_act_bytes[MP_SPEC_MAX_STAGES]; /* their backend bytes (tp rank 0) */
     /* The gathered parameters, full tensors [rows, cols] as in --save-weights:
      * weights[layer][param] (NULL for absent ones), mp_malloc'ed. */
-    float *weights[MP_SPEC_MAX_LAYERS][4];
+    float *weights[MP_SPEC_MAX_LAYERS][MP_SPEC_MAX_PARAMS];
     /* The last training step's timeline of every shard, by global rank:
      * spans[rank][0..nspans[rank]) (mp_malloc'ed). */
     int nranks;

@@ -129,7 +129,7 @@ mp_status_t mp_npy_save_param(const char *dir, int layer, const char *param, con
     return mp_npy_write(path, data, 2, shape, err);
 }
 
-mp_status_t mp_npy_save_weights(const char *dir, const mp_spec_t *spec, float *const weights[][4],
+mp_status_t mp_npy_save_weights(const char *dir, const mp_spec_t *spec, float *const weights[][MP_SPEC_MAX_PARAMS],
                                 mp_errbuf_t *err)
 {
     for (int l = 0; l < spec->model.nlayers; l++) {

@@ -21,7 +21,7 @@ mp_status_t mp_npy_save_param(const char *dir, int layer, const char *param, con
                               int64_t rows, int64_t cols, mp_errbuf_t *err);
 /* Writes every parameter of spec's model with mp_npy_save_param (--save-weights):
  * weights[layer][param] is the full tensor, host memory, of the spec's shape. */
-mp_status_t mp_npy_save_weights(const char *dir, const mp_spec_t *spec, float *const weights[][4],
+mp_status_t mp_npy_save_weights(const char *dir, const mp_spec_t *spec, float *const weights[][MP_SPEC_MAX_PARAMS],
                                 mp_errbuf_t *err);
 
 #endif

@@ -57,6 +57,7 @@ typedef struct {
 } mp_layer_spec_t;
 
 #define MP_SPEC_MAX_LAYERS 256
+#define MP_SPEC_MAX_PARAMS 12 /* parameter tensors of one layer (transformer_block: 12) */
 #define MP_SPEC_MAX_STAGES 64
 
 typedef struct {

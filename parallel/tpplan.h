@@ -138,7 +138,7 @@ static inline int64_t mp_tp_slice_full_col(const mp_tp_slice_t *s, int64_t j)
 void mp_tp_slice_scatter(const mp_tp_slice_t *s, const float *blk, float *full);
 void mp_tp_slice_extract(const mp_tp_slice_t *s, const float *full, float *blk);
 
-#define MP_TP_MAX_PARAMS 12
+#define MP_TP_MAX_PARAMS MP_SPEC_MAX_PARAMS
 
 /* One layer's plan; the same on every rank of the TP group. */
 typedef struct {

@@ -60,7 +60,7 @@ static mp_spec_t *make_spec(int pp, int tp, int dp, int m, const char *sched, bo
 typedef struct {
     bool done;
     mp_train_result_t res;
-    float *w[MP_SPEC_MAX_LAYERS][4];
+    float *w[MP_SPEC_MAX_LAYERS][MP_SPEC_MAX_PARAMS];
 } serial_t;
 
 static serial_t serial_sgd, serial_adamw;
