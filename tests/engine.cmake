@@ -2,6 +2,9 @@
 # serial one (threads with in-memory collectives).
 mp_add_test(test_engine_tpmodel SOURCES unit/test_engine_tpmodel.c LIBS mp_model mp_parallel
             Threads::Threads m TIMEOUT 120)
+# The GPT kinds through the model: finite differences, B + W, TP = serial.
+mp_add_test(test_gpt_model SOURCES unit/test_gpt_model.c LIBS mp_model mp_parallel
+            Threads::Threads m TIMEOUT 300)
 # The engine against the serial trainer: shard threads over real UCX workers.
 if(TARGET mp_engine)
   mp_add_test(test_engine_equiv SOURCES unit/test_engine_equiv.c LIBS mp_engine TIMEOUT 600)
