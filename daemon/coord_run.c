@@ -12,6 +12,7 @@
  * CANCELLED by the user.  Owns the run records and the feeder threads; all
  * of this runs on the libuv thread except feeder_main.
  */
+#include <jansson.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -21,6 +22,7 @@
 #include "common/log.h"
 #include "common/status.h"
 #include "daemon/coord_internal.h"
+#include "engine/calib.h"
 #include "engine/feeder.h"
 #include "engine/gather.h"
 #include "engine/stats.h"
@@ -40,6 +42,9 @@ struct jobrun {
     mp_coord_t *c;
     coord_job_t *j;
     mp_spec_t *spec;
+    /* Where the pipeline is cut: written by the feeder thread (which also
+     * writes it into spec as explicit stages) before its ready message. */
+    mp_engine_cut_t cut;
     int pp, tp, dp, nranks;
     uint32_t tag;
     mp_place_t place;
@@ -145,9 +150,18 @@ static void *feeder_main(void *arg)
     mp_feeder_t *f = NULL;
     mp_gather_t *gth = NULL;
     bool save = r->save_dir[0] != '\0';
-    mp_status_t st = mpard_xport_ctx(&ctx);
-    if (st != MP_OK) {
-        mp_errbuf_set(&err, st, "cannot create the UCX context: %s", mp_strerror(st));
+    /* The cut first: the feeder and the weight gather read the partition. */
+    bool cpu = true;
+    for (int k = 0; k < r->nranks; k++) {
+        cpu = cpu && r->place.slot[k].kind != MP_DEV_CUDA;
+    }
+    mp_status_t st = mp_engine_cut_plan(r->spec, 1, cpu, &r->cut, &err);
+    if (st == MP_OK) {
+        mp_engine_cut_apply(r->spec, &r->cut);
+        st = mpard_xport_ctx(&ctx);
+        if (st != MP_OK) {
+            mp_errbuf_set(&err, st, "cannot create the UCX context: %s", mp_strerror(st));
+        }
     }
     if (st == MP_OK) {
         mp_feeder_opts_t fo = {.spec = r->spec, .job = r->tag, .timeout_ms = JOB_DATA_TIMEOUT_MS};
@@ -677,6 +691,30 @@ void jobrun_start(mp_coord_t *c, coord_job_t *j, mp_place_t *place, mp_coord_nod
     c->nthreads++;
 }
 
+/*
+ * The job's spec as the shards get it: the stored one with the cut as
+ * explicit "parallel.stages" (and no "partition"), so that every shard
+ * builds the stages the coordinator chose.  NULL when out of memory.
+ */
+static char *spec_with_stages(const char *json, const mp_part_t *part)
+{
+    json_t *root = json_loads(json, 0, NULL);
+    json_t *par = root != NULL ? json_object_get(root, "parallel") : NULL;
+    json_t *stages = json_array();
+    char *out = NULL;
+    if (json_is_object(par) && stages != NULL) {
+        for (int s = 0; s < part->nstages; s++) {
+            json_array_append_new(stages, json_integer(part->count[s]));
+        }
+        json_object_del(par, "partition");
+        json_object_set(par, "stages", stages);
+        out = json_dumps(root, JSON_COMPACT);
+    }
+    json_decref(stages);
+    json_decref(root);
+    return out;
+}
+
 /* The feeder is ready: every node gets its assignment. */
 static void on_feeder_ready(jobrun_t *r, fmsg_t *m)
 {
@@ -740,7 +778,16 @@ static void on_feeder_ready(jobrun_t *r, fmsg_t *m)
     Mpar__Envelope env = MPAR__ENVELOPE__INIT;
     Mpar__JobAssignment a = MPAR__JOB_ASSIGNMENT__INIT;
     a.job_id = r->j->id;
-    a.spec_json = r->j->spec_json;
+    /* A pp = 1 job has nothing to cut; its spec may even lack "parallel". */
+    char *run_json = r->pp > 1 ? spec_with_stages(r->j->spec_json, &part) : NULL;
+    if (r->pp > 1 && run_json == NULL) {
+        mp_free(sa);
+        mp_free(sap);
+        mp_free(ids);
+        run_fail(r, "coordinator: cannot write the spec with the job's stages");
+        return;
+    }
+    a.spec_json = run_json != NULL ? run_json : r->j->spec_json;
     a.shards = sap;
     a.n_shards = n;
     a.epoch = r->c->epoch;
@@ -760,6 +807,7 @@ static void on_feeder_ready(jobrun_t *r, fmsg_t *m)
     if (lost[0] == '\0') {
         send_nodes(r, &env);
     }
+    free(run_json);
     mp_free(sa);
     mp_free(sap);
     mp_free(ids);
@@ -774,6 +822,11 @@ static void on_feeder_ready(jobrun_t *r, fmsg_t *m)
              (long long)r->g.train_n, (long long)r->g.test_n, (long long)r->g.total_steps,
              r->nranks);
     coord_job_add_event(r->c, r->j, msg, 0, false, 0.0);
+    if (r->pp > 1) {
+        char cut[700];
+        mp_engine_cut_describe(r->spec, &r->cut, cut, sizeof(cut));
+        coord_job_add_event(r->c, r->j, cut, 0, false, 0.0);
+    }
 }
 
 void jobrun_on_msg(void *owner, mp_mbox_msg_t *base)

@@ -402,6 +402,21 @@ mp_status_t mp_engine_run_local(const mp_spec_t *spec, const mp_engine_local_opt
         opts = &defaults;
     }
     memset(res, 0, sizeof(*res));
+    /* The run's own copy of the spec, with the cut as explicit stages, so
+     * that every shard and the weight gather agree on it. */
+    mp_spec_t *run_spec = mp_malloc(sizeof(*run_spec));
+    if (run_spec == NULL) {
+        return mp_errbuf_set(err, MP_ERR_NOMEM, "engine: out of memory");
+    }
+    *run_spec = *spec;
+    mp_status_t cst = mp_engine_cut_plan(spec, opts->threads, opts->device_kind == MP_BACKEND_CPU,
+                                         &res->cut, err);
+    if (cst != MP_OK) {
+        mp_free(run_spec);
+        return cst;
+    }
+    mp_engine_cut_apply(run_spec, &res->cut);
+    spec = run_spec;
     int n = spec->parallel.pp * spec->parallel.tp * spec->parallel.dp;
     shared_t sh;
     memset(&sh, 0, sizeof(sh));
@@ -495,6 +510,7 @@ out:
     if (st != MP_OK) {
         mp_engine_result_free(res);
     }
+    mp_free(run_spec);
     return st;
 }
 

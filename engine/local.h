@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "common/status.h"
+#include "engine/calib.h"
 #include "engine/executor.h"
 #include "model/spec.h"
 #include "model/train.h"
@@ -48,6 +49,7 @@ typedef struct {
      * last end (dp replica 0, tp rank 0 of each stage). */
     double bubble_fraction;
     int nstages;
+    mp_engine_cut_t cut; /* where the pipeline was cut, and its predicted bubble */
     int stage_slots[MP_SPEC_MAX_STAGES];         /* activation slots of each stage */
     int64_t stage_act_bytes[MP_SPEC_MAX_STAGES]; /* their backend bytes (tp rank 0) */
     /* The gathered parameters, full tensors [rows, cols] as in --save-weights:

@@ -12,7 +12,7 @@
  * file's base name), "model.loss" "softmax_xent" (the only loss; it may be
  * omitted), "data.path" /usr/share/datasets/fashion-mnist, "data.seed" 1,
  * "data.test_samples" 0, "parallel" pp = tp = dp = micro_batches = 1,
- * schedule "1f1b", partition "uniform", "train.epochs" 1, "train.steps"
+ * schedule "1f1b", partition "measured", "train.epochs" 1, "train.steps"
  * absent = -1 (whole epochs), momentum 0, dampening 0, nesterov false,
  * weight_decay 0 (sgd) or 0.01 (adamw), betas [0.9, 0.999], eps 1e-8,
  * seed 1, shuffle true.
@@ -269,7 +269,8 @@ static mp_status_t get_enum(const json_t *obj, const char *key, const char *pare
 
 static const char *const tp_mode_names[] = {"column", "row", "replicate"};
 static const char *const sched_names[] = {"naive", "gpipe", "1f1b"};
-static const char *const part_names[] = {"uniform", "balanced"};
+/* Indexes 0..2 of the "partition" names; index 2 is MP_PART_MEASURED. */
+static const char *const part_names[] = {"uniform", "balanced", "measured"};
 static const char *const optim_names[] = {"sgd", "adamw"};
 static const char *const data_names[] = {"fashion-mnist", "synthetic"};
 
@@ -542,11 +543,11 @@ static mp_status_t check_sequence(const mp_spec_t *spec, mp_errbuf_t *err)
 
 static mp_status_t parse_parallel(const json_t *root, mp_spec_t *spec, mp_errbuf_t *err)
 {
-    static const char *const keys[] = {"pp", "tp", "dp", "micro_batches",
+    static const char *const keys[] = {"pp",       "tp",        "dp",    "micro_batches",
                                        "schedule", "partition", "stages"};
     json_t *pj = NULL;
     int64_t pp = 1, tp = 1, dp = 1, mb = 1;
-    int sched = MP_SCHED_1F1B, part = MP_PART_UNIFORM;
+    int sched = MP_SCHED_1F1B, part = 2;
     mp_status_t st = get_object(root, "parallel", "parallel", 0, &pj, err);
     if (st == MP_OK && pj != NULL) {
         st = check_keys(pj, "parallel", keys, 7, "", err);
@@ -571,7 +572,7 @@ static mp_status_t parse_parallel(const json_t *root, mp_spec_t *spec, mp_errbuf
         st = get_enum(pj, "schedule", "parallel", 0, MP_SCHED_1F1B, sched_names, 3, &sched, err);
     }
     if (st == MP_OK) {
-        st = get_enum(pj, "partition", "parallel", 0, MP_PART_UNIFORM, part_names, 2, &part, err);
+        st = get_enum(pj, "partition", "parallel", 0, 2, part_names, 3, &part, err);
     }
     if (st != MP_OK) {
         return st;
@@ -581,7 +582,7 @@ static mp_status_t parse_parallel(const json_t *root, mp_spec_t *spec, mp_errbuf
     spec->parallel.dp = (int)dp;
     spec->parallel.micro_batches = (int)mb;
     spec->parallel.schedule = (mp_sched_kind_t)sched;
-    spec->parallel.partition = (mp_part_kind_t)part;
+    spec->parallel.partition = part == 2 ? MP_PART_MEASURED : (mp_part_kind_t)part;
     int nl = spec->model.nlayers;
 
     if (sched == MP_SCHED_NAIVE && mb != 1) {
@@ -919,7 +920,7 @@ const char *mp_layer_kind_name(mp_layer_kind_t kind)
 
 const char *mp_sched_kind_name(mp_sched_kind_t kind)
 {
-    if ((int)kind < 0 || (int)kind >= 3) {
+    if ((int)kind < 0 || (int)kind >= (int)(sizeof(sched_names) / sizeof(sched_names[0]))) {
         return "unknown";
     }
     return sched_names[kind];

@@ -37,8 +37,18 @@ typedef enum {
     MP_DATA_TEXT, /* "text": any file's bytes as tokens (data.path) */
     MP_DATA_KJV,  /* "kjv": the King James Bible of Debian's bible-kjv, as text */
 } mp_data_kind_t;
-typedef enum { MP_SCHED_NAIVE = 0, MP_SCHED_GPIPE, MP_SCHED_1F1B } mp_sched_kind_t;
-typedef enum { MP_PART_UNIFORM = 0, MP_PART_BALANCED, MP_PART_EXPLICIT } mp_part_kind_t;
+typedef enum {
+    MP_SCHED_NAIVE = 0,
+    MP_SCHED_GPIPE,
+    MP_SCHED_1F1B,
+    MP_SCHED_ZERO_BUBBLE, /* ZB-H1: backward split into B (input grad) and W (weight grad) */
+} mp_sched_kind_t;
+typedef enum {
+    MP_PART_UNIFORM = 0,
+    MP_PART_BALANCED, /* by the FLOP model */
+    MP_PART_EXPLICIT,
+    MP_PART_MEASURED, /* by costs measured at job start (engine/calib.h); the default */
+} mp_part_kind_t;
 typedef enum { MP_OPTIM_SGD = 0, MP_OPTIM_ADAMW } mp_optim_kind_t;
 
 typedef struct {
@@ -83,7 +93,7 @@ typedef struct {
         int pp, tp, dp;       /* default 1 each */
         int micro_batches;    /* default 1 */
         mp_sched_kind_t schedule; /* default 1f1b */
-        mp_part_kind_t partition; /* "partition": "uniform" (default) | "balanced" */
+        mp_part_kind_t partition; /* "partition": "measured" (default) | "balanced" | "uniform" */
         int nstages_explicit;     /* "stages": [layers per stage, ...] (sets MP_PART_EXPLICIT) */
         int stage_layers[MP_SPEC_MAX_STAGES];
     } parallel;

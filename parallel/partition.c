@@ -212,7 +212,10 @@ mp_status_t mp_part_build(const mp_spec_t *spec, mp_part_t *part_p, mp_errbuf_t 
     switch (spec->parallel.partition) {
     case MP_PART_UNIFORM:
         return mp_part_uniform(L, spec->parallel.pp, part_p, err);
-    case MP_PART_BALANCED: {
+    case MP_PART_BALANCED:
+    case MP_PART_MEASURED: {
+        /* "measured" costs are applied by the engine (engine/calib.h), which
+         * rewrites the spec with explicit stages; unmeasured, FLOPs balance. */
         double cost[MP_SPEC_MAX_LAYERS];
         for (int l = 0; l < L; l++) {
             cost[l] = mp_part_layer_flops(&spec->model.layers[l], in[l], out[l]);
@@ -230,6 +233,16 @@ mp_status_t mp_part_build(const mp_spec_t *spec, mp_part_t *part_p, mp_errbuf_t 
     }
     return mp_errbuf_set(err, MP_ERR_SPEC, "parallel.partition: unknown rule %d",
                          (int)spec->parallel.partition);
+}
+
+mp_status_t mp_part_flop_costs(const mp_spec_t *spec, double *cost_p, mp_errbuf_t *err)
+{
+    int64_t in[MP_SPEC_MAX_LAYERS], out[MP_SPEC_MAX_LAYERS];
+    mp_status_t st = mp_par_layer_dims(spec, in, out, err);
+    for (int l = 0; st == MP_OK && l < spec->model.nlayers; l++) {
+        cost_p[l] = mp_part_layer_flops(&spec->model.layers[l], in[l], out[l]);
+    }
+    return st;
 }
 
 int mp_part_stage_of(const mp_part_t *part, int layer)

@@ -1,8 +1,10 @@
 /*
  * partition.h - stage partitioning for pipeline parallelism: which
- * consecutive layers of model.layers each of the pp stages runs.  Three
+ * consecutive layers of model.layers each of the pp stages runs.  The
  * rules (DESIGN.md "PP"): uniform by layer count, balanced by forward FLOPs,
- * or explicit (the spec's "parallel.stages").  Every stage gets at least one
+ * balanced by measured costs (the default: the engine measures, see
+ * engine/calib.h, and mp_part_balanced takes the costs; unmeasured it is
+ * the FLOP balance), or explicit (the spec's "parallel.stages").  Every stage gets at least one
  * layer; a parameterless layer (gelu, relu) at a stage boundary is fine.
  * Pure data and functions, no I/O; any thread.
  */
@@ -51,6 +53,9 @@ mp_status_t mp_part_balanced(const double *cost, int nlayers, int pp, mp_part_t 
                              mp_errbuf_t *err);
 mp_status_t mp_part_explicit(const int *counts, int nstages, int nlayers, int pp, mp_part_t *part_p,
                              mp_errbuf_t *err);
+
+/* mp_part_layer_flops of every layer of spec into cost_p[nlayers]. */
+mp_status_t mp_part_flop_costs(const mp_spec_t *spec, double *cost_p, mp_errbuf_t *err);
 
 /* The stage that runs `layer`, or -1 when no stage does. */
 int mp_part_stage_of(const mp_part_t *part, int layer);

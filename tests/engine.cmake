@@ -30,3 +30,6 @@ if(TARGET mp_engine)
   mp_add_test(test_engine_trace SOURCES unit/test_engine_trace.c LIBS mp_engine
               PkgConfig::JANSSON TIMEOUT 60)
 endif()
+if(TARGET mp_engine)
+  mp_add_test(test_engine_calib SOURCES unit/test_engine_calib.c LIBS mp_engine TIMEOUT 60)
+endif()

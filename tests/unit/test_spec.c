@@ -169,7 +169,7 @@ static const bad_spec_t bad_specs[] = {
      "parallel.pp: 5 stages but model.layers has only 4 layers"},
     {SPEC(MODEL "," DATA "," TRAIN "," PAR("'pp':65")), "parallel.pp: 65 is too large (at most 64)"},
     {SPEC(MODEL "," DATA "," TRAIN "," PAR("'partition':'random'")),
-     "parallel.partition: expected \"uniform\" or \"balanced\", got \"random\""},
+     "parallel.partition: expected \"uniform\", \"balanced\" or \"measured\", got \"random\""},
     {SPEC(MODEL "," DATA "," TRAIN "," PAR("'pp':2,'stages':[1,1,2]")),
      "parallel.stages: 3 entries but parallel.pp = 2"},
     {SPEC(MODEL "," DATA "," TRAIN "," PAR("'pp':2,'stages':[1,2]")),
@@ -316,7 +316,7 @@ Test(spec, parses_the_design_example)
     cr_expect_eq(s->parallel.dp, 1);
     cr_expect_eq(s->parallel.micro_batches, 8);
     cr_expect_eq(s->parallel.schedule, MP_SCHED_1F1B);
-    cr_expect_eq(s->parallel.partition, MP_PART_UNIFORM);
+    cr_expect_eq(s->parallel.partition, MP_PART_MEASURED);
     cr_expect_eq(s->parallel.nstages_explicit, 0);
     cr_expect_eq(s->train.batch_size, 256);
     cr_expect_eq(s->train.epochs, 3);
@@ -343,7 +343,7 @@ Test(spec, fills_defaults_when_fields_are_absent)
     cr_expect_eq(s->parallel.dp, 1);
     cr_expect_eq(s->parallel.micro_batches, 1);
     cr_expect_eq(s->parallel.schedule, MP_SCHED_1F1B);
-    cr_expect_eq(s->parallel.partition, MP_PART_UNIFORM);
+    cr_expect_eq(s->parallel.partition, MP_PART_MEASURED);
     cr_expect_eq(s->train.epochs, 1);
     cr_expect_eq(s->train.steps, -1);
     cr_expect_eq(s->train.optimizer, MP_OPTIM_SGD);
