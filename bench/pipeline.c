@@ -2,8 +2,10 @@
  * pipeline.c - mpar-bench-pipeline: pipeline parallelism measured with the
  * one-process engine (engine/local.h, real UCX workers between shard
  * threads) on a balanced synthetic model: the measured bubble fraction
- * against (p - 1) / (m + p - 1) for gpipe and 1f1b at p = 2 and 4 and
- * m = 4, 8 and 16; the activation memory each stage holds under each
+ * against (p - 1) / (m + p - 1) for gpipe and 1f1b and against
+ * (p - 1) / (3m + p - 1) for zero_bubble, at p = 2 and 4 and m = 4, 8 and
+ * 16, with the bubble the simulator predicts from the measured per-layer
+ * costs (engine/calib.h); the activation memory each stage holds under each
  * schedule; and the samples/s of pp = 2 (one thread per stage) against the
  * serial trainer on one thread.  Prints a table, or with -o json the
  * benchmark document of DESIGN.md; --svg PREFIX also draws each
@@ -27,7 +29,7 @@
 #define BLOCKS 8
 #define ROWS 32 /* rows per micro-batch */
 
-/* 8 equal mlp_blocks between two thin linears: balanced by FLOPs for p = 2 and 4. */
+/* 8 equal mlp_blocks between two thin linears, cut by measured costs (the default). */
 static mp_spec_t *make_spec(int pp, int m, const char *sched, int64_t steps)
 {
     char layers[2048] = "";
@@ -46,8 +48,7 @@ static mp_spec_t *make_spec(int pp, int m, const char *sched, int64_t steps)
              "\"loss\": \"softmax_xent\"},"
              "\"data\": {\"dataset\": \"synthetic\", \"samples\": %lld, \"classes\": 10,"
              "\"seed\": 3},"
-             "\"parallel\": {\"pp\": %d, \"micro_batches\": %d, \"schedule\": \"%s\","
-             "\"partition\": \"balanced\"},"
+             "\"parallel\": {\"pp\": %d, \"micro_batches\": %d, \"schedule\": \"%s\"},"
              "\"train\": {\"batch_size\": %d, \"steps\": %lld, \"optimizer\": \"sgd\","
              "\"lr\": 0.01}}",
              layers, (long long)(ROWS * m * (steps + 1)), pp, m, sched, ROWS * m, (long long)steps);
@@ -150,30 +151,32 @@ int main(int argc, char **argv)
     int64_t steps = quick ? 3 : 8;
     static const int ps[] = {2, 4};
     static const int ms[] = {4, 8, 16};
-    static const char *const scheds[] = {"gpipe", "1f1b"};
+    static const char *const scheds[] = {"gpipe", "1f1b", "zero_bubble"};
     json_t *results = json_array();
     if (!json) {
-        printf("%-8s %3s %3s %10s %8s   activation bytes per stage\n", "schedule", "p", "m",
-               "measured", "theory");
+        printf("%-11s %3s %3s %10s %8s %9s   activation bytes per stage\n", "schedule", "p", "m",
+               "measured", "theory", "predicted");
     }
     for (int pi = 0; pi < 2; pi++) {
         for (int mi = 0; mi < 3; mi++) {
-            for (int si = 0; si < 2; si++) {
+            for (int si = 0; si < 3; si++) {
                 int p = ps[pi], m = ms[mi];
                 mp_spec_t *spec = make_spec(p, m, scheds[si], steps);
                 mp_engine_result_t res;
                 if (run_engine(spec, &res) != 0) {
                     return 1;
                 }
-                double theory = mp_sched_bubble_theory(p, m);
+                double theory =
+                    si == 2 ? mp_sched_bubble_theory_zb(p, m) : mp_sched_bubble_theory(p, m);
                 json_array_append_new(results,
-                                      json_pack("{s:s, s:i, s:i, s:s, s:f, s:f, s:f, s:s}", "test",
-                                                "bubble", "p", p, "m", m, "schedule", scheds[si],
-                                                "measured", res.bubble_fraction, "theory", theory,
+                                      json_pack("{s:s, s:i, s:i, s:s, s:f, s:f, s:f, s:f, s:s}",
+                                                "test", "bubble", "p", p, "m", m, "schedule",
+                                                scheds[si], "measured", res.bubble_fraction,
+                                                "theory", theory, "predicted", res.cut.bubble,
                                                 "mpar", res.bubble_fraction, "unit", "fraction"));
                 if (!json) {
-                    printf("%-8s %3d %3d %10.3f %8.3f  ", scheds[si], p, m, res.bubble_fraction,
-                           theory);
+                    printf("%-11s %3d %3d %10.3f %8.3f %9.3f  ", scheds[si], p, m,
+                           res.bubble_fraction, theory, res.cut.bubble);
                 }
                 for (int s = 0; s < p; s++) {
                     json_array_append_new(
@@ -205,24 +208,35 @@ int main(int argc, char **argv)
 
     /* Throughput: pp = 2 on two threads against the serial trainer on one. */
     int64_t tsteps = quick ? 4 : 12;
-    mp_spec_t *spec = make_spec(2, 8, "1f1b", tsteps);
-    mp_engine_result_t res;
-    if (run_engine(spec, &res) != 0) {
-        return 1;
+    static const char *const tscheds[] = {"1f1b", "zero_bubble"};
+    for (int si = 0; si < 2; si++) {
+        mp_spec_t *spec = make_spec(2, 8, tscheds[si], tsteps);
+        mp_engine_result_t res;
+        if (run_engine(spec, &res) != 0) {
+            return 1;
+        }
+        mp_train_opts_t so = {.device = "cpu", .threads = 1};
+        mp_train_result_t sres;
+        mp_errbuf_t err;
+        if (mp_train_serial(spec, &so, &sres, &err) != MP_OK) {
+            fprintf(stderr, "mpar-bench-pipeline: serial run: %s\n", err.msg);
+            return 1;
+        }
+        double ratio = sres.samples_per_s > 0 ? res.train.samples_per_s / sres.samples_per_s : 0.0;
+        json_array_append_new(results,
+                              json_pack("{s:s, s:i, s:i, s:s, s:i, s:f, s:f, s:s, s:f}", "test",
+                                        "pp_speedup", "p", 2, "m", 8, "schedule", tscheds[si],
+                                        "threads", 1, "mpar", res.train.samples_per_s, "peer",
+                                        sres.samples_per_s, "unit", "samples/s", "ratio", ratio));
+        if (!json) {
+            printf("pp_speedup: pp=2 (%s, m=8, a thread per stage) %.1f samples/s, serial on "
+                   "one thread %.1f samples/s, ratio %.2f\n",
+                   tscheds[si], res.train.samples_per_s, sres.samples_per_s, ratio);
+        }
+        mp_train_result_free(&sres);
+        mp_engine_result_free(&res);
+        mp_spec_free(spec);
     }
-    mp_train_opts_t so = {.device = "cpu", .threads = 1};
-    mp_train_result_t sres;
-    mp_errbuf_t err;
-    if (mp_train_serial(spec, &so, &sres, &err) != MP_OK) {
-        fprintf(stderr, "mpar-bench-pipeline: serial run: %s\n", err.msg);
-        return 1;
-    }
-    double ratio = sres.samples_per_s > 0 ? res.train.samples_per_s / sres.samples_per_s : 0.0;
-    json_array_append_new(results,
-                          json_pack("{s:s, s:i, s:i, s:s, s:i, s:f, s:f, s:s, s:f}", "test",
-                                    "pp_speedup", "p", 2, "m", 8, "schedule", "1f1b", "threads",
-                                    1, "mpar", res.train.samples_per_s, "peer", sres.samples_per_s,
-                                    "unit", "samples/s", "ratio", ratio));
     if (json) {
         json_t *doc = json_pack("{s:s, s:o}", "bench", "pipeline", "results", results);
         char *text = json_dumps(doc, JSON_INDENT(2));
@@ -230,13 +244,7 @@ int main(int argc, char **argv)
         free(text);
         json_decref(doc);
     } else {
-        printf("throughput: pp=2 (1f1b, m=8, a thread per stage) %.1f samples/s, serial on one "
-               "thread %.1f samples/s, ratio %.2f\n",
-               res.train.samples_per_s, sres.samples_per_s, ratio);
         json_decref(results);
     }
-    mp_train_result_free(&sres);
-    mp_engine_result_free(&res);
-    mp_spec_free(spec);
     return 0;
 }

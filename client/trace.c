@@ -21,7 +21,7 @@
 
 static int op_from_name(const char *name, mp_sched_op_t *op_p)
 {
-    for (int op = MP_SCHED_RECV_ACT; op <= MP_SCHED_OPT_STEP; op++) {
+    for (int op = MP_SCHED_RECV_ACT; op <= MP_SCHED_OP_LAST; op++) {
         if (strcmp(name, mp_sched_op_name((mp_sched_op_t)op)) == 0) {
             *op_p = (mp_sched_op_t)op;
             return 0;

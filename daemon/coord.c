@@ -639,7 +639,7 @@ Mpar__TimelineRow *coord_timeline_row_new(size_t ns, const char *node)
 
 bool coord_op_parse(const char *name, mp_sched_op_t *op_p)
 {
-    for (int q = 0; q <= MP_SCHED_OPT_STEP && name != NULL; q++) {
+    for (int q = 0; q <= MP_SCHED_OP_LAST && name != NULL; q++) {
         if (strcmp(name, mp_sched_op_name((mp_sched_op_t)q)) == 0) {
             *op_p = (mp_sched_op_t)q;
             return true;

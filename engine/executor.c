@@ -61,6 +61,7 @@ struct mp_exec {
     mp_model_t *model;
     int64_t I, O, R;
     int nslots;
+    bool split; /* the schedule splits this stage's backward into BWD and BWD_W */
 
     mp_xport_worker_t *w;
     mp_xport_ep_t *ep_prev, *ep_next, *ep_feeder;
@@ -166,11 +167,23 @@ static mp_status_t tp_allgather(void *ctx, const float *in, float *out, int64_t 
 
 /* ---- creation --------------------------------------------------------- */
 
+/* Whether the stage's backward is split into BWD (B) then BWD_W (W). */
+static bool sched_split(const mp_sched_t *sched, int stage)
+{
+    for (int i = 0; i < sched->count[stage]; i++) {
+        if (sched->action[stage][i].op == MP_SCHED_BWD_W) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* Slots a stage needs: most micro-batches between their slot being taken
  * (the receive of the input, or the forward of the first stage) and their
- * backward, walking its action list. */
+ * backward's end (its W when split), walking its action list. */
 static int slots_needed(const mp_sched_t *sched, int stage)
 {
+    mp_sched_op_t last = sched_split(sched, stage) ? MP_SCHED_BWD_W : MP_SCHED_BWD;
     int now = 0, peak = 0;
     bool *held = mp_calloc((size_t)sched->nmicro, sizeof(bool));
     if (held == NULL) {
@@ -181,7 +194,7 @@ static int slots_needed(const mp_sched_t *sched, int stage)
         if ((a->op == MP_SCHED_RECV_ACT || a->op == MP_SCHED_FWD) && !held[a->mb]) {
             held[a->mb] = true;
             now++;
-        } else if (a->op == MP_SCHED_BWD && held[a->mb]) {
+        } else if (a->op == last && held[a->mb]) {
             held[a->mb] = false;
             now--;
         }
@@ -276,6 +289,7 @@ mp_status_t mp_exec_create(mp_xport_ctx_t *ctx, const mp_exec_opts_t *opts, mp_e
         goto err_free;
     }
     ex->nslots = slots_needed(ex->sched, ex->stage);
+    ex->split = sched_split(ex->sched, ex->stage);
 
     if (opts->device_kind == MP_BACKEND_CUDA) {
         st = mp_backend_cuda_create(opts->device, opts->tf32, &ex->be);
@@ -808,11 +822,13 @@ static mp_status_t train_action(mp_exec_t *ex, const mp_sched_action_t *a, doubl
     case MP_SCHED_BWD: {
         int s = ex->slot_of[k];
         float *dx = NULL;
-        st = mp_model_backward(ex->model, s, R, ex->first ? NULL : &dx);
+        /* Split (zero_bubble): B now, the slot's W later frees it. */
+        st = ex->split ? mp_model_backward_input(ex->model, s, R, ex->first ? NULL : &dx)
+                       : mp_model_backward(ex->model, s, R, ex->first ? NULL : &dx);
         if (st != MP_OK) {
             return model_fail(ex, st, "backward", err);
         }
-        ex->busy[s] = false;
+        ex->busy[s] = ex->split;
         if (!ex->first) {
             /* The model's gradient buffers serve the next backward: copy. */
             st = settle(ex, &ex->grad_req[s], prev_rank(ex), "sending a gradient", err);
@@ -825,6 +841,15 @@ static mp_status_t train_action(mp_exec_t *ex, const mp_sched_action_t *a, doubl
                 return fail(ex, err, st, -1, "downloading a gradient");
             }
         }
+        return MP_OK;
+    }
+    case MP_SCHED_BWD_W: {
+        int s = ex->slot_of[k];
+        st = mp_model_backward_weight(ex->model, s, R);
+        if (st != MP_OK) {
+            return model_fail(ex, st, "weight gradient", err);
+        }
+        ex->busy[s] = false;
         return MP_OK;
     }
     case MP_SCHED_SEND_GRAD: {

@@ -16,8 +16,8 @@ struct mp_engine_stats {
 
 int mp_engine_op_busy(mp_sched_op_t op)
 {
-    return op == MP_SCHED_FWD || op == MP_SCHED_BWD || op == MP_SCHED_DP_ALLREDUCE ||
-           op == MP_SCHED_OPT_STEP;
+    return op == MP_SCHED_FWD || op == MP_SCHED_BWD || op == MP_SCHED_BWD_W ||
+           op == MP_SCHED_DP_ALLREDUCE || op == MP_SCHED_OPT_STEP;
 }
 
 mp_status_t mp_engine_stats_create(int pp, int64_t steps, mp_engine_stats_t **stats_p)

@@ -40,9 +40,9 @@ static void span_name(const mp_exec_span_t *s, char *buf, size_t len)
     static const char *const names[] = {
         [MP_SCHED_RECV_ACT] = "rA",     [MP_SCHED_FWD] = "F",        [MP_SCHED_SEND_ACT] = "sA",
         [MP_SCHED_RECV_GRAD] = "rG",    [MP_SCHED_BWD] = "B",        [MP_SCHED_SEND_GRAD] = "sG",
-        [MP_SCHED_DP_ALLREDUCE] = "AR", [MP_SCHED_OPT_STEP] = "OPT",
+        [MP_SCHED_DP_ALLREDUCE] = "AR", [MP_SCHED_OPT_STEP] = "OPT", [MP_SCHED_BWD_W] = "W",
     };
-    const char *n = (unsigned)s->op <= MP_SCHED_OPT_STEP ? names[s->op] : "?";
+    const char *n = (unsigned)s->op <= MP_SCHED_OP_LAST ? names[s->op] : "?";
     if (s->mb >= 0) {
         snprintf(buf, len, "%s%d", n, s->mb);
     } else {
@@ -57,6 +57,8 @@ static const char *category(mp_sched_op_t op)
         return "forward";
     case MP_SCHED_BWD:
         return "backward";
+    case MP_SCHED_BWD_W:
+        return "weight-gradient";
     case MP_SCHED_DP_ALLREDUCE:
         return "allreduce";
     case MP_SCHED_OPT_STEP:
@@ -139,6 +141,9 @@ mp_status_t mp_trace_write_svg(FILE *out, const mp_trace_row_t *rows, int nrows,
             case MP_SCHED_BWD:
                 fill = "#5cb85c";
                 break;
+            case MP_SCHED_BWD_W:
+                fill = "#8e44ad";
+                break;
             case MP_SCHED_DP_ALLREDUCE:
                 fill = "#f0ad4e";
                 break;
@@ -179,7 +184,8 @@ mp_status_t mp_trace_write_svg(FILE *out, const mp_trace_row_t *rows, int nrows,
             "<text x=\"%.0f\" y=\"%.1f\">0 ms</text><text x=\"%.0f\" y=\"%.1f\" "
             "text-anchor=\"end\">%.1f ms</text>\n"
             "<text x=\"%.0f\" y=\"%.1f\" text-anchor=\"middle\">forward (blue), backward "
-            "(green), DP allreduce (orange), optimizer (grey), waiting on a receive (red "
+            "(green; the input gradient B when split), weight gradient W (purple), DP allreduce "
+            "(orange), optimizer (grey), waiting on a receive (red "
             "line)</text>\n</svg>\n",
             left, ay, left + width, ay, ms, left + width / 2, ay + 16);
     return ferror(out) ? MP_ERR_IO : MP_OK;

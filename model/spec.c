@@ -268,7 +268,7 @@ static mp_status_t get_enum(const json_t *obj, const char *key, const char *pare
 /* ---- sections ------------------------------------------------------------- */
 
 static const char *const tp_mode_names[] = {"column", "row", "replicate"};
-static const char *const sched_names[] = {"naive", "gpipe", "1f1b"};
+static const char *const sched_names[] = {"naive", "gpipe", "1f1b", "zero_bubble"};
 /* Indexes 0..2 of the "partition" names; index 2 is MP_PART_MEASURED. */
 static const char *const part_names[] = {"uniform", "balanced", "measured"};
 static const char *const optim_names[] = {"sgd", "adamw"};
@@ -569,7 +569,7 @@ static mp_status_t parse_parallel(const json_t *root, mp_spec_t *spec, mp_errbuf
                      &mb, err);
     }
     if (st == MP_OK) {
-        st = get_enum(pj, "schedule", "parallel", 0, MP_SCHED_1F1B, sched_names, 3, &sched, err);
+        st = get_enum(pj, "schedule", "parallel", 0, MP_SCHED_1F1B, sched_names, 4, &sched, err);
     }
     if (st == MP_OK) {
         st = get_enum(pj, "partition", "parallel", 0, 2, part_names, 3, &part, err);

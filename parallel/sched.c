@@ -1,11 +1,12 @@
 /*
- * sched.c - generates naive, gpipe and 1f1b pipeline schedules as per-stage
+ * sched.c - generates naive, gpipe, 1f1b and zero_bubble pipeline schedules as per-stage
  * action lists, checks them, and simulates them with blocking receives and
  * buffered sends to predict makespan, idle time, bubble fraction and peak
  * in-flight activations.  Owns the schedules it allocates; pure, any thread.
  */
 #include "parallel/sched.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -101,6 +102,73 @@ static mp_status_t push_bwd(mp_sched_t *sched, int s, int mb)
     return st;
 }
 
+static mp_status_t push_tail(mp_sched_t *sched, int s)
+{
+    mp_status_t st = mp_sched_push(sched, s, MP_SCHED_DP_ALLREDUCE, -1);
+    return st == MP_OK ? mp_sched_push(sched, s, MP_SCHED_OPT_STEP, -1) : st;
+}
+
+/*
+ * zero_bubble (sched.h): the list scheduler at unit costs, one tick per
+ * action, messages arriving at the end of the tick that sends them.  Every
+ * stage holds counts of its forwards (nf), B's (nb) and W's (nw) done, which
+ * run in micro-batch order; done_f / done_b hold the tick at which a
+ * stage's F / B of each micro-batch ended (-1: not yet).
+ */
+static mp_status_t build_zero_bubble(mp_sched_t *sched)
+{
+    int p = sched->nstages, m = sched->nmicro;
+    int *done_f = mp_malloc(sizeof(int) * (size_t)p * (size_t)m);
+    int *done_b = mp_malloc(sizeof(int) * (size_t)p * (size_t)m);
+    if (done_f == NULL || done_b == NULL) {
+        mp_free(done_f);
+        mp_free(done_b);
+        return MP_ERR_NOMEM;
+    }
+    for (int i = 0; i < p * m; i++) {
+        done_f[i] = done_b[i] = -1;
+    }
+    int nf[MP_SCHED_MAX_STAGES] = {0}, nb[MP_SCHED_MAX_STAGES] = {0}, nw[MP_SCHED_MAX_STAGES] = {0};
+    int left = p * m; /* W's still to run: every action ends with its W */
+    mp_status_t st = MP_OK;
+    for (int t = 0; left > 0 && st == MP_OK; t++) {
+        for (int s = 0; s < p && st == MP_OK; s++) {
+            int lim_b = p - s < m ? p - s : m, lim_w = p < m ? p : m;
+            int f = nf[s], b = nb[s];
+            bool can_f =
+                f < m &&
+                (s == 0 || (done_f[(s - 1) * m + f] >= 0 && done_f[(s - 1) * m + f] <= t)) &&
+                f - b < lim_b && f - nw[s] < lim_w;
+            bool can_b = b < f && (s == p - 1 ||
+                                   (done_b[(s + 1) * m + b] >= 0 && done_b[(s + 1) * m + b] <= t));
+            if (can_f) {
+                st = push_fwd(sched, s, f);
+                done_f[s * m + f] = t + 1;
+                nf[s]++;
+            } else if (can_b) {
+                st = push_bwd(sched, s, b);
+                done_b[s * m + b] = t + 1;
+                nb[s]++;
+            } else if (nw[s] < b) {
+                st = mp_sched_push(sched, s, MP_SCHED_BWD_W, nw[s]);
+                nw[s]++;
+                left--;
+            }
+        }
+        /* Progress is certain: the last stage's oldest forward can always
+         * run its B, and every B eventually lets a W or an F run. */
+        if (t > 8 * p * m + 8) {
+            st = MP_ERR_STATE;
+        }
+    }
+    for (int s = 0; s < p && st == MP_OK; s++) {
+        st = push_tail(sched, s);
+    }
+    mp_free(done_f);
+    mp_free(done_b);
+    return st;
+}
+
 static mp_status_t build_stage(mp_sched_t *sched, int s)
 {
     int p = sched->nstages, m = sched->nmicro;
@@ -129,13 +197,7 @@ static mp_status_t build_stage(mp_sched_t *sched, int s)
             st = push_bwd(sched, s, i);
         }
     }
-    if (st == MP_OK) {
-        st = mp_sched_push(sched, s, MP_SCHED_DP_ALLREDUCE, -1);
-    }
-    if (st == MP_OK) {
-        st = mp_sched_push(sched, s, MP_SCHED_OPT_STEP, -1);
-    }
-    return st;
+    return st == MP_OK ? push_tail(sched, s) : st;
 }
 
 mp_status_t mp_sched_build(mp_sched_kind_t kind, int p, int m, mp_sched_t **sched_p,
@@ -150,7 +212,8 @@ mp_status_t mp_sched_build(mp_sched_kind_t kind, int p, int m, mp_sched_t **sche
                              "parallel.micro_batches: %d, expected 1 to %d micro-batches", m,
                              MP_SCHED_MAX_MICRO);
     }
-    if (kind != MP_SCHED_NAIVE && kind != MP_SCHED_GPIPE && kind != MP_SCHED_1F1B) {
+    if (kind != MP_SCHED_NAIVE && kind != MP_SCHED_GPIPE && kind != MP_SCHED_1F1B &&
+        kind != MP_SCHED_ZERO_BUBBLE) {
         return mp_errbuf_set(err, MP_ERR_SPEC, "parallel.schedule: unknown schedule %d", (int)kind);
     }
     if (kind == MP_SCHED_NAIVE && m != 1) {
@@ -161,7 +224,10 @@ mp_status_t mp_sched_build(mp_sched_kind_t kind, int p, int m, mp_sched_t **sche
     }
     mp_sched_t *sched = NULL;
     mp_status_t st = mp_sched_new(kind, p, m, &sched);
-    for (int s = 0; st == MP_OK && s < p; s++) {
+    if (st == MP_OK && kind == MP_SCHED_ZERO_BUBBLE) {
+        st = build_zero_bubble(sched);
+    }
+    for (int s = 0; st == MP_OK && kind != MP_SCHED_ZERO_BUBBLE && s < p; s++) {
         st = build_stage(sched, s);
     }
     if (st != MP_OK) {
@@ -191,18 +257,31 @@ const char *mp_sched_op_name(mp_sched_op_t op)
         return "DP_ALLREDUCE";
     case MP_SCHED_OPT_STEP:
         return "OPT_STEP";
+    case MP_SCHED_BWD_W:
+        return "BWD_W";
     }
     return "UNKNOWN";
 }
 
-#define NOPS 6 /* the per-micro-batch ops, RECV_ACT .. SEND_GRAD */
+#define NOPS 6      /* the per-micro-batch ops, RECV_ACT .. SEND_GRAD */
+#define W_SLOT NOPS /* where BWD_W's positions go in pos[] */
 
-/* Checks one stage's list on its own; pos[op * m + mb] gets each action's index. */
+/* The pos[] row of a per-micro-batch op, or -1 for the others. */
+static int op_slot(int op)
+{
+    if (op >= 0 && op < NOPS) {
+        return op;
+    }
+    return op == MP_SCHED_BWD_W ? W_SLOT : -1;
+}
+
+/* Checks one stage's list on its own; pos[slot * m + mb] gets each action's index
+ * (slot: op_slot). */
 static mp_status_t check_stage(const mp_sched_t *sched, int s, int *pos, mp_errbuf_t *err)
 {
     int p = sched->nstages, m = sched->nmicro, n = sched->count[s];
     const mp_sched_action_t *a = sched->action[s];
-    for (int i = 0; i < NOPS * m; i++) {
+    for (int i = 0; i < (NOPS + 1) * m; i++) {
         pos[i] = -1;
     }
     if (n < 2 || a[n - 2].op != MP_SCHED_DP_ALLREDUCE || a[n - 1].op != MP_SCHED_OPT_STEP) {
@@ -210,8 +289,8 @@ static mp_status_t check_stage(const mp_sched_t *sched, int s, int *pos, mp_errb
                              "schedule: stage %d does not end with DP_ALLREDUCE then OPT_STEP", s);
     }
     for (int i = 0; i < n - 2; i++) {
-        int op = (int)a[i].op, mb = a[i].mb;
-        if (op < 0 || op >= NOPS) {
+        int op = op_slot((int)a[i].op), mb = a[i].mb;
+        if (op < 0) {
             return mp_errbuf_set(err, MP_ERR_STATE,
                                  "schedule: stage %d action %d: %s before the end of the list", s,
                                  i, mp_sched_op_name(a[i].op));
@@ -268,6 +347,18 @@ static mp_status_t check_stage(const mp_sched_t *sched, int s, int *pos, mp_errb
                                      mp_sched_op_name((mp_sched_op_t)order[k][1]));
             }
         }
+        int w = pos[W_SLOT * m + mb];
+        if (w >= 0 && w < pos[MP_SCHED_BWD * m + mb]) {
+            return mp_errbuf_set(err, MP_ERR_STATE,
+                                 "schedule: stage %d runs BWD_W of micro-batch %d before BWD", s,
+                                 mb);
+        }
+        if ((w >= 0) != (pos[W_SLOT * m] >= 0)) {
+            return mp_errbuf_set(err, MP_ERR_STATE,
+                                 "schedule: stage %d splits the backward of micro-batch %d but "
+                                 "not of micro-batch %d (BWD_W for all or none)",
+                                 s, w >= 0 ? mb : 0, w >= 0 ? 0 : mb);
+        }
     }
     return MP_OK;
 }
@@ -288,7 +379,7 @@ mp_status_t mp_sched_simulate(const mp_sched_t *sched, const mp_sched_cost_t *co
     if (cost == NULL) {
         cost = &unit;
     }
-    int *pos = mp_malloc(sizeof(int) * NOPS * (size_t)m);
+    int *pos = mp_malloc(sizeof(int) * (NOPS + 1) * (size_t)m);
     /* Arrival time of the activation / gradient of mb at stage s; < 0: not sent. */
     double *act_at = mp_malloc(sizeof(double) * (size_t)p * (size_t)m);
     double *grad_at = mp_malloc(sizeof(double) * (size_t)p * (size_t)m);
@@ -297,8 +388,10 @@ mp_status_t mp_sched_simulate(const mp_sched_t *sched, const mp_sched_cost_t *co
         st = mp_errbuf_set(err, MP_ERR_NOMEM, "schedule simulation: out of memory");
         goto out_free;
     }
+    bool split[MP_SCHED_MAX_STAGES] = {false}; /* the stage's backward is BWD then BWD_W */
     for (int s = 0; s < p && st == MP_OK; s++) {
         st = check_stage(sched, s, pos, err);
+        split[s] = st == MP_OK && pos[W_SLOT * m] >= 0;
     }
     if (st != MP_OK) {
         goto out_free;
@@ -321,6 +414,9 @@ mp_status_t mp_sched_simulate(const mp_sched_t *sched, const mp_sched_cost_t *co
         for (int s = 0; s < p; s++) {
             double tf = stage_cost(cost->stage_fwd, cost->fwd, s);
             double tb = stage_cost(cost->stage_bwd, cost->bwd, s);
+            double wf = cost->w_frac > 0.0 ? cost->w_frac : 0.5;
+            double tw = split[s] ? tb * wf : 0.0;
+            tb -= tw;
             while (pc[s] < sched->count[s]) {
                 const mp_sched_action_t *a = &sched->action[s][pc[s]];
                 double t;
@@ -348,6 +444,13 @@ mp_status_t mp_sched_simulate(const mp_sched_t *sched, const mp_sched_cost_t *co
                 case MP_SCHED_BWD:
                     clock[s] += tb;
                     rep.stage[s].busy += tb;
+                    if (!split[s]) {
+                        inflight[s]--;
+                    }
+                    break;
+                case MP_SCHED_BWD_W:
+                    clock[s] += tw;
+                    rep.stage[s].busy += tw;
                     inflight[s]--;
                     break;
                 case MP_SCHED_SEND_GRAD:
@@ -415,6 +518,11 @@ double mp_sched_bubble_theory(int p, int m)
     return (double)(p - 1) / (double)(m + p - 1);
 }
 
+double mp_sched_bubble_theory_zb(int p, int m)
+{
+    return (double)(p - 1) / (double)(3 * m + p - 1);
+}
+
 /* Appends text to buf like snprintf into buf + *total; *total counts the whole text. */
 static void append(char *buf, size_t len, size_t *total, const char *text)
 {
@@ -433,7 +541,7 @@ size_t mp_sched_format(const mp_sched_t *sched, char *buf, size_t len)
     static const char *const tok[] = {
         [MP_SCHED_RECV_ACT] = "rA",     [MP_SCHED_FWD] = "F",        [MP_SCHED_SEND_ACT] = "sA",
         [MP_SCHED_RECV_GRAD] = "rG",    [MP_SCHED_BWD] = "B",        [MP_SCHED_SEND_GRAD] = "sG",
-        [MP_SCHED_DP_ALLREDUCE] = "AR", [MP_SCHED_OPT_STEP] = "OPT",
+        [MP_SCHED_DP_ALLREDUCE] = "AR", [MP_SCHED_OPT_STEP] = "OPT", [MP_SCHED_BWD_W] = "W",
     };
     size_t total = 0;
     if (len > 0) {
@@ -445,7 +553,7 @@ size_t mp_sched_format(const mp_sched_t *sched, char *buf, size_t len)
         append(buf, len, &total, one);
         for (int i = 0; i < sched->count[s]; i++) {
             const mp_sched_action_t *a = &sched->action[s][i];
-            const char *t = (unsigned)a->op <= MP_SCHED_OPT_STEP ? tok[a->op] : "?";
+            const char *t = (unsigned)a->op <= MP_SCHED_BWD_W ? tok[a->op] : "?";
             if (a->mb >= 0) {
                 snprintf(one, sizeof(one), " %s%d", t, a->mb);
             } else {

@@ -13,6 +13,16 @@
  *    min(p - s - 1, m) warm-up forwards, then alternates one forward and
  *    one backward, then the remaining backwards; at most min(p - s, m)
  *    activations are held at once instead of m.
+ *  - zero_bubble (ZB-H1, Qi et al. 2023): every backward is two actions, B
+ *    (BWD: the input gradient, which the previous stage waits for) and W
+ *    (BWD_W: the weight gradients, which nobody waits for).  The lists come
+ *    from a list scheduler run at unit costs (F = B = W): a free stage runs
+ *    the next forward when its input is there, it holds fewer than
+ *    min(p - s, m) micro-batches between forward and B (1F1B's rule) and
+ *    fewer than min(p, m) between forward and W (1F1B's peak: the memory
+ *    limit); else the next B when its gradient is there; else the oldest
+ *    deferred W.  At unit costs with m >= p its bubble is the paper's
+ *    (p - 1) / (3m + p - 1), a third of 1F1B's bubble time.
  * Every list ends with DP_ALLREDUCE (gradients across data-parallel
  * replicas; a no-op at dp = 1) and OPT_STEP.  The last stage's FWD and BWD
  * include the loss.
@@ -42,7 +52,9 @@ typedef enum {
     MP_SCHED_SEND_GRAD,    /* gradient of mb's input to stage s-1 */
     MP_SCHED_DP_ALLREDUCE, /* gradients across DP replicas (mb = -1) */
     MP_SCHED_OPT_STEP,     /* one optimizer step (mb = -1) */
+    MP_SCHED_BWD_W,        /* zero_bubble: weight gradients of mb, after its BWD (then B only) */
 } mp_sched_op_t;
+#define MP_SCHED_OP_LAST MP_SCHED_BWD_W
 
 typedef struct {
     mp_sched_op_t op;
@@ -74,7 +86,10 @@ void mp_sched_free(mp_sched_t *sched);
 
 /* Costs of the actions, in any time unit. */
 typedef struct {
-    double fwd, bwd;  /* one micro-batch through one stage */
+    double fwd, bwd; /* one micro-batch through one stage (bwd: the whole backward) */
+    /* The share of bwd that is W where a schedule splits the backward
+     * (BWD then costs the rest); 0 = one half. */
+    double w_frac;
     double comm;      /* send -> arrival of one activation or gradient */
     double allreduce; /* DP_ALLREDUCE */
     double opt;       /* OPT_STEP */
@@ -86,7 +101,7 @@ typedef struct {
     double busy;       /* time in FWD, BWD, DP_ALLREDUCE and OPT_STEP */
     double idle;       /* makespan - busy: waiting, and done before the others */
     double end;        /* when its last action ended */
-    int peak_inflight; /* most forwards done whose backward has not run */
+    int peak_inflight; /* most forwards done whose backward (BWD_W when split) has not run */
 } mp_sched_stage_report_t;
 
 typedef struct {
@@ -104,22 +119,27 @@ typedef struct {
  * gradients; every other stage receives and sends each once per
  * micro-batch, so every send has its receive; FWD(mb) comes after
  * RECV_ACT(mb), SEND_ACT(mb) after FWD(mb), BWD(mb) after FWD(mb) and
- * RECV_GRAD(mb), SEND_GRAD(mb) after BWD(mb); DP_ALLREDUCE then OPT_STEP
+ * RECV_GRAD(mb), SEND_GRAD(mb) after BWD(mb); BWD_W for no micro-batch or
+ * for every one, each after its BWD; DP_ALLREDUCE then OPT_STEP
  * end the list once each; and the stages run together without deadlock
  * (the message says which stage waits for what).  `cost` NULL means unit
- * fwd and bwd, zero everything else.  report_p may be NULL.
+ * fwd and bwd (W half of bwd), zero everything else.  report_p may be NULL.
  */
 mp_status_t mp_sched_simulate(const mp_sched_t *sched, const mp_sched_cost_t *cost,
                               mp_sched_report_t *report_p, mp_errbuf_t *err);
 
 /* (p - 1) / (m + p - 1): the bubble of gpipe and 1f1b at equal unit costs. */
 double mp_sched_bubble_theory(int p, int m);
+/* (p - 1) / (3m + p - 1): zero_bubble's at F = B = W (m >= p), from ZB-H1's
+ * bubble time (p - 1)(F + B - W). */
+double mp_sched_bubble_theory_zb(int p, int m);
 
 /*
  * Writes the schedule as text, one line per stage, e.g.
  * "stage 1: rA0 F0 sA0 rA1 F1 sA1 rG1 B1 sG1 rG0 B0 sG0 AR OPT" (rA/sA:
  * receive/send activation, rG/sG: receive/send gradient, F/B: forward and
- * backward, AR: DP allreduce, OPT: optimizer step, numbers are
+ * backward (B the input gradient under zero_bubble), W: weight gradient,
+ * AR: DP allreduce, OPT: optimizer step, numbers are
  * micro-batches).  Like snprintf: returns the length of the whole text and
  * writes at most len bytes, NUL-terminated when len > 0.
  */

@@ -85,6 +85,8 @@ run_case g112 1 1 2 1 gpipe sgd 1e-5
 run_case f311 3 1 1 3 1f1b sgd 1e-5
 run_case g212 2 1 2 3 gpipe sgd 1e-5
 run_case a221 2 2 1 4 1f1b adamw 1e-3
+run_case z221 2 2 1 4 zero_bubble sgd 1e-5
+run_case z212 2 1 2 3 zero_bubble adamw 1e-3
 
 # The same record through the status socket and the human status.
 JOB=$(jget 'd["id"]' <"$T/f221.job.json")

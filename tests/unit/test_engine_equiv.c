@@ -10,7 +10,8 @@
  * and so do the loss curves; a few grids with AdamW within 1e-3 (its
  * division by sqrt(v) amplifies rounding differences); the naive
  * schedule, an explicit and a balanced partition, and the full 2 x 2 x 2
- * grid.  The test split's evaluation matches too.
+ * grid, and zero_bubble on grids with tp and dp (SGD and AdamW).  The test
+ * split's evaluation matches too.
  */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -225,4 +226,14 @@ Test(engine_equiv, host_staging_path_of_device_backends, .timeout = 120)
     staged = true;
     check_one(2, 2, 1, 3, "1f1b", false);
     check_one(2, 1, 2, 4, "gpipe", false);
+}
+
+Test(engine_equiv, zero_bubble_grids, .timeout = 180)
+{
+    /* B then W as separate actions, W's deferred: the same sums in another order. */
+    check_one(2, 1, 1, 4, "zero_bubble", false);
+    check_one(2, 2, 1, 3, "zero_bubble", false);
+    check_one(3, 1, 2, 4, "zero_bubble", false);
+    check_one(2, 2, 2, 2, "zero_bubble", true);
+    check_one(3, 1, 1, 3, "zero_bubble", true);
 }

@@ -227,3 +227,85 @@ Test(sched, costs_shape_the_prediction)
     cr_assert_eq(rep.stage[2].busy, m * 9.0);
     mp_sched_free(s);
 }
+
+/* zero_bubble at F = B = W = 1: whole backward 2, its W half of it. */
+static const mp_sched_cost_t zb_unit = {.fwd = 1.0, .bwd = 2.0, .w_frac = 0.5};
+
+Test(sched, zero_bubble_accepted_with_1f1b_peak_and_the_papers_bubble)
+{
+    for (int p = 1; p <= 6; p++) {
+        for (int m = 1; m <= 12; m++) {
+            mp_sched_t *zb = build(MP_SCHED_ZERO_BUBBLE, p, m);
+            mp_sched_t *ref = build(MP_SCHED_1F1B, p, m);
+            mp_sched_report_t rz, r1;
+            mp_errbuf_t err = {{0}};
+            cr_assert_eq(mp_sched_simulate(zb, &zb_unit, &rz, &err), MP_OK, "p=%d m=%d: %s", p, m,
+                         err.msg);
+            cr_assert_eq(mp_sched_simulate(ref, &zb_unit, &r1, &err), MP_OK, "%s", err.msg);
+            int peak_zb = 0, peak_1f1b = 0;
+            for (int s = 0; s < p; s++) {
+                /* Every F before its B, every B before its W (the simulator
+                 * checks it too; here it is spelled out). */
+                for (int k = 0; k < m; k++) {
+                    int f = find(zb, s, MP_SCHED_FWD, k), b = find(zb, s, MP_SCHED_BWD, k),
+                        w = find(zb, s, MP_SCHED_BWD_W, k);
+                    cr_assert(f >= 0 && b > f && w > b, "p=%d m=%d stage %d mb %d: F %d B %d W %d",
+                              p, m, s, k, f, b, w);
+                }
+                peak_zb = rz.stage[s].peak_inflight > peak_zb ? rz.stage[s].peak_inflight : peak_zb;
+                peak_1f1b =
+                    r1.stage[s].peak_inflight > peak_1f1b ? r1.stage[s].peak_inflight : peak_1f1b;
+            }
+            cr_expect_leq(peak_zb, peak_1f1b, "p=%d m=%d: peak %d above 1f1b's %d", p, m, peak_zb,
+                          peak_1f1b);
+            cr_expect_leq(rz.bubble, r1.bubble + 1e-12, "p=%d m=%d: %g above 1f1b's %g", p, m,
+                          rz.bubble, r1.bubble);
+            if (m >= p) {
+                cr_expect(fabs(rz.bubble - mp_sched_bubble_theory_zb(p, m)) < 1e-9,
+                          "p=%d m=%d: bubble %g, ZB-H1 theory %g", p, m, rz.bubble,
+                          mp_sched_bubble_theory_zb(p, m));
+                /* ZB-H1's bubble time (p-1)(F+B-W) is a third of 1F1B's (p-1)(F+B+W). */
+                double idle_zb = rz.bubble * rz.makespan, idle_1f1b = r1.bubble * r1.makespan;
+                cr_expect(p == 1 || fabs(idle_zb * 3.0 - idle_1f1b) < 1e-9,
+                          "p=%d m=%d: idle %g vs 1f1b %g", p, m, idle_zb, idle_1f1b);
+            }
+            mp_sched_free(zb);
+            mp_sched_free(ref);
+        }
+    }
+}
+
+Test(sched, zero_bubble_refuses_a_weight_gradient_before_its_backward)
+{
+    mp_sched_t *s = build(MP_SCHED_ZERO_BUBBLE, 2, 4);
+    int b = find(s, 0, MP_SCHED_BWD, 1), w = find(s, 0, MP_SCHED_BWD_W, 1);
+    cr_assert(b >= 0 && w > b);
+    mp_sched_action_t t = s->action[0][b];
+    s->action[0][b] = s->action[0][w];
+    s->action[0][w] = t;
+    mp_errbuf_t err = {{0}};
+    cr_assert_eq(mp_sched_simulate(s, NULL, NULL, &err), MP_ERR_STATE);
+    cr_expect(strstr(err.msg, "stage 0 runs BWD_W of micro-batch 1 before BWD") != NULL, "%s",
+              err.msg);
+    mp_sched_free(s);
+}
+
+Test(sched, zero_bubble_refuses_a_backward_split_for_some_micro_batches_only)
+{
+    mp_sched_t *s = build(MP_SCHED_ZERO_BUBBLE, 2, 3);
+    cr_assert_eq(mp_sched_remove(s, 1, find(s, 1, MP_SCHED_BWD_W, 2)), MP_OK);
+    mp_errbuf_t err = {{0}};
+    cr_assert_eq(mp_sched_simulate(s, NULL, NULL, &err), MP_ERR_STATE);
+    cr_expect(strstr(err.msg, "stage 1 splits the backward") != NULL, "%s", err.msg);
+    mp_sched_free(s);
+}
+
+Test(sched, zero_bubble_format_names_b_and_w)
+{
+    mp_sched_t *s = build(MP_SCHED_ZERO_BUBBLE, 2, 2);
+    char buf[512];
+    mp_sched_format(s, buf, sizeof(buf));
+    cr_expect(strstr(buf, "stage 1: rA0 F0 B0 sG0") != NULL, "%s", buf);
+    cr_expect(strstr(buf, " W0") != NULL && strstr(buf, " W1") != NULL, "%s", buf);
+    mp_sched_free(s);
+}

@@ -161,7 +161,7 @@ static const bad_spec_t bad_specs[] = {
     {SPEC(MODEL "," DATA "," TRAIN "," PAR("'micro_batches':0")),
      "parallel.micro_batches: expected a positive integer, got 0"},
     {SPEC(MODEL "," DATA "," TRAIN "," PAR("'schedule':'zb'")),
-     "parallel.schedule: expected \"naive\", \"gpipe\" or \"1f1b\", got \"zb\""},
+     "parallel.schedule: expected \"naive\", \"gpipe\", \"1f1b\" or \"zero_bubble\", got \"zb\""},
     {SPEC(MODEL "," DATA "," TRAIN "," PAR("'schedule':'naive','micro_batches':4")),
      "parallel.micro_batches: schedule \"naive\" runs the whole batch at once, so it must be 1, "
      "got 4 (use \"gpipe\" or \"1f1b\")"},
