@@ -11,6 +11,9 @@ pkgs=(
   libcriterion-dev libdnnl-dev libjansson-dev libinih-dev
   libssl-dev libsystemd-dev zlib1g-dev
   dataset-fashion-mnist
+  # The GPT demo's corpus: `bible gen1:1-rev22:21` prints the King James
+  # Bible (data.dataset "kjv").
+  bible-kjv bible-kjv-text
   python3 python3-torch python3-numpy
   # PyTorch's BLAS for the benchmark and cross-check peers: without it torch
   # falls back to the reference BLAS, some 50x slower, an unfair peer.

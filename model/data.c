@@ -1,17 +1,26 @@
 /*
  * data.c - data sets in host memory: the gzipped IDX files of Fashion-MNIST
  * (read with zlib; gzread also passes a plain, uncompressed file through),
- * the seeded synthetic teacher data set, and the deterministic per-epoch
- * sample order.  It owns the arrays of the mp_dataset_t it fills (freed by
- * mp_dataset_free).  Loading does blocking file I/O and compute: call it on
- * a worker thread, never on a libuv loop thread.  Otherwise pure; any thread.
+ * the seeded synthetic teacher data set, text as byte tokens (a file, or
+ * what a program such as Debian's `bible` prints, run with posix_spawn and
+ * read through a pipe), and the deterministic per-epoch sample order.  It
+ * owns the arrays of the mp_dataset_t it fills (freed by mp_dataset_free).
+ * Loading does blocking file I/O, runs programs and computes: call it on a
+ * worker thread, never on a libuv loop thread.  Otherwise pure; any thread.
  */
 #include "data.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
+#include <poll.h>
+#include <spawn.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include "common/alloc.h"
@@ -354,6 +363,7 @@ static mp_status_t load_split(const char *dir, const char *prefix, mp_dataset_t 
     ds->n = n_images;
     ds->dim = dim;
     ds->classes = IDX_FASHION_CLASSES;
+    ds->ydim = 1;
     ds->x = x;
     ds->y = y;
     return MP_OK;
@@ -534,6 +544,7 @@ static mp_status_t syn_fill(mp_dataset_t *ds, const teacher_t *t, uint64_t seed,
     ds->n = n;
     ds->dim = t->dim;
     ds->classes = t->classes;
+    ds->ydim = 1;
     ds->x = mp_aligned_alloc((size_t)n * t->dim * sizeof(float));
     ds->y = mp_malloc((size_t)n * sizeof(int32_t));
     double *logits = mp_malloc((size_t)t->classes * sizeof(double));
@@ -592,10 +603,349 @@ mp_status_t mp_data_synthetic(int64_t n, int64_t test_n, int64_t dim, int64_t cl
     if (test_n == 0) {
         te.dim = dim;
         te.classes = classes;
+        te.ydim = 1;
     }
     *train = tr;
     *test = te;
     return MP_OK;
+}
+
+/* ---- text: bytes as tokens ----------------------------------------------- */
+
+/* The windows of a split of len bytes: sample i < floor((len - 1) / T) is
+ * x = bytes[i*T, i*T + T), y = bytes[i*T + 1, i*T + T + 1). */
+static mp_status_t text_split(const unsigned char *bytes, int64_t len, int64_t T, const char *what,
+                              mp_dataset_t *ds, mp_errbuf_t *err)
+{
+    int64_t n = (len - 1) / T;
+    ds->n = n;
+    ds->dim = T;
+    ds->ydim = T;
+    ds->classes = MP_TEXT_VOCAB;
+    ds->x = mp_aligned_alloc((size_t)(n * T) * sizeof(float));
+    ds->y = mp_malloc((size_t)(n * T) * sizeof(int32_t));
+    if (ds->x == NULL || ds->y == NULL) {
+        mp_dataset_free(ds);
+        return mp_errbuf_set(err, MP_ERR_NOMEM, "%s: out of memory for %lld windows of %lld bytes",
+                             what, (long long)n, (long long)T);
+    }
+    for (int64_t i = 0; i < n * T; i++) {
+        ds->x[i] = (float)bytes[i];
+        ds->y[i] = bytes[i + 1];
+    }
+    return MP_OK;
+}
+
+mp_status_t mp_data_text_check_size(int64_t len, int64_t block_size, const char *what,
+                                    mp_errbuf_t *err)
+{
+    if (block_size < 1) {
+        return mp_errbuf_set(err, MP_ERR_INVAL, "%s: block size %lld is not positive", what,
+                             (long long)block_size);
+    }
+    if (len <= 0) {
+        return mp_errbuf_set(err, MP_ERR_FORMAT, "%s: the text is empty", what);
+    }
+    if (len > MP_TEXT_MAX_BYTES) {
+        return mp_errbuf_set(err, MP_ERR_FORMAT,
+                             "%s: %lld bytes is more than a text may hold (%lld)", what,
+                             (long long)len, (long long)MP_TEXT_MAX_BYTES);
+    }
+    /* floor(0.9 len) in integers: exactly what the double product gives. */
+    int64_t train = len * 9 / 10, test = len - train;
+    if (train < block_size + 1 || test < block_size + 1) {
+        bool tr = train < block_size + 1;
+        /* The test split, ceil(len / 10) bytes, is the shorter: it holds a
+         * window of T + 1 bytes from len = 10 T + 1 on. */
+        return mp_errbuf_set(err, MP_ERR_FORMAT,
+                             "%s: %lld bytes is too short for block size %lld: the %s split (%s "
+                             "%lld bytes) holds no window of %lld + 1 bytes; a text needs at "
+                             "least %lld bytes",
+                             what, (long long)len, (long long)block_size, tr ? "training" : "test",
+                             tr ? "the first 90%," : "the last 10%,",
+                             (long long)(tr ? train : test), (long long)block_size,
+                             (long long)(10 * block_size + 1));
+    }
+    return MP_OK;
+}
+
+mp_status_t mp_data_text_from_bytes(const unsigned char *bytes, int64_t len, int64_t block_size,
+                                    const char *what, mp_dataset_t *train, mp_dataset_t *test,
+                                    mp_errbuf_t *err)
+{
+    mp_status_t st = mp_data_text_check_size(len, block_size, what, err);
+    if (st != MP_OK) {
+        return st;
+    }
+    int64_t ntrain = len * 9 / 10;
+    mp_dataset_t tr = {0}, te = {0};
+    st = text_split(bytes, ntrain, block_size, what, &tr, err);
+    if (st != MP_OK) {
+        return st;
+    }
+    st = text_split(bytes + ntrain, len - ntrain, block_size, what, &te, err);
+    if (st != MP_OK) {
+        mp_dataset_free(&tr);
+        return st;
+    }
+    *train = tr;
+    *test = te;
+    return MP_OK;
+}
+
+/* Reads all of fd into a growing buffer (at most MP_TEXT_MAX_BYTES + 1
+ * bytes, so that a longer text is caught).  errno is kept on failure. */
+static int read_all(int fd, unsigned char **buf_p, int64_t *len_p)
+{
+    size_t cap = 1 << 16, len = 0;
+    unsigned char *buf = mp_malloc(cap);
+    if (buf == NULL) {
+        errno = ENOMEM;
+        return -1;
+    }
+    for (;;) {
+        if (len == cap) {
+            if (cap > (size_t)MP_TEXT_MAX_BYTES) {
+                break;
+            }
+            unsigned char *bigger = mp_realloc(buf, cap * 2);
+            if (bigger == NULL) {
+                mp_free(buf);
+                errno = ENOMEM;
+                return -1;
+            }
+            buf = bigger;
+            cap *= 2;
+        }
+        ssize_t r = read(fd, buf + len, cap - len);
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r < 0) {
+            int e = errno;
+            mp_free(buf);
+            errno = e;
+            return -1;
+        }
+        if (r == 0) {
+            break;
+        }
+        len += (size_t)r;
+    }
+    *buf_p = buf;
+    *len_p = (int64_t)len;
+    return 0;
+}
+
+mp_status_t mp_data_text_check(const char *path, int64_t block_size, mp_errbuf_t *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return mp_errbuf_set(err, MP_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    }
+    struct stat sb;
+    int r = fstat(fd, &sb);
+    int e = errno;
+    close(fd);
+    if (r != 0) {
+        return mp_errbuf_set(err, MP_ERR_IO, "%s: cannot stat: %s", path, strerror(e));
+    }
+    if (S_ISDIR(sb.st_mode)) {
+        return mp_errbuf_set(err, MP_ERR_IO, "%s: is a folder, not a text file", path);
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        return MP_OK; /* a pipe or a device: its length shows only when read */
+    }
+    return mp_data_text_check_size((int64_t)sb.st_size, block_size, path, err);
+}
+
+mp_status_t mp_data_load_text(const char *path, int64_t block_size, mp_dataset_t *train,
+                              mp_dataset_t *test, mp_errbuf_t *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return mp_errbuf_set(err, MP_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    }
+    struct stat sb;
+    if (fstat(fd, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        close(fd);
+        return mp_errbuf_set(err, MP_ERR_IO, "%s: is a folder, not a text file", path);
+    }
+    unsigned char *bytes = NULL;
+    int64_t len = 0;
+    int r = read_all(fd, &bytes, &len);
+    int e = errno;
+    close(fd);
+    if (r != 0) {
+        return mp_errbuf_set(err, e == ENOMEM ? MP_ERR_NOMEM : MP_ERR_IO, "%s: cannot read: %s",
+                             path, strerror(e));
+    }
+    mp_status_t st = mp_data_text_from_bytes(bytes, len, block_size, path, train, test, err);
+    mp_free(bytes);
+    return st;
+}
+
+/* Reads the program's stdout (the text) and stderr (for the error message)
+ * until both close, without letting either pipe fill up. */
+static int drain_pipes(int out_fd, int err_fd, unsigned char **text_p, int64_t *len_p,
+                       char *errtext, size_t errsize)
+{
+    size_t cap = 1 << 20, len = 0, total = 0, elen = 0;
+    unsigned char *buf = mp_malloc(cap);
+    if (buf == NULL) {
+        errno = ENOMEM;
+        return -1;
+    }
+    struct pollfd pfd[2] = {{.fd = out_fd, .events = POLLIN}, {.fd = err_fd, .events = POLLIN}};
+    while (pfd[0].fd >= 0 || pfd[1].fd >= 0) {
+        if (poll(pfd, 2, -1) < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            int e = errno;
+            mp_free(buf);
+            errno = e;
+            return -1;
+        }
+        if (pfd[0].fd >= 0 && pfd[0].revents != 0) {
+            if (len == cap && cap <= (size_t)MP_TEXT_MAX_BYTES) {
+                unsigned char *bigger = mp_realloc(buf, cap * 2);
+                if (bigger == NULL) {
+                    mp_free(buf);
+                    errno = ENOMEM;
+                    return -1;
+                }
+                buf = bigger;
+                cap *= 2;
+            }
+            /* Past the limit the rest is counted and dropped: the buffer
+             * then holds fewer than total bytes only when total exceeds
+             * the limit, which the length check refuses. */
+            unsigned char sink[4096];
+            ssize_t r =
+                len < cap ? read(out_fd, buf + len, cap - len) : read(out_fd, sink, sizeof(sink));
+            if (r > 0) {
+                if (len < cap) {
+                    len += (size_t)r;
+                }
+                total += (size_t)r;
+            } else if (r == 0 || errno != EINTR) {
+                pfd[0].fd = -1;
+            }
+        }
+        if (pfd[1].fd >= 0 && pfd[1].revents != 0) {
+            char tmp[512];
+            ssize_t r = read(err_fd, tmp, sizeof(tmp));
+            if (r > 0) {
+                for (ssize_t i = 0; i < r && elen + 1 < errsize; i++) {
+                    errtext[elen++] = tmp[i];
+                }
+                errtext[elen] = '\0';
+            } else if (r == 0 || errno != EINTR) {
+                pfd[1].fd = -1;
+            }
+        }
+    }
+    *text_p = buf;
+    *len_p = (int64_t)total;
+    return 0;
+}
+
+/* The first line of a program's stderr, for a message. */
+static void first_line(char *s)
+{
+    char *nl = strchr(s, '\n');
+    if (nl != NULL) {
+        *nl = '\0';
+    }
+}
+
+mp_status_t mp_data_load_program(const char *const argv[], int64_t block_size, mp_dataset_t *train,
+                                 mp_dataset_t *test, mp_errbuf_t *err)
+{
+    /* "prog arg ..." names the text in every message. */
+    char what[512];
+    size_t off = 0;
+    what[0] = '\0';
+    for (int i = 0; argv[i] != NULL; i++) {
+        int w = snprintf(what + off, sizeof(what) - off, "%s%s", i ? " " : "", argv[i]);
+        if (w > 0 && (size_t)w < sizeof(what) - off) {
+            off += (size_t)w;
+        }
+    }
+    if (access(argv[0], X_OK) != 0) {
+        return mp_errbuf_set(err, MP_ERR_IO, "%s: cannot run %s: %s", what, argv[0],
+                             strerror(errno));
+    }
+    int out[2], errp[2];
+    if (pipe2(out, O_CLOEXEC) != 0) {
+        return mp_errbuf_set(err, MP_ERR_IO, "%s: cannot make a pipe: %s", what, strerror(errno));
+    }
+    if (pipe2(errp, O_CLOEXEC) != 0) {
+        int e = errno;
+        close(out[0]);
+        close(out[1]);
+        return mp_errbuf_set(err, MP_ERR_IO, "%s: cannot make a pipe: %s", what, strerror(e));
+    }
+    mp_status_t st = MP_OK;
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_adddup2(&fa, out[1], STDOUT_FILENO);
+    posix_spawn_file_actions_adddup2(&fa, errp[1], STDERR_FILENO);
+    pid_t pid;
+    int rc = posix_spawn(&pid, argv[0], &fa, NULL, (char *const *)argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    close(out[1]);
+    close(errp[1]);
+    if (rc != 0) {
+        close(out[0]);
+        close(errp[0]);
+        return mp_errbuf_set(err, MP_ERR_IO, "%s: cannot run %s: %s", what, argv[0], strerror(rc));
+    }
+    unsigned char *bytes = NULL;
+    int64_t len = 0;
+    char errtext[512] = "";
+    int r = drain_pipes(out[0], errp[0], &bytes, &len, errtext, sizeof(errtext));
+    int e = errno;
+    close(out[0]);
+    close(errp[0]);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    first_line(errtext);
+    if (r != 0) {
+        st = mp_errbuf_set(err, e == ENOMEM ? MP_ERR_NOMEM : MP_ERR_IO,
+                           "%s: reading its output failed: %s", what, strerror(e));
+    } else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        char how[64];
+        if (WIFEXITED(status)) {
+            snprintf(how, sizeof(how), "exited with status %d", WEXITSTATUS(status));
+        } else {
+            snprintf(how, sizeof(how), "was killed by signal %d", WTERMSIG(status));
+        }
+        st = mp_errbuf_set(err, MP_ERR_IO, "%s: %s failed: it %s%s%s", what, argv[0], how,
+                           errtext[0] ? ": " : "", errtext);
+    } else {
+        st = mp_data_text_from_bytes(bytes, len, block_size, what, train, test, err);
+    }
+    mp_free(bytes);
+    return st;
+}
+
+mp_status_t mp_data_load_kjv(int64_t block_size, mp_dataset_t *train, mp_dataset_t *test,
+                             mp_errbuf_t *err)
+{
+    static const char *const argv[] = {MP_KJV_PROGRAM, MP_KJV_RANGE, NULL};
+    mp_status_t st = mp_data_load_program(argv, block_size, train, test, err);
+    if (st == MP_ERR_IO) {
+        /* The usual cause: the packages are not installed. */
+        size_t n = strlen(err->msg);
+        snprintf(err->msg + n, sizeof(err->msg) - n,
+                 " (data.dataset \"kjv\" needs Debian's bible-kjv and bible-kjv-text: "
+                 "deploy/install-deps.sh installs them)");
+    }
+    return st;
 }
 
 void mp_dataset_free(mp_dataset_t *ds)
@@ -635,6 +985,6 @@ void mp_data_gather(const mp_dataset_t *ds, const int64_t *perm, int64_t first, 
     for (int64_t i = 0; i < count; i++) {
         int64_t s = perm[first + i];
         memcpy(x_out + i * ds->dim, ds->x + s * ds->dim, (size_t)ds->dim * sizeof(float));
-        y_out[i] = ds->y[s];
+        memcpy(y_out + i * ds->ydim, ds->y + s * ds->ydim, (size_t)ds->ydim * sizeof(int32_t));
     }
 }

@@ -12,6 +12,13 @@
 #include "common/status.h"
 
 #define MP_FASHION_MNIST_DIR "/usr/share/datasets/fashion-mnist"
+/* Text: byte tokens; a text may hold at most MP_TEXT_MAX_BYTES (its
+ * windows take 8 bytes of memory per byte). */
+#define MP_TEXT_VOCAB 256
+#define MP_TEXT_MAX_BYTES (256ll << 20)
+/* The named corpus "kjv": what this program prints for this range. */
+#define MP_KJV_PROGRAM "/usr/bin/bible"
+#define MP_KJV_RANGE "gen1:1-rev22:21"
 
 typedef struct {
     int64_t n;     /* samples */
@@ -54,10 +61,23 @@ mp_status_t mp_data_load_text(const char *path, int64_t block_size, mp_dataset_t
 mp_status_t mp_data_text_from_bytes(const unsigned char *bytes, int64_t len, int64_t block_size,
                                     const char *what, mp_dataset_t *train, mp_dataset_t *test,
                                     mp_errbuf_t *err);
+/* The same windows over what a program prints on stdout: argv[0] (a full
+ * path) runs with posix_spawn, no shell, stdin from /dev/null; a program
+ * that is missing, cannot run, exits non-zero (its first line of stderr is
+ * quoted) or prints too little is refused naming the command. */
+mp_status_t mp_data_load_program(const char *const argv[], int64_t block_size, mp_dataset_t *train,
+                                 mp_dataset_t *test, mp_errbuf_t *err);
 /* The named corpus "kjv": the King James Bible as Debian's bible-kjv prints
  * it (`bible gen1:1-rev22:21`, run without a shell), as text windows. */
 mp_status_t mp_data_load_kjv(int64_t block_size, mp_dataset_t *train, mp_dataset_t *test,
                              mp_errbuf_t *err);
+/* Cheap checks made before a job starts, without reading the text: a text
+ * of len bytes (`what` names it) holds a window in both splits (at least
+ * 10 * block_size + 1 bytes); a file exists, is readable and, when it is a
+ * regular file, long enough.  MP_ERR_IO or MP_ERR_FORMAT naming it. */
+mp_status_t mp_data_text_check_size(int64_t len, int64_t block_size, const char *what,
+                                    mp_errbuf_t *err);
+mp_status_t mp_data_text_check(const char *path, int64_t block_size, mp_errbuf_t *err);
 
 void mp_dataset_free(mp_dataset_t *ds);
 

@@ -10,7 +10,8 @@
  *
  * Defaults, as in DESIGN.md and PyTorch: "name" "job" (mp_spec_load: the
  * file's base name), "model.loss" "softmax_xent" (the only loss; it may be
- * omitted), "data.path" /usr/share/datasets/fashion-mnist, "data.seed" 1,
+ * omitted), "data.path" /usr/share/datasets/fashion-mnist (required for
+ * "text"), "data.seed" 1, model.seq 1 (data.block_size for "text" and "kjv"),
  * "data.test_samples" 0, "parallel" pp = tp = dp = micro_batches = 1,
  * schedule "1f1b", partition "measured", "train.epochs" 1, "train.steps"
  * absent = -1 (whole epochs), momentum 0, dampening 0, nesterov false,
@@ -38,6 +39,8 @@
 #define SPEC_MAX_FILE (16 << 20)
 #define FASHION_MNIST_FEATURES 784
 #define FASHION_MNIST_CLASSES 10
+/* data.block_size: positions per sample of a text data set. */
+#define MP_SPEC_MAX_BLOCK (1 << 20)
 
 /* ---- helpers -------------------------------------------------------------- */
 
@@ -272,7 +275,7 @@ static const char *const sched_names[] = {"naive", "gpipe", "1f1b", "zero_bubble
 /* Indexes 0..2 of the "partition" names; index 2 is MP_PART_MEASURED. */
 static const char *const part_names[] = {"uniform", "balanced", "measured"};
 static const char *const optim_names[] = {"sgd", "adamw"};
-static const char *const data_names[] = {"fashion-mnist", "synthetic"};
+static const char *const data_names[] = {"fashion-mnist", "synthetic", "text", "kjv"};
 
 /* A character a job name may hold: the name appears in file names, logs and
  * tables, so it stays plain (A-Z a-z 0-9 . _ -, not starting with . or -). */
@@ -416,6 +419,46 @@ static mp_status_t parse_model(const json_t *root, mp_spec_t *spec, mp_errbuf_t 
     return MP_OK;
 }
 
+/* "text" and "kjv": byte tokens in windows of data.block_size (T), which
+ * is also model.seq.  The file itself is checked before a job starts
+ * (mp_train_check_data), not here: parsing reads no files. */
+static mp_status_t parse_text_data(const json_t *dj, mp_spec_t *spec, mp_errbuf_t *err)
+{
+    static const char *const text_keys[] = {"dataset", "path", "block_size"};
+    static const char *const kjv_keys[] = {"dataset", "block_size"};
+    bool text = spec->data.kind == MP_DATA_TEXT;
+    mp_status_t st = text ? check_keys(dj, "data", text_keys, 3, " for data.dataset \"text\"", err)
+                          : check_keys(dj, "data", kjv_keys, 2, " for data.dataset \"kjv\"", err);
+    if (st != MP_OK) {
+        return st;
+    }
+    if (text) {
+        json_t *p = json_object_get(dj, "path");
+        if (p == NULL) {
+            return mp_errbuf_set(err, MP_ERR_SPEC,
+                                 "data.path: required field is missing (the text file for "
+                                 "data.dataset \"text\")");
+        }
+        if (!json_is_string(p) || json_string_length(p) == 0 ||
+            json_string_length(p) >= sizeof(spec->data.path) ||
+            strlen(json_string_value(p)) != json_string_length(p)) {
+            return expected(err, p,
+                            "data.path: expected a file name (a non-empty string under %zu "
+                            "bytes)",
+                            sizeof(spec->data.path));
+        }
+        snprintf(spec->data.path, sizeof(spec->data.path), "%s", json_string_value(p));
+    }
+    st = get_int(dj, "block_size", "data", 1, 0, 1, MP_SPEC_MAX_BLOCK, "a positive integer",
+                 &spec->data.block_size, err);
+    if (st != MP_OK) {
+        return st;
+    }
+    spec->data.classes = MP_TEXT_VOCAB;
+    spec->model.seq = spec->data.block_size;
+    return MP_OK;
+}
+
 static mp_status_t parse_data(const json_t *root, mp_spec_t *spec, mp_errbuf_t *err)
 {
     static const char *const fm_keys[] = {"dataset", "path"};
@@ -425,12 +468,15 @@ static mp_status_t parse_data(const json_t *root, mp_spec_t *spec, mp_errbuf_t *
     mp_status_t st = get_object(root, "data", "data", 1, &dj, err);
     int kind;
     if (st == MP_OK) {
-        st = get_enum(dj, "dataset", "data", 1, 0, data_names, 2, &kind, err);
+        st = get_enum(dj, "dataset", "data", 1, 0, data_names, 4, &kind, err);
     }
     if (st != MP_OK) {
         return st;
     }
     spec->data.kind = (mp_data_kind_t)kind;
+    if (spec->data.kind == MP_DATA_TEXT || spec->data.kind == MP_DATA_KJV) {
+        return parse_text_data(dj, spec, err);
+    }
     if (spec->data.kind == MP_DATA_FASHION_MNIST) {
         st = check_keys(dj, "data", fm_keys, 2, " for data.dataset \"fashion-mnist\"", err);
         if (st != MP_OK) {
@@ -497,6 +543,13 @@ static mp_status_t check_logits(mp_spec_t *spec, mp_errbuf_t *err)
                                  "model.layers[%d].out: %lld does not match the %lld classes "
                                  "of data.dataset \"fashion-mnist\"",
                                  last, (long long)l->out, (long long)spec->data.classes);
+        }
+        if (spec->data.kind == MP_DATA_TEXT || spec->data.kind == MP_DATA_KJV) {
+            return mp_errbuf_set(err, MP_ERR_SPEC,
+                                 "model.layers[%d].out: %lld does not match the %lld byte "
+                                 "values of data.dataset \"%s\"",
+                                 last, (long long)l->out, (long long)spec->data.classes,
+                                 data_names[spec->data.kind]);
         }
         return mp_errbuf_set(err, MP_ERR_SPEC,
                              "model.layers[%d].out: %lld does not match data.classes = %lld",
@@ -791,6 +844,8 @@ static mp_status_t spec_parse(const char *json, size_t len, const char *default_
         st = mp_errbuf_set(err, MP_ERR_NOMEM, "job spec: out of memory");
         goto free_json;
     }
+    /* One position per sample unless the data set is a text (parse_data). */
+    spec->model.seq = 1;
     st = check_keys(root, "", keys, 5, "", err);
     if (st == MP_OK) {
         st = parse_name(root, default_name, spec, err);

@@ -2,10 +2,13 @@
  * test_data.c - the synthetic teacher data set (deterministic per seed,
  * inputs in [-1, 1), classes balanced), the per-epoch sample order (a
  * permutation, deterministic, identity without shuffle, new each epoch),
- * batch gathering, and, where Debian's dataset-fashion-mnist is installed,
- * the real Fashion-MNIST files.
+ * batch gathering, text windows (DESIGN.md "Text data": the 90/10 split,
+ * the windows exactly, the files refused naming them), and, where Debian's
+ * packages are installed, the real Fashion-MNIST files and the King James
+ * Bible of bible-kjv.
  */
 #include <criterion/criterion.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -208,12 +211,252 @@ Test(gather, copies_the_chosen_samples)
     float x[10 * 6];
     int32_t y[10];
     mp_data_gather(&tr, perm, 20, 10, x, y);
+    cr_expect_eq(tr.ydim, 1);
     for (int i = 0; i < 10; i++) {
         int64_t s = perm[20 + i];
         cr_expect_eq(y[i], tr.y[s]);
         cr_expect_eq(memcmp(x + i * 6, tr.x + s * 6, 6 * sizeof(float)), 0, "sample %d", i);
     }
     mp_dataset_free(&tr);
+}
+
+/* ---- text ------------------------------------------------------------- */
+
+/* A temporary file holding bytes[0..len); its path in path (64 bytes). */
+static void temp_text(char *path, const unsigned char *bytes, size_t len)
+{
+    snprintf(path, 64, "/tmp/mpar-test-text-XXXXXX");
+    int fd = mkstemp(path);
+    cr_assert(fd >= 0);
+    cr_assert_eq(write(fd, bytes, len), (ssize_t)len);
+    close(fd);
+}
+
+/* Byte i of the test texts: varied, and every value 0..255 occurs. */
+static unsigned char text_byte(int64_t i)
+{
+    return (unsigned char)((i * 37 + i / 7) & 0xFF);
+}
+
+/* Every window of a split starting at byte `first` of bytes: x and y exact. */
+static void expect_windows(const mp_dataset_t *ds, const unsigned char *bytes, int64_t first,
+                           int64_t T)
+{
+    cr_expect_eq(ds->dim, T);
+    cr_expect_eq(ds->ydim, T);
+    cr_expect_eq(ds->classes, 256);
+    for (int64_t i = 0; i < ds->n; i++) {
+        for (int64_t t = 0; t < T; t++) {
+            cr_expect_eq(ds->x[i * T + t], (float)bytes[first + i * T + t], "x[%lld][%lld]",
+                         (long long)i, (long long)t);
+            cr_expect_eq(ds->y[i * T + t], bytes[first + i * T + t + 1], "y[%lld][%lld]",
+                         (long long)i, (long long)t);
+        }
+    }
+}
+
+Test(text, windows_are_exactly_the_designs)
+{
+    unsigned char bytes[1000];
+    for (int i = 0; i < 1000; i++) {
+        bytes[i] = text_byte(i);
+    }
+    char path[64];
+    temp_text(path, bytes, sizeof(bytes));
+    mp_dataset_t tr, te;
+    mp_errbuf_t err = {{0}};
+    cr_assert_eq(mp_data_load_text(path, 7, &tr, &te, &err), MP_OK, "%s", err.msg);
+    /* 900 training bytes: floor(899 / 7) = 128 windows; 100 test bytes: 14. */
+    cr_expect_eq(tr.n, 128);
+    cr_expect_eq(te.n, 14);
+    expect_windows(&tr, bytes, 0, 7);
+    expect_windows(&te, bytes, 900, 7);
+    /* The last training target is byte 128 * 7 = 896, inside the split. */
+    cr_expect_eq(tr.y[128 * 7 - 1], bytes[896]);
+    mp_dataset_free(&tr);
+    mp_dataset_free(&te);
+    unlink(path);
+}
+
+Test(text, split_sizes_follow_the_floor_of_nine_tenths)
+{
+    static const struct {
+        int64_t len, T, ntrain, ntest;
+    } cases[] = {
+        /* floor(0.9 len) training bytes, floor((n - 1) / T) windows each. */
+        {1000, 1, 899, 99}, {1000, 64, 14, 1}, {12345, 10, 1110, 123},
+        {641, 64, 8, 1},    {77, 2, 34, 3},    {4298239, 64, 60443, 6715},
+    };
+    unsigned char *bytes = malloc(4298239);
+    cr_assert(bytes != NULL);
+    for (int64_t i = 0; i < 4298239; i++) {
+        bytes[i] = text_byte(i);
+    }
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        mp_dataset_t tr, te;
+        mp_errbuf_t err = {{0}};
+        cr_assert_eq(
+            mp_data_text_from_bytes(bytes, cases[c].len, cases[c].T, "mem", &tr, &te, &err), MP_OK,
+            "%s", err.msg);
+        cr_expect_eq(tr.n, cases[c].ntrain, "len %lld T %lld: %lld training windows",
+                     (long long)cases[c].len, (long long)cases[c].T, (long long)tr.n);
+        cr_expect_eq(te.n, cases[c].ntest, "len %lld T %lld: %lld test windows",
+                     (long long)cases[c].len, (long long)cases[c].T, (long long)te.n);
+        int64_t ntr = cases[c].len * 9 / 10;
+        cr_expect_eq(te.x[0], (float)bytes[ntr]);
+        cr_expect_eq(te.y[te.n * te.dim - 1], bytes[ntr + te.n * te.dim]);
+        mp_dataset_free(&tr);
+        mp_dataset_free(&te);
+    }
+    free(bytes);
+}
+
+Test(text, a_file_of_exactly_one_test_window_loads)
+{
+    /* 10 T + 1 bytes: the test split is ceil(len / 10) = T + 1 bytes, one window. */
+    enum { T = 16, LEN = 10 * T + 1 };
+    unsigned char bytes[LEN];
+    for (int i = 0; i < LEN; i++) {
+        bytes[i] = text_byte(i);
+    }
+    char path[64];
+    temp_text(path, bytes, LEN);
+    mp_errbuf_t err = {{0}};
+    cr_expect_eq(mp_data_text_check(path, T, &err), MP_OK, "%s", err.msg);
+    mp_dataset_t tr, te;
+    cr_assert_eq(mp_data_load_text(path, T, &tr, &te, &err), MP_OK, "%s", err.msg);
+    cr_expect_eq(tr.n, (9 * T - 1) / T);
+    cr_expect_eq(te.n, 1);
+    expect_windows(&te, bytes, 9 * T, T);
+    cr_expect_eq(te.y[T - 1], bytes[LEN - 1]);
+    mp_dataset_free(&tr);
+    mp_dataset_free(&te);
+    unlink(path);
+}
+
+Test(text, a_file_short_of_one_window_is_refused_naming_it)
+{
+    enum { T = 16, LEN = 10 * T };
+    unsigned char bytes[LEN];
+    memset(bytes, 'a', sizeof(bytes));
+    char path[64];
+    temp_text(path, bytes, LEN);
+    char want[256];
+    snprintf(want, sizeof(want),
+             "%s: 160 bytes is too short for block size 16: the test split (the last 10%%, 16 "
+             "bytes) holds no window of 16 + 1 bytes; a text needs at least 161 bytes",
+             path);
+    mp_errbuf_t err = {{0}};
+    cr_expect_eq(mp_data_text_check(path, T, &err), MP_ERR_FORMAT);
+    cr_expect_str_eq(err.msg, want);
+    mp_dataset_t tr, te;
+    memset(&err, 0, sizeof(err));
+    cr_expect_eq(mp_data_load_text(path, T, &tr, &te, &err), MP_ERR_FORMAT);
+    cr_expect_str_eq(err.msg, want);
+    /* Short in the training split too: 2 bytes for T = 1. */
+    memset(&err, 0, sizeof(err));
+    cr_expect_eq(mp_data_text_from_bytes(bytes, 2, 1, "two", &tr, &te, &err), MP_ERR_FORMAT);
+    cr_expect_str_eq(err.msg, "two: 2 bytes is too short for block size 1: the training split "
+                              "(the first 90%, 1 bytes) holds no window of 1 + 1 bytes; a text "
+                              "needs at least 11 bytes");
+    unlink(path);
+}
+
+Test(text, empty_and_missing_files_are_refused_naming_them)
+{
+    char path[64];
+    temp_text(path, (const unsigned char *)"", 0);
+    char want[128];
+    snprintf(want, sizeof(want), "%s: the text is empty", path);
+    mp_dataset_t tr, te;
+    mp_errbuf_t err = {{0}};
+    cr_expect_eq(mp_data_text_check(path, 8, &err), MP_ERR_FORMAT);
+    cr_expect_str_eq(err.msg, want);
+    cr_expect_eq(mp_data_load_text(path, 8, &tr, &te, &err), MP_ERR_FORMAT);
+    cr_expect_str_eq(err.msg, want);
+    unlink(path);
+    snprintf(want, sizeof(want), "%s: cannot open: No such file or directory", path);
+    cr_expect_eq(mp_data_text_check(path, 8, &err), MP_ERR_IO);
+    cr_expect_str_eq(err.msg, want);
+    cr_expect_eq(mp_data_load_text(path, 8, &tr, &te, &err), MP_ERR_IO);
+    cr_expect_str_eq(err.msg, want);
+    cr_expect_eq(mp_data_load_text("/tmp", 8, &tr, &te, &err), MP_ERR_IO);
+    cr_expect_str_eq(err.msg, "/tmp: is a folder, not a text file");
+}
+
+Test(text, gather_copies_every_label_of_a_window)
+{
+    unsigned char bytes[400];
+    for (int i = 0; i < 400; i++) {
+        bytes[i] = text_byte(i);
+    }
+    mp_dataset_t tr, te;
+    mp_errbuf_t err = {{0}};
+    cr_assert_eq(mp_data_text_from_bytes(bytes, 400, 5, "mem", &tr, &te, &err), MP_OK, "%s",
+                 err.msg);
+    int64_t perm[71];
+    cr_assert_eq(tr.n, 71);
+    mp_data_order(perm, tr.n, 9, 0, 1);
+    float x[4 * 5];
+    int32_t y[4 * 5];
+    mp_data_gather(&tr, perm, 3, 4, x, y);
+    for (int i = 0; i < 4; i++) {
+        int64_t s = perm[3 + i];
+        for (int t = 0; t < 5; t++) {
+            cr_expect_eq(x[i * 5 + t], (float)bytes[s * 5 + t]);
+            cr_expect_eq(y[i * 5 + t], bytes[s * 5 + t + 1]);
+        }
+    }
+    mp_dataset_free(&tr);
+    mp_dataset_free(&te);
+}
+
+Test(text, a_program_that_fails_is_refused_naming_it)
+{
+    mp_dataset_t tr, te;
+    mp_errbuf_t err = {{0}};
+    const char *const missing[] = {"/nonexistent/bible", "gen1:1", NULL};
+    cr_expect_eq(mp_data_load_program(missing, 8, &tr, &te, &err), MP_ERR_IO);
+    cr_expect_str_eq(err.msg, "/nonexistent/bible gen1:1: cannot run /nonexistent/bible: No "
+                              "such file or directory");
+    const char *const failing[] = {"/bin/sh", "-c", "echo no such book >&2; exit 3", NULL};
+    cr_expect_eq(mp_data_load_program(failing, 8, &tr, &te, &err), MP_ERR_IO);
+    cr_expect_str_eq(err.msg, "/bin/sh -c echo no such book >&2; exit 3: /bin/sh failed: it "
+                              "exited with status 3: no such book");
+    const char *const silent[] = {"/bin/true", NULL};
+    cr_expect_eq(mp_data_load_program(silent, 8, &tr, &te, &err), MP_ERR_FORMAT);
+    cr_expect_str_eq(err.msg, "/bin/true: the text is empty");
+    /* A program's text: the windows of what it printed. */
+    const char *const echo[] = {"/bin/sh", "-c", "printf 'abcdefghijklmnopqrstuvwxyz'", NULL};
+    cr_assert_eq(mp_data_load_program(echo, 2, &tr, &te, &err), MP_OK, "%s", err.msg);
+    cr_expect_eq(tr.n, 11); /* floor(26 * 0.9) = 23 bytes: (23 - 1) / 2 */
+    cr_expect_eq(te.n, 1);  /* "xyz" */
+    cr_expect_eq(te.x[0], (float)'x');
+    cr_expect_eq(te.y[1], 'z');
+    mp_dataset_free(&tr);
+    mp_dataset_free(&te);
+}
+
+Test(kjv, loads_the_king_james_bible_from_bible_kjv, .timeout = 60)
+{
+    if (access(MP_KJV_PROGRAM, X_OK) != 0) {
+        cr_skip_test("%s is not installed (Debian's bible-kjv)", MP_KJV_PROGRAM);
+    }
+    mp_dataset_t tr, te;
+    mp_errbuf_t err = {{0}};
+    cr_assert_eq(mp_data_load_kjv(64, &tr, &te, &err), MP_OK, "%s", err.msg);
+    /* About 4.3 MB: the windows of both splits cover all but < 2 T bytes. */
+    int64_t covered = (tr.n + te.n) * 64;
+    cr_expect(covered > 4200000 && covered < 4400000, "%lld bytes in windows", (long long)covered);
+    cr_expect(te.n > 6000 && te.n < 7000, "%lld test windows", (long long)te.n);
+    /* The first window starts with the header `bible` prints for Genesis. */
+    static const char head[] = "\nGenesis 1\n\n  1 In the beginning God created the heaven";
+    for (size_t i = 0; i < strlen(head); i++) {
+        cr_expect_eq(tr.x[i], (float)(unsigned char)head[i], "byte %zu", i);
+    }
+    cr_expect_eq(tr.y[0], 'G');
+    mp_dataset_free(&tr);
+    mp_dataset_free(&te);
 }
 
 Test(fashion_mnist, loads_the_installed_data_set, .timeout = 120)

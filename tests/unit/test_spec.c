@@ -47,6 +47,11 @@ static mp_status_t parse(const char *spec_q, mp_spec_t **spec_p, mp_errbuf_t *er
 #define PAR(p) "'parallel':{" p "}"
 #define SPEC(...) "{" __VA_ARGS__ "}"
 #define MODEL_L(layers) "'model':{'input':784,'layers':" layers "}"
+/* A per-position MLP over byte tokens (the layer kinds of a GPT come with
+ * the layer table): one token id in, 256 logits out. */
+#define TEXT_MODEL                                                                                 \
+    "'model':{'input':1,'layers':[{'type':'linear','out':32},{'type':'gelu'},"                     \
+    "{'type':'linear','out':256}]}"
 
 typedef struct {
     const char *spec;
@@ -129,9 +134,11 @@ static const bad_spec_t bad_specs[] = {
      "model.input: 100 does not match the 784 pixels of data.dataset \"fashion-mnist\""},
     /* data */
     {SPEC(MODEL ",'data':{'dataset':'mnist'}," TRAIN),
-     "data.dataset: expected \"fashion-mnist\" or \"synthetic\", got \"mnist\""},
+     "data.dataset: expected \"fashion-mnist\", \"synthetic\", \"text\" or \"kjv\", got "
+     "\"mnist\""},
     {SPEC(MODEL ",'data':{}," TRAIN),
-     "data.dataset: required field is missing (\"fashion-mnist\" or \"synthetic\")"},
+     "data.dataset: required field is missing (\"fashion-mnist\", \"synthetic\", \"text\" or "
+     "\"kjv\")"},
     {SPEC(MODEL ",'data':{'dataset':'synthetic','samples':0,'classes':10}," TRAIN),
      "data.samples: expected a positive integer, got 0"},
     {SPEC(MODEL ",'data':{'dataset':'synthetic','classes':10}," TRAIN),
@@ -148,6 +155,36 @@ static const bad_spec_t bad_specs[] = {
      "path)"},
     {SPEC(MODEL ",'data':{'dataset':'fashion-mnist','path':5}," TRAIN),
      "data.path: expected a folder name (a non-empty string under 1024 bytes), got 5"},
+    /* Text data sets: the data section's own fields (files are checked at start). */
+    {SPEC(TEXT_MODEL ",'data':{'dataset':'text','block_size':8}," TRAIN),
+     "data.path: required field is missing (the text file for data.dataset \"text\")"},
+    {SPEC(TEXT_MODEL ",'data':{'dataset':'text','path':'','block_size':8}," TRAIN),
+     "data.path: expected a file name (a non-empty string under 1024 bytes), got \"\""},
+    {SPEC(TEXT_MODEL ",'data':{'dataset':'text','path':['a.txt'],'block_size':8}," TRAIN),
+     "data.path: expected a file name (a non-empty string under 1024 bytes), got [\"a.txt\"]"},
+    {SPEC(TEXT_MODEL ",'data':{'dataset':'text','path':'a.txt'}," TRAIN),
+     "data.block_size: required field is missing (a positive integer)"},
+    {SPEC(TEXT_MODEL ",'data':{'dataset':'text','path':'a.txt','block_size':0}," TRAIN),
+     "data.block_size: expected a positive integer, got 0"},
+    {SPEC(TEXT_MODEL ",'data':{'dataset':'text','path':'a.txt','block_size':2.5}," TRAIN),
+     "data.block_size: expected a positive integer, got 2.5"},
+    {SPEC(TEXT_MODEL ",'data':{'dataset':'text','path':'a.txt','block_size':2000000}," TRAIN),
+     "data.block_size: 2000000 is too large (at most 1048576)"},
+    {SPEC(TEXT_MODEL ",'data':{'dataset':'text','path':'a.txt','block_size':8,'seed':1}," TRAIN),
+     "data.seed: unknown field for data.dataset \"text\" (expected one of: dataset, path, "
+     "block_size)"},
+    {SPEC(TEXT_MODEL ",'data':{'dataset':'kjv'}," TRAIN),
+     "data.block_size: required field is missing (a positive integer)"},
+    {SPEC(TEXT_MODEL ",'data':{'dataset':'kjv','block_size':-4}," TRAIN),
+     "data.block_size: expected a positive integer, got -4"},
+    {SPEC(TEXT_MODEL ",'data':{'dataset':'kjv','path':'a.txt','block_size':8}," TRAIN),
+     "data.path: unknown field for data.dataset \"kjv\" (expected one of: dataset, "
+     "block_size)"},
+    {SPEC(MODEL ",'data':{'dataset':'synthetic','samples':64,'classes':10,'block_size':8}," TRAIN),
+     "data.block_size: unknown field for data.dataset \"synthetic\" (expected one of: dataset, "
+     "samples, classes, seed, test_samples)"},
+    {SPEC(MODEL ",'data':{'dataset':'kjv','block_size':8}," TRAIN),
+     "model.layers[3].out: 10 does not match the 256 byte values of data.dataset \"kjv\""},
     /* parallel */
     {SPEC(MODEL "," DATA "," TRAIN "," PAR("'pipeline':2")),
      "parallel.pipeline: unknown field (expected one of: pp, tp, dp, micro_batches, schedule, "
@@ -167,7 +204,8 @@ static const bad_spec_t bad_specs[] = {
      "got 4 (use \"gpipe\" or \"1f1b\")"},
     {SPEC(MODEL "," DATA "," TRAIN "," PAR("'pp':5")),
      "parallel.pp: 5 stages but model.layers has only 4 layers"},
-    {SPEC(MODEL "," DATA "," TRAIN "," PAR("'pp':65")), "parallel.pp: 65 is too large (at most 64)"},
+    {SPEC(MODEL "," DATA "," TRAIN "," PAR("'pp':65")),
+     "parallel.pp: 65 is too large (at most 64)"},
     {SPEC(MODEL "," DATA "," TRAIN "," PAR("'partition':'random'")),
      "parallel.partition: expected \"uniform\", \"balanced\" or \"measured\", got \"random\""},
     {SPEC(MODEL "," DATA "," TRAIN "," PAR("'pp':2,'stages':[1,1,2]")),
@@ -187,8 +225,9 @@ static const bad_spec_t bad_specs[] = {
     {SPEC(MODEL_L("[{'type':'linear','out':512,'tp':'column'},{'type':'mlp_block','hidden':512,"
                   "'ffn':96},{'type':'linear','out':10}]") "," DATA "," TRAIN "," PAR("'tp':3")),
      "model.layers[0].tp: \"column\" needs parallel.tp = 3 to divide model.layers[0].out = 512"},
-    {SPEC(MODEL_L("[{'type':'linear','out':96,'tp':'row'},{'type':'linear','out':10}]") "," DATA
-          "," TRAIN "," PAR("'tp':3")),
+    {SPEC(MODEL_L(
+         "[{'type':'linear','out':96,'tp':'row'},{'type':'linear','out':10}]") "," DATA "," TRAIN
+                                                                               "," PAR("'tp':3")),
      "model.layers[0].tp: \"row\" needs parallel.tp = 3 to divide the layer's input width 784"},
     /* train */
     {SPEC(MODEL "," DATA ",'train':{'batch_size':256,'optimizer':'sgd','lerning_rate':0.1}"),
@@ -240,7 +279,8 @@ static const bad_spec_t bad_specs[] = {
      "train.betas: expected an array of two numbers [beta1, beta2], got [0.9]"},
     {SPEC(MODEL "," DATA "," TRAIN_ADAMW(",'betas':[0.9,1.0]")),
      "train.betas[1]: expected a number in [0, 1), got 1.0"},
-    {SPEC(MODEL "," DATA "," TRAIN_ADAMW(",'eps':0")), "train.eps: expected a positive number, got 0"},
+    {SPEC(MODEL "," DATA "," TRAIN_ADAMW(",'eps':0")),
+     "train.eps: expected a positive number, got 0"},
     {SPEC(MODEL "," DATA "," TRAIN_ADAMW(",'seed':-1")),
      "train.seed: expected a non-negative integer, got -1"},
     {SPEC(MODEL "," DATA "," TRAIN_ADAMW(",'shuffle':1")),
@@ -427,6 +467,41 @@ Test(spec, parses_synthetic_data)
     cr_assert_eq(parse(SPEC(MODEL "," SYN("10") "," TRAIN), &s, &err), MP_OK, "%s", err.msg);
     cr_expect_eq(s->data.seed, 1);
     cr_expect_eq(s->data.test_samples, 0);
+    mp_spec_free(s);
+}
+
+Test(spec, parses_text_data_and_sets_the_sequence_length)
+{
+    mp_spec_t *s = NULL;
+    mp_errbuf_t err = {{0}};
+    cr_assert_eq(parse(SPEC(TEXT_MODEL ",'data':{'dataset':'text','path':'corpus/a.txt',"
+                                       "'block_size':64}," TRAIN),
+                       &s, &err),
+                 MP_OK, "%s", err.msg);
+    cr_expect_eq(s->data.kind, MP_DATA_TEXT);
+    /* A relative path is kept as written: the process that reads it resolves it. */
+    cr_expect_str_eq(s->data.path, "corpus/a.txt");
+    cr_expect_eq(s->data.block_size, 64);
+    cr_expect_eq(s->data.classes, 256);
+    cr_expect_eq(s->model.seq, 64);
+    mp_spec_free(s);
+
+    cr_assert_eq(
+        parse(SPEC(TEXT_MODEL ",'data':{'dataset':'kjv','block_size':32}," TRAIN), &s, &err), MP_OK,
+        "%s", err.msg);
+    cr_expect_eq(s->data.kind, MP_DATA_KJV);
+    cr_expect_eq(s->data.block_size, 32);
+    cr_expect_eq(s->model.seq, 32);
+    cr_expect_str_eq(s->data.path, "");
+    mp_spec_free(s);
+
+    /* Every other data set has one position per sample. */
+    cr_assert_eq(parse(SPEC(MODEL "," SYN("10") "," TRAIN), &s, &err), MP_OK, "%s", err.msg);
+    cr_expect_eq(s->model.seq, 1);
+    cr_expect_eq(s->data.block_size, 0);
+    mp_spec_free(s);
+    cr_assert_eq(parse(SPEC(MODEL "," DATA "," TRAIN), &s, &err), MP_OK, "%s", err.msg);
+    cr_expect_eq(s->model.seq, 1);
     mp_spec_free(s);
 }
 
