@@ -444,8 +444,14 @@ static void print_job(const Mpar__JobInfo *j)
     if (j->has_test_accuracy) {
         printf("  test acc.:   %.4f\n", j->test_accuracy);
     }
+    if (j->has_test_loss) {
+        printf("  test loss:   %.6f\n", j->test_loss);
+    }
     if (j->samples_per_s > 0) {
         printf("  samples/s:   %.1f\n", j->samples_per_s);
+    }
+    if (j->has_tokens_per_s) {
+        printf("  tokens/s:    %.0f\n", j->tokens_per_s);
     }
     if (j->has_bubble_fraction) {
         printf("  bubble:      %.4f\n", j->bubble_fraction);

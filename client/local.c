@@ -409,12 +409,25 @@ int mp_client_run_local(const char *spec_path, int pp, int tp, int dp, const cha
             printf("  steps %lld, final loss %.4f\n", (long long)json_integer_value(v),
                    json_number_value(json_object_get(job, "final_loss")));
         }
-        if ((v = json_object_get(job, "test_accuracy")) != NULL) {
-            printf("  test accuracy %.4f\n", json_number_value(v));
+        if (json_is_number(v = json_object_get(job, "test_accuracy"))) {
+            json_t *tl = json_object_get(job, "test_loss");
+            if (json_is_number(tl)) {
+                printf("  test accuracy %.4f, test loss %.4f\n", json_number_value(v),
+                       json_number_value(tl));
+            } else {
+                printf("  test accuracy %.4f\n", json_number_value(v));
+            }
         }
-        if ((v = json_object_get(job, "samples_per_s")) != NULL) {
-            printf("  %.0f samples/s, measured bubble fraction %.3f\n", json_number_value(v),
-                   json_number_value(json_object_get(job, "bubble_fraction")));
+        if (json_is_number(v = json_object_get(job, "samples_per_s"))) {
+            json_t *tps = json_object_get(job, "tokens_per_s");
+            if (json_is_number(tps)) {
+                printf("  %.0f tokens/s (%.0f samples/s), measured bubble fraction %.3f\n",
+                       json_number_value(tps), json_number_value(v),
+                       json_number_value(json_object_get(job, "bubble_fraction")));
+            } else {
+                printf("  %.0f samples/s, measured bubble fraction %.3f\n", json_number_value(v),
+                       json_number_value(json_object_get(job, "bubble_fraction")));
+            }
         }
         if (save_dir != NULL && code == MP_EXIT_OK) {
             printf("  weights saved in %s\n", save_dir);

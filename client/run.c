@@ -19,8 +19,14 @@
 typedef struct {
     bool tty;
     bool quiet;
+    bool text; /* a text data set: throughput in tokens/s */
     double last_print;
 } progress_t;
+
+static bool spec_is_text(const mp_spec_t *spec)
+{
+    return spec->data.kind == MP_DATA_TEXT || spec->data.kind == MP_DATA_KJV;
+}
 
 static double mono_s(void)
 {
@@ -55,9 +61,10 @@ static void on_progress(const mp_train_progress_t *p, void *arg)
             bar[i] = i < done ? '#' : '.';
         }
         bar[width] = '\0';
-        fprintf(stderr, "\r\033[Kepoch %lld/%lld [%s] step %lld/%lld  loss %.4f  %.0f samples/s",
+        fprintf(stderr, "\r\033[Kepoch %lld/%lld [%s] step %lld/%lld  loss %.4f  %.0f %s/s",
                 (long long)p->epoch, (long long)p->epochs, bar, (long long)p->step,
-                (long long)p->steps, p->loss, p->samples_per_s);
+                (long long)p->steps, p->loss, pr->text ? p->tokens_per_s : p->samples_per_s,
+                pr->text ? "tokens" : "samples");
         if (last) {
             fputc('\n', stderr);
         }
@@ -65,9 +72,10 @@ static void on_progress(const mp_train_progress_t *p, void *arg)
         if (!last && p->step != 1 && now - pr->last_print < 5.0) {
             return;
         }
-        fprintf(stderr, "epoch %lld/%lld step %lld/%lld loss %.4f %.0f samples/s\n",
+        fprintf(stderr, "epoch %lld/%lld step %lld/%lld loss %.4f %.0f %s/s\n",
                 (long long)p->epoch, (long long)p->epochs, (long long)p->step,
-                (long long)p->steps, p->loss, p->samples_per_s);
+                (long long)p->steps, p->loss, pr->text ? p->tokens_per_s : p->samples_per_s,
+                pr->text ? "tokens" : "samples");
     }
     fflush(stderr);
     pr->last_print = now;
@@ -98,6 +106,9 @@ static void print_result(const mp_spec_t *spec, const mp_train_result_t *r, bool
             json_object_set_new(o, "epoch_test_accuracy", acc);
         }
         json_object_set_new(o, "samples_per_s", json_real(r->samples_per_s));
+        if (spec_is_text(spec)) {
+            json_object_set_new(o, "tokens_per_s", json_real(r->tokens_per_s));
+        }
         json_object_set_new(o, "seconds", json_real(r->seconds));
         json_t *losses = json_array();
         for (int64_t i = 0; i < r->steps; i++) {
@@ -120,7 +131,12 @@ static void print_result(const mp_spec_t *spec, const mp_train_result_t *r, bool
     if (r->has_test && r->epochs_done > 0) {
         printf("  test accuracy %.4f, test loss %.4f\n", r->test_accuracy, r->test_loss);
     }
-    printf("  %.0f samples/s over %.1f s of training\n", r->samples_per_s, r->seconds);
+    if (spec_is_text(spec)) {
+        printf("  %.0f tokens/s (%.0f samples/s) over %.1f s of training\n", r->tokens_per_s,
+               r->samples_per_s, r->seconds);
+    } else {
+        printf("  %.0f samples/s over %.1f s of training\n", r->samples_per_s, r->seconds);
+    }
     if (save_dir != NULL) {
         printf("  weights saved in %s\n", save_dir);
     }
@@ -219,6 +235,14 @@ int mp_client_run_main(int argc, char **argv)
         fprintf(stderr, "mpar-client: %s%s%s\n", named ? "" : path, named ? "" : ": ", err.msg);
         return MP_EXIT_USAGE;
     }
+    /* What the data set needs of the file system (a text file long enough
+     * for a window in both splits), before anything starts. */
+    if (mp_train_check_data(spec, &err) != MP_OK) {
+        fprintf(stderr, "mpar-client: %s: %s\n", path, err.msg);
+        mp_spec_free(spec);
+        return MP_EXIT_USAGE;
+    }
+    pr.text = spec_is_text(spec);
     if (!serial) {
         if (strcmp(opts.device, "cpu") != 0) {
             fprintf(stderr, "mpar-client run: --device applies to --serial; a local cluster's "

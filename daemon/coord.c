@@ -1101,6 +1101,8 @@ static mp_status_t coord_load(mp_coord_t *c, mp_errbuf_t *err)
         j->info.steps = jint(o, "steps");
         jopt_real(o, "final_loss", &j->info.has_final_loss, &j->info.final_loss);
         jopt_real(o, "test_accuracy", &j->info.has_test_accuracy, &j->info.test_accuracy);
+        jopt_real(o, "test_loss", &j->info.has_test_loss, &j->info.test_loss);
+        jopt_real(o, "tokens_per_s", &j->info.has_tokens_per_s, &j->info.tokens_per_s);
         jopt_real(o, "bubble_fraction", &j->info.has_bubble_fraction, &j->info.bubble_fraction);
         json_t *sps = json_object_get(o, "samples_per_s");
         j->info.samples_per_s = json_is_number(sps) ? json_number_value(sps) : 0;

@@ -369,6 +369,12 @@ static void fill_timeline(jobrun_t *r)
     j->info.timeline = j->timeline;
 }
 
+/* A text data set: results and progress also count tokens (positions). */
+static bool is_text(const jobrun_t *r)
+{
+    return r->spec->data.kind == MP_DATA_TEXT || r->spec->data.kind == MP_DATA_KJV;
+}
+
 /* Steps so far, their loss, throughput and bubble into the record. */
 static void fill_results(jobrun_t *r)
 {
@@ -383,11 +389,17 @@ static void fill_results(jobrun_t *r)
         j->info.final_loss = j->losses[r->steps_done - 1];
     }
     j->info.samples_per_s = secs > 0 ? (double)(r->steps_done * r->g.batch) / secs : 0.0;
+    if (is_text(r)) {
+        j->info.has_tokens_per_s = 1;
+        j->info.tokens_per_s = j->info.samples_per_s * (double)r->g.label_dim;
+    }
     j->info.has_bubble_fraction = r->steps_done > 0;
     j->info.bubble_fraction = bubble;
     if (r->has_test) {
         j->info.has_test_accuracy = 1;
         j->info.test_accuracy = r->test_acc;
+        j->info.has_test_loss = 1;
+        j->info.test_loss = r->test_loss;
     }
 }
 
@@ -415,11 +427,17 @@ static void maybe_finish(jobrun_t *r)
                 : snprintf(msg, sizeof(msg), "finished %llu steps",
                            (unsigned long long)r->j->info.steps);
     if (r->has_test && n > 0 && (size_t)n < sizeof(msg)) {
-        n += snprintf(msg + n, sizeof(msg) - (size_t)n, ", test accuracy %.4f", r->test_acc);
+        n += snprintf(msg + n, sizeof(msg) - (size_t)n, ", test loss %.4f, test accuracy %.4f",
+                      r->test_loss, r->test_acc);
     }
     if (n > 0 && (size_t)n < sizeof(msg)) {
-        n += snprintf(msg + n, sizeof(msg) - (size_t)n, ", %.1f samples/s, bubble %.3f",
-                      r->j->info.samples_per_s, r->j->info.bubble_fraction);
+        n += snprintf(msg + n, sizeof(msg) - (size_t)n, ", %.1f samples/s", r->j->info.samples_per_s);
+    }
+    if (is_text(r) && n > 0 && (size_t)n < sizeof(msg)) {
+        n += snprintf(msg + n, sizeof(msg) - (size_t)n, ", %.0f tokens/s", r->j->info.tokens_per_s);
+    }
+    if (n > 0 && (size_t)n < sizeof(msg)) {
+        n += snprintf(msg + n, sizeof(msg) - (size_t)n, ", bubble %.3f", r->j->info.bubble_fraction);
     }
     if (r->save_dir[0] != '\0' && n > 0 && (size_t)n < sizeof(msg)) {
         snprintf(msg + n, sizeof(msg) - (size_t)n, ", weights in %.300s", r->save_dir);
@@ -1018,7 +1036,8 @@ static void on_train_report(jobrun_t *r, int k, const Mpar__ShardReport *m)
         return;
     }
     /* Step i is complete: every shard reported it, every replica's loss. */
-    double loss = r->loss_sum[i] / (double)r->g.batch;
+    /* Per position, as the serial trainer. */
+    double loss = r->loss_sum[i] / (double)(r->g.batch * r->g.label_dim);
     r->j->losses[i] = loss;
     r->steps_done = i + 1;
     fill_results(r);
@@ -1027,13 +1046,16 @@ static void on_train_report(jobrun_t *r, int k, const Mpar__ShardReport *m)
     if (i == 0 || i + 1 == r->g.total_steps || last_in_epoch ||
         now - r->last_progress >= PROGRESS_EVERY_MS) {
         r->last_progress = now;
-        char msg[300];
+        char msg[300], tokens[64] = "";
         int64_t epoch = r->g.steps_per_epoch > 0 ? i / r->g.steps_per_epoch + 1 : 1;
+        if (is_text(r)) {
+            snprintf(tokens, sizeof(tokens), ", %.0f tokens/s", r->j->info.tokens_per_s);
+        }
         snprintf(msg, sizeof(msg),
-                 "step %lld/%lld (epoch %lld/%lld): loss %.6f, %.1f samples/s, bubble %.3f",
+                 "step %lld/%lld (epoch %lld/%lld): loss %.6f, %.1f samples/s%s, bubble %.3f",
                  (long long)(i + 1), (long long)r->g.total_steps, (long long)epoch,
                  (long long)(r->g.epochs > 0 ? r->g.epochs : 1), loss, r->j->info.samples_per_s,
-                 r->j->info.bubble_fraction);
+                 tokens, r->j->info.bubble_fraction);
         coord_job_add_event(r->c, r->j, msg, (uint64_t)(i + 1), true, loss);
     }
 }
@@ -1051,10 +1073,14 @@ static void on_eval_report(jobrun_t *r, const Mpar__ShardReport *m)
         return;
     }
     r->has_test = true;
-    r->test_loss = r->eval_loss[e] / (double)r->g.test_n;
-    r->test_acc = (double)r->eval_correct[e] / (double)r->g.test_n;
+    /* Per position (next-token accuracy for text). */
+    double positions = (double)(r->g.test_n * r->g.label_dim);
+    r->test_loss = r->eval_loss[e] / positions;
+    r->test_acc = (double)r->eval_correct[e] / positions;
     r->j->info.has_test_accuracy = 1;
     r->j->info.test_accuracy = r->test_acc;
+    r->j->info.has_test_loss = 1;
+    r->j->info.test_loss = r->test_loss;
     char msg[200];
     snprintf(msg, sizeof(msg), "epoch %lld/%lld: test loss %.4f, test accuracy %.4f",
              (long long)(e + 1), (long long)r->g.epochs, r->test_loss, r->test_acc);

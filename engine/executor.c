@@ -11,7 +11,8 @@
  * and received directly.
  *
  * Legend: R = rows of a micro-batch, I = the stage's input width, O = its
- * output width, m = micro-batches, S = activation slots.
+ * output width, L = labels per row (model.seq), m = micro-batches, S =
+ * activation slots.
  *
  * Messages: activations and gradients between stages are tagged by
  * sequence number (engine/job.h) so that a receive matches exactly one
@@ -79,11 +80,11 @@ struct mp_exec {
     mp_xport_req_t **act_req;  /* [S] */
     float **gsend;             /* [S] host [R, I] copies of input gradients */
     mp_xport_req_t **grad_req; /* [S] */
-    int32_t *labels;           /* [m, R] */
+    int32_t *labels;           /* [m, R * L] */
     /* Staging through host memory (a device backend). */
     bool staged;
     float **in_host, **out_host, **og_host; /* [S] [R, I], [R, O], [R, O] */
-    int32_t *labels_dev;                    /* [m, R] backend memory */
+    int32_t *labels_dev;                    /* [m, R * L] backend memory */
     float *grads_host;                      /* [params] for the DP allreduce */
     /* Prefetched training data, two steps' worth used in turn (event index
      * parity); pf[i].ev is the event whose receives are posted, or -1. */
@@ -91,7 +92,7 @@ struct mp_exec {
         int64_t ev;
         uint64_t seq;
         float *x;                      /* [m, R, I] inputs (first stage) */
-        int32_t *y;                    /* [m, R] labels (last stage) */
+        int32_t *y;                    /* [m, R * L] labels (last stage) */
         mp_xport_req_t **xreq, **yreq; /* [m] */
     } pf[2];
     int pf_cur;      /* the set of the running step */
@@ -223,7 +224,8 @@ static mp_status_t alloc_staging(mp_exec_t *ex)
             return MP_ERR_NOMEM;
         }
     }
-    ex->labels_dev = ex->be->ops->alloc(ex->be, (size_t)(ex->g.m * ex->R) * sizeof(int32_t));
+    ex->labels_dev = ex->be->ops->alloc(
+        ex->be, (size_t)(ex->g.m * ex->R * ex->g.label_dim) * sizeof(int32_t));
     if (ex->labels_dev == NULL) {
         return MP_ERR_NOMEM;
     }
@@ -313,6 +315,14 @@ mp_status_t mp_exec_create(mp_xport_ctx_t *ctx, const mp_exec_opts_t *opts, mp_e
     }
     ex->I = mp_model_in_dim(ex->model);
     ex->O = mp_model_out_dim(ex->model);
+    if (ex->first && ex->I != g->in_dim) {
+        /* A sample is seq positions: the first stage must take all of them. */
+        st = mp_errbuf_set(err, MP_ERR_SPEC,
+                           "rank %d: the model takes %lld inputs per sample, but a sample of "
+                           "the data set has %lld (model.input x model.seq)",
+                           ex->rank, (long long)ex->I, (long long)g->in_dim);
+        goto err_free;
+    }
 
     int S = ex->nslots;
     int64_t chunks = mp_engine_geom_replica_chunks(g, opts->dp_rank);
@@ -323,7 +333,7 @@ mp_status_t mp_exec_create(mp_xport_ctx_t *ctx, const mp_exec_opts_t *opts, mp_e
     ex->act_req = mp_calloc((size_t)S, sizeof(mp_xport_req_t *));
     ex->gsend = mp_calloc((size_t)S, sizeof(float *));
     ex->grad_req = mp_calloc((size_t)S, sizeof(mp_xport_req_t *));
-    ex->labels = mp_calloc((size_t)(g->m * ex->R), sizeof(int32_t));
+    ex->labels = mp_calloc((size_t)(g->m * ex->R * g->label_dim), sizeof(int32_t));
     ex->ep_tp = mp_calloc((size_t)g->tp, sizeof(mp_xport_ep_t *));
     ex->ep_dp = mp_calloc((size_t)g->dp, sizeof(mp_xport_ep_t *));
     if (ex->slot_of == NULL || ex->busy == NULL || ex->out == NULL || ex->act_req == NULL ||
@@ -340,7 +350,7 @@ mp_status_t mp_exec_create(mp_xport_ctx_t *ctx, const mp_exec_opts_t *opts, mp_e
             ex->pf[i].x = mp_malloc((size_t)(g->m * ex->R * ex->I) * sizeof(float));
         }
         if (ex->last) {
-            ex->pf[i].y = mp_malloc((size_t)(g->m * ex->R) * sizeof(int32_t));
+            ex->pf[i].y = mp_malloc((size_t)(g->m * ex->R * g->label_dim) * sizeof(int32_t));
         }
         if (ex->pf[i].xreq == NULL || ex->pf[i].yreq == NULL ||
             (ex->first && ex->pf[i].x == NULL) || (ex->last && ex->pf[i].y == NULL)) {
@@ -620,7 +630,7 @@ static mp_status_t slot_take(mp_exec_t *ex, int k, int *slot_p, mp_errbuf_t *err
 /* Posts the receives of a training event's inputs and labels into prefetch set i. */
 static mp_status_t prefetch_post(mp_exec_t *ex, const mp_engine_ev_t *ev, int i, mp_errbuf_t *err)
 {
-    int64_t R = ex->R;
+    int64_t R = ex->R, L = ex->g.label_dim;
     uint32_t job = ex->o.job & MP_XPORT_JOB_MAX;
     uint64_t seq = mp_engine_geom_seq(&ex->g, ex->o.dp_rank, ev);
     mp_status_t st = MP_OK;
@@ -632,8 +642,9 @@ static mp_status_t prefetch_post(mp_exec_t *ex, const mp_engine_ev_t *ev, int i,
                                (size_t)(R * ex->I) * sizeof(float), &ex->pf[i].xreq[k]);
         }
         if (st == MP_OK && ex->last) {
-            st = mp_xport_recv(ex->ep_feeder, job, MP_XPORT_KIND_LABEL, tag, ex->pf[i].y + k * R,
-                               (size_t)R * sizeof(int32_t), &ex->pf[i].yreq[k]);
+            st = mp_xport_recv(ex->ep_feeder, job, MP_XPORT_KIND_LABEL, tag,
+                               ex->pf[i].y + k * R * L, (size_t)(R * L) * sizeof(int32_t),
+                               &ex->pf[i].yreq[k]);
         }
     }
     if (st != MP_OK) {
@@ -728,7 +739,7 @@ static mp_status_t host_output(mp_exec_t *ex, int s, int64_t rows, const float *
     return MP_OK;
 }
 
-/* Labels [rows] of micro-batch k from host memory, as the backend's loss wants them. */
+/* Labels [rows, L] of micro-batch k from host memory, as the backend's loss wants them. */
 static mp_status_t labels_for(mp_exec_t *ex, int64_t k, const int32_t *host, int64_t rows,
                               const int32_t **dev_p, mp_errbuf_t *err)
 {
@@ -736,8 +747,10 @@ static mp_status_t labels_for(mp_exec_t *ex, int64_t k, const int32_t *host, int
         *dev_p = host;
         return MP_OK;
     }
-    int32_t *dev = ex->labels_dev + k * ex->R;
-    mp_status_t st = ex->be->ops->upload(ex->be, dev, host, (size_t)rows * sizeof(int32_t));
+    int64_t L = ex->g.label_dim;
+    int32_t *dev = ex->labels_dev + k * ex->R * L;
+    mp_status_t st =
+        ex->be->ops->upload(ex->be, dev, host, (size_t)(rows * L) * sizeof(int32_t));
     if (st != MP_OK) {
         return fail(ex, err, st, -1, "uploading labels");
     }
@@ -778,17 +791,19 @@ static mp_status_t train_action(mp_exec_t *ex, const mp_sched_action_t *a, doubl
         }
         if (ex->last) {
             int i = ex->pf_cur;
-            st = wait_tensor(ex, ex->ep_feeder, &ex->pf[i].yreq[k], R, 1, true, "receiving labels",
-                             err);
+            st = wait_tensor(ex, ex->ep_feeder, &ex->pf[i].yreq[k], R, ex->g.label_dim, true,
+                             "receiving labels", err);
             if (st != MP_OK) {
                 return st;
             }
             const int32_t *labels;
-            st = labels_for(ex, k, ex->pf[i].y + k * R, R, &labels, err);
+            st = labels_for(ex, k, ex->pf[i].y + k * R * ex->g.label_dim, R, &labels, err);
             if (st != MP_OK) {
                 return st;
             }
-            st = mp_model_loss(ex->model, s, labels, R, 1.0f / (float)ex->g.batch, loss_sum, NULL);
+            /* The mean over the global batch's positions, as the serial trainer. */
+            st = mp_model_loss(ex->model, s, labels, R,
+                               1.0f / (float)(ex->g.batch * ex->g.label_dim), loss_sum, NULL);
             if (st != MP_OK) {
                 return fail(ex, err, st, -1, "loss");
             }
@@ -994,7 +1009,7 @@ static mp_status_t run_eval(mp_exec_t *ex, const mp_engine_ev_t *ev, mp_exec_rep
         }
         if (ex->last) {
             st = recv_tensor(ex, ex->ep_feeder, MP_XPORT_KIND_LABEL, ex->seq + (uint64_t)k,
-                             ex->labels, rows, 1, true, "receiving labels", err);
+                             ex->labels, rows, g->label_dim, true, "receiving labels", err);
             if (st == MP_OK) {
                 const int32_t *labels;
                 st = labels_for(ex, 0, ex->labels, rows, &labels, err);

@@ -57,8 +57,9 @@ typedef struct {
     int rank, stage, tp_rank, dp_rank;
     mp_engine_ev_t ev;
     /* Last stage, tp rank 0 only (so that nothing is counted twice): the sum
-     * of the per-sample losses of this replica's samples, their number, and
-     * (evaluations) how many were classified right. */
+     * of the per-position losses of this replica's samples, their number
+     * (each has geom label_dim positions), and (evaluations) how many
+     * positions were classified right. */
     bool has_loss;
     double loss_sum;
     int64_t samples, correct;

@@ -5,7 +5,8 @@
  * data sets, three batch buffers (an event's sends read them until they
  * complete) and a UCX worker; runs on the feeder's own thread.
  *
- * Legend: B = global batch, D = input width, R = rows of a micro-batch.
+ * Legend: B = global batch, D = input width, L = labels per sample (the
+ * positions of a text window, else 1), R = rows of a micro-batch.
  */
 #include "engine/feeder.h"
 
@@ -83,7 +84,7 @@ mp_status_t mp_feeder_create(mp_xport_ctx_t *ctx, const mp_feeder_opts_t *opts,
     }
     for (int b = 0; b < NBUF; b++) {
         f->xb[b] = mp_malloc((size_t)(g->batch * f->train.dim) * sizeof(float));
-        f->yb[b] = mp_malloc((size_t)g->batch * sizeof(int32_t));
+        f->yb[b] = mp_malloc((size_t)(g->batch * g->label_dim) * sizeof(int32_t));
         if (f->xb[b] == NULL || f->yb[b] == NULL) {
             goto err_nomem;
         }
@@ -259,7 +260,7 @@ static mp_status_t feed_train(mp_feeder_t *f, const mp_engine_ev_t *ev, int b, m
     }
     /* Batch k of the epoch: samples [k*B, (k+1)*B) of the order. */
     mp_data_gather(&f->train, f->perm, ev->step_in_epoch * g->batch, g->batch, f->xb[b], f->yb[b]);
-    int64_t D = f->train.dim, R = g->mb_rows;
+    int64_t D = f->train.dim, L = g->label_dim, R = g->mb_rows;
     for (int i = 0; i < f->ndest; i++) {
         const dest_t *x = &f->dest[i];
         uint64_t seq = mp_engine_geom_seq(g, x->dp_rank, ev);
@@ -272,7 +273,7 @@ static mp_status_t feed_train(mp_feeder_t *f, const mp_engine_ev_t *ev, int b, m
             }
             if (st == MP_OK && x->last) {
                 st = send_one(f, &f->pending[b], x, MP_XPORT_KIND_LABEL, seq + (uint64_t)k,
-                              (uint64_t)ev->step, f->yb[b] + row, R, 1, err);
+                              (uint64_t)ev->step, f->yb[b] + row * L, R, L, err);
             }
             if (st != MP_OK) {
                 return st;
@@ -285,7 +286,7 @@ static mp_status_t feed_train(mp_feeder_t *f, const mp_engine_ev_t *ev, int b, m
 static mp_status_t feed_eval(mp_feeder_t *f, const mp_engine_ev_t *ev, int b, mp_errbuf_t *err)
 {
     const mp_engine_geom_t *g = &f->g;
-    int64_t D = f->test.dim;
+    int64_t D = f->test.dim, L = g->label_dim;
     for (int i = 0; i < f->ndest; i++) {
         const dest_t *x = &f->dest[i];
         uint64_t seq = mp_engine_geom_seq(g, x->dp_rank, ev);
@@ -300,7 +301,7 @@ static mp_status_t feed_eval(mp_feeder_t *f, const mp_engine_ev_t *ev, int b, mp
             }
             if (st == MP_OK && x->last) {
                 st = send_one(f, &f->pending[b], x, MP_XPORT_KIND_LABEL, seq + (uint64_t)ci,
-                              (uint64_t)ev->step, f->test.y + row, rows, 1, err);
+                              (uint64_t)ev->step, f->test.y + row * L, rows, L, err);
             }
             if (st != MP_OK) {
                 return st;

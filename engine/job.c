@@ -32,7 +32,10 @@ mp_status_t mp_engine_geom_init(const mp_spec_t *spec, int64_t train_n, int64_t 
     }
     g.replica_rows = g.batch / g.dp;
     g.mb_rows = g.replica_rows / g.m;
-    g.in_dim = spec->model.input;
+    /* A spec filled by hand (tests) may leave seq at 0: one position. */
+    int64_t seq = spec->model.seq > 0 ? spec->model.seq : 1;
+    g.in_dim = spec->model.input * seq;
+    g.label_dim = seq;
     g.classes = spec->model.layers[spec->model.nlayers - 1].out_dim;
     g.train_n = train_n;
     g.test_n = test_n;

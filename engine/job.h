@@ -1,7 +1,8 @@
 /*
  * job.h - the geometry of a model-parallel job that every shard executor
  * and the data feeder derive alike from the spec and the data set sizes:
- * the grid, the rows of a micro-batch, the training steps and evaluations
+ * the grid, the rows of a micro-batch (a row is one sample: its input,
+ * in_dim floats, and its label_dim labels), the training steps and evaluations
  * in order (exactly as the serial trainer runs them), and the sequence
  * numbers that tag each event's messages.  Pure; any thread.
  *
@@ -25,7 +26,9 @@ typedef struct {
     int64_t batch;        /* global batch B */
     int64_t replica_rows; /* B / dp */
     int64_t mb_rows;      /* B / dp / m: rows of one micro-batch */
-    int64_t in_dim, classes;
+    int64_t in_dim;    /* floats of a sample's input: model.input * model.seq */
+    int64_t label_dim; /* int32 labels of a sample: model.seq (1, or T for text) */
+    int64_t classes;
     int64_t train_n, test_n;
     int64_t steps_per_epoch, total_steps, epochs;
     int64_t eval_rows;   /* rows of an evaluation chunk (mb_rows) */

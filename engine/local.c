@@ -131,6 +131,8 @@ static void progress(shared_t *sh, const mp_engine_ev_t *ev, bool eval, double t
         .steps_per_epoch = g->steps_per_epoch,
         .loss = ev->step > 0 ? tr->losses[ev->step - 1] : NAN,
         .samples_per_s = secs > 0 ? (double)sh->samples_seen / secs : 0.0,
+        .tokens_per_s =
+            secs > 0 ? (double)(sh->samples_seen * g->label_dim) / secs : 0.0,
         .eval = eval,
         .test_loss = test_loss,
         .test_accuracy = test_acc,
@@ -159,7 +161,8 @@ static void on_report(const mp_exec_report_t *rep, void *arg)
         if (rep->has_loss) {
             sh->loss_sum[i] += rep->loss_sum;
             if (++sh->loss_count[i] == g->dp) {
-                res->train.losses[i] = sh->loss_sum[i] / (double)g->batch;
+                /* Per position, as the serial trainer. */
+                res->train.losses[i] = sh->loss_sum[i] / (double)(g->batch * g->label_dim);
                 sh->steps_seen++;
                 sh->samples_seen += g->batch;
                 if (sh->o->on_progress != NULL) {
@@ -176,8 +179,9 @@ static void on_report(const mp_exec_report_t *rep, void *arg)
         }
         if (++sh->eval_count[e] == g->dp) {
             mp_train_result_t *tr = &res->train;
-            tr->test_loss = sh->eval_loss[e] / (double)g->test_n;
-            tr->test_accuracy = (double)sh->eval_correct[e] / (double)g->test_n;
+            double positions = (double)(g->test_n * g->label_dim);
+            tr->test_loss = sh->eval_loss[e] / positions;
+            tr->test_accuracy = (double)sh->eval_correct[e] / positions;
             tr->epoch_test_accuracy[e] = tr->test_accuracy;
             if (sh->o->on_progress != NULL) {
                 progress(sh, &rep->ev, true, tr->test_loss, tr->test_accuracy);
@@ -390,6 +394,7 @@ static void finish_result(shared_t *sh)
     tr->has_test = g->test_n > 0;
     tr->seconds = secs;
     tr->samples_per_s = secs > 0 ? (double)tr->samples / secs : 0.0;
+    tr->tokens_per_s = tr->samples_per_s * (double)g->label_dim;
     snprintf(tr->device, sizeof(tr->device), "%s",
              sh->o->device_kind == MP_BACKEND_CUDA ? "cuda" : "cpu");
 }

@@ -6,10 +6,12 @@
  */
 #include "model/train.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/alloc.h"
 #include "common/log.h"
@@ -23,21 +25,55 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+mp_status_t mp_train_check_data(const mp_spec_t *spec, mp_errbuf_t *err)
+{
+    mp_errbuf_t why = {{0}};
+    switch (spec->data.kind) {
+    case MP_DATA_TEXT:
+        if (mp_data_text_check(spec->data.path, spec->data.block_size, &why) != MP_OK) {
+            return mp_errbuf_set(err, MP_ERR_SPEC, "data.path: %s", why.msg);
+        }
+        return MP_OK;
+    case MP_DATA_KJV:
+        if (access(MP_KJV_PROGRAM, X_OK) != 0) {
+            return mp_errbuf_set(err, MP_ERR_SPEC,
+                                 "data.dataset: \"kjv\" runs %s, which cannot run here: %s "
+                                 "(install Debian's bible-kjv and bible-kjv-text: "
+                                 "deploy/install-deps.sh)",
+                                 MP_KJV_PROGRAM, strerror(errno));
+        }
+        return MP_OK;
+    default:
+        return MP_OK;
+    }
+}
+
 mp_status_t mp_train_load_data(const mp_spec_t *spec, mp_dataset_t *train, mp_dataset_t *test,
                                mp_errbuf_t *err)
 {
     memset(train, 0, sizeof(*train));
     memset(test, 0, sizeof(*test));
-    if (spec->data.kind == MP_DATA_SYNTHETIC) {
+    mp_status_t st;
+    switch (spec->data.kind) {
+    case MP_DATA_SYNTHETIC:
         return mp_data_synthetic(spec->data.samples, spec->data.test_samples, spec->model.input,
                                  spec->data.classes, spec->data.seed, train, test, err);
+    case MP_DATA_TEXT:
+        st = mp_data_load_text(spec->data.path, spec->data.block_size, train, test, err);
+        break;
+    case MP_DATA_KJV:
+        st = mp_data_load_kjv(spec->data.block_size, train, test, err);
+        break;
+    default:
+        st = mp_data_load_fashion_mnist(
+            spec->data.path[0] ? spec->data.path : MP_FASHION_MNIST_DIR, train, test, err);
+        break;
     }
-    const char *dir = spec->data.path[0] ? spec->data.path : MP_FASHION_MNIST_DIR;
-    mp_status_t st = mp_data_load_fashion_mnist(dir, train, test, err);
     if (st != MP_OK) {
         return st;
     }
-    if (train->dim != spec->model.input) {
+    /* A sample is seq positions of model.input values, with seq labels. */
+    if (train->dim != spec->model.input * spec->model.seq || train->ydim != spec->model.seq) {
         mp_dataset_free(train);
         mp_dataset_free(test);
         return mp_errbuf_set(err, MP_ERR_SPEC,
@@ -79,19 +115,21 @@ mp_status_t mp_train_backend_create(const mp_train_opts_t *opts, mp_backend_t **
     return MP_OK;
 }
 
-/* Loss and accuracy over a whole data set, in chunks of max_rows. */
+/* Loss and accuracy over a whole data set, in chunks of max_rows, per
+ * position (a sample has ds->ydim labels). */
 static mp_status_t evaluate(mp_model_t *model, mp_backend_t *be, const mp_dataset_t *ds,
                             int64_t max_rows, int32_t *labels_dev, double *loss_p, double *acc_p)
 {
     double loss = 0.0;
-    int64_t correct = 0;
+    int64_t correct = 0, L = ds->ydim;
     for (int64_t first = 0; first < ds->n; first += max_rows) {
         int64_t rows = ds->n - first < max_rows ? ds->n - first : max_rows;
         mp_status_t st = be->ops->upload(be, mp_model_input(model, 0), ds->x + first * ds->dim,
                                          (size_t)(rows * ds->dim) * sizeof(float));
         float *out;
         if (st == MP_OK) {
-            st = be->ops->upload(be, labels_dev, ds->y + first, (size_t)rows * sizeof(int32_t));
+            st = be->ops->upload(be, labels_dev, ds->y + first * L,
+                                 (size_t)(rows * L) * sizeof(int32_t));
         }
         if (st == MP_OK) {
             st = mp_model_forward(model, 0, rows, &out);
@@ -103,8 +141,8 @@ static mp_status_t evaluate(mp_model_t *model, mp_backend_t *be, const mp_datase
             return st;
         }
     }
-    *loss_p = loss / (double)ds->n;
-    *acc_p = (double)correct / (double)ds->n;
+    *loss_p = loss / (double)(ds->n * L);
+    *acc_p = (double)correct / (double)(ds->n * L);
     return MP_OK;
 }
 
@@ -146,6 +184,7 @@ mp_status_t mp_train_serial(const mp_spec_t *spec, const mp_train_opts_t *opts,
         return st;
     }
     int64_t B = spec->train.batch_size;
+    int64_t L = train.ydim; /* labels (positions) per sample: model.seq */
     int64_t spe = mp_train_steps_per_epoch(spec, train.n);
     mp_backend_t *be = NULL;
     mp_model_t *model = NULL;
@@ -173,10 +212,19 @@ mp_status_t mp_train_serial(const mp_spec_t *spec, const mp_train_opts_t *opts,
                       mp_strerror(st));
         goto out_backend;
     }
+    if (mp_model_in_dim(model) != train.dim) {
+        /* A sample is seq positions: the model must take all of them. */
+        st = mp_errbuf_set(err, MP_ERR_SPEC,
+                           "model: takes %lld inputs per sample, but a sample of the data set "
+                           "has %lld (model.input %lld x %lld positions)",
+                           (long long)mp_model_in_dim(model), (long long)train.dim,
+                           (long long)spec->model.input, (long long)spec->model.seq);
+        goto out_model;
+    }
     perm = mp_malloc((size_t)train.n * sizeof(int64_t));
     xb = mp_malloc((size_t)(B * train.dim) * sizeof(float));
-    yb = mp_malloc((size_t)B * sizeof(int32_t));
-    labels_dev = be->ops->alloc(be, (size_t)eval_rows * sizeof(int32_t));
+    yb = mp_malloc((size_t)(B * L) * sizeof(int32_t));
+    labels_dev = be->ops->alloc(be, (size_t)(eval_rows * L) * sizeof(int32_t));
     res->losses = mp_calloc((size_t)(total > 0 ? total : 1), sizeof(double));
     res->epoch_test_accuracy = mp_calloc((size_t)(epochs > 0 ? epochs : 1), sizeof(double));
     if (perm == NULL || xb == NULL || yb == NULL || labels_dev == NULL || res->losses == NULL ||
@@ -198,7 +246,7 @@ mp_status_t mp_train_serial(const mp_spec_t *spec, const mp_train_opts_t *opts,
             st = be->ops->upload(be, mp_model_input(model, 0), xb,
                                  (size_t)(B * train.dim) * sizeof(float));
             if (st == MP_OK) {
-                st = be->ops->upload(be, labels_dev, yb, (size_t)B * sizeof(int32_t));
+                st = be->ops->upload(be, labels_dev, yb, (size_t)(B * L) * sizeof(int32_t));
             }
             if (st == MP_OK) {
                 st = mp_model_zero_grad(model);
@@ -207,7 +255,9 @@ mp_status_t mp_train_serial(const mp_spec_t *spec, const mp_train_opts_t *opts,
                 st = mp_model_forward(model, 0, B, &out);
             }
             if (st == MP_OK) {
-                st = mp_model_loss(model, 0, labels_dev, B, 1.0f / (float)B, &loss, NULL);
+                /* Each position's gradient is 1/(B L) of its loss gradient:
+                 * the mean over the batch's positions. */
+                st = mp_model_loss(model, 0, labels_dev, B, 1.0f / (float)(B * L), &loss, NULL);
             }
             if (st == MP_OK) {
                 st = mp_model_backward(model, 0, B, NULL);
@@ -221,7 +271,7 @@ mp_status_t mp_train_serial(const mp_spec_t *spec, const mp_train_opts_t *opts,
                 goto out_model;
             }
             t_train += now_s() - t0;
-            res->losses[step] = loss / (double)B;
+            res->losses[step] = loss / (double)(B * L);
             step++;
             res->samples += B;
             if (opts->on_progress != NULL) {
@@ -230,6 +280,7 @@ mp_status_t mp_train_serial(const mp_spec_t *spec, const mp_train_opts_t *opts,
                     .step_in_epoch = k + 1, .steps_per_epoch = spe,
                     .loss = res->losses[step - 1],
                     .samples_per_s = t_train > 0 ? (double)res->samples / t_train : 0.0,
+                    .tokens_per_s = t_train > 0 ? (double)(res->samples * L) / t_train : 0.0,
                 };
                 opts->on_progress(&p, opts->arg);
             }
@@ -248,6 +299,7 @@ mp_status_t mp_train_serial(const mp_spec_t *spec, const mp_train_opts_t *opts,
                     .step_in_epoch = spe, .steps_per_epoch = spe,
                     .loss = step > 0 ? res->losses[step - 1] : NAN,
                     .samples_per_s = t_train > 0 ? (double)res->samples / t_train : 0.0,
+                    .tokens_per_s = t_train > 0 ? (double)(res->samples * L) / t_train : 0.0,
                     .eval = true, .test_loss = res->test_loss,
                     .test_accuracy = res->test_accuracy,
                 };
@@ -260,6 +312,7 @@ mp_status_t mp_train_serial(const mp_spec_t *spec, const mp_train_opts_t *opts,
     res->final_loss = step > 0 ? res->losses[step - 1] : NAN;
     res->seconds = t_train;
     res->samples_per_s = t_train > 0 ? (double)res->samples / t_train : 0.0;
+    res->tokens_per_s = res->samples_per_s * (double)L;
     if (opts->save_weights != NULL) {
         st = save_weights(model, spec, opts->save_weights, err);
     }

@@ -20,6 +20,7 @@ typedef struct {
     int64_t step_in_epoch, steps_per_epoch;
     double loss;             /* this step's mean training loss */
     double samples_per_s;    /* since the start of training */
+    double tokens_per_s;     /* samples_per_s * model.seq (text: positions trained) */
     bool eval;               /* an end-of-epoch evaluation: test_* are set */
     double test_loss, test_accuracy;
 } mp_train_progress_t;
@@ -37,15 +38,22 @@ typedef struct {
 
 typedef struct {
     int64_t steps, epochs_done, samples;
-    double final_loss;      /* mean loss of the last step */
+    double final_loss;      /* mean loss of the last step (per position) */
     bool has_test;
-    double test_loss, test_accuracy; /* after the last evaluation */
+    double test_loss, test_accuracy; /* after the last evaluation (per position: next-token
+                                        accuracy for text) */
     double seconds, samples_per_s;   /* training time only (evaluation excluded) */
+    double tokens_per_s;             /* samples_per_s * model.seq */
     char device[32];
     double *losses;         /* [steps] per-step mean training loss (mp_malloc'ed) */
     double *epoch_test_accuracy; /* [epochs_done] when has_test */
 } mp_train_result_t;
 
+/* The checks of the spec's data that need the file system, cheap enough to
+ * make before a job starts (a text file exists, is not empty and holds a
+ * window in both splits; the kjv program is installed): MP_ERR_SPEC with a
+ * message naming the field and the file.  Blocking: not on a loop thread. */
+mp_status_t mp_train_check_data(const mp_spec_t *spec, mp_errbuf_t *err);
 /* Loads the spec's data sets (train and, where there is one, test). */
 mp_status_t mp_train_load_data(const mp_spec_t *spec, mp_dataset_t *train, mp_dataset_t *test,
                                mp_errbuf_t *err);
