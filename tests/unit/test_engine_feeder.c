@@ -37,7 +37,8 @@ static mp_spec_t *text_spec(char *path, size_t size, unsigned char *bytes)
     close(fd);
     char json[1024];
     snprintf(json, sizeof(json),
-             "{\"name\": \"feed\", \"model\": {\"input\": 1, \"layers\": ["
+             "{\"name\": \"feed\", \"model\": {\"layers\": ["
+             "{\"type\": \"embedding\", \"vocab\": 256, \"dim\": 8, \"max_seq\": 8},"
              "{\"type\": \"linear\", \"out\": 256}]},"
              "\"data\": {\"dataset\": \"text\", \"path\": \"%s\", \"block_size\": %d},"
              "\"parallel\": {\"micro_batches\": %d, \"schedule\": \"gpipe\"},"

@@ -47,11 +47,11 @@ static mp_status_t parse(const char *spec_q, mp_spec_t **spec_p, mp_errbuf_t *er
 #define PAR(p) "'parallel':{" p "}"
 #define SPEC(...) "{" __VA_ARGS__ "}"
 #define MODEL_L(layers) "'model':{'input':784,'layers':" layers "}"
-/* A per-position MLP over byte tokens (the layer kinds of a GPT come with
- * the layer table): one token id in, 256 logits out. */
-#define TEXT_MODEL                                                                                 \
-    "'model':{'input':1,'layers':[{'type':'linear','out':32},{'type':'gelu'},"                     \
-    "{'type':'linear','out':256}]}"
+/* A model of byte tokens: an embedding, then 256 logits per position. */
+#define TEXT_MODEL_OUT(out)                                                                        \
+    "'model':{'layers':[{'type':'embedding','vocab':256,'dim':16,'max_seq':64},"                   \
+    "{'type':'linear','out':" out "}]}"
+#define TEXT_MODEL TEXT_MODEL_OUT("256")
 
 typedef struct {
     const char *spec;
@@ -183,8 +183,8 @@ static const bad_spec_t bad_specs[] = {
     {SPEC(MODEL ",'data':{'dataset':'synthetic','samples':64,'classes':10,'block_size':8}," TRAIN),
      "data.block_size: unknown field for data.dataset \"synthetic\" (expected one of: dataset, "
      "samples, classes, seed, test_samples)"},
-    {SPEC(MODEL ",'data':{'dataset':'kjv','block_size':8}," TRAIN),
-     "model.layers[3].out: 10 does not match the 256 byte values of data.dataset \"kjv\""},
+    {SPEC(TEXT_MODEL_OUT("10") ",'data':{'dataset':'kjv','block_size':8}," TRAIN),
+     "model.layers[1].out: 10 does not match the 256 byte values of data.dataset \"kjv\""},
     /* parallel */
     {SPEC(MODEL "," DATA "," TRAIN "," PAR("'pipeline':2")),
      "parallel.pipeline: unknown field (expected one of: pp, tp, dp, micro_batches, schedule, "
