@@ -13,3 +13,12 @@ if(MP_TESTS)
                    $<TARGET_FILE:mpard> $<TARGET_FILE:mpar-client> ${CMAKE_SOURCE_DIR})
   set_tests_properties(client_cli PROPERTIES TIMEOUT 120)
 endif()
+
+# mpar-client run on a text data set: a GPT on a local cluster equals the
+# serial run; text files too short for a window are refused at start.
+if(MP_TESTS)
+  add_test(NAME client_run_text
+           COMMAND ${CMAKE_SOURCE_DIR}/tests/integration/client_run_text.sh
+                   ${CMAKE_RUNTIME_OUTPUT_DIRECTORY} ${CMAKE_SOURCE_DIR})
+  set_tests_properties(client_run_text PROPERTIES TIMEOUT 300)
+endif()
