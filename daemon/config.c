@@ -112,6 +112,12 @@ static mp_status_t config_set(mp_daemon_config_t *c, const char *key_in, const c
         st = v[0] == '\0' || mp_daemon_addr_parse(v, &ss, NULL) == MP_OK
                  ? copy_str(c->join, sizeof(c->join), v)
                  : MP_ERR_INVAL;
+    } else if (!strcmp(key, "metrics-listen")) {
+        struct sockaddr_storage ss;
+        expect = "HOST:PORT with a numeric host, or empty (off)";
+        st = v[0] == '\0' || mp_daemon_addr_parse(v, &ss, NULL) == MP_OK
+                 ? copy_str(c->metrics_listen, sizeof(c->metrics_listen), v)
+                 : MP_ERR_INVAL;
     } else if (!strcmp(key, "socket")) {
         expect = "a path shorter than 108 bytes";
         st = v[0] != '\0' && strlen(v) < 108 ? copy_str(c->socket_path, sizeof(c->socket_path), v)
@@ -184,6 +190,7 @@ void mp_daemon_config_usage(void)
            "  --coordinator          also hold the cluster state (membership, jobs)\n"
            "  --listen HOST:PORT     cluster listener of the coordinator (default 127.0.0.1:%d)\n"
            "  --join HOST:PORT       the coordinator to register with\n"
+           "  --metrics-listen HOST:PORT  Prometheus text at GET /metrics over HTTP (default off)\n"
            "  --socket PATH          status socket (default %s)\n"
            "  --state-dir DIR        where jobs survive restarts (default %s)\n"
            "  --secret-file FILE     cluster secret (mode 0400); without it only loopback\n"
@@ -205,6 +212,7 @@ mp_status_t mp_daemon_config_load(int argc, char **argv, mp_daemon_config_t *cfg
         {"coordinator", no_argument, NULL, 'C'},
         {"listen", required_argument, NULL, 0},
         {"join", required_argument, NULL, 0},
+        {"metrics-listen", required_argument, NULL, 0},
         {"socket", required_argument, NULL, 0},
         {"state-dir", required_argument, NULL, 0},
         {"secret-file", required_argument, NULL, 0},

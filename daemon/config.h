@@ -36,6 +36,7 @@ typedef struct {
     bool coordinator;
     char listen[128]; /* HOST:PORT of the cluster listener (coordinator) */
     char join[128];   /* HOST:PORT of the coordinator; empty: this mpard when coordinator */
+    char metrics_listen[128]; /* HOST:PORT of GET /metrics over HTTP; empty: off */
     char socket_path[PATH_MAX];
     char state_dir[PATH_MAX];
     char secret_file[PATH_MAX];

@@ -91,6 +91,8 @@ static void mpard_shutdown(mpard_t *d, const char *why)
         uv_close((uv_handle_t *)&d->unix_listener, NULL);
         unlink(d->cfg.socket_path);
     }
+    mp_http_server_stop(d->metrics_http);
+    d->metrics_http = NULL;
     if (d->agent != NULL) {
         mp_agent_stop(d->agent); /* says Goodbye before the flag below mutes it */
     }
@@ -134,6 +136,7 @@ static void reload_apply(mpard_t *d, const mp_daemon_config_t *nc)
         F("name", name),
         F("coordinator", coordinator),
         F("listen", listen),
+        F("metrics-listen", metrics_listen),
         F("join", join),
         F("socket", socket_path),
         F("state-dir", state_dir),
@@ -322,6 +325,39 @@ static mp_status_t listen_unix(mpard_t *d)
     return MP_OK;
 }
 
+static char *on_metrics_get(void *arg, const char *path, size_t *len_p)
+{
+    (void)path;
+    char *text = mp_metrics_render(arg);
+    if (text != NULL) {
+        *len_p = strlen(text);
+    }
+    return text;
+}
+
+/* --metrics-listen: GET /metrics over HTTP, what a Prometheus server scrapes. */
+static mp_status_t listen_metrics(mpard_t *d)
+{
+    if (d->cfg.metrics_listen[0] == '\0') {
+        return MP_OK;
+    }
+    mp_errbuf_t err;
+    struct sockaddr_storage ss;
+    if (mp_daemon_addr_parse(d->cfg.metrics_listen, &ss, &err) != MP_OK) {
+        mp_err("metrics-listen: %s", err.msg);
+        return MP_ERR_INVAL;
+    }
+    mp_http_server_opts_t o = {.path = "/metrics",
+                               .content_type = "text/plain; version=0.0.4; charset=utf-8",
+                               .handler = on_metrics_get,
+                               .arg = d,
+                               /* As the control connections' stall limit. */
+                               .deadline_ms = d->cfg.dead_after_ms};
+    MP_TRY(mp_http_server_start(d->loop, (const struct sockaddr *)&ss, &o, &d->metrics_http));
+    mp_info("metrics on http://%s/metrics", mp_http_server_address(d->metrics_http));
+    return MP_OK;
+}
+
 int main(int argc, char **argv)
 {
     static mpard_t d;
@@ -376,6 +412,9 @@ int main(int argc, char **argv)
         rc = 1;
     }
     if (rc == 0 && listen_unix(&d) != MP_OK) {
+        rc = 1;
+    }
+    if (rc == 0 && listen_metrics(&d) != MP_OK) {
         rc = 1;
     }
     if (rc == 0) {

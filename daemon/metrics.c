@@ -134,6 +134,19 @@ char *mp_metrics_render(mpard_t *d)
         put(&t, "mpar_connections_closed_total{reason=\"%s\"} %llu\n",
             mp_conn_reason_name((mp_conn_reason_t)r), (unsigned long long)cs->closed[r]);
     }
+    /* The metrics listener's connections, in the same family: every bad
+     * HTTP request closes its connection with one of these reasons. */
+    const mp_http_stats_t *hs = d->metrics_http ? mp_http_server_stats(d->metrics_http) : NULL;
+    for (int r = 0; hs != NULL && r < MP_HTTP_REASON_COUNT; r++) {
+        put(&t, "mpar_connections_closed_total{reason=\"%s\"} %llu\n",
+            mp_http_reason_name((mp_http_reason_t)r), (unsigned long long)hs->closed[r]);
+    }
+    if (hs != NULL) {
+        family(&t, "mpar_http_connections", "gauge", "Open connections of the metrics listener.");
+        put(&t, "mpar_http_connections %llu\n", (unsigned long long)hs->open);
+        counter(&t, "mpar_http_requests_total", "Whole HTTP requests read by the metrics listener.",
+                hs->requests);
+    }
     counter(&t, "mpar_frames_received_total", "Protocol frames received.", cs->frames_in);
     counter(&t, "mpar_frames_sent_total", "Protocol frames sent.", cs->frames_out);
     counter(&t, "mpar_received_bytes_total", "Bytes received on control connections.",

@@ -28,6 +28,7 @@
 #include "proto/mpar.pb-c.h"
 #include "transport/auth.h"
 #include "transport/frame_conn.h"
+#include "transport/http_server.h"
 #include "transport/ucx.h"
 
 typedef struct mp_coord mp_coord_t;
@@ -94,6 +95,7 @@ typedef struct mpard {
     char tcp_bound[128];
     uv_pipe_t unix_listener;
     bool unix_open;
+    mp_http_server_t *metrics_http; /* --metrics-listen, or NULL */
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t watchdog_timer;
     uv_timer_t status_timer;

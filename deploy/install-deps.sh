@@ -9,7 +9,7 @@ pkgs=(
   libuv1-dev libucx-dev ucx-utils
   protobuf-c-compiler libprotobuf-c-dev
   libcriterion-dev libdnnl-dev libjansson-dev libinih-dev
-  libssl-dev libsystemd-dev zlib1g-dev
+  libssl-dev libsystemd-dev zlib1g-dev libhttp-parser-dev
   dataset-fashion-mnist
   # The GPT demo's corpus: `bible gen1:1-rev22:21` prints the King James
   # Bible (data.dataset "kjv").

@@ -4,6 +4,7 @@ mp_add_test(test_frame SOURCES unit/test_frame.c LIBS mp_proto TIMEOUT 60)
 mp_add_test(test_auth SOURCES unit/test_auth.c LIBS mp_ctl_transport TIMEOUT 60)
 mp_add_test(test_frame_json SOURCES unit/test_frame_json.c LIBS mp_proto TIMEOUT 60)
 mp_add_test(test_frame_conn SOURCES unit/test_frame_conn.c LIBS mp_ctl_transport TIMEOUT 60)
+mp_add_test(test_http SOURCES unit/test_http.c LIBS mp_ctl_transport TIMEOUT 60)
 
 # Multi-process: a coordinator and 3 nodes on loopback (tests/integration/).
 if(MP_TESTS)
@@ -53,6 +54,41 @@ if(MP_TESTS AND MP_CLANG)
     COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/run_fuzz.sh ${MP_FUZZ_BIN}
             $<TARGET_FILE:fuzz_seeds> ${CMAKE_CURRENT_BINARY_DIR}/fuzz-work 45)
   set_tests_properties(control_fuzz PROPERTIES TIMEOUT 180 RESOURCE_LOCK mp_control_cpu)
+endif()
+
+# libFuzzer harness over the HTTP request handling of mpard's metrics
+# listener (transport/http.c on libhttp-parser), run the same bounded way.
+if(MP_TESTS AND MP_CLANG)
+  set(MP_FUZZ_HTTP_BIN ${CMAKE_BINARY_DIR}/bin/fuzz_http)
+  set(MP_FUZZ_HTTP_SRCS
+    ${CMAKE_SOURCE_DIR}/tests/fuzz/fuzz_http.c
+    ${CMAKE_SOURCE_DIR}/transport/http.c
+    ${CMAKE_SOURCE_DIR}/common/status.c
+    ${CMAKE_SOURCE_DIR}/common/alloc.c
+    ${CMAKE_SOURCE_DIR}/common/log.c)
+  add_custom_command(
+    OUTPUT ${MP_FUZZ_HTTP_BIN}
+    COMMAND ${MP_CLANG} -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined
+            -fno-sanitize-recover=undefined -D_GNU_SOURCE -DMP_VERSION="${PROJECT_VERSION}"
+            -I${CMAKE_SOURCE_DIR} -I${HTTP_PARSER_INCLUDE} ${MP_FUZZ_HTTP_SRCS}
+            -o ${MP_FUZZ_HTTP_BIN} ${HTTP_PARSER_LIB} -lpthread
+    DEPENDS ${MP_FUZZ_HTTP_SRCS} ${CMAKE_SOURCE_DIR}/transport/http.h
+    COMMENT "clang libFuzzer harness fuzz_http"
+    VERBATIM)
+  add_custom_target(fuzz_http ALL DEPENDS ${MP_FUZZ_HTTP_BIN})
+  add_executable(fuzz_http_seeds fuzz/seeds_http.c)
+  add_test(NAME control_fuzz_http
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/run_fuzz.sh ${MP_FUZZ_HTTP_BIN}
+            $<TARGET_FILE:fuzz_http_seeds> ${CMAKE_CURRENT_BINARY_DIR}/fuzz-http-work 30)
+  set_tests_properties(control_fuzz_http PROPERTIES TIMEOUT 120 RESOURCE_LOCK mp_control_cpu)
+endif()
+
+# mpard's GET /metrics over HTTP against bad HTTP (garbage, oversized
+# headers, a slow sender, wrong path and method, too many connections).
+if(MP_TESTS)
+  add_test(NAME control_metrics_http
+    COMMAND python3 ${CMAKE_CURRENT_SOURCE_DIR}/integration/metrics_http.py $<TARGET_FILE:mpard>)
+  set_tests_properties(control_metrics_http PROPERTIES TIMEOUT 60)
 endif()
 
 # mpard's flags and config file, mpar-client's usage errors, socket permissions.
