@@ -103,6 +103,8 @@ struct mp_exec {
     mp_status_t coll_st; /* the TP collective's own error, for the message */
     uint64_t seq;        /* the current event's first sequence number */
     int64_t step;        /* the current event's step (header field) */
+    int phase;           /* mp_exec_phase_t of the current event */
+    mp_engine_pub_t pub; /* what it is doing, for mp_exec_probe */
 };
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -110,6 +112,26 @@ struct mp_exec {
 static uint64_t deadline(const mp_exec_t *ex)
 {
     return mp_engine_now_ns() + (uint64_t)ex->timeout_ms * 1000000ull;
+}
+
+/* A wait begins (peer -1: a group) or ends (MP_EXEC_WAIT_NONE). */
+static void pub_wait(mp_exec_t *ex, mp_exec_wait_t wait, int peer)
+{
+    mp_engine_pub_wait(&ex->pub, wait, peer);
+}
+
+/* A new action; the worker's byte counts go with it. */
+static void pub_action(mp_exec_t *ex, int op, int mb)
+{
+    mp_xport_worker_stats_t ws;
+    mp_xport_worker_stats(ex->w, &ws);
+    mp_engine_pub_bytes(&ex->pub, ws.bytes_sent, ws.bytes_received);
+    mp_engine_pub_action(&ex->pub, ex->phase, ex->step, op, mb);
+}
+
+void mp_exec_probe(const mp_exec_t *ex, mp_exec_probe_t *probe_p)
+{
+    mp_engine_pub_read(&ex->pub, probe_p);
 }
 
 static int peer_rank(const mp_exec_t *ex, int stage, int tp_rank, int dp_rank)
@@ -152,7 +174,9 @@ static mp_status_t span_push(mp_exec_t *ex, mp_sched_op_t op, int mb, uint64_t t
 static mp_status_t tp_allreduce(void *ctx, float *buf, int64_t n)
 {
     mp_exec_t *ex = ctx;
+    pub_wait(ex, MP_EXEC_WAIT_TP, -1);
     mp_status_t st = mp_coll_allreduce_sum_f32(ex->tp_group, buf, (size_t)n, ex->timeout_ms);
+    pub_wait(ex, MP_EXEC_WAIT_NONE, -1);
     ex->coll_st = st;
     return st;
 }
@@ -160,8 +184,10 @@ static mp_status_t tp_allreduce(void *ctx, float *buf, int64_t n)
 static mp_status_t tp_allgather(void *ctx, const float *in, float *out, int64_t n_per_rank)
 {
     mp_exec_t *ex = ctx;
+    pub_wait(ex, MP_EXEC_WAIT_TP, -1);
     mp_status_t st = mp_coll_allgather_f32(ex->tp_group, in, out, (size_t)(n_per_rank * ex->g.tp),
                                            ex->timeout_ms);
+    pub_wait(ex, MP_EXEC_WAIT_NONE, -1);
     ex->coll_st = st;
     return st;
 }
@@ -250,6 +276,7 @@ mp_status_t mp_exec_create(mp_xport_ctx_t *ctx, const mp_exec_opts_t *opts, mp_e
     ex->spec = spec;
     ex->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : 30000;
     atomic_init(&ex->cancel, false);
+    mp_engine_pub_phase(&ex->pub, MP_EXEC_PHASE_SETUP);
     mp_status_t st = mp_engine_geom_init(spec, opts->train_n, opts->test_n, &ex->g, err);
     if (st != MP_OK) {
         goto err_free;
@@ -532,7 +559,15 @@ static mp_status_t wait_tensor(mp_exec_t *ex, mp_xport_ep_t *ep, mp_xport_req_t 
 {
     int peer = (int)mp_xport_ep_peer_rank(ep);
     mp_xport_hdr_t hdr;
+    /* What it waits for follows from whom: the feeder sends inputs and
+     * labels, the previous stage activations, the next one gradients. */
+    pub_wait(ex,
+             ep == ex->ep_feeder ? (i32 ? MP_EXEC_WAIT_LABELS : MP_EXEC_WAIT_INPUT)
+             : ep == ex->ep_next ? MP_EXEC_WAIT_GRAD
+                                 : MP_EXEC_WAIT_ACT,
+             peer);
     mp_status_t st = mp_engine_wait(*req, deadline(ex), &ex->cancel, &hdr);
+    pub_wait(ex, MP_EXEC_WAIT_NONE, -1);
     *req = NULL;
     if (st != MP_OK) {
         return fail(ex, err, st, peer, what);
@@ -565,7 +600,9 @@ static mp_status_t settle(mp_exec_t *ex, mp_xport_req_t **req, int peer, const c
     if (*req == NULL) {
         return MP_OK;
     }
+    pub_wait(ex, MP_EXEC_WAIT_SEND, peer);
     mp_status_t st = mp_engine_wait(*req, deadline(ex), &ex->cancel, NULL);
+    pub_wait(ex, MP_EXEC_WAIT_NONE, -1);
     *req = NULL;
     return st == MP_OK ? MP_OK : fail(ex, err, st, peer, what);
 }
@@ -881,7 +918,9 @@ static mp_status_t train_action(mp_exec_t *ex, const mp_sched_action_t *a, doubl
                 st = ex->be->ops->download(ex->be, buf, grads, n * sizeof(float));
             }
             if (st == MP_OK) {
+                pub_wait(ex, MP_EXEC_WAIT_DP, -1);
                 st = mp_coll_allreduce_sum_f32(ex->dp_group, buf, n, ex->timeout_ms);
+                pub_wait(ex, MP_EXEC_WAIT_NONE, -1);
             }
             if (st == MP_OK && ex->staged) {
                 st = ex->be->ops->upload(ex->be, grads, buf, n * sizeof(float));
@@ -926,7 +965,9 @@ static mp_status_t finish_event(mp_exec_t *ex, const mp_engine_ev_t *ev, mp_errb
     mp_xport_req_t *req;
     mp_status_t st = mp_xport_send(ex->ep_feeder, &hdr, &token, &req);
     if (st == MP_OK) {
+        pub_wait(ex, MP_EXEC_WAIT_FEEDER, (int)ex->g.feeder_rank);
         st = mp_engine_wait(req, deadline(ex), &ex->cancel, NULL);
+        pub_wait(ex, MP_EXEC_WAIT_NONE, -1);
     }
     return st == MP_OK ? MP_OK : fail(ex, err, st, (int)ex->g.feeder_rank, "acknowledging data");
 }
@@ -955,12 +996,14 @@ static mp_status_t run_train(mp_exec_t *ex, const mp_engine_ev_t *ev, mp_exec_re
         uint64_t t0 = mp_engine_now_ns();
         if (ex->first && a->op == MP_SCHED_FWD) {
             /* The first stage's input comes from the feeder. */
+            pub_action(ex, MP_SCHED_RECV_ACT, a->mb);
             st = recv_input(ex, a->mb, R, true, err);
             if (st == MP_OK) {
                 st = span_push(ex, MP_SCHED_RECV_ACT, a->mb, t0);
             }
             t0 = mp_engine_now_ns();
         }
+        pub_action(ex, (int)a->op, a->mb);
         if (st == MP_OK) {
             st = train_action(ex, a, &loss_sum, err);
         }
@@ -998,6 +1041,7 @@ static mp_status_t run_eval(mp_exec_t *ex, const mp_engine_ev_t *ev, mp_exec_rep
         }
         int64_t rows = mp_engine_geom_chunk_rows(g, ci * g->dp + d);
         int k = (int)ci;
+        pub_action(ex, MP_SCHED_FWD, k);
         mp_status_t st = recv_input(ex, k, rows, false, err);
         if (st != MP_OK) {
             return st;
@@ -1053,11 +1097,13 @@ mp_status_t mp_exec_run(mp_exec_t *ex, mp_errbuf_t *err)
         mp_engine_ev_t ev;
         mp_engine_geom_next(&ex->g, &it, &ev);
         if (ev.kind == MP_ENGINE_EV_END) {
+            mp_engine_pub_phase(&ex->pub, MP_EXEC_PHASE_DONE);
             return MP_OK;
         }
         ex->seq = mp_engine_geom_seq(&ex->g, ex->o.dp_rank, &ev);
         ex->step = ev.step;
         ex->it_next = it;
+        ex->phase = ev.kind == MP_ENGINE_EV_TRAIN ? MP_EXEC_PHASE_TRAIN : MP_EXEC_PHASE_EVAL;
         mp_exec_report_t rep = {
             .rank = ex->rank,
             .stage = ex->stage,
@@ -1070,6 +1116,7 @@ mp_status_t mp_exec_run(mp_exec_t *ex, mp_errbuf_t *err)
                                                        : run_eval(ex, &ev, &rep, err);
         if (st != MP_OK) {
             drain(ex);
+            mp_engine_pub_phase(&ex->pub, MP_EXEC_PHASE_DONE);
             return st;
         }
         rep.t1_ns = mp_engine_now_ns();

@@ -91,6 +91,44 @@ typedef struct {
     void *arg;
 } mp_exec_opts_t;
 
+/* What an executor is doing right now, for the live wait-for graph
+ * (mpar-client waits): its thread publishes it with a few relaxed atomic
+ * stores per action and wait, any thread samples it (mp_exec_probe). */
+typedef enum {
+    MP_EXEC_PHASE_SETUP = 0, /* created, not running yet (connecting, waiting for peers) */
+    MP_EXEC_PHASE_TRAIN,     /* a training step */
+    MP_EXEC_PHASE_EVAL,      /* an evaluation */
+    MP_EXEC_PHASE_DONE,      /* mp_exec_run returned */
+} mp_exec_phase_t;
+
+typedef enum {
+    MP_EXEC_WAIT_NONE = 0, /* computing (or between actions) */
+    MP_EXEC_WAIT_INPUT,    /* an input micro-batch from the feeder */
+    MP_EXEC_WAIT_ACT,      /* an activation from the previous stage */
+    MP_EXEC_WAIT_GRAD,     /* a gradient from the next stage */
+    MP_EXEC_WAIT_LABELS,   /* labels from the feeder */
+    MP_EXEC_WAIT_SEND,     /* a send to peer to complete (its receiver) */
+    MP_EXEC_WAIT_TP,       /* a TP collective of its group */
+    MP_EXEC_WAIT_DP,       /* the DP gradient allreduce of its group */
+    MP_EXEC_WAIT_FEEDER,   /* the feeder to take the end-of-event token */
+} mp_exec_wait_t;
+
+typedef struct {
+    mp_exec_phase_t phase;
+    int op;       /* the mp_sched_op_t of the current action, -1 none */
+    int mb;       /* its micro-batch, or -1 */
+    int64_t step; /* the current event's 1-based step */
+    mp_exec_wait_t wait;
+    int peer; /* the global rank waited on (the feeder's is geom.feeder_rank); -1: a group */
+    uint64_t since_ns; /* CLOCK_MONOTONIC: when the wait, or else the action, began */
+    uint64_t bytes_sent, bytes_received; /* the worker's payload bytes so far */
+} mp_exec_probe_t;
+
+/* Any thread, while the executor exists.  A consistent snapshot. */
+void mp_exec_probe(const mp_exec_t *exec, mp_exec_probe_t *probe_p);
+/* "activation", "gradient", ...; "" for MP_EXEC_WAIT_NONE. */
+const char *mp_exec_wait_name(mp_exec_wait_t wait);
+
 /* On the executor thread.  err says why on failure. */
 mp_status_t mp_exec_create(mp_xport_ctx_t *ctx, const mp_exec_opts_t *opts, mp_exec_t **exec_p,
                            mp_errbuf_t *err);

@@ -11,7 +11,29 @@
 #include <stdint.h>
 
 #include "common/status.h"
+#include "engine/executor.h"
 #include "transport/ucx.h"
+
+/* The executor's published state (probe.c, executor.h's mp_exec_probe_t):
+ * one writer, the executor's thread; a sequence count, odd while a write
+ * is under way, lets readers take a consistent copy without a lock. */
+typedef struct {
+    _Atomic uint32_t seq;
+    _Atomic int32_t phase, op, mb, wait, peer;
+    _Atomic int64_t step;
+    _Atomic uint64_t since_ns, bytes_sent, bytes_received;
+} mp_engine_pub_t;
+
+/* Writer side (the executor's thread).  A new action (op, mb) of an event:
+ * not waiting, since now. */
+void mp_engine_pub_action(mp_engine_pub_t *pub, int phase, int64_t step, int op, int mb);
+/* Waiting for `wait` from peer (-1: a group), since now; NONE: computing
+ * again, since now. */
+void mp_engine_pub_wait(mp_engine_pub_t *pub, int wait, int peer);
+void mp_engine_pub_bytes(mp_engine_pub_t *pub, uint64_t sent, uint64_t received);
+void mp_engine_pub_phase(mp_engine_pub_t *pub, int phase);
+/* Reader side, any thread: a consistent copy. */
+void mp_engine_pub_read(const mp_engine_pub_t *pub, mp_exec_probe_t *probe_p);
 
 /* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t mp_engine_now_ns(void);

@@ -809,10 +809,13 @@ static void req_advance(mp_xport_req_t *r)
     case REQ_SEND:
     case REQ_RAW_SEND:
         r->status = MP_OK;
+        r->worker->stats.bytes_sent += r->nbytes;
         return;
     case REQ_RAW_RECV:
         r->status = r->sub[0].len == r->cap ? MP_OK : MP_ERR_PROTO;
-        if (r->status != MP_OK) {
+        if (r->status == MP_OK) {
+            r->worker->stats.bytes_received += r->cap;
+        } else {
             mp_err("xport: message of %zu bytes where %zu were expected (tag %#llx)", r->sub[0].len,
                    r->cap, (unsigned long long)r->tag);
         }
@@ -822,7 +825,9 @@ static void req_advance(mp_xport_req_t *r)
     }
     if (r->phase == 1) {
         r->status = r->sub[1].len == r->nbytes ? MP_OK : MP_ERR_PROTO;
-        if (r->status != MP_OK) {
+        if (r->status == MP_OK) {
+            r->worker->stats.bytes_received += r->nbytes;
+        } else {
             mp_err("xport: payload of %zu bytes, header said %zu", r->sub[1].len, r->nbytes);
         }
         return;
@@ -868,6 +873,7 @@ static void req_advance(mp_xport_req_t *r)
             memcpy(r->buf, r->bounce + sizeof(wh), nbytes);
         }
         r->status = MP_OK;
+        r->worker->stats.bytes_received += nbytes;
         return;
     }
     r->phase = 1;
@@ -1199,6 +1205,7 @@ mp_status_t mp_xport_raw_send(mp_xport_ep_t *ep, uint64_t tag, const void *buf, 
         return st;
     }
     r->tag = tag;
+    r->nbytes = len;
     sub_send(&r->sub[0], ep->ucp, tag, buf, len, arena_lookup(ep->worker->ctx, buf, len));
     req_advance(r);
     *req_p = r;

@@ -157,6 +157,8 @@ typedef struct {
     uint64_t sleeps;        /* poll() calls that blocked */
     uint64_t event_wakeups; /* of those, the ones woken by the event fd */
     uint64_t timer_wakeups; /* of those, the ones that ran into the backstop */
+    uint64_t bytes_sent;    /* payload bytes of completed sends (tensors, raw, collectives) */
+    uint64_t bytes_received; /* payload bytes of completed receives */
 } mp_xport_worker_stats_t;
 void mp_xport_worker_stats(const mp_xport_worker_t *worker, mp_xport_worker_stats_t *stats_p);
 
