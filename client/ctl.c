@@ -64,7 +64,12 @@ static const ctl_cmd_t ctl_cmds[] = {
      "validate and queue a job (-f: follow it to its end, progress on stderr; DIR: where\n"
      "the coordinator writes the trained weights as <layer>.<param>.npy, made and checked\n"
      "at submit)"},
-    {"status", 1, "status JOB", "one job's state, grid, placement and results"},
+    {"status", 1, "status JOB",
+     "one job's state, grid, placement and results (a running one's live step, loss and\n"
+     "samples/s)"},
+    {"waits", 1, "waits JOB",
+     "a running job's wait-for graph: what each shard does, what it waits for from whom\n"
+     "and since when, and the shards at its root that hold the job up"},
     {"logs", 1, "logs JOB [-f]", "a job's events (-f: until it ends)"},
     {"cancel", 1, "cancel JOB", "cancel a job"},
 };
@@ -437,9 +442,15 @@ static void print_job(const Mpar__JobInfo *j)
     printf("  grid:        pp %u x tp %u x dp %u (%u devices)\n", j->pp, j->tp, j->dp,
            j->devices_needed);
     printf("  submitted:   %s\n  started:     %s\n  finished:    %s\n", t1, t2, t3);
-    printf("  steps:       %llu\n", (unsigned long long)j->steps);
+    bool running = j->state == MPAR__JOB_STATE__JOB_STATE_RUNNING;
+    if (running && j->total_steps > 0) {
+        printf("  step:        %llu of %llu\n", (unsigned long long)j->steps,
+               (unsigned long long)j->total_steps);
+    } else {
+        printf("  steps:       %llu\n", (unsigned long long)j->steps);
+    }
     if (j->has_final_loss) {
-        printf("  final loss:  %.6f\n", j->final_loss);
+        printf("  %s  %.6f\n", running ? "loss:      " : "final loss:", j->final_loss);
     }
     if (j->has_test_accuracy) {
         printf("  test acc.:   %.4f\n", j->test_accuracy);
@@ -495,6 +506,66 @@ static void print_job(const Mpar__JobInfo *j)
         }
         printf("\n");
     }
+}
+
+static void print_waits(const Mpar__WaitGraph *g)
+{
+    printf("job %s: %s\n", g->job_id, g->state);
+    printf("verdict: %s\n", g->verdict);
+    if (g->n_shards == 0) {
+        return;
+    }
+    printf("%-5s %-5s %-3s %-3s %-14s %-8s %-10s %-4s %-14s %-6s %s\n", "RANK", "STAGE", "TP", "DP",
+           "NODE", "STEP", "ACTION", "MB", "WAITS FOR", "PEER", "FOR");
+    for (size_t i = 0; i < g->n_shards; i++) {
+        const Mpar__ShardWait *w = g->shards[i];
+        char peer[16] = "-", mb[16] = "-", action[24];
+        if (w->peer >= 0) {
+            snprintf(peer, sizeof(peer), "%d", w->peer);
+        } else if (w->wait[0] != '\0') {
+            snprintf(peer, sizeof(peer), "group");
+        }
+        if (w->mb >= 0) {
+            snprintf(mb, sizeof(mb), "%d", w->mb);
+        }
+        snprintf(action, sizeof(action), "%s",
+                 w->op[0] ? w->op : (w->phase[0] ? w->phase : "(no report)"));
+        printf("%-5u %-5u %-3u %-3u %-14s %-8llu %-10s %-4s %-14s %-6s %.1fs%s\n", w->rank,
+               w->stage, w->tp, w->dp, w->node, (unsigned long long)w->step, action, mb,
+               w->wait[0] ? w->wait : "(computing)", peer, (double)w->for_ms / 1000.0,
+               w->stale ? "  (node silent: stopped or dead)" : "");
+    }
+    for (size_t i = 0; i < g->n_blocking; i++) {
+        const Mpar__BlockingShard *b = g->blocking[i];
+        printf("blocking: rank %u (stage %u, tp %u, dp %u) on %s: %s\n", b->rank, b->stage, b->tp,
+               b->dp, b->node, b->why);
+    }
+}
+
+static int cmd_waits(ctl_t *c, const char *id)
+{
+    Mpar__Envelope req = MPAR__ENVELOPE__INIT, *rep;
+    Mpar__GetWaits gw = MPAR__GET_WAITS__INIT;
+    gw.job_id = (char *)id;
+    req.msg_case = MPAR__ENVELOPE__MSG_GET_WAITS;
+    req.get_waits = &gw;
+    int rc = ctl_call(c, &req, &rep);
+    if (rc != MP_EXIT_OK) {
+        return rc;
+    }
+    if (rep->msg_case != MPAR__ENVELOPE__MSG_WAIT_GRAPH) {
+        fprintf(stderr, "mpar-client: unexpected %s in reply to waits\n",
+                mp_frame_msg_name(rep->msg_case));
+        mp_frame_envelope_free(rep);
+        return MP_EXIT_FAILED;
+    }
+    if (c->json) {
+        print_json(mp_proto_to_json(&rep->wait_graph->base));
+    } else {
+        print_waits(rep->wait_graph);
+    }
+    mp_frame_envelope_free(rep);
+    return MP_EXIT_OK;
 }
 
 static int job_exit(const Mpar__JobInfo *j)
@@ -914,6 +985,8 @@ int mp_client_ctl_main(int argc, char **argv)
             rc = cmd_job(&c, pos[0], false);
         } else if (!strcmp(cmd, "logs")) {
             rc = cmd_follow(&c, pos[0], c.follow, false);
+        } else if (!strcmp(cmd, "waits")) {
+            rc = cmd_waits(&c, pos[0]);
         } else {
             rc = cmd_job(&c, pos[0], true);
         }

@@ -67,6 +67,10 @@ const char *mp_agent_state(const mp_agent_t *a)
 
 static void agent_connect(mp_agent_t *a);
 
+/* Shards whose state one heartbeat carries (a node runs at most one per
+ * device of each job; more are left out of the wait-for graph). */
+#define HB_PROBES_MAX 256
+
 static void on_heartbeat_timer(uv_timer_t *t)
 {
     mp_agent_t *a = t->data;
@@ -78,6 +82,17 @@ static void on_heartbeat_timer(uv_timer_t *t)
     hb.seq = ++a->seq;
     hb.sent_unix_ms = mpard_now_ms();
     hb.running_shards = a->shards != NULL ? mp_shards_running(a->shards) : 0;
+    /* What every executor does now: the coordinator's wait-for graph. */
+    Mpar__ShardProbe probes[HB_PROBES_MAX];
+    Mpar__ShardProbe *pp[HB_PROBES_MAX];
+    if (a->shards != NULL) {
+        hb.n_shards = mp_shards_probe(a->shards, probes, HB_PROBES_MAX, &hb.shard_bytes_sent,
+                                      &hb.shard_bytes_received);
+        for (size_t i = 0; i < hb.n_shards; i++) {
+            pp[i] = &probes[i];
+        }
+        hb.shards = pp;
+    }
     env.msg_case = MPAR__ENVELOPE__MSG_HEARTBEAT;
     env.heartbeat = &hb;
     mp_conn_send(a->conn, &env);

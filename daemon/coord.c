@@ -419,6 +419,9 @@ void mp_coord_node_heartbeat(mp_coord_t *c, mp_coord_node_t *n, const Mpar__Hear
     n->last_hb_mono = uv_now(c->d->loop);
     n->info.last_heartbeat_unix_ms = mpard_now_ms();
     n->info.running_shards = hb->running_shards;
+    n->info.shard_bytes_sent = hb->shard_bytes_sent;
+    n->info.shard_bytes_received = hb->shard_bytes_received;
+    coord_waits_heartbeat(c, n, hb);
     c->d->n.heartbeats++;
     if (n->info.state != MPAR__NODE_STATE__NODE_STATE_ALIVE) {
         node_set_state(c, n, MPAR__NODE_STATE__NODE_STATE_ALIVE, "heartbeat");
@@ -586,6 +589,8 @@ void coord_job_results_free(coord_job_t *j)
     }
     j->timeline = NULL;
     j->info.timeline = NULL;
+    mp_free(j->probes);
+    j->probes = NULL;
 }
 
 Mpar__PlacementEntry *coord_job_placement_new(coord_job_t *j, size_t n)

@@ -38,6 +38,17 @@ typedef struct {
 
 typedef struct jobrun jobrun_t;
 
+/* The latest state of one rank of a running job, from its node's heartbeat
+ * (coord_waits.c). */
+typedef struct {
+    bool have;
+    char phase[8], op[16], wait[16];
+    int32_t mb, peer;
+    uint64_t step;
+    uint64_t age_ms; /* of the state when its node sampled it */
+    uint64_t got_ms; /* uv_now when the heartbeat came */
+} coord_probe_t;
+
 typedef struct coord_job {
     Mpar__JobInfo info;
     char id[24];
@@ -56,6 +67,7 @@ typedef struct coord_job {
     Mpar__PlacementEntry **placep;
     Mpar__Timeline *timeline;
     jobrun_t *run; /* while it runs on the data plane (and its threads end) */
+    coord_probe_t *probes; /* [info.n_placement] while it runs, from heartbeats */
     /* Its entry of the state file once it has ended, kept so that a save
      * rebuilds only the jobs that can still change; never modified, only
      * replaced, since a save in flight dumps it on the thread pool. */
@@ -116,6 +128,9 @@ mp_status_t coord_mkdir_p(const char *path, mode_t mode, mp_errbuf_t *err);
 void coord_save(mp_coord_t *c);
 void coord_reschedule(mp_coord_t *c);
 coord_job_t *coord_job_by_id(mp_coord_t *c, const char *id);
+
+/* coord_waits.c: a heartbeat's shard states into their jobs' records. */
+void coord_waits_heartbeat(mp_coord_t *c, mp_coord_node_t *n, const Mpar__Heartbeat *hb);
 
 /* coord_run.c */
 /* Starts j on the placement (takes it): RUNNING, feeder thread, assignments. */

@@ -382,6 +382,7 @@ static void fill_results(jobrun_t *r)
     double secs = 0.0;
     double bubble = mp_engine_stats_bubble_upto(r->stats, r->steps_done, &secs);
     j->info.steps = (uint64_t)r->steps_done;
+    j->info.total_steps = r->g.total_steps > 0 ? (uint64_t)r->g.total_steps : 0;
     j->info.n_losses = (size_t)r->steps_done;
     j->info.losses = j->losses;
     if (r->steps_done > 0) {
@@ -746,6 +747,7 @@ static void on_feeder_ready(jobrun_t *r, fmsg_t *m)
     if (r->ended || r->aborted) {
         return;
     }
+    r->j->info.total_steps = r->g.total_steps > 0 ? (uint64_t)r->g.total_steps : 0;
     size_t steps = (size_t)(r->g.total_steps > 0 ? r->g.total_steps : 1);
     size_t epochs = (size_t)(r->g.epochs > 0 ? r->g.epochs : 1);
     r->loss_sum = mp_calloc(steps, sizeof(double));

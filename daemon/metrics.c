@@ -4,6 +4,7 @@
  * TYPE for every family, mpar_build_info.  Builds the text in one
  * mp_malloc'ed buffer.  libuv thread.
  */
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -69,6 +70,127 @@ static void lower(char *dst, size_t cap, const char *src)
     dst[i] = '\0';
 }
 
+/* A label value as the exposition format wants it: \\, \" and \n escaped. */
+static void label(char *dst, size_t cap, const char *src)
+{
+    size_t o = 0;
+    for (const char *p = src != NULL ? src : ""; *p != '\0' && o + 3 < cap; p++) {
+        if (*p == '\\' || *p == '"') {
+            dst[o++] = '\\';
+            dst[o++] = *p;
+        } else if (*p == '\n') {
+            dst[o++] = '\\';
+            dst[o++] = 'n';
+        } else {
+            dst[o++] = *p;
+        }
+    }
+    dst[o] = '\0';
+}
+
+/* The coordinator's per-job series: one sample per RUNNING job, labelled
+ * with its id and name, so that a dashboard plots training live. */
+static void render_jobs(text_t *t, mp_coord_t *c)
+{
+    size_t n;
+    Mpar__JobInfo **jobs = mp_coord_jobs(c, &n);
+    if (jobs == NULL && n > 0) {
+        t->failed = true;
+        return;
+    }
+    static const struct {
+        const char *name, *type, *help;
+    } fam[] = {
+        {"mpar_job_step", "gauge", "Training steps a running job has completed."},
+        {"mpar_job_steps_total", "gauge", "Training steps a running job will run."},
+        {"mpar_job_loss", "gauge",
+         "A running job's loss at its latest step (mean over the global batch)."},
+        {"mpar_job_samples_per_second", "gauge", "A running job's training throughput so far."},
+        {"mpar_job_bubble_fraction", "gauge", "A running job's measured pipeline bubble so far."},
+        {"mpar_job_restarts", "gauge",
+         "Restarts of a running job from a checkpoint (jobs do not restart yet: always 0)."},
+    };
+    for (size_t f = 0; f < sizeof(fam) / sizeof(fam[0]); f++) {
+        family(t, fam[f].name, fam[f].type, fam[f].help);
+        for (size_t i = 0; i < n; i++) {
+            const Mpar__JobInfo *j = jobs[i];
+            if (j->state != MPAR__JOB_STATE__JOB_STATE_RUNNING) {
+                continue;
+            }
+            char id[64], name[200];
+            label(id, sizeof(id), j->id);
+            label(name, sizeof(name), j->name);
+            /* Not "job": a Prometheus server sets that label on every series
+             * of a scrape job, and would rename this one exported_job. */
+            put(t, "%s{job_id=\"%s\",job_name=\"%s\"} ", fam[f].name, id, name);
+            switch (f) {
+            case 0:
+                put(t, "%llu\n", (unsigned long long)j->steps);
+                break;
+            case 1:
+                put(t, "%llu\n", (unsigned long long)j->total_steps);
+                break;
+            case 2:
+                /* Before the first step there is no loss: NaN, as Prometheus
+                 * writes a missing value, rather than a made-up 0. */
+                if (j->has_final_loss && isfinite(j->final_loss)) {
+                    put(t, "%.9g\n", j->final_loss);
+                } else {
+                    put(t, "%s\n",
+                        j->has_final_loss && isinf(j->final_loss)
+                            ? (j->final_loss > 0 ? "+Inf" : "-Inf")
+                            : "NaN");
+                }
+                break;
+            case 3:
+                put(t, "%.6g\n", j->samples_per_s);
+                break;
+            case 4:
+                put(t, "%.6g\n", j->has_bubble_fraction ? j->bubble_fraction : 0.0);
+                break;
+            default:
+                put(t, "0\n");
+                break;
+            }
+        }
+    }
+    mp_free(jobs);
+}
+
+/* The coordinator's per-node series, from the nodes' heartbeats. */
+static void render_nodes(text_t *t, mp_coord_t *c)
+{
+    size_t n;
+    Mpar__NodeInfo **nodes = mp_coord_nodes(c, &n);
+    if (nodes == NULL && n > 0) {
+        t->failed = true;
+        return;
+    }
+    family(t, "mpar_node_shards_running", "gauge", "Shard executors running on a node.");
+    for (size_t i = 0; i < n; i++) {
+        char name[200];
+        label(name, sizeof(name), nodes[i]->name);
+        put(t, "mpar_node_shards_running{node=\"%s\"} %u\n", name, nodes[i]->running_shards);
+    }
+    family(t, "mpar_node_shard_sent_bytes_total", "counter",
+           "Payload bytes a node's shard executors sent on the data plane.");
+    for (size_t i = 0; i < n; i++) {
+        char name[200];
+        label(name, sizeof(name), nodes[i]->name);
+        put(t, "mpar_node_shard_sent_bytes_total{node=\"%s\"} %llu\n", name,
+            (unsigned long long)nodes[i]->shard_bytes_sent);
+    }
+    family(t, "mpar_node_shard_received_bytes_total", "counter",
+           "Payload bytes a node's shard executors received on the data plane.");
+    for (size_t i = 0; i < n; i++) {
+        char name[200];
+        label(name, sizeof(name), nodes[i]->name);
+        put(t, "mpar_node_shard_received_bytes_total{node=\"%s\"} %llu\n", name,
+            (unsigned long long)nodes[i]->shard_bytes_received);
+    }
+    mp_free(nodes);
+}
+
 char *mp_metrics_render(mpard_t *d)
 {
     text_t t = {.cap = 8192};
@@ -124,6 +246,8 @@ char *mp_metrics_render(mpard_t *d)
                 d->n.heartbeats);
         counter(&t, "mpar_node_registrations_total", "Node registrations, rejoins included.",
                 d->n.registrations);
+        render_jobs(&t, d->coord);
+        render_nodes(&t, d->coord);
     }
     family(&t, "mpar_connections", "gauge", "Open control connections.");
     put(&t, "mpar_connections %llu\n", (unsigned long long)cs->open);

@@ -168,6 +168,11 @@ mp_status_t mp_coord_job_watch(mp_coord_t *c, const char *id, bool follow, mp_se
                                uint64_t request_id, mp_errbuf_t *err);
 /* The JSON form of a job's events (status socket "job" command). */
 json_t *mp_coord_job_events_json(mp_coord_t *c, const char *id);
+/* The live wait-for graph of job id (coord_waits.c): MP_ERR_NOTFOUND, else
+ * a graph (empty unless the job runs); free with mp_coord_waits_free. */
+mp_status_t mp_coord_waits(mp_coord_t *c, const char *id, Mpar__WaitGraph **graph_p,
+                           mp_errbuf_t *err);
+void mp_coord_waits_free(Mpar__WaitGraph *g);
 /* The data plane's wire-up and results, from a node (coord_run.c). */
 void mp_coord_shard_ready(mp_coord_t *c, mp_coord_node_t *n, const Mpar__ShardReady *r);
 void mp_coord_shard_report(mp_coord_t *c, mp_coord_node_t *n, const Mpar__ShardReport *r);
@@ -195,6 +200,12 @@ void mp_shards_on_envelope(mp_shards_t *sh, const Mpar__Envelope *env);
 /* Cancels every job (the coordinator is gone, or mpard stops). */
 void mp_shards_abort_all(mp_shards_t *sh, const char *reason);
 uint32_t mp_shards_running(const mp_shards_t *sh);
+/* What each executor of this node does now, into out[cap] (strings point
+ * into the shards' records and static names, valid until the loop runs
+ * again); the payload bytes the node's executors sent and received so far,
+ * ended ones included.  Returns the number of entries. */
+size_t mp_shards_probe(mp_shards_t *sh, Mpar__ShardProbe *out, size_t cap, uint64_t *sent_p,
+                       uint64_t *received_p);
 /* Shutdown: cancels every job and returns; each thread is joined when its
  * exit reaches the loop, and the mailbox closes after the last one. */
 void mp_shards_stop(mp_shards_t *sh);

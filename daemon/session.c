@@ -70,6 +70,9 @@ static mp_status_t send_as_json(mp_session_t *s, const Mpar__Envelope *env)
                             env->job_accepted->job ? mp_proto_to_json(&env->job_accepted->job->base)
                                                    : json_null());
         break;
+    case MPAR__ENVELOPE__MSG_WAIT_GRAPH:
+        json_object_set_new(o, "waits", mp_proto_to_json(&env->wait_graph->base));
+        break;
     case MPAR__ENVELOPE__MSG_ERROR:
         json_object_set_new(o, "error",
                             json_string(env->error->message ? env->error->message : ""));
@@ -301,6 +304,21 @@ static void on_request(mp_session_t *s, const Mpar__Envelope *in)
         reply_job(s, rid, j);
         return;
     }
+    case MPAR__ENVELOPE__MSG_GET_WAITS: {
+        if (!need_coord(s, in)) {
+            return;
+        }
+        Mpar__WaitGraph *g;
+        if (mp_coord_waits(d->coord, in->get_waits->job_id, &g, &err) != MP_OK) {
+            reply_error(s, rid, MPAR__ERROR_CODE__ERROR_CODE_NOT_FOUND, err.msg);
+            return;
+        }
+        env.msg_case = MPAR__ENVELOPE__MSG_WAIT_GRAPH;
+        env.wait_graph = g;
+        mp_conn_send(s->conn, &env);
+        mp_coord_waits_free(g);
+        return;
+    }
     case MPAR__ENVELOPE__MSG_WATCH_JOB: {
         if (!need_coord(s, in)) {
             return;
@@ -512,6 +530,7 @@ static void line_forward(mp_session_t *s, json_t *req, const char *cmd, const ch
     Mpar__ListNodes ln = MPAR__LIST_NODES__INIT;
     Mpar__ListJobs lj = MPAR__LIST_JOBS__INIT;
     Mpar__GetJob gj = MPAR__GET_JOB__INIT;
+    Mpar__GetWaits gw = MPAR__GET_WAITS__INIT;
     Mpar__CancelJob cj = MPAR__CANCEL_JOB__INIT;
     Mpar__SubmitJob sj = MPAR__SUBMIT_JOB__INIT;
     char *text = NULL;
@@ -541,6 +560,10 @@ static void line_forward(mp_session_t *s, json_t *req, const char *cmd, const ch
         gj.job_id = (char *)id;
         env.msg_case = MPAR__ENVELOPE__MSG_GET_JOB;
         env.get_job = &gj;
+    } else if (!strcmp(cmd, "waits")) {
+        gw.job_id = (char *)id;
+        env.msg_case = MPAR__ENVELOPE__MSG_GET_WAITS;
+        env.get_waits = &gw;
     } else {
         cj.job_id = (char *)id;
         env.msg_case = MPAR__ENVELOPE__MSG_CANCEL_JOB;
@@ -591,7 +614,7 @@ static void on_line(mp_conn_t *conn, const char *line, size_t len, bool oversize
         line_reply(s, o);
     } else if (d->coord == NULL &&
                (!strcmp(cmd, "nodes") || !strcmp(cmd, "jobs") || !strcmp(cmd, "job") ||
-                !strcmp(cmd, "submit") || !strcmp(cmd, "cancel"))) {
+                !strcmp(cmd, "waits") || !strcmp(cmd, "submit") || !strcmp(cmd, "cancel"))) {
         line_forward(s, req, cmd, id);
     } else if (!strcmp(cmd, "nodes")) {
         size_t n;
@@ -610,6 +633,19 @@ static void on_line(mp_conn_t *conn, const char *line, size_t len, bool oversize
         } else {
             json_t *o = job_json(j);
             json_object_set_new(o, "events", mp_coord_job_events_json(d->coord, id));
+            line_reply(s, o);
+        }
+    } else if (!strcmp(cmd, "waits")) {
+        Mpar__WaitGraph *g;
+        if (id == NULL) {
+            line_error(s, "\"waits\" needs \"id\"", false);
+        } else if (mp_coord_waits(d->coord, id, &g, &err) != MP_OK) {
+            line_error(s, err.msg, false);
+        } else {
+            json_t *o = json_object();
+            json_object_set_new(o, "ok", json_true());
+            json_object_set_new(o, "waits", mp_proto_to_json(&g->base));
+            mp_coord_waits_free(g);
             line_reply(s, o);
         }
     } else if ((!strcmp(cmd, "submit") || !strcmp(cmd, "cancel")) && !line_need_mutate(s)) {
@@ -643,7 +679,8 @@ static void on_line(mp_conn_t *conn, const char *line, size_t len, bool oversize
     } else {
         char msg[200];
         snprintf(msg, sizeof(msg),
-                 "unknown cmd '%.64s' (status, nodes, jobs, job, metrics, submit, cancel)", cmd);
+                 "unknown cmd '%.64s' (status, nodes, jobs, job, waits, metrics, submit, cancel)",
+                 cmd);
         line_error(s, msg, false);
     }
     json_decref(req);

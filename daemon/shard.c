@@ -29,6 +29,7 @@
 #include "daemon/mpard.h"
 #include "engine/executor.h"
 #include "engine/gather.h"
+#include "engine/internal.h"
 #include "model/spec.h"
 #include "parallel/placement.h"
 
@@ -49,6 +50,8 @@ typedef struct {
     bool exited;     /* its EXITED message was handled (joined) */
     msg_t *exit_msg; /* its EXITED, made before it starts: its last act never fails */
     mp_exec_t *ex;   /* under job->mu, while it exists */
+    /* Its executor's byte counts when it ended (under job->mu). */
+    uint64_t final_sent, final_received;
 } shard_t;
 
 struct node_job {
@@ -82,6 +85,8 @@ struct mp_shards {
     node_job_t *jobs;
     uint32_t running;
     bool stopping;
+    /* Payload bytes of the executors that have ended (libuv thread). */
+    uint64_t bytes_sent_done, bytes_received_done;
 };
 
 typedef enum { MSG_READY, MSG_REPORT, MSG_DONE, MSG_EXITED } msg_kind_t;
@@ -105,6 +110,67 @@ struct shard_msg {
 uint32_t mp_shards_running(const mp_shards_t *sh)
 {
     return sh->running;
+}
+
+static const char *phase_name(mp_exec_phase_t p)
+{
+    switch (p) {
+    case MP_EXEC_PHASE_SETUP:
+        return "SETUP";
+    case MP_EXEC_PHASE_TRAIN:
+        return "TRAIN";
+    case MP_EXEC_PHASE_EVAL:
+        return "EVAL";
+    case MP_EXEC_PHASE_DONE:
+        return "DONE";
+    }
+    return "?";
+}
+
+size_t mp_shards_probe(mp_shards_t *sh, Mpar__ShardProbe *out, size_t cap, uint64_t *sent_p,
+                       uint64_t *received_p)
+{
+    uint64_t sent = sh->bytes_sent_done, recv = sh->bytes_received_done;
+    uint64_t now_mono = mp_engine_now_ns(), now_unix = mpard_now_ms();
+    size_t n = 0;
+    for (node_job_t *j = sh->jobs; j != NULL; j = j->next) {
+        for (int i = 0; i < j->nshards; i++) {
+            shard_t *s = &j->shards[i];
+            mp_exec_probe_t p;
+            /* The executor's thread holds this lock only to set or clear
+             * s->ex, so the loop never waits on its work. */
+            pthread_mutex_lock(&j->mu);
+            bool have = s->ex != NULL;
+            if (have) {
+                mp_exec_probe(s->ex, &p);
+            }
+            pthread_mutex_unlock(&j->mu);
+            if (!have) {
+                continue;
+            }
+            sent += p.bytes_sent;
+            recv += p.bytes_received;
+            if (n == cap) {
+                continue;
+            }
+            Mpar__ShardProbe *q = &out[n++];
+            mpar__shard_probe__init(q);
+            q->job_id = j->id;
+            q->rank = (uint32_t)s->rank;
+            q->phase = (char *)phase_name(p.phase);
+            q->op = p.op >= 0 ? (char *)mp_sched_op_name((mp_sched_op_t)p.op) : "";
+            q->mb = p.mb;
+            q->step = p.step > 0 ? (uint64_t)p.step : 0;
+            q->wait = (char *)mp_exec_wait_name(p.wait);
+            q->peer = p.peer;
+            uint64_t age = now_mono > p.since_ns ? (now_mono - p.since_ns) / 1000000u : 0;
+            q->age_ms = age;
+            q->since_unix_ms = now_unix > age ? now_unix - age : 0;
+        }
+    }
+    *sent_p = sent;
+    *received_p = recv;
+    return n;
 }
 
 static uint64_t unix_minus_mono_ns(void)
@@ -257,8 +323,14 @@ static void *shard_main(void *arg)
         wait_for(j, &j->end, CONTROL_WAIT_MS);
         mp_exec_disconnect(ex);
     }
+    mp_exec_probe_t last = {0};
+    if (ex != NULL) {
+        mp_exec_probe(ex, &last);
+    }
     pthread_mutex_lock(&j->mu);
     s->ex = NULL;
+    s->final_sent = last.bytes_sent;
+    s->final_received = last.bytes_received;
     pthread_mutex_unlock(&j->mu);
     mp_exec_destroy(ex);
     /* The last act: the loop joins this thread when it reads this. */
@@ -456,6 +528,8 @@ static void on_msg(void *owner, mp_mbox_msg_t *base)
         s->exited = true;
         j->running--;
         sh->running--;
+        sh->bytes_sent_done += s->final_sent;
+        sh->bytes_received_done += s->final_received;
         if (!sh->stopping) {
             send_shard_end(sh, s, false, true, "");
         }

@@ -91,6 +91,15 @@ if(MP_TESTS)
   set_tests_properties(control_metrics_http PROPERTIES TIMEOUT 60)
 endif()
 
+# A real Prometheus server scrapes a coordinator's /metrics (skipped, exit 77,
+# without Debian's prometheus).
+if(MP_TESTS AND TARGET mpard AND TARGET mpar-client)
+  add_test(NAME control_metrics_prometheus
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/integration/metrics_prometheus.sh
+            $<TARGET_FILE:mpard> $<TARGET_FILE:mpar-client> ${CMAKE_SOURCE_DIR})
+  set_tests_properties(control_metrics_prometheus PROPERTIES TIMEOUT 180 SKIP_RETURN_CODE 77)
+endif()
+
 # mpard's flags and config file, mpar-client's usage errors, socket permissions.
 if(MP_TESTS)
   add_test(NAME control_config

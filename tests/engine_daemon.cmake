@@ -26,3 +26,10 @@ if(MP_TESTS AND TARGET mpard AND TARGET mpar-client)
   set_tests_properties(netns_cluster PROPERTIES TIMEOUT 400 SKIP_RETURN_CODE 77
                        RESOURCE_LOCK mp_control_cpu)
 endif()
+if(MP_TESTS AND TARGET mpard AND TARGET mpar-client)
+  add_test(NAME engine_daemon_waits
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/integration/engine_daemon_waits.sh
+            $<TARGET_FILE:mpard> $<TARGET_FILE:mpar-client> ${CMAKE_SOURCE_DIR})
+  # `waits` names a SIGSTOPped node within seconds: not beside the fuzzers.
+  set_tests_properties(engine_daemon_waits PROPERTIES TIMEOUT 240 RESOURCE_LOCK mp_control_cpu)
+endif()

@@ -50,6 +50,11 @@ static const ProtobufCMessageDescriptor *const all_messages[] = {
     &mpar__peer_addresses__descriptor,
     &mpar__job_start__descriptor,
     &mpar__shard_report__descriptor,
+    &mpar__shard_probe__descriptor,
+    &mpar__get_waits__descriptor,
+    &mpar__shard_wait__descriptor,
+    &mpar__blocking_shard__descriptor,
+    &mpar__wait_graph__descriptor,
     &mpar__job_abort__descriptor,
     &mpar__envelope__descriptor,
 };
