@@ -43,7 +43,7 @@ cat >"$T/job.json" <<'JSON'
 JSON
 
 # --- --help on every command, and `help CMD` ---------------------------------
-for cmd in run nodes jobs submit status logs cancel trace; do
+for cmd in run nodes jobs submit status waits logs cancel trace; do
     expect_exit 0 "$cmd --help" "$CLIENT" "$cmd" --help
     grep -q "usage: mpar-client $cmd" "$T/out" || fail "$cmd --help: $(cat "$T/out")"
     expect_exit 0 "help $cmd" "$CLIENT" help "$cmd"
