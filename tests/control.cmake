@@ -24,63 +24,52 @@ if(MP_TESTS)
   set_tests_properties(control_systemd_unit PROPERTIES TIMEOUT 60)
 endif()
 
-# libFuzzer harness over the frame decoder, every message's unpack and the
-# handshake.  The main build uses gcc; the harness is compiled by clang with
-# ASan+UBSan in one command, from the same sources.
+# libFuzzer harnesses: the main build uses gcc; a harness is compiled by
+# clang with ASan+UBSan in one command, from the same sources, and run for a
+# bounded time from the seeds its writer makes.
 find_program(MP_CLANG NAMES clang clang-14)
-if(MP_TESTS AND MP_CLANG)
-  set(MP_FUZZ_BIN ${CMAKE_BINARY_DIR}/bin/fuzz_frame)
-  set(MP_FUZZ_SRCS
-    ${CMAKE_SOURCE_DIR}/tests/fuzz/fuzz_frame.c
-    ${CMAKE_SOURCE_DIR}/proto/codec.c
-    ${CMAKE_SOURCE_DIR}/proto/json.c
-    ${CMAKE_SOURCE_DIR}/transport/auth.c
-    ${CMAKE_SOURCE_DIR}/common/status.c
-    ${CMAKE_SOURCE_DIR}/common/alloc.c
-    ${CMAKE_SOURCE_DIR}/common/log.c)
+function(mp_add_fuzzer name)
+  # ARGS: more compiler arguments (include folders, sources generated
+  # elsewhere, which DEPENDS covers by their target).
+  cmake_parse_arguments(F "" "TEST;SEEDS;SECONDS" "SOURCES;ARGS;LIBS;DEPENDS" ${ARGN})
+  set(bin ${CMAKE_BINARY_DIR}/bin/${name})
   add_custom_command(
-    OUTPUT ${MP_FUZZ_BIN}
+    OUTPUT ${bin}
     COMMAND ${MP_CLANG} -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined
             -fno-sanitize-recover=undefined -D_GNU_SOURCE -DMP_VERSION="${PROJECT_VERSION}"
-            -I${CMAKE_SOURCE_DIR} -I${CMAKE_BINARY_DIR} ${MP_FUZZ_SRCS} ${MP_PROTO_GEN_C}
-            -o ${MP_FUZZ_BIN} ${PROTOBUFC_LDFLAGS} ${JANSSON_LDFLAGS} -lcrypto -lpthread
-    DEPENDS ${MP_FUZZ_SRCS} ${CMAKE_SOURCE_DIR}/proto/mpar.proto mp_proto
-    COMMENT "clang libFuzzer harness fuzz_frame"
+            -I${CMAKE_SOURCE_DIR} ${F_ARGS} ${F_SOURCES} -o ${bin} ${F_LIBS}
+    DEPENDS ${F_SOURCES} ${F_DEPENDS}
+    COMMENT "clang libFuzzer harness ${name}"
     VERBATIM)
-  add_custom_target(fuzz_frame ALL DEPENDS ${MP_FUZZ_BIN})
+  add_custom_target(${name} ALL DEPENDS ${bin})
+  add_test(NAME ${F_TEST}
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/run_fuzz.sh ${bin} $<TARGET_FILE:${F_SEEDS}>
+            ${CMAKE_CURRENT_BINARY_DIR}/${name}-work ${F_SECONDS})
+  set_tests_properties(${F_TEST} PROPERTIES TIMEOUT 180 RESOURCE_LOCK mp_control_cpu)
+endfunction()
+
+if(MP_TESTS AND MP_CLANG)
+  # The frame decoder, every message's unpack and the handshake.
   add_executable(fuzz_seeds fuzz/seeds.c)
   target_link_libraries(fuzz_seeds PRIVATE mp_proto)
-  add_test(NAME control_fuzz
-    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/run_fuzz.sh ${MP_FUZZ_BIN}
-            $<TARGET_FILE:fuzz_seeds> ${CMAKE_CURRENT_BINARY_DIR}/fuzz-work 45)
-  set_tests_properties(control_fuzz PROPERTIES TIMEOUT 180 RESOURCE_LOCK mp_control_cpu)
-endif()
-
-# libFuzzer harness over the HTTP request handling of mpard's metrics
-# listener (transport/http.c on libhttp-parser), run the same bounded way.
-if(MP_TESTS AND MP_CLANG)
-  set(MP_FUZZ_HTTP_BIN ${CMAKE_BINARY_DIR}/bin/fuzz_http)
-  set(MP_FUZZ_HTTP_SRCS
-    ${CMAKE_SOURCE_DIR}/tests/fuzz/fuzz_http.c
-    ${CMAKE_SOURCE_DIR}/transport/http.c
-    ${CMAKE_SOURCE_DIR}/common/status.c
-    ${CMAKE_SOURCE_DIR}/common/alloc.c
-    ${CMAKE_SOURCE_DIR}/common/log.c)
-  add_custom_command(
-    OUTPUT ${MP_FUZZ_HTTP_BIN}
-    COMMAND ${MP_CLANG} -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined
-            -fno-sanitize-recover=undefined -D_GNU_SOURCE -DMP_VERSION="${PROJECT_VERSION}"
-            -I${CMAKE_SOURCE_DIR} -I${HTTP_PARSER_INCLUDE} ${MP_FUZZ_HTTP_SRCS}
-            -o ${MP_FUZZ_HTTP_BIN} ${HTTP_PARSER_LIB} -lpthread
-    DEPENDS ${MP_FUZZ_HTTP_SRCS} ${CMAKE_SOURCE_DIR}/transport/http.h
-    COMMENT "clang libFuzzer harness fuzz_http"
-    VERBATIM)
-  add_custom_target(fuzz_http ALL DEPENDS ${MP_FUZZ_HTTP_BIN})
+  mp_add_fuzzer(fuzz_frame TEST control_fuzz SEEDS fuzz_seeds SECONDS 45
+    SOURCES ${CMAKE_SOURCE_DIR}/tests/fuzz/fuzz_frame.c ${CMAKE_SOURCE_DIR}/proto/codec.c
+            ${CMAKE_SOURCE_DIR}/proto/json.c ${CMAKE_SOURCE_DIR}/transport/auth.c
+            ${CMAKE_SOURCE_DIR}/common/status.c ${CMAKE_SOURCE_DIR}/common/alloc.c
+            ${CMAKE_SOURCE_DIR}/common/log.c
+    ARGS -I${CMAKE_BINARY_DIR} ${MP_PROTO_GEN_C}
+    LIBS ${PROTOBUFC_LDFLAGS} ${JANSSON_LDFLAGS} -lcrypto -lpthread
+    DEPENDS ${CMAKE_SOURCE_DIR}/proto/mpar.proto mp_proto)
+  # The HTTP request handling of mpard's metrics listener (transport/http.c
+  # on libhttp-parser).
   add_executable(fuzz_http_seeds fuzz/seeds_http.c)
-  add_test(NAME control_fuzz_http
-    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/run_fuzz.sh ${MP_FUZZ_HTTP_BIN}
-            $<TARGET_FILE:fuzz_http_seeds> ${CMAKE_CURRENT_BINARY_DIR}/fuzz-http-work 30)
-  set_tests_properties(control_fuzz_http PROPERTIES TIMEOUT 120 RESOURCE_LOCK mp_control_cpu)
+  mp_add_fuzzer(fuzz_http TEST control_fuzz_http SEEDS fuzz_http_seeds SECONDS 30
+    SOURCES ${CMAKE_SOURCE_DIR}/tests/fuzz/fuzz_http.c ${CMAKE_SOURCE_DIR}/transport/http.c
+            ${CMAKE_SOURCE_DIR}/common/status.c ${CMAKE_SOURCE_DIR}/common/alloc.c
+            ${CMAKE_SOURCE_DIR}/common/log.c
+    ARGS -I${HTTP_PARSER_INCLUDE}
+    LIBS ${HTTP_PARSER_LIB} -lpthread
+    DEPENDS ${CMAKE_SOURCE_DIR}/transport/http.h)
 endif()
 
 # mpard's GET /metrics over HTTP against bad HTTP (garbage, oversized

@@ -42,7 +42,9 @@ echo "$text" | grep -Eq "^  loss: +[0-9.]+" || fail "status text has no live los
 echo "ok status shows the live step, loss and samples/s"
 
 # The per-job and per-node series.
-metrics() { echo '{"cmd":"metrics"}' | socat - UNIX-CONNECT:"$T/c0.sock" | jget 'd["metrics"]'; }
+# socat waits up to 10 s for the reply after its input ends (-t; 0.5 s by
+# default, too short on a loaded machine).
+metrics() { echo '{"cmd":"metrics"}' | socat -t 10 - UNIX-CONNECT:"$T/c0.sock" | jget 'd["metrics"]'; }
 m=$(metrics)
 for re in '^mpar_job_step\{job_id="1",job_name="waits"\} [1-9][0-9]*$' \
     '^mpar_job_loss\{job_id="1",job_name="waits"\} [0-9.e+-]+$' \
