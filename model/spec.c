@@ -32,6 +32,7 @@
 #include "common/alloc.h"
 #include "model/data.h"
 #include "model/layer.h"
+#include "parallel/tpplan.h"
 
 /* Limits that keep every product of widths far from overflow. */
 #define SPEC_MAX_WIDTH (1ll << 24)
@@ -686,28 +687,15 @@ static mp_status_t parse_parallel(const json_t *root, mp_spec_t *spec, mp_errbuf
         spec->parallel.nstages_explicit = (int)pp;
     }
 
-    /* Tensor-parallel rules (DESIGN.md "Which layers split"). */
-    for (int i = 0; i < nl; i++) {
-        const mp_layer_spec_t *l = &spec->model.layers[i];
-        if (l->kind == MP_LAYER_MLP_BLOCK && l->ffn % tp != 0) {
-            return mp_errbuf_set(err, MP_ERR_SPEC,
-                                 "parallel.tp: %lld does not divide model.layers[%d].ffn = %lld",
-                                 (long long)tp, i, (long long)l->ffn);
-        }
-        if (l->kind == MP_LAYER_LINEAR && l->tp == MP_TP_COLUMN && l->out % tp != 0) {
-            return mp_errbuf_set(err, MP_ERR_SPEC,
-                                 "model.layers[%d].tp: \"column\" needs parallel.tp = %lld to "
-                                 "divide model.layers[%d].out = %lld",
-                                 i, (long long)tp, i, (long long)l->out);
-        }
-        if (l->kind == MP_LAYER_LINEAR && l->tp == MP_TP_ROW && l->in_dim % tp != 0) {
-            return mp_errbuf_set(err, MP_ERR_SPEC,
-                                 "model.layers[%d].tp: \"row\" needs parallel.tp = %lld to "
-                                 "divide the layer's input width %lld",
-                                 i, (long long)tp, (long long)l->in_dim);
-        }
+    /* Tensor-parallel rules (DESIGN.md "Which layers split"): each layer
+     * kind's plan refuses the degree it cannot split by, naming the field. */
+    mp_tp_plan_t *plan = mp_malloc(sizeof(*plan));
+    if (plan == NULL) {
+        return mp_errbuf_set(err, MP_ERR_NOMEM, "job spec: out of memory");
     }
-    return MP_OK;
+    mp_status_t pst = mp_tp_plan_build(spec, NULL, plan, err);
+    mp_free(plan);
+    return pst;
 }
 
 static mp_status_t parse_train(const json_t *root, mp_spec_t *spec, mp_errbuf_t *err)

@@ -7,6 +7,13 @@ if(MP_TESTS AND TARGET mpard AND TARGET mpar-client)
             $<TARGET_FILE:mpard> $<TARGET_FILE:mpar-client> ${CMAKE_SOURCE_DIR})
   set_tests_properties(engine_daemon_equiv PROPERTIES TIMEOUT 300)
 endif()
+# The GPT on its grids through real daemons, against the serial run.
+if(MP_TESTS AND TARGET mpard AND TARGET mpar-client)
+  add_test(NAME engine_daemon_gpt
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/integration/engine_daemon_gpt.sh
+            $<TARGET_FILE:mpard> $<TARGET_FILE:mpar-client> ${CMAKE_SOURCE_DIR})
+  set_tests_properties(engine_daemon_gpt PROPERTIES TIMEOUT 400)
+endif()
 if(MP_TESTS AND TARGET mpard AND TARGET mpar-client)
   add_test(NAME engine_daemon_fail
     COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/integration/engine_daemon_fail.sh

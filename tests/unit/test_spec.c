@@ -52,6 +52,12 @@ static mp_status_t parse(const char *spec_q, mp_spec_t **spec_p, mp_errbuf_t *er
     "'model':{'layers':[{'type':'embedding','vocab':256,'dim':16,'max_seq':64},"                   \
     "{'type':'linear','out':" out "}]}"
 #define TEXT_MODEL TEXT_MODEL_OUT("256")
+/* A GPT on the kjv corpus, with its embedding and block fields given. */
+#define GPT_LAYERS(emb, block)                                                                     \
+    "'model':{'layers':[{'type':'embedding'," emb "},{'type':'transformer_block'," block "},"      \
+    "{'type':'layernorm'},{'type':'linear','out':256}]}"
+#define KJV(bs) "'data':{'dataset':'kjv','block_size':" bs "}"
+#define EMB "'vocab':256,'dim':12,'max_seq':16"
 
 typedef struct {
     const char *spec;
@@ -185,6 +191,43 @@ static const bad_spec_t bad_specs[] = {
      "samples, classes, seed, test_samples)"},
     {SPEC(TEXT_MODEL_OUT("10") ",'data':{'dataset':'kjv','block_size':8}," TRAIN),
      "model.layers[1].out: 10 does not match the 256 byte values of data.dataset \"kjv\""},
+    /* GPT layers: refused before anything starts, naming the field. */
+    {SPEC(GPT_LAYERS(EMB, "'heads':5,'ffn':24") "," KJV("8") "," TRAIN),
+     "model.layers[1].heads: 5 does not divide the width 12 from model.layers[0]"},
+    {SPEC(GPT_LAYERS(EMB, "'heads':3,'ffn':24") "," KJV("8") "," PAR("'tp':2") "," TRAIN),
+     "parallel.tp: 2 does not divide model.layers[1].heads = 3"},
+    {SPEC(GPT_LAYERS(EMB, "'heads':2,'ffn':21") "," KJV("8") "," PAR("'tp':2") "," TRAIN),
+     "parallel.tp: 2 does not divide model.layers[1].ffn = 21"},
+    {SPEC(GPT_LAYERS("'vocab':258,'dim':12,'max_seq':16", "'heads':4,'ffn':24") "," KJV("8") ","
+              PAR("'tp':4") "," TRAIN),
+     "parallel.tp: 4 does not divide model.layers[0].vocab = 258"},
+    {SPEC(GPT_LAYERS(EMB, "'heads':2,'ffn':24") "," KJV("17") "," TRAIN),
+     "data.block_size: 17 is larger than model.layers[0].max_seq = 16"},
+    {SPEC(GPT_LAYERS("'vocab':100,'dim':12,'max_seq':16", "'heads':2,'ffn':24") "," KJV("8") ","
+              TRAIN),
+     "model.layers[0].vocab: 100 is smaller than the 256 byte values of a text data set"},
+    {SPEC(GPT_LAYERS(EMB, "'heads':2") "," KJV("8") "," TRAIN),
+     "model.layers[1].ffn: required field is missing (a positive integer)"},
+    {SPEC(GPT_LAYERS(EMB, "'heads':2,'ffn':24,'tp':'row'") "," KJV("8") "," TRAIN),
+     "model.layers[1].tp: unknown field for a transformer_block layer (expected one of: type, "
+     "heads, ffn)"},
+    {SPEC("'model':{'layers':[{'type':'layernorm'},{'type':'embedding'," EMB "},"
+          "{'type':'linear','out':256}]}," KJV("8") "," TRAIN),
+     "model.input: required field is missing (a positive integer)"},
+    {SPEC("'model':{'input':1,'layers':[{'type':'layernorm'},{'type':'embedding'," EMB "},"
+          "{'type':'linear','out':256}]}," KJV("8") "," TRAIN),
+     "model.layers[1].type: an \"embedding\" must be the first layer (it takes token ids)"},
+    {SPEC("'model':{'input':784,'layers':[{'type':'embedding'," EMB "},"
+          "{'type':'linear','out':10}]}," DATA "," TRAIN),
+     "model.input: 784, but an embedding takes one token id per position (omit model.input or "
+     "set it to 1)"},
+    {SPEC("'model':{'layers':[{'type':'embedding'," EMB "},{'type':'linear','out':10}]}," SYN("10")
+          "," TRAIN),
+     "model.layers[0].type: an \"embedding\" takes token ids, which only the text data sets "
+     "(\"text\", \"kjv\") give"},
+    {SPEC(MODEL_L("[{'type':'linear','out':256}]") "," KJV("8") "," TRAIN),
+     "model.layers[0].type: a text data set gives token ids; the first layer must be an "
+     "\"embedding\", got \"linear\""},
     /* parallel */
     {SPEC(MODEL "," DATA "," TRAIN "," PAR("'pipeline':2")),
      "parallel.pipeline: unknown field (expected one of: pp, tp, dp, micro_batches, schedule, "
