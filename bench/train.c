@@ -2,7 +2,8 @@
  * train.c - mpar-bench-train: samples/s of serial training of a job spec
  * (default examples/fashion_mnist.json) against PyTorch CPU on the same
  * model, batch size and thread count, both in the same run
- * (bench/torch_train.py is the peer).  Prints a table, or with -o json the
+ * (bench/torch_train.py is the peer, in the fastest of its arrangements of
+ * exactly N threads; "peer_arrangement" says which).  Prints a table, or with -o json the
  * benchmark document of DESIGN.md; ratio = mpar / PyTorch (higher is better).
  */
 #include <getopt.h>
@@ -14,7 +15,9 @@
 #include "model/spec.h"
 #include "model/train.h"
 
-static double run_peer(const char *spec_path, int threads, int64_t steps)
+/* PyTorch's samples/s in its fastest arrangement of `threads` threads, whose
+ * name goes to arr (len bytes); -1 when the peer fails. */
+static double run_peer(const char *spec_path, int threads, int64_t steps, char *arr, size_t len)
 {
     char cmd[4096];
     snprintf(cmd, sizeof(cmd), "/usr/bin/python3 %s/bench/torch_train.py '%s' --threads %d "
@@ -34,6 +37,8 @@ static double run_peer(const char *spec_path, int threads, int64_t steps)
     double v = -1.0;
     if (o != NULL) {
         v = json_number_value(json_object_get(o, "samples_per_s"));
+        const char *a = json_string_value(json_object_get(o, "arrangement"));
+        snprintf(arr, len, "%s", a != NULL ? a : "unknown");
         json_decref(o);
     }
     return v;
@@ -99,14 +104,17 @@ int main(int argc, char **argv)
         }
         double mine = res.samples_per_s;
         mp_train_result_free(&res);
-        double peer = run_peer(spec_path, threads, steps);
+        char arr[64] = "none";
+        double peer = run_peer(spec_path, threads, steps, arr, sizeof(arr));
         double ratio = peer > 0 ? mine / peer : 0.0;
         json_array_append_new(
-            results, json_pack("{s:s, s:i, s:i, s:f, s:f, s:s, s:f}", "test", "train_serial",
+            results, json_pack("{s:s, s:i, s:i, s:f, s:f, s:s, s:f, s:s}", "test", "train_serial",
                                "threads", threads, "batch", (int)spec->train.batch_size, "mpar",
-                               mine, "peer", peer, "unit", "samples/s", "ratio", ratio));
+                               mine, "peer", peer, "unit", "samples/s", "ratio", ratio,
+                               "peer_arrangement", arr));
         if (!json) {
-            printf("%-14s %8d %14.0f %14.0f %8.2f\n", "train_serial", threads, mine, peer, ratio);
+            printf("%-14s %8d %14.0f %14.0f %8.2f  torch: %s\n", "train_serial", threads, mine,
+                   peer, ratio, arr);
             fflush(stdout);
         }
         if (peer <= 0) {
