@@ -24,6 +24,9 @@ static void usage(FILE *f)
             "               [--threads N] [--tf32] [--timeline FILE.svg|none]\n"
             "                                 train a job: on a throwaway local cluster, or\n"
             "                                 with --serial in this process on one device\n"
+            "  verify JOB.json [--steps N] [-v]\n"
+            "                                 N steps on the job's grid and serially; compares\n"
+            "                                 every tensor (exit 1 beyond the tolerance)\n"
 #ifdef MP_HAVE_CTL
             "  nodes                          list the cluster's nodes\n"
             "  jobs                           list jobs\n"
@@ -140,6 +143,8 @@ int main(int argc, char **argv)
         rc = mp_client_run_main(nargc, nargv);
     } else if (strcmp(cmd, "trace") == 0) {
         rc = mp_client_trace_main(nargc, nargv);
+    } else if (strcmp(cmd, "verify") == 0) {
+        rc = mp_client_verify_main(nargc, nargv);
     } else {
 #ifdef MP_HAVE_CTL
         rc = mp_client_ctl_main(nargc, nargv);

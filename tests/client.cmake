@@ -22,3 +22,11 @@ if(MP_TESTS)
                    ${CMAKE_RUNTIME_OUTPUT_DIRECTORY} ${CMAKE_SOURCE_DIR})
   set_tests_properties(client_run_text PROPERTIES TIMEOUT 300)
 endif()
+
+# mpar-client verify: the job's grid against the serial run, tensor by tensor.
+if(MP_TESTS)
+  add_test(NAME client_verify
+           COMMAND ${CMAKE_SOURCE_DIR}/tests/integration/client_verify.sh
+                   ${CMAKE_RUNTIME_OUTPUT_DIRECTORY})
+  set_tests_properties(client_verify PROPERTIES TIMEOUT 300)
+endif()
