@@ -1,5 +1,6 @@
 /*
- * calib.c - per-layer cost calibration and the pipeline cut (calib.h).
+ * calib.c - per-layer cost calibration and the pipeline cut (calib.h);
+ * identical layers share their fastest measurement.
  * Owns a CPU backend and one single-layer model at a time while it
  * measures; runs on the caller's (computing) thread.
  *
@@ -7,6 +8,7 @@
  */
 #include "engine/calib.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -61,6 +63,32 @@ static mp_status_t time_layer(mp_backend_t *be, const mp_spec_t *spec, int l, in
     return st;
 }
 
+static bool same_layer(const mp_layer_spec_t *a, const mp_layer_spec_t *b)
+{
+    return a->kind == b->kind && a->out == b->out && a->hidden == b->hidden && a->ffn == b->ffn &&
+           a->tp == b->tp && a->vocab == b->vocab && a->dim == b->dim &&
+           a->max_seq == b->max_seq && a->heads == b->heads && a->in_dim == b->in_dim &&
+           a->out_dim == b->out_dim;
+}
+
+/*
+ * Identical layers (the repeated blocks of most models) cost the same: each
+ * gets the fastest measurement of its kind, so that a time stretched by
+ * another process on a shared machine does not move the cut.
+ */
+static void share_identical(const mp_spec_t *spec, mp_engine_cut_t *cut)
+{
+    int L = spec->model.nlayers;
+    for (int l = 0; l < L; l++) {
+        for (int j = 0; j < L; j++) {
+            if (j != l && same_layer(&spec->model.layers[l], &spec->model.layers[j])) {
+                cut->fwd[l] = cut->fwd[j] < cut->fwd[l] ? cut->fwd[j] : cut->fwd[l];
+                cut->bwd[l] = cut->bwd[j] < cut->bwd[l] ? cut->bwd[j] : cut->bwd[l];
+            }
+        }
+    }
+}
+
 static mp_status_t calibrate(const mp_spec_t *spec, int threads, mp_engine_cut_t *cut)
 {
     int64_t denom = (int64_t)spec->parallel.dp * spec->parallel.micro_batches;
@@ -81,6 +109,9 @@ static mp_status_t calibrate(const mp_spec_t *spec, int threads, mp_engine_cut_t
         }
     }
     mp_backend_destroy(be);
+    if (st == MP_OK) {
+        share_identical(spec, cut);
+    }
     return st;
 }
 

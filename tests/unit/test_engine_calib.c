@@ -1,6 +1,7 @@
 /*
  * test_engine_calib.c - the pipeline cut by measured per-layer costs
- * (engine/calib.h): the calibration measures every layer, the cut covers
+ * (engine/calib.h): the calibration measures every layer (identical layers
+ * share one cost), the cut covers
  * the model with contiguous stages and balances the measured costs
  * exactly (no other contiguous cut has a cheaper slowest stage), the
  * prediction is a bubble, and applying the cut gives explicit stages.
@@ -51,6 +52,9 @@ Test(engine_calib, measures_every_layer_and_balances_the_measured_costs)
                   cut.bwd[l]);
         cost[l] = cut.fwd[l] + cut.bwd[l];
     }
+    /* Layers 1 and 3 are the same gelu of width 512: one cost. */
+    cr_expect(cut.fwd[1] == cut.fwd[3] && cut.bwd[1] == cut.bwd[3], "%g %g / %g %g", cut.fwd[1],
+              cut.fwd[3], cut.bwd[1], cut.bwd[3]);
     cr_assert_eq(cut.part.nstages, 3);
     int next = 0;
     for (int s = 0; s < 3; s++) {
