@@ -14,8 +14,10 @@
 
 #include "common/alloc.h"
 #include "common/log.h"
-#include "daemon/mpard.h"
+#include "daemon/agent.h"
+#include "daemon/shards.h"
 #include "proto/codec.h"
+#include "transport/frame_conn.h"
 
 #define BACKOFF_MAX_MS 2000
 
@@ -23,7 +25,7 @@
 typedef struct {
     uint64_t rid;      /* on the coordinator link */
     uint64_t orig_rid; /* the client's */
-    mp_session_t *s;
+    mp_link_t *s;
     bool watch; /* a WatchJob: its events come until one says final */
 } forward_t;
 
@@ -66,6 +68,12 @@ const char *mp_agent_state(const mp_agent_t *a)
 }
 
 static void agent_connect(mp_agent_t *a);
+
+/* The shards' reports go to the coordinator on this node's connection. */
+static mp_status_t on_shards_send(void *arg, const Mpar__Envelope *env)
+{
+    return mp_agent_send(arg, env);
+}
 
 /* Shards whose state one heartbeat carries (a node runs at most one per
  * device of each job; more are left out of the wait-for graph). */
@@ -159,7 +167,7 @@ static void fwd_fail_all(mp_agent_t *a, const char *why)
         env.request_id = f.orig_rid;
         env.msg_case = MPAR__ENVELOPE__MSG_ERROR;
         env.error = &e;
-        mp_session_send(f.s, &env);
+        mp_link_send(f.s, &env);
     }
 }
 
@@ -181,13 +189,13 @@ static bool fwd_reply(mp_agent_t *a, const Mpar__Envelope *env)
         }
         Mpar__Envelope copy = *env;
         copy.request_id = f.orig_rid;
-        mp_session_send(f.s, &copy);
+        mp_link_send(f.s, &copy);
         return true;
     }
     return false;
 }
 
-mp_status_t mp_agent_forward(mp_agent_t *a, mp_session_t *s, const Mpar__Envelope *req,
+mp_status_t mp_agent_forward(mp_agent_t *a, mp_link_t *s, const Mpar__Envelope *req,
                              const char *who, mp_errbuf_t *err)
 {
     if (a->conn == NULL || !a->registered) {
@@ -231,7 +239,7 @@ mp_status_t mp_agent_forward(mp_agent_t *a, mp_session_t *s, const Mpar__Envelop
     return MP_OK;
 }
 
-size_t mp_agent_pending(const mp_agent_t *a, const mp_session_t *s)
+size_t mp_agent_pending(const mp_agent_t *a, const mp_link_t *s)
 {
     size_t n = 0;
     for (size_t i = 0; i < a->nfwd; i++) {
@@ -240,7 +248,7 @@ size_t mp_agent_pending(const mp_agent_t *a, const mp_session_t *s)
     return n;
 }
 
-void mp_agent_session_closed(mp_agent_t *a, mp_session_t *s)
+void mp_agent_link_closed(mp_agent_t *a, mp_link_t *s)
 {
     for (size_t i = 0; i < a->nfwd;) {
         if (a->fwd[i].s == s) {
@@ -267,8 +275,7 @@ static void on_envelope(mp_conn_t *conn, const Mpar__Envelope *env, void *data)
         uv_timer_start(&a->hb_timer, on_heartbeat_timer, a->hb_ms, a->hb_ms);
         mp_info("registered with the coordinator at %s (epoch %llu, heartbeat %u ms)", a->target,
                 (unsigned long long)nr->epoch, a->hb_ms);
-        mpard_check_ready(a->d);
-        mp_notify_status_update(a->d);
+        mpard_changed(a->d); /* may make mpard ready */
         return;
     }
     case MPAR__ENVELOPE__MSG_ERROR:
@@ -333,7 +340,7 @@ static void on_close(mp_conn_t *conn, mp_conn_reason_t reason, const char *why, 
         a->backoff_ms = BACKOFF_MAX_MS;
     }
     uv_timer_start(&a->retry_timer, on_retry_timer, a->backoff_ms, 0);
-    mp_notify_status_update(a->d);
+    mpard_changed(a->d);
 }
 
 static void agent_connect(mp_agent_t *a)
@@ -400,7 +407,7 @@ mp_status_t mp_agent_create(mpard_t *d, mp_agent_t **agent_p)
     }
     /* 53 bits: exact in every JSON reader. */
     a->incarnation = (r ? r : mpard_now_ms()) & ((1ull << 53) - 1);
-    if (mp_shards_create(d, &a->shards) != MP_OK) {
+    if (mp_shards_create(d, on_shards_send, a, &a->shards) != MP_OK) {
         mp_err("cannot start the shard executors' mailbox");
         mp_free(a);
         return MP_ERR_NOMEM;

@@ -58,7 +58,7 @@ static void job_send_event(coord_job_t *j, const Mpar__JobEvent *ev, watcher_t *
     env.request_id = w->request_id;
     env.msg_case = MPAR__ENVELOPE__MSG_JOB_EVENT;
     env.job_event = &copy;
-    mp_session_send(w->s, &env);
+    mp_link_send(w->s, &env);
 }
 
 /* The next event slot of j, initialized; it counts once the caller has
@@ -268,7 +268,7 @@ static void node_set_state(mp_coord_t *c, mp_coord_node_t *n, Mpar__NodeState s,
     if (was_alive || s == MPAR__NODE_STATE__NODE_STATE_ALIVE) {
         coord_reschedule(c);
     }
-    mp_notify_status_update(c->d);
+    mpard_changed(c->d); /* the status line */
 }
 
 static void on_sweep(uv_timer_t *t)
@@ -288,10 +288,10 @@ static void on_sweep(uv_timer_t *t)
             node_set_state(c, n, MPAR__NODE_STATE__NODE_STATE_DEAD, why);
             if (n->session != NULL) {
                 /* Connected but silent: drop it, so that it reconnects afresh. */
-                mp_session_t *s = n->session;
+                mp_link_t *s = n->session;
                 n->session = NULL;
-                mp_session_set_node(s, NULL);
-                mp_session_close(s, "node declared dead");
+                s->node = NULL;
+                mp_link_close(s, "node declared dead");
             }
         } else if (age >= 2 * hb && n->info.state == MPAR__NODE_STATE__NODE_STATE_ALIVE) {
             node_set_state(c, n, MPAR__NODE_STATE__NODE_STATE_SUSPECT, "heartbeats late");
@@ -313,7 +313,7 @@ void mp_coord_apply_config(mp_coord_t *c)
     sweep_restart(c);
 }
 
-mp_status_t mp_coord_node_register(mp_coord_t *c, mp_session_t *s, const Mpar__RegisterNode *r,
+mp_status_t mp_coord_node_register(mp_coord_t *c, mp_link_t *s, const Mpar__RegisterNode *r,
                                    const char *address, mp_coord_node_t **node_p, mp_errbuf_t *err)
 {
     const char *name = r->name ? r->name : "";
@@ -366,10 +366,10 @@ mp_status_t mp_coord_node_register(mp_coord_t *c, mp_session_t *s, const Mpar__R
     if (n->session != NULL && n->session != s) {
         /* The same node from a new connection: a restart or a reconnect that
          * beat the old connection's timeout.  The new one wins. */
-        mp_session_t *old = n->session;
+        mp_link_t *old = n->session;
         n->session = NULL;
-        mp_session_set_node(old, NULL);
-        mp_session_close(old, "replaced by a new registration of the same node");
+        old->node = NULL;
+        mp_link_close(old, "replaced by a new registration of the same node");
     }
     const char *how = !known                                  ? "registered"
                       : n->info.incarnation != r->incarnation ? "rejoined after a restart"
@@ -434,7 +434,7 @@ void mp_coord_node_goodbye(mp_coord_t *c, mp_coord_node_t *n, const char *reason
                    reason && reason[0] ? reason : "node stopped");
 }
 
-void mp_coord_node_disconnected(mp_coord_t *c, mp_coord_node_t *n, mp_session_t *s)
+void mp_coord_node_disconnected(mp_coord_t *c, mp_coord_node_t *n, mp_link_t *s)
 {
     if (n->session != s) {
         return;
@@ -452,7 +452,7 @@ void mp_coord_node_disconnected(mp_coord_t *c, mp_coord_node_t *n, mp_session_t 
     }
 }
 
-void mp_coord_session_closed(mp_coord_t *c, mp_session_t *s)
+void mp_coord_link_closed(mp_coord_t *c, mp_link_t *s)
 {
     for (coord_job_t *j = c->jobs; j != NULL; j = j->next) {
         size_t k = 0;
@@ -766,7 +766,7 @@ mp_status_t mp_coord_job_cancel(mp_coord_t *c, const char *id, const char *who,
     return MP_OK;
 }
 
-mp_status_t mp_coord_job_watch(mp_coord_t *c, const char *id, bool follow, mp_session_t *s,
+mp_status_t mp_coord_job_watch(mp_coord_t *c, const char *id, bool follow, mp_link_t *s,
                                uint64_t request_id, mp_errbuf_t *err)
 {
     coord_job_t *j = job_find(c, id);

@@ -9,7 +9,8 @@
 #include <jansson.h>
 #include <sys/types.h>
 
-#include "daemon/mpard.h"
+#include "daemon/coord.h"
+#include "daemon/mbox.h"
 #include "parallel/placement.h"
 #include "parallel/sched.h"
 
@@ -25,14 +26,14 @@ struct mp_coord_node {
     Mpar__Device **devp;
     char name[64];
     char address[80];
-    mp_session_t *session;
+    mp_link_t *session;               /* its connection, while it has one */
     uint64_t last_hb_mono;            /* uv_now of the last heartbeat or registration */
     bool busy[MP_DAEMON_MAX_DEVICES]; /* held by a running job */
     mp_coord_node_t *next;
 };
 
 typedef struct {
-    mp_session_t *s;
+    mp_link_t *s;
     uint64_t request_id;
 } watcher_t;
 

@@ -249,7 +249,7 @@ static void send_nodes(jobrun_t *r, Mpar__Envelope *env)
 {
     for (int i = 0; i < r->nnodes; i++) {
         if (r->nodes[i]->session != NULL) {
-            mp_session_send(r->nodes[i]->session, env);
+            mp_link_send(r->nodes[i]->session, env);
         }
     }
 }

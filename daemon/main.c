@@ -19,20 +19,20 @@
 
 #include "common/alloc.h"
 #include "common/log.h"
-#include "daemon/mpard.h"
+#include "daemon/agent.h"
+#include "daemon/coord.h"
+#include "daemon/mbox.h"
+#include "daemon/metrics.h"
+#include "daemon/notify.h"
+#include "daemon/session.h"
+#include "transport/frame_conn.h"
 
 #define SHUTDOWN_GRACE_MS 500
 
 static uv_loop_t loop_storage;
 
-uint64_t mpard_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-void mpard_check_ready(mpard_t *d)
+/* READY=1 once listeners are bound and the node has registered. */
+static void mpard_check_ready(mpard_t *d)
 {
     if (d->ready_sent || d->stopping || !d->listeners_ready) {
         return;
@@ -46,6 +46,13 @@ void mpard_check_ready(mpard_t *d)
     mp_notice("mpard %s ready: %s%s%s", d->cfg.name, d->coord ? "coordinator on " : "",
               d->coord ? d->tcp_bound : "",
               d->agent ? (d->coord ? ", node registered" : "node registered") : "");
+}
+
+/* The parts' word that something changed (ctx.h's on_changed). */
+static void on_changed(mpard_t *d)
+{
+    mpard_check_ready(d);
+    mp_notify_status_update(d);
 }
 
 static void close_if_open(uv_handle_t *h, void *arg)
@@ -374,6 +381,7 @@ int main(int argc, char **argv)
     }
     d.argc = argc;
     d.argv = argv;
+    d.on_changed = on_changed;
     mp_log_set_level(d.cfg.log_level);
     if (mp_daemon_devices_parse(d.cfg.devices, d.devices, &d.ndevices, &err) != MP_OK) {
         mp_err("devices: %s", err.msg);

@@ -9,7 +9,7 @@
 #include <pthread.h>
 
 #include "common/log.h"
-#include "daemon/mpard.h"
+#include "daemon/mbox.h"
 
 static void on_async(uv_async_t *a)
 {

@@ -10,8 +10,11 @@
 #include <string.h>
 
 #include "common/alloc.h"
-#include "daemon/mpard.h"
+#include "daemon/agent.h"
+#include "daemon/coord.h"
+#include "daemon/metrics.h"
 #include "proto/json.h"
+#include "transport/frame_conn.h"
 
 typedef struct {
     char *buf;
@@ -166,27 +169,26 @@ static void render_nodes(text_t *t, mp_coord_t *c)
         t->failed = true;
         return;
     }
-    family(t, "mpar_node_shards_running", "gauge", "Shard executors running on a node.");
-    for (size_t i = 0; i < n; i++) {
-        char name[200];
-        label(name, sizeof(name), nodes[i]->name);
-        put(t, "mpar_node_shards_running{node=\"%s\"} %u\n", name, nodes[i]->running_shards);
-    }
-    family(t, "mpar_node_shard_sent_bytes_total", "counter",
-           "Payload bytes a node's shard executors sent on the data plane.");
-    for (size_t i = 0; i < n; i++) {
-        char name[200];
-        label(name, sizeof(name), nodes[i]->name);
-        put(t, "mpar_node_shard_sent_bytes_total{node=\"%s\"} %llu\n", name,
-            (unsigned long long)nodes[i]->shard_bytes_sent);
-    }
-    family(t, "mpar_node_shard_received_bytes_total", "counter",
-           "Payload bytes a node's shard executors received on the data plane.");
-    for (size_t i = 0; i < n; i++) {
-        char name[200];
-        label(name, sizeof(name), nodes[i]->name);
-        put(t, "mpar_node_shard_received_bytes_total{node=\"%s\"} %llu\n", name,
-            (unsigned long long)nodes[i]->shard_bytes_received);
+    static const struct {
+        const char *name, *type, *help;
+    } fam[] = {
+        {"mpar_node_shards_running", "gauge", "Shard executors running on a node."},
+        {"mpar_node_shard_sent_bytes_total", "counter",
+         "Payload bytes a node's shard executors sent on the data plane."},
+        {"mpar_node_shard_received_bytes_total", "counter",
+         "Payload bytes a node's shard executors received on the data plane."},
+    };
+    for (size_t f = 0; f < sizeof(fam) / sizeof(fam[0]); f++) {
+        family(t, fam[f].name, fam[f].type, fam[f].help);
+        for (size_t i = 0; i < n; i++) {
+            const Mpar__NodeInfo *ni = nodes[i];
+            char name[200];
+            label(name, sizeof(name), ni->name);
+            uint64_t v = f == 0   ? ni->running_shards
+                         : f == 1 ? ni->shard_bytes_sent
+                                  : ni->shard_bytes_received;
+            put(t, "%s{node=\"%s\"} %llu\n", fam[f].name, name, (unsigned long long)v);
+        }
     }
     mp_free(nodes);
 }

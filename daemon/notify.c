@@ -12,7 +12,9 @@
 #include <systemd/sd-daemon.h>
 
 #include "common/log.h"
-#include "daemon/mpard.h"
+#include "daemon/agent.h"
+#include "daemon/coord.h"
+#include "daemon/notify.h"
 
 void mp_notify_send(const char *fmt, ...)
 {

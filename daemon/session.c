@@ -17,16 +17,20 @@
 
 #include "common/alloc.h"
 #include "common/log.h"
-#include "daemon/mpard.h"
+#include "daemon/agent.h"
+#include "daemon/coord.h"
+#include "daemon/metrics.h"
+#include "daemon/session.h"
 #include "proto/codec.h"
 #include "proto/json.h"
+#include "transport/frame_conn.h"
 
 struct mp_session {
+    mp_link_t link; /* first: the roles hold sessions as links */
     mpard_t *d;
     mp_conn_t *conn;
     bool is_unix;
     bool can_mutate;
-    mp_coord_node_t *node;
     bool peer_done; /* the JSON peer half-closed; end once its replies are out */
     mp_session_t *prev, *next;
 };
@@ -85,11 +89,11 @@ static mp_status_t send_as_json(mp_session_t *s, const Mpar__Envelope *env)
     return MP_OK;
 }
 
-mp_status_t mp_session_send(mp_session_t *s, const Mpar__Envelope *env)
+static mp_status_t session_send(mp_session_t *s, const Mpar__Envelope *env)
 {
     if (mp_conn_is_lines(s->conn)) {
         mp_status_t st = send_as_json(s, env);
-        if (s->peer_done && (s->d->agent == NULL || mp_agent_pending(s->d->agent, s) == 0)) {
+        if (s->peer_done && (s->d->agent == NULL || mp_agent_pending(s->d->agent, &s->link) == 0)) {
             mp_conn_end(s->conn, MP_CONN_EOF, "peer closed");
         }
         return st;
@@ -97,15 +101,23 @@ mp_status_t mp_session_send(mp_session_t *s, const Mpar__Envelope *env)
     return mp_conn_send(s->conn, env);
 }
 
-void mp_session_set_node(mp_session_t *s, mp_coord_node_t *n)
-{
-    s->node = n;
-}
-
-void mp_session_close(mp_session_t *s, const char *why)
+static void session_close(mp_session_t *s, const char *why)
 {
     mp_conn_close(s->conn, MP_CONN_LOCAL, why);
 }
+
+/* A session as the roles see it (link.h). */
+static mp_status_t on_link_send(mp_link_t *l, const Mpar__Envelope *env)
+{
+    return session_send((mp_session_t *)l, env);
+}
+
+static void on_link_close(mp_link_t *l, const char *why)
+{
+    session_close((mp_session_t *)l, why);
+}
+
+static const mp_link_ops_t link_ops = {.send = on_link_send, .close = on_link_close};
 
 void mp_session_close_all(mpard_t *d)
 {
@@ -186,8 +198,8 @@ static bool need_coord(mp_session_t *s, const Mpar__Envelope *in)
             in->msg_case == MPAR__ENVELOPE__MSG_SUBMIT_JOB   ? in->submit_job->submitter
             : in->msg_case == MPAR__ENVELOPE__MSG_CANCEL_JOB ? in->cancel_job->requester
                                                              : NULL;
-        if (mp_agent_forward(s->d->agent, s, in, peer_user(s, claimed, who, sizeof(who)), &err) !=
-            MP_OK) {
+        if (mp_agent_forward(s->d->agent, &s->link, in, peer_user(s, claimed, who, sizeof(who)),
+                             &err) != MP_OK) {
             reply_error(s, rid, MPAR__ERROR_CODE__ERROR_CODE_NOT_COORDINATOR, err.msg);
         }
         return false;
@@ -323,8 +335,8 @@ static void on_request(mp_session_t *s, const Mpar__Envelope *in)
         if (!need_coord(s, in)) {
             return;
         }
-        if (mp_coord_job_watch(d->coord, in->watch_job->job_id, in->watch_job->follow, s, rid,
-                               &err) != MP_OK) {
+        if (mp_coord_job_watch(d->coord, in->watch_job->job_id, in->watch_job->follow, &s->link,
+                               rid, &err) != MP_OK) {
             reply_error(s, rid, MPAR__ERROR_CODE__ERROR_CODE_NOT_FOUND, err.msg);
         }
         return;
@@ -339,13 +351,13 @@ static void on_request(mp_session_t *s, const Mpar__Envelope *in)
         switch (in->msg_case) {
         case MPAR__ENVELOPE__MSG_REGISTER_NODE: {
             mp_coord_node_t *n;
-            if (mp_coord_node_register(d->coord, s, in->register_node, mp_conn_peer(s->conn), &n,
-                                       &err) != MP_OK) {
+            if (mp_coord_node_register(d->coord, &s->link, in->register_node, mp_conn_peer(s->conn),
+                                       &n, &err) != MP_OK) {
                 mp_conn_fail(s->conn, MPAR__ERROR_CODE__ERROR_CODE_PROTOCOL, MP_CONN_PROTO,
                              err.msg);
                 return;
             }
-            s->node = n;
+            s->link.node = n;
             Mpar__NodeRegistered nr = MPAR__NODE_REGISTERED__INIT;
             nr.epoch = mp_coord_epoch(d->coord);
             nr.heartbeat_ms = d->cfg.heartbeat_ms;
@@ -356,29 +368,29 @@ static void on_request(mp_session_t *s, const Mpar__Envelope *in)
             return;
         }
         case MPAR__ENVELOPE__MSG_HEARTBEAT:
-            if (s->node != NULL) {
-                mp_coord_node_heartbeat(d->coord, s->node, in->heartbeat);
+            if (s->link.node != NULL) {
+                mp_coord_node_heartbeat(d->coord, s->link.node, in->heartbeat);
                 return;
             }
             break;
         case MPAR__ENVELOPE__MSG_SHARD_READY:
-            if (s->node != NULL) {
-                mp_coord_shard_ready(d->coord, s->node, in->shard_ready);
+            if (s->link.node != NULL) {
+                mp_coord_shard_ready(d->coord, s->link.node, in->shard_ready);
                 return;
             }
             break;
         case MPAR__ENVELOPE__MSG_SHARD_REPORT:
-            if (s->node != NULL) {
-                mp_coord_shard_report(d->coord, s->node, in->shard_report);
+            if (s->link.node != NULL) {
+                mp_coord_shard_report(d->coord, s->link.node, in->shard_report);
                 return;
             }
             break;
         case MPAR__ENVELOPE__MSG_GOODBYE:
-            if (s->node != NULL) {
-                mp_coord_node_goodbye(d->coord, s->node, in->goodbye->reason);
-                mp_coord_node_t *n = s->node;
-                s->node = NULL;
-                mp_coord_node_disconnected(d->coord, n, s);
+            if (s->link.node != NULL) {
+                mp_coord_node_goodbye(d->coord, s->link.node, in->goodbye->reason);
+                mp_coord_node_t *n = s->link.node;
+                s->link.node = NULL;
+                mp_coord_node_disconnected(d->coord, n, &s->link);
                 mp_conn_end(s->conn, MP_CONN_EOF, "node said goodbye");
                 return;
             }
@@ -389,7 +401,7 @@ static void on_request(mp_session_t *s, const Mpar__Envelope *in)
     }
     char msg[160];
     snprintf(msg, sizeof(msg), "unexpected %s from %s", mp_frame_msg_name(in->msg_case),
-             is_node ? (s->node ? "a registered node" : "an unregistered node") : "a client");
+             is_node ? (s->link.node ? "a registered node" : "an unregistered node") : "a client");
     mp_conn_fail(s->conn, MPAR__ERROR_CODE__ERROR_CODE_PROTOCOL, MP_CONN_PROTO, msg);
 }
 
@@ -509,7 +521,7 @@ static json_t *list_json(const char *key, ProtobufCMessage **items, size_t n)
 }
 
 /* On a node: the cluster's JSON commands go to the coordinator as framed
- * requests; the replies come back through mp_session_send as JSON lines. */
+ * requests; the replies come back through the link (session_send) as JSON lines. */
 static void line_forward(mp_session_t *s, json_t *req, const char *cmd, const char *id)
 {
     mpard_t *d = s->d;
@@ -569,7 +581,8 @@ static void line_forward(mp_session_t *s, json_t *req, const char *cmd, const ch
         env.msg_case = MPAR__ENVELOPE__MSG_CANCEL_JOB;
         env.cancel_job = &cj;
     }
-    if (mp_agent_forward(d->agent, s, &env, peer_user(s, NULL, who, sizeof(who)), &err) != MP_OK) {
+    if (mp_agent_forward(d->agent, &s->link, &env, peer_user(s, NULL, who, sizeof(who)), &err) !=
+        MP_OK) {
         line_error(s, err.msg, false);
     }
     free(text);
@@ -710,7 +723,7 @@ static void on_ready(mp_conn_t *conn, void *data)
 static void on_eof(mp_conn_t *conn, void *data)
 {
     mp_session_t *s = data;
-    if (s->d->agent != NULL && mp_agent_pending(s->d->agent, s) > 0) {
+    if (s->d->agent != NULL && mp_agent_pending(s->d->agent, &s->link) > 0) {
         s->peer_done = true; /* relayed replies are still to come */
         return;
     }
@@ -724,13 +737,13 @@ static void on_close(mp_conn_t *conn, mp_conn_reason_t reason, const char *why, 
         return;
     }
     if (s->d->coord != NULL) {
-        if (s->node != NULL) {
-            mp_coord_node_disconnected(s->d->coord, s->node, s);
+        if (s->link.node != NULL) {
+            mp_coord_node_disconnected(s->d->coord, s->link.node, &s->link);
         }
-        mp_coord_session_closed(s->d->coord, s);
+        mp_coord_link_closed(s->d->coord, &s->link);
     }
     if (s->d->agent != NULL) {
-        mp_agent_session_closed(s->d->agent, s);
+        mp_agent_link_closed(s->d->agent, &s->link);
     }
     session_unlink(s);
     mp_free(s);
@@ -748,6 +761,7 @@ void mp_session_on_accept(uv_stream_t *server, int status)
         mp_err("accept: out of memory");
         return;
     }
+    s->link.ops = &link_ops;
     s->d = d;
     s->is_unix = server->type == UV_NAMED_PIPE;
     mp_conn_params_t p = {

@@ -26,7 +26,8 @@
 
 #include "common/alloc.h"
 #include "common/log.h"
-#include "daemon/mpard.h"
+#include "daemon/mbox.h"
+#include "daemon/shards.h"
 #include "engine/executor.h"
 #include "engine/gather.h"
 #include "engine/internal.h"
@@ -78,6 +79,8 @@ struct node_job {
 
 struct mp_shards {
     mpard_t *d;
+    mp_shards_send_t send; /* to the coordinator */
+    void *send_arg;
     char fault_name[128]; /* MPARD_FAULT_SHARD, or "" */
     int fault_rank;
     int64_t fault_step;
@@ -390,7 +393,7 @@ static void job_unlink_free(mp_shards_t *sh, node_job_t *j)
 
 static void send_env(mp_shards_t *sh, Mpar__Envelope *env)
 {
-    if (sh->d->agent == NULL || mp_agent_send(sh->d->agent, env) != MP_OK) {
+    if (sh->send(sh->send_arg, env) != MP_OK) {
         mp_debug("job: cannot reach the coordinator; a %s is lost",
                  env->msg_case == MPAR__ENVELOPE__MSG_SHARD_REPORT ? "report" : "message");
     }
@@ -768,13 +771,16 @@ void mp_shards_abort_all(mp_shards_t *sh, const char *reason)
     }
 }
 
-mp_status_t mp_shards_create(mpard_t *d, mp_shards_t **shards_p)
+mp_status_t mp_shards_create(mpard_t *d, mp_shards_send_t send, void *send_arg,
+                             mp_shards_t **shards_p)
 {
     mp_shards_t *sh = mp_calloc(1, sizeof(*sh));
     if (sh == NULL) {
         return MP_ERR_NOMEM;
     }
     sh->d = d;
+    sh->send = send;
+    sh->send_arg = send_arg;
     const char *fault = getenv("MPARD_FAULT_SHARD");
     if (fault != NULL && fault[0] != '\0') {
         char name[128];
