@@ -109,6 +109,8 @@ static void render_jobs(text_t *t, mp_coord_t *c)
         {"mpar_job_loss", "gauge",
          "A running job's loss at its latest step (mean over the global batch)."},
         {"mpar_job_samples_per_second", "gauge", "A running job's training throughput so far."},
+        {"mpar_job_tokens_per_second", "gauge",
+         "A running text job's training throughput so far, in tokens (positions)."},
         {"mpar_job_bubble_fraction", "gauge", "A running job's measured pipeline bubble so far."},
         {"mpar_job_restarts", "gauge",
          "Restarts of a running job from a checkpoint (jobs do not restart yet: always 0)."},
@@ -117,8 +119,9 @@ static void render_jobs(text_t *t, mp_coord_t *c)
         family(t, fam[f].name, fam[f].type, fam[f].help);
         for (size_t i = 0; i < n; i++) {
             const Mpar__JobInfo *j = jobs[i];
-            if (j->state != MPAR__JOB_STATE__JOB_STATE_RUNNING) {
-                continue;
+            if (j->state != MPAR__JOB_STATE__JOB_STATE_RUNNING ||
+                (f == 4 && !j->has_tokens_per_s)) {
+                continue; /* tokens/s: text jobs only */
             }
             char id[64], name[200];
             label(id, sizeof(id), j->id);
@@ -149,6 +152,9 @@ static void render_jobs(text_t *t, mp_coord_t *c)
                 put(t, "%.6g\n", j->samples_per_s);
                 break;
             case 4:
+                put(t, "%.6g\n", j->tokens_per_s);
+                break;
+            case 5:
                 put(t, "%.6g\n", j->has_bubble_fraction ? j->bubble_fraction : 0.0);
                 break;
             default:
