@@ -160,7 +160,7 @@ static mp_status_t save_weights(mp_model_t *model, const mp_spec_t *spec, const 
             }
             mp_status_t st = mp_model_param_download(model, l, p, host);
             if (st == MP_OK) {
-                st = mp_npy_save_param(dir, l, mp_layer_param_name(ls, p), host, rows, cols, err);
+                st = mp_npy_save_layer_param(dir, spec, l, p, host, err);
             } else {
                 mp_errbuf_set(err, st, "cannot read layer %d's %s: %s", l,
                               mp_layer_param_name(ls, p), mp_strerror(st));
