@@ -24,6 +24,8 @@ enum {
 int mp_client_run_main(int argc, char **argv);
 /* `mpar-client verify JOB.json [--steps N]`; argv[0] is "verify". */
 int mp_client_verify_main(int argc, char **argv);
+/* `mpar-client sample JOB.json --weights DIR --prompt TEXT ...`; argv[0] is "sample". */
+int mp_client_sample_main(int argc, char **argv);
 /* `mpar-client trace JOB [--format chrome|svg] [--file FILE]`; argv[0] is "trace". */
 int mp_client_trace_main(int argc, char **argv);
 

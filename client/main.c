@@ -27,6 +27,9 @@ static void usage(FILE *f)
             "  verify JOB.json [--steps N] [-v]\n"
             "                                 N steps on the job's grid and serially; compares\n"
             "                                 every tensor (exit 1 beyond the tolerance)\n"
+            "  sample JOB.json --weights DIR --prompt TEXT [--tokens N] [--temperature X]\n"
+            "                 [--top-k K] [--seed S]\n"
+            "                                 text from a trained text model's weights\n"
 #ifdef MP_HAVE_CTL
             "  nodes                          list the cluster's nodes\n"
             "  jobs                           list jobs\n"
@@ -145,6 +148,8 @@ int main(int argc, char **argv)
         rc = mp_client_trace_main(nargc, nargv);
     } else if (strcmp(cmd, "verify") == 0) {
         rc = mp_client_verify_main(nargc, nargv);
+    } else if (strcmp(cmd, "sample") == 0) {
+        rc = mp_client_sample_main(nargc, nargv);
     } else {
 #ifdef MP_HAVE_CTL
         rc = mp_client_ctl_main(nargc, nargv);

@@ -9,3 +9,4 @@ mp_add_test(test_safetensors SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_safet
 mp_add_test(test_ckpt SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_ckpt.c
             LIBS mp_model mp_parallel TIMEOUT 60)
 mp_add_test(test_npy SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_npy.c LIBS mp_model)
+mp_add_test(test_sample SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_sample.c LIBS mp_model)
