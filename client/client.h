@@ -18,7 +18,10 @@ enum {
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
+
+#include "model/spec.h"
 
 /* `mpar-client run JOB.json [--serial] ...`; argv[0] is "run". */
 int mp_client_run_main(int argc, char **argv);
@@ -34,9 +37,36 @@ int mp_client_trace_main(int argc, char **argv);
 int mp_client_trace_render(json_t *job, const char *format, FILE *out, const char *title,
                            char *why, size_t why_len);
 
+/* ---- what run shows of a finished run (client/report.c) ---- */
+
+/* The final sample of a text job: a greedy-ish draw after a newline. */
+#define MP_CLIENT_SAMPLE_PROMPT "\n"
+#define MP_CLIENT_SAMPLE_TEMPERATURE 0.5
+#define MP_CLIENT_SAMPLE_TOKENS 240
+
+/* Writes the learning curve of losses[0..nsteps) and the test loss after
+ * the last step (when has_test) to path; 0, or -1 after saying why on stderr. */
+int mp_client_write_curve(const char *path, const char *title, const double *losses,
+                          int64_t nsteps, double test_loss, bool has_test);
+/* Whether spec's model writes text (mpar-client sample can run it). */
+bool mp_client_is_text_job(const mp_spec_t *spec);
+/* The prompt and `tokens` bytes the model of spec with the weights in
+ * weights_dir writes after it (mp_malloc'ed), or NULL after saying why. */
+char *mp_client_run_sample(const mp_spec_t *spec, const char *weights_dir, int64_t tokens);
+/* Prints a sample indented under a run's summary. */
+void mp_client_print_sample(FILE *out, const char *text, int64_t tokens);
+/* Removes a folder and everything under it. */
+void mp_client_remove_tree(const char *dir);
+
+/* A JSON string of bytes that may not be UTF-8 (ASCII kept, other bytes U+FFFD). */
+json_t *mp_client_json_bytes(const char *s, size_t n);
+
 /* Runs a job on a throwaway local cluster of mpard daemons (client/local.c);
- * returns the exit code. timeline_path NULL: "<name>-timeline.svg"; "none": no SVG. */
+ * returns the exit code. timeline_path NULL: "<name>-timeline.svg"; "none": no SVG;
+ * curve_path likewise ("<name>-curve.svg").  A text job's result ends with
+ * sample_tokens bytes of text from its final weights (0: none). */
 int mp_client_run_local(const char *spec_path, int pp, int tp, int dp, const char *name,
-                        bool json, const char *save_dir, const char *timeline_path, bool quiet);
+                        bool json, const char *save_dir, const char *timeline_path, bool quiet,
+                        const mp_spec_t *spec, const char *curve_path, int64_t sample_tokens);
 
 #endif

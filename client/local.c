@@ -12,6 +12,7 @@
 #include <ftw.h>
 #include <jansson.h>
 #include <limits.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +26,7 @@
 #include <unistd.h>
 
 #include "client/client.h"
+#include "common/alloc.h"
 
 #define LC_MAX_DAEMONS 65
 
@@ -224,7 +226,8 @@ static int wait_alive(local_cluster_t *lc, int nodes, char *listen, size_t liste
 }
 
 int mp_client_run_local(const char *spec_path, int pp, int tp, int dp, const char *name,
-                        bool json, const char *save_dir, const char *timeline_path, bool quiet)
+                        bool json, const char *save_dir, const char *timeline_path, bool quiet,
+                        const mp_spec_t *spec, const char *curve_path, int64_t sample_tokens)
 {
     local_cluster_t lc = {0};
     int code = MP_EXIT_FAILED;
@@ -260,6 +263,20 @@ int mp_client_run_local(const char *spec_path, int pp, int tp, int dp, const cha
         fprintf(stderr, "mpar-client run: cannot create a temporary folder: %s\n",
                 strerror(errno));
         return MP_EXIT_FAILED;
+    }
+    /* A text job's final sample needs its weights: gathered into the
+     * cluster's folder when the user keeps none. */
+    bool want_sample = sample_tokens > 0 && mp_client_is_text_job(spec);
+    char sample_dir[PATH_MAX + 16] = "";
+    if (want_sample) {
+        if (save_dir != NULL) {
+            snprintf(sample_dir, sizeof(sample_dir), "%s", abs_save);
+        } else {
+            snprintf(sample_dir, sizeof(sample_dir), "%s/weights", lc.dir);
+            if (mkdir(sample_dir, 0755) != 0) {
+                want_sample = false;
+            }
+        }
     }
     struct sigaction sa = {.sa_handler = on_signal}, old_int, old_term, old_hup;
     sigemptyset(&sa.sa_mask);
@@ -322,9 +339,9 @@ int mp_client_run_local(const char *spec_path, int pp, int tp, int dp, const cha
         argv[a++] = "json";
         argv[a++] = "--socket";
         argv[a++] = lc.coord_sock;
-        if (save_dir != NULL) {
+        if (save_dir != NULL || want_sample) {
             argv[a++] = "--save-weights";
-            argv[a++] = abs_save;
+            argv[a++] = save_dir != NULL ? abs_save : sample_dir;
         }
         argv[a] = NULL;
         signal(SIGINT, SIG_DFL);
@@ -387,10 +404,44 @@ int mp_client_run_local(const char *spec_path, int pp, int tp, int dp, const cha
             }
         }
     }
+    /* The learning curve, next to the timeline. */
+    char cv_default[PATH_MAX];
+    if (curve_path == NULL) {
+        snprintf(cv_default, sizeof(cv_default), "%s-curve.svg", name);
+        curve_path = cv_default;
+    }
+    bool have_curve = false;
+    json_t *losses = json_object_get(job, "losses");
+    if (code == MP_EXIT_OK && strcmp(curve_path, "none") != 0 && json_array_size(losses) > 0) {
+        size_t n = json_array_size(losses);
+        double *lv = mp_malloc(n * sizeof(double));
+        if (lv != NULL) {
+            for (size_t i = 0; i < n; i++) {
+                json_t *v = json_array_get(losses, i);
+                lv[i] = json_is_number(v) ? json_number_value(v) : NAN;
+            }
+            json_t *tl = json_object_get(job, "test_loss");
+            char title[300];
+            snprintf(title, sizeof(title), "%s: pp=%d tp=%d dp=%d", name, pp, tp, dp);
+            have_curve = mp_client_write_curve(curve_path, title, lv, (int64_t)n,
+                                               json_number_value(tl), json_is_number(tl)) == 0;
+            mp_free(lv);
+        }
+    }
+    char *sample = NULL;
+    if (code == MP_EXIT_OK && want_sample) {
+        sample = mp_client_run_sample(spec, sample_dir, sample_tokens);
+    }
     if (json) {
         json_object_set_new(job, "mode", json_string("cluster"));
         if (have_svg) {
             json_object_set_new(job, "timeline_svg", json_string(timeline_path));
+        }
+        if (have_curve) {
+            json_object_set_new(job, "curve_svg", json_string(curve_path));
+        }
+        if (sample != NULL) {
+            json_object_set_new(job, "sample", mp_client_json_bytes(sample, strlen(sample)));
         }
         json_object_del(job, "timeline");
         char *text = json_dumps(job, JSON_INDENT(2) | JSON_REAL_PRECISION(9));
@@ -435,7 +486,14 @@ int mp_client_run_local(const char *spec_path, int pp, int tp, int dp, const cha
         if (have_svg) {
             printf("  timeline of the last step: %s\n", timeline_path);
         }
+        if (have_curve) {
+            printf("  learning curve: %s\n", curve_path);
+        }
+        if (sample != NULL) {
+            mp_client_print_sample(stdout, sample, sample_tokens);
+        }
     }
+    mp_free(sample);
     json_decref(doc);
 
 out_stop:

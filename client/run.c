@@ -5,6 +5,7 @@
  */
 #include <getopt.h>
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 #include <unistd.h>
 
 #include "client/client.h"
+#include "common/alloc.h"
 #include "model/spec.h"
 #include "model/train.h"
 
@@ -84,7 +86,8 @@ static void on_progress(const mp_train_progress_t *p, void *arg)
 static json_t *json_real_or_null(double v) { return isfinite(v) ? json_real(v) : json_null(); }
 
 static void print_result(const mp_spec_t *spec, const mp_train_result_t *r, bool json,
-                         const char *save_dir)
+                         const char *save_dir, const char *curve, const char *sample,
+                         int64_t sample_tokens)
 {
     if (json) {
         json_t *o = json_object();
@@ -118,6 +121,12 @@ static void print_result(const mp_spec_t *spec, const mp_train_result_t *r, bool
         if (save_dir != NULL) {
             json_object_set_new(o, "weights", json_string(save_dir));
         }
+        if (curve != NULL) {
+            json_object_set_new(o, "curve_svg", json_string(curve));
+        }
+        if (sample != NULL) {
+            json_object_set_new(o, "sample", mp_client_json_bytes(sample, strlen(sample)));
+        }
         char *text = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(9));
         puts(text);
         free(text);
@@ -140,6 +149,12 @@ static void print_result(const mp_spec_t *spec, const mp_train_result_t *r, bool
     if (save_dir != NULL) {
         printf("  weights saved in %s\n", save_dir);
     }
+    if (curve != NULL) {
+        printf("  learning curve: %s\n", curve);
+    }
+    if (sample != NULL) {
+        mp_client_print_sample(stdout, sample, sample_tokens);
+    }
 }
 
 static void run_usage(FILE *f)
@@ -147,9 +162,13 @@ static void run_usage(FILE *f)
     fprintf(f, "usage: mpar-client run JOB.json [--serial] [-o json|text] [--save-weights DIR]\n"
                "                          [--device cpu|cuda|auto] [--threads N] [--tf32] "
                "[--quiet]\n"
-               "                          [--timeline FILE.svg|none]\n"
+               "                          [--timeline FILE.svg|none] [--curve FILE.svg|none]\n"
+               "                          [--sample N]\n"
                "without --serial: a throwaway local cluster of mpard daemons runs the job's\n"
-               "pp x tp x dp grid (a coordinator and pp*dp nodes of tp CPU shards each)\n");
+               "pp x tp x dp grid (a coordinator and pp*dp nodes of tp CPU shards each)\n"
+               "--curve: the learning curve (default <job>-curve.svg on a cluster, none with\n"
+               "--serial); --sample N: bytes of text a text model writes at the end (default\n"
+               "240, 0: none)\n");
 }
 
 int mp_client_run_main(int argc, char **argv)
@@ -160,12 +179,14 @@ int mp_client_run_main(int argc, char **argv)
         {"threads", required_argument, NULL, 't'}, {"tf32", no_argument, NULL, 'f'},
         {"quiet", no_argument, NULL, 'q'},        {"help", no_argument, NULL, 'h'},
         {"timeline", required_argument, NULL, 'T'},
+        {"curve", required_argument, NULL, 'c'},  {"sample", required_argument, NULL, 'n'},
         {"socket", required_argument, NULL, 'S'}, {"connect", required_argument, NULL, 'S'},
         {"secret-file", required_argument, NULL, 'S'},
         {NULL, 0, NULL, 0},
     };
     bool serial = false, json = false;
-    const char *timeline = NULL;
+    const char *timeline = NULL, *curve = NULL;
+    int64_t sample_tokens = MP_CLIENT_SAMPLE_TOKENS;
     mp_train_opts_t opts = {.device = "cpu", .threads = 1};
     progress_t pr = {.tty = isatty(STDERR_FILENO) == 1};
     int c;
@@ -209,6 +230,20 @@ int mp_client_run_main(int argc, char **argv)
         case 'T':
             timeline = optarg;
             break;
+        case 'c':
+            curve = optarg;
+            break;
+        case 'n': {
+            char *end;
+            long long v = strtoll(optarg, &end, 10);
+            if (*optarg == '\0' || *end != '\0' || v < 0 || v > 100000) {
+                fprintf(stderr, "mpar-client run: --sample: expected 0..100000 bytes, got '%s'\n",
+                        optarg);
+                return MP_EXIT_USAGE;
+            }
+            sample_tokens = v;
+            break;
+        }
         case 'S':
             fprintf(stderr, "mpar-client run: --socket, --connect and --secret-file name a "
                             "running cluster, and run starts its own (or none with --serial); "
@@ -252,14 +287,43 @@ int mp_client_run_main(int argc, char **argv)
         }
         int code = mp_client_run_local(path, spec->parallel.pp, spec->parallel.tp,
                                        spec->parallel.dp, spec->name, json, opts.save_weights,
-                                       timeline, pr.quiet);
+                                       timeline, pr.quiet, spec, curve, sample_tokens);
         mp_spec_free(spec);
         return code;
     }
     opts.on_progress = on_progress;
     opts.arg = &pr;
+    /* A text job's final sample reads its weights: saved to a temporary
+     * folder when the user keeps none. */
+    const char *user_save = opts.save_weights;
+    char tmp_weights[PATH_MAX] = "";
+    bool want_sample = sample_tokens > 0 && mp_client_is_text_job(spec);
+    if (want_sample && user_save == NULL) {
+        snprintf(tmp_weights, sizeof(tmp_weights), "%s/mpar-sample-XXXXXX",
+                 getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+        if (mkdtemp(tmp_weights) == NULL) {
+            tmp_weights[0] = '\0';
+            want_sample = false;
+        } else {
+            opts.save_weights = tmp_weights;
+        }
+    }
     mp_train_result_t res;
     mp_status_t st = mp_train_serial(spec, &opts, &res, &err);
+    char *sample = NULL;
+    bool have_curve = false;
+    if (st == MP_OK && want_sample) {
+        sample = mp_client_run_sample(spec, opts.save_weights, sample_tokens);
+    }
+    if (tmp_weights[0] != '\0') {
+        mp_client_remove_tree(tmp_weights);
+    }
+    if (st == MP_OK && curve != NULL && strcmp(curve, "none") != 0) {
+        char title[300];
+        snprintf(title, sizeof(title), "%s: serial on %s", spec->name, res.device);
+        have_curve = mp_client_write_curve(curve, title, res.losses, res.steps, res.test_loss,
+                                           res.has_test && res.epochs_done > 0) == 0;
+    }
     if (st != MP_OK) {
         fprintf(stderr, "mpar-client: job %s failed: %s\n", spec->name[0] ? spec->name : path,
                 err.msg);
@@ -274,7 +338,8 @@ int mp_client_run_main(int argc, char **argv)
         mp_spec_free(spec);
         return st == MP_ERR_SPEC || st == MP_ERR_INVAL ? MP_EXIT_USAGE : MP_EXIT_FAILED;
     }
-    print_result(spec, &res, json, opts.save_weights);
+    print_result(spec, &res, json, user_save, have_curve ? curve : NULL, sample, sample_tokens);
+    mp_free(sample);
     mp_train_result_free(&res);
     mp_spec_free(spec);
     return MP_EXIT_OK;

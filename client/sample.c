@@ -47,28 +47,6 @@ static bool parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *v_p)
     return true;
 }
 
-/* A JSON string of bytes that may not be UTF-8: ASCII as it is, every
- * other byte as U+FFFD (a byte model can emit any byte). */
-static json_t *json_bytes(const unsigned char *s, size_t n)
-{
-    char *buf = mp_malloc(3 * n + 1);
-    if (buf == NULL) {
-        return json_null();
-    }
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] < 0x80) {
-            buf[k++] = (char)s[i];
-        } else {
-            memcpy(buf + k, "\xef\xbf\xbd", 3);
-            k += 3;
-        }
-    }
-    json_t *j = json_stringn(buf, k);
-    mp_free(buf);
-    return j != NULL ? j : json_null();
-}
-
 int mp_client_sample_main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -205,8 +183,8 @@ int mp_client_sample_main(int argc, char **argv)
     size_t clen = (size_t)so.tokens;
     if (json) {
         json_t *o = json_object();
-        json_object_set_new(o, "prompt", json_bytes((const unsigned char *)prompt, plen));
-        json_object_set_new(o, "continuation", json_bytes(cont, clen));
+        json_object_set_new(o, "prompt", mp_client_json_bytes(prompt, plen));
+        json_object_set_new(o, "continuation", mp_client_json_bytes((const char *)cont, clen));
         json_object_set_new(o, "tokens", json_integer(so.tokens));
         json_object_set_new(o, "temperature", json_real(so.temperature));
         json_object_set_new(o, "top_k", json_integer(so.top_k));

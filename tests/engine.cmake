@@ -37,3 +37,6 @@ if(TARGET mp_engine)
   # The feeder's micro-batches of multi-label (text) samples over a real UCX worker.
   mp_add_test(test_engine_feeder SOURCES unit/test_engine_feeder.c LIBS mp_engine TIMEOUT 60)
 endif()
+if(TARGET mp_engine)
+  mp_add_test(test_engine_curve SOURCES unit/test_engine_curve.c LIBS mp_engine TIMEOUT 60)
+endif()
