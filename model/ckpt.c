@@ -1044,13 +1044,13 @@ mp_status_t mp_ckpt_export(mp_ckpt_t *ck, const char *out_dir, const char *forma
             snprintf(names[n], MP_ST_NAME_MAX, "%d.%s", l, pname);
             st = mp_ckpt_read_block(ck, names[n], 0, rows, 0, cols, buf, err);
             if (st == MP_OK && npy) {
-                st = mp_npy_save_param(out_dir, l, pname, buf, rows, cols, err);
+                st = mp_npy_save_layer_param(out_dir, spec, l, p, buf, err);
                 mp_free(buf);
                 continue;
             }
             ent[n].name = names[n];
             ent[n].data = buf;
-            bool bias = rows == 1 && strstr(pname, "bias") != NULL;
+            bool bias = mp_npy_param_is_vector(ls, p); /* 1-D, as --save-weights writes it */
             ent[n].ndim = bias ? 1 : 2;
             ent[n].shape[0] = bias ? cols : rows;
             ent[n].shape[1] = cols;
