@@ -51,10 +51,12 @@ int mp_client_write_curve(const char *path, const char *title, const double *los
 /* Whether spec's model writes text (mpar-client sample can run it). */
 bool mp_client_is_text_job(const mp_spec_t *spec);
 /* The prompt and `tokens` bytes the model of spec with the weights in
- * weights_dir writes after it (mp_malloc'ed), or NULL after saying why. */
-char *mp_client_run_sample(const mp_spec_t *spec, const char *weights_dir, int64_t tokens);
-/* Prints a sample indented under a run's summary. */
-void mp_client_print_sample(FILE *out, const char *text, int64_t tokens);
+ * weights_dir writes after it (mp_malloc'ed, *len_p bytes, any of which may
+ * be NUL), or NULL after saying why. */
+char *mp_client_run_sample(const mp_spec_t *spec, const char *weights_dir, int64_t tokens,
+                           size_t *len_p);
+/* Prints a sample of len bytes indented under a run's summary. */
+void mp_client_print_sample(FILE *out, const char *text, size_t len, int64_t tokens);
 /* Removes a folder and everything under it. */
 void mp_client_remove_tree(const char *dir);
 

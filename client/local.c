@@ -429,8 +429,9 @@ int mp_client_run_local(const char *spec_path, int pp, int tp, int dp, const cha
         }
     }
     char *sample = NULL;
+    size_t sample_len = 0;
     if (code == MP_EXIT_OK && want_sample) {
-        sample = mp_client_run_sample(spec, sample_dir, sample_tokens);
+        sample = mp_client_run_sample(spec, sample_dir, sample_tokens, &sample_len);
     }
     if (json) {
         json_object_set_new(job, "mode", json_string("cluster"));
@@ -441,7 +442,7 @@ int mp_client_run_local(const char *spec_path, int pp, int tp, int dp, const cha
             json_object_set_new(job, "curve_svg", json_string(curve_path));
         }
         if (sample != NULL) {
-            json_object_set_new(job, "sample", mp_client_json_bytes(sample, strlen(sample)));
+            json_object_set_new(job, "sample", mp_client_json_bytes(sample, sample_len));
         }
         json_object_del(job, "timeline");
         char *text = json_dumps(job, JSON_INDENT(2) | JSON_REAL_PRECISION(9));
@@ -490,7 +491,7 @@ int mp_client_run_local(const char *spec_path, int pp, int tp, int dp, const cha
             printf("  learning curve: %s\n", curve_path);
         }
         if (sample != NULL) {
-            mp_client_print_sample(stdout, sample, sample_tokens);
+            mp_client_print_sample(stdout, sample, sample_len, sample_tokens);
         }
     }
     mp_free(sample);

@@ -66,7 +66,8 @@ bool mp_client_is_text_job(const mp_spec_t *spec)
     return mp_sample_check_spec(spec, &err) == MP_OK;
 }
 
-char *mp_client_run_sample(const mp_spec_t *spec, const char *weights_dir, int64_t tokens)
+char *mp_client_run_sample(const mp_spec_t *spec, const char *weights_dir, int64_t tokens,
+                           size_t *len_p)
 {
     mp_train_opts_t to = {.device = "cpu", .threads = 1};
     mp_sample_opts_t so = {.tokens = tokens,
@@ -88,27 +89,30 @@ char *mp_client_run_sample(const mp_spec_t *spec, const char *weights_dir, int64
         return NULL;
     }
     /* The prompt, then the continuation: what `sample` would print. */
-    size_t plen = strlen(MP_CLIENT_SAMPLE_PROMPT), clen = strlen((char *)cont);
+    /* The continuation may hold NUL bytes: its length is `tokens`. */
+    size_t plen = strlen(MP_CLIENT_SAMPLE_PROMPT), clen = (size_t)tokens;
     char *text = mp_malloc(plen + clen + 1);
     if (text != NULL) {
         memcpy(text, MP_CLIENT_SAMPLE_PROMPT, plen);
         memcpy(text + plen, cont, clen + 1);
+        *len_p = plen + clen;
     }
     mp_free(cont);
     return text;
 }
 
-void mp_client_print_sample(FILE *out, const char *text, int64_t tokens)
+void mp_client_print_sample(FILE *out, const char *text, size_t len, int64_t tokens)
 {
+    const char *end = text + len;
     fprintf(out, "  the model now writes (%lld bytes, temperature %g, seed 1):\n",
             (long long)tokens, MP_CLIENT_SAMPLE_TEMPERATURE);
-    while (*text == '\n') {
+    while (text < end && *text == '\n') {
         text++;
     }
     fputs("    | ", out);
-    for (const char *c = text; *c != '\0'; c++) {
+    for (const char *c = text; c < end; c++) {
         if (*c == '\n') {
-            fputs(c[1] != '\0' ? "\n    | " : "", out);
+            fputs(c + 1 < end ? "\n    | " : "", out);
         } else {
             /* Bytes a terminal would not show as text print as '?'. */
             unsigned char b = (unsigned char)*c;

@@ -87,7 +87,7 @@ static json_t *json_real_or_null(double v) { return isfinite(v) ? json_real(v) :
 
 static void print_result(const mp_spec_t *spec, const mp_train_result_t *r, bool json,
                          const char *save_dir, const char *curve, const char *sample,
-                         int64_t sample_tokens)
+                         size_t sample_len, int64_t sample_tokens)
 {
     if (json) {
         json_t *o = json_object();
@@ -125,7 +125,7 @@ static void print_result(const mp_spec_t *spec, const mp_train_result_t *r, bool
             json_object_set_new(o, "curve_svg", json_string(curve));
         }
         if (sample != NULL) {
-            json_object_set_new(o, "sample", mp_client_json_bytes(sample, strlen(sample)));
+            json_object_set_new(o, "sample", mp_client_json_bytes(sample, sample_len));
         }
         char *text = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(9));
         puts(text);
@@ -153,7 +153,7 @@ static void print_result(const mp_spec_t *spec, const mp_train_result_t *r, bool
         printf("  learning curve: %s\n", curve);
     }
     if (sample != NULL) {
-        mp_client_print_sample(stdout, sample, sample_tokens);
+        mp_client_print_sample(stdout, sample, sample_len, sample_tokens);
     }
 }
 
@@ -311,9 +311,10 @@ int mp_client_run_main(int argc, char **argv)
     mp_train_result_t res;
     mp_status_t st = mp_train_serial(spec, &opts, &res, &err);
     char *sample = NULL;
+    size_t sample_len = 0;
     bool have_curve = false;
     if (st == MP_OK && want_sample) {
-        sample = mp_client_run_sample(spec, opts.save_weights, sample_tokens);
+        sample = mp_client_run_sample(spec, opts.save_weights, sample_tokens, &sample_len);
     }
     if (tmp_weights[0] != '\0') {
         mp_client_remove_tree(tmp_weights);
@@ -338,7 +339,8 @@ int mp_client_run_main(int argc, char **argv)
         mp_spec_free(spec);
         return st == MP_ERR_SPEC || st == MP_ERR_INVAL ? MP_EXIT_USAGE : MP_EXIT_FAILED;
     }
-    print_result(spec, &res, json, user_save, have_curve ? curve : NULL, sample, sample_tokens);
+    print_result(spec, &res, json, user_save, have_curve ? curve : NULL, sample, sample_len,
+                 sample_tokens);
     mp_free(sample);
     mp_train_result_free(&res);
     mp_spec_free(spec);
