@@ -46,6 +46,10 @@ struct mp_feeder {
     float *xb[NBUF];
     int32_t *yb[NBUF];
     reqs_t pending[NBUF];
+    /* The work of the event in each buffer, in training steps (an
+     * evaluation of many chunks counts for several), which scales the time
+     * its acknowledgement may take. */
+    int64_t steps_of[NBUF];
     dest_t *dest;
     int ndest;
     mp_xport_worker_t *w;
@@ -233,7 +237,8 @@ static mp_status_t wait_acks(mp_feeder_t *f, int64_t index, mp_errbuf_t *err)
             mp_xport_recv(x->ep, f->o.job & MP_XPORT_JOB_MAX, MP_XPORT_KIND_USER,
                           mp_engine_tag_mb((uint64_t)index), &token, sizeof(token), &req);
         if (st == MP_OK) {
-            st = mp_engine_wait(req, deadline(f), &f->cancel, NULL);
+            uint64_t allow = (uint64_t)f->steps_of[index % NBUF] * (uint64_t)f->timeout_ms;
+            st = mp_engine_wait(req, mp_engine_now_ns() + allow * 1000000ull, &f->cancel, NULL);
         }
         if (st == MP_OK && token != (int32_t)index) {
             st = MP_ERR_PROTO;
@@ -334,6 +339,11 @@ mp_status_t mp_feeder_run(mp_feeder_t *f, mp_errbuf_t *err)
         /* The buffer's previous event is acknowledged, so its sends are done. */
         int b = (int)(ev.index % NBUF);
         st = settle(f, &f->pending[b], MP_OK, err);
+        /* A training step may take the timeout; an evaluation of c chunks
+         * (forward only, one micro-batch each) as long as c / m steps. */
+        int64_t m = f->g.m > 0 ? f->g.m : 1;
+        int64_t c = ev.kind == MP_ENGINE_EV_TRAIN ? 0 : mp_engine_geom_replica_chunks(&f->g, 0);
+        f->steps_of[b] = c > m ? (c + m - 1) / m : 1;
         if (st == MP_OK) {
             st = ev.kind == MP_ENGINE_EV_TRAIN ? feed_train(f, &ev, b, err)
                                                : feed_eval(f, &ev, b, err);
