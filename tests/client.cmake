@@ -29,6 +29,8 @@ if(MP_TESTS)
            COMMAND ${CMAKE_SOURCE_DIR}/tests/integration/client_verify.sh
                    ${CMAKE_RUNTIME_OUTPUT_DIRECTORY})
   set_tests_properties(client_verify PROPERTIES TIMEOUT 300)
+endif()
+
 # mpar-client sample, and run's learning curve and closing sample of a text job.
 if(MP_TESTS)
   add_test(NAME client_sample
