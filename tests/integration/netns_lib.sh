@@ -8,12 +8,14 @@
 # Every namespace made is removed on exit, after the daemons are killed.
 #
 # netns_skip_reason prints why this machine cannot build the test bed (not
-# root, no `ip netns`, no veth/bridge support) and fails when it can.
+# root, no `ip netns`, no veth/bridge support) and fails when it can (then
+# it also removes what killed runs left behind).
 # Needs daemon_lib.sh sourced first (PIDS, cleanup, T).
 
 NS_PREFIX="mpar$$"
 NS_BRIDGE="${NS_PREFIX}br"
 NS_HOSTS=()
+declare -A NS_ADDR # host name -> its address
 NS_SUBNET=10.77.0
 
 netns_skip_reason() {
@@ -37,7 +39,19 @@ netns_skip_reason() {
         return 0
     fi
     ip netns del "$probe"
+    netns_reap_stale
     return 1
+}
+
+# Namespaces that an earlier run left behind when it was killed without its
+# trap (a ctest timeout): those whose test's pid is gone.
+netns_reap_stale() {
+    local ns pid
+    for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^mpar[0-9]+[a-z]' || true); do
+        pid=${ns#mpar}
+        pid=${pid%%[a-z]*}
+        if [ ! -d "/proc/$pid" ]; then ip netns del "$ns" 2>/dev/null || true; fi
+    done
 }
 
 netns_cleanup() {
@@ -71,7 +85,8 @@ netns_host() {
         fail "veth for $name"
     ip -n "$NS_BRIDGE" link set "p-$name" master br0
     ip -n "$NS_BRIDGE" link set "p-$name" up
-    ip -n "$ns" addr add "$NS_SUBNET.$((10 + idx))/24" dev eth0
+    NS_ADDR[$name]="$NS_SUBNET.$((10 + idx))"
+    ip -n "$ns" addr add "${NS_ADDR[$name]}/24" dev eth0
     ip -n "$ns" link set eth0 up
 }
 
@@ -109,4 +124,37 @@ netns_netem() {
     local n=$1
     shift
     tc -n "$(ns "$n")" qdisc replace dev eth0 root netem "$@"
+}
+
+# netns_lossy DELAY_MS LOSS HOST...: for kernels without netem, every
+# packet between the hosts goes through netns_relay.py instead of the
+# bridge: each host gets a TUN device lossy0 and a /32 route through it to
+# every other host (more specific than eth0's /24, with eth0's address as
+# the source, so eth0 stays up, UCX keeps using it, and established
+# connections move over).  netns_lossy_stop ends it and prints the relay's
+# counts ("forwarded N lost M discarded K").
+netns_lossy() {
+    local delay=$1 loss=$2 h o args=()
+    shift 2
+    for h in "$@"; do args+=("$(ns "$h")=${NS_ADDR[$h]}"); done
+    python3 "$SRC/tests/integration/netns_relay.py" --delay-ms "$delay" --loss "$loss" \
+        "${args[@]}" >"$T/relay.out" 2>"$T/relay.log" &
+    RELAY_PID=$!
+    PIDS+=("$RELAY_PID")
+    wait_for 10 grep -q ready "$T/relay.out" || fail "the relay: $(cat "$T/relay.log")"
+    for h in "$@"; do
+        ip -n "$(ns "$h")" link set lossy0 up
+        for o in "$@"; do
+            [ "$o" = "$h" ] && continue
+            ip -n "$(ns "$h")" route add "${NS_ADDR[$o]}/32" dev lossy0 src "${NS_ADDR[$h]}" ||
+                fail "route $h -> $o through the relay"
+        done
+    done
+}
+
+netns_lossy_stop() {
+    kill -TERM "$RELAY_PID"
+    timeout 10 tail --pid="$RELAY_PID" -f /dev/null || fail "the relay did not stop"
+    wait "$RELAY_PID" 2>/dev/null || true
+    tail -n 1 "$T/relay.out"
 }
