@@ -30,7 +30,7 @@ if(MP_TESTS AND TARGET mpard AND TARGET mpar-client)
     COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/integration/netns_cluster.sh
             $<TARGET_FILE:mpard> $<TARGET_FILE:mpar-client> ${CMAKE_SOURCE_DIR})
   # FAILED within the heartbeat timeout is a timing check, like engine_daemon_fail's.
-  set_tests_properties(netns_cluster PROPERTIES TIMEOUT 400 SKIP_RETURN_CODE 77
+  set_tests_properties(netns_cluster PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77
                        RESOURCE_LOCK mp_control_cpu)
 endif()
 if(MP_TESTS AND TARGET mpard AND TARGET mpar-client)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# A cluster across "hosts": the coordinator c0 and the nodes n1 and n2 (2
-# CPU devices each) each run in a network namespace of their own, linked by
-# veths to a bridge (netns_lib.sh), with a cluster secret, the listener and
+# A cluster across "hosts": the coordinator c0 and the nodes n1, n2 and n3
+# (2 CPU devices each; a job of 4 shards leaves one spare) each run in a
+# network namespace of their own, linked by veths to a bridge (netns_lib.sh), with a cluster secret, the listener and
 # --join on the namespace addresses, and UCX over tcp on eth0 (UCX_TLS=tcp,
 # UCX_NET_DEVICES=eth0).  Peers in another network namespace are another
 # host to the data plane: their endpoints use UCX's peer error handling and
@@ -19,6 +19,10 @@
 #  (b2) with dead-after (SIGHUP: 30 s) longer than the data plane's timeout,
 #      a cut link FAILs the job when the shards' waits time out, still
 #      naming the node, by its late heartbeats;
+#  (b3) with train.max_restarts (once the build has it), a cut link puts
+#      the job back to PENDING; it resumes from its last checkpoint on the
+#      other node and the spare n3 and SUCCEEDS with the weights of an
+#      uninterrupted run, bit for bit;
 #  (c) a whole job over links with netem delay 2ms loss 1% SUCCEEDS equal to
 #      the serial run; where the kernel has no netem, the hosts' packets go
 #      through netns_relay.py (TUN devices, the same delay and loss) instead.
@@ -55,6 +59,7 @@ COMMON=(--heartbeat-ms "$HB" --secret-file "$SECRET" --log-level debug)
 netns_host c0 0
 netns_host n1 1
 netns_host n2 2
+netns_host n3 3
 
 # The coordinator's timing is in its config file, so that SIGHUP can change it (b2).
 coord_timing() { # dead-after-ms
@@ -77,8 +82,9 @@ start_node() { # name
 }
 start_node n1
 start_node n2
+start_node n3
 
-wait_alive 2
+wait_alive 3
 grep -q "cluster listener on $(netns_addr 0):$PORT" "$T/c0.log" ||
     fail "the coordinator does not listen on its namespace address"
 # The secret works over TCP from another host, and no secret is refused.
@@ -89,7 +95,7 @@ ns_run n1 "$CLIENT" nodes --connect "$(netns_addr 0):$PORT" >/dev/null 2>&1
 RC=$?
 set -e
 [ $RC = 4 ] || fail "a client without the secret: exit $RC, want 4"
-echo "ok 3 hosts: c0 $(netns_addr 0), n1 $(netns_addr 1), n2 $(netns_addr 2); nodes ALIVE over the secret"
+echo "ok 4 hosts: c0 $(netns_addr 0), n1 .. n3 $(netns_addr 1) .. $(netns_addr 3); nodes ALIVE over the secret"
 
 placement_node() { # job.json expr-over-p
     jget "[p[\"node\"] for p in d[\"placement\"] if $2][0]" <"$1"
@@ -119,17 +125,19 @@ equal_to_serial() {
 
 # --- (a) a job across the hosts equals the serial run -------------------------------
 equal_to_serial across 5 120
-echo "ok (a) pp 2 x tp 2 across n1 and n2, fed and gathered on c0: $CMP"
+S0=$(placement_node "$T/across.job.json" 'p["stage"]==0')
+S1=$(placement_node "$T/across.job.json" 'p["stage"]==1')
+echo "ok (a) pp 2 x tp 2 across $S0 and $S1, fed and gathered on c0: $CMP"
 # Every endpoint between namespaces took the cross-host path, and only those:
 # a node's shards reach the other node's shards and c0's feeder and
 # gatherer, and their TP peer on the same host.
-for n in n1 n2; do
+for n in "$S0" "$S1"; do
     grep -q "xport: rank [0-9]* -> rank [0-9]*: another host" "$T/$n.log" ||
         fail "$n: no cross-host endpoint in its log"
     grep -q "xport: rank [0-9]* -> rank [0-9]*: this host" "$T/$n.log" ||
         fail "$n: its TP peer is not on this host"
 done
-python3 - "$T/across.job.json" "$T/n1.log" "$T/n2.log" <<'PY' || fail "endpoint classification"
+python3 - "$T/across.job.json" "$T/$S0.log" "$T/$S1.log" <<'PY' || fail "endpoint classification"
 import json, re, sys
 place = {p["rank"]: p["node"] for p in json.load(open(sys.argv[1]))["placement"]}
 for log in sys.argv[2:]:
@@ -174,8 +182,8 @@ failed_naming_s1() {
 running_shards() { # node
     "$CLIENT" nodes -o json | jget '[n["running_shards"] for n in d["nodes"] if n["name"]=="'"$1"'"][0]'
 }
-ended() { [ "$(running_shards n1)" = 0 ] && [ "$(running_shards n2)" = 0 ]; }
-n_alive() { [ "$(alive_count)" = 2 ]; }
+ended() { "$CLIENT" nodes -o json | jget 'sum(n["running_shards"] for n in d["nodes"])' | grep -qx 0; }
+n_alive() { [ "$(alive_count)" = 3 ]; }
 
 long_job
 CUT_AT=$(now_ms)
@@ -183,7 +191,7 @@ netns_link "$S1" down
 failed_naming_s1 "$S1's link went down" "$CUT_AT" $((DEAD + HB + SLACK))
 netns_link "$S1" up
 wait_for 30 n_alive || fail "$S1 never ALIVE again: $("$CLIENT" nodes)"
-wait_for 30 ended || fail "shards did not end: n1 $(running_shards n1), n2 $(running_shards n2)"
+wait_for 30 ended || fail "shards did not end: $("$CLIENT" nodes)"
 equal_to_serial after_cut 3 120
 echo "ok (b) link cut -> FAILED naming $S1 in $LATENCY ms; it rejoined, the next job SUCCEEDED: $CMP"
 
@@ -204,7 +212,7 @@ netns_link "$S1" up
 coord_timing "$DEAD"
 kill -HUP "$PID_c0"
 wait_for 30 n_alive || fail "$S1 never ALIVE again: $("$CLIENT" nodes)"
-wait_for 30 ended || fail "shards did not end: n1 $(running_shards n1), n2 $(running_shards n2)"
+wait_for 30 ended || fail "shards did not end: $("$CLIENT" nodes)"
 echo "ok (b2) link cut, heartbeats slower than the data timeout -> FAILED in $LATENCY ms: $REASON"
 
 # --- kill -9 of a node across hosts: no pidfd watches it from the other host ---------------
@@ -216,9 +224,62 @@ wait "$VICTIM" 2>/dev/null || true
 failed_naming_s1 "kill -9 of $S1" "$KILL_AT" $((DEAD + HB + SLACK))
 start_node "$S1"
 wait_for 30 n_alive || fail "$S1 never ALIVE again after its restart: $("$CLIENT" nodes)"
-wait_for 30 ended || fail "shards did not end: n1 $(running_shards n1), n2 $(running_shards n2)"
+wait_for 30 ended || fail "shards did not end: $("$CLIENT" nodes)"
 equal_to_serial after_kill 3 120
 echo "ok kill -9 -> FAILED naming $S1 in $LATENCY ms; restarted, the next job SUCCEEDED: $CMP"
+
+# --- (b3) a link cut with train.max_restarts: the job restarts on the other hosts ------
+# From its last checkpoint (the folder every "host" sees), on S0 and the
+# spare, and SUCCEEDS with the weights of an uninterrupted run, bit for bit.
+rspec() { # FILE NAME CKDIR STEPS (CKDIR "": no checkpoints)
+    spec "$1" "$2" 2 2 1 4 1f1b sgd "$4"
+    python3 - "$1" "$3" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+d["train"]["max_restarts"] = 2
+if sys.argv[2]:
+    d["checkpoint"] = {"dir": sys.argv[2], "every_steps": 20, "keep": 2}
+json.dump(d, open(sys.argv[1], "w"))
+PY
+}
+rspec "$T/probe.json" probe "" 0 # the serial run takes max_restarts, not checkpoints
+if "$CLIENT" run "$T/probe.json" --serial -o json >/dev/null 2>"$T/probe.err"; then
+    rspec "$T/rref.json" rref "$T/ck-rref" 300
+    timeout 180 "$CLIENT" submit "$T/rref.json" -f -o json --save-weights "$T/rref" \
+        >"$T/rref.out" 2>"$T/rref.err" || fail "(b3) reference run: $(tail -n 3 "$T/rref.err")"
+    rspec "$T/restart.json" restart "$T/ck-restart" 300
+    JOB=$("$CLIENT" submit "$T/restart.json" -o json --save-weights "$T/wrestart" | jget 'd["id"]')
+    ckpt_past() { [ "$(job_field "$JOB" 'd["checkpoint_step"]')" -ge "$1" ]; }
+    wait_for 60 ckpt_past 20 || fail "(b3) no checkpoint: $("$CLIENT" status "$JOB")"
+    S1=$(job_field "$JOB" '[p["node"] for p in d["placement"] if p["stage"]==1][0]')
+    CUT_AT=$(now_ms)
+    netns_link "$S1" down
+    job_over() {
+        local st
+        st=$(job_field "$JOB" 'd["state"]')
+        [ "$st" = SUCCEEDED ] || [ "$st" = FAILED ] || [ "$st" = CANCELLED ]
+    }
+    wait_for 180 job_over || fail "(b3) the job did not end: $("$CLIENT" status "$JOB")"
+    netns_link "$S1" up
+    [ "$(job_field "$JOB" 'd["state"]')" = SUCCEEDED ] ||
+        fail "(b3) not SUCCEEDED: $("$CLIENT" status "$JOB")"
+    [ "$(job_field "$JOB" 'd["restarts"]')" -ge 1 ] || fail "(b3) no restart recorded"
+    NODES=$(job_field "$JOB" '" ".join(sorted(set(p["node"] for p in d["placement"])))')
+    case " $NODES " in *" $S1 "*) fail "(b3) restarted on $S1, whose link is down: $NODES" ;; esac
+    compare "$T/rref" "$T/wrestart" 0 >/dev/null || fail "(b3) weights differ from the uninterrupted run"
+    BACK=$("$CLIENT" logs "$JOB" -o json | python3 -c '
+import json, sys
+t = [e["unix_ms"] for e in json.load(sys.stdin)["events"] if "every shard is ready" in e.get("message", "")]
+print(t[-1] if t else 0)')
+    echo "ok (b3) link cut with max_restarts: SUCCEEDED on $NODES after a restart, resumed from" \
+        "step $(job_field "$JOB" 'd["resumed_from_step"]'), weights bit-equal; recovery $((BACK - CUT_AT)) ms"
+    wait_for 30 n_alive || fail "$S1 never ALIVE again: $("$CLIENT" nodes)"
+    wait_for 30 ended || fail "shards did not end: $("$CLIENT" nodes)"
+elif grep -q "train.max_restarts: unknown field" "$T/probe.err"; then
+    echo "skip (b3): this build has no train.max_restarts (checkpoints and restarts, issue 11)"
+else
+    fail "(b3) the spec with max_restarts: $(cat "$T/probe.err")"
+fi
 
 # --- (c) a whole job over lossy, slow links ------------------------------------------
 # Lost heartbeats wait for TCP's retransmission (200 ms and more): the
@@ -226,13 +287,13 @@ echo "ok kill -9 -> FAILED naming $S1 in $LATENCY ms; restarted, the next job SU
 coord_timing 5000
 kill -HUP "$PID_c0"
 if netns_has_netem; then
-    for h in c0 n1 n2; do netns_netem "$h" delay 2ms loss 1%; done
+    for h in c0 n1 n2 n3; do netns_netem "$h" delay 2ms loss 1%; done
     equal_to_serial lossy 5 240
     echo "ok (c) netem delay 2ms loss 1% on every link: SUCCEEDED, $CMP"
-    for h in c0 n1 n2; do tc -n "$(ns "$h")" qdisc del dev eth0 root; done
+    for h in c0 n1 n2 n3; do tc -n "$(ns "$h")" qdisc del dev eth0 root; done
 else
     echo "no netem qdisc in this kernel (sch_netem): the links go through netns_relay.py"
-    netns_lossy 2 0.01 c0 n1 n2
+    netns_lossy 2 0.01 c0 n1 n2 n3
     equal_to_serial lossy 5 240
     COUNTS=$(netns_lossy_stop)
     LOST=$(echo "$COUNTS" | sed -n 's/.* lost \([0-9]*\) .*/\1/p')
@@ -240,6 +301,6 @@ else
     echo "ok (c) relay delay 2ms loss 1% between every pair of hosts ($COUNTS): SUCCEEDED, $CMP"
 fi
 
-# shellcheck disable=SC2154 # PID_n1 and PID_n2 are set by start_node through eval
-stop_daemons "$PID_n1" "$PID_n2" "$PID_c0"
+# shellcheck disable=SC2154 # PID_n1 .. PID_n3 are set by start_node through eval
+stop_daemons "$PID_n1" "$PID_n2" "$PID_n3" "$PID_c0"
 echo "PASS"
