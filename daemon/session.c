@@ -21,9 +21,13 @@
 #include "daemon/coord.h"
 #include "daemon/metrics.h"
 #include "daemon/session.h"
+#include "model/spec.h"
+#include "model/train.h"
 #include "proto/codec.h"
 #include "proto/json.h"
 #include "transport/frame_conn.h"
+
+typedef struct submit_check submit_check_t;
 
 struct mp_session {
     mp_link_t link; /* first: the roles hold sessions as links */
@@ -32,7 +36,28 @@ struct mp_session {
     bool is_unix;
     bool can_mutate;
     bool peer_done; /* the JSON peer half-closed; end once its replies are out */
+    submit_check_t *checks; /* submits waiting for their data check */
     mp_session_t *prev, *next;
+};
+
+/*
+ * A submit whose data set needs the file system checked before it is
+ * accepted (a text file that must exist and hold a window in both splits,
+ * the kjv program): the check runs on the thread pool, since the loop does
+ * no disk I/O, and the submit completes on the loop when it is done.  A
+ * session that closes meanwhile only loses its pointer (s = NULL); the
+ * check then ends without submitting, as the client never heard back.
+ */
+struct submit_check {
+    uv_work_t req;
+    mp_session_t *s;
+    bool lines; /* answer as a status-socket JSON line */
+    uint64_t rid;
+    char *spec_json, *who, *save_weights;
+    mp_spec_t *spec;
+    mp_status_t st;
+    mp_errbuf_t err;
+    submit_check_t *next;
 };
 
 static void session_unlink(mp_session_t *s)
@@ -49,6 +74,8 @@ static void session_unlink(mp_session_t *s)
 }
 
 static void line_reply(mp_session_t *s, json_t *o);
+static void submit_job(mp_session_t *s, bool lines, uint64_t rid, const char *spec_json,
+                       const char *who, const char *save_weights);
 
 /* A status-socket (JSON) session gets a relayed reply as one JSON line. */
 static mp_status_t send_as_json(mp_session_t *s, const Mpar__Envelope *env)
@@ -93,7 +120,8 @@ static mp_status_t session_send(mp_session_t *s, const Mpar__Envelope *env)
 {
     if (mp_conn_is_lines(s->conn)) {
         mp_status_t st = send_as_json(s, env);
-        if (s->peer_done && (s->d->agent == NULL || mp_agent_pending(s->d->agent, &s->link) == 0)) {
+        if (s->peer_done && s->checks == NULL &&
+            (s->d->agent == NULL || mp_agent_pending(s->d->agent, &s->link) == 0)) {
             mp_conn_end(s->conn, MP_CONN_EOF, "peer closed");
         }
         return st;
@@ -278,23 +306,9 @@ static void on_request(mp_session_t *s, const Mpar__Envelope *in)
             return;
         }
         char who[200];
-        Mpar__JobInfo *j;
-        const char *spec = in->submit_job->spec_json;
-        mp_status_t st = mp_coord_job_submit(
-            d->coord, spec, strlen(spec), peer_user(s, in->submit_job->submitter, who, sizeof(who)),
-            in->submit_job->save_weights, &j, &err);
-        if (st != MP_OK) {
-            reply_error(s, rid,
-                        st == MP_ERR_SPEC ? MPAR__ERROR_CODE__ERROR_CODE_INVALID_SPEC
-                                          : MPAR__ERROR_CODE__ERROR_CODE_INTERNAL,
-                        err.msg);
-            return;
-        }
-        Mpar__JobAccepted ja = MPAR__JOB_ACCEPTED__INIT;
-        ja.job = j;
-        env.msg_case = MPAR__ENVELOPE__MSG_JOB_ACCEPTED;
-        env.job_accepted = &ja;
-        mp_conn_send(s->conn, &env);
+        submit_job(s, false, rid, in->submit_job->spec_json,
+                   peer_user(s, in->submit_job->submitter, who, sizeof(who)),
+                   in->submit_job->save_weights);
         return;
     }
     case MPAR__ENVELOPE__MSG_CANCEL_JOB: {
@@ -588,6 +602,141 @@ static void line_forward(mp_session_t *s, json_t *req, const char *cmd, const ch
     free(text);
 }
 
+/* ---- submitting ----------------------------------------------------------- */
+
+/* Submits to the coordinator now and answers (a framed JobAccepted or
+ * Error, or a JSON line). */
+static void submit_now(mp_session_t *s, bool lines, uint64_t rid, const char *spec_json,
+                       const char *who, const char *save_weights)
+{
+    Mpar__JobInfo *j;
+    mp_errbuf_t err;
+    mp_status_t st = mp_coord_job_submit(s->d->coord, spec_json, strlen(spec_json), who,
+                                         save_weights, &j, &err);
+    if (lines) {
+        if (st != MP_OK) {
+            line_error(s, err.msg, false);
+        } else {
+            line_reply(s, job_json(j));
+        }
+        return;
+    }
+    if (st != MP_OK) {
+        reply_error(s, rid,
+                    st == MP_ERR_SPEC ? MPAR__ERROR_CODE__ERROR_CODE_INVALID_SPEC
+                                      : MPAR__ERROR_CODE__ERROR_CODE_INTERNAL,
+                    err.msg);
+        return;
+    }
+    Mpar__Envelope env = MPAR__ENVELOPE__INIT;
+    Mpar__JobAccepted ja = MPAR__JOB_ACCEPTED__INIT;
+    env.request_id = rid;
+    ja.job = j;
+    env.msg_case = MPAR__ENVELOPE__MSG_JOB_ACCEPTED;
+    env.job_accepted = &ja;
+    mp_conn_send(s->conn, &env);
+}
+
+static void check_free(submit_check_t *c)
+{
+    mp_spec_free(c->spec);
+    mp_free(c->spec_json);
+    mp_free(c->who);
+    mp_free(c->save_weights);
+    mp_free(c);
+}
+
+/* Thread pool: the data checks that read the file system. */
+static void check_work(uv_work_t *req)
+{
+    submit_check_t *c = req->data;
+    c->st = mp_train_check_data(c->spec, &c->err);
+}
+
+static void check_after(uv_work_t *req, int status)
+{
+    submit_check_t *c = req->data;
+    mp_session_t *s = c->s;
+    if (s == NULL || status != 0) {
+        mp_notice("a submit's data check ended after its client left: not submitted");
+        check_free(c);
+        return;
+    }
+    for (submit_check_t **pp = &s->checks; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == c) {
+            *pp = c->next;
+            break;
+        }
+    }
+    if (c->st != MP_OK) {
+        s->d->n.jobs_refused++;
+        if (c->lines) {
+            line_error(s, c->err.msg, false);
+        } else {
+            reply_error(s, c->rid, MPAR__ERROR_CODE__ERROR_CODE_INVALID_SPEC, c->err.msg);
+        }
+    } else {
+        submit_now(s, c->lines, c->rid, c->spec_json, c->who, c->save_weights);
+    }
+    check_free(c);
+    if (s->peer_done && s->checks == NULL &&
+        (s->d->agent == NULL || mp_agent_pending(s->d->agent, &s->link) == 0)) {
+        mp_conn_end(s->conn, MP_CONN_EOF, "peer closed");
+    }
+}
+
+/* A submit at the coordinator: at once, or, when its data set needs files
+ * checked (mp_train_check_data), after that check on the thread pool.  A
+ * spec that does not parse is submitted at once, which refuses it. */
+static void submit_job(mp_session_t *s, bool lines, uint64_t rid, const char *spec_json,
+                       const char *who, const char *save_weights)
+{
+    mp_spec_t *spec = NULL;
+    mp_errbuf_t err;
+    if (mp_spec_parse(spec_json, strlen(spec_json), &spec, &err) != MP_OK ||
+        (spec->data.kind != MP_DATA_TEXT && spec->data.kind != MP_DATA_KJV)) {
+        mp_spec_free(spec);
+        submit_now(s, lines, rid, spec_json, who, save_weights);
+        return;
+    }
+    submit_check_t *c = mp_calloc(1, sizeof(*c));
+    if (c != NULL) {
+        c->spec_json = mp_strdup(spec_json);
+        c->who = mp_strdup(who);
+        c->save_weights = mp_strdup(save_weights ? save_weights : "");
+    }
+    if (c == NULL || c->spec_json == NULL || c->who == NULL || c->save_weights == NULL) {
+        mp_spec_free(spec);
+        if (c != NULL) {
+            check_free(c);
+        }
+        if (lines) {
+            line_error(s, "out of memory", false);
+        } else {
+            reply_error(s, rid, MPAR__ERROR_CODE__ERROR_CODE_INTERNAL, "out of memory");
+        }
+        return;
+    }
+    c->s = s;
+    c->lines = lines;
+    c->rid = rid;
+    c->spec = spec;
+    c->req.data = c;
+    int rc = uv_queue_work(s->d->loop, &c->req, check_work, check_after);
+    if (rc != 0) {
+        check_free(c);
+        if (lines) {
+            line_error(s, "cannot queue the data check", false);
+        } else {
+            reply_error(s, rid, MPAR__ERROR_CODE__ERROR_CODE_INTERNAL,
+                        "cannot queue the data check");
+        }
+        return;
+    }
+    c->next = s->checks;
+    s->checks = c;
+}
+
 static void on_line(mp_conn_t *conn, const char *line, size_t len, bool oversized, void *data)
 {
     mp_session_t *s = data;
@@ -676,17 +825,12 @@ static void on_line(mp_conn_t *conn, const char *line, size_t len, bool oversize
         }
     } else if (!strcmp(cmd, "submit")) {
         char *text = line_spec_text(req);
-        Mpar__JobInfo *j;
         char who[200];
         if (text == NULL) {
             line_error(s, "\"submit\" needs \"spec\" (the job spec, an object)", false);
-        } else if (mp_coord_job_submit(d->coord, text, strlen(text),
-                                       peer_user(s, NULL, who, sizeof(who)),
-                                       json_string_value(json_object_get(req, "save_weights")), &j,
-                                       &err) != MP_OK) {
-            line_error(s, err.msg, false);
         } else {
-            line_reply(s, job_json(j));
+            submit_job(s, true, 0, text, peer_user(s, NULL, who, sizeof(who)),
+                       json_string_value(json_object_get(req, "save_weights")));
         }
         free(text);
     } else {
@@ -723,8 +867,9 @@ static void on_ready(mp_conn_t *conn, void *data)
 static void on_eof(mp_conn_t *conn, void *data)
 {
     mp_session_t *s = data;
-    if (s->d->agent != NULL && mp_agent_pending(s->d->agent, &s->link) > 0) {
-        s->peer_done = true; /* relayed replies are still to come */
+    if ((s->d->agent != NULL && mp_agent_pending(s->d->agent, &s->link) > 0) ||
+        s->checks != NULL) {
+        s->peer_done = true; /* relayed or checked replies are still to come */
         return;
     }
     mp_conn_end(conn, MP_CONN_EOF, "peer closed");
@@ -744,6 +889,10 @@ static void on_close(mp_conn_t *conn, mp_conn_reason_t reason, const char *why, 
     }
     if (s->d->agent != NULL) {
         mp_agent_link_closed(s->d->agent, &s->link);
+    }
+    /* Checks still running finish without this session. */
+    for (submit_check_t *c = s->checks; c != NULL; c = c->next) {
+        c->s = NULL;
     }
     session_unlink(s);
     mp_free(s);

@@ -4,7 +4,9 @@
 # dir, and a cluster secret.  Proves: READY=1 only after registration;
 # `nodes -o json` shows 3 ALIVE; kill -9 of a node -> DEAD within dead-after
 # plus one heartbeat; its restart -> ALIVE again; a bad spec is refused with
-# its field path (exit 2); a good one queues PENDING with a reason; auth
+# its field path (exit 2), and so is a text job whose file is missing or
+# too short (checked off the loop, framed and JSON submits alike); a good
+# one queues PENDING with a reason; auth
 # failures exit 4; every bad input closes only that connection and mpard
 # still answers; metrics pass promtool; SIGHUP keeps the old config on error;
 # SIGTERM stops with 0 and the node is LEFT; jobs survive a coordinator
@@ -187,6 +189,37 @@ sed 's/"pp": 2, "tp": 2, "dp": 1/"pp": 1, "tp": 2, "dp": 1/' "$SRC/examples/fash
 "$CLIENT" submit "$T/tp2.json" -o json | jget 'd["reason"]' >"$T/tp2.reason"
 grep -q "TP group" "$T/tp2.reason" || fail "tp=2 on one-device nodes: $(cat "$T/tp2.reason")"
 echo "ok placement reason: $(cat "$T/tp2.reason")"
+
+# A text data set's file is checked at submit, off the loop, before the job is accepted.
+text_spec() { # path block_size tp -> a text job spec on stdout
+    printf '{"name": "text", "model": {"layers": [{"type": "embedding", "vocab": 256, "dim": 8,
+   "max_seq": 16}, {"type": "linear", "out": 256}]},
+ "data": {"dataset": "text", "path": "%s", "block_size": %s},
+ "parallel": {"tp": %s}, "train": {"batch_size": 8, "optimizer": "sgd", "lr": 0.1}}\n' "$1" "$2" "$3"
+}
+head -c 100 "$SRC/README.md" >"$T/short.txt"
+head -c 4000 "$SRC/README.md" >"$T/long.txt"
+text_spec "$T/missing.txt" 16 1 >"$T/text-missing.json"
+text_spec "$T/short.txt" 16 1 >"$T/text-short.json"
+for c in missing short; do
+    set +e
+    "$CLIENT" submit "$T/text-$c.json" 2>"$T/text-$c.err"
+    RC=$?
+    set -e
+    [ $RC = 2 ] || fail "text job with a $c file: exit $RC, want 2"
+    grep -q "data.path: $T/$c.txt: " "$T/text-$c.err" || fail "text $c: $(cat "$T/text-$c.err")"
+done
+grep -q "too short for block size 16" "$T/text-short.err" || fail "short text: $(cat "$T/text-short.err")"
+printf '{"cmd":"submit","spec":%s}\n' "$(tr -d '\n' <"$T/text-short.json")" |
+    socat -t 5 - "UNIX-CONNECT:$T/c0.sock" >"$T/text-short.line"
+[ "$(jget 'd["ok"]' <"$T/text-short.line")" = False ] || fail "JSON submit of a short text: $(cat "$T/text-short.line")"
+jget 'd["error"]' <"$T/text-short.line" | grep -q "too short" || fail "JSON short text: $(cat "$T/text-short.line")"
+# tp=2 cannot be placed on one-device nodes: the accepted job stays PENDING.
+text_spec "$T/long.txt" 16 2 >"$T/text-long.json"
+"$CLIENT" submit "$T/text-long.json" -o json >"$T/text-long.out" || fail "a good text job was refused"
+[ "$(jget 'd["state"]' <"$T/text-long.out")" = PENDING ] || fail "text job: $(cat "$T/text-long.out")"
+"$CLIENT" cancel "$(jget 'd["id"]' <"$T/text-long.out")" >/dev/null
+echo "ok text data checked at submit: $(cat "$T/text-short.err")"
 
 # --- TCP with the cluster secret ------------------------------------------------
 "$CLIENT" nodes --connect "127.0.0.1:$PORT" --secret-file "$SECRET" >/dev/null || fail "TCP client with the secret"
