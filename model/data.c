@@ -693,48 +693,51 @@ mp_status_t mp_data_text_from_bytes(const unsigned char *bytes, int64_t len, int
     return MP_OK;
 }
 
-/* Reads all of fd into a growing buffer (at most MP_TEXT_MAX_BYTES + 1
- * bytes, so that a longer text is caught).  errno is kept on failure. */
-static int read_all(int fd, unsigned char **buf_p, int64_t *len_p)
+/* A text read from a file or a pipe, in a buffer that grows up to a
+ * little more than MP_TEXT_MAX_BYTES; past that, bytes are counted and
+ * dropped, so that total is the length the size check then refuses (the
+ * buffer holds fewer than total bytes only then). */
+typedef struct {
+    unsigned char *p;
+    size_t len, cap, total;
+} text_buf_t;
+
+/* One read() of fd into tb: the bytes read, 0 at the end, or -1 with errno
+ * (EINTR included, for the caller to retry). */
+static ssize_t text_buf_read(text_buf_t *tb, int fd)
 {
-    size_t cap = 1 << 16, len = 0;
-    unsigned char *buf = mp_malloc(cap);
-    if (buf == NULL) {
-        errno = ENOMEM;
-        return -1;
-    }
-    for (;;) {
-        if (len == cap) {
-            if (cap > (size_t)MP_TEXT_MAX_BYTES) {
-                break;
-            }
-            unsigned char *bigger = mp_realloc(buf, cap * 2);
-            if (bigger == NULL) {
-                mp_free(buf);
-                errno = ENOMEM;
-                return -1;
-            }
-            buf = bigger;
-            cap *= 2;
-        }
-        ssize_t r = read(fd, buf + len, cap - len);
-        if (r < 0 && errno == EINTR) {
-            continue;
-        }
-        if (r < 0) {
-            int e = errno;
-            mp_free(buf);
-            errno = e;
+    if (tb->len == tb->cap && tb->cap <= (size_t)MP_TEXT_MAX_BYTES) {
+        size_t cap = tb->cap > 0 ? 2 * tb->cap : 1 << 16;
+        unsigned char *bigger = mp_realloc(tb->p, cap);
+        if (bigger == NULL) {
+            errno = ENOMEM;
             return -1;
         }
-        if (r == 0) {
-            break;
-        }
-        len += (size_t)r;
+        tb->p = bigger;
+        tb->cap = cap;
     }
-    *buf_p = buf;
-    *len_p = (int64_t)len;
-    return 0;
+    unsigned char sink[4096];
+    ssize_t r = tb->len < tb->cap ? read(fd, tb->p + tb->len, tb->cap - tb->len)
+                                  : read(fd, sink, sizeof(sink));
+    if (r > 0) {
+        tb->len += tb->len < tb->cap ? (size_t)r : 0;
+        tb->total += (size_t)r;
+    }
+    return r;
+}
+
+/* Reads fd to its end; errno is kept on failure. */
+static int read_all(int fd, text_buf_t *tb)
+{
+    for (;;) {
+        ssize_t r = text_buf_read(tb, fd);
+        if (r == 0) {
+            return 0;
+        }
+        if (r < 0 && errno != EINTR) {
+            return -1;
+        }
+    }
 }
 
 mp_status_t mp_data_text_check(const char *path, int64_t block_size, mp_errbuf_t *err)
@@ -771,66 +774,47 @@ mp_status_t mp_data_load_text(const char *path, int64_t block_size, mp_dataset_t
         close(fd);
         return mp_errbuf_set(err, MP_ERR_IO, "%s: is a folder, not a text file", path);
     }
-    unsigned char *bytes = NULL;
-    int64_t len = 0;
-    int r = read_all(fd, &bytes, &len);
+    /* A regular file too long is refused without reading it. */
+    mp_status_t st = MP_OK;
+    if (S_ISREG(sb.st_mode) && sb.st_size > MP_TEXT_MAX_BYTES) {
+        st = mp_data_text_check_size((int64_t)sb.st_size, block_size, path, err);
+        close(fd);
+        return st;
+    }
+    text_buf_t tb = {0};
+    int r = read_all(fd, &tb);
     int e = errno;
     close(fd);
     if (r != 0) {
+        mp_free(tb.p);
         return mp_errbuf_set(err, e == ENOMEM ? MP_ERR_NOMEM : MP_ERR_IO, "%s: cannot read: %s",
                              path, strerror(e));
     }
-    mp_status_t st = mp_data_text_from_bytes(bytes, len, block_size, path, train, test, err);
-    mp_free(bytes);
+    st = mp_data_text_from_bytes(tb.p, (int64_t)tb.total, block_size, path, train, test, err);
+    mp_free(tb.p);
     return st;
 }
 
-/* Reads the program's stdout (the text) and stderr (for the error message)
- * until both close, without letting either pipe fill up. */
-static int drain_pipes(int out_fd, int err_fd, unsigned char **text_p, int64_t *len_p,
-                       char *errtext, size_t errsize)
+/* Reads the program's stdout (the text, into tb) and stderr (for the
+ * error message) until both close, without letting either pipe fill up.
+ * errno is kept on failure. */
+static int drain_pipes(int out_fd, int err_fd, text_buf_t *tb, char *errtext, size_t errsize)
 {
-    size_t cap = 1 << 20, len = 0, total = 0, elen = 0;
-    unsigned char *buf = mp_malloc(cap);
-    if (buf == NULL) {
-        errno = ENOMEM;
-        return -1;
-    }
+    size_t elen = 0;
     struct pollfd pfd[2] = {{.fd = out_fd, .events = POLLIN}, {.fd = err_fd, .events = POLLIN}};
     while (pfd[0].fd >= 0 || pfd[1].fd >= 0) {
         if (poll(pfd, 2, -1) < 0) {
             if (errno == EINTR) {
                 continue;
             }
-            int e = errno;
-            mp_free(buf);
-            errno = e;
             return -1;
         }
         if (pfd[0].fd >= 0 && pfd[0].revents != 0) {
-            if (len == cap && cap <= (size_t)MP_TEXT_MAX_BYTES) {
-                unsigned char *bigger = mp_realloc(buf, cap * 2);
-                if (bigger == NULL) {
-                    mp_free(buf);
-                    errno = ENOMEM;
-                    return -1;
-                }
-                buf = bigger;
-                cap *= 2;
-            }
-            /* Past the limit the rest is counted and dropped: the buffer
-             * then holds fewer than total bytes only when total exceeds
-             * the limit, which the length check refuses. */
-            unsigned char sink[4096];
-            ssize_t r =
-                len < cap ? read(out_fd, buf + len, cap - len) : read(out_fd, sink, sizeof(sink));
-            if (r > 0) {
-                if (len < cap) {
-                    len += (size_t)r;
-                }
-                total += (size_t)r;
-            } else if (r == 0 || errno != EINTR) {
+            ssize_t r = text_buf_read(tb, out_fd);
+            if (r == 0) {
                 pfd[0].fd = -1;
+            } else if (r < 0 && errno != EINTR) {
+                return -1;
             }
         }
         if (pfd[1].fd >= 0 && pfd[1].revents != 0) {
@@ -846,8 +830,6 @@ static int drain_pipes(int out_fd, int err_fd, unsigned char **text_p, int64_t *
             }
         }
     }
-    *text_p = buf;
-    *len_p = (int64_t)total;
     return 0;
 }
 
@@ -903,10 +885,9 @@ mp_status_t mp_data_load_program(const char *const argv[], int64_t block_size, m
         close(errp[0]);
         return mp_errbuf_set(err, MP_ERR_IO, "%s: cannot run %s: %s", what, argv[0], strerror(rc));
     }
-    unsigned char *bytes = NULL;
-    int64_t len = 0;
+    text_buf_t tb = {0};
     char errtext[512] = "";
-    int r = drain_pipes(out[0], errp[0], &bytes, &len, errtext, sizeof(errtext));
+    int r = drain_pipes(out[0], errp[0], &tb, errtext, sizeof(errtext));
     int e = errno;
     close(out[0]);
     close(errp[0]);
@@ -927,9 +908,10 @@ mp_status_t mp_data_load_program(const char *const argv[], int64_t block_size, m
         st = mp_errbuf_set(err, MP_ERR_IO, "%s: %s failed: it %s%s%s", what, argv[0], how,
                            errtext[0] ? ": " : "", errtext);
     } else {
-        st = mp_data_text_from_bytes(bytes, len, block_size, what, train, test, err);
+        st = mp_data_text_from_bytes(tb.p, (int64_t)tb.total, block_size, what, train, test,
+                                     err);
     }
-    mp_free(bytes);
+    mp_free(tb.p);
     return st;
 }
 
