@@ -199,7 +199,11 @@ mp_status_t mp_train_serial(const mp_spec_t *spec, const mp_train_opts_t *opts,
     }
     int64_t total = spec->train.steps >= 0 ? spec->train.steps : spe * spec->train.epochs;
     int64_t epochs = (total + spe - 1) / spe;
-    int64_t eval_rows = B > 1024 ? B : 1024;
+    /* Evaluation chunks of about 1024 positions (rows of one position each
+     * for a classifier; a sequence model's samples hold seq positions). */
+    int64_t seq = spec->model.seq > 0 ? spec->model.seq : 1;
+    int64_t eval_rows = (1024 + seq - 1) / seq;
+    eval_rows = B > eval_rows ? B : eval_rows;
 
     st = mp_train_backend_create(opts, &be, err);
     if (st != MP_OK) {
