@@ -63,12 +63,24 @@ void mp_client_remove_tree(const char *dir);
 /* A JSON string of bytes that may not be UTF-8 (ASCII kept, other bytes U+FFFD). */
 json_t *mp_client_json_bytes(const char *s, size_t n);
 
+/* client/ckpt.c.  Before a submit: a relative checkpoint.dir of the spec
+ * text (read from spec_path) made absolute against the spec's folder
+ * (*text_p: the rewritten text to send, malloc'ed, or NULL to send text as
+ * it is), and with resume_dir (else NULL) its absolute form in resume_abs
+ * after the checkpoint was opened and checked against the spec.  Returns
+ * an exit code (MP_EXIT_USAGE, the reason on stderr, when refused). */
+int mp_client_spec_prepare(const char *spec_path, const char *text, const char *resume_dir,
+                           char **text_p, char *resume_abs, size_t cap);
+/* `mpar-client export CKPT_DIR OUT_DIR [--format npy|safetensors]`. */
+int mp_client_export_main(int argc, char **argv);
+
 /* Runs a job on a throwaway local cluster of mpard daemons (client/local.c);
  * returns the exit code. timeline_path NULL: "<name>-timeline.svg"; "none": no SVG;
  * curve_path likewise ("<name>-curve.svg").  A text job's result ends with
  * sample_tokens bytes of text from its final weights (0: none). */
 int mp_client_run_local(const char *spec_path, int pp, int tp, int dp, const char *name,
                         bool json, const char *save_dir, const char *timeline_path, bool quiet,
-                        const mp_spec_t *spec, const char *curve_path, int64_t sample_tokens);
+                        const mp_spec_t *spec, const char *curve_path, int64_t sample_tokens,
+                        const char *resume_dir);
 
 #endif

@@ -38,6 +38,7 @@ typedef struct {
     bool json;
     bool follow;
     const char *save_weights; /* submit --save-weights DIR */
+    const char *resume;       /* submit --resume CKPT_DIR */
     int fd;
     uint64_t next_rid;
     char where[300];
@@ -60,10 +61,10 @@ typedef struct {
 static const ctl_cmd_t ctl_cmds[] = {
     {"nodes", 0, "nodes", "the cluster's nodes: name, state, devices, address, last heartbeat"},
     {"jobs", 0, "jobs", "the job queue: every job's id, name, state, grid and reason"},
-    {"submit", 1, "submit JOB.json [-f] [--save-weights DIR]",
+    {"submit", 1, "submit JOB.json [-f] [--save-weights DIR] [--resume CKPT_DIR]",
      "validate and queue a job (-f: follow it to its end, progress on stderr; DIR: where\n"
      "the coordinator writes the trained weights as <layer>.<param>.npy, made and checked\n"
-     "at submit)"},
+     "at submit; CKPT_DIR: continue from the checkpoint its latest names, on any grid)"},
     {"status", 1, "status JOB",
      "one job's state, grid, placement and results (a running one's live step, loss and\n"
      "samples/s)"},
@@ -467,6 +468,16 @@ static void print_job(const Mpar__JobInfo *j)
     if (j->has_bubble_fraction) {
         printf("  bubble:      %.4f\n", j->bubble_fraction);
     }
+    if (j->restarts > 0 || j->has_resumed_from_step) {
+        printf("  restarts:    %u", j->restarts);
+        if (j->has_resumed_from_step) {
+            printf(", resumed from step %llu", (unsigned long long)j->resumed_from_step);
+        }
+        printf("\n");
+    }
+    if (j->checkpoint_step > 0) {
+        printf("  checkpoint:  step %llu\n", (unsigned long long)j->checkpoint_step);
+    }
     if (j->save_weights != NULL && j->save_weights[0] != '\0') {
         printf("  weights:     %s\n", j->save_weights);
     }
@@ -775,11 +786,22 @@ static int cmd_submit(ctl_t *c, const char *path)
     if (rc != MP_EXIT_OK) {
         return rc;
     }
+    char *prepared = NULL, resume_abs[PATH_MAX] = "";
+    rc = mp_client_spec_prepare(path, text, c->resume, &prepared, resume_abs, sizeof(resume_abs));
+    if (rc != MP_EXIT_OK) {
+        free(text);
+        return rc;
+    }
+    if (prepared != NULL) {
+        free(text);
+        text = prepared;
+    }
     Mpar__Envelope req = MPAR__ENVELOPE__INIT, *rep;
     Mpar__SubmitJob sj = MPAR__SUBMIT_JOB__INIT;
     sj.spec_json = text;
     sj.submitter = (char *)user_name();
     sj.save_weights = (char *)(c->save_weights ? c->save_weights : "");
+    sj.resume_dir = resume_abs;
     req.msg_case = MPAR__ENVELOPE__MSG_SUBMIT_JOB;
     req.submit_job = &sj;
     rc = ctl_call(c, &req, &rep);
@@ -852,6 +874,7 @@ int mp_client_ctl_main(int argc, char **argv)
         {"output", required_argument, NULL, 'o'},
         {"follow", no_argument, NULL, 'f'},
         {"save-weights", required_argument, NULL, 'w'},
+        {"resume", required_argument, NULL, 'R'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -898,6 +921,9 @@ int mp_client_ctl_main(int argc, char **argv)
         case 'w':
             c.save_weights = optarg;
             break;
+        case 'R':
+            c.resume = optarg;
+            break;
         case 'h':
             ctl_usage(stdout, info);
             return MP_EXIT_OK;
@@ -916,7 +942,8 @@ int mp_client_ctl_main(int argc, char **argv)
         if (a[0] == '-' && a[1] != '\0') {
             bool takes = !strcmp(a, "--socket") || !strcmp(a, "--connect") ||
                          !strcmp(a, "--secret-file") || !strcmp(a, "-o") ||
-                         !strcmp(a, "--output") || !strcmp(a, "--save-weights");
+                         !strcmp(a, "--output") || !strcmp(a, "--save-weights") ||
+                         !strcmp(a, "--resume");
             i += takes ? 1 : 0;
             continue;
         }
@@ -940,6 +967,10 @@ int mp_client_ctl_main(int argc, char **argv)
     }
     if (c.save_weights != NULL && strcmp(cmd, "submit") != 0) {
         fprintf(stderr, "mpar-client: --save-weights applies to submit\n");
+        return MP_EXIT_USAGE;
+    }
+    if (c.resume != NULL && strcmp(cmd, "submit") != 0) {
+        fprintf(stderr, "mpar-client: --resume applies to submit\n");
         return MP_EXIT_USAGE;
     }
     /* The directory is the coordinator's: a relative one means this one's. */

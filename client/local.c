@@ -227,7 +227,8 @@ static int wait_alive(local_cluster_t *lc, int nodes, char *listen, size_t liste
 
 int mp_client_run_local(const char *spec_path, int pp, int tp, int dp, const char *name,
                         bool json, const char *save_dir, const char *timeline_path, bool quiet,
-                        const mp_spec_t *spec, const char *curve_path, int64_t sample_tokens)
+                        const mp_spec_t *spec, const char *curve_path, int64_t sample_tokens,
+                        const char *resume_dir)
 {
     local_cluster_t lc = {0};
     int code = MP_EXIT_FAILED;
@@ -342,6 +343,10 @@ int mp_client_run_local(const char *spec_path, int pp, int tp, int dp, const cha
         if (save_dir != NULL || want_sample) {
             argv[a++] = "--save-weights";
             argv[a++] = save_dir != NULL ? abs_save : sample_dir;
+        }
+        if (resume_dir != NULL) {
+            argv[a++] = "--resume";
+            argv[a++] = (char *)resume_dir;
         }
         argv[a] = NULL;
         signal(SIGINT, SIG_DFL);

@@ -24,6 +24,9 @@ static void usage(FILE *f)
             "               [--threads N] [--tf32] [--timeline FILE.svg|none]\n"
             "                                 train a job: on a throwaway local cluster, or\n"
             "                                 with --serial in this process on one device\n"
+            "               [--resume CKPT_DIR]  ... continuing from a checkpoint\n"
+            "  export CKPT_DIR OUT_DIR [--format npy|safetensors]\n"
+            "                                 a checkpoint's full tensors, as --save-weights\n"
             "  verify JOB.json [--steps N] [-v]\n"
             "                                 N steps on the job's grid and serially; compares\n"
             "                                 every tensor (exit 1 beyond the tolerance)\n"
@@ -33,7 +36,7 @@ static void usage(FILE *f)
 #ifdef MP_HAVE_CTL
             "  nodes                          list the cluster's nodes\n"
             "  jobs                           list jobs\n"
-            "  submit JOB.json [-f] [--save-weights DIR]\n"
+            "  submit JOB.json [-f] [--save-weights DIR] [--resume CKPT_DIR]\n"
             "                                 submit a job (-f: follow its progress)\n"
             "  status JOB                     show one job (a running one: its live step,\n"
             "                                 loss and samples/s)\n"
@@ -146,6 +149,8 @@ int main(int argc, char **argv)
         rc = mp_client_run_main(nargc, nargv);
     } else if (strcmp(cmd, "trace") == 0) {
         rc = mp_client_trace_main(nargc, nargv);
+    } else if (strcmp(cmd, "export") == 0) {
+        rc = mp_client_export_main(nargc, nargv);
     } else if (strcmp(cmd, "verify") == 0) {
         rc = mp_client_verify_main(nargc, nargv);
     } else if (strcmp(cmd, "sample") == 0) {

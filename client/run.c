@@ -163,12 +163,12 @@ static void run_usage(FILE *f)
                "                          [--device cpu|cuda|auto] [--threads N] [--tf32] "
                "[--quiet]\n"
                "                          [--timeline FILE.svg|none] [--curve FILE.svg|none]\n"
-               "                          [--sample N]\n"
+               "                          [--sample N] [--resume CKPT_DIR]\n"
                "without --serial: a throwaway local cluster of mpard daemons runs the job's\n"
                "pp x tp x dp grid (a coordinator and pp*dp nodes of tp CPU shards each)\n"
                "--curve: the learning curve (default <job>-curve.svg on a cluster, none with\n"
                "--serial); --sample N: bytes of text a text model writes at the end (default\n"
-               "240, 0: none)\n");
+               "240, 0: none); --resume continues from the checkpoint CKPT_DIR/latest names\n");
 }
 
 int mp_client_run_main(int argc, char **argv)
@@ -182,10 +182,11 @@ int mp_client_run_main(int argc, char **argv)
         {"curve", required_argument, NULL, 'c'},  {"sample", required_argument, NULL, 'n'},
         {"socket", required_argument, NULL, 'S'}, {"connect", required_argument, NULL, 'S'},
         {"secret-file", required_argument, NULL, 'S'},
+        {"resume", required_argument, NULL, 'R'},
         {NULL, 0, NULL, 0},
     };
     bool serial = false, json = false;
-    const char *timeline = NULL, *curve = NULL;
+    const char *timeline = NULL, *curve = NULL, *resume = NULL;
     int64_t sample_tokens = MP_CLIENT_SAMPLE_TOKENS;
     mp_train_opts_t opts = {.device = "cpu", .threads = 1};
     progress_t pr = {.tty = isatty(STDERR_FILENO) == 1};
@@ -244,6 +245,9 @@ int mp_client_run_main(int argc, char **argv)
             sample_tokens = v;
             break;
         }
+        case 'R':
+            resume = optarg;
+            break;
         case 'S':
             fprintf(stderr, "mpar-client run: --socket, --connect and --secret-file name a "
                             "running cluster, and run starts its own (or none with --serial); "
@@ -270,6 +274,12 @@ int mp_client_run_main(int argc, char **argv)
         fprintf(stderr, "mpar-client: %s%s%s\n", named ? "" : path, named ? "" : ": ", err.msg);
         return MP_EXIT_USAGE;
     }
+    if (serial && (resume != NULL || spec->checkpoint.enabled)) {
+        fprintf(stderr, "mpar-client run: checkpoints and --resume run on a cluster; --serial "
+                        "neither writes nor reads them\n");
+        mp_spec_free(spec);
+        return MP_EXIT_USAGE;
+    }
     /* What the data set needs of the file system (a text file long enough
      * for a window in both splits), before anything starts. */
     if (mp_train_check_data(spec, &err) != MP_OK) {
@@ -287,7 +297,7 @@ int mp_client_run_main(int argc, char **argv)
         }
         int code = mp_client_run_local(path, spec->parallel.pp, spec->parallel.tp,
                                        spec->parallel.dp, spec->name, json, opts.save_weights,
-                                       timeline, pr.quiet, spec, curve, sample_tokens);
+                                       timeline, pr.quiet, spec, curve, sample_tokens, resume);
         mp_spec_free(spec);
         return code;
     }

@@ -204,7 +204,7 @@ int mp_client_verify_main(int argc, char **argv)
         dup2(fileno(devnull), STDOUT_FILENO);
     }
     int rc = mp_client_run_local(spec_n, pp, tp, dp, spec->name, false, gdir, "none", true, spec,
-                                 "none", 0);
+                                 "none", 0, NULL);
     fflush(stdout);
     if (saved >= 0) {
         dup2(saved, STDOUT_FILENO);

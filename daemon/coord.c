@@ -546,6 +546,7 @@ static coord_job_t *job_new(mp_coord_t *c, uint64_t num)
     j->info.reason = "";
     j->info.submitter = "";
     j->info.save_weights = "";
+    j->info.resume_dir = "";
     return j;
 }
 
@@ -561,6 +562,7 @@ static void job_free(coord_job_t *j)
     mp_free(j->submitter);
     mp_free(j->spec_json);
     mp_free(j->save_weights);
+    mp_free(j->resume_dir);
     coord_job_results_free(j);
     json_decref(j->saved);
     mp_free(j);
@@ -686,8 +688,15 @@ static void jobs_trim(mp_coord_t *c)
 
 mp_status_t mp_coord_job_submit(mp_coord_t *c, const char *spec_json, size_t len,
                                 const char *submitter, const char *save_weights,
-                                Mpar__JobInfo **job_p, mp_errbuf_t *err)
+                                const char *resume_dir, Mpar__JobInfo **job_p, mp_errbuf_t *err)
 {
+    if (resume_dir != NULL && resume_dir[0] != '\0' &&
+        (resume_dir[0] != '/' || strlen(resume_dir) >= PATH_MAX - 64)) {
+        c->d->n.jobs_refused++;
+        return mp_errbuf_set(err, MP_ERR_SPEC,
+                             "resume: expected an absolute checkpoint folder, got '%.200s'",
+                             resume_dir);
+    }
     if (save_weights != NULL && save_weights[0] != '\0' &&
         (save_weights[0] != '/' || strlen(save_weights) >= PATH_MAX - 64)) {
         c->d->n.jobs_refused++;
@@ -702,15 +711,27 @@ mp_status_t mp_coord_job_submit(mp_coord_t *c, const char *spec_json, size_t len
         c->d->n.jobs_refused++;
         return st == MP_ERR_NOMEM ? st : MP_ERR_SPEC;
     }
+    if (spec->checkpoint.enabled && spec->checkpoint.dir[0] != '/') {
+        /* Relative to the spec's folder, which only the client knows. */
+        c->d->n.jobs_refused++;
+        mp_errbuf_set(err, MP_ERR_SPEC,
+                      "checkpoint.dir: '%.200s' is relative; the coordinator needs an absolute "
+                      "folder that every node sees (mpar-client resolves it against the spec's "
+                      "folder)",
+                      spec->checkpoint.dir);
+        mp_spec_free(spec);
+        return MP_ERR_SPEC;
+    }
     coord_job_t *j = job_new(c, c->next_job);
     if (j != NULL) {
         j->name = mp_strdup(spec->name);
         j->submitter = mp_strdup(submitter && submitter[0] ? submitter : "unknown");
         j->spec_json = mp_malloc(len + 1);
         j->save_weights = mp_strdup(save_weights ? save_weights : "");
+        j->resume_dir = mp_strdup(resume_dir ? resume_dir : "");
     }
     if (j == NULL || j->name == NULL || j->submitter == NULL || j->spec_json == NULL ||
-        j->save_weights == NULL) {
+        j->save_weights == NULL || j->resume_dir == NULL) {
         if (j != NULL) {
             job_free(j);
         }
@@ -722,6 +743,7 @@ mp_status_t mp_coord_job_submit(mp_coord_t *c, const char *spec_json, size_t len
     j->info.name = j->name;
     j->info.submitter = j->submitter;
     j->info.save_weights = j->save_weights;
+    j->info.resume_dir = j->resume_dir;
     j->info.submitted_unix_ms = mpard_now_ms();
     j->info.pp = (uint32_t)spec->parallel.pp;
     j->info.tp = (uint32_t)spec->parallel.tp;
@@ -1051,7 +1073,9 @@ static void load_results(coord_job_t *j, json_t *o)
 }
 
 /* Reads the state file (main thread, before the loop runs).  A job that was
- * RUNNING did not survive the restart: it becomes FAILED, never lost. */
+ * RUNNING resumes from its last committed checkpoint (PENDING until the
+ * nodes rejoin); without one it did not survive the restart: it becomes
+ * FAILED, never lost. */
 static mp_status_t coord_load(mp_coord_t *c, mp_errbuf_t *err)
 {
     json_error_t jerr;
@@ -1074,7 +1098,7 @@ static mp_status_t coord_load(mp_coord_t *c, mp_errbuf_t *err)
     }
     size_t i;
     json_t *o;
-    int failed = 0;
+    int failed = 0, resumed = 0;
     json_array_foreach(json_object_get(root, "jobs"), i, o)
     {
         const char *id = json_string_value(json_object_get(o, "id"));
@@ -1091,6 +1115,15 @@ static mp_status_t coord_load(mp_coord_t *c, mp_errbuf_t *err)
         j->spec_json = jstr(o, "spec_json");
         j->save_weights = jstr(o, "save_weights");
         j->info.save_weights = j->save_weights ? j->save_weights : "";
+        j->resume_dir = jstr(o, "resume_dir");
+        j->info.resume_dir = j->resume_dir ? j->resume_dir : "";
+        j->info.restarts = (uint32_t)jint(o, "restarts");
+        j->info.checkpoint_step = jint(o, "checkpoint_step");
+        json_t *rfs = json_object_get(o, "resumed_from_step");
+        if (json_is_integer(rfs)) {
+            j->info.has_resumed_from_step = 1;
+            j->info.resumed_from_step = (uint64_t)json_integer_value(rfs);
+        }
         j->info.name = j->name ? j->name : "";
         j->info.submitter = j->submitter ? j->submitter : "";
         j->info.reason = j->reason ? j->reason : "";
@@ -1138,14 +1171,25 @@ static mp_status_t coord_load(mp_coord_t *c, mp_errbuf_t *err)
             c->next_job = strtoull(j->id, NULL, 10) + 1;
         }
         job_append(c, j);
-        if (j->info.state == MPAR__JOB_STATE__JOB_STATE_RUNNING) {
+        if (j->info.state == MPAR__JOB_STATE__JOB_STATE_RUNNING && j->info.checkpoint_step > 0) {
+            /* Its checkpoint survived: it resumes once the nodes rejoin. */
+            char why[200];
+            j->info.restarts++;
+            snprintf(why, sizeof(why),
+                     "coordinator restarted; resuming from the checkpoint at step %llu",
+                     (unsigned long long)j->info.checkpoint_step);
+            coord_job_set_state(c, j, MPAR__JOB_STATE__JOB_STATE_PENDING, why);
+            resumed++;
+        } else if (j->info.state == MPAR__JOB_STATE__JOB_STATE_RUNNING) {
             coord_job_set_state(c, j, MPAR__JOB_STATE__JOB_STATE_FAILED, "coordinator restarted");
             failed++;
         }
     }
     json_decref(root);
-    mp_info("loaded %zu jobs from %s%s", c->njobs, c->state_path,
-            failed ? " (running ones marked FAILED: coordinator restarted)" : "");
+    mp_info("loaded %zu jobs from %s%s%s", c->njobs, c->state_path,
+            failed ? " (running ones without a checkpoint marked FAILED: coordinator restarted)"
+                   : "",
+            resumed ? " (running ones with a checkpoint resume)" : "");
     return MP_OK;
 }
 

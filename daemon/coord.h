@@ -41,7 +41,7 @@ void mp_coord_counts(mp_coord_t *c, int nodes_by_state[5], int jobs_by_state[6])
  * save_weights directory that is not absolute; NULL or "" for none). */
 mp_status_t mp_coord_job_submit(mp_coord_t *c, const char *spec_json, size_t len,
                                 const char *submitter, const char *save_weights,
-                                Mpar__JobInfo **job_p, mp_errbuf_t *err);
+                                const char *resume_dir, Mpar__JobInfo **job_p, mp_errbuf_t *err);
 /* MP_ERR_NOTFOUND, or MP_ERR_STATE when already finished. */
 mp_status_t mp_coord_job_cancel(mp_coord_t *c, const char *id, const char *who,
                                 Mpar__JobInfo **job_p, mp_errbuf_t *err);

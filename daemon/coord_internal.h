@@ -58,6 +58,11 @@ typedef struct coord_job {
     char *submitter;
     char *spec_json;
     char *save_weights;
+    char *resume_dir; /* --resume folder, or "" */
+    /* Checkpoint commits run one at a time on the thread pool: the one in
+     * flight, and the newest step ready after it (0: none). */
+    bool ck_inflight;
+    int64_t ck_queued;
     Mpar__JobEvent *events;
     size_t nevents, cap_events;
     watcher_t *watchers;
@@ -99,6 +104,7 @@ struct mp_coord {
     char tmp_path[PATH_MAX + 40];
     bool save_inflight, save_dirty;
     mp_mbox_t mbox; /* from the feeder threads */
+    jobrun_t *old_runs; /* runs of restarted jobs whose threads still end */
     int nthreads;   /* feeder threads not yet joined */
     bool stopping;
 };
@@ -134,6 +140,7 @@ coord_job_t *coord_job_by_id(mp_coord_t *c, const char *id);
 void coord_waits_heartbeat(mp_coord_t *c, mp_coord_node_t *n, const Mpar__Heartbeat *hb);
 
 /* coord_run.c */
+
 /* Starts j on the placement (takes it): RUNNING, feeder thread, assignments. */
 void jobrun_start(mp_coord_t *c, coord_job_t *j, mp_place_t *place, mp_coord_node_t **nodes);
 /* Stops j's shards and feeder (cancel, node loss, failure); the state is the caller's. */

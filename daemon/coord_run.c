@@ -9,7 +9,11 @@
  * timeline) into JobEvents and the job's record; and the end: SUCCEEDED
  * once every shard and the feeder are done and the weights are written,
  * FAILED on a shard's error or a lost node (the other shards are aborted),
- * CANCELLED by the user.  Owns the run records and the feeder threads; all
+ * or, while train.max_restarts allows, back to PENDING to resume from its
+ * last checkpoint on whatever nodes are alive; CANCELLED by the user.
+ * Checkpoints: each shard file reported durable is counted, and once a
+ * step has all of DP replica 0's files the manifest and `latest` are
+ * written on the thread pool (one commit per job at a time).  Owns the run records and the feeder threads; all
  * of this runs on the libuv thread except feeder_main.
  */
 #include <jansson.h>
@@ -26,6 +30,7 @@
 #include "engine/feeder.h"
 #include "engine/gather.h"
 #include "engine/stats.h"
+#include "model/ckpt.h"
 #include "model/spec.h"
 
 /* Every data-plane wait of a job's shards and feeder: long enough for a
@@ -52,6 +57,23 @@ struct jobrun {
     mp_coord_node_t **nodes;     /* the distinct nodes, [nnodes] */
     int nnodes;
     char save_dir[PATH_MAX];
+    /* The id the nodes know this run by: the job's id, with "~EPOCH.RESTARTS"
+     * after a restart, so that a late message of an earlier run's shards
+     * never reaches this one. */
+    char wire_id[64];
+    /* Checkpoints: the spec's folder ("" none), and where this run resumes
+     * from (the feeder thread reads `latest` before anything starts). */
+    char ckpt_dir[1024];
+    char try_resume[2][PATH_MAX];
+    char resume_from[PATH_MAX];
+    int64_t start_step;
+    int64_t ck_step[8]; /* shard files reported durable, per step in flight */
+    int ck_count[8];
+    int64_t ck_done;      /* the newest step whose checkpoint is resolved (committed or failed) */
+    int64_t ck_final;     /* the last step that writes one; the job ends after it is resolved */
+    bool no_restart;      /* a failure that a restart cannot mend (a bad checkpoint) */
+    bool detached;        /* a restarted job's old run, on c->old_runs */
+    struct jobrun *next_old;
 
     /* Wire-up: every shard's worker address, by rank. */
     void **addr;
@@ -115,6 +137,10 @@ typedef struct fmsg {
     mp_engine_geom_t g;
     void *faddr, *gaddr;
     size_t flen, glen;
+    int64_t start_step; /* resumed from this checkpoint step (0: the start) */
+    char resume_from[PATH_MAX];
+    double *losses; /* the checkpoint's losses of steps 1..nlosses */
+    int64_t nlosses;
 } fmsg_t;
 
 static void post(jobrun_t *r, fmsg_kind_t kind, mp_status_t st, const char *error)
@@ -163,8 +189,47 @@ static void *feeder_main(void *arg)
             mp_errbuf_set(&err, st, "cannot create the UCX context: %s", mp_strerror(st));
         }
     }
+    /* Where to resume from: the job's own checkpoint after a restart, else
+     * its --resume folder; blocking reads, on this thread. */
+    int64_t start_step = 0;
+    char resume_from[PATH_MAX] = "";
+    double *losses = NULL;
+    int64_t nlosses = 0;
+    for (int i = 0; i < 2 && st == MP_OK && resume_from[0] == '\0'; i++) {
+        if (r->try_resume[i][0] == '\0') {
+            continue;
+        }
+        mp_ckpt_t *ck;
+        st = mp_ckpt_open(r->try_resume[i], &ck, &err);
+        if (st == MP_ERR_NOTFOUND && i == 0) {
+            st = MP_OK; /* no checkpoint committed yet: the --resume one, or the start */
+            continue;
+        }
+        if (st == MP_OK) {
+            st = mp_ckpt_check_spec(ck, r->spec, &err);
+            start_step = mp_ckpt_step(ck);
+            snprintf(resume_from, sizeof(resume_from), "%s", r->try_resume[i]);
+            const double *l = mp_ckpt_losses(ck, &nlosses);
+            losses = nlosses > 0 ? mp_malloc((size_t)nlosses * sizeof(double)) : NULL;
+            if (losses != NULL) {
+                memcpy(losses, l, (size_t)nlosses * sizeof(double));
+            } else {
+                nlosses = 0;
+            }
+            mp_ckpt_close(ck);
+        }
+        if (st != MP_OK) {
+            char why[700];
+            snprintf(why, sizeof(why), "cannot resume: %.600s", err.msg);
+            mp_errbuf_set(&err, MP_ERR_FORMAT, "%s", why);
+            st = MP_ERR_FORMAT; /* a restart cannot mend it */
+        }
+    }
     if (st == MP_OK) {
-        mp_feeder_opts_t fo = {.spec = r->spec, .job = r->tag, .timeout_ms = JOB_DATA_TIMEOUT_MS};
+        mp_feeder_opts_t fo = {.spec = r->spec,
+                               .job = r->tag,
+                               .timeout_ms = JOB_DATA_TIMEOUT_MS,
+                               .start_step = start_step};
         st = mp_feeder_create(ctx, &fo, &f, &err);
     }
     if (st == MP_OK && save) {
@@ -186,6 +251,7 @@ static void *feeder_main(void *arg)
         }
     }
     if (st != MP_OK) {
+        mp_free(losses);
         post(r, FMSG_DONE, st, err.msg);
         mp_gather_destroy(gth);
         mp_feeder_destroy(f);
@@ -201,6 +267,10 @@ static void *feeder_main(void *arg)
     ready->kind = FMSG_READY;
     ready->r = r;
     ready->g = *mp_feeder_geom(f);
+    ready->start_step = start_step;
+    snprintf(ready->resume_from, sizeof(ready->resume_from), "%s", resume_from);
+    ready->losses = losses;
+    ready->nlosses = nlosses;
     mp_mbox_post(&r->c->mbox, &ready->base);
 
     wait_flag(r, &r->go);
@@ -260,7 +330,7 @@ static void run_abort(jobrun_t *r, const char *reason)
         r->aborted = true;
         Mpar__Envelope env = MPAR__ENVELOPE__INIT;
         Mpar__JobAbort a = MPAR__JOB_ABORT__INIT;
-        a.job_id = r->j->id;
+        a.job_id = r->wire_id;
         a.reason = (char *)reason;
         env.msg_case = MPAR__ENVELOPE__MSG_JOB_ABORT;
         env.job_abort = &a;
@@ -277,12 +347,21 @@ static void run_abort(jobrun_t *r, const char *reason)
     pthread_mutex_unlock(&r->mu);
 }
 
+static void run_restart(jobrun_t *r, const char *reason);
+
+/* A failure: FAILED, or back to PENDING while train.max_restarts allows. */
 static void run_fail(jobrun_t *r, const char *reason)
 {
     if (r->ended) {
         return;
     }
     run_abort(r, reason);
+    if (!r->no_restart && !r->c->stopping && r->spec != NULL &&
+        (int64_t)r->j->info.restarts < r->spec->train.max_restarts &&
+        r->j->info.state == MPAR__JOB_STATE__JOB_STATE_RUNNING) {
+        run_restart(r, reason);
+        return;
+    }
     coord_job_set_state(r->c, r->j, MPAR__JOB_STATE__JOB_STATE_FAILED, reason);
 }
 
@@ -389,7 +468,8 @@ static void fill_results(jobrun_t *r)
         j->info.has_final_loss = 1;
         j->info.final_loss = j->losses[r->steps_done - 1];
     }
-    j->info.samples_per_s = secs > 0 ? (double)(r->steps_done * r->g.batch) / secs : 0.0;
+    j->info.samples_per_s =
+        secs > 0 ? (double)((r->steps_done - r->start_step) * r->g.batch) / secs : 0.0;
     if (is_text(r)) {
         j->info.has_tokens_per_s = 1;
         j->info.tokens_per_s = j->info.samples_per_s * (double)r->g.label_dim;
@@ -406,14 +486,15 @@ static void fill_results(jobrun_t *r)
 
 static void maybe_finish(jobrun_t *r)
 {
-    if (r->ended || r->failing || r->aborted || !r->feeder_done || r->ndone < r->nranks) {
-        return;
+    if (r->ended || r->failing || r->aborted || !r->feeder_done || r->ndone < r->nranks ||
+        r->ck_done < r->ck_final) {
+        return; /* ... or its last checkpoint is not committed yet */
     }
     fill_results(r);
     fill_timeline(r);
     Mpar__Envelope env = MPAR__ENVELOPE__INIT;
     Mpar__JobEnd e = MPAR__JOB_END__INIT;
-    e.job_id = r->j->id;
+    e.job_id = r->wire_id;
     env.msg_case = MPAR__ENVELOPE__MSG_JOB_END;
     env.job_end = &e;
     send_nodes(r, &env);
@@ -508,7 +589,18 @@ static void maybe_free(jobrun_t *r)
     if (r->released || !r->ended || (r->thread_started && !r->thread_exited)) {
         return;
     }
-    r->j->run = NULL;
+    if (r->j->run == r) {
+        r->j->run = NULL;
+    }
+    if (r->detached) {
+        for (jobrun_t **pp = &r->c->old_runs; *pp != NULL; pp = &(*pp)->next_old) {
+            if (*pp == r) {
+                *pp = r->next_old;
+                break;
+            }
+        }
+        r->detached = false;
+    }
     r->released = true;
     if (r->grace_closed) {
         run_free(r);
@@ -540,6 +632,36 @@ void jobrun_release(mp_coord_t *c, coord_job_t *j)
         mp_mbox_post(&c->mbox, &m->base);
     }
     maybe_free(r);
+}
+
+/* Back to PENDING (DESIGN.md "max_restarts"): this run ends (its devices
+ * are free, its threads unwind on their own, as an old run on c->old_runs)
+ * and the job is placed again as soon as the alive nodes hold its grid;
+ * the next run resumes from the job's last committed checkpoint. */
+static void run_restart(jobrun_t *r, const char *reason)
+{
+    mp_coord_t *c = r->c;
+    coord_job_t *j = r->j;
+    j->info.restarts++;
+    char msg[1300];
+    if (j->info.checkpoint_step > 0) {
+        snprintf(msg, sizeof(msg), "restart %u of %lld after: %.900s; resuming from the checkpoint "
+                 "at step %llu", j->info.restarts, (long long)r->spec->train.max_restarts, reason,
+                 (unsigned long long)j->info.checkpoint_step);
+    } else {
+        snprintf(msg, sizeof(msg), "restart %u of %lld after: %.900s; no checkpoint yet: from %s",
+                 j->info.restarts, (long long)r->spec->train.max_restarts, reason,
+                 j->resume_dir != NULL && j->resume_dir[0] ? "the --resume checkpoint"
+                                                           : "the start");
+    }
+    jobrun_release(c, j); /* may free r */
+    if (j->run == r) {
+        j->run = NULL;
+        r->detached = true;
+        r->next_old = c->old_runs;
+        c->old_runs = r;
+    }
+    coord_job_set_state(c, j, MPAR__JOB_STATE__JOB_STATE_PENDING, msg);
 }
 
 void jobrun_abort(mp_coord_t *c, coord_job_t *j, const char *reason)
@@ -647,6 +769,21 @@ void jobrun_start(mp_coord_t *c, coord_job_t *j, mp_place_t *place, mp_coord_nod
     r->nranks = r->pp * r->tp * r->dp;
     r->tag = (uint32_t)(strtoull(j->id, NULL, 10) & MP_XPORT_JOB_MAX);
     snprintf(r->save_dir, sizeof(r->save_dir), "%s", j->save_weights ? j->save_weights : "");
+    if (j->info.restarts == 0) {
+        snprintf(r->wire_id, sizeof(r->wire_id), "%s", j->id);
+    } else {
+        snprintf(r->wire_id, sizeof(r->wire_id), "%s~%llu.%u", j->id,
+                 (unsigned long long)c->epoch, j->info.restarts);
+    }
+    if (r->spec->checkpoint.enabled) {
+        snprintf(r->ckpt_dir, sizeof(r->ckpt_dir), "%s", r->spec->checkpoint.dir);
+    }
+    /* A restart resumes from the job's own checkpoint, else from --resume. */
+    if (j->info.restarts > 0 || j->info.checkpoint_step > 0) {
+        snprintf(r->try_resume[0], sizeof(r->try_resume[0]), "%s", r->ckpt_dir);
+    }
+    snprintf(r->try_resume[1], sizeof(r->try_resume[1]), "%s",
+             j->resume_dir != NULL ? j->resume_dir : "");
     size_t n = (size_t)r->nranks;
     r->rank_node = mp_calloc(n, sizeof(*r->rank_node));
     r->nodes = mp_calloc(n, sizeof(*r->nodes));
@@ -744,6 +881,8 @@ static void on_feeder_ready(jobrun_t *r, fmsg_t *m)
     r->gaddr = m->gaddr;
     r->glen = m->glen;
     m->faddr = m->gaddr = NULL;
+    r->start_step = m->start_step;
+    snprintf(r->resume_from, sizeof(r->resume_from), "%s", m->resume_from);
     if (r->ended || r->aborted) {
         return;
     }
@@ -764,6 +903,20 @@ static void on_feeder_ready(jobrun_t *r, fmsg_t *m)
         run_fail(r, "coordinator: out of memory for the job's statistics");
         return;
     }
+    /* A resumed run: the steps before its checkpoint are done, with the
+     * losses the checkpoint kept. */
+    int64_t pre = r->start_step < r->g.total_steps ? r->start_step : r->g.total_steps;
+    for (int64_t i = 0; i < pre; i++) {
+        r->j->losses[i] = i < m->nlosses ? m->losses[i] : NAN;
+    }
+    r->steps_done = pre;
+    if (r->resume_from[0] != '\0') {
+        r->j->info.has_resumed_from_step = 1;
+        r->j->info.resumed_from_step = (uint64_t)r->start_step;
+    }
+    int64_t every = r->ckpt_dir[0] != '\0' ? r->spec->checkpoint.every_steps : 0;
+    r->ck_final = every > 0 ? r->g.total_steps / every * every : 0;
+    r->ck_done = r->start_step;
     size_t n = (size_t)r->nranks;
     Mpar__ShardAssignment *sa = mp_calloc(n, sizeof(*sa));
     Mpar__ShardAssignment **sap = mp_calloc(n, sizeof(*sap));
@@ -797,7 +950,7 @@ static void on_feeder_ready(jobrun_t *r, fmsg_t *m)
     }
     Mpar__Envelope env = MPAR__ENVELOPE__INIT;
     Mpar__JobAssignment a = MPAR__JOB_ASSIGNMENT__INIT;
-    a.job_id = r->j->id;
+    a.job_id = r->wire_id;
     /* A pp = 1 job has nothing to cut; its spec may even lack "parallel". */
     char *run_json = r->pp > 1 ? spec_with_stages(r->j->spec_json, &part) : NULL;
     if (r->pp > 1 && run_json == NULL) {
@@ -816,6 +969,10 @@ static void on_feeder_ready(jobrun_t *r, fmsg_t *m)
     a.save_weights = r->save_dir[0] != '\0';
     a.timeout_ms = JOB_DATA_TIMEOUT_MS;
     a.tag = r->tag;
+    a.checkpoint_dir = r->ckpt_dir;
+    a.checkpoint_every = every;
+    a.start_step = r->start_step;
+    a.resume_dir = r->resume_from;
     env.msg_case = MPAR__ENVELOPE__MSG_JOB_ASSIGNMENT;
     env.job_assignment = &a;
     char lost[200] = "";
@@ -835,12 +992,16 @@ static void on_feeder_ready(jobrun_t *r, fmsg_t *m)
         run_fail(r, lost);
         return;
     }
-    char msg[200];
-    snprintf(msg, sizeof(msg),
-             "data loaded (%lld training, %lld test samples, %lld steps); "
-             "starting %d shards",
-             (long long)r->g.train_n, (long long)r->g.test_n, (long long)r->g.total_steps,
-             r->nranks);
+    char msg[200 + PATH_MAX];
+    int w = snprintf(msg, sizeof(msg),
+                     "data loaded (%lld training, %lld test samples, %lld steps); "
+                     "starting %d shards",
+                     (long long)r->g.train_n, (long long)r->g.test_n,
+                     (long long)r->g.total_steps, r->nranks);
+    if (r->resume_from[0] != '\0' && w > 0 && (size_t)w < sizeof(msg)) {
+        snprintf(msg + w, sizeof(msg) - (size_t)w, "; resuming from the checkpoint at step %lld "
+                 "in %s", (long long)r->start_step, r->resume_from);
+    }
     coord_job_add_event(r->c, r->j, msg, 0, false, 0.0);
     if (r->pp > 1) {
         char cut[700];
@@ -864,6 +1025,9 @@ void jobrun_on_msg(void *owner, mp_mbox_msg_t *base)
         on_feeder_ready(r, m);
         break;
     case FMSG_DONE:
+        if (m->st == MP_ERR_FORMAT || m->st == MP_ERR_SPEC) {
+            r->no_restart = true;
+        }
         if (m->st != MP_OK) {
             char why[800];
             snprintf(why, sizeof(why), "coordinator: %.600s", m->error);
@@ -884,6 +1048,7 @@ void jobrun_on_msg(void *owner, mp_mbox_msg_t *base)
     }
     mp_free(m->faddr);
     mp_free(m->gaddr);
+    mp_free(m->losses);
     mp_free(m);
     if (c->stopping && c->nthreads == 0) {
         mp_mbox_close(&c->mbox); /* the last feeder thread has exited */
@@ -896,9 +1061,15 @@ void jobrun_on_msg(void *owner, mp_mbox_msg_t *base)
 static jobrun_t *run_of(mp_coord_t *c, const char *job_id, const Mpar__ShardId *id,
                         mp_coord_node_t *n, int *rank_p)
 {
-    coord_job_t *j = coord_job_by_id(c, job_id ? job_id : "");
+    char jid[24];
+    snprintf(jid, sizeof(jid), "%.*s", (int)strcspn(job_id ? job_id : "", "~"),
+             job_id ? job_id : "");
+    coord_job_t *j = coord_job_by_id(c, jid);
     jobrun_t *r = j != NULL ? j->run : NULL;
-    if (r == NULL || r->ended || id == NULL || (int)id->stage >= r->pp ||
+    if (r == NULL || strcmp(r->wire_id, job_id) != 0) {
+        return NULL; /* an earlier run of a restarted job */
+    }
+    if (r->ended || id == NULL || (int)id->stage >= r->pp ||
         (int)id->tp_rank >= r->tp || (int)id->dp_rank >= r->dp) {
         return NULL;
     }
@@ -958,7 +1129,7 @@ void mp_coord_shard_ready(mp_coord_t *c, mp_coord_node_t *n, const Mpar__ShardRe
     }
     Mpar__Envelope env = MPAR__ENVELOPE__INIT;
     Mpar__PeerAddresses pa = MPAR__PEER_ADDRESSES__INIT;
-    pa.job_id = r->j->id;
+    pa.job_id = r->wire_id;
     pa.addresses = sap;
     pa.n_addresses = nr;
     pa.feeder_address.data = r->faddr;
@@ -973,7 +1144,7 @@ void mp_coord_shard_ready(mp_coord_t *c, mp_coord_node_t *n, const Mpar__ShardRe
     mp_free(ids);
     Mpar__Envelope env2 = MPAR__ENVELOPE__INIT;
     Mpar__JobStart js = MPAR__JOB_START__INIT;
-    js.job_id = r->j->id;
+    js.job_id = r->wire_id;
     env2.msg_case = MPAR__ENVELOPE__MSG_JOB_START;
     env2.job_start = &js;
     send_nodes(r, &env2);
@@ -1089,11 +1260,187 @@ static void on_eval_report(jobrun_t *r, const Mpar__ShardReport *m)
     coord_job_add_event(r->c, r->j, msg, (uint64_t)m->step, false, 0.0);
 }
 
+/* ---- checkpoint commits ------------------------------------------------------ */
+
+/* One commit on the thread pool: the manifest from the shard files, then
+ * `latest`, then the pruning of older checkpoints.  It owns copies of what
+ * it needs: the run may be gone when it is done. */
+typedef struct {
+    uv_work_t req;
+    mp_coord_t *c;
+    char job_id[24];
+    char dir[1024];
+    char *spec_json;
+    int pp, tp, dp, keep;
+    int64_t step;
+    double *losses;
+    int64_t nlosses;
+    mp_status_t st;
+    mp_errbuf_t err;
+} commit_t;
+
+static void commit_work(uv_work_t *req)
+{
+    commit_t *w = (commit_t *)req;
+    mp_ckpt_fault("before_manifest");
+    w->st = mp_ckpt_manifest_write(w->dir, w->step, w->spec_json, w->pp, w->tp, w->dp, w->losses,
+                                   w->nlosses, &w->err);
+    if (w->st == MP_OK) {
+        mp_ckpt_fault("before_latest");
+        w->st = mp_ckpt_commit(w->dir, w->step, &w->err);
+    }
+    if (w->st == MP_OK) {
+        mp_errbuf_t perr;
+        if (mp_ckpt_prune(w->dir, w->step, w->keep, &perr) != MP_OK) {
+            mp_warn("checkpoint: %s", perr.msg); /* the commit stands */
+        }
+    }
+}
+
+static void commit_start(mp_coord_t *c, coord_job_t *j, int64_t step);
+
+/* A step's checkpoint is resolved (committed, or failed): the job may end. */
+static void ck_resolved(coord_job_t *j, int64_t step)
+{
+    jobrun_t *r = j->run;
+    if (r != NULL && step > r->ck_done) {
+        r->ck_done = step;
+        maybe_finish(r);
+    }
+}
+
+static void commit_after(uv_work_t *req, int status)
+{
+    (void)status;
+    commit_t *w = (commit_t *)req;
+    mp_coord_t *c = w->c;
+    coord_job_t *j = coord_job_by_id(c, w->job_id);
+    if (j != NULL) {
+        j->ck_inflight = false;
+        char msg[1300];
+        if (w->st == MP_OK) {
+            if ((uint64_t)w->step > j->info.checkpoint_step) {
+                j->info.checkpoint_step = (uint64_t)w->step;
+            }
+            snprintf(msg, sizeof(msg), "checkpoint at step %lld committed in %.900s",
+                     (long long)w->step, w->dir);
+            coord_job_add_event(c, j, msg, (uint64_t)w->step, false, 0.0);
+            coord_save(c);
+        } else {
+            snprintf(msg, sizeof(msg), "checkpoint at step %lld failed: %.900s; the previous one "
+                     "stays", (long long)w->step, w->err.msg);
+            mp_warn("job %s: %s", j->id, msg);
+            coord_job_add_event(c, j, msg, (uint64_t)w->step, false, 0.0);
+        }
+        int64_t next = j->ck_queued;
+        j->ck_queued = 0;
+        if (next > w->step && !c->stopping) {
+            commit_start(c, j, next);
+        }
+        ck_resolved(j, w->step);
+    }
+    mp_free(w->spec_json);
+    mp_free(w->losses);
+    mp_free(w);
+}
+
+static void commit_start(mp_coord_t *c, coord_job_t *j, int64_t step)
+{
+    jobrun_t *r = j->run;
+    if (r == NULL) {
+        return;
+    }
+    if (j->ck_inflight) {
+        j->ck_queued = step > j->ck_queued ? step : j->ck_queued; /* after the one in flight */
+        return;
+    }
+    commit_t *w = mp_calloc(1, sizeof(*w));
+    int64_t n = step < r->steps_done ? step : r->steps_done;
+    if (w != NULL) {
+        w->spec_json = mp_strdup(j->spec_json ? j->spec_json : "");
+        w->losses = mp_calloc((size_t)(n > 0 ? n : 1), sizeof(double));
+    }
+    if (w == NULL || w->spec_json == NULL || w->losses == NULL) {
+        if (w != NULL) {
+            mp_free(w->spec_json);
+            mp_free(w->losses);
+            mp_free(w);
+        }
+        coord_job_add_event(c, j, "checkpoint: out of memory for the commit", (uint64_t)step,
+                            false, 0.0);
+        ck_resolved(j, step);
+        return;
+    }
+    w->c = c;
+    snprintf(w->job_id, sizeof(w->job_id), "%s", j->id);
+    snprintf(w->dir, sizeof(w->dir), "%s", r->ckpt_dir);
+    w->pp = r->pp;
+    w->tp = r->tp;
+    w->dp = r->dp;
+    w->keep = (int)r->spec->checkpoint.keep;
+    w->step = step;
+    memcpy(w->losses, j->losses, (size_t)n * sizeof(double));
+    w->nlosses = n;
+    if (uv_queue_work(c->d->loop, &w->req, commit_work, commit_after) != 0) {
+        mp_free(w->spec_json);
+        mp_free(w->losses);
+        mp_free(w);
+        ck_resolved(j, step);
+        return;
+    }
+    j->ck_inflight = true;
+}
+
+/* A shard's file of a checkpoint is durable (or failed): once every writer
+ * (DP replica 0's pp x tp shards) has one, the coordinator commits it. */
+static void on_ckpt_report(jobrun_t *r, int k, mp_coord_node_t *n, const Mpar__ShardReport *m)
+{
+    int64_t step = m->checkpoint_step;
+    if (r->ckpt_dir[0] == '\0' || step <= r->ck_done) {
+        return;
+    }
+    int slot = -1, empty = -1;
+    for (int i = 0; i < 8; i++) {
+        if (r->ck_step[i] == step) {
+            slot = i;
+        } else if (r->ck_step[i] <= r->ck_done && empty < 0) {
+            empty = i;
+        }
+    }
+    if (slot < 0) {
+        if (empty < 0) {
+            return; /* more than 8 checkpoints in flight: this one is skipped */
+        }
+        slot = empty;
+        r->ck_step[slot] = step;
+        r->ck_count[slot] = 0;
+    }
+    if (m->checkpoint_error != NULL && m->checkpoint_error[0] != '\0') {
+        if (r->ck_count[slot] >= 0) {
+            char msg[1300];
+            snprintf(msg, sizeof(msg), "checkpoint at step %lld failed: node %s: rank %d: %.900s; "
+                     "the previous one stays", (long long)step, n->name, k, m->checkpoint_error);
+            coord_job_add_event(r->c, r->j, msg, (uint64_t)step, false, 0.0);
+        }
+        r->ck_count[slot] = -1; /* never committed */
+        ck_resolved(r->j, step);
+        return;
+    }
+    if (r->ck_count[slot] < 0 || ++r->ck_count[slot] < r->pp * r->tp) {
+        return;
+    }
+    commit_start(r->c, r->j, step);
+}
+
 void mp_coord_shard_report(mp_coord_t *c, mp_coord_node_t *n, const Mpar__ShardReport *m)
 {
     int k;
     jobrun_t *r = run_of(c, m->job_id, m->shard, n, &k);
     if (r == NULL) {
+        return;
+    }
+    if (m->checkpoint_step > 0) {
+        on_ckpt_report(r, k, n, m);
         return;
     }
     if (m->done && m->error != NULL && m->error[0] != '\0') {
@@ -1144,6 +1491,9 @@ void jobrun_stop_all(mp_coord_t *c)
             grace_close(j->run);
         }
     }
+    for (jobrun_t *r = c->old_runs; r != NULL; r = r->next_old) {
+        grace_close(r);
+    }
 }
 
 void jobrun_join_all(mp_coord_t *c)
@@ -1160,6 +1510,16 @@ void jobrun_join_all(mp_coord_t *c)
         }
         j->run = NULL;
         run_free(r); /* its grace timer closed with the loop */
+    }
+    while (c->old_runs != NULL) {
+        jobrun_t *r = c->old_runs;
+        c->old_runs = r->next_old;
+        if (r->thread_started && !r->thread_exited) {
+            pthread_join(r->tid, NULL);
+            r->thread_exited = true;
+            c->nthreads--;
+        }
+        run_free(r);
     }
     if (c->mbox.open) {
         /* The threads' messages, exits included, are all queued. */

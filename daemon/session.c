@@ -53,7 +53,7 @@ struct submit_check {
     mp_session_t *s;
     bool lines; /* answer as a status-socket JSON line */
     uint64_t rid;
-    char *spec_json, *who, *save_weights;
+    char *spec_json, *who, *save_weights, *resume_dir;
     mp_spec_t *spec;
     mp_status_t st;
     mp_errbuf_t err;
@@ -75,7 +75,7 @@ static void session_unlink(mp_session_t *s)
 
 static void line_reply(mp_session_t *s, json_t *o);
 static void submit_job(mp_session_t *s, bool lines, uint64_t rid, const char *spec_json,
-                       const char *who, const char *save_weights);
+                       const char *who, const char *save_weights, const char *resume_dir);
 
 /* A status-socket (JSON) session gets a relayed reply as one JSON line. */
 static mp_status_t send_as_json(mp_session_t *s, const Mpar__Envelope *env)
@@ -308,7 +308,7 @@ static void on_request(mp_session_t *s, const Mpar__Envelope *in)
         char who[200];
         submit_job(s, false, rid, in->submit_job->spec_json,
                    peer_user(s, in->submit_job->submitter, who, sizeof(who)),
-                   in->submit_job->save_weights);
+                   in->submit_job->save_weights, in->submit_job->resume_dir);
         return;
     }
     case MPAR__ENVELOPE__MSG_CANCEL_JOB: {
@@ -577,6 +577,10 @@ static void line_forward(mp_session_t *s, json_t *req, const char *cmd, const ch
         if (sj.save_weights == NULL) {
             sj.save_weights = "";
         }
+        sj.resume_dir = (char *)json_string_value(json_object_get(req, "resume_dir"));
+        if (sj.resume_dir == NULL) {
+            sj.resume_dir = "";
+        }
         env.msg_case = MPAR__ENVELOPE__MSG_SUBMIT_JOB;
         env.submit_job = &sj;
     } else if (id == NULL) {
@@ -607,12 +611,12 @@ static void line_forward(mp_session_t *s, json_t *req, const char *cmd, const ch
 /* Submits to the coordinator now and answers (a framed JobAccepted or
  * Error, or a JSON line). */
 static void submit_now(mp_session_t *s, bool lines, uint64_t rid, const char *spec_json,
-                       const char *who, const char *save_weights)
+                       const char *who, const char *save_weights, const char *resume_dir)
 {
     Mpar__JobInfo *j;
     mp_errbuf_t err;
     mp_status_t st = mp_coord_job_submit(s->d->coord, spec_json, strlen(spec_json), who,
-                                         save_weights, &j, &err);
+                                         save_weights, resume_dir, &j, &err);
     if (lines) {
         if (st != MP_OK) {
             line_error(s, err.msg, false);
@@ -643,6 +647,7 @@ static void check_free(submit_check_t *c)
     mp_free(c->spec_json);
     mp_free(c->who);
     mp_free(c->save_weights);
+    mp_free(c->resume_dir);
     mp_free(c);
 }
 
@@ -676,7 +681,7 @@ static void check_after(uv_work_t *req, int status)
             reply_error(s, c->rid, MPAR__ERROR_CODE__ERROR_CODE_INVALID_SPEC, c->err.msg);
         }
     } else {
-        submit_now(s, c->lines, c->rid, c->spec_json, c->who, c->save_weights);
+        submit_now(s, c->lines, c->rid, c->spec_json, c->who, c->save_weights, c->resume_dir);
     }
     check_free(c);
     if (s->peer_done && s->checks == NULL &&
@@ -689,14 +694,14 @@ static void check_after(uv_work_t *req, int status)
  * checked (mp_train_check_data), after that check on the thread pool.  A
  * spec that does not parse is submitted at once, which refuses it. */
 static void submit_job(mp_session_t *s, bool lines, uint64_t rid, const char *spec_json,
-                       const char *who, const char *save_weights)
+                       const char *who, const char *save_weights, const char *resume_dir)
 {
     mp_spec_t *spec = NULL;
     mp_errbuf_t err;
     if (mp_spec_parse(spec_json, strlen(spec_json), &spec, &err) != MP_OK ||
         (spec->data.kind != MP_DATA_TEXT && spec->data.kind != MP_DATA_KJV)) {
         mp_spec_free(spec);
-        submit_now(s, lines, rid, spec_json, who, save_weights);
+        submit_now(s, lines, rid, spec_json, who, save_weights, resume_dir);
         return;
     }
     submit_check_t *c = mp_calloc(1, sizeof(*c));
@@ -704,8 +709,10 @@ static void submit_job(mp_session_t *s, bool lines, uint64_t rid, const char *sp
         c->spec_json = mp_strdup(spec_json);
         c->who = mp_strdup(who);
         c->save_weights = mp_strdup(save_weights ? save_weights : "");
+        c->resume_dir = mp_strdup(resume_dir ? resume_dir : "");
     }
-    if (c == NULL || c->spec_json == NULL || c->who == NULL || c->save_weights == NULL) {
+    if (c == NULL || c->spec_json == NULL || c->who == NULL || c->save_weights == NULL ||
+        c->resume_dir == NULL) {
         mp_spec_free(spec);
         if (c != NULL) {
             check_free(c);
@@ -830,7 +837,8 @@ static void on_line(mp_conn_t *conn, const char *line, size_t len, bool oversize
             line_error(s, "\"submit\" needs \"spec\" (the job spec, an object)", false);
         } else {
             submit_job(s, true, 0, text, peer_user(s, NULL, who, sizeof(who)),
-                       json_string_value(json_object_get(req, "save_weights")));
+                       json_string_value(json_object_get(req, "save_weights")),
+                       json_string_value(json_object_get(req, "resume_dir")));
         }
         free(text);
     } else {

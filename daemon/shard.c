@@ -9,6 +9,11 @@
  * then send their parameters to the coordinator's gatherer.  A thread ends
  * on JobEnd (everyone is done: endpoints close) or JobAbort (its executor
  * is cancelled), frees its executor and says so (ShardReport exited).
+ * With checkpoints, DP replica 0's executors copy their blocks to host
+ * memory every checkpoint.every_steps and their writer threads write them
+ * (engine/ckptw.h); each durable file (or its failure) becomes a
+ * ShardReport with checkpoint_step, which the coordinator commits.  A
+ * resumed job's shards load their blocks from the checkpoint first.
  * Every wait of a thread is bounded.  Owns the job records and threads;
  * the record functions run on the libuv thread, shard_main on its own.
  *
@@ -62,6 +67,10 @@ struct node_job {
     uint32_t tag;
     int64_t train_n, test_n, timeout_ms;
     bool save_weights;
+    char *ckpt_dir; /* checkpoints: the folder, or NULL */
+    int64_t ckpt_every;
+    int64_t start_step; /* resumed: from the checkpoint of this step in resume_dir */
+    char *resume_dir;
     bool fault;  /* MPARD_FAULT_SHARD names this job */
     int nranks;  /* the whole grid */
     int nshards; /* this node's */
@@ -92,7 +101,7 @@ struct mp_shards {
     uint64_t bytes_sent_done, bytes_received_done;
 };
 
-typedef enum { MSG_READY, MSG_REPORT, MSG_DONE, MSG_EXITED } msg_kind_t;
+typedef enum { MSG_READY, MSG_REPORT, MSG_DONE, MSG_EXITED, MSG_CKPT } msg_kind_t;
 
 struct shard_msg {
     mp_mbox_msg_t base;
@@ -105,9 +114,10 @@ struct shard_msg {
     mp_exec_report_t rep;
     mp_exec_span_t *spans;
     uint64_t off_ns; /* Unix-epoch ns minus monotonic ns, when reported */
-    /* DONE */
+    /* DONE, CKPT (st and error, and the checkpoint's step) */
     mp_status_t st;
     char error[1100];
+    int64_t ckpt_step;
 };
 
 uint32_t mp_shards_running(const mp_shards_t *sh)
@@ -225,6 +235,20 @@ static void on_report(const mp_exec_report_t *rep, void *arg)
     }
 }
 
+/* From the shard's checkpoint writer thread: its file is durable, or not. */
+static void on_checkpoint(int64_t step, mp_status_t st, const char *path_or_msg, void *arg)
+{
+    shard_t *s = arg;
+    msg_t *m = msg_new(s, MSG_CKPT);
+    if (m == NULL) {
+        return; /* the coordinator does not commit this checkpoint; a later one may */
+    }
+    m->ckpt_step = step;
+    m->st = st;
+    snprintf(m->error, sizeof(m->error), "%s", st == MP_OK ? "" : path_or_msg);
+    mp_mbox_post(&s->job->sh->mbox, &m->base);
+}
+
 /* Waits until flag (under job->mu) or abort, for at most ms; true if flag. */
 static bool wait_for(node_job_t *j, const bool *flag, int64_t ms)
 {
@@ -282,8 +306,16 @@ static void *shard_main(void *arg)
             .timeout_ms = j->timeout_ms,
             .on_report = on_report,
             .arg = s,
+            .start_step = j->start_step,
+            .ckpt_dir = j->ckpt_dir,
+            .ckpt_every = j->ckpt_every,
+            .on_checkpoint = on_checkpoint,
         };
         st = mp_exec_create(ctx, &eo, &ex, &err);
+    }
+    if (st == MP_OK && j->resume_dir != NULL) {
+        /* Blocking reads of the checkpoint files, on this shard's thread. */
+        st = mp_exec_resume(ex, j->resume_dir, &err);
     }
     msg_t *ready = NULL;
     if (st == MP_OK) {
@@ -373,6 +405,8 @@ static void job_free(node_job_t *j)
     mp_free(j->addr);
     mp_free(j->len);
     mp_free(j->gather_addr);
+    mp_free(j->ckpt_dir);
+    mp_free(j->resume_dir);
     mp_free(j->shards);
     mp_spec_free(j->spec);
     pthread_cond_destroy(&j->cv);
@@ -514,6 +548,22 @@ static void on_msg(void *owner, mp_mbox_msg_t *base)
         mp_free(m->spans);
         break;
     }
+    case MSG_CKPT: {
+        Mpar__ShardReport r = MPAR__SHARD_REPORT__INIT;
+        r.job_id = j->id;
+        r.shard = &sid;
+        r.rank = (uint32_t)s->rank;
+        r.checkpoint_step = m->ckpt_step;
+        r.checkpoint_error = m->error;
+        if (m->st != MP_OK) {
+            mp_warn("job %s: rank %d: checkpoint of step %lld: %s", j->id, s->rank,
+                    (long long)m->ckpt_step, m->error);
+        }
+        env.msg_case = MPAR__ENVELOPE__MSG_SHARD_REPORT;
+        env.shard_report = &r;
+        send_env(sh, &env);
+        break;
+    }
     case MSG_DONE: {
         char error[1100] = "";
         if (m->st != MP_OK) {
@@ -608,6 +658,16 @@ static void on_assignment(mp_shards_t *sh, const Mpar__JobAssignment *a)
     j->test_n = a->test_n;
     j->timeout_ms = a->timeout_ms;
     j->save_weights = a->save_weights;
+    j->ckpt_every = a->checkpoint_every;
+    j->start_step = a->start_step > 0 ? a->start_step : 0;
+    if ((a->checkpoint_dir != NULL && a->checkpoint_dir[0] != '\0' && a->checkpoint_every > 0 &&
+         (j->ckpt_dir = mp_strdup(a->checkpoint_dir)) == NULL) ||
+        (a->resume_dir != NULL && a->resume_dir[0] != '\0' &&
+         (j->resume_dir = mp_strdup(a->resume_dir)) == NULL)) {
+        refuse(sh, a, "out of memory");
+        job_free(j);
+        return;
+    }
     j->fault = sh->fault_name[0] != '\0' && strcmp(j->spec->name, sh->fault_name) == 0;
     int pp = j->spec->parallel.pp, tp = j->spec->parallel.tp, dp = j->spec->parallel.dp;
     j->nranks = pp * tp * dp;

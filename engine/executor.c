@@ -40,6 +40,7 @@
 #include "common/alloc.h"
 #include "common/log.h"
 #include "engine/internal.h"
+#include "model/ckpt.h"
 #include "model/model.h"
 #include "parallel/partition.h"
 #include "parallel/placement.h"
@@ -105,6 +106,11 @@ struct mp_exec {
     int64_t step;        /* the current event's step (header field) */
     int phase;           /* mp_exec_phase_t of the current event */
     mp_engine_pub_t pub; /* what it is doing, for mp_exec_probe */
+
+    mp_ckptw_t *writer; /* checkpoints: the writer thread and its snapshot */
+    mp_ckpt_snap_t *snap;
+    uint64_t ckpt_pause_ns;
+    int64_t ckpt_count;
 };
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -1090,13 +1096,68 @@ static mp_status_t run_eval(mp_exec_t *ex, const mp_engine_ev_t *ev, mp_exec_rep
     return MP_OK;
 }
 
+/* After training step `step`: DP replica 0 copies its blocks for the writer. */
+static mp_status_t maybe_checkpoint(mp_exec_t *ex, int64_t step, mp_errbuf_t *err)
+{
+    if (ex->o.ckpt_dir == NULL || ex->o.ckpt_every <= 0 || step % ex->o.ckpt_every != 0 ||
+        ex->o.dp_rank != 0) {
+        return MP_OK;
+    }
+    uint64_t t0 = mp_engine_now_ns();
+    mp_status_t st = MP_OK;
+    if (ex->writer == NULL) {
+        st = mp_ckpt_snap_create(ex->model, ex->spec, ex->stage, ex->o.tp_rank, &ex->snap);
+        if (st == MP_OK) {
+            st = mp_ckptw_create(ex->o.ckpt_dir, ex->o.on_checkpoint, ex->o.arg, &ex->writer);
+        }
+        if (st != MP_OK) {
+            return fail(ex, err, st, -1, "setting up the checkpoint writer");
+        }
+    }
+    mp_ckptw_wait_idle(ex->writer); /* the previous checkpoint still being written */
+    st = mp_ckpt_snap_fill(ex->snap, ex->model, step);
+    if (st != MP_OK) {
+        return fail(ex, err, st, -1, "copying the checkpoint to host memory");
+    }
+    mp_ckptw_submit(ex->writer, ex->snap);
+    ex->ckpt_pause_ns += mp_engine_now_ns() - t0;
+    ex->ckpt_count++;
+    return MP_OK;
+}
+
+uint64_t mp_exec_ckpt_pause_ns(const mp_exec_t *ex, int64_t *count_p)
+{
+    if (count_p != NULL) {
+        *count_p = ex->ckpt_count;
+    }
+    return ex->ckpt_pause_ns;
+}
+
+mp_status_t mp_exec_resume(mp_exec_t *ex, const char *dir, mp_errbuf_t *err)
+{
+    mp_ckpt_t *ck;
+    mp_status_t st = mp_ckpt_open_step(dir, ex->o.start_step, &ck, err);
+    if (st != MP_OK) {
+        return st;
+    }
+    st = mp_ckpt_check_spec(ck, ex->spec, err);
+    if (st == MP_OK) {
+        st = mp_ckpt_load_model(ck, ex->model, ex->spec, err);
+    }
+    mp_ckpt_close(ck);
+    return st;
+}
+
 mp_status_t mp_exec_run(mp_exec_t *ex, mp_errbuf_t *err)
 {
-    int64_t it = 0;
+    int64_t it = mp_engine_geom_seek(&ex->g, ex->o.start_step);
     for (;;) {
         mp_engine_ev_t ev;
         mp_engine_geom_next(&ex->g, &it, &ev);
         if (ev.kind == MP_ENGINE_EV_END) {
+            if (ex->writer != NULL) {
+                mp_ckptw_wait_idle(ex->writer); /* the last checkpoint is durable */
+            }
             mp_engine_pub_phase(&ex->pub, MP_EXEC_PHASE_DONE);
             return MP_OK;
         }
@@ -1122,6 +1183,13 @@ mp_status_t mp_exec_run(mp_exec_t *ex, mp_errbuf_t *err)
         rep.t1_ns = mp_engine_now_ns();
         if (ex->o.on_report != NULL) {
             ex->o.on_report(&rep, ex->o.arg);
+        }
+        if (ev.kind == MP_ENGINE_EV_TRAIN) {
+            st = maybe_checkpoint(ex, ev.step, err);
+            if (st != MP_OK) {
+                drain(ex);
+                return st;
+            }
         }
     }
 }
@@ -1150,6 +1218,8 @@ void mp_exec_destroy(mp_exec_t *ex)
         mp_exec_disconnect(ex);
         mp_xport_worker_destroy(ex->w);
     }
+    mp_ckptw_destroy(ex->writer); /* finishes a write in flight first */
+    mp_ckpt_snap_free(ex->snap);
     for (int s = 0; s < ex->nslots; s++) {
         if (ex->in_host != NULL) {
             mp_free(ex->in_host[s]);

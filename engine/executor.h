@@ -36,6 +36,7 @@
 #include <stdint.h>
 
 #include "common/status.h"
+#include "engine/ckptw.h"
 #include "engine/job.h"
 #include "gpu/backend.h"
 #include "model/spec.h"
@@ -89,6 +90,17 @@ typedef struct {
     int64_t timeout_ms;      /* every wait; <= 0: 30000 */
     mp_exec_report_cb_t on_report;
     void *arg;
+    /* A resumed job: the events after training step start_step (its
+     * checkpoint's step; load the weights with mp_exec_resume). */
+    int64_t start_step;
+    /* Checkpoints (model/ckpt.h): with ckpt_dir set and ckpt_every > 0, a
+     * shard of DP replica 0 copies its blocks to host memory after every
+     * ckpt_every-th step and its writer thread writes them; on_checkpoint
+     * (with arg, from the writer thread) says when the file is durable or
+     * why it is not.  The run waits for the last write before it returns. */
+    const char *ckpt_dir;
+    int64_t ckpt_every;
+    mp_ckptw_done_cb_t on_checkpoint;
 } mp_exec_opts_t;
 
 /* What an executor is doing right now, for the live wait-for graph
@@ -153,6 +165,14 @@ void mp_exec_disconnect(mp_exec_t *exec);
  * slice rows * cols floats. */
 mp_status_t mp_exec_param_download(mp_exec_t *exec, int layer, int param, float *host,
                                    mp_tp_slice_t *slice_p);
+/* Loads this shard's blocks (parameters and optimizer state) from the
+ * checkpoint of step opts.start_step in dir, whatever grid wrote it; before
+ * mp_exec_run.  A model that differs from the checkpoint's is MP_ERR_SPEC
+ * naming the field. */
+mp_status_t mp_exec_resume(mp_exec_t *exec, const char *dir, mp_errbuf_t *err);
+/* Nanoseconds training stood still for checkpoints so far (the copies to
+ * host memory and any wait for the writer), and how many were taken. */
+uint64_t mp_exec_ckpt_pause_ns(const mp_exec_t *exec, int64_t *count_p);
 /* Backend bytes of one activation slot, and the number of slots. */
 int64_t mp_exec_slot_bytes(const mp_exec_t *exec);
 int mp_exec_slots(const mp_exec_t *exec);

@@ -318,7 +318,8 @@ static mp_status_t feed_eval(mp_feeder_t *f, const mp_engine_ev_t *ev, int b, mp
 
 mp_status_t mp_feeder_run(mp_feeder_t *f, mp_errbuf_t *err)
 {
-    int64_t it = 0, events = 0;
+    int64_t it = mp_engine_geom_seek(&f->g, f->o.start_step);
+    int64_t first = it, events = it;
     mp_status_t st = MP_OK;
     for (;;) {
         mp_engine_ev_t ev;
@@ -330,7 +331,7 @@ mp_status_t mp_feeder_run(mp_feeder_t *f, mp_errbuf_t *err)
             st = mp_errbuf_set(err, MP_ERR_CANCELLED, "feeder: cancelled");
             break;
         }
-        if (ev.index >= AHEAD) {
+        if (ev.index - first >= AHEAD) {
             st = wait_acks(f, ev.index - AHEAD, err);
             if (st != MP_OK) {
                 break;
@@ -354,7 +355,8 @@ mp_status_t mp_feeder_run(mp_feeder_t *f, mp_errbuf_t *err)
         events = ev.index + 1;
     }
     /* The shards' last acknowledgements: every event has been consumed. */
-    for (int64_t e = events - AHEAD < 0 ? 0 : events - AHEAD; st == MP_OK && e < events; e++) {
+    for (int64_t e = events - AHEAD < first ? first : events - AHEAD; st == MP_OK && e < events;
+         e++) {
         st = wait_acks(f, e, err);
     }
     for (int b = 0; b < NBUF; b++) {

@@ -31,6 +31,7 @@ typedef struct {
     const mp_spec_t *spec; /* must outlive the feeder */
     uint32_t job;          /* job id in tags (low 16 bits) */
     int64_t timeout_ms;    /* every wait; <= 0: 30000 */
+    int64_t start_step;    /* a resumed job: feed from the event after this step */
 } mp_feeder_opts_t;
 
 mp_status_t mp_feeder_create(mp_xport_ctx_t *ctx, const mp_feeder_opts_t *opts,

@@ -102,3 +102,14 @@ uint64_t mp_engine_geom_seq(const mp_engine_geom_t *g, int dp_rank, const mp_eng
     return (uint64_t)trains * (uint64_t)g->m +
            (uint64_t)evals * (uint64_t)mp_engine_geom_replica_chunks(g, dp_rank);
 }
+
+int64_t mp_engine_geom_seek(const mp_engine_geom_t *g, int64_t step)
+{
+    if (step <= 0) {
+        return 0;
+    }
+    /* Training step k of epoch e is event e * per + (k - 1 - e * spe). */
+    int64_t per = g->steps_per_epoch + (g->test_n > 0 ? 1 : 0);
+    int64_t e = (step - 1) / g->steps_per_epoch;
+    return e * per + (step - e * g->steps_per_epoch);
+}

@@ -66,6 +66,13 @@ typedef struct {
  * event and advances *it, then END forever. */
 void mp_engine_geom_next(const mp_engine_geom_t *g, int64_t *it, mp_engine_ev_t *ev_p);
 
+/* The iterator of the first event after training step `step` (0: the
+ * start; a resumed job's checkpoint step otherwise): the end-of-epoch
+ * evaluation when step ends an epoch, else step + 1.  Every shard and the
+ * feeder seek alike, so the resumed run's messages carry the tags the
+ * uninterrupted run's would. */
+int64_t mp_engine_geom_seek(const mp_engine_geom_t *g, int64_t step);
+
 /* First sequence number (the micro-batch field of a tag) of event ev for
  * replica dp_rank: micro-batch k of a step, or local chunk k of an
  * evaluation, is tagged (seq + k) & MP_XPORT_MB_MAX. */

@@ -702,13 +702,13 @@ static mp_status_t parse_train(const json_t *root, mp_spec_t *spec, mp_errbuf_t 
 {
     static const char *const keys[] = {"batch_size", "epochs", "steps", "optimizer", "lr",
                                        "momentum", "dampening", "weight_decay", "nesterov",
-                                       "betas", "eps", "seed", "shuffle"};
+                                       "betas", "eps", "seed", "shuffle", "max_restarts"};
     static const char *const sgd_only[] = {"momentum", "dampening", "nesterov"};
     static const char *const adamw_only[] = {"betas", "eps"};
     json_t *tj = NULL;
     mp_status_t st = get_object(root, "train", "train", 1, &tj, err);
     if (st == MP_OK) {
-        st = check_keys(tj, "train", keys, 13, "", err);
+        st = check_keys(tj, "train", keys, 14, "", err);
     }
     if (st == MP_OK) {
         st = get_int(tj, "batch_size", "train", 1, 0, 1, INT32_MAX, "a positive integer",
@@ -769,6 +769,10 @@ static mp_status_t parse_train(const json_t *root, mp_spec_t *spec, mp_errbuf_t 
     if (st == MP_OK) {
         st = get_bool(tj, "shuffle", "train", true, &spec->train.shuffle, err);
     }
+    if (st == MP_OK) {
+        st = get_int(tj, "max_restarts", "train", 0, 0, 0, 1000000, "a non-negative integer",
+                     &spec->train.max_restarts, err);
+    }
     if (st != MP_OK) {
         return st;
     }
@@ -809,12 +813,46 @@ static mp_status_t parse_train(const json_t *root, mp_spec_t *spec, mp_errbuf_t 
     return MP_OK;
 }
 
+static mp_status_t parse_checkpoint(const json_t *root, mp_spec_t *spec, mp_errbuf_t *err)
+{
+    static const char *const keys[] = {"dir", "every_steps", "keep"};
+    json_t *cj = NULL;
+    mp_status_t st = get_object(root, "checkpoint", "checkpoint", 0, &cj, err);
+    if (st != MP_OK || cj == NULL) {
+        return st;
+    }
+    st = check_keys(cj, "checkpoint", keys, 3, "", err);
+    if (st != MP_OK) {
+        return st;
+    }
+    json_t *d = json_object_get(cj, "dir");
+    if (d == NULL) {
+        return mp_errbuf_set(err, MP_ERR_SPEC, "checkpoint.dir: required field is missing (a "
+                                               "folder)");
+    }
+    const char *dir = json_string_value(d);
+    if (dir == NULL || dir[0] == '\0' || strlen(dir) >= sizeof(spec->checkpoint.dir)) {
+        return expected(err, d, "checkpoint.dir: expected a folder name of 1 to %zu bytes",
+                        sizeof(spec->checkpoint.dir) - 1);
+    }
+    snprintf(spec->checkpoint.dir, sizeof(spec->checkpoint.dir), "%s", dir);
+    st = get_int(cj, "every_steps", "checkpoint", 1, 0, 1, INT64_MAX / 2, "a positive integer",
+                 &spec->checkpoint.every_steps, err);
+    if (st == MP_OK) {
+        st = get_int(cj, "keep", "checkpoint", 0, 2, 1, 1000000, "a positive integer",
+                     &spec->checkpoint.keep, err);
+    }
+    spec->checkpoint.enabled = st == MP_OK;
+    return st;
+}
+
 /* ---- entry points --------------------------------------------------------- */
 
 static mp_status_t spec_parse(const char *json, size_t len, const char *default_name,
                               mp_spec_t **spec_p, mp_errbuf_t *err)
 {
-    static const char *const keys[] = {"name", "model", "data", "parallel", "train"};
+    static const char *const keys[] = {"name", "model", "data", "parallel", "train",
+                                       "checkpoint"};
     json_error_t jerr;
     json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
     if (root == NULL) {
@@ -834,7 +872,7 @@ static mp_status_t spec_parse(const char *json, size_t len, const char *default_
     }
     /* One position per sample unless the data set is a text (parse_data). */
     spec->model.seq = 1;
-    st = check_keys(root, "", keys, 5, "", err);
+    st = check_keys(root, "", keys, 6, "", err);
     if (st == MP_OK) {
         st = parse_name(root, default_name, spec, err);
     }
@@ -855,6 +893,9 @@ static mp_status_t spec_parse(const char *json, size_t len, const char *default_
     }
     if (st == MP_OK) {
         st = parse_train(root, spec, err);
+    }
+    if (st == MP_OK) {
+        st = parse_checkpoint(root, spec, err);
     }
     if (st != MP_OK) {
         mp_free(spec);

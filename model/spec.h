@@ -108,7 +108,15 @@ typedef struct {
         double beta1, beta2, eps; /* 0.9, 0.999, 1e-8 */
         uint64_t seed;            /* default 1 */
         bool shuffle;             /* default true */
+        int64_t max_restarts;     /* "max_restarts": restarts after a failure, default 0 */
     } train;
+    /* "checkpoint" (DESIGN.md "Checkpoints and restarts"); enabled when given. */
+    struct {
+        bool enabled;
+        char dir[1024];      /* "dir": relative to the spec's folder (the client resolves it) */
+        int64_t every_steps; /* "every_steps" */
+        int64_t keep;        /* "keep", default 2 */
+    } checkpoint;
 } mp_spec_t;
 
 /* Parses and validates a spec from JSON text.  On error, err->msg is the one

@@ -40,3 +40,12 @@ if(MP_TESTS AND TARGET mpard AND TARGET mpar-client)
   # `waits` names a SIGSTOPped node within seconds: not beside the fuzzers.
   set_tests_properties(engine_daemon_waits PROPERTIES TIMEOUT 240 RESOURCE_LOCK mp_control_cpu)
 endif()
+# Checkpoints and restarts (owner: ckpt): the fault matrix (a node, a node
+# inside a checkpoint write, the coordinator inside a commit and mid-job)
+# ends SUCCEEDED bit-equal to the uninterrupted run; reshards and refusals.
+if(MP_TESTS AND TARGET mpard AND TARGET mpar-client)
+  add_test(NAME ckpt_faults
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/integration/ckpt_faults.sh
+            $<TARGET_FILE:mpard> $<TARGET_FILE:mpar-client> ${CMAKE_SOURCE_DIR})
+  set_tests_properties(ckpt_faults PROPERTIES TIMEOUT 600)
+endif()

@@ -74,7 +74,7 @@ static const bad_spec_t bad_specs[] = {
      "job spec: invalid JSON at line 2, column 11: unexpected token near '}'"},
     {"[1,2]", "job spec: expected a JSON object, got [1,2]"},
     {SPEC(MODEL "," DATA "," TRAIN ",'trian':{}"),
-     "trian: unknown field (expected one of: name, model, data, parallel, train)"},
+     "trian: unknown field (expected one of: name, model, data, parallel, train, checkpoint)"},
     {SPEC("'name':5," MODEL "," DATA "," TRAIN), "name: expected a string, got 5"},
     {SPEC("'name':'my job'," MODEL "," DATA "," TRAIN),
      "name: expected 1 to 127 characters of A-Z a-z 0-9 . _ - not starting with . or -, got "
@@ -275,7 +275,7 @@ static const bad_spec_t bad_specs[] = {
     /* train */
     {SPEC(MODEL "," DATA ",'train':{'batch_size':256,'optimizer':'sgd','lerning_rate':0.1}"),
      "train.lerning_rate: unknown field (expected one of: batch_size, epochs, steps, optimizer, "
-     "lr, momentum, dampening, weight_decay, nesterov, betas, eps, seed, shuffle)"},
+     "lr, momentum, dampening, weight_decay, nesterov, betas, eps, seed, shuffle, max_restarts)"},
     {SPEC(MODEL "," DATA ",'train':{'batch_size':'256','optimizer':'sgd','lr':0.1}"),
      "train.batch_size: expected a positive integer, got \"256\""},
     {SPEC(MODEL "," DATA ",'train':{'batch_size':0,'optimizer':'sgd','lr':0.1}"),
@@ -328,7 +328,39 @@ static const bad_spec_t bad_specs[] = {
      "train.seed: expected a non-negative integer, got -1"},
     {SPEC(MODEL "," DATA "," TRAIN_ADAMW(",'shuffle':1")),
      "train.shuffle: expected true or false, got 1"},
+    {SPEC(MODEL "," DATA "," TRAIN_ADAMW(",'max_restarts':-1")),
+     "train.max_restarts: expected a non-negative integer, got -1"},
+    {SPEC(MODEL "," DATA "," TRAIN ",'checkpoint':{'every_steps':10}"),
+     "checkpoint.dir: required field is missing (a folder)"},
+    {SPEC(MODEL "," DATA "," TRAIN ",'checkpoint':{'dir':'','every_steps':10}"),
+     "checkpoint.dir: expected a folder name of 1 to 1023 bytes, got \"\""},
+    {SPEC(MODEL "," DATA "," TRAIN ",'checkpoint':{'dir':'ck'}"),
+     "checkpoint.every_steps: required field is missing (a positive integer)"},
+    {SPEC(MODEL "," DATA "," TRAIN ",'checkpoint':{'dir':'ck','every_steps':5,'keep':0}"),
+     "checkpoint.keep: expected a positive integer, got 0"},
+    {SPEC(MODEL "," DATA "," TRAIN ",'checkpoint':{'dir':'ck','every_steps':5,'every':1}"),
+     "checkpoint.every: unknown field (expected one of: dir, every_steps, keep)"},
 };
+
+Test(spec, reads_checkpoint_and_max_restarts)
+{
+    mp_spec_t *s = NULL;
+    mp_errbuf_t err = {{0}};
+    cr_assert_eq(parse(SPEC(MODEL "," DATA "," TRAIN_ADAMW(",'max_restarts':3")
+                                ",'checkpoint':{'dir':'ck','every_steps':100}"),
+                       &s, &err),
+                 MP_OK, "%s", err.msg);
+    cr_expect(s->checkpoint.enabled);
+    cr_expect_str_eq(s->checkpoint.dir, "ck");
+    cr_expect_eq(s->checkpoint.every_steps, 100);
+    cr_expect_eq(s->checkpoint.keep, 2, "keep defaults to 2");
+    cr_expect_eq(s->train.max_restarts, 3);
+    mp_spec_free(s);
+    cr_assert_eq(parse(SPEC(MODEL "," DATA "," TRAIN), &s, &err), MP_OK, "%s", err.msg);
+    cr_expect(!s->checkpoint.enabled);
+    cr_expect_eq(s->train.max_restarts, 0);
+    mp_spec_free(s);
+}
 
 Test(spec, rejects_each_bad_spec_with_its_message)
 {

@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# The fault matrix of checkpoints and restarts (DESIGN.md "Checkpoints and
+# restarts"): a pp 2 x tp 2 job with checkpoints every 10 steps and
+# train.max_restarts 3 (20 steps apart), on a coordinator and 3 nodes of 2 CPU devices each
+# (one spare).  Each case ends SUCCEEDED with final weights equal bit for
+# bit to an uninterrupted run on the same grid:
+#   - kill -9 of a node mid-job (the job restarts on the spare);
+#   - a node killed inside a checkpoint write, after its first file
+#     (MPAR_FAULT=after_first_file), restarted as systemd would;
+#   - the coordinator killed before it writes the manifest, and before it
+#     renames `latest` (MPAR_FAULT=before_manifest|before_latest), then
+#     restarted: `latest` still names a complete checkpoint (export reads it);
+#   - kill -9 of the coordinator mid-job, then restarted.
+# It prints each case's recovery time (failure -> training again).
+#
+# usage: ckpt_faults.sh MPARD MPAR_CLIENT SOURCE_DIR
+set -euo pipefail
+
+MPARD=$1
+CLIENT=$2
+SRC=$3
+T=$(mktemp -d /tmp/mpar-ckpt-faults.XXXXXX)
+# shellcheck source=engine_daemon_lib.sh
+. "$SRC/tests/integration/engine_daemon_lib.sh"
+export MPAR_SOCKET="$T/c0.sock"
+
+# A job of several seconds: pp 2 x tp 2, AdamW, 300 steps, checkpoints every 20.
+ckspec() { # FILE NAME CKDIR
+    python3 - "$@" <<'PY'
+import json, sys
+f, name, ck = sys.argv[1:4]
+json.dump({"name": name,
+           "model": {"input": 64, "layers": [
+               {"type": "linear", "out": 128}, {"type": "gelu"},
+               {"type": "mlp_block", "hidden": 128, "ffn": 512},
+               {"type": "linear", "out": 10}], "loss": "softmax_xent"},
+           "data": {"dataset": "synthetic", "samples": 4096, "classes": 10, "seed": 5},
+           "parallel": {"pp": 2, "tp": 2, "dp": 1, "micro_batches": 4, "schedule": "1f1b"},
+           "train": {"batch_size": 64, "steps": 300, "optimizer": "adamw", "lr": 0.002,
+                     "seed": 1, "max_restarts": 3},
+           "checkpoint": {"dir": ck, "every_steps": 20, "keep": 2}}, open(f, "w"))
+PY
+}
+
+start_all() { # env for the nodes...
+    start_coord
+    for n in n1 n2 n3; do
+        env "$@" "$MPARD" --name "$n" --join "127.0.0.1:$PORT" --socket "$T/$n.sock" \
+            --state-dir "$T/$n" --devices cpu:2 "${COMMON[@]}" >>"$T/$n.log" 2>&1 &
+        PIDS+=($!)
+        eval "PID_$n=$!"
+    done
+    wait_alive 3
+}
+
+# Restarts every node that died (as systemd would), without fault injection.
+revive_nodes() {
+    for n in n1 n2 n3; do
+        eval "p=\$PID_$n"
+        if ! kill -0 "$p" 2>/dev/null; then
+            rm -f "$T/$n.sock"
+            start_node "$n" cpu:2
+        fi
+    done
+}
+
+ckpt_past() { # job step
+    [ "$(job_field "$1" 'd["checkpoint_step"]')" -ge "$2" ]
+}
+
+# The job's end, its weights against the reference bit for bit; prints the
+# recovery time: from FAIL_AT to the last "every shard is ready: training".
+check_case() { # label job weights
+    local label=$1 job=$2 w=$3
+    ended() {
+        local s
+        s=$(job_field "$job" 'd["state"]')
+        [ "$s" = SUCCEEDED ] || [ "$s" = FAILED ] || [ "$s" = CANCELLED ]
+    }
+    local end=$(($(now_ms) + 180000))
+    while ! ended; do
+        [ "$(now_ms)" -lt $end ] || fail "$label: job $job did not end: $("$CLIENT" status "$job")"
+        if [ "${REVIVE:-0}" = 1 ]; then revive_nodes; fi
+        sleep 0.2
+    done
+    [ "$(job_field "$job" 'd["state"]')" = SUCCEEDED ] ||
+        fail "$label: job $job: $("$CLIENT" status "$job")"
+    local restarts
+    restarts=$(job_field "$job" 'd["restarts"]')
+    [ "$restarts" -ge 1 ] || fail "$label: no restart recorded"
+    compare "$T/ref" "$w" 0 >/dev/null || fail "$label: weights differ from the uninterrupted run"
+    local back
+    back=$("$CLIENT" logs "$job" -o json 2>/dev/null | python3 -c '
+import json, sys
+evs = json.load(sys.stdin)["events"]
+t = [e["unix_ms"] for e in evs if "every shard is ready" in e.get("message", "")]
+print(t[-1] if t else 0)' 2>/dev/null || echo 0)
+    local from
+    from=$(job_field "$job" 'd["resumed_from_step"]')
+    echo "ok $label: SUCCEEDED after $restarts restart(s), resumed from step $from, weights bit-equal;" \
+        "recovery $((back - FAIL_AT)) ms"
+}
+
+# --- the reference: the same job, uninterrupted ------------------------------------
+start_all
+ckspec "$T/ref.json" ref "$T/ck-ref"
+timeout 180 "$CLIENT" submit "$T/ref.json" -f -o json --save-weights "$T/ref" >"$T/ref.out" \
+    2>"$T/ref.err" || fail "reference run: $(cat "$T/ref.err")"
+[ "$(jget 'd["checkpoint_step"]' <"$T/ref.out")" = 300 ] || fail "reference: last checkpoint"
+[ "$(jget 'd["restarts"]' <"$T/ref.out")" = 0 ] || fail "reference restarted"
+ls "$T/ck-ref" | grep -c '^step-' | grep -qx 2 || fail "keep 2: $(ls "$T/ck-ref")"
+echo "ok reference: 300 steps, checkpoints kept: $(ls "$T/ck-ref" | tr '\n' ' ')"
+
+# --- kill -9 a node mid-job -------------------------------------------------------
+ckspec "$T/a.json" a "$T/ck-a"
+JOB=$("$CLIENT" submit "$T/a.json" -o json --save-weights "$T/wa" | jget 'd["id"]')
+wait_for 60 ckpt_past "$JOB" 40 || fail "node kill: no checkpoint: $("$CLIENT" status "$JOB")"
+S1=$(job_field "$JOB" '[p["node"] for p in d["placement"] if p["stage"]==1][0]')
+eval "VICTIM=\$PID_$S1"
+FAIL_AT=$(now_ms)
+kill -9 "$VICTIM"
+check_case "kill -9 node $S1" "$JOB" "$T/wa"
+revive_nodes
+wait_alive 3
+
+# --- the coordinator killed mid-job -------------------------------------------------
+ckspec "$T/e.json" e "$T/ck-e"
+JOB=$("$CLIENT" submit "$T/e.json" -o json --save-weights "$T/we" | jget 'd["id"]')
+wait_for 60 ckpt_past "$JOB" 40 || fail "coordinator kill: no checkpoint"
+FAIL_AT=$(now_ms)
+kill -9 "$PID_c0"
+wait "$PID_c0" 2>/dev/null || true
+rm -f "$T/c0.sock"
+start_coord
+check_case "kill -9 coordinator" "$JOB" "$T/we"
+wait_alive 3
+
+# --- the coordinator killed inside a commit -----------------------------------------
+for point in before_manifest before_latest; do
+    kill -TERM "$PID_c0"
+    wait "$PID_c0" 2>/dev/null || true
+    rm -f "$T/c0.sock"
+    # The 4th commit kills it: steps 20, 40 and 60 are committed, 80's is cut.
+    MPAR_FAULT=$point:4 start_coord
+    wait_alive 3
+    ckspec "$T/$point.json" "$point" "$T/ck-$point"
+    JOB=$("$CLIENT" submit "$T/$point.json" -o json --save-weights "$T/w-$point" | jget 'd["id"]')
+    coord_dead() { ! kill -0 "$PID_c0" 2>/dev/null; }
+    wait_for 90 coord_dead || fail "$point: the coordinator did not die at its fault point"
+    FAIL_AT=$(now_ms)
+    wait "$PID_c0" 2>/dev/null || true
+    # latest names a complete checkpoint that loads: step 60.
+    "$CLIENT" export "$T/ck-$point" "$T/x-$point" -o json >"$T/x-$point.json" ||
+        fail "$point: the committed checkpoint does not load"
+    [ "$(jget 'd["step"]' <"$T/x-$point.json")" = 60 ] || fail "$point: latest is not step 60"
+    rm -f "$T/c0.sock"
+    start_coord
+    check_case "coordinator killed $point" "$JOB" "$T/w-$point"
+done
+wait_alive 3
+
+# --- a node killed inside a checkpoint write, after its first file ------------------------
+kill -TERM "$PID_c0" "$PID_n1" "$PID_n2" "$PID_n3"
+for p in "$PID_c0" "$PID_n1" "$PID_n2" "$PID_n3"; do wait "$p" 2>/dev/null || true; done
+rm -f "$T"/*.sock
+# Each node writes 2 files per checkpoint: its 5th file is the first of step 60's.
+start_all MPAR_FAULT=after_first_file:5
+ckspec "$T/f.json" f "$T/ck-f"
+JOB=$("$CLIENT" submit "$T/f.json" -o json --save-weights "$T/wf" | jget 'd["id"]')
+some_node_dead() {
+    for n in n1 n2 n3; do
+        eval "p=\$PID_$n"
+        kill -0 "$p" 2>/dev/null || return 0
+    done
+    return 1
+}
+wait_for 90 some_node_dead || fail "after_first_file: no node died"
+FAIL_AT=$(now_ms)
+# Every node that dies is restarted without the fault, as systemd would.
+REVIVE=1 check_case "node killed after its first checkpoint file" "$JOB" "$T/wf"
+
+stop_daemons "$PID_c0" "$PID_n1" "$PID_n2" "$PID_n3"
+echo "PASS"
