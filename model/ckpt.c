@@ -124,12 +124,16 @@ static mp_status_t write_atomic(const char *dir, const char *path, const char *t
 
 /* ---- the shard's host copy ------------------------------------------------ */
 
+/* One block in the file.  A slice in `parts` pieces (a transformer
+ * block's qkv: its heads' columns of Q, K and V) is one block per piece,
+ * named "<tensor>@<k>", each a plain rectangle of the full tensor. */
 typedef struct {
     char name[MP_ST_NAME_MAX];
     char where[96]; /* "row0,col0,full_rows,full_cols" */
     int layer, param, which; /* which: -1 parameter, 0/1 optimizer state */
-    int64_t rows, cols;
-    int64_t off; /* floats into buf */
+    int part, parts;         /* piece k of the local block's parts */
+    int64_t rows, cols;      /* of this piece */
+    int64_t off;             /* floats into buf */
 } snap_entry_t;
 
 struct mp_ckpt_snap {
@@ -139,6 +143,8 @@ struct mp_ckpt_snap {
     snap_entry_t *e;
     float *buf;
     int64_t nfloats;
+    float *scratch; /* a whole local block, for blocks in parts */
+    int64_t scratch_n;
 };
 
 mp_status_t mp_ckpt_snap_create(mp_model_t *model, const mp_spec_t *spec, int stage, int tp_rank,
@@ -153,7 +159,12 @@ mp_status_t mp_ckpt_snap_create(mp_model_t *model, const mp_spec_t *spec, int st
     int first = mp_model_first_layer(model), count = mp_model_layer_count(model);
     int cap = 0;
     for (int l = first; l < first + count; l++) {
-        cap += 3 * mp_layer_nparams(&spec->model.layers[l]);
+        for (int p = 0; p < mp_layer_nparams(&spec->model.layers[l]); p++) {
+            mp_tp_slice_t sl;
+            if (mp_model_param_slice(model, l, p, &sl) == MP_OK) {
+                cap += 3 * (sl.parts > 1 ? sl.parts : 1);
+            }
+        }
     }
     s->e = mp_calloc((size_t)cap + 1, sizeof(*s->e));
     if (s->e == NULL) {
@@ -173,29 +184,44 @@ mp_status_t mp_ckpt_snap_create(mp_model_t *model, const mp_spec_t *spec, int st
             if (sl.replicated && tp_rank != 0) {
                 continue; /* TP rank 0 writes what every rank holds whole */
             }
+            int parts = sl.parts > 1 ? sl.parts : 1;
+            if (parts > 1 && sl.rows * sl.cols > s->scratch_n) {
+                s->scratch_n = sl.rows * sl.cols;
+            }
             for (int which = -1; which < 2; which++) {
                 const char *sn = which < 0 ? "" : mp_ckpt_state_name(spec, which);
                 if (sn == NULL || (which >= 0 && !mp_model_has_state(model, which))) {
                     continue;
                 }
-                snap_entry_t *e = &s->e[s->n++];
-                snprintf(e->name, sizeof(e->name), "%d.%s%s%s", l, mp_layer_param_name(ls, p),
-                         which < 0 ? "" : ".", sn);
-                snprintf(e->where, sizeof(e->where), "%lld,%lld,%lld,%lld", (long long)sl.row0,
-                         (long long)sl.col0, (long long)sl.full_rows, (long long)sl.full_cols);
-                e->layer = l;
-                e->param = p;
-                e->which = which;
-                e->rows = sl.rows;
-                e->cols = sl.cols;
-                e->off = off;
-                off += sl.rows * sl.cols;
+                for (int k = 0; k < parts; k++) {
+                    snap_entry_t *e = &s->e[s->n++];
+                    int64_t w = sl.cols / parts;
+                    char part[16] = "";
+                    if (parts > 1) {
+                        snprintf(part, sizeof(part), "@%d", k);
+                    }
+                    snprintf(e->name, sizeof(e->name), "%d.%s%s%s%s", l,
+                             mp_layer_param_name(ls, p), which < 0 ? "" : ".", sn, part);
+                    snprintf(e->where, sizeof(e->where), "%lld,%lld,%lld,%lld",
+                             (long long)sl.row0, (long long)(sl.col0 + k * sl.part_stride),
+                             (long long)sl.full_rows, (long long)sl.full_cols);
+                    e->layer = l;
+                    e->param = p;
+                    e->which = which;
+                    e->part = k;
+                    e->parts = parts;
+                    e->rows = sl.rows;
+                    e->cols = w;
+                    e->off = off;
+                    off += sl.rows * w;
+                }
             }
         }
     }
     s->nfloats = off;
     s->buf = mp_malloc((size_t)(off > 0 ? off : 1) * sizeof(float));
-    if (s->buf == NULL) {
+    s->scratch = s->scratch_n > 0 ? mp_malloc((size_t)s->scratch_n * sizeof(float)) : NULL;
+    if (s->buf == NULL || (s->scratch_n > 0 && s->scratch == NULL)) {
         mp_ckpt_snap_free(s);
         return MP_ERR_NOMEM;
     }
@@ -207,11 +233,23 @@ mp_status_t mp_ckpt_snap_fill(mp_ckpt_snap_t *s, mp_model_t *model, int64_t step
 {
     for (int i = 0; i < s->n; i++) {
         const snap_entry_t *e = &s->e[i];
-        float *dst = s->buf + e->off;
+        float *dst = e->parts > 1 ? s->scratch : s->buf + e->off;
         if (e->which < 0) {
             MP_TRY(mp_model_param_download(model, e->layer, e->param, dst));
         } else {
             MP_TRY(mp_model_state_download(model, e->which, e->layer, e->param, dst));
+        }
+        /* A block in parts: each piece's columns into its own entry. */
+        for (int k = 0; e->parts > 1 && k < e->parts; k++) {
+            const snap_entry_t *x = &s->e[i + k];
+            int64_t local = e->cols * e->parts;
+            for (int64_t r = 0; r < e->rows; r++) {
+                memcpy(s->buf + x->off + r * x->cols, s->scratch + r * local + k * x->cols,
+                       (size_t)x->cols * sizeof(float));
+            }
+        }
+        if (e->parts > 1) {
+            i += e->parts - 1;
         }
     }
     s->step = step;
@@ -281,6 +319,7 @@ void mp_ckpt_snap_free(mp_ckpt_snap_t *s)
     if (s != NULL) {
         mp_free(s->e);
         mp_free(s->buf);
+        mp_free(s->scratch);
         mp_free(s);
     }
 }
@@ -290,6 +329,7 @@ void mp_ckpt_snap_free(mp_ckpt_snap_t *s)
 typedef struct {
     int file;
     const mp_st_tensor_t *t; /* in files[file] */
+    char tensor[MP_ST_NAME_MAX]; /* its name in the file ("<name>@<k>" for a piece) */
     int64_t row0, col0, rows, cols;
 } ck_block_t;
 
@@ -452,7 +492,9 @@ mp_status_t mp_ckpt_manifest_write(const char *dir, int64_t step, const char *sp
                 const mp_st_tensor_t *x = mp_st_get(f, i);
                 const char *w = mp_st_meta(f, x->name);
                 long long r0, c0, fr, fc;
-                ck_tensor_t *ct = tensor_get(&ts, &nt, &capt, x->name);
+                char tname[MP_ST_NAME_MAX];
+                snprintf(tname, sizeof(tname), "%.*s", (int)strcspn(x->name, "@"), x->name);
+                ck_tensor_t *ct = tensor_get(&ts, &nt, &capt, tname);
                 ck_block_t *b = ct != NULL ? block_add(ct) : NULL;
                 if (b == NULL) {
                     st = mp_errbuf_set(err, MP_ERR_NOMEM, "%s: out of memory", path);
@@ -471,6 +513,7 @@ mp_status_t mp_ckpt_manifest_write(const char *dir, int64_t step, const char *sp
                                       .col0 = c0,
                                       .rows = x->shape[0],
                                       .cols = x->shape[1]};
+                    snprintf(b->tensor, sizeof(b->tensor), "%s", x->name);
                 }
             }
             mp_st_close(f);
@@ -487,10 +530,10 @@ mp_status_t mp_ckpt_manifest_write(const char *dir, int64_t step, const char *sp
         for (int k = 0; k < ts[i].nblocks; k++) {
             const ck_block_t *b = &ts[i].b[k];
             json_array_append_new(
-                blocks, json_pack("{s:O, s:I, s:I, s:I, s:I}", "file",
-                                  json_array_get(files, (size_t)b->file), "row0",
-                                  (json_int_t)b->row0, "col0", (json_int_t)b->col0, "rows",
-                                  (json_int_t)b->rows, "cols", (json_int_t)b->cols));
+                blocks, json_pack("{s:O, s:s, s:I, s:I, s:I, s:I}", "file",
+                                  json_array_get(files, (size_t)b->file), "tensor", b->tensor,
+                                  "row0", (json_int_t)b->row0, "col0", (json_int_t)b->col0,
+                                  "rows", (json_int_t)b->rows, "cols", (json_int_t)b->cols));
         }
         json_object_set_new(tens, ts[i].name,
                             json_pack("{s:[I, I], s:o}", "shape", (json_int_t)ts[i].full_rows,
@@ -752,7 +795,9 @@ static mp_status_t load_manifest(mp_ckpt_t *ck, mp_errbuf_t *err)
                 break;
             }
             b->file = fi;
-            b->t = mp_st_find(ck->files[fi], tname);
+            const char *in_file = json_string_value(json_object_get(bv, "tensor"));
+            snprintf(b->tensor, sizeof(b->tensor), "%s", in_file != NULL ? in_file : tname);
+            b->t = mp_st_find(ck->files[fi], b->tensor);
             if (b->t == NULL || b->t->ndim != 2 || b->t->shape[0] != b->rows ||
                 b->t->shape[1] != b->cols) {
                 st = mp_errbuf_set(
@@ -952,6 +997,32 @@ mp_status_t mp_ckpt_read_block(mp_ckpt_t *ck, const char *name, int64_t row0, in
     return MP_OK;
 }
 
+/* A model's block of tensor name, as the model lays it out (a block in
+ * parts: each piece read as its own rectangle, then put side by side). */
+static mp_status_t read_slice(mp_ckpt_t *ck, const char *name, const mp_tp_slice_t *sl,
+                              float *buf, mp_errbuf_t *err)
+{
+    int parts = sl->parts > 1 ? sl->parts : 1;
+    if (parts == 1) {
+        return mp_ckpt_read_block(ck, name, sl->row0, sl->rows, sl->col0, sl->cols, buf, err);
+    }
+    int64_t w = sl->cols / parts;
+    float *piece = mp_malloc((size_t)(sl->rows * w + 1) * sizeof(float));
+    if (piece == NULL) {
+        return mp_errbuf_set(err, MP_ERR_NOMEM, "checkpoint: out of memory");
+    }
+    mp_status_t st = MP_OK;
+    for (int k = 0; k < parts && st == MP_OK; k++) {
+        st = mp_ckpt_read_block(ck, name, sl->row0, sl->rows, sl->col0 + k * sl->part_stride, w,
+                                piece, err);
+        for (int64_t r = 0; st == MP_OK && r < sl->rows; r++) {
+            memcpy(buf + r * sl->cols + k * w, piece + r * w, (size_t)w * sizeof(float));
+        }
+    }
+    mp_free(piece);
+    return st;
+}
+
 mp_status_t mp_ckpt_load_model(mp_ckpt_t *ck, mp_model_t *model, const mp_spec_t *spec,
                                mp_errbuf_t *err)
 {
@@ -980,7 +1051,7 @@ mp_status_t mp_ckpt_load_model(mp_ckpt_t *ck, mp_model_t *model, const mp_spec_t
                     mp_warn("%s: no %s; the optimizer state starts at zero", ck->folder, name);
                     continue;
                 }
-                st = mp_ckpt_read_block(ck, name, sl.row0, sl.rows, sl.col0, sl.cols, buf, err);
+                st = read_slice(ck, name, &sl, buf, err);
                 if (st == MP_OK) {
                     st = which < 0 ? mp_model_param_upload(model, l, p, buf)
                                    : mp_model_state_upload(model, which, l, p, buf);

@@ -13,13 +13,16 @@
  * state of each block ("0.weight.exp_avg", "0.weight.exp_avg_sq" for AdamW,
  * "0.weight.momentum_buffer" for SGD with momentum), each a 2-D [rows,
  * cols] block; its __metadata__ says where each block sits in the full
- * tensor ("row0,col0,full_rows,full_cols").  A parameter that every TP
- * rank holds whole is written by TP rank 0 only.
+ * tensor ("row0,col0,full_rows,full_cols").  A block in parts (a
+ * transformer block's qkv: a rank's heads' columns of Q, K and V) is one
+ * rectangle per piece, "<tensor>@<k>".  A parameter that every TP rank
+ * holds whole is written by TP rank 0 only.
  *
  * manifest.json: {"format": "mpar-checkpoint", "version": 1, "step": S,
  * "spec": {the job spec}, "grid": {"pp", "tp", "dp"}, "files": [...],
  * "losses": [per-step loss of steps 1..S], "tensors": {name: {"shape":
- * [rows, cols], "blocks": [{"file", "row0", "col0", "rows", "cols"}]}}}.
+ * [rows, cols], "blocks": [{"file", "tensor", "row0", "col0", "rows",
+ * "cols"}]}}} ("tensor": the block's name in its file).
  * It is built from the shard files' own headers, so it names only what is
  * on disk, and it is refused unless the blocks cover every tensor.
  *
