@@ -49,3 +49,9 @@ if(MP_TESTS AND TARGET mpard AND TARGET mpar-client)
             $<TARGET_FILE:mpard> $<TARGET_FILE:mpar-client> ${CMAKE_SOURCE_DIR})
   set_tests_properties(ckpt_faults PROPERTIES TIMEOUT 600)
 endif()
+if(MP_TESTS AND TARGET mpard AND TARGET mpar-client)
+  add_test(NAME ckpt_reshard
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/integration/ckpt_reshard.sh
+            $<TARGET_FILE:mpard> $<TARGET_FILE:mpar-client> ${CMAKE_SOURCE_DIR})
+  set_tests_properties(ckpt_reshard PROPERTIES TIMEOUT 400)
+endif()

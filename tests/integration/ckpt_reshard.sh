@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Checkpoints across grids, on a coordinator and 4 nodes of 2 CPU devices:
+# a checkpoint taken at pp 2 x tp 2 (10 of 20 steps, AdamW, at an epoch's
+# end) resumed at pp 1 x tp 1 and at pp 4 x dp 2 gives the serial run's
+# weights and loss curve within AdamW's tolerance (1e-3); `export` of the
+# checkpoint equals the serial run of 10 steps; a relative checkpoint.dir is
+# the spec's folder's.  Refused before anything starts (exit 2, naming what
+# is wrong): a spec whose model differs (the field), a truncated shard file
+# and a manifest naming a missing file (the file).
+#
+# usage: ckpt_reshard.sh MPARD MPAR_CLIENT SOURCE_DIR
+set -euo pipefail
+
+MPARD=$1
+CLIENT=$2
+SRC=$3
+T=$(mktemp -d /tmp/mpar-ckpt-reshard.XXXXXX)
+# shellcheck source=engine_daemon_lib.sh
+. "$SRC/tests/integration/engine_daemon_lib.sh"
+export MPAR_SOCKET="$T/c0.sock"
+
+start_coord
+for n in n1 n2 n3 n4; do start_node "$n" cpu:2; done
+wait_alive 4
+
+# with_ckpt FILE DIR EVERY: adds a checkpoint section to a spec.
+with_ckpt() {
+    python3 - "$@" <<'PY'
+import json, sys
+f, d, every = sys.argv[1:4]
+s = json.load(open(f))
+s["checkpoint"] = {"dir": d, "every_steps": int(every)}
+json.dump(s, open(f, "w"))
+PY
+}
+
+submit_ok() { # label args...: submit -f, must SUCCEED; the document on stdout
+    local label=$1
+    shift
+    set +e
+    timeout 120 "$CLIENT" submit "$@" -f -o json 2>"$T/$label.err"
+    local rc=$?
+    set -e
+    [ $rc = 0 ] || fail "$label: exit $rc: $(tail -5 "$T/$label.err")"
+}
+
+# --- the checkpoint: pp 2 x tp 2, 10 steps (the first epoch) ------------------------
+spec "$T/half.json" half 2 2 1 4 1f1b adamw 10
+with_ckpt "$T/half.json" "$T/ck" 5
+submit_ok half "$T/half.json" >"$T/half.out"
+[ "$(cat "$T/ck/latest")" = step-00000010 ] || fail "latest: $(cat "$T/ck/latest")"
+
+# --- the ground truth: serial, 20 steps and 10 steps --------------------------------
+spec "$T/full.json" full 1 1 1 1 1f1b adamw 20
+timeout 120 "$CLIENT" run "$T/full.json" --serial -o json --save-weights "$T/ws" >"$T/serial.out" ||
+    fail "serial run"
+spec "$T/ten.json" ten 1 1 1 1 1f1b adamw 10
+timeout 120 "$CLIENT" run "$T/ten.json" --serial --save-weights "$T/ws10" >/dev/null ||
+    fail "serial run of 10 steps"
+
+# --- reshards ----------------------------------------------------------------------
+for grid in "1 1 1 1" "4 1 2 2"; do
+    set -- $grid
+    spec "$T/r$1$3.json" "r$1$2$3" "$1" "$2" "$3" "$4" 1f1b adamw 20
+    submit_ok "r$1$2$3" "$T/r$1$3.json" --resume "$T/ck" --save-weights "$T/w$1$2$3" \
+        >"$T/r$1$2$3.out"
+    [ "$(jget 'd["resumed_from_step"]' <"$T/r$1$2$3.out")" = 10 ] || fail "pp $1 dp $3: resumed_from_step"
+    [ "$(jget 'd["steps"]' <"$T/r$1$2$3.out")" = 20 ] || fail "pp $1 dp $3: steps"
+    ERR=$(compare "$T/ws" "$T/w$1$2$3" 1e-3) || fail "pp $1 tp $2 dp $3: $ERR"
+    losses "$T/r$1$2$3.out" "$T/serial.out" 1e-3 || fail "pp $1 tp $2 dp $3: loss curve"
+    echo "ok pp 2 x tp 2 checkpoint resumed at pp $1, tp $2, dp $3 equals serial: $ERR"
+done
+
+# --- export -----------------------------------------------------------------------
+"$CLIENT" export "$T/ck" "$T/x" >/dev/null || fail "export"
+ERR=$(compare "$T/ws10" "$T/x" 1e-3) || fail "export: $ERR"
+"$CLIENT" export "$T/ck" "$T/xs" --format safetensors >/dev/null || fail "export safetensors"
+python3 - "$T/xs/model.safetensors" <<'PY' || fail "export: not safetensors"
+import json, struct, sys
+b = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n])
+assert h["4.fc1.weight"]["shape"] == [16, 32] and h["5.bias"]["shape"] == [6], h
+assert max(v["data_offsets"][1] for k, v in h.items() if k != "__metadata__") == len(b) - 8 - n
+PY
+echo "ok export equals the serial run of 10 steps: $ERR"
+
+# --- a relative checkpoint.dir is the spec's folder's -----------------------------------
+mkdir -p "$T/sub"
+spec "$T/sub/rel.json" rel 2 2 1 4 1f1b adamw 5
+with_ckpt "$T/sub/rel.json" relck 5
+(cd / && submit_ok rel "$T/sub/rel.json" >/dev/null)
+[ -f "$T/sub/relck/latest" ] || fail "relative checkpoint.dir: nothing in $T/sub/relck"
+echo "ok a relative checkpoint.dir is under the spec's folder"
+
+# --- refusals ------------------------------------------------------------------------
+refused() { # label needle args...: submit exits 2 and says needle
+    local label=$1 needle=$2
+    shift 2
+    set +e
+    "$CLIENT" submit "$@" >"$T/$label.out" 2>"$T/$label.err"
+    local rc=$?
+    set -e
+    [ $rc = 2 ] || fail "$label: exit $rc, not 2: $(cat "$T/$label.err")"
+    grep -qF -- "$needle" "$T/$label.err" || fail "$label: '$needle' not in: $(cat "$T/$label.err")"
+    echo "ok $label refused: $(cat "$T/$label.err")"
+}
+python3 - "$T/r11.json" "$T/bigger.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+s["model"]["layers"][4]["ffn"] = 64
+json.dump(s, open(sys.argv[2], "w"))
+PY
+refused "a different model" "model.layers[4].ffn: 64" "$T/bigger.json" --resume "$T/ck"
+cp -r "$T/ck" "$T/ck-cut"
+F="$T/ck-cut/step-00000010/shard-s01-t00.safetensors"
+truncate -s -5 "$F"
+refused "a truncated shard file" "$F" "$T/r11.json" --resume "$T/ck-cut"
+cp -r "$T/ck" "$T/ck-gone"
+F="$T/ck-gone/step-00000010/shard-s00-t01.safetensors"
+rm "$F"
+refused "a manifest naming a missing file" "$F" "$T/r11.json" --resume "$T/ck-gone"
+refused "no checkpoint" "no committed checkpoint" "$T/r11.json" --resume "$T/sub"
+
+stop_daemons "$PID_c0" "$PID_n1" "$PID_n2" "$PID_n3" "$PID_n4"
+echo "PASS"
