@@ -61,11 +61,7 @@ def main():
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = a.tf32
     spec = json.load(open(a.spec))
-    with gzip.open(a.data + "/train-images-idx3-ubyte.gz") as f:
-        raw = f.read()
-    x = np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 784).astype(np.float32) / 255.0
-    with gzip.open(a.data + "/train-labels-idx1-ubyte.gz") as f:
-        y = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
+    x, y = load_data(spec, a.data)
     x, y = torch.from_numpy(x), torch.from_numpy(y)
     model = build(spec).to(dev)
     tr = spec["train"]
@@ -80,7 +76,10 @@ def main():
         # Each batch goes host -> device every step, as mpar's trainer does.
         xb, yb = x[k * B:(k + 1) * B].to(dev), y[k * B:(k + 1) * B].to(dev)
         opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(xb), yb).backward()
+        logits = model(xb)
+        # A sequence model's loss is the mean over every position.
+        torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                          yb.reshape(-1)).backward()
         opt.step()
 
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
@@ -96,6 +95,31 @@ def main():
                "device": a.device, "tf32": a.tf32, "arrangement": name,
                "torch_threads": intra, "blas_threads": blas}, sys.stdout)
     print()
+
+
+def load_data(spec, data_dir):
+    """The training samples mpar takes: Fashion-MNIST pixels / 255, or a text
+    data set's windows (DESIGN.md "Text data": the first 90% of the bytes,
+    sample i = bytes[iT, iT+T) with the next bytes as labels)."""
+    d = spec["data"]
+    if d["dataset"] in ("text", "kjv"):
+        if d["dataset"] == "kjv":
+            raw = subprocess.run(["/usr/bin/bible", "gen1:1-rev22:21"], capture_output=True,
+                                 check=True).stdout
+        else:
+            raw = open(d["path"], "rb").read()
+        b = np.frombuffer(raw[:int(0.9 * len(raw))], np.uint8)
+        T = d["block_size"]
+        n = (len(b) - 1) // T
+        x = b[:n * T].reshape(n, T).astype(np.int64)
+        y = b[1:n * T + 1].reshape(n, T).astype(np.int64)
+        return x, y
+    with gzip.open(data_dir + "/train-images-idx3-ubyte.gz") as f:
+        raw = f.read()
+    x = np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 784).astype(np.float32) / 255.0
+    with gzip.open(data_dir + "/train-labels-idx1-ubyte.gz") as f:
+        y = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
+    return x, y
 
 
 def best_of(a):

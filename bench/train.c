@@ -1,12 +1,16 @@
 /*
  * train.c - mpar-bench-train: samples/s of serial training of a job spec
- * (default examples/fashion_mnist.json) against PyTorch CPU on the same
+ * against PyTorch CPU on the same
  * model, batch size and thread count, both in the same run
  * (bench/torch_train.py is the peer, in the fastest of its arrangements of
  * exactly N threads; "peer_arrangement" says which).  Prints a table, or with -o json the
  * benchmark document of DESIGN.md; ratio = mpar / PyTorch (higher is better).
+ * By default it runs both of DESIGN.md's models: "mlp"
+ * (examples/fashion_mnist.json) and "gpt" (the text demo's, examples/gpt.json,
+ * whose samples are sequences of 64 tokens); --spec runs one spec instead.
  */
 #include <getopt.h>
+#include <stdbool.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +48,55 @@ static double run_peer(const char *spec_path, int threads, int64_t steps, char *
     return v;
 }
 
+/* Both sides on one spec at 1 and 2 threads; results appended, tagged with
+ * `model`.  Returns 0, 1 when a side failed, 2 for a bad spec. */
+static int bench_spec(const char *spec_path, const char *model, int64_t steps, bool json,
+                      json_t *results)
+{
+    mp_errbuf_t err = {{0}};
+    mp_spec_t *spec;
+    if (mp_spec_load(spec_path, &spec, &err) != MP_OK) {
+        fprintf(stderr, "mpar-bench-train: %s\n", err.msg);
+        return 2;
+    }
+    /* Only training is timed: no test split evaluation, batches in file order. */
+    spec->train.steps = steps;
+    spec->train.shuffle = false;
+
+    int status = 0;
+    for (int threads = 1; threads <= 2; threads++) {
+        mp_train_opts_t opts = {.device = "cpu", .threads = threads};
+        mp_train_result_t res;
+        if (mp_train_serial(spec, &opts, &res, &err) != MP_OK) {
+            fprintf(stderr, "mpar-bench-train: %s\n", err.msg);
+            status = 1;
+            break;
+        }
+        double mine = res.samples_per_s;
+        mp_train_result_free(&res);
+        char arr[64] = "none";
+        double peer = run_peer(spec_path, threads, steps, arr, sizeof(arr));
+        double ratio = peer > 0 ? mine / peer : 0.0;
+        json_array_append_new(
+            results, json_pack("{s:s, s:s, s:i, s:i, s:i, s:f, s:f, s:s, s:f, s:s}", "test",
+                               "train_serial", "model", model, "threads", threads, "batch",
+                               (int)spec->train.batch_size, "seq", (int)spec->model.seq, "mpar",
+                               mine, "peer", peer, "unit", "samples/s", "ratio", ratio,
+                               "peer_arrangement", arr));
+        if (!json) {
+            printf("%-14s %5s %8d %14.0f %14.0f %8.2f  torch: %s\n", "train_serial", model,
+                   threads, mine, peer, ratio, arr);
+            fflush(stdout);
+        }
+        if (peer <= 0) {
+            fprintf(stderr, "mpar-bench-train: the PyTorch peer failed (python3-torch installed?)\n");
+            status = 1;
+        }
+    }
+    mp_spec_free(spec);
+    return status;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -52,7 +105,7 @@ int main(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     bool quick = false, json = false;
-    const char *spec_path = MP_SOURCE_DIR "/examples/fashion_mnist.json";
+    const char *spec_path = NULL;
     int64_t steps = 0;
     int c;
     while ((c = getopt_long(argc, argv, "o:", longopts, NULL)) != -1) {
@@ -78,49 +131,20 @@ int main(int argc, char **argv)
     if (steps <= 0) {
         steps = quick ? 40 : 150;
     }
-    mp_errbuf_t err = {{0}};
-    mp_spec_t *spec;
-    if (mp_spec_load(spec_path, &spec, &err) != MP_OK) {
-        fprintf(stderr, "mpar-bench-train: %s\n", err.msg);
-        return 2;
-    }
-    /* Only training is timed: no test split evaluation, batches in file order. */
-    spec->train.steps = steps;
-    spec->train.shuffle = false;
-
     json_t *results = json_array();
     int status = 0;
     if (!json) {
-        printf("%-14s %8s %14s %14s %8s\n", "test", "threads", "mpar (sam/s)", "torch (sam/s)",
-               "ratio");
+        printf("%-14s %5s %8s %14s %14s %8s\n", "test", "model", "threads", "mpar (sam/s)",
+               "torch (sam/s)", "ratio");
     }
-    for (int threads = 1; threads <= 2; threads++) {
-        mp_train_opts_t opts = {.device = "cpu", .threads = threads};
-        mp_train_result_t res;
-        if (mp_train_serial(spec, &opts, &res, &err) != MP_OK) {
-            fprintf(stderr, "mpar-bench-train: %s\n", err.msg);
-            status = 1;
-            break;
-        }
-        double mine = res.samples_per_s;
-        mp_train_result_free(&res);
-        char arr[64] = "none";
-        double peer = run_peer(spec_path, threads, steps, arr, sizeof(arr));
-        double ratio = peer > 0 ? mine / peer : 0.0;
-        json_array_append_new(
-            results, json_pack("{s:s, s:i, s:i, s:f, s:f, s:s, s:f, s:s}", "test", "train_serial",
-                               "threads", threads, "batch", (int)spec->train.batch_size, "mpar",
-                               mine, "peer", peer, "unit", "samples/s", "ratio", ratio,
-                               "peer_arrangement", arr));
-        if (!json) {
-            printf("%-14s %8d %14.0f %14.0f %8.2f  torch: %s\n", "train_serial", threads, mine,
-                   peer, ratio, arr);
-            fflush(stdout);
-        }
-        if (peer <= 0) {
-            fprintf(stderr, "mpar-bench-train: the PyTorch peer failed (python3-torch installed?)\n");
-            status = 1;
-        }
+    if (spec_path != NULL) {
+        status = bench_spec(spec_path, "spec", steps, json, results);
+    } else {
+        status = bench_spec(MP_SOURCE_DIR "/examples/fashion_mnist.json", "mlp", steps, json,
+                            results);
+        /* A GPT step is some 30 times an MLP step: fewer of them. */
+        int64_t gsteps = (steps + 9) / 10;
+        status |= bench_spec(MP_SOURCE_DIR "/examples/gpt.json", "gpt", gsteps, json, results);
     }
     if (json) {
         json_t *doc = json_pack("{s:s, s:o}", "bench", "train", "results", results);
@@ -131,6 +155,5 @@ int main(int argc, char **argv)
     } else {
         json_decref(results);
     }
-    mp_spec_free(spec);
     return status;
 }
