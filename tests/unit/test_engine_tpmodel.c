@@ -18,12 +18,13 @@
 #include "common/alloc.h"
 #include "gpu/init.h"
 #include "model/model.h"
+#include "mem_coll.h"
 #include "parallel/partition.h"
 #include "parallel/tpplan.h"
 
 #define B 6
 #define S 3
-#define MAXR 4
+#define MAXR MEM_COLL_MAXR
 #define TOL 1e-5
 
 /* Every split of the plan: column paired with row through gelu, relu, an
@@ -51,51 +52,7 @@ static mp_spec_t *make_spec(int tp)
     return spec;
 }
 
-/* ---- in-memory collectives: a barrier, everyone reads, a barrier ------ */
 
-typedef struct {
-    int tp;
-    pthread_barrier_t bar;
-    float *buf[MAXR];
-    const float *in[MAXR];
-} group_t;
-
-typedef struct {
-    group_t *g;
-    int rank;
-} member_t;
-
-static mp_status_t mem_allreduce(void *ctx, float *buf, int64_t n)
-{
-    member_t *me = ctx;
-    group_t *g = me->g;
-    float *sum = calloc((size_t)(n > 0 ? n : 1), sizeof(float));
-    g->buf[me->rank] = buf;
-    pthread_barrier_wait(&g->bar);
-    /* Rank order on every rank: the same bits everywhere. */
-    for (int r = 0; r < g->tp; r++) {
-        for (int64_t i = 0; i < n; i++) {
-            sum[i] += g->buf[r][i];
-        }
-    }
-    pthread_barrier_wait(&g->bar);
-    memcpy(buf, sum, (size_t)n * sizeof(float));
-    free(sum);
-    return MP_OK;
-}
-
-static mp_status_t mem_allgather(void *ctx, const float *in, float *out, int64_t n)
-{
-    member_t *me = ctx;
-    group_t *g = me->g;
-    g->in[me->rank] = in;
-    pthread_barrier_wait(&g->bar);
-    for (int r = 0; r < g->tp; r++) {
-        memcpy(out + r * n, g->in[r], (size_t)n * sizeof(float));
-    }
-    pthread_barrier_wait(&g->bar);
-    return MP_OK;
-}
 
 /* ---- one training run: serial (plan NULL) or one TP rank --------------- */
 
