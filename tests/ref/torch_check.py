@@ -15,13 +15,13 @@ import argparse
 import gzip
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
 import numpy as np
 import torch
 
+from mpar_run import run_mpar
 from torch_model import build
 
 STEPS = 50
@@ -49,25 +49,10 @@ def params_of(model, spec):
     return out
 
 
-def run_mpar(client, spec, tmp, tag, steps):
-    s = json.loads(json.dumps(spec))
-    s["train"]["steps"] = steps
-    s["train"]["shuffle"] = False
-    path = os.path.join(tmp, f"{tag}-{steps}.json")
-    with open(path, "w") as f:
-        json.dump(s, f)
-    wdir = os.path.join(tmp, f"{tag}-w{steps}")
-    r = subprocess.run([client, "run", path, "--serial", "-o", "json", "--quiet",
-                        "--save-weights", wdir], capture_output=True, text=True, timeout=600)
-    if r.returncode != 0:
-        raise RuntimeError(f"mpar-client failed ({r.returncode}): {r.stderr}")
-    return json.loads(r.stdout), wdir
-
-
 def check_case(client, spec, tag, tol_w, data_dir, steps, tmp):
     results = []
-    _, w0 = run_mpar(client, spec, tmp, tag, 0)
-    doc, w1 = run_mpar(client, spec, tmp, tag, steps)
+    _, w0, _ = run_mpar(client, spec, tmp, tag, 0)
+    doc, w1, _ = run_mpar(client, spec, tmp, tag, steps)
 
     torch.manual_seed(0)
     model = build(spec)

@@ -35,6 +35,7 @@ import tempfile
 import numpy as np
 import torch
 
+from mpar_run import run_mpar
 from torch_model import build, mpar_params
 
 STEPS = 30
@@ -69,21 +70,6 @@ def windows(data, T):
     x = np.stack([a[i * T: i * T + T] for i in range(n)])
     y = np.stack([a[i * T + 1: i * T + T + 1] for i in range(n)])
     return torch.from_numpy(x), torch.from_numpy(y)
-
-
-def run_mpar(client, spec, tmp, tag, steps):
-    s = json.loads(json.dumps(spec))
-    s["train"]["steps"] = steps
-    s["train"]["shuffle"] = False
-    path = os.path.join(tmp, f"{tag}-{steps}.json")
-    with open(path, "w") as f:
-        json.dump(s, f)
-    wdir = os.path.join(tmp, f"{tag}-w{steps}")
-    r = subprocess.run([client, "run", path, "--serial", "-o", "json", "--quiet",
-                        "--save-weights", wdir], capture_output=True, text=True, timeout=600)
-    if r.returncode != 0:
-        raise RuntimeError(f"mpar-client run failed ({r.returncode}): {r.stderr.strip()}")
-    return json.loads(r.stdout), wdir, path
 
 
 def load_into(model, wdir):
