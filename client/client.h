@@ -50,6 +50,10 @@ int mp_client_write_curve(const char *path, const char *title, const double *los
                           int64_t nsteps, double test_loss, bool has_test);
 /* Whether spec's model writes text (mpar-client sample can run it). */
 bool mp_client_is_text_job(const mp_spec_t *spec);
+/* Loads and validates a job spec; on failure prints the one-line error (a
+ * file error names the file, a spec error names the field, after the file)
+ * and returns false: the caller exits MP_EXIT_USAGE. */
+bool mp_client_load_spec(const char *path, mp_spec_t **spec_p);
 /* The prompt and `tokens` bytes the model of spec with the weights in
  * weights_dir writes after it (mp_malloc'ed, *len_p bytes, any of which may
  * be NUL), or NULL after saying why. */

@@ -60,6 +60,18 @@ int mp_client_write_curve(const char *path, const char *title, const double *los
     return 0;
 }
 
+bool mp_client_load_spec(const char *path, mp_spec_t **spec_p)
+{
+    mp_errbuf_t err = {{0}};
+    if (mp_spec_load(path, spec_p, &err) == MP_OK) {
+        return true;
+    }
+    /* A file error already names the file; a spec error names the field. */
+    bool named = strncmp(err.msg, path, strlen(path)) == 0;
+    fprintf(stderr, "mpar-client: %s%s%s\n", named ? "" : path, named ? "" : ": ", err.msg);
+    return false;
+}
+
 bool mp_client_is_text_job(const mp_spec_t *spec)
 {
     mp_errbuf_t err;

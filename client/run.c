@@ -268,10 +268,7 @@ int mp_client_run_main(int argc, char **argv)
     const char *path = argv[optind];
     mp_errbuf_t err = {{0}};
     mp_spec_t *spec = NULL;
-    if (mp_spec_load(path, &spec, &err) != MP_OK) {
-        /* A file error already names the file; a spec error names the field. */
-        bool named = strncmp(err.msg, path, strlen(path)) == 0;
-        fprintf(stderr, "mpar-client: %s%s%s\n", named ? "" : path, named ? "" : ": ", err.msg);
+    if (!mp_client_load_spec(path, &spec)) {
         return MP_EXIT_USAGE;
     }
     if (serial && (resume != NULL || spec->checkpoint.enabled)) {

@@ -150,9 +150,7 @@ int mp_client_verify_main(int argc, char **argv)
     const char *path = argv[optind];
     mp_errbuf_t err = {{0}};
     mp_spec_t *spec = NULL;
-    if (mp_spec_load(path, &spec, &err) != MP_OK) {
-        bool named = strncmp(err.msg, path, strlen(path)) == 0;
-        fprintf(stderr, "mpar-client: %s%s%s\n", named ? "" : path, named ? "" : ": ", err.msg);
+    if (!mp_client_load_spec(path, &spec)) {
         return MP_EXIT_USAGE;
     }
     double tol = spec->train.optimizer == MP_OPTIM_ADAMW ? 1e-3 : 1e-5;
