@@ -4,7 +4,9 @@
 # end) resumed at pp 1 x tp 1 and at pp 4 x dp 2 gives the serial run's
 # weights and loss curve within AdamW's tolerance (1e-3); `export` of the
 # checkpoint equals the serial run of 10 steps; a relative checkpoint.dir is
-# the spec's folder's.  Refused before anything starts (exit 2, naming what
+# the spec's folder's.  A small GPT's checkpoint taken mid-epoch at pp 2 x tp 2
+# (heads and vocab split) resumed at pp 1 x tp 1 and pp 4 x dp 2 equals its
+# serial run too.  Refused before anything starts (exit 2, naming what
 # is wrong): a spec whose model differs (the field), a truncated shard file
 # and a manifest naming a missing file (the file).
 #
@@ -92,6 +94,25 @@ with_ckpt "$T/sub/rel.json" relck 5
 (cd / && submit_ok rel "$T/sub/rel.json" >/dev/null)
 [ -f "$T/sub/relck/latest" ] || fail "relative checkpoint.dir: nothing in $T/sub/relck"
 echo "ok a relative checkpoint.dir is under the spec's folder"
+
+# --- a GPT: heads and vocab split at tp 2, resumed mid-epoch on other grids ----------------
+gpt_spec "$T/g-half.json" g-half 2 2 1 2 1f1b adamw 4
+with_ckpt "$T/g-half.json" "$T/gck" 4
+submit_ok g-half "$T/g-half.json" >/dev/null
+[ "$(cat "$T/gck/latest")" = step-00000004 ] || fail "GPT latest: $(cat "$T/gck/latest")"
+gpt_spec "$T/g-full.json" g-full 1 1 1 1 1f1b adamw 8
+timeout 120 "$CLIENT" run "$T/g-full.json" --serial -o json --save-weights "$T/gws" \
+    >"$T/g-serial.out" || fail "GPT serial run"
+for grid in "1 1 1 1" "4 1 2 2"; do
+    set -- $grid
+    gpt_spec "$T/g$1$3.json" "g$1$2$3" "$1" "$2" "$3" "$4" 1f1b adamw 8
+    submit_ok "g$1$2$3" "$T/g$1$3.json" --resume "$T/gck" --save-weights "$T/gw$1$2$3" \
+        >"$T/g$1$2$3.out"
+    [ "$(jget 'd["resumed_from_step"]' <"$T/g$1$2$3.out")" = 4 ] || fail "GPT pp $1 dp $3: resumed_from_step"
+    ERR=$(compare "$T/gws" "$T/gw$1$2$3" 1e-3) || fail "GPT pp $1 tp $2 dp $3: $ERR"
+    losses "$T/g$1$2$3.out" "$T/g-serial.out" 1e-3 || fail "GPT pp $1 tp $2 dp $3: loss curve"
+    echo "ok GPT pp 2 x tp 2 checkpoint (step 4, mid-epoch) resumed at pp $1, tp $2, dp $3 equals serial: $ERR"
+done
 
 # --- refusals ------------------------------------------------------------------------
 refused() { # label needle args...: submit exits 2 and says needle

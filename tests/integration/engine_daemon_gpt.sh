@@ -18,36 +18,6 @@ T=$(mktemp -d /tmp/mpar-engine-gpt.XXXXXX)
 # shellcheck source=engine_daemon_lib.sh
 . "$SRC/tests/integration/engine_daemon_lib.sh"
 
-# The text: Debian's copy of the GPL, a file every Debian system has.
-TEXT=/usr/share/common-licenses/GPL-3
-[ -r "$TEXT" ] || fail "no $TEXT"
-
-gpt_spec() { # FILE NAME PP TP DP M SCHEDULE OPTIMIZER
-    python3 - "$@" "$TEXT" <<'PY'
-import json, sys
-f, name, pp, tp, dp, m, sched, opt, text = sys.argv[1:10]
-train = {"batch_size": 8, "steps": 4, "optimizer": opt, "seed": 5, "shuffle": True}
-if opt == "sgd":
-    train.update({"lr": 0.05, "momentum": 0.9})
-else:
-    # eps 1e-6: the K third of attn.qkv.bias has a zero gradient in exact
-    # arithmetic, and at eps 1e-8 AdamW would move it by ±lr on float noise.
-    train.update({"lr": 0.003, "weight_decay": 0.01, "eps": 1e-6})
-d = {"name": name,
-     "model": {"layers": [
-         {"type": "embedding", "vocab": 256, "dim": 16, "max_seq": 12},
-         {"type": "transformer_block", "heads": 2, "ffn": 24},
-         {"type": "transformer_block", "heads": 2, "ffn": 24},
-         {"type": "layernorm"},
-         {"type": "linear", "out": 256}], "loss": "softmax_xent"},
-     "data": {"dataset": "text", "path": text, "block_size": 8},
-     "parallel": {"pp": int(pp), "tp": int(tp), "dp": int(dp), "micro_batches": int(m),
-                  "schedule": sched},
-     "train": train}
-json.dump(d, open(f, "w"))
-PY
-}
-
 start_coord
 export MPAR_SOCKET="$T/c0.sock"
 start_node n1 cpu:2

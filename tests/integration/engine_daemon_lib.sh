@@ -74,3 +74,36 @@ d = {"name": name,
 json.dump(d, open(f, "w"))
 PY
 }
+
+# The text of the GPT specs: Debian's copy of the GPL, on every Debian system.
+GPT_TEXT=/usr/share/common-licenses/GPL-3
+
+# Writes a small byte-level GPT spec (embedding, two transformer blocks,
+# layernorm, vocab head; 8 windows of 8 bytes a step):
+# gpt_spec FILE NAME PP TP DP M SCHEDULE OPTIMIZER [STEPS]
+gpt_spec() {
+    [ -r "$GPT_TEXT" ] || fail "no $GPT_TEXT"
+    python3 - "$1" "$2" "$3" "$4" "$5" "$6" "$7" "$8" "${9:-4}" "$GPT_TEXT" <<'PY'
+import json, sys
+f, name, pp, tp, dp, m, sched, opt, steps, text = sys.argv[1:11]
+train = {"batch_size": 8, "steps": int(steps), "optimizer": opt, "seed": 5, "shuffle": True}
+if opt == "sgd":
+    train.update({"lr": 0.05, "momentum": 0.9})
+else:
+    # eps 1e-6: the K third of attn.qkv.bias has a zero gradient in exact
+    # arithmetic, and at eps 1e-8 AdamW would move it by ±lr on float noise.
+    train.update({"lr": 0.003, "weight_decay": 0.01, "eps": 1e-6})
+d = {"name": name,
+     "model": {"layers": [
+         {"type": "embedding", "vocab": 256, "dim": 16, "max_seq": 12},
+         {"type": "transformer_block", "heads": 2, "ffn": 24},
+         {"type": "transformer_block", "heads": 2, "ffn": 24},
+         {"type": "layernorm"},
+         {"type": "linear", "out": 256}], "loss": "softmax_xent"},
+     "data": {"dataset": "text", "path": text, "block_size": 8},
+     "parallel": {"pp": int(pp), "tp": int(tp), "dp": int(dp), "micro_batches": int(m),
+                  "schedule": sched},
+     "train": train}
+json.dump(d, open(f, "w"))
+PY
+}
