@@ -1,9 +1,10 @@
 /*
- * ckpt.c - mpar-bench-ckpt: what a checkpoint costs training.  On the demo
- * model (default examples/fashion_mnist.json, one CPU thread, its batch),
- * it measures one training step, the pause a checkpoint makes (the copy of
- * every parameter and the optimizer state to host memory, after which the
- * writer thread writes while training goes on: what the shard executors
+ * ckpt.c - mpar-bench-ckpt: what a checkpoint costs training.  On a demo
+ * model (default examples/fashion_mnist.json; --spec examples/gpt.json for
+ * the GPT demo; one CPU thread, the spec's batch), it measures one training
+ * step, the pause a checkpoint makes (the copy of every parameter and the
+ * optimizer state to host memory, after which the writer thread writes
+ * while training goes on: what the shard executors
  * do), and the peer to beat, a blocking save (the copy, then the write and
  * fsync on the training thread).  Then the writer's throughput against
  * `dd ... conv=fsync` to the same folder.  Rows: checkpoint_pause (ms,
@@ -13,6 +14,7 @@
  */
 #include <getopt.h>
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,14 +131,18 @@ int main(int argc, char **argv)
         fprintf(stderr, "mpar-bench-ckpt: cannot build the model\n");
         return 1;
     }
-    int64_t in = mp_model_in_dim(m), classes = mp_model_out_dim(m);
+    /* A text model's input is seq token ids and its labels seq next tokens
+     * (vocab = the head's width); a classifier's one label per row. */
+    bool text = spec->model.seq > 1;
+    int64_t in = mp_model_in_dim(m), seq = spec->model.seq;
+    int64_t classes = mp_model_out_dim(m) / seq;
     float *x = mp_malloc((size_t)(rows * in) * sizeof(float));
-    int32_t *y = mp_malloc((size_t)rows * sizeof(int32_t));
+    int32_t *y = mp_malloc((size_t)(rows * seq) * sizeof(int32_t));
     srand(7);
     for (int64_t i = 0; i < rows * in; i++) {
-        x[i] = (float)rand() / (float)RAND_MAX;
+        x[i] = text ? (float)(rand() % classes) : (float)rand() / (float)RAND_MAX;
     }
-    for (int64_t i = 0; i < rows; i++) {
+    for (int64_t i = 0; i < rows * seq; i++) {
         y[i] = (int32_t)(rand() % classes);
     }
     int reps = quick ? 5 : 15;
@@ -189,7 +195,7 @@ int main(int argc, char **argv)
     json_t *results = json_array();
     json_array_append_new(
         results, json_pack("{s:s, s:s, s:I, s:f, s:f, s:f, s:f, s:s, s:f, s:s}", "test",
-                           "checkpoint_pause", "model", "mlp", "bytes", (json_int_t)bytes,
+                           "checkpoint_pause", "model", text ? "gpt" : "mlp", "bytes", (json_int_t)bytes,
                            "mpar", pause_s * 1e3, "peer", block_s * 1e3, "step_ms", step_s * 1e3,
                            "pause_over_step", pause_s / step_s, "unit", "ms", "ratio",
                            block_s / pause_s, "peer_is", "a blocking save (copy, write, fsync)"));

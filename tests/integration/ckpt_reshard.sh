@@ -6,7 +6,8 @@
 # checkpoint equals the serial run of 10 steps; a relative checkpoint.dir is
 # the spec's folder's.  A small GPT's checkpoint taken mid-epoch at pp 2 x tp 2
 # (heads and vocab split) resumed at pp 1 x tp 1 and pp 4 x dp 2 equals its
-# serial run too.  Refused before anything starts (exit 2, naming what
+# serial run too, and resumed on its own grid but another cut equals the
+# uninterrupted run bit for bit.  Refused before anything starts (exit 2, naming what
 # is wrong): a spec whose model differs (the field), a truncated shard file
 # and a manifest naming a missing file (the file).
 #
@@ -96,7 +97,16 @@ with_ckpt "$T/sub/rel.json" relck 5
 echo "ok a relative checkpoint.dir is under the spec's folder"
 
 # --- a GPT: heads and vocab split at tp 2, resumed mid-epoch on other grids ----------------
+stages() { # FILE STAGES: parallel.stages = STAGES (comma-separated)
+    python3 - "$1" "$2" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+s["parallel"]["stages"] = [int(x) for x in sys.argv[2].split(",")]
+json.dump(s, open(sys.argv[1], "w"))
+PY
+}
 gpt_spec "$T/g-half.json" g-half 2 2 1 2 1f1b adamw 4
+stages "$T/g-half.json" 2,3
 with_ckpt "$T/g-half.json" "$T/gck" 4
 submit_ok g-half "$T/g-half.json" >/dev/null
 [ "$(cat "$T/gck/latest")" = step-00000004 ] || fail "GPT latest: $(cat "$T/gck/latest")"
@@ -113,6 +123,18 @@ for grid in "1 1 1 1" "4 1 2 2"; do
     losses "$T/g$1$2$3.out" "$T/g-serial.out" 1e-3 || fail "GPT pp $1 tp $2 dp $3: loss curve"
     echo "ok GPT pp 2 x tp 2 checkpoint (step 4, mid-epoch) resumed at pp $1, tp $2, dp $3 equals serial: $ERR"
 done
+
+# --- the same grid, another cut: bit for bit --------------------------------------------
+# The checkpoint's cut 2 | 3 against 3 | 2:
+# a layer's arithmetic does not depend on its stage, so the resumed run
+# equals the uninterrupted one on that grid exactly.
+gpt_spec "$T/g-cut.json" g-cut 2 2 1 2 1f1b adamw 8
+stages "$T/g-cut.json" 3,2
+submit_ok g-cut "$T/g-cut.json" --resume "$T/gck" --save-weights "$T/gwcut" >/dev/null
+gpt_spec "$T/g-whole.json" g-whole 2 2 1 2 1f1b adamw 8
+submit_ok g-whole "$T/g-whole.json" --save-weights "$T/gwwhole" >/dev/null
+compare "$T/gwwhole" "$T/gwcut" 0 >/dev/null || fail "GPT resumed on another cut: not bit-equal"
+echo "ok GPT resumed at pp 2 x tp 2 on another cut (3 | 2) equals the uninterrupted run bit for bit"
 
 # --- refusals ------------------------------------------------------------------------
 refused() { # label needle args...: submit exits 2 and says needle
