@@ -32,6 +32,7 @@
 #include "common/alloc.h"
 #include "model/data.h"
 #include "model/layer.h"
+#include "parallel/sched.h"
 #include "parallel/tpplan.h"
 
 /* Limits that keep every product of widths far from overflow. */
@@ -272,7 +273,6 @@ static mp_status_t get_enum(const json_t *obj, const char *key, const char *pare
 /* ---- sections ------------------------------------------------------------- */
 
 static const char *const tp_mode_names[] = {"column", "row", "replicate"};
-static const char *const sched_names[] = {"naive", "gpipe", "1f1b", "zero_bubble"};
 /* Indexes 0..2 of the "partition" names; index 2 is MP_PART_MEASURED. */
 static const char *const part_names[] = {"uniform", "balanced", "measured"};
 static const char *const optim_names[] = {"sgd", "adamw"};
@@ -623,7 +623,10 @@ static mp_status_t parse_parallel(const json_t *root, mp_spec_t *spec, mp_errbuf
                      &mb, err);
     }
     if (st == MP_OK) {
-        st = get_enum(pj, "schedule", "parallel", 0, MP_SCHED_1F1B, sched_names, 4, &sched, err);
+        const char *const *sched_names;
+        int nsched = mp_sched_kind_names(&sched_names);
+        st = get_enum(pj, "schedule", "parallel", 0, MP_SCHED_1F1B, sched_names, nsched, &sched,
+                      err);
     }
     if (st == MP_OK) {
         st = get_enum(pj, "partition", "parallel", 0, 2, part_names, 3, &part, err);
@@ -639,11 +642,10 @@ static mp_status_t parse_parallel(const json_t *root, mp_spec_t *spec, mp_errbuf
     spec->parallel.partition = part == 2 ? MP_PART_MEASURED : (mp_part_kind_t)part;
     int nl = spec->model.nlayers;
 
-    if (sched == MP_SCHED_NAIVE && mb != 1) {
-        return mp_errbuf_set(err, MP_ERR_SPEC,
-                             "parallel.micro_batches: schedule \"naive\" runs the whole batch "
-                             "at once, so it must be 1, got %lld (use \"gpipe\" or \"1f1b\")",
-                             (long long)mb);
+    /* What the schedule cannot run (naive: several micro-batches), naming the fields. */
+    st = mp_sched_check((mp_sched_kind_t)sched, (int)pp, (int)mb, err);
+    if (st != MP_OK) {
+        return st;
     }
     if (pp > nl) {
         return mp_errbuf_set(err, MP_ERR_SPEC,
@@ -1004,8 +1006,7 @@ const char *mp_layer_kind_name(mp_layer_kind_t kind)
 
 const char *mp_sched_kind_name(mp_sched_kind_t kind)
 {
-    if ((int)kind < 0 || (int)kind >= (int)(sizeof(sched_names) / sizeof(sched_names[0]))) {
-        return "unknown";
-    }
-    return sched_names[kind];
+    const char *const *names;
+    int n = mp_sched_kind_names(&names);
+    return (int)kind >= 0 && (int)kind < n ? names[kind] : "unknown";
 }

@@ -4,7 +4,8 @@
  * shard executor runs for one optimizer step over m micro-batches.  Pure
  * data and functions, no I/O; any thread.
  *
- * Schedules (DESIGN.md "PP"):
+ * Schedules (DESIGN.md "PP"), one file each in parallel/sched/ behind the
+ * table of sched_gen.h:
  *  - naive: one micro-batch (m = 1) through all stages forward, then all
  *    backward; one stage works at a time (the seed's first figure).
  *  - gpipe: every stage runs the forwards of all m micro-batches, then
@@ -73,10 +74,21 @@ typedef struct {
 /*
  * Builds the schedule of `kind` for p stages and m micro-batches.  Refuses
  * (MP_ERR_SPEC) p outside 1..MP_SCHED_MAX_STAGES, m outside
- * 1..MP_SCHED_MAX_MICRO, and naive with m != 1.  Free with mp_sched_free.
+ * 1..MP_SCHED_MAX_MICRO, and what the kind cannot run (naive: m != 1).
+ * Free with mp_sched_free.
  */
 mp_status_t mp_sched_build(mp_sched_kind_t kind, int p, int m, mp_sched_t **sched_p,
                            mp_errbuf_t *err);
+/* The schedule names in kind order (parallel.schedule's values); returns
+ * how many. */
+int mp_sched_kind_names(const char *const **names_p);
+/* Refuses (MP_ERR_SPEC, naming the spec's fields) p stages and m
+ * micro-batches that `kind` cannot run; mp_sched_build checks the same. */
+mp_status_t mp_sched_check(mp_sched_kind_t kind, int p, int m, mp_errbuf_t *err);
+/* The bubble of `kind` at unit costs, by the formula of its paper (the
+ * simulator's result at F = B (= W), test_sched). */
+double mp_sched_bubble_predicted(mp_sched_kind_t kind, int p, int m);
+
 /* An empty schedule, for building one action by action (tests, new kinds). */
 mp_status_t mp_sched_new(mp_sched_kind_t kind, int p, int m, mp_sched_t **sched_p);
 mp_status_t mp_sched_push(mp_sched_t *sched, int stage, mp_sched_op_t op, int mb);
