@@ -26,7 +26,9 @@
 #include <unistd.h>
 
 #include "client/client.h"
+#include "common/fs.h"
 #include "common/alloc.h"
+#include "proto/json.h"
 
 #define LC_MAX_DAEMONS 65
 
@@ -249,13 +251,18 @@ int mp_client_run_local(const char *spec_path, int pp, int tp, int dp, const cha
         return MP_EXIT_USAGE;
     }
     if (save_dir != NULL) {
-        if (mkdir(save_dir, 0755) != 0 && errno != EEXIST) {
-            fprintf(stderr, "mpar-client run: cannot create %s: %s\n", save_dir, strerror(errno));
-            return MP_EXIT_FAILED;
+        /* Made and proved writable before any daemon starts (run.c has
+         * already for its own flag; verify's folder is made here); the
+         * coordinator wants it absolute. */
+        mp_errbuf_t err = {{0}};
+        if (mp_fs_dir_prepare(save_dir, &err) != MP_OK) {
+            fprintf(stderr, "mpar-client run: --save-weights: %s\n", err.msg);
+            return MP_EXIT_USAGE;
         }
         if (realpath(save_dir, abs_save) == NULL) {
-            fprintf(stderr, "mpar-client run: %s: %s\n", save_dir, strerror(errno));
-            return MP_EXIT_FAILED;
+            fprintf(stderr, "mpar-client run: --save-weights: %s: %s\n", save_dir,
+                    strerror(errno));
+            return MP_EXIT_USAGE;
         }
     }
     snprintf(lc.dir, sizeof(lc.dir), "%s/mpar-run-XXXXXX",
@@ -462,28 +469,30 @@ int mp_client_run_local(const char *spec_path, int pp, int tp, int dp, const cha
             printf("  reason: %s\n", reason);
         }
         json_t *v;
+        double x, y;
         if ((v = json_object_get(job, "steps")) != NULL) {
-            printf("  steps %lld, final loss %.4f\n", (long long)json_integer_value(v),
-                   json_number_value(json_object_get(job, "final_loss")));
+            x = NAN;
+            mp_json_real_value(json_object_get(job, "final_loss"), &x);
+            printf("  steps %lld, final loss %.4f\n", (long long)json_integer_value(v), x);
         }
-        if (json_is_number(v = json_object_get(job, "test_accuracy"))) {
+        if ((v = json_object_get(job, "test_accuracy")) != NULL && !json_is_null(v) &&
+            mp_json_real_value(v, &x)) {
             json_t *tl = json_object_get(job, "test_loss");
-            if (json_is_number(tl)) {
-                printf("  test accuracy %.4f, test loss %.4f\n", json_number_value(v),
-                       json_number_value(tl));
+            if (tl != NULL && !json_is_null(tl) && mp_json_real_value(tl, &y)) {
+                printf("  test accuracy %.4f, test loss %.4f\n", x, y);
             } else {
-                printf("  test accuracy %.4f\n", json_number_value(v));
+                printf("  test accuracy %.4f\n", x);
             }
         }
-        if (json_is_number(v = json_object_get(job, "samples_per_s"))) {
-            json_t *tps = json_object_get(job, "tokens_per_s");
-            if (json_is_number(tps)) {
-                printf("  %.0f tokens/s (%.0f samples/s), measured bubble fraction %.3f\n",
-                       json_number_value(tps), json_number_value(v),
-                       json_number_value(json_object_get(job, "bubble_fraction")));
+        if ((v = json_object_get(job, "samples_per_s")) != NULL && mp_json_real_value(v, &x)) {
+            double bubble = NAN, tps;
+            mp_json_real_value(json_object_get(job, "bubble_fraction"), &bubble);
+            json_t *t = json_object_get(job, "tokens_per_s");
+            if (t != NULL && !json_is_null(t) && mp_json_real_value(t, &tps)) {
+                printf("  %.0f tokens/s (%.0f samples/s), measured bubble fraction %.3f\n", tps, x,
+                       bubble);
             } else {
-                printf("  %.0f samples/s, measured bubble fraction %.3f\n", json_number_value(v),
-                       json_number_value(json_object_get(job, "bubble_fraction")));
+                printf("  %.0f samples/s, measured bubble fraction %.3f\n", x, bubble);
             }
         }
         if (save_dir != NULL && code == MP_EXIT_OK) {

@@ -15,6 +15,8 @@
 
 #include "client/client.h"
 #include "common/alloc.h"
+#include "common/fs.h"
+#include "proto/json.h"
 #include "model/spec.h"
 #include "model/train.h"
 
@@ -83,7 +85,6 @@ static void on_progress(const mp_train_progress_t *p, void *arg)
     pr->last_print = now;
 }
 
-static json_t *json_real_or_null(double v) { return isfinite(v) ? json_real(v) : json_null(); }
 
 static void print_result(const mp_spec_t *spec, const mp_train_result_t *r, bool json,
                          const char *save_dir, const char *curve, const char *sample,
@@ -98,24 +99,24 @@ static void print_result(const mp_spec_t *spec, const mp_train_result_t *r, bool
         json_object_set_new(o, "steps", json_integer(r->steps));
         json_object_set_new(o, "epochs", json_integer(r->epochs_done));
         json_object_set_new(o, "samples", json_integer(r->samples));
-        json_object_set_new(o, "final_loss", json_real_or_null(r->final_loss));
+        json_object_set_new(o, "final_loss", mp_json_real(r->final_loss));
         if (r->has_test && r->epochs_done > 0) {
-            json_object_set_new(o, "test_accuracy", json_real(r->test_accuracy));
-            json_object_set_new(o, "test_loss", json_real(r->test_loss));
+            json_object_set_new(o, "test_accuracy", mp_json_real(r->test_accuracy));
+            json_object_set_new(o, "test_loss", mp_json_real(r->test_loss));
             json_t *acc = json_array();
             for (int64_t i = 0; i < r->epochs_done; i++) {
-                json_array_append_new(acc, json_real(r->epoch_test_accuracy[i]));
+                json_array_append_new(acc, mp_json_real(r->epoch_test_accuracy[i]));
             }
             json_object_set_new(o, "epoch_test_accuracy", acc);
         }
-        json_object_set_new(o, "samples_per_s", json_real(r->samples_per_s));
+        json_object_set_new(o, "samples_per_s", mp_json_real(r->samples_per_s));
         if (spec_is_text(spec)) {
-            json_object_set_new(o, "tokens_per_s", json_real(r->tokens_per_s));
+            json_object_set_new(o, "tokens_per_s", mp_json_real(r->tokens_per_s));
         }
-        json_object_set_new(o, "seconds", json_real(r->seconds));
+        json_object_set_new(o, "seconds", mp_json_real(r->seconds));
         json_t *losses = json_array();
         for (int64_t i = 0; i < r->steps; i++) {
-            json_array_append_new(losses, json_real(r->losses[i]));
+            json_array_append_new(losses, mp_json_real(r->losses[i]));
         }
         json_object_set_new(o, "losses", losses);
         if (save_dir != NULL) {
@@ -285,6 +286,13 @@ int mp_client_run_main(int argc, char **argv)
         return MP_EXIT_USAGE;
     }
     pr.text = spec_is_text(spec);
+    /* Where the weights go is checked (and made) before anything trains:
+     * a run must not train for an hour to fail at its end. */
+    if (opts.save_weights != NULL && mp_fs_dir_prepare(opts.save_weights, &err) != MP_OK) {
+        fprintf(stderr, "mpar-client run: --save-weights: %s\n", err.msg);
+        mp_spec_free(spec);
+        return MP_EXIT_USAGE;
+    }
     if (!serial) {
         if (strcmp(opts.device, "cpu") != 0) {
             fprintf(stderr, "mpar-client run: --device applies to --serial; a local cluster's "

@@ -27,7 +27,8 @@
     X(MP_ERR_CLOSED, -17, "connection closed")                    \
     X(MP_ERR_TOOBIG, -18, "message too large")                    \
     X(MP_ERR_INPROGRESS, -19, "operation in progress")            \
-    X(MP_ERR_STATE, -20, "invalid state for this operation")
+    X(MP_ERR_STATE, -20, "invalid state for this operation")      \
+    X(MP_ERR_NONFINITE, -21, "not a finite number")
 
 typedef enum {
 #define MP_STATUS_ENUM_(name, value, text) name = value,

@@ -10,6 +10,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,7 @@
 #include <unistd.h>
 
 #include "common/alloc.h"
+#include "common/fs.h"
 #include "common/log.h"
 #include "daemon/coord_internal.h"
 #include "model/spec.h"
@@ -998,9 +1000,10 @@ static char *jstr(json_t *o, const char *key)
 static void jopt_real(json_t *o, const char *key, protobuf_c_boolean *has_p, double *v_p)
 {
     json_t *v = json_object_get(o, key);
-    if (json_is_number(v)) {
+    double x;
+    if (!json_is_null(v) && mp_json_real_value(v, &x)) {
         *has_p = 1;
-        *v_p = json_number_value(v);
+        *v_p = x;
     }
 }
 
@@ -1011,7 +1014,8 @@ static void load_results(coord_job_t *j, json_t *o)
     size_t n = json_array_size(a);
     if (n > 0 && (j->losses = mp_calloc(n, sizeof(double))) != NULL) {
         for (size_t i = 0; i < n; i++) {
-            j->losses[i] = json_number_value(json_array_get(a, i));
+            j->losses[i] = NAN;
+            mp_json_real_value(json_array_get(a, i), &j->losses[i]);
         }
         j->info.losses = j->losses;
         j->info.n_losses = n;
@@ -1143,7 +1147,9 @@ static mp_status_t coord_load(mp_coord_t *c, mp_errbuf_t *err)
         jopt_real(o, "tokens_per_s", &j->info.has_tokens_per_s, &j->info.tokens_per_s);
         jopt_real(o, "bubble_fraction", &j->info.has_bubble_fraction, &j->info.bubble_fraction);
         json_t *sps = json_object_get(o, "samples_per_s");
-        j->info.samples_per_s = json_is_number(sps) ? json_number_value(sps) : 0;
+        if (json_is_null(sps) || !mp_json_real_value(sps, &j->info.samples_per_s)) {
+            j->info.samples_per_s = 0;
+        }
         load_results(j, o);
         size_t k;
         json_t *e;
@@ -1193,25 +1199,6 @@ static mp_status_t coord_load(mp_coord_t *c, mp_errbuf_t *err)
     return MP_OK;
 }
 
-mp_status_t coord_mkdir_p(const char *path, mode_t mode, mp_errbuf_t *err)
-{
-    char buf[PATH_MAX];
-    snprintf(buf, sizeof(buf), "%s", path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p == '/') {
-            *p = '\0';
-            if (mkdir(buf, 0755) != 0 && errno != EEXIST) {
-                return mp_errbuf_set(err, MP_ERR_IO, "cannot create %s: %s", buf, strerror(errno));
-            }
-            *p = '/';
-        }
-    }
-    if (mkdir(buf, mode) != 0 && errno != EEXIST) {
-        return mp_errbuf_set(err, MP_ERR_IO, "cannot create %s: %s", buf, strerror(errno));
-    }
-    return MP_OK;
-}
-
 mp_status_t mp_coord_create(mpard_t *d, mp_coord_t **coord_p)
 {
     mp_errbuf_t err;
@@ -1223,7 +1210,7 @@ mp_status_t mp_coord_create(mpard_t *d, mp_coord_t **coord_p)
     c->next_job = 1;
     snprintf(c->state_path, sizeof(c->state_path), "%s/%s", d->cfg.state_dir, STATE_FILE);
     snprintf(c->tmp_path, sizeof(c->tmp_path), "%s/%s.tmp", d->cfg.state_dir, STATE_FILE);
-    mp_status_t st = coord_mkdir_p(d->cfg.state_dir, 0700, &err);
+    mp_status_t st = mp_fs_mkdir_p(d->cfg.state_dir, 0700, &err);
     if (st == MP_OK) {
         /* Loading may mark jobs FAILED; saving waits until the loop runs. */
         c->save_inflight = true;
@@ -1276,6 +1263,21 @@ void mp_coord_stop(mp_coord_t *c)
         c->sweep_open = false;
         uv_close((uv_handle_t *)&c->sweep_timer, NULL);
     }
+}
+
+int mp_coord_threads_left(const mp_coord_t *c)
+{
+    return c->nthreads;
+}
+
+void mp_coord_save_now(mp_coord_t *c)
+{
+    json_t *root = coord_snapshot(c);
+    int e = root != NULL ? save_state(c, root) : ENOMEM;
+    if (e != 0) {
+        mp_err("cannot save the job state to %s: %s", c->state_path, strerror(e));
+    }
+    json_decref(root);
 }
 
 void mp_coord_destroy(mp_coord_t *c)

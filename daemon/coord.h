@@ -21,6 +21,10 @@ mp_status_t mp_coord_create(mpard_t *d, mp_coord_t **coord_p);
  * are joined as they exit, and the mailbox closes after the last one. */
 void mp_coord_stop(mp_coord_t *c);
 void mp_coord_destroy(mp_coord_t *c); /* after the loop ended: final save */
+/* Feeder threads of the coordinator that have not ended. */
+int mp_coord_threads_left(const mp_coord_t *c);
+/* Writes the state file now, blocking (a stop that cannot wait any more). */
+void mp_coord_save_now(mp_coord_t *c);
 void mp_coord_apply_config(mp_coord_t *c);
 uint64_t mp_coord_epoch(const mp_coord_t *c);
 /* Membership. */

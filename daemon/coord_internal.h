@@ -130,8 +130,6 @@ Mpar__PlacementEntry *coord_job_placement_new(coord_job_t *j, size_t n);
 Mpar__TimelineRow *coord_timeline_row_new(size_t ns, const char *node);
 /* The schedule op named name, as in a ShardReport or the state file. */
 bool coord_op_parse(const char *name, mp_sched_op_t *op_p);
-/* mkdir -p: the missing parents 0755, the last one mode.  Any thread. */
-mp_status_t coord_mkdir_p(const char *path, mode_t mode, mp_errbuf_t *err);
 void coord_save(mp_coord_t *c);
 void coord_reschedule(mp_coord_t *c);
 coord_job_t *coord_job_by_id(mp_coord_t *c, const char *id);

@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "common/alloc.h"
+#include "common/fs.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "daemon/coord_internal.h"
@@ -32,6 +33,7 @@
 #include "engine/stats.h"
 #include "model/ckpt.h"
 #include "model/spec.h"
+#include "model/train.h"
 
 /* Every data-plane wait of a job's shards and feeder: long enough for a
  * step of any stage on a loaded machine; a dead peer is noticed sooner
@@ -287,7 +289,7 @@ static void *feeder_main(void *arg)
         if (st == MP_OK && save) {
             st = mp_gather_run(gth, (const void *const *)r->addr, r->len, &err);
             if (st == MP_OK) {
-                st = coord_mkdir_p(r->save_dir, 0755, &err);
+                st = mp_fs_mkdir_p(r->save_dir, 0755, &err);
             }
             if (st == MP_OK) {
                 st = mp_gather_save(gth, r->save_dir, &err);
@@ -1211,6 +1213,15 @@ static void on_train_report(jobrun_t *r, int k, const Mpar__ShardReport *m)
     /* Step i is complete: every shard reported it, every replica's loss. */
     /* Per position, as the serial trainer. */
     double loss = r->loss_sum[i] / (double)(r->g.batch * r->g.label_dim);
+    if (!isfinite(loss)) {
+        /* The last stages refuse a non-finite loss themselves; this catches
+         * one that only the sum over the replicas makes. */
+        char why[120];
+        snprintf(why, sizeof(why), "loss is %s at step %lld", mp_train_nonfinite_name(loss),
+                 (long long)(i + 1));
+        fail_soon(r, why);
+        return;
+    }
     r->j->losses[i] = loss;
     r->steps_done = i + 1;
     fill_results(r);

@@ -49,6 +49,8 @@ typedef struct {
     uint64_t registrations;
     uint64_t reloads;
     uint64_t reload_failures;
+    uint64_t conn_refused[2]; /* over the listener's cap: [0] Unix socket, [1] TCP */
+    uint64_t accept_errors;   /* accept() failed (EMFILE, ENFILE, ...) */
 } mpard_counters_t;
 
 typedef struct mpard mpard_t;
@@ -77,6 +79,7 @@ struct mpard {
     uv_timer_t watchdog_timer;
     uv_timer_t status_timer;
     uv_timer_t shutdown_timer;
+    uv_timer_t stuck_timer; /* bounds a stop that waits on threads */
     bool watchdog_on;
     bool listeners_ready;
     bool ready_sent;
@@ -86,6 +89,9 @@ struct mpard {
     mp_coord_t *coord;      /* coordinator role, or NULL */
     mp_agent_t *agent;      /* node role (devices not "none"), or NULL */
     mp_session_t *sessions; /* doubly linked, for shutdown */
+    uint32_t conn_open[2];  /* sessions per listener: [0] Unix socket, [1] TCP */
+    uint32_t conn_cap;      /* the most sessions one listener holds (main.c) */
+    uint64_t refuse_logged_ms, accept_err_logged_ms; /* rate limits of those logs */
     mpard_counters_t n;
     mpard_changed_cb_t on_changed;
 };

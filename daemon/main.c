@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,10 @@
 #include "transport/frame_conn.h"
 
 #define SHUTDOWN_GRACE_MS 500
+/* A stop waits this long for job threads to end.  One blocked in a system
+ * call that nothing interrupts (open() of a FIFO, a hung NFS read) would
+ * otherwise keep mpard alive forever after SIGTERM. */
+#define STOP_BOUND_MS 5000
 
 static uv_loop_t loop_storage;
 
@@ -60,7 +65,8 @@ static void close_if_open(uv_handle_t *h, void *arg)
     /* A mailbox is closed by its owner once the threads that post to it
      * have exited (uv_async_send on a closed handle is undefined); until
      * then it keeps the loop running, which joins them as they end. */
-    if (!uv_is_closing(h) && !mp_mbox_owns(h)) {
+    mpard_t *d = arg;
+    if (!uv_is_closing(h) && !mp_mbox_owns(h) && h != (uv_handle_t *)&d->stuck_timer) {
         uv_close(h, NULL);
     }
 }
@@ -73,13 +79,32 @@ static void mpard_force_close(mpard_t *d)
     if (d->agent != NULL) {
         mp_agent_abort(d->agent);
     }
-    uv_walk(d->loop, close_if_open, NULL);
+    uv_walk(d->loop, close_if_open, d);
 }
 
 static void on_shutdown_timer(uv_timer_t *t)
 {
     /* Whatever did not flush in the grace period is closed now. */
     mpard_force_close(t->data);
+}
+
+static void on_stuck_timer(uv_timer_t *t)
+{
+    mpard_t *d = t->data;
+    int coord = d->coord != NULL ? mp_coord_threads_left(d->coord) : 0;
+    mp_warn("stop: job threads still running after %d ms (%d feeders of the coordinator; "
+            "blocked in a system call, e.g. opening a data file that is a FIFO); exiting "
+            "without them",
+            STOP_BOUND_MS, coord);
+    if (d->coord != NULL) {
+        mp_coord_save_now(d->coord);
+    }
+    mp_notice("stopped");
+    fflush(stdout);
+    fflush(stderr);
+    /* Not exit(): its handlers would join the thread pool, which may hold
+     * the blocked thread. */
+    _exit(0);
 }
 
 static void mpard_shutdown(mpard_t *d, const char *why)
@@ -119,6 +144,10 @@ static void mpard_shutdown(mpard_t *d, const char *why)
     d->shutdown_timer.data = d;
     uv_timer_start(&d->shutdown_timer, on_shutdown_timer, SHUTDOWN_GRACE_MS, 0);
     uv_unref((uv_handle_t *)&d->shutdown_timer);
+    uv_timer_init(d->loop, &d->stuck_timer);
+    d->stuck_timer.data = d;
+    uv_timer_start(&d->stuck_timer, on_stuck_timer, STOP_BOUND_MS, 0);
+    uv_unref((uv_handle_t *)&d->stuck_timer);
 }
 
 /* A reload: the configuration is read on the thread pool (the loop never
@@ -365,6 +394,35 @@ static mp_status_t listen_metrics(mpard_t *d)
     return MP_OK;
 }
 
+/*
+ * The file descriptors: the soft limit is raised to the hard one (the unit
+ * sets LimitNOFILE), and each listener may hold a quarter of what is left
+ * after a reserve for UCX, data files and the state file, between 16 and
+ * 4096 connections.  A flood of status-socket readers then fills its own
+ * share and is refused there, while nodes and clients still get in over TCP.
+ */
+#define FD_RESERVE 128
+#define CONN_CAP_MIN 16
+#define CONN_CAP_MAX 4096
+
+static uint32_t mpard_conn_cap(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        return 256;
+    }
+    if (rl.rlim_cur < rl.rlim_max) {
+        struct rlimit raised = {.rlim_cur = rl.rlim_max, .rlim_max = rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &raised) == 0) {
+            rl = raised;
+        }
+    }
+    rlim_t n = rl.rlim_cur == RLIM_INFINITY ? (rlim_t)1 << 20 : rl.rlim_cur;
+    rlim_t cap = n > FD_RESERVE ? (n - FD_RESERVE) / 4 : 0;
+    cap = cap < CONN_CAP_MIN ? CONN_CAP_MIN : cap > CONN_CAP_MAX ? CONN_CAP_MAX : cap;
+    return (uint32_t)cap;
+}
+
 int main(int argc, char **argv)
 {
     static mpard_t d;
@@ -403,6 +461,7 @@ int main(int argc, char **argv)
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
+    d.conn_cap = mpard_conn_cap();
     d.loop = &loop_storage;
     uv_loop_init(d.loop);
     d.start_unix_ms = mpard_now_ms();
@@ -442,7 +501,11 @@ int main(int argc, char **argv)
         mpard_shutdown(&d, "start-up failed");
     }
     uv_run(d.loop, UV_RUN_DEFAULT);
-    /* The loop ends when nothing active is left; idle handles are closed now. */
+    /* The loop ends when nothing active is left, every thread joined: the
+     * bound on the stop is not needed any more; idle handles close now. */
+    if (d.stopping && !uv_is_closing((uv_handle_t *)&d.stuck_timer)) {
+        uv_close((uv_handle_t *)&d.stuck_timer, NULL);
+    }
     mpard_force_close(&d);
     uv_run(d.loop, UV_RUN_DEFAULT);
     if (uv_loop_close(d.loop) != 0) {

@@ -279,6 +279,14 @@ char *mp_metrics_render(mpard_t *d)
         counter(&t, "mpar_http_requests_total", "Whole HTTP requests read by the metrics listener.",
                 hs->requests);
     }
+    family(&t, "mpar_connections_refused_total", "counter",
+           "Connections refused because their listener held its cap.");
+    put(&t, "mpar_connections_refused_total{listener=\"unix\"} %llu\n",
+        (unsigned long long)d->n.conn_refused[0]);
+    put(&t, "mpar_connections_refused_total{listener=\"tcp\"} %llu\n",
+        (unsigned long long)d->n.conn_refused[1]);
+    counter(&t, "mpar_accept_errors_total", "accept() failures (EMFILE, ENFILE, ...).",
+            d->n.accept_errors);
     counter(&t, "mpar_frames_received_total", "Protocol frames received.", cs->frames_in);
     counter(&t, "mpar_frames_sent_total", "Protocol frames sent.", cs->frames_out);
     counter(&t, "mpar_received_bytes_total", "Bytes received on control connections.",

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "common/alloc.h"
+#include "common/fs.h"
 #include "common/log.h"
 #include "daemon/agent.h"
 #include "daemon/coord.h"
@@ -34,6 +35,7 @@ struct mp_session {
     mpard_t *d;
     mp_conn_t *conn;
     bool is_unix;
+    bool counted; /* in d->conn_open */
     bool can_mutate;
     bool peer_done; /* the JSON peer half-closed; end once its replies are out */
     submit_check_t *checks; /* submits waiting for their data check */
@@ -41,10 +43,12 @@ struct mp_session {
 };
 
 /*
- * A submit whose data set needs the file system checked before it is
- * accepted (a text file that must exist and hold a window in both splits,
- * the kjv program): the check runs on the thread pool, since the loop does
- * no disk I/O, and the submit completes on the loop when it is done.  A
+ * A submit is accepted only after what the file system tells is checked
+ * (mp_train_check_data: data.path a file or folder, never a FIFO; a text
+ * that holds a window in both splits, the IDX headers, the kjv program, the
+ * batch against the training samples; the save_weights folder made and
+ * writable): the check runs on the thread pool, since the loop does no
+ * disk I/O, and the submit completes on the loop when it is done.  A
  * session that closes meanwhile only loses its pointer (s = NULL); the
  * check then ends without submitting, as the client never heard back.
  */
@@ -656,6 +660,13 @@ static void check_work(uv_work_t *req)
 {
     submit_check_t *c = req->data;
     c->st = mp_train_check_data(c->spec, &c->err);
+    /* The weights' folder is made and proved writable now, not after the
+     * training; a relative one is the coordinator's to refuse. */
+    mp_errbuf_t why = {{0}};
+    if (c->st == MP_OK && c->save_weights[0] == '/' &&
+        mp_fs_dir_prepare(c->save_weights, &why) != MP_OK) {
+        c->st = mp_errbuf_set(&c->err, MP_ERR_SPEC, "save_weights: %s", why.msg);
+    }
 }
 
 static void check_after(uv_work_t *req, int status)
@@ -690,16 +701,14 @@ static void check_after(uv_work_t *req, int status)
     }
 }
 
-/* A submit at the coordinator: at once, or, when its data set needs files
- * checked (mp_train_check_data), after that check on the thread pool.  A
+/* A submit at the coordinator, after its checks on the thread pool.  A
  * spec that does not parse is submitted at once, which refuses it. */
 static void submit_job(mp_session_t *s, bool lines, uint64_t rid, const char *spec_json,
                        const char *who, const char *save_weights, const char *resume_dir)
 {
     mp_spec_t *spec = NULL;
     mp_errbuf_t err;
-    if (mp_spec_parse(spec_json, strlen(spec_json), &spec, &err) != MP_OK ||
-        (spec->data.kind != MP_DATA_TEXT && spec->data.kind != MP_DATA_KJV)) {
+    if (mp_spec_parse(spec_json, strlen(spec_json), &spec, &err) != MP_OK) {
         mp_spec_free(spec);
         submit_now(s, lines, rid, spec_json, who, save_weights, resume_dir);
         return;
@@ -902,15 +911,70 @@ static void on_close(mp_conn_t *conn, mp_conn_reason_t reason, const char *why, 
     for (submit_check_t *c = s->checks; c != NULL; c = c->next) {
         c->s = NULL;
     }
+    if (s->counted && s->d->conn_open[s->is_unix ? 0 : 1] > 0) {
+        s->d->conn_open[s->is_unix ? 0 : 1]--;
+    }
     session_unlink(s);
     mp_free(s);
+}
+
+/* Logs of refused and failed accepts: at most one a second, with the count. */
+#define ACCEPT_LOG_EVERY_MS 1000
+
+static void on_refused_closed(uv_handle_t *h)
+{
+    mp_free(h);
+}
+
+/* A listener at its cap: the connection is taken off the backlog (libuv
+ * stops polling a listener whose connection is not accepted) and closed. */
+static void session_refuse(mpard_t *d, uv_stream_t *server)
+{
+    int li = server->type == UV_NAMED_PIPE ? 0 : 1;
+    union {
+        uv_pipe_t pipe;
+        uv_tcp_t tcp;
+    } *h = mp_calloc(1, sizeof(*h));
+    if (h == NULL) {
+        return;
+    }
+    if (li == 0) {
+        uv_pipe_init(d->loop, &h->pipe, 0);
+    } else {
+        uv_tcp_init(d->loop, &h->tcp);
+    }
+    uv_accept(server, (uv_stream_t *)h);
+    uv_close((uv_handle_t *)h, on_refused_closed);
+    d->n.conn_refused[li]++;
+    uint64_t now = uv_now(d->loop);
+    if (d->refuse_logged_ms == 0 || now - d->refuse_logged_ms >= ACCEPT_LOG_EVERY_MS) {
+        d->refuse_logged_ms = now;
+        mp_warn("%s listener at its cap of %u connections: refusing new ones (%llu refused so "
+                "far); idle readers are closed after %llu ms",
+                li == 0 ? "Unix socket" : "TCP", d->conn_cap,
+                (unsigned long long)d->n.conn_refused[li],
+                (unsigned long long)d->cfg.dead_after_ms * MP_SESSION_IDLE_FACTOR);
+    }
 }
 
 void mp_session_on_accept(uv_stream_t *server, int status)
 {
     mpard_t *d = server->data;
     if (status < 0) {
-        mp_warn("accept: %s", uv_strerror(status));
+        /* libuv has already drained the backlog (its EMFILE reserve fd),
+         * so this does not spin; say so once a second, not per connection. */
+        d->n.accept_errors++;
+        uint64_t now = uv_now(d->loop);
+        if (d->accept_err_logged_ms == 0 || now - d->accept_err_logged_ms >= ACCEPT_LOG_EVERY_MS) {
+            d->accept_err_logged_ms = now;
+            mp_warn("accept: %s (%llu accept errors so far; raise LimitNOFILE?)",
+                    uv_strerror(status), (unsigned long long)d->n.accept_errors);
+        }
+        return;
+    }
+    int li = server->type == UV_NAMED_PIPE ? 0 : 1;
+    if (d->conn_cap > 0 && d->conn_open[li] >= d->conn_cap) {
+        session_refuse(d, server);
         return;
     }
     mp_session_t *s = mp_calloc(1, sizeof(*s));
@@ -930,6 +994,7 @@ void mp_session_on_accept(uv_stream_t *server, int status)
         .stall_ms = d->cfg.dead_after_ms,
         .handshake_ms = d->cfg.dead_after_ms,
         .sniff_lines = s->is_unix,
+        .idle_ms = (uint64_t)d->cfg.dead_after_ms * MP_SESSION_IDLE_FACTOR,
     };
     static const mp_conn_cbs_t cbs = {.on_envelope = on_envelope,
                                       .on_ready = on_ready,
@@ -942,6 +1007,8 @@ void mp_session_on_accept(uv_stream_t *server, int status)
         return;
     }
     s->conn = conn;
+    s->counted = true;
+    d->conn_open[li]++;
     if (s->is_unix) {
         uid_t uid;
         gid_t gid;

@@ -33,6 +33,7 @@
  */
 #include "engine/executor.h"
 
+#include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -42,6 +43,7 @@
 #include "engine/internal.h"
 #include "model/ckpt.h"
 #include "model/model.h"
+#include "model/train.h"
 #include "parallel/partition.h"
 #include "parallel/placement.h"
 #include "transport/coll.h"
@@ -1016,6 +1018,14 @@ static mp_status_t run_train(mp_exec_t *ex, const mp_engine_ev_t *ev, mp_exec_re
         if (st == MP_OK) {
             st = span_push(ex, a->op, a->mb, t0);
         }
+    }
+    if (st == MP_OK && ex->last && !isfinite(loss_sum)) {
+        /* The last stage sees the loss first: a diverged job FAILs at this
+         * step with a reason, instead of training on to a NaN result. */
+        return mp_errbuf_set(err, MP_ERR_NONFINITE,
+                             "rank %d (stage %d, tp %d, dp %d): loss is %s at step %lld", ex->rank,
+                             ex->stage, ex->o.tp_rank, ex->o.dp_rank,
+                             mp_train_nonfinite_name(loss_sum), (long long)ev->step);
     }
     if (st == MP_OK) {
         st = finish_event(ex, ev, err);

@@ -396,6 +396,84 @@ mp_status_t mp_data_load_fashion_mnist(const char *dir, mp_dataset_t *train, mp_
     return MP_OK;
 }
 
+/* ---- checks made before loading ------------------------------------------ */
+
+mp_status_t mp_data_check_file(const char *path, bool folder, mp_errbuf_t *err)
+{
+    struct stat sb;
+    /* stat() does not block on a FIFO; open() waits for its writer. */
+    if (stat(path, &sb) != 0) {
+        return mp_errbuf_set(err, MP_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    }
+    if (folder ? S_ISDIR(sb.st_mode) : S_ISREG(sb.st_mode)) {
+        return MP_OK;
+    }
+    const char *is = S_ISDIR(sb.st_mode)    ? "a folder"
+                     : S_ISREG(sb.st_mode)  ? "a file"
+                     : S_ISFIFO(sb.st_mode) ? "a FIFO"
+                     : S_ISSOCK(sb.st_mode) ? "a socket"
+                                            : "a device";
+    return mp_errbuf_set(err, MP_ERR_IO, "%s is %s, not a %s", path, is,
+                         folder ? "folder" : "regular file");
+}
+
+/* The count (and pixels per image) an IDX file's header claims, read
+ * without its data. */
+static mp_status_t idx_header_count(const char *path, bool images, int64_t *n_p, int64_t *dim_p,
+                                    mp_errbuf_t *err)
+{
+    mp_status_t st = mp_data_check_file(path, false, err);
+    if (st != MP_OK) {
+        return st;
+    }
+    idx_file_t f;
+    st = idx_open(&f, path, err);
+    if (st != MP_OK) {
+        return st;
+    }
+    uint32_t dims[3] = {0};
+    st = idx_read_header(&f, images ? IDX_MAGIC_IMAGES : IDX_MAGIC_LABELS,
+                         images ? "images" : "labels", dims, images ? 3 : 1, err);
+    idx_close(&f);
+    if (st == MP_OK) {
+        *n_p = dims[0];
+        *dim_p = images ? (int64_t)dims[1] * dims[2] : 1;
+    }
+    return st;
+}
+
+mp_status_t mp_data_fashion_mnist_check(const char *dir, int64_t *train_n_p, int64_t *dim_p,
+                                        mp_errbuf_t *err)
+{
+    mp_status_t st = mp_data_check_file(dir, true, err);
+    if (st != MP_OK) {
+        return st;
+    }
+    static const char *const prefixes[2] = {"train", "t10k"};
+    for (int i = 0; i < 2; i++) {
+        char ipath[1200], lpath[1200];
+        snprintf(ipath, sizeof(ipath), "%s/%s-images-idx3-ubyte.gz", dir, prefixes[i]);
+        snprintf(lpath, sizeof(lpath), "%s/%s-labels-idx1-ubyte.gz", dir, prefixes[i]);
+        int64_t n_images, dim, n_labels, one;
+        st = idx_header_count(ipath, true, &n_images, &dim, err);
+        if (st == MP_OK) {
+            st = idx_header_count(lpath, false, &n_labels, &one, err);
+        }
+        if (st != MP_OK) {
+            return st;
+        }
+        if (n_images != n_labels) {
+            return mp_errbuf_set(err, MP_ERR_FORMAT, "%s has %lld images but %s has %lld labels",
+                                 ipath, (long long)n_images, lpath, (long long)n_labels);
+        }
+        if (i == 0) {
+            *train_n_p = n_images;
+            *dim_p = dim;
+        }
+    }
+    return MP_OK;
+}
+
 /* ---- synthetic teacher data set ------------------------------------------- */
 
 static float syn_u01(uint64_t seed, uint64_t tag, uint64_t a, uint64_t b)
@@ -740,8 +818,13 @@ static int read_all(int fd, text_buf_t *tb)
     }
 }
 
-mp_status_t mp_data_text_check(const char *path, int64_t block_size, mp_errbuf_t *err)
+mp_status_t mp_data_text_check(const char *path, int64_t block_size, int64_t *train_n_p,
+                               mp_errbuf_t *err)
 {
+    mp_status_t st = mp_data_check_file(path, false, err);
+    if (st != MP_OK) {
+        return st;
+    }
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         return mp_errbuf_set(err, MP_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
@@ -753,13 +836,12 @@ mp_status_t mp_data_text_check(const char *path, int64_t block_size, mp_errbuf_t
     if (r != 0) {
         return mp_errbuf_set(err, MP_ERR_IO, "%s: cannot stat: %s", path, strerror(e));
     }
-    if (S_ISDIR(sb.st_mode)) {
-        return mp_errbuf_set(err, MP_ERR_IO, "%s: is a folder, not a text file", path);
+    int64_t len = (int64_t)sb.st_size;
+    st = mp_data_text_check_size(len, block_size, path, err);
+    if (st == MP_OK && train_n_p != NULL) {
+        *train_n_p = (len * 9 / 10 - 1) / block_size; /* text_split's windows */
     }
-    if (!S_ISREG(sb.st_mode)) {
-        return MP_OK; /* a pipe or a device: its length shows only when read */
-    }
-    return mp_data_text_check_size((int64_t)sb.st_size, block_size, path, err);
+    return st;
 }
 
 mp_status_t mp_data_load_text(const char *path, int64_t block_size, mp_dataset_t *train,

@@ -7,6 +7,7 @@
 #ifndef MP_MODEL_DATA_H
 #define MP_MODEL_DATA_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "common/status.h"
@@ -41,6 +42,16 @@ mp_status_t mp_idx_read_labels(const char *path, int32_t **y_p, int64_t *n_p, mp
 mp_status_t mp_data_load_fashion_mnist(const char *dir, mp_dataset_t *train, mp_dataset_t *test,
                                        mp_errbuf_t *err);
 
+/* Cheap checks before a load, reading no data: `path` exists and is a
+ * regular file (folder: a folder), not a FIFO, socket or device, whose
+ * open() could block a daemon's thread for ever (MP_ERR_IO naming it). */
+mp_status_t mp_data_check_file(const char *path, bool folder, mp_errbuf_t *err);
+/* dir is a folder whose four IDX files are regular files with headers that
+ * agree (image and label counts); *train_n_p and *dim_p: the training
+ * images and pixels per image their headers claim. */
+mp_status_t mp_data_fashion_mnist_check(const char *dir, int64_t *train_n_p, int64_t *dim_p,
+                                        mp_errbuf_t *err);
+
 /* Synthetic: x ~ U(-1,1)^dim from (seed, sample, feature); label = argmax
  * of a fixed random teacher network (dim -> 32 tanh -> classes) seeded by
  * seed.  The test split uses sample indices after the training ones. */
@@ -73,11 +84,13 @@ mp_status_t mp_data_load_kjv(int64_t block_size, mp_dataset_t *train, mp_dataset
                              mp_errbuf_t *err);
 /* Cheap checks made before a job starts, without reading the text: a text
  * of len bytes (`what` names it) holds a window in both splits (at least
- * 10 * block_size + 1 bytes); a file exists, is readable and, when it is a
- * regular file, long enough.  MP_ERR_IO or MP_ERR_FORMAT naming it. */
+ * 10 * block_size + 1 bytes); a file exists, is a regular file (not a FIFO
+ * or a device), readable and long enough; *train_n_p (when not NULL): its
+ * training windows.  MP_ERR_IO or MP_ERR_FORMAT naming it. */
 mp_status_t mp_data_text_check_size(int64_t len, int64_t block_size, const char *what,
                                     mp_errbuf_t *err);
-mp_status_t mp_data_text_check(const char *path, int64_t block_size, mp_errbuf_t *err);
+mp_status_t mp_data_text_check(const char *path, int64_t block_size, int64_t *train_n_p,
+                               mp_errbuf_t *err);
 
 void mp_dataset_free(mp_dataset_t *ds);
 

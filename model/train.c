@@ -28,12 +28,17 @@ static double now_s(void)
 mp_status_t mp_train_check_data(const mp_spec_t *spec, mp_errbuf_t *err)
 {
     mp_errbuf_t why = {{0}};
+    int64_t train_n = -1, dim = -1; /* -1: known only once loaded */
+    const char *dir;
     switch (spec->data.kind) {
+    case MP_DATA_SYNTHETIC:
+        train_n = spec->data.samples;
+        break;
     case MP_DATA_TEXT:
-        if (mp_data_text_check(spec->data.path, spec->data.block_size, &why) != MP_OK) {
+        if (mp_data_text_check(spec->data.path, spec->data.block_size, &train_n, &why) != MP_OK) {
             return mp_errbuf_set(err, MP_ERR_SPEC, "data.path: %s", why.msg);
         }
-        return MP_OK;
+        break;
     case MP_DATA_KJV:
         if (access(MP_KJV_PROGRAM, X_OK) != 0) {
             return mp_errbuf_set(err, MP_ERR_SPEC,
@@ -42,10 +47,25 @@ mp_status_t mp_train_check_data(const mp_spec_t *spec, mp_errbuf_t *err)
                                  "deploy/install-deps.sh)",
                                  MP_KJV_PROGRAM, strerror(errno));
         }
-        return MP_OK;
+        break; /* its length shows when the program has printed it */
     default:
-        return MP_OK;
+        dir = spec->data.path[0] ? spec->data.path : MP_FASHION_MNIST_DIR;
+        if (mp_data_fashion_mnist_check(dir, &train_n, &dim, &why) != MP_OK) {
+            return mp_errbuf_set(err, MP_ERR_SPEC, "data.path: %s", why.msg);
+        }
+        if (dim != spec->model.input * spec->model.seq) {
+            return mp_errbuf_set(err, MP_ERR_SPEC,
+                                 "model.input: %lld does not match the data set's %lld features",
+                                 (long long)spec->model.input, (long long)dim);
+        }
+        break;
     }
+    if (train_n >= 0 && spec->train.batch_size > train_n) {
+        return mp_errbuf_set(err, MP_ERR_SPEC,
+                             "train.batch_size: %lld is larger than the %lld training samples",
+                             (long long)spec->train.batch_size, (long long)train_n);
+    }
+    return MP_OK;
 }
 
 mp_status_t mp_train_load_data(const mp_spec_t *spec, mp_dataset_t *train, mp_dataset_t *test,
@@ -81,6 +101,11 @@ mp_status_t mp_train_load_data(const mp_spec_t *spec, mp_dataset_t *train, mp_da
                              (long long)spec->model.input, (long long)train->dim);
     }
     return MP_OK;
+}
+
+const char *mp_train_nonfinite_name(double v)
+{
+    return isnan(v) ? "NaN" : v > 0 ? "+Inf" : "-Inf";
 }
 
 int64_t mp_train_steps_per_epoch(const mp_spec_t *spec, int64_t train_samples)
@@ -262,6 +287,13 @@ mp_status_t mp_train_serial(const mp_spec_t *spec, const mp_train_opts_t *opts,
                 /* Each position's gradient is 1/(B L) of its loss gradient:
                  * the mean over the batch's positions. */
                 st = mp_model_loss(model, 0, labels_dev, B, 1.0f / (float)(B * L), &loss, NULL);
+            }
+            if (st == MP_OK && !isfinite(loss)) {
+                /* A diverged run stops here, as Megatron's NaN check does,
+                 * rather than training on and reporting garbage. */
+                st = mp_errbuf_set(err, MP_ERR_NONFINITE, "loss is %s at step %lld",
+                                   mp_train_nonfinite_name(loss), (long long)step + 1);
+                goto out_model;
             }
             if (st == MP_OK) {
                 st = mp_model_backward(model, 0, B, NULL);

@@ -50,9 +50,13 @@ typedef struct {
 } mp_train_result_t;
 
 /* The checks of the spec's data that need the file system, cheap enough to
- * make before a job starts (a text file exists, is not empty and holds a
- * window in both splits; the kjv program is installed): MP_ERR_SPEC with a
- * message naming the field and the file.  Blocking: not on a loop thread. */
+ * make before a job starts, reading no data: data.path is a regular file
+ * (text) or a folder (fashion-mnist), never a FIFO, socket or device whose
+ * open() would block; a text holds a window in both splits; the IDX
+ * headers agree with each other and with model.input; the kjv program is
+ * installed; and train.batch_size is not larger than the training samples
+ * (all but kjv's, known once it has printed).  MP_ERR_SPEC with a message
+ * naming the field and the file.  Blocking: not on a loop thread. */
 mp_status_t mp_train_check_data(const mp_spec_t *spec, mp_errbuf_t *err);
 /* Loads the spec's data sets (train and, where there is one, test). */
 mp_status_t mp_train_load_data(const mp_spec_t *spec, mp_dataset_t *train, mp_dataset_t *test,
@@ -60,6 +64,9 @@ mp_status_t mp_train_load_data(const mp_spec_t *spec, mp_dataset_t *train, mp_da
 /* Steps per epoch: whole global batches (the last partial batch is dropped,
  * as DataLoader(drop_last=True) does). */
 int64_t mp_train_steps_per_epoch(const mp_spec_t *spec, int64_t train_samples);
+/* "NaN", "+Inf" or "-Inf": how a non-finite loss is named in the reason
+ * that FAILs its job ("loss is NaN at step 3"). */
+const char *mp_train_nonfinite_name(double v);
 /* Creates the backend named by opts (device, threads, tf32). */
 mp_status_t mp_train_backend_create(const mp_train_opts_t *opts, mp_backend_t **be_p,
                                     mp_errbuf_t *err);

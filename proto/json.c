@@ -6,6 +6,7 @@
 #include "proto/json.h"
 
 #include <ctype.h>
+#include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <stdio.h>
@@ -38,6 +39,40 @@ const char *mp_proto_enum_short(const ProtobufCEnumDescriptor *desc, int value)
         return v->name + n;
     }
     return v->name;
+}
+
+json_t *mp_json_real(double v)
+{
+    if (isfinite(v)) {
+        return json_real(v);
+    }
+    return json_string(isnan(v) ? "NaN" : v > 0 ? "Infinity" : "-Infinity");
+}
+
+bool mp_json_real_value(const json_t *v, double *v_p)
+{
+    if (json_is_number(v)) {
+        *v_p = json_number_value(v);
+        return true;
+    }
+    if (json_is_null(v)) {
+        *v_p = NAN;
+        return true;
+    }
+    const char *s = json_string_value(v);
+    if (s == NULL) {
+        return false;
+    }
+    if (strcmp(s, "NaN") == 0) {
+        *v_p = NAN;
+    } else if (strcmp(s, "Infinity") == 0) {
+        *v_p = INFINITY;
+    } else if (strcmp(s, "-Infinity") == 0) {
+        *v_p = -INFINITY;
+    } else {
+        return false;
+    }
+    return true;
 }
 
 static json_t *scalar_json(const ProtobufCFieldDescriptor *f, const void *at)
@@ -77,12 +112,12 @@ static json_t *scalar_json(const ProtobufCFieldDescriptor *f, const void *at)
     case PROTOBUF_C_TYPE_FLOAT: {
         float v;
         memcpy(&v, at, sizeof(v));
-        return json_real(v);
+        return mp_json_real(v);
     }
     case PROTOBUF_C_TYPE_DOUBLE: {
         double v;
         memcpy(&v, at, sizeof(v));
-        return json_real(v);
+        return mp_json_real(v);
     }
     case PROTOBUF_C_TYPE_ENUM: {
         int v;

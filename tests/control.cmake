@@ -96,3 +96,12 @@ if(MP_TESTS)
             $<TARGET_FILE:mpard> $<TARGET_FILE:mpar-client> ${CMAKE_SOURCE_DIR})
   set_tests_properties(control_config PROPERTIES TIMEOUT 60)
 endif()
+
+# Issue 13's probe of bad input: non-finite losses, submit-time checks, a
+# FIFO as data, a stop with a blocked thread, capped and idle status readers.
+if(MP_TESTS)
+  add_test(NAME control_probe
+    COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/integration/control_probe.sh
+            $<TARGET_FILE:mpard> $<TARGET_FILE:mpar-client> ${CMAKE_SOURCE_DIR})
+  set_tests_properties(control_probe PROPERTIES TIMEOUT 180)
+endif()

@@ -335,8 +335,26 @@ static void on_stall(uv_timer_t *t)
 static void on_hs_timeout(uv_timer_t *t)
 {
     mp_conn_t *conn = t->data;
+    if (conn->mode == MODE_LINES) {
+        /* In line mode this timer is the idle timer: a reader that holds a
+         * connection without asking anything gives its descriptor back. */
+        if (!conn->ending && !conn->paused && !conn->peer_eof) {
+            mp_conn_close(conn, MP_CONN_IDLE, "no request in time (idle status-socket reader)");
+        }
+        return;
+    }
     if (!conn->ready) {
         mp_conn_close(conn, MP_CONN_HANDSHAKE_TIMEOUT, "no handshake in time");
+    }
+}
+
+/* Line mode: (re)arms the idle timer after a request. */
+static void conn_idle_rearm(mp_conn_t *conn)
+{
+    if (conn->p.idle_ms > 0 && !conn->closing) {
+        uv_timer_start(&conn->hs_timer, on_hs_timeout, conn->p.idle_ms, 0);
+    } else {
+        uv_timer_stop(&conn->hs_timer);
     }
 }
 
@@ -471,10 +489,8 @@ static bool line_append(mp_conn_t *conn, const char *data, size_t len)
 static void conn_line(mp_conn_t *conn, char *line, size_t len)
 {
     stats.lines_in++;
-    if (!conn->ready) {
-        conn->ready = true;
-        uv_timer_stop(&conn->hs_timer);
-    }
+    conn->ready = true;
+    conn_idle_rearm(conn);
     if (len > 0 && line[len - 1] == '\r') {
         line[--len] = '\0';
     }
@@ -618,8 +634,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (conn->mode == MODE_SNIFF) {
         conn->mode = buf->base[0] == 0 ? MODE_FRAMES : MODE_LINES;
         if (conn->mode == MODE_LINES) {
-            /* Line mode has no handshake: an idle JSON reader may stay. */
-            uv_timer_stop(&conn->hs_timer);
+            /* Line mode has no handshake; the timer bounds idleness instead. */
+            conn_idle_rearm(conn);
         }
     }
     if (conn->mode == MODE_LINES) {

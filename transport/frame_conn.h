@@ -35,7 +35,8 @@ typedef struct mp_conn mp_conn_t;
     X(MP_CONN_STALL, "stalled")                                                                    \
     X(MP_CONN_HANDSHAKE_TIMEOUT, "handshake_timeout")                                              \
     X(MP_CONN_SLOW_READER, "slow_reader")                                                          \
-    X(MP_CONN_CONNECT, "connect_failed")
+    X(MP_CONN_CONNECT, "connect_failed")                                                           \
+    X(MP_CONN_IDLE, "idle")
 
 typedef enum {
 #define MP_CONN_REASON_ENUM_(name, text) name,
@@ -72,6 +73,7 @@ typedef struct {
                           MiB */
     bool sniff_lines;  /* a first byte other than 0x00 switches to line mode */
     size_t max_line;   /* default 1 MiB */
+    uint64_t idle_ms;  /* line mode: no request for this long closes; 0 = never */
 } mp_conn_params_t;
 
 /* Accepts a pending connection of `server` (a uv_tcp_t or uv_pipe_t). */

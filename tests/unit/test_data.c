@@ -322,7 +322,7 @@ Test(text, a_file_of_exactly_one_test_window_loads)
     char path[64];
     temp_text(path, bytes, LEN);
     mp_errbuf_t err = {{0}};
-    cr_expect_eq(mp_data_text_check(path, T, &err), MP_OK, "%s", err.msg);
+    cr_expect_eq(mp_data_text_check(path, T, NULL, &err), MP_OK, "%s", err.msg);
     mp_dataset_t tr, te;
     cr_assert_eq(mp_data_load_text(path, T, &tr, &te, &err), MP_OK, "%s", err.msg);
     cr_expect_eq(tr.n, (9 * T - 1) / T);
@@ -347,7 +347,7 @@ Test(text, a_file_short_of_one_window_is_refused_naming_it)
              "bytes) holds no window of 16 + 1 bytes; a text needs at least 161 bytes",
              path);
     mp_errbuf_t err = {{0}};
-    cr_expect_eq(mp_data_text_check(path, T, &err), MP_ERR_FORMAT);
+    cr_expect_eq(mp_data_text_check(path, T, NULL, &err), MP_ERR_FORMAT);
     cr_expect_str_eq(err.msg, want);
     mp_dataset_t tr, te;
     memset(&err, 0, sizeof(err));
@@ -370,13 +370,13 @@ Test(text, empty_and_missing_files_are_refused_naming_them)
     snprintf(want, sizeof(want), "%s: the text is empty", path);
     mp_dataset_t tr, te;
     mp_errbuf_t err = {{0}};
-    cr_expect_eq(mp_data_text_check(path, 8, &err), MP_ERR_FORMAT);
+    cr_expect_eq(mp_data_text_check(path, 8, NULL, &err), MP_ERR_FORMAT);
     cr_expect_str_eq(err.msg, want);
     cr_expect_eq(mp_data_load_text(path, 8, &tr, &te, &err), MP_ERR_FORMAT);
     cr_expect_str_eq(err.msg, want);
     unlink(path);
     snprintf(want, sizeof(want), "%s: cannot open: No such file or directory", path);
-    cr_expect_eq(mp_data_text_check(path, 8, &err), MP_ERR_IO);
+    cr_expect_eq(mp_data_text_check(path, 8, NULL, &err), MP_ERR_IO);
     cr_expect_str_eq(err.msg, want);
     cr_expect_eq(mp_data_load_text(path, 8, &tr, &te, &err), MP_ERR_IO);
     cr_expect_str_eq(err.msg, want);

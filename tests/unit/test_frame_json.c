@@ -6,6 +6,8 @@
  */
 #include <criterion/criterion.h>
 #include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "proto/json.h"
@@ -85,4 +87,54 @@ Test(frame_json, enum_short_names)
     cr_assert_str_eq(mp_proto_enum_short(&mpar__node_state__descriptor, 3), "DEAD");
     cr_assert_str_eq(mp_proto_enum_short(&mpar__error_code__descriptor, 4), "INVALID_SPEC");
     cr_assert_str_eq(mp_proto_enum_short(&mpar__job_state__descriptor, 99), "UNKNOWN");
+}
+
+Test(frame_json, non_finite_numbers_render_as_strings_not_dropped)
+{
+    /* jansson's json_real() is NULL for NaN and Inf; a record with one
+     * must still render, the numbers as the protobuf JSON mapping's strings. */
+    double losses[4] = {0.5, NAN, INFINITY, -INFINITY};
+    Mpar__JobInfo j = MPAR__JOB_INFO__INIT;
+    j.id = "7";
+    j.has_final_loss = 1;
+    j.final_loss = NAN;
+    j.samples_per_s = INFINITY;
+    j.losses = losses;
+    j.n_losses = 4;
+    json_t *o = mp_proto_to_json(&j.base);
+    cr_assert_not_null(o);
+    cr_assert_str_eq(json_string_value(json_object_get(o, "final_loss")), "NaN");
+    cr_assert_str_eq(json_string_value(json_object_get(o, "samples_per_s")), "Infinity");
+    json_t *l = json_object_get(o, "losses");
+    cr_assert_eq(json_array_size(l), 4);
+    cr_assert_float_eq(json_real_value(json_array_get(l, 0)), 0.5, 1e-12);
+    cr_assert_str_eq(json_string_value(json_array_get(l, 1)), "NaN");
+    cr_assert_str_eq(json_string_value(json_array_get(l, 2)), "Infinity");
+    cr_assert_str_eq(json_string_value(json_array_get(l, 3)), "-Infinity");
+    char *text = json_dumps(o, JSON_COMPACT);
+    cr_assert_not_null(text);
+    free(text);
+    json_decref(o);
+}
+
+Test(frame_json, non_finite_strings_read_back)
+{
+    double v = 0;
+    json_t *x = mp_json_real(-INFINITY);
+    cr_assert(mp_json_real_value(x, &v));
+    cr_assert(isinf(v) && v < 0);
+    json_decref(x);
+    x = json_string("NaN");
+    cr_assert(mp_json_real_value(x, &v));
+    cr_assert(isnan(v));
+    json_decref(x);
+    x = json_real(2.25);
+    cr_assert(mp_json_real_value(x, &v));
+    cr_assert_float_eq(v, 2.25, 1e-12);
+    json_decref(x);
+    x = json_string("nan please");
+    v = 3;
+    cr_assert_not(mp_json_real_value(x, &v));
+    cr_assert_float_eq(v, 3, 1e-12);
+    json_decref(x);
 }
