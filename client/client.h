@@ -77,6 +77,10 @@ int mp_client_spec_prepare(const char *spec_path, const char *text, const char *
                            char **text_p, char *resume_abs, size_t cap);
 /* `mpar-client export CKPT_DIR OUT_DIR [--format npy|safetensors]`. */
 int mp_client_export_main(int argc, char **argv);
+/* Whether a local cluster of the grid fits a machine of `cores` cores and
+ * `mem` bytes available (0: unknown): 0, or -1 with the refusal in why. */
+int mp_client_local_capacity(int pp, int tp, int dp, long cores, uint64_t mem, char *why,
+                             size_t why_len);
 
 /* Runs a job on a throwaway local cluster of mpard daemons (client/local.c);
  * returns the exit code. timeline_path NULL: "<name>-timeline.svg"; "none": no SVG;

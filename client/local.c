@@ -14,6 +14,7 @@
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -227,6 +228,65 @@ static int wait_alive(local_cluster_t *lc, int nodes, char *listen, size_t liste
     return -1;
 }
 
+/* MemAvailable of /proc/meminfo in bytes; 0 when unknown. */
+static uint64_t mem_available(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    unsigned long long kb = 0;
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) {
+            break;
+        }
+    }
+    if (f != NULL) {
+        fclose(f);
+    }
+    return (uint64_t)kb * 1024;
+}
+
+/*
+ * Whether this machine can hold the grid as a local cluster: a coordinator
+ * and pp*dp daemons holding pp*tp*dp shard threads.  Shards sleep while
+ * they wait, but every daemon's loop must still answer its heartbeats in
+ * time; beyond these a starved node misses them and the job dies of it:
+ * at most LC_DAEMONS_PER_CORE daemons and LC_SHARDS_PER_CORE shards per
+ * core (the coordinator counted), and LC_DAEMON_BYTES of available memory
+ * per daemon.  0 when it fits, else the refusal is printed.
+ */
+#define LC_DAEMONS_PER_CORE 4
+#define LC_SHARDS_PER_CORE 8
+#define LC_DAEMON_BYTES (64ull << 20)
+
+int mp_client_local_capacity(int pp, int tp, int dp, long cores, uint64_t mem, char *why,
+                             size_t why_len)
+{
+    long long daemons = 1 + (long long)pp * dp, shards = (long long)pp * tp * dp;
+    long long max_daemons = 1 + LC_DAEMONS_PER_CORE * (long long)(cores > 0 ? cores : 1);
+    long long max_shards = LC_SHARDS_PER_CORE * (long long)(cores > 0 ? cores : 1);
+    if (max_daemons > LC_MAX_DAEMONS) {
+        max_daemons = LC_MAX_DAEMONS;
+    }
+    const char *short_of = daemons > max_daemons ? "daemons"
+                           : shards > max_shards ? "shards"
+                           : mem > 0 && (uint64_t)daemons * LC_DAEMON_BYTES > mem
+                               ? "memory"
+                               : NULL;
+    if (short_of == NULL) {
+        return 0;
+    }
+    snprintf(why, why_len,
+             "the grid pp=%d x tp=%d x dp=%d needs %lld daemons (a coordinator and pp*dp nodes) "
+             "and %lld shards, and this machine has %ld core%s and %.1f GiB available: a local "
+             "cluster here holds at most %lld daemons and %lld shards (%d daemons and %d shards "
+             "a core, %llu MiB a daemon); too many %s. Run it on a cluster (mpar-client submit) "
+             "or with --serial",
+             pp, tp, dp, daemons, shards, cores, cores == 1 ? "" : "s",
+             (double)mem / (double)(1ull << 30), max_daemons, max_shards, LC_DAEMONS_PER_CORE,
+             LC_SHARDS_PER_CORE, LC_DAEMON_BYTES >> 20, short_of);
+    return -1;
+}
+
 int mp_client_run_local(const char *spec_path, int pp, int tp, int dp, const char *name,
                         bool json, const char *save_dir, const char *timeline_path, bool quiet,
                         const mp_spec_t *spec, const char *curve_path, int64_t sample_tokens,
@@ -235,9 +295,10 @@ int mp_client_run_local(const char *spec_path, int pp, int tp, int dp, const cha
     local_cluster_t lc = {0};
     int code = MP_EXIT_FAILED;
     int nodes = pp * dp;
-    if (nodes + 1 > LC_MAX_DAEMONS) {
-        fprintf(stderr, "mpar-client run: a local cluster holds at most %d nodes; the grid needs "
-                        "%d (pp * dp)\n", LC_MAX_DAEMONS - 1, nodes);
+    char why[600];
+    if (mp_client_local_capacity(pp, tp, dp, sysconf(_SC_NPROCESSORS_ONLN), mem_available(), why,
+                                 sizeof(why)) != 0) {
+        fprintf(stderr, "mpar-client run: %s\n", why);
         return MP_EXIT_USAGE;
     }
     if (find_mpard(&lc) != 0) {

@@ -273,11 +273,40 @@ static void node_set_state(mp_coord_t *c, mp_coord_node_t *n, Mpar__NodeState s,
     mpard_changed(c->d); /* the status line */
 }
 
+static uint64_t sweep_every(const mp_coord_t *c)
+{
+    uint64_t every = c->d->cfg.heartbeat_ms / 2;
+    return every < 10 ? 10 : every;
+}
+
 static void on_sweep(uv_timer_t *t)
 {
     mp_coord_t *c = t->data;
     uint64_t now = uv_now(c->d->loop);
     uint64_t hb = c->d->cfg.heartbeat_ms, dead = c->d->cfg.dead_after_ms;
+    /* A sweep that runs late means this loop itself was starved (an
+     * overloaded machine): the heartbeats it did not read yet are waiting
+     * in the sockets, and libuv runs timers before it reads them.  The
+     * verdicts wait one round so that they are read, and a node declared
+     * DEAD while the loop is late says so. */
+    uint64_t due = c->last_sweep_mono + sweep_every(c);
+    uint64_t late = c->last_sweep_mono != 0 && now > due ? now - due : 0;
+    c->last_sweep_mono = now;
+    if (late > hb) {
+        c->loop_late_ms = late;
+        c->loop_late_at = now;
+        if (!c->sweep_deferred) {
+            c->sweep_deferred = true;
+            mp_warn("the coordinator's event loop ran %llu ms late (the machine is overloaded); "
+                    "reading the waiting heartbeats before judging nodes",
+                    (unsigned long long)late);
+            return;
+        }
+    }
+    c->sweep_deferred = false;
+    if (c->loop_late_ms > 0 && now - c->loop_late_at > dead) {
+        c->loop_late_ms = 0;
+    }
     for (mp_coord_node_t *n = c->nodes; n != NULL; n = n->next) {
         if (n->info.state != MPAR__NODE_STATE__NODE_STATE_ALIVE &&
             n->info.state != MPAR__NODE_STATE__NODE_STATE_SUSPECT) {
@@ -285,8 +314,15 @@ static void on_sweep(uv_timer_t *t)
         }
         uint64_t age = now - n->last_hb_mono;
         if (age >= dead) {
-            char why[96];
-            snprintf(why, sizeof(why), "no heartbeat for %llu ms", (unsigned long long)age);
+            char why[200];
+            if (c->loop_late_ms > 0) {
+                snprintf(why, sizeof(why),
+                         "no heartbeat for %llu ms, while this coordinator's own event loop ran "
+                         "up to %llu ms late: the machine is overloaded",
+                         (unsigned long long)age, (unsigned long long)c->loop_late_ms);
+            } else {
+                snprintf(why, sizeof(why), "no heartbeat for %llu ms", (unsigned long long)age);
+            }
             node_set_state(c, n, MPAR__NODE_STATE__NODE_STATE_DEAD, why);
             if (n->session != NULL) {
                 /* Connected but silent: drop it, so that it reconnects afresh. */
@@ -303,10 +339,8 @@ static void on_sweep(uv_timer_t *t)
 
 static void sweep_restart(mp_coord_t *c)
 {
-    uint64_t every = c->d->cfg.heartbeat_ms / 2;
-    if (every < 10) {
-        every = 10;
-    }
+    uint64_t every = sweep_every(c);
+    c->last_sweep_mono = 0;
     uv_timer_start(&c->sweep_timer, on_sweep, every, every);
 }
 

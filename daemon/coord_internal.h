@@ -100,6 +100,10 @@ struct mp_coord {
     size_t njobs;
     uv_timer_t sweep_timer;
     bool sweep_open;
+    uint64_t last_sweep_mono;   /* uv_now of the last sweep, 0 before the first */
+    uint64_t loop_late_ms;      /* how late a recent sweep ran (0: on time lately) */
+    uint64_t loop_late_at;
+    bool sweep_deferred;        /* the last sweep was late and judged nobody */
     char state_path[PATH_MAX + 32];
     char tmp_path[PATH_MAX + 40];
     bool save_inflight, save_dirty;

@@ -115,6 +115,22 @@ expect_exit 3 "unreachable socket" "$CLIENT" --socket "$T/none.sock" nodes
 grep -q "is mpard running" "$T/err" || fail "unreachable: $(cat "$T/err")"
 expect_exit 3 "unreachable TCP" "$CLIENT" --connect "127.0.0.1:1" nodes
 
+# A grid this machine cannot hold is refused before any daemon starts.
+python3 - "$T/job.json" "$T/huge.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+d["model"]["layers"] = [{"type": "linear", "out": 64} for _ in range(64)] + [{"type": "linear", "out": 4}]
+d["parallel"] = {"pp": 64, "tp": 64, "dp": 1, "micro_batches": 1}
+d["train"]["batch_size"] = 16
+json.dump(d, open(sys.argv[2], "w"))
+PY
+START=$(now_ms)
+expect_exit 2 "run on a grid the machine cannot hold" "$CLIENT" run "$T/huge.json"
+grep -q "pp=64 x tp=64 x dp=1 needs 65 daemons" "$T/err" || fail "capacity refusal: $(cat "$T/err")"
+grep -q "core" "$T/err" || fail "the refusal does not say what the machine has: $(cat "$T/err")"
+[ $(($(now_ms) - START)) -lt 10000 ] || fail "the refusal took $(($(now_ms) - START)) ms"
+echo "ok capacity: $(cat "$T/err")"
+
 # Permission: a user outside the socket's group gets told so (exit 4).
 if command -v runuser >/dev/null && id nobody >/dev/null 2>&1 &&
     runuser -u nobody -- test -x "$CLIENT" 2>/dev/null; then

@@ -156,6 +156,16 @@ PY
 grep -q "idle status-socket reader" "$T/c.log" || fail "the idle close is not logged"
 echo "ok idle status-socket readers are closed after $((DEAD * 6)) ms"
 
+# --- 6. a coordinator whose own loop was starved does not call live nodes DEAD ---------
+kill -STOP "$PID_c"
+sleep $((DEAD * 3 / 1000))
+kill -CONT "$PID_c"
+sleep 1
+one_alive || fail "n1 is not ALIVE after the coordinator's stall: $("$CLIENT" nodes)"
+grep -q "n1: .*-> DEAD" "$T/c.log" && fail "a stalled coordinator declared the live n1 DEAD"
+grep -q "event loop ran [0-9]* ms late" "$T/c.log" || fail "the stall is not logged"
+echo "ok a starved coordinator reads the waiting heartbeats before judging nodes"
+
 # --- 5. a stop does not wait on a thread blocked opening a FIFO ------------------------------
 # The checks at submit pass; the FIFO comes after, as a file on a hung mount
 # would: the feeder's open() blocks, and nothing can interrupt it.
