@@ -472,9 +472,19 @@ static json_t *status_json(mpard_t *d)
 
 static void line_reply(mp_session_t *s, json_t *o)
 {
-    char *text = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(12));
+    /* Most replies fit a stack buffer: dumped there, and sent from there. */
+    char small[8192];
+    size_t flags = JSON_COMPACT | JSON_REAL_PRECISION(12);
+    size_t n = json_dumpb(o, small, sizeof(small) - 1, flags);
+    if (n > 0 && n < sizeof(small) - 1) {
+        json_decref(o);
+        small[n] = '\n';
+        mp_conn_send_raw(s->conn, small, n + 1);
+        return;
+    }
+    char *text = json_dumps(o, flags);
     json_decref(o);
-    size_t n = text ? strlen(text) : 0;
+    n = text ? strlen(text) : 0;
     char *line = text ? realloc(text, n + 1) : NULL; /* jansson allocates with malloc */
     if (line == NULL) {
         free(text);

@@ -289,6 +289,24 @@ mp_status_t mp_conn_send_raw(mp_conn_t *conn, const void *bytes, size_t len)
     if (conn->closing) {
         return MP_ERR_CLOSED;
     }
+    if (conn->queued == 0 && len > 0) {
+        /* Nothing queued: the reply usually fits the socket buffer whole,
+         * and a write now saves the copy, the request and its callback
+         * (the status socket's requests/s are mostly this). */
+        uv_buf_t b = uv_buf_init((char *)bytes, (unsigned)len);
+        int w = uv_try_write(&conn->h.stream, &b, 1);
+        if (w > 0) {
+            stats.bytes_out += (uint64_t)w;
+            bytes = (const uint8_t *)bytes + w;
+            len -= (size_t)w;
+            if (len == 0) {
+                return MP_OK;
+            }
+        } else if (w != UV_EAGAIN && w != UV_ENOSYS) {
+            mp_conn_close(conn, MP_CONN_IO, uv_strerror(w));
+            return MP_ERR_IO;
+        }
+    }
     uint8_t *buf = mp_malloc(len > 0 ? len : 1);
     if (buf == NULL) {
         mp_conn_close(conn, MP_CONN_LOCAL, "out of memory");
