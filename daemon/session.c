@@ -78,6 +78,7 @@ static void session_unlink(mp_session_t *s)
 }
 
 static void line_reply(mp_session_t *s, json_t *o);
+static void line_error(mp_session_t *s, const char *msg, bool close);
 static void submit_job(mp_session_t *s, bool lines, uint64_t rid, const char *spec_json,
                        const char *who, const char *save_weights, const char *resume_dir);
 
@@ -425,49 +426,149 @@ static void on_request(mp_session_t *s, const Mpar__Envelope *in)
 
 /* ---- the status socket's JSON ------------------------------------------- */
 
-static json_t *status_json(mpard_t *d)
+/*
+ * {"cmd":"status"} is what monitoring polls: its reply is written straight
+ * into a buffer, not built as a jansson tree and dumped, and without printf
+ * but for the one real number (a third of the instructions per request).
+ * The text is the same JSON object.
+ */
+typedef struct {
+    char *p;
+    size_t left;
+    bool full;
+} sbuf_t;
+
+static void sb_mem(sbuf_t *b, const char *s, size_t n)
 {
-    json_t *o = json_object();
-    json_object_set_new(o, "ok", json_true());
-    json_object_set_new(o, "name", json_string(d->cfg.name));
-    json_object_set_new(o, "version", json_string(MP_VERSION));
-    json_object_set_new(o, "pid", json_integer(d->pid));
-    json_object_set_new(o, "uptime_s",
-                        json_real((double)(mpard_now_ms() - d->start_unix_ms) / 1000.0));
-    json_t *roles = json_array();
-    if (d->coord != NULL) {
-        json_array_append_new(roles, json_string("coordinator"));
+    if (b->full || n >= b->left) {
+        b->full = true;
+        return;
     }
-    if (d->agent != NULL) {
-        json_array_append_new(roles, json_string("node"));
+    memcpy(b->p, s, n);
+    b->p += n;
+    b->left -= n;
+    *b->p = '\0';
+}
+
+static void sb_lit(sbuf_t *b, const char *s)
+{
+    sb_mem(b, s, strlen(s));
+}
+
+static void sb_u64(sbuf_t *b, uint64_t v)
+{
+    char tmp[24];
+    size_t n = sizeof(tmp);
+    do {
+        tmp[--n] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v > 0);
+    sb_mem(b, tmp + n, sizeof(tmp) - n);
+}
+
+/* A JSON string: quotes, backslashes and control characters escaped. */
+static void sb_str(sbuf_t *b, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+    sb_mem(b, "\"", 1);
+    for (const char *run = s;; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch != '\0' && ch != '"' && ch != '\\' && ch >= 0x20) {
+            continue;
+        }
+        sb_mem(b, run, (size_t)(s - run));
+        if (ch == '\0') {
+            break;
+        }
+        char esc[6] = {'\\', (char)ch};
+        if (ch < 0x20) {
+            esc[1] = 'u';
+            esc[2] = '0';
+            esc[3] = '0';
+            esc[4] = hex[ch >> 4];
+            esc[5] = hex[ch & 15];
+        }
+        sb_mem(b, esc, ch < 0x20 ? 6 : 2);
+        run = s + 1;
     }
-    json_object_set_new(o, "roles", roles);
-    json_object_set_new(o, "ready", json_boolean(d->ready_sent));
-    json_object_set_new(o, "devices", json_integer(d->ndevices));
-    json_object_set_new(o, "connections", json_integer((json_int_t)mp_conn_stats()->open));
+    sb_mem(b, "\"", 1);
+}
+
+/* The short names of the node and job states, made once. */
+static const char *state_name(bool node, int i)
+{
+    static const char *names[2][6];
+    if (names[node][i] == NULL) {
+        names[node][i] = mp_proto_enum_short(
+            node ? &mpar__node_state__descriptor : &mpar__job_state__descriptor, i);
+    }
+    return names[node][i];
+}
+
+/* The status reply with its newline; its length, or 0 when cap is too small. */
+static size_t status_line(mpard_t *d, char *buf, size_t cap)
+{
+    sbuf_t b = {buf, cap, false};
+    char up[32];
+    snprintf(up, sizeof(up), "%.3f", (double)(mpard_now_ms() - d->start_unix_ms) / 1000.0);
+    sb_lit(&b, "{\"ok\":true,\"name\":");
+    sb_str(&b, d->cfg.name);
+    sb_lit(&b, ",\"version\":");
+    sb_str(&b, MP_VERSION);
+    sb_lit(&b, ",\"pid\":");
+    sb_u64(&b, (uint64_t)d->pid);
+    sb_lit(&b, ",\"uptime_s\":");
+    sb_lit(&b, up);
+    sb_lit(&b, d->coord != NULL && d->agent != NULL ? ",\"roles\":[\"coordinator\",\"node\"]"
+               : d->coord != NULL                    ? ",\"roles\":[\"coordinator\"]"
+               : d->agent != NULL                    ? ",\"roles\":[\"node\"]"
+                                                     : ",\"roles\":[]");
+    sb_lit(&b, d->ready_sent ? ",\"ready\":true,\"devices\":" : ",\"ready\":false,\"devices\":");
+    sb_u64(&b, (uint64_t)d->ndevices);
+    sb_lit(&b, ",\"connections\":");
+    sb_u64(&b, mp_conn_stats()->open);
     if (d->agent != NULL) {
-        json_object_set_new(o, "node_state", json_string(mp_agent_state(d->agent)));
-        json_object_set_new(o, "coordinator_address",
-                            json_string(d->cfg.join[0] ? d->cfg.join : d->tcp_bound));
+        sb_lit(&b, ",\"node_state\":");
+        sb_str(&b, mp_agent_state(d->agent));
+        sb_lit(&b, ",\"coordinator_address\":");
+        sb_str(&b, d->cfg.join[0] ? d->cfg.join : d->tcp_bound);
     }
     if (d->coord != NULL) {
         int ns[5], js[6];
         mp_coord_counts(d->coord, ns, js);
-        json_t *nodes = json_object(), *jobs = json_object();
+        sb_lit(&b, ",\"epoch\":");
+        sb_u64(&b, mp_coord_epoch(d->coord));
+        sb_lit(&b, ",\"listen\":");
+        sb_str(&b, d->tcp_bound);
+        sb_lit(&b, ",\"nodes\":{");
         for (int i = 1; i < 5; i++) {
-            json_object_set_new(nodes, mp_proto_enum_short(&mpar__node_state__descriptor, i),
-                                json_integer(ns[i]));
+            sb_lit(&b, i > 1 ? ",\"" : "\"");
+            sb_lit(&b, state_name(true, i));
+            sb_lit(&b, "\":");
+            sb_u64(&b, (uint64_t)ns[i]);
         }
+        sb_lit(&b, "},\"jobs\":{");
         for (int i = 1; i < 6; i++) {
-            json_object_set_new(jobs, mp_proto_enum_short(&mpar__job_state__descriptor, i),
-                                json_integer(js[i]));
+            sb_lit(&b, i > 1 ? ",\"" : "\"");
+            sb_lit(&b, state_name(false, i));
+            sb_lit(&b, "\":");
+            sb_u64(&b, (uint64_t)js[i]);
         }
-        json_object_set_new(o, "epoch", json_integer((json_int_t)mp_coord_epoch(d->coord)));
-        json_object_set_new(o, "listen", json_string(d->tcp_bound));
-        json_object_set_new(o, "nodes", nodes);
-        json_object_set_new(o, "jobs", jobs);
+        sb_lit(&b, "}");
     }
-    return o;
+    sb_lit(&b, "}\n");
+    return b.full ? 0 : cap - b.left;
+}
+
+static void status_reply(mp_session_t *s)
+{
+    char buf[2048];
+    size_t n = status_line(s->d, buf, sizeof(buf));
+    if (n == 0) {
+        line_error(s, "status reply too long", false);
+        return;
+    }
+    mp_conn_send_raw(s->conn, buf, n);
 }
 
 static void line_reply(mp_session_t *s, json_t *o)
@@ -792,7 +893,7 @@ static void on_line(mp_conn_t *conn, const char *line, size_t len, bool oversize
     mp_errbuf_t err;
     const char *id = json_string_value(json_object_get(req, "id"));
     if (!strcmp(cmd, "status")) {
-        line_reply(s, status_json(d));
+        status_reply(s);
     } else if (!strcmp(cmd, "metrics")) {
         char *text = mp_metrics_render(d);
         json_t *o = json_object();
