@@ -286,13 +286,13 @@ static void on_sweep(uv_timer_t *t)
     uint64_t hb = c->d->cfg.heartbeat_ms, dead = c->d->cfg.dead_after_ms;
     /* A sweep that runs late means this loop itself was starved (an
      * overloaded machine): the heartbeats it did not read yet are waiting
-     * in the sockets, and libuv runs timers before it reads them.  The
-     * verdicts wait one round so that they are read, and a node declared
-     * DEAD while the loop is late says so. */
+     * in the sockets, and libuv runs timers before it reads them.  When it
+     * is later than half of dead-after, the verdicts wait one round so that
+     * they are read, and a node declared DEAD while the loop is late says so. */
     uint64_t due = c->last_sweep_mono + sweep_every(c);
     uint64_t late = c->last_sweep_mono != 0 && now > due ? now - due : 0;
     c->last_sweep_mono = now;
-    if (late > hb) {
+    if (late > hb && late > dead / 2) {
         c->loop_late_ms = late;
         c->loop_late_at = now;
         if (!c->sweep_deferred) {
