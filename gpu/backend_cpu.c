@@ -62,17 +62,17 @@
 /* Below this many elements per thread a parallel region costs more than it saves. */
 #define MP_CPU_MIN_PER_THREAD 32768
 
-/* linear_fwd copies W to a padded row stride when the batch is at least this
- * large and W's row stride is a multiple of MP_CPU_PAD_ALIGN floats (see
- * cpu_linear_fwd). */
-#define MP_CPU_PAD_MIN_ROWS 64
-#define MP_CPU_PAD_ALIGN 64
+/* Row strides that oneDNN 2.6's AVX2 sgemm reads slowly, and the padding
+ * that cures them (see cpu_gemm_pad). */
+#define MP_CPU_PAD_NN_ALIGN 512 /* N,N: B's stride a multiple of 2 KiB */
+#define MP_CPU_PAD_NN_MAX_M 512 /* ... when oneDNN does not pack B itself */
+#define MP_CPU_PAD_TN_ALIGN 64  /* T,N: either stride a multiple of 256 bytes */
 #define MP_CPU_PAD 16
 
 typedef struct {
     mp_backend_t base;
-    float *wpad;        /* linear_fwd's padded copy of W */
-    size_t wpad_cap;    /* its capacity in floats */
+    float *pad[2];      /* cpu_gemm's padded copies of A and B */
+    size_t pad_cap[2];  /* their capacities in floats */
     float *scratch;     /* the attention kernels' per-thread work space */
     size_t scratch_cap; /* its capacity in floats */
 } cpu_backend_t;
@@ -225,6 +225,56 @@ MP_KERNEL static void k_scale_rows(float *restrict C, int64_t ldc, int64_t M, in
     }
 }
 
+static void k_copy_rows(float *restrict dst, int64_t ldd, const float *restrict src, int64_t lds,
+                        int64_t rows, int64_t cols)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        memcpy(dst + r * ldd, src + r * lds, (size_t)cols * sizeof(float));
+    }
+}
+
+/*
+ * oneDNN 2.6's AVX2 sgemm reads some operands in place, down their columns,
+ * and a row stride that is a multiple of a few KiB then maps every row to the
+ * same L1 sets (4K aliasing): 30-40 GFLOP/s instead of 70-90 on this
+ * machine's Zen 3 cores.  Measured on one thread (min of 25 runs, copy
+ * included), the operands it hurts are
+ *   - N,N: B (the weights of every forward) with a stride of 512 floats or a
+ *     multiple (1024-wide layers: 35 -> 72 GFLOP/s at 32 rows), while M is at
+ *     most 512 rows; above that oneDNN packs B itself and a copy only costs;
+ *   - T,N (every weight gradient, dW = X^T dZ): A and B, both activations,
+ *     at any stride that is a multiple of 64 floats (1.05-1.15x at 128 and
+ *     256, 1.3-2.3x at 512 and more); the copy is one pass over operands
+ *     that the GEMM reads N or M times;
+ *   - N,T (every input gradient) reads both along their rows: never.
+ * The copy goes to a stride padded by MP_CPU_PAD floats, in a buffer the
+ * backend keeps (which = 0 for A, 1 for B).  Only the speed depends on it:
+ * the same shape always takes the same path, so the bits do not change
+ * from run to run.
+ */
+static const float *cpu_gemm_pad(cpu_backend_t *cb, int which, const float *X, int64_t rows,
+                                 int64_t cols, int64_t *ld_p)
+{
+    int64_t ld = cols + MP_CPU_PAD;
+    size_t need = (size_t)(rows * ld);
+    if (rows < 2) {
+        return X;
+    }
+    if (need > cb->pad_cap[which]) {
+        float *p = mp_aligned_alloc(need * sizeof(float));
+        if (p == NULL) {
+            /* Slower but correct: keep the caller's layout. */
+            return X;
+        }
+        mp_free(cb->pad[which]);
+        cb->pad[which] = p;
+        cb->pad_cap[which] = need;
+    }
+    k_copy_rows(cb->pad[which], ld, X, *ld_p, rows, cols);
+    *ld_p = ld;
+    return cb->pad[which];
+}
+
 static mp_status_t cpu_gemm(mp_backend_t *be, mp_op_t ta, mp_op_t tb, int64_t M, int64_t N,
                             int64_t K, float alpha, const float *A, int64_t lda, const float *Bm,
                             int64_t ldb, float beta, float *Cm, int64_t ldc)
@@ -251,6 +301,15 @@ static mp_status_t cpu_gemm(mp_backend_t *be, mp_op_t ta, mp_op_t tb, int64_t M,
         return MP_OK;
     }
     omp_set_num_threads(be->threads);
+    cpu_backend_t *cb = (cpu_backend_t *)be;
+    int64_t a_rows = ta == MP_OP_N ? M : K, b_rows = tb == MP_OP_N ? K : N;
+    if (ta == MP_OP_T && tb == MP_OP_N && lda % MP_CPU_PAD_TN_ALIGN == 0) {
+        A = cpu_gemm_pad(cb, 0, A, a_rows, a_cols, &lda);
+    }
+    if (tb == MP_OP_N && ldb % (ta == MP_OP_N ? MP_CPU_PAD_NN_ALIGN : MP_CPU_PAD_TN_ALIGN) == 0 &&
+        (ta == MP_OP_T || M <= MP_CPU_PAD_NN_MAX_M)) {
+        Bm = cpu_gemm_pad(cb, 1, Bm, b_rows, b_cols, &ldb);
+    }
     dnnl_status_t st = cpu_sgemm(ta == MP_OP_N ? 'N' : 'T', tb == MP_OP_N ? 'N' : 'T', M, N, K,
                                  alpha, A, lda, Bm, ldb, beta, Cm, ldc);
     return cpu_dnnl_status("gemm", st);
@@ -269,43 +328,6 @@ MP_KERNEL static void k_fill_rows(float *restrict y, const float *restrict b, in
     }
 }
 
-static void k_copy_rows(float *restrict dst, int64_t ldd, const float *restrict src, int64_t rows,
-                        int64_t cols)
-{
-    for (int64_t r = 0; r < rows; r++) {
-        memcpy(dst + r * ldd, src + r * cols, (size_t)cols * sizeof(float));
-    }
-}
-
-/* W with a row stride that is a multiple of 256 bytes makes oneDNN 2.6's
- * AVX2 sgemm (which reads B in place for N,N) thrash on 4K aliasing: measured
- * 40-55 GFLOP/s instead of 80-90 on 256x512x2048.  Copying W to a stride
- * padded by 16 floats costs one pass over W, which a batch of
- * MP_CPU_PAD_MIN_ROWS or more repays several times. */
-static const float *cpu_pad_weights(cpu_backend_t *cb, const float *W, int64_t I, int64_t O,
-                                    int64_t B, int64_t *ldw_p)
-{
-    *ldw_p = O;
-    if (B < MP_CPU_PAD_MIN_ROWS || O % MP_CPU_PAD_ALIGN != 0 || I < 2) {
-        return W;
-    }
-    int64_t ld = O + MP_CPU_PAD;
-    size_t need = (size_t)(I * ld);
-    if (need > cb->wpad_cap) {
-        float *p = mp_aligned_alloc(need * sizeof(float));
-        if (p == NULL) {
-            /* Slower but correct: keep the caller's layout. */
-            return W;
-        }
-        mp_free(cb->wpad);
-        cb->wpad = p;
-        cb->wpad_cap = need;
-    }
-    k_copy_rows(cb->wpad, ld, W, I, O);
-    *ldw_p = ld;
-    return cb->wpad;
-}
-
 static mp_status_t cpu_linear_fwd(mp_backend_t *be, float *Z, const float *X, const float *W,
                                   const float *b, int64_t B, int64_t I, int64_t O)
 {
@@ -315,18 +337,14 @@ static mp_status_t cpu_linear_fwd(mp_backend_t *be, float *Z, const float *X, co
     if (B > 0 && O > 0 && (Z == NULL || (I > 0 && (X == NULL || W == NULL)))) {
         return cpu_inval("linear_fwd", "NULL matrix");
     }
-    int64_t ldw = O;
-    if (B > 0 && O > 0 && I > 0) {
-        W = cpu_pad_weights((cpu_backend_t *)be, W, I, O, B, &ldw);
-    }
     float beta = 0.0f;
     if (b != NULL && B > 0 && O > 0) {
         /* The bias rides in C with beta = 1: one pass over Z, not two. */
         k_fill_rows(Z, b, B, O);
         beta = 1.0f;
     }
-    return cpu_gemm(be, MP_OP_N, MP_OP_N, B, O, I, 1.0f, X, I > 0 ? I : 1, W, ldw > 0 ? ldw : 1,
-                    beta, Z, O > 0 ? O : 1);
+    return cpu_gemm(be, MP_OP_N, MP_OP_N, B, O, I, 1.0f, X, I > 0 ? I : 1, W, O > 0 ? O : 1, beta,
+                    Z, O > 0 ? O : 1);
 }
 
 /* db[c0..c1) += column sums of dZ[rows, ld], summed per column tile in a
@@ -1712,7 +1730,8 @@ static mp_status_t cpu_adamw_step(mp_backend_t *be, float *p, const float *grad,
 static void cpu_destroy(mp_backend_t *be)
 {
     cpu_backend_t *cb = (cpu_backend_t *)be;
-    mp_free(cb->wpad);
+    mp_free(cb->pad[0]);
+    mp_free(cb->pad[1]);
     mp_free(cb->scratch);
     mp_free(cb);
 }

@@ -44,24 +44,35 @@ static double at(const float *M, int64_t ld, mp_op_t op, int64_t r, int64_t c)
     return op == MP_OP_N ? M[r * ld + c] : M[c * ld + r];
 }
 
-static void check_gemm(mp_op_t ta, mp_op_t tb, int64_t M, int64_t N, int64_t K, int64_t pad,
-                       float alpha, float beta)
+/* rows x cols values of urand, row after row, at stride ld. */
+static void fill(float *X, int64_t rows, int64_t cols, int64_t ld)
 {
-    int64_t a_rows = ta == MP_OP_N ? M : K, a_cols = ta == MP_OP_N ? K : M;
-    int64_t b_rows = tb == MP_OP_N ? K : N, b_cols = tb == MP_OP_N ? N : K;
-    int64_t lda = a_cols + pad, ldb = b_cols + pad, ldc = N + pad;
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t c = 0; c < ld; c++) {
+            X[r * ld + c] = c < cols ? urand() : 7.0f;
+        }
+    }
+}
+
+/* C = alpha op(A) op(B) + beta C against the double loop; returns C (the
+ * caller frees it) so that two layouts of the same product can be compared. */
+static float *check_gemm_ld(mp_op_t ta, mp_op_t tb, int64_t M, int64_t N, int64_t K, int64_t lda,
+                            int64_t ldb, int64_t ldc, float alpha, float beta)
+{
+    int64_t a_rows = ta == MP_OP_N ? M : K;
+    int64_t b_rows = tb == MP_OP_N ? K : N;
     float *A = be->ops->alloc(be, sizeof(float) * (size_t)(a_rows * lda));
     float *B = be->ops->alloc(be, sizeof(float) * (size_t)(b_rows * ldb));
     float *C = be->ops->alloc(be, sizeof(float) * (size_t)(M * ldc));
     float *C0 = be->ops->alloc(be, sizeof(float) * (size_t)(M * ldc));
-    for (int64_t i = 0; i < a_rows * lda; i++) {
-        A[i] = urand();
-    }
-    for (int64_t i = 0; i < b_rows * ldb; i++) {
-        B[i] = urand();
-    }
-    for (int64_t i = 0; i < M * ldc; i++) {
-        C0[i] = urand();
+    /* The same numbers whatever the strides; a stride's spare columns hold 7. */
+    fill(A, a_rows, ta == MP_OP_N ? K : M, lda);
+    fill(B, b_rows, tb == MP_OP_N ? N : K, ldb);
+    fill(C0, M, N, ldc);
+    for (int64_t r = 0; r < M; r++) {
+        for (int64_t c = N; c < ldc; c++) {
+            C0[r * ldc + c] = urand();
+        }
     }
     memcpy(C, C0, sizeof(float) * (size_t)(M * ldc));
 
@@ -88,8 +99,16 @@ static void check_gemm(mp_op_t ta, mp_op_t tb, int64_t M, int64_t N, int64_t K, 
     }
     be->ops->free(be, A);
     be->ops->free(be, B);
-    be->ops->free(be, C);
     be->ops->free(be, C0);
+    return C;
+}
+
+static void check_gemm(mp_op_t ta, mp_op_t tb, int64_t M, int64_t N, int64_t K, int64_t pad,
+                       float alpha, float beta)
+{
+    int64_t a_cols = ta == MP_OP_N ? K : M, b_cols = tb == MP_OP_N ? N : K;
+    be->ops->free(be, check_gemm_ld(ta, tb, M, N, K, a_cols + pad, b_cols + pad, N + pad, alpha,
+                                    beta));
 }
 
 Test(gemm, all_transposes_match_naive_on_odd_shapes)
@@ -108,6 +127,41 @@ Test(gemm, all_transposes_match_naive_on_odd_shapes)
                 }
             }
         }
+    }
+}
+
+/*
+ * Row strides that are multiples of 64 or 512 floats send T,N and N,N
+ * operands through the backend's padded copies (backend_cpu.c,
+ * cpu_gemm_pad): the product is still the naive one, with operands narrower
+ * than their stride, and it has the same bits as the same product read at
+ * a stride that is not copied (rng_state is reset so that both see the same
+ * numbers).
+ */
+Test(gemm, padded_operand_copies_change_no_bits)
+{
+    static const int64_t cases[][6] = {
+        /* ta, tb, M, N, K, extra columns of stride beyond the width */
+        {0, 0, 32, 512, 40, 0},   {0, 0, 7, 500, 33, 12}, {0, 0, 512, 1024, 9, 0},
+        {1, 0, 128, 64, 19, 0},   {1, 0, 100, 60, 32, 28}, {1, 0, 256, 512, 5, 0},
+        {1, 1, 128, 64, 19, 0},   {0, 1, 64, 128, 64, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        mp_op_t ta = (mp_op_t)cases[i][0], tb = (mp_op_t)cases[i][1];
+        int64_t M = cases[i][2], N = cases[i][3], K = cases[i][4], extra = cases[i][5];
+        int64_t a_cols = ta == MP_OP_N ? K : M, b_cols = tb == MP_OP_N ? N : K;
+        rng_state = 99;
+        float *padded = check_gemm_ld(ta, tb, M, N, K, a_cols + extra, b_cols + extra, N, 0.5f,
+                                      1.0f);
+        rng_state = 99;
+        float *odd = check_gemm_ld(ta, tb, M, N, K, a_cols + extra + 1, b_cols + extra + 1, N,
+                                   0.5f, 1.0f);
+        for (int64_t r = 0; r < M; r++) {
+            cr_assert_eq(memcmp(padded + r * N, odd + r * N, sizeof(float) * (size_t)N), 0,
+                         "case %zu: row %lld differs between strides", i, (long long)r);
+        }
+        be->ops->free(be, padded);
+        be->ops->free(be, odd);
     }
 }
 
