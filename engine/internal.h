@@ -40,9 +40,10 @@ uint64_t mp_engine_now_ns(void);
 
 /*
  * Waits for req until deadline_ns (mp_engine_now_ns() time) or until
- * *cancel is set, and frees it.  Progress is polled in short bursts, then
- * with sleeps growing to half a millisecond, so that a waiting thread
- * leaves the cores to the shards that compute.  On a timeout or a
+ * *cancel is set, and frees it.  After a short spin (yielding the core) it
+ * sleeps on the worker's event fd (mp_xport_wait_until), so that a waiting
+ * thread leaves the cores to the shards that compute and still wakes as
+ * soon as its message lands.  On a timeout or a
  * cancellation the request is aborted (a receive cancelled, a send's
  * endpoint failed) and MP_ERR_TIMEOUT or MP_ERR_CANCELLED returned.
  */

@@ -14,43 +14,17 @@ uint64_t mp_engine_now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-#define SPIN_NS 50000ull
-#define SLEEP_MIN_NS 20000ull
-#define SLEEP_MAX_NS 500000ull
-
+/*
+ * This used to poll mp_xport_req_test with nanosleeps doubling up to half a
+ * millisecond, so that every wait longer than a millisecond ended up to
+ * 500 us after its message had landed (a pipeline stage waits for its
+ * neighbour several times a step).  The transport's own wait sleeps on the
+ * worker's event fd instead and is woken by the message itself.
+ */
 mp_status_t mp_engine_wait(mp_xport_req_t *req, uint64_t deadline_ns, const atomic_bool *cancel,
                            mp_xport_hdr_t *hdr_p)
 {
-    uint64_t spin_end = mp_engine_now_ns() + SPIN_NS;
-    uint64_t sleep_ns = SLEEP_MIN_NS;
-    for (;;) {
-        if (mp_xport_req_test(req)) {
-            /* Complete (done or failed): wait only collects it. */
-            return mp_xport_wait(req, 0, hdr_p);
-        }
-        mp_status_t why = MP_OK;
-        uint64_t now = mp_engine_now_ns();
-        if (cancel != NULL && atomic_load_explicit(cancel, memory_order_relaxed)) {
-            why = MP_ERR_CANCELLED;
-        } else if (now >= deadline_ns) {
-            why = MP_ERR_TIMEOUT;
-        }
-        if (why != MP_OK) {
-            mp_engine_abort(req);
-            return why;
-        }
-        if (now < spin_end) {
-            continue;
-        }
-        uint64_t left = deadline_ns - now;
-        uint64_t ns = sleep_ns < left ? sleep_ns : left;
-        struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000ull),
-                              .tv_nsec = (long)(ns % 1000000000ull)};
-        nanosleep(&ts, NULL);
-        if (sleep_ns < SLEEP_MAX_NS) {
-            sleep_ns *= 2;
-        }
-    }
+    return mp_xport_wait_until(req, deadline_ns, cancel, hdr_p);
 }
 
 void mp_engine_abort(mp_xport_req_t *req)

@@ -1408,14 +1408,22 @@ mp_status_t mp_xport_wait_set(mp_xport_worker_t *w, mp_xport_req_t **reqs, size_
     return wait_set_impl(w, reqs, n, deadline_ns, check, arg, 0);
 }
 
-mp_status_t mp_xport_wait(mp_xport_req_t *req, int64_t timeout_ms, mp_xport_hdr_t *hdr_p)
+static mp_status_t check_cancel(void *arg)
+{
+    const atomic_bool *cancel = arg;
+    return atomic_load_explicit(cancel, memory_order_relaxed) ? MP_ERR_CANCELLED : MP_OK;
+}
+
+/* mp_xport_wait and mp_xport_wait_until: one request, an absolute deadline. */
+static mp_status_t wait_one(mp_xport_req_t *req, uint64_t deadline, const atomic_bool *cancel,
+                            mp_xport_hdr_t *hdr_p)
 {
     mp_xport_worker_t *w = req->worker;
     int is_recv = req->type == REQ_RECV;
     mp_xport_hdr_t hdr = {0};
-    uint64_t deadline = deadline_from(w, timeout_ms);
     if (req->status == MP_ERR_INPROGRESS) {
-        mp_status_t why = wait_progress(w, &req, 1, deadline, NULL, NULL);
+        mp_status_t why = wait_progress(w, &req, 1, deadline, cancel != NULL ? check_cancel : NULL,
+                                        (void *)cancel);
         if (req->status == MP_ERR_INPROGRESS) {
             req_abort(req, why); /* timed out or aborted */
         }
@@ -1431,6 +1439,17 @@ mp_status_t mp_xport_wait(mp_xport_req_t *req, int64_t timeout_ms, mp_xport_hdr_
         *hdr_p = hdr;
     }
     return st;
+}
+
+mp_status_t mp_xport_wait(mp_xport_req_t *req, int64_t timeout_ms, mp_xport_hdr_t *hdr_p)
+{
+    return wait_one(req, deadline_from(req->worker, timeout_ms), NULL, hdr_p);
+}
+
+mp_status_t mp_xport_wait_until(mp_xport_req_t *req, uint64_t deadline_ns,
+                                const atomic_bool *cancel, mp_xport_hdr_t *hdr_p)
+{
+    return wait_one(req, deadline_ns, cancel, hdr_p);
 }
 
 mp_status_t mp_xport_wait_all(mp_xport_req_t **reqs, size_t n, int64_t timeout_ms)

@@ -213,6 +213,16 @@ mp_status_t mp_xport_recv(mp_xport_ep_t *ep, uint32_t job, uint32_t kind, uint32
  * until mp_xport_ep_destroy().
  */
 mp_status_t mp_xport_wait(mp_xport_req_t *req, int64_t timeout_ms, mp_xport_hdr_t *hdr_p);
+/*
+ * mp_xport_wait with an absolute deadline (mp_xport_now_ns) and a cancel
+ * flag (NULL: none), checked between sleeps: it sleeps on the worker's
+ * event fd as mp_xport_wait does, so that a message wakes it as soon as it
+ * lands, and a raised flag is seen within the worker's backstop interval.
+ * A timeout gives MP_ERR_TIMEOUT, the flag MP_ERR_CANCELLED; either way the
+ * request is given up and freed as mp_xport_wait's timeout does.
+ */
+mp_status_t mp_xport_wait_until(mp_xport_req_t *req, uint64_t deadline_ns,
+                                const atomic_bool *cancel, mp_xport_hdr_t *hdr_p);
 /* Waits for all of reqs and frees them; returns the first error, if any. */
 mp_status_t mp_xport_wait_all(mp_xport_req_t **reqs, size_t n, int64_t timeout_ms);
 /* Progresses once; returns 1 if req is complete (wait on it then), else 0. */
