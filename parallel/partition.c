@@ -48,10 +48,10 @@ mp_status_t mp_par_layer_dims(const mp_spec_t *spec, int64_t *in_p, int64_t *out
     return MP_OK;
 }
 
-double mp_part_layer_flops(const mp_layer_spec_t *layer, int64_t in, int64_t out)
+double mp_part_layer_flops(const mp_layer_spec_t *layer, int64_t in, int64_t out, int64_t seq)
 {
     const mp_layer_ops_t *ops = mp_layer_ops(layer->kind);
-    return ops != NULL ? ops->flops(layer, in, out, 1) : 0.0;
+    return ops != NULL ? ops->flops(layer, in, out, seq > 0 ? seq : 1) : 0.0;
 }
 
 static mp_status_t check_pp(int nlayers, int pp, mp_errbuf_t *err)
@@ -218,7 +218,7 @@ mp_status_t mp_part_build(const mp_spec_t *spec, mp_part_t *part_p, mp_errbuf_t 
          * rewrites the spec with explicit stages; unmeasured, FLOPs balance. */
         double cost[MP_SPEC_MAX_LAYERS];
         for (int l = 0; l < L; l++) {
-            cost[l] = mp_part_layer_flops(&spec->model.layers[l], in[l], out[l]);
+            cost[l] = mp_part_layer_flops(&spec->model.layers[l], in[l], out[l], spec->model.seq);
         }
         return mp_part_balanced(cost, L, spec->parallel.pp, part_p, err);
     }
@@ -240,7 +240,7 @@ mp_status_t mp_part_flop_costs(const mp_spec_t *spec, double *cost_p, mp_errbuf_
     int64_t in[MP_SPEC_MAX_LAYERS], out[MP_SPEC_MAX_LAYERS];
     mp_status_t st = mp_par_layer_dims(spec, in, out, err);
     for (int l = 0; st == MP_OK && l < spec->model.nlayers; l++) {
-        cost_p[l] = mp_part_layer_flops(&spec->model.layers[l], in[l], out[l]);
+        cost_p[l] = mp_part_layer_flops(&spec->model.layers[l], in[l], out[l], spec->model.seq);
     }
     return st;
 }
@@ -264,7 +264,7 @@ double mp_part_stage_flops(const mp_spec_t *spec, const mp_part_t *part, int sta
     double sum = 0.0;
     for (int l = part->first[stage]; l < part->first[stage] + part->count[stage]; l++) {
         if (l >= 0 && l < spec->model.nlayers) {
-            sum += mp_part_layer_flops(&spec->model.layers[l], in[l], out[l]);
+            sum += mp_part_layer_flops(&spec->model.layers[l], in[l], out[l], spec->model.seq);
         }
     }
     return sum;

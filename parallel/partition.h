@@ -24,12 +24,14 @@ typedef struct {
 } mp_part_t;
 
 /*
- * Forward FLOPs of one layer per sample, for widths in -> out: linear
- * 2*I*O, mlp_block 2*2*H*F (its two matmuls), gelu and relu one per element.
- * Backward costs about twice the forward for every kind, so the same numbers
- * balance the whole step.
+ * Forward FLOPs of one layer per position, for widths in -> out and
+ * sequences of seq positions (model.seq; 1 for a classifier): linear
+ * 2*I*O, mlp_block 2*2*H*F (its two matmuls), gelu and relu one per element,
+ * a transformer block its matmuls plus attention's 2*T*C.  Backward costs
+ * about twice the forward for every kind, so the same numbers balance the
+ * whole step.
  */
-double mp_part_layer_flops(const mp_layer_spec_t *layer, int64_t in, int64_t out);
+double mp_part_layer_flops(const mp_layer_spec_t *layer, int64_t in, int64_t out, int64_t seq);
 
 /*
  * Partitions spec's layers into spec->parallel.pp stages by

@@ -96,6 +96,26 @@ Test(partition, uniform_covers_every_layer_once)
     expect(&part, 3, (int[]){2, 2, 2});
 }
 
+/* A transformer block's attention costs 2*T*C per position more at T
+ * positions than at one, and the FLOP costs of a spec use its model.seq. */
+Test(partition, flops_count_attention_over_the_sequence)
+{
+    mp_layer_spec_t tb = {.kind = MP_LAYER_TRANSFORMER_BLOCK, .heads = 4, .ffn = 512};
+    double one = mp_part_layer_flops(&tb, 128, 128, 1);
+    double t64 = mp_part_layer_flops(&tb, 128, 128, 64);
+    cr_assert_eq(t64 - one, 2.0 * 63 * 128);
+    cr_assert_eq(one, 2.0 * 128 * 3 * 128 + 2.0 * 128 * 128 + 4.0 * 128 * 512 + 2.0 * 128);
+
+    mp_spec_t *spec = spec_new(128);
+    spec->model.layers[0] = tb;
+    spec->model.nlayers = 1;
+    spec->model.seq = 64;
+    double cost[1];
+    mp_errbuf_t err = {{0}};
+    cr_assert_eq(mp_part_flop_costs(spec, cost, &err), MP_OK, "%s", err.msg);
+    cr_assert_eq(cost[0], t64);
+}
+
 Test(partition, balanced_gives_a_heavy_layer_its_own_stage)
 {
     /* linear 64->64 (8192 FLOPs), gelu (64), mlp_block 64x4096 (1 Mi FLOPs),
@@ -115,7 +135,7 @@ Test(partition, balanced_gives_a_heavy_layer_its_own_stage)
     int heavy = mp_part_stage_of(&part, 2);
     cr_assert_eq(part.count[heavy], 1, "the mlp_block shares stage %d of %d layers", heavy,
                  part.count[heavy]);
-    cr_assert_eq(mp_part_layer_flops(&spec->model.layers[2], 64, 64), 4.0 * 64 * 4096);
+    cr_assert_eq(mp_part_layer_flops(&spec->model.layers[2], 64, 64, 1), 4.0 * 64 * 4096);
     cr_assert_eq(mp_part_stage_flops(spec, &part, heavy), 4.0 * 64 * 4096);
 
     /* The exact optimum on plain costs, filled from the back. */
