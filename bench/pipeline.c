@@ -6,17 +6,26 @@
  * (p - 1) / (3m + p - 1) for zero_bubble, at p = 2 and 4 and m = 4, 8 and
  * 16, with the bubble the simulator predicts from the measured per-layer
  * costs (engine/calib.h); the activation memory each stage holds under each
- * schedule; and the samples/s of pp = 2 (one thread per stage) against the
- * serial trainer on one thread.  Prints a table, or with -o json the
- * benchmark document of DESIGN.md; --svg PREFIX also draws each
- * configuration's last step as an SVG Gantt chart.
+ * schedule; the samples/s of pp = 2 (one thread per stage) against the
+ * serial trainer on one thread (pp_speedup); and grid_vs_serial: the demo
+ * specs (examples/gpt.json, examples/fashion_mnist.json) on their own grid
+ * on a throwaway local cluster of mpard daemons (`mpar-client run`) against
+ * `mpar-client run --serial --threads <cores>`, each side's samples_per_s.
+ * pp_speedup's throughputs are steady state: samples over the wall time from
+ * the end of the first step to the end of the last, taken the same way on
+ * both sides (the first step pays oneDNN's kernel generation, first-touch
+ * memory and the endpoints' wire-up).  Prints a table, or with -o json the benchmark document of
+ * DESIGN.md; --svg PREFIX also draws each configuration's last step as an
+ * SVG Gantt chart; --only bubble|speedup|grid runs one part.
  */
 #include <getopt.h>
-#include <stdint.h>
 #include <jansson.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "engine/local.h"
 #include "engine/trace.h"
@@ -61,17 +70,62 @@ static mp_spec_t *make_spec(int pp, int m, const char *sched, int64_t steps)
     return spec;
 }
 
-static int run_engine(mp_spec_t *spec, mp_engine_result_t *res)
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Wall time at the end of the first and of the latest training step, from
+ * either runner's progress callback. */
+typedef struct {
+    int64_t first_step, last_step;
+    double t_first, t_last;
+} steady_t;
+
+static void on_step(const mp_train_progress_t *p, void *arg)
+{
+    steady_t *s = arg;
+    if (p->eval) {
+        return;
+    }
+    double t = now_s();
+    if (s->first_step == 0) {
+        s->first_step = p->step;
+        s->t_first = t;
+    }
+    s->last_step = p->step;
+    s->t_last = t;
+}
+
+/* Samples/s from the end of the first step to the end of the last. */
+static double steady_rate(const steady_t *s, int64_t batch)
+{
+    double dt = s->t_last - s->t_first;
+    return dt > 0 ? (double)((s->last_step - s->first_step) * batch) / dt : 0.0;
+}
+
+static int run_engine_steady(mp_spec_t *spec, mp_engine_result_t *res, steady_t *steady)
 {
     mp_engine_local_opts_t o = mp_engine_local_opts_default();
     o.threads = 1;
     o.timeout_ms = 120000;
+    if (steady != NULL) {
+        o.on_progress = on_step;
+        o.arg = steady;
+    }
     mp_errbuf_t err;
     if (mp_engine_run_local(spec, &o, res, &err) != MP_OK) {
         fprintf(stderr, "mpar-bench-pipeline: %s\n", err.msg);
         return -1;
     }
     return 0;
+}
+
+static int run_engine(mp_spec_t *spec, mp_engine_result_t *res)
+{
+    return run_engine_steady(spec, res, NULL);
 }
 
 /* The last step's actions of every stage, in ms from the step's first action. */
@@ -116,43 +170,13 @@ static int write_svg(const char *prefix, const mp_engine_result_t *res, const ch
     return 0;
 }
 
-int main(int argc, char **argv)
+/* Measured bubbles of every schedule at p = 2, 4 and m = 4, 8, 16. */
+static int bench_bubbles(bool quick, bool json, bool timeline, const char *svg, json_t *results)
 {
-    static const struct option longopts[] = {
-        {"quick", no_argument, NULL, 'q'},
-        {"output", required_argument, NULL, 'o'},
-        {"timeline", no_argument, NULL, 't'},
-        {"svg", required_argument, NULL, 'g'},
-        {NULL, 0, NULL, 0},
-    };
-    bool quick = false, json = false, timeline = false;
-    const char *svg = NULL;
-    int c;
-    while ((c = getopt_long(argc, argv, "o:", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'q':
-            quick = true;
-            break;
-        case 'o':
-            json = strcmp(optarg, "json") == 0;
-            break;
-        case 't':
-            timeline = true;
-            break;
-        case 'g':
-            svg = optarg;
-            break;
-        default:
-            fprintf(stderr,
-                    "usage: mpar-bench-pipeline [--quick] [-o json] [--timeline] [--svg PREFIX]\n");
-            return 2;
-        }
-    }
     int64_t steps = quick ? 3 : 8;
     static const int ps[] = {2, 4};
     static const int ms[] = {4, 8, 16};
     static const char *const scheds[] = {"gpipe", "1f1b", "zero_bubble"};
-    json_t *results = json_array();
     if (!json) {
         printf("%-11s %3s %3s %10s %8s %9s   activation bytes per stage\n", "schedule", "p", "m",
                "measured", "theory", "predicted");
@@ -164,7 +188,7 @@ int main(int argc, char **argv)
                 mp_spec_t *spec = make_spec(p, m, scheds[si], steps);
                 mp_engine_result_t res;
                 if (run_engine(spec, &res) != 0) {
-                    return 1;
+                    return -1;
                 }
                 double theory =
                     si == 2 ? mp_sched_bubble_theory_zb(p, m) : mp_sched_bubble_theory(p, m);
@@ -198,7 +222,7 @@ int main(int argc, char **argv)
                     print_timeline(&res);
                 }
                 if (svg != NULL && write_svg(svg, &res, scheds[si], p, m) != 0) {
-                    return 1;
+                    return -1;
                 }
                 mp_engine_result_free(&res);
                 mp_spec_free(spec);
@@ -206,36 +230,297 @@ int main(int argc, char **argv)
         }
     }
 
-    /* Throughput: pp = 2 on two threads against the serial trainer on one. */
-    int64_t tsteps = quick ? 4 : 12;
+    return 0;
+}
+
+/* pp_speedup: pp = 2 on a thread per stage against the serial trainer on
+ * one thread, both in steady state. */
+static int bench_speedup(bool quick, bool json, json_t *results)
+{
+    int64_t tsteps = quick ? 10 : 30;
     static const char *const tscheds[] = {"1f1b", "zero_bubble"};
     for (int si = 0; si < 2; si++) {
         mp_spec_t *spec = make_spec(2, 8, tscheds[si], tsteps);
         mp_engine_result_t res;
-        if (run_engine(spec, &res) != 0) {
-            return 1;
+        steady_t pp = {0}, ser = {0};
+        if (run_engine_steady(spec, &res, &pp) != 0) {
+            return -1;
         }
-        mp_train_opts_t so = {.device = "cpu", .threads = 1};
+        mp_train_opts_t so = {.device = "cpu", .threads = 1, .on_progress = on_step, .arg = &ser};
         mp_train_result_t sres;
         mp_errbuf_t err;
         if (mp_train_serial(spec, &so, &sres, &err) != MP_OK) {
             fprintf(stderr, "mpar-bench-pipeline: serial run: %s\n", err.msg);
-            return 1;
+            return -1;
         }
-        double ratio = sres.samples_per_s > 0 ? res.train.samples_per_s / sres.samples_per_s : 0.0;
+        double mine = steady_rate(&pp, spec->train.batch_size);
+        double peer = steady_rate(&ser, spec->train.batch_size);
+        double ratio = peer > 0 ? mine / peer : 0.0;
         json_array_append_new(results,
                               json_pack("{s:s, s:i, s:i, s:s, s:i, s:f, s:f, s:s, s:f}", "test",
                                         "pp_speedup", "p", 2, "m", 8, "schedule", tscheds[si],
-                                        "threads", 1, "mpar", res.train.samples_per_s, "peer",
-                                        sres.samples_per_s, "unit", "samples/s", "ratio", ratio));
+                                        "threads", 1, "mpar", mine, "peer", peer, "unit",
+                                        "samples/s", "ratio", ratio));
         if (!json) {
             printf("pp_speedup: pp=2 (%s, m=8, a thread per stage) %.1f samples/s, serial on "
-                   "one thread %.1f samples/s, ratio %.2f\n",
-                   tscheds[si], res.train.samples_per_s, sres.samples_per_s, ratio);
+                   "one thread %.1f samples/s, ratio %.2f (theory %.2f)\n",
+                   tscheds[si], mine, peer, ratio,
+                   2.0 * (1.0 - (si == 1 ? mp_sched_bubble_theory_zb(2, 8)
+                                         : mp_sched_bubble_theory(2, 8))));
+            fflush(stdout);
         }
         mp_train_result_free(&sres);
         mp_engine_result_free(&res);
         mp_spec_free(spec);
+    }
+    return 0;
+}
+
+/* ---- grid_vs_serial: mpar-client run, a local cluster against --serial ---- */
+
+/* The folder of this executable, where mpar-client sits too. */
+static int bin_dir(char *dir, size_t len)
+{
+    ssize_t n = readlink("/proc/self/exe", dir, len - 1);
+    if (n <= 0) {
+        return -1;
+    }
+    dir[n] = '\0';
+    char *slash = strrchr(dir, '/');
+    if (slash == NULL) {
+        return -1;
+    }
+    *slash = '\0';
+    return 0;
+}
+
+/*
+ * samples/s of `mpar-client run SPEC ARGS -o json`: the job's own
+ * "samples_per_s" (training steps only, as a user sees it: on a cluster the
+ * sum of the step windows, serially the time of the steps; both include the
+ * first step, which enough steps dilute).  -1 on failure.
+ */
+static double client_rate(const char *client, const char *spec_path, const char *args)
+{
+    char cmd[4096];
+    snprintf(cmd, sizeof(cmd), "'%s' run '%s' %s -o json --quiet 2>/dev/null", client, spec_path,
+             args);
+    FILE *p = popen(cmd, "r");
+    if (p == NULL) {
+        return -1.0;
+    }
+    size_t cap = 1 << 20, n = 0;
+    char *buf = malloc(cap);
+    size_t k;
+    while (buf != NULL && n < cap - 1 && (k = fread(buf + n, 1, cap - 1 - n, p)) > 0) {
+        n += k;
+    }
+    int rc = pclose(p);
+    if (buf == NULL || rc != 0) {
+        free(buf);
+        return -1.0;
+    }
+    buf[n] = '\0';
+    json_error_t e;
+    json_t *doc = json_loads(buf, 0, &e);
+    free(buf);
+    double v = doc != NULL ? json_number_value(json_object_get(doc, "samples_per_s")) : 0.0;
+    json_decref(doc);
+    return v > 0 ? v : -1.0;
+}
+
+/* The first `bytes` bytes of the King James Bible as bible-kjv prints it. */
+static int write_kjv_head(const char *path, size_t bytes)
+{
+    FILE *in = popen("bible gen1:1-rev22:21 2>/dev/null", "r");
+    FILE *out = in != NULL ? fopen(path, "w") : NULL;
+    char buf[65536];
+    size_t done = 0, n;
+    while (out != NULL && done < bytes && (n = fread(buf, 1, sizeof(buf), in)) > 0) {
+        size_t w = n < bytes - done ? n : bytes - done;
+        done += fwrite(buf, 1, w, out);
+    }
+    int rc = in != NULL ? pclose(in) : -1;
+    if (out == NULL || fclose(out) != 0 || done < bytes) {
+        fprintf(stderr, "mpar-bench-pipeline: cannot write %s from `bible` (bible-kjv)\n", path);
+        return -1;
+    }
+    (void)rc; /* bible dies of SIGPIPE once we stop reading */
+    return 0;
+}
+
+/* One demo spec with train.steps = steps, written to dir/name.json. */
+static int write_demo(const char *src, const char *dir, const char *name, int64_t steps,
+                      char *path, size_t len, int64_t *batch_p, int *grid_p)
+{
+    json_error_t e;
+    json_t *doc = json_load_file(src, 0, &e);
+    if (doc == NULL) {
+        fprintf(stderr, "mpar-bench-pipeline: %s: %s\n", src, e.text);
+        return -1;
+    }
+    json_t *train = json_object_get(doc, "train"), *par = json_object_get(doc, "parallel");
+    json_t *data = json_object_get(doc, "data");
+    const char *ds = json_string_value(json_object_get(data, "dataset"));
+    if (ds != NULL && strcmp(ds, "kjv") == 0) {
+        /* The same text, cut short so that the closing evaluation of the
+         * test split (10% of 4.3 MB otherwise) does not take longer than
+         * the training measured: throughput does not depend on the bytes. */
+        char txt[4200];
+        snprintf(txt, sizeof(txt), "%s/kjv-head.txt", dir);
+        if (write_kjv_head(txt, 1 << 19) != 0) {
+            json_decref(doc);
+            return -1;
+        }
+        json_object_set_new(data, "dataset", json_string("text"));
+        json_object_set_new(data, "path", json_string(txt));
+    }
+    json_object_del(train, "epochs");
+    json_object_set_new(train, "steps", json_integer(steps));
+    *batch_p = json_integer_value(json_object_get(train, "batch_size"));
+    static const char *const axes[] = {"pp", "tp", "dp"};
+    for (int a = 0; a < 3; a++) {
+        json_t *v = json_object_get(par, axes[a]);
+        grid_p[a] = json_is_integer(v) ? (int)json_integer_value(v) : 1;
+    }
+    snprintf(path, len, "%s/%s.json", dir, name);
+    int rc = json_dump_file(doc, path, JSON_INDENT(2));
+    json_decref(doc);
+    return rc == 0 && *batch_p > 0 ? 0 : -1;
+}
+
+static int bench_grid(bool quick, bool json, json_t *results)
+{
+    char dir[4096], client[4200];
+    if (bin_dir(dir, sizeof(dir)) != 0) {
+        fprintf(stderr, "mpar-bench-pipeline: cannot find its own folder\n");
+        return -1;
+    }
+    snprintf(client, sizeof(client), "%s/mpar-client", dir);
+    char tmp[] = "/tmp/mpar-bench-grid-XXXXXX";
+    if (mkdtemp(tmp) == NULL) {
+        perror("mpar-bench-pipeline: mkdtemp");
+        return -1;
+    }
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    static const struct {
+        const char *model, *file;
+        int64_t steps, quick_steps;
+    } demos[] = {
+        {"gpt", "examples/gpt.json", 150, 40},
+        {"mlp", "examples/fashion_mnist.json", 100, 30},
+    };
+    int rc = 0;
+    for (size_t d = 0; d < sizeof demos / sizeof demos[0] && rc == 0; d++) {
+        char src[4200], path[4200], args[128];
+        snprintf(src, sizeof(src), "%s/%s", MP_SOURCE_DIR, demos[d].file);
+        int64_t batch;
+        int grid[3];
+        if (write_demo(src, tmp, demos[d].model, quick ? demos[d].quick_steps : demos[d].steps,
+                       path, sizeof(path), &batch, grid) != 0) {
+            rc = -1;
+            break;
+        }
+        double mine = client_rate(client, path, "--timeline none --curve none --sample 0");
+        /* The peer in its best configuration: the fastest thread count up
+         * to the cores (two OpenMP threads lose to one on a busy machine). */
+        double peer = -1.0;
+        int best = 0;
+        for (int t = 1; t <= cores; t++) {
+            snprintf(args, sizeof(args), "--serial --threads %d --sample 0", t);
+            double r = client_rate(client, path, args);
+            if (r > peer) {
+                peer = r;
+                best = t;
+            }
+        }
+        unlink(path);
+        if (mine <= 0 || peer <= 0) {
+            fprintf(stderr, "mpar-bench-pipeline: grid_vs_serial: mpar-client run %s failed\n",
+                    path);
+            rc = -1;
+            break;
+        }
+        double ratio = mine / peer;
+        json_array_append_new(results,
+                              json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:i, s:f, s:f, s:s, s:f}",
+                                        "test", "grid_vs_serial", "model", demos[d].model, "pp",
+                                        grid[0], "tp", grid[1], "dp", grid[2], "threads",
+                                        (int)cores, "peer_threads", best, "mpar", mine, "peer",
+                                        peer, "unit", "samples/s", "ratio", ratio));
+        if (!json) {
+            printf("grid_vs_serial: %s (%s) on pp %d x tp %d x dp %d, local cluster %.1f "
+                   "samples/s, --serial --threads %d (the faster of 1..%ld) %.1f samples/s, "
+                   "ratio %.2f\n",
+                   demos[d].model, demos[d].file, grid[0], grid[1], grid[2], mine, best, cores,
+                   peer, ratio);
+            fflush(stdout);
+        }
+    }
+    char txt[4200];
+    snprintf(txt, sizeof(txt), "%s/kjv-head.txt", tmp);
+    unlink(txt);
+    rmdir(tmp);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"quick", no_argument, NULL, 'q'},
+        {"output", required_argument, NULL, 'o'},
+        {"timeline", no_argument, NULL, 't'},
+        {"svg", required_argument, NULL, 'g'},
+        {"only", required_argument, NULL, 'O'},
+        {NULL, 0, NULL, 0},
+    };
+    bool quick = false, json = false, timeline = false;
+    const char *svg = NULL, *only = NULL;
+    int c;
+    while ((c = getopt_long(argc, argv, "o:", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'q':
+            quick = true;
+            break;
+        case 'o':
+            json = strcmp(optarg, "json") == 0;
+            break;
+        case 't':
+            timeline = true;
+            break;
+        case 'g':
+            svg = optarg;
+            break;
+        case 'O':
+            only = optarg;
+            if (strcmp(only, "bubble") != 0 && strcmp(only, "speedup") != 0 &&
+                strcmp(only, "grid") != 0) {
+                fprintf(stderr, "mpar-bench-pipeline: --only: expected bubble, speedup or grid, "
+                                "got '%s'\n",
+                        only);
+                return 2;
+            }
+            break;
+        default:
+            fprintf(stderr, "usage: mpar-bench-pipeline [--quick] [-o json] [--timeline] "
+                            "[--svg PREFIX] [--only bubble|speedup|grid]\n");
+            return 2;
+        }
+    }
+    json_t *results = json_array();
+    int rc = 0;
+    if (only == NULL || strcmp(only, "bubble") == 0) {
+        rc = bench_bubbles(quick, json, timeline, svg, results);
+    }
+    if (rc == 0 && (only == NULL || strcmp(only, "speedup") == 0)) {
+        rc = bench_speedup(quick, json, results);
+    }
+    if (rc == 0 && (only == NULL || strcmp(only, "grid") == 0)) {
+        rc = bench_grid(quick, json, results);
+    }
+    if (rc != 0) {
+        json_decref(results);
+        return 1;
     }
     if (json) {
         json_t *doc = json_pack("{s:s, s:o}", "bench", "pipeline", "results", results);
