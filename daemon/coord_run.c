@@ -636,13 +636,28 @@ void jobrun_release(mp_coord_t *c, coord_job_t *j)
     maybe_free(r);
 }
 
+/* This run ends (its devices are free, its threads unwind on their own, as
+ * an old run on c->old_runs) and its job is PENDING again, saying why. */
+static void run_requeue(jobrun_t *r, const char *why)
+{
+    mp_coord_t *c = r->c;
+    coord_job_t *j = r->j;
+    jobrun_release(c, j); /* may free r */
+    if (j->run == r) {
+        j->run = NULL;
+        r->detached = true;
+        r->next_old = c->old_runs;
+        c->old_runs = r;
+    }
+    coord_job_set_state(c, j, MPAR__JOB_STATE__JOB_STATE_PENDING, why);
+}
+
 /* Back to PENDING (DESIGN.md "max_restarts"): this run ends (its devices
  * are free, its threads unwind on their own, as an old run on c->old_runs)
  * and the job is placed again as soon as the alive nodes hold its grid;
  * the next run resumes from the job's last committed checkpoint. */
 static void run_restart(jobrun_t *r, const char *reason)
 {
-    mp_coord_t *c = r->c;
     coord_job_t *j = r->j;
     j->info.restarts++;
     char msg[1300];
@@ -656,14 +671,22 @@ static void run_restart(jobrun_t *r, const char *reason)
                  j->resume_dir != NULL && j->resume_dir[0] ? "the --resume checkpoint"
                                                            : "the start");
     }
-    jobrun_release(c, j); /* may free r */
-    if (j->run == r) {
-        j->run = NULL;
-        r->detached = true;
-        r->next_old = c->old_runs;
-        c->old_runs = r;
-    }
-    coord_job_set_state(c, j, MPAR__JOB_STATE__JOB_STATE_PENDING, msg);
+    run_requeue(r, msg);
+}
+
+/* The coordinator stops (SIGTERM, `systemctl restart`): a job with a
+ * committed checkpoint goes back to PENDING, and the state file keeps it so,
+ * to resume from that checkpoint when the coordinator starts again, as after
+ * a crash; FAILing it would lose what the checkpoint is for. */
+static void run_suspend(jobrun_t *r)
+{
+    char msg[300];
+    snprintf(msg, sizeof(msg), "the coordinator stopped; the job resumes from the checkpoint at "
+             "step %llu when the coordinator starts again",
+             (unsigned long long)r->j->info.checkpoint_step);
+    run_abort(r, msg);
+    r->j->info.restarts++;
+    run_requeue(r, msg);
 }
 
 void jobrun_abort(mp_coord_t *c, coord_job_t *j, const char *reason)
@@ -1493,7 +1516,9 @@ void jobrun_stop_all(mp_coord_t *c)
         if (r == NULL) {
             continue;
         }
-        if (!r->ended) {
+        if (!r->ended && j->info.checkpoint_step > 0) {
+            run_suspend(r); /* may free r */
+        } else if (!r->ended) {
             run_fail(r, "the coordinator stopped"); /* may free r (no thread left) */
         }
         /* Cancelled: the thread ends within its waits' bounds, and is joined

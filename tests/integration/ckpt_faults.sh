@@ -10,7 +10,9 @@
 #   - the coordinator killed before it writes the manifest, and before it
 #     renames `latest` (MPAR_FAULT=before_manifest|before_latest), then
 #     restarted: `latest` still names a complete checkpoint (export reads it);
-#   - kill -9 of the coordinator mid-job, then restarted.
+#   - kill -9 of the coordinator mid-job, then restarted;
+#   - the coordinator stopped (SIGTERM) mid-job: the state file keeps the job
+#     PENDING, and the restarted coordinator resumes it.
 # It prints each case's recovery time (failure -> training again).
 #
 # usage: ckpt_faults.sh MPARD MPAR_CLIENT SOURCE_DIR
@@ -134,6 +136,24 @@ wait "$PID_c0" 2>/dev/null || true
 rm -f "$T/c0.sock"
 start_coord
 check_case "kill -9 coordinator" "$JOB" "$T/we"
+wait_alive 3
+
+# --- the coordinator stopped (SIGTERM, as `systemctl restart` does) mid-job ---------------
+ckspec "$T/s.json" s "$T/ck-s"
+JOB=$("$CLIENT" submit "$T/s.json" -o json --save-weights "$T/ws" | jget 'd["id"]')
+wait_for 60 ckpt_past "$JOB" 40 || fail "coordinator stop: no checkpoint"
+FAIL_AT=$(now_ms)
+kill -TERM "$PID_c0"
+timeout 10 tail --pid="$PID_c0" -f /dev/null || fail "the coordinator did not stop"
+python3 - "$T/c0/jobs.json" "$JOB" <<'PY' || fail "coordinator stop: the job was not kept PENDING"
+import json, sys
+jobs = json.load(open(sys.argv[1]))["jobs"]
+j = [j for j in jobs if j["id"] == sys.argv[2]][0]
+assert j["state"] == "PENDING" and "coordinator stopped" in j["reason"], j["state"] + ": " + j["reason"]
+PY
+rm -f "$T/c0.sock"
+start_coord
+check_case "coordinator stopped (SIGTERM)" "$JOB" "$T/ws"
 wait_alive 3
 
 # --- the coordinator killed inside a commit -----------------------------------------
