@@ -43,7 +43,7 @@ cat >"$T/job.json" <<'JSON'
 JSON
 
 # --- --help on every command, and `help CMD` ---------------------------------
-for cmd in run nodes jobs submit status waits logs cancel trace; do
+for cmd in run verify sample export nodes jobs submit status waits logs cancel trace; do
     expect_exit 0 "$cmd --help" "$CLIENT" "$cmd" --help
     grep -q "usage: mpar-client $cmd" "$T/out" || fail "$cmd --help: $(cat "$T/out")"
     expect_exit 0 "help $cmd" "$CLIENT" help "$cmd"
@@ -83,6 +83,8 @@ echo "ok submit in both orders: jobs $J1 and $J2"
 same "jobs" --socket "$S" -o json jobs -- jobs -o json --socket "$S"
 same "status" --socket "$S" -o json status "$J1" -- status "$J1" --socket "$S" -o json
 same "logs" -o json --socket "$S" logs "$J1" -- logs "$J1" -o json --socket "$S"
+same "waits (a pending job)" --socket "$S" -o json waits "$J1" -- waits "$J1" --socket "$S" -o json
+same "verify" -o json verify "$T/job.json" --steps 1 -- verify "$T/job.json" --steps 1 -o json
 same "trace (no timeline yet)" --socket "$S" trace "$J1" -- trace "$J1" --socket "$S"
 grep -q "no timeline" "$T/a.err" || fail "trace of a pending job: $(cat "$T/a.err")"
 "$CLIENT" --socket "$S" -o json cancel "$J1" >"$T/c1.json" || fail "cancel, options before"

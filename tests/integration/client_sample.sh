@@ -97,6 +97,9 @@ import json, sys
 d = json.load(open(sys.argv[1]))
 assert d["prompt"] == "ab" and len(d["continuation"]) == 7 and d["temperature"] == 0, d
 PY
+"$client" -o json sample job.json --weights w --prompt "ab" --tokens 7 --temperature 0 > s2.json &&
+cmp -s s.json s2.json && ok "sample: -o json before the command gives the same document" ||
+  bad "sample -o json before the command: $(cat s2.json)"
 
 # 4. Bad arguments.
 refuse() { # want-in-stderr, args...

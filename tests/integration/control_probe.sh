@@ -77,6 +77,11 @@ spec swap 0.1 64 16 "$(fm "$T/fmswap")" | sed 's/"input": 8/"input": 784/; s/"ou
 # --- serial: the same checks before anything trains -------------------------------
 expect_exit 1 "serial run whose loss diverges" "$CLIENT" run "$T/nan.json" --serial
 grep -q "loss is NaN at step 2" "$T/err" || fail "serial NaN reason: $(cat "$T/err")"
+sed 's/"pp": 1/"pp": 2/' "$T/nan.json" >"$T/nanpp2.json"
+TMPDIR=$T expect_exit 1 "local-cluster run (pp 2) whose loss diverges" "$CLIENT" run "$T/nanpp2.json" --timeline none \
+    --curve none
+grep -q "rank 1 (stage 1, tp 0, dp 0): loss is NaN at step 2" "$T/out" "$T/err" ||
+    fail "the last stage does not name the NaN: $(cat "$T/out" "$T/err")"
 touch "$T/afile"
 expect_exit 2 "serial --save-weights onto a file" "$CLIENT" run "$T/ok.json" --serial --save-weights "$T/afile"
 grep -q "not a folder" "$T/err" || fail "no reason: $(cat "$T/err")"

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/alloc.h"
@@ -498,4 +499,40 @@ Test(fashion_mnist, loads_the_installed_data_set, .timeout = 120)
     }
     mp_dataset_free(&train);
     mp_dataset_free(&test);
+}
+
+Test(text, a_fifo_as_the_text_is_refused_without_blocking, .timeout = 10)
+{
+    /* open() of a FIFO waits for a writer: the check refuses it from stat()
+     * (a blocked check fails the test's timeout). */
+    char path[64];
+    snprintf(path, sizeof(path), "/tmp/mp-test-fifo-%d", (int)getpid());
+    unlink(path);
+    cr_assert_eq(mkfifo(path, 0600), 0);
+    mp_errbuf_t err = {{0}};
+    cr_expect_eq(mp_data_text_check(path, 8, NULL, &err), MP_ERR_IO);
+    char want[128];
+    snprintf(want, sizeof(want), "%s is a FIFO, not a regular file", path);
+    cr_expect_str_eq(err.msg, want);
+    unlink(path);
+}
+
+Test(text, the_check_counts_the_training_windows_as_the_loader)
+{
+    enum { T = 16, LEN = 1000 };
+    unsigned char bytes[LEN];
+    for (int i = 0; i < LEN; i++) {
+        bytes[i] = text_byte(i);
+    }
+    char path[64];
+    temp_text(path, bytes, LEN);
+    int64_t n = -1;
+    mp_errbuf_t err = {{0}};
+    cr_assert_eq(mp_data_text_check(path, T, &n, &err), MP_OK, "%s", err.msg);
+    mp_dataset_t tr, te;
+    cr_assert_eq(mp_data_load_text(path, T, &tr, &te, &err), MP_OK, "%s", err.msg);
+    cr_expect_eq(n, tr.n, "check %lld windows, loader %lld", (long long)n, (long long)tr.n);
+    mp_dataset_free(&tr);
+    mp_dataset_free(&te);
+    unlink(path);
 }

@@ -460,3 +460,45 @@ Test(idx, names_the_missing_file_of_a_folder)
              dir);
     cr_expect_str_eq(err.msg, want);
 }
+
+Test(idx, a_folder_check_reads_the_headers_not_the_data)
+{
+    write_folder(20, 20, 7, 7, 4);
+    int64_t n = -1, dim = -1;
+    mp_errbuf_t err = {{0}};
+    size_t before = mp_alloc_live_bytes();
+    cr_assert_eq(mp_data_fashion_mnist_check(dir, &n, &dim, &err), MP_OK, "%s", err.msg);
+    cr_expect_eq(n, 20);
+    cr_expect_eq(dim, 16);
+    cr_expect_eq(mp_alloc_live_bytes(), before, "the check allocated data");
+    /* Counts that disagree are refused by the check as by the loader. */
+    write_labels(in_dir("t10k-labels-idx1-ubyte.gz"), 8);
+    cr_expect_eq(mp_data_fashion_mnist_check(dir, &n, &dim, &err), MP_ERR_FORMAT);
+    char want[1024];
+    snprintf(want, sizeof(want),
+             "%s/t10k-images-idx3-ubyte.gz has 7 images but %s/t10k-labels-idx1-ubyte.gz has "
+             "8 labels",
+             dir, dir);
+    cr_expect_str_eq(err.msg, want);
+}
+
+Test(idx, a_fifo_in_the_folder_is_refused_without_blocking, .timeout = 10)
+{
+    /* open() of a FIFO waits for a writer that never comes: the check must
+     * refuse it from stat() alone (the test's timeout fails a blocked one). */
+    write_folder(20, 20, 7, 7, 4);
+    cr_assert_eq(unlink(in_dir("train-labels-idx1-ubyte.gz")), 0);
+    cr_assert_eq(mkfifo(in_dir("train-labels-idx1-ubyte.gz"), 0600), 0);
+    int64_t n, dim;
+    mp_errbuf_t err = {{0}};
+    cr_expect_eq(mp_data_fashion_mnist_check(dir, &n, &dim, &err), MP_ERR_IO);
+    char want[1024];
+    snprintf(want, sizeof(want), "%s/train-labels-idx1-ubyte.gz is a FIFO, not a regular file",
+             dir);
+    cr_expect_str_eq(err.msg, want);
+    /* And a FIFO where the folder should be. */
+    cr_assert_eq(mkfifo(in_dir("fifo"), 0600), 0);
+    cr_expect_eq(mp_data_fashion_mnist_check(in_dir("fifo"), &n, &dim, &err), MP_ERR_IO);
+    snprintf(want, sizeof(want), "%s/fifo is a FIFO, not a folder", dir);
+    cr_expect_str_eq(err.msg, want);
+}
