@@ -16,16 +16,6 @@ T=$(mktemp -d /tmp/mpar-cli-test.XXXXXX)
 # shellcheck source=daemon_lib.sh
 . "$SRC/tests/integration/daemon_lib.sh"
 
-expect_exit() { # code description command...
-    local want=$1 what=$2
-    shift 2
-    set +e
-    "$@" >"$T/out" 2>"$T/err"
-    local rc=$?
-    set -e
-    [ $rc = "$want" ] || fail "$what: exit $rc, want $want (stderr: $(cat "$T/err"))"
-    echo "ok $what (exit $want)"
-}
 
 PORT=$(free_port)
 S="$T/c.sock"

@@ -11,26 +11,8 @@ MPARD=$1
 CLIENT=$2
 SRC=$3
 T=$(mktemp -d /tmp/mpar-ctl-config.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$T"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-jget() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-
-expect_exit() { # code description command...
-    local want=$1 what=$2
-    shift 2
-    set +e
-    "$@" >"$T/out" 2>"$T/err"
-    local rc=$?
-    set -e
-    [ $rc = "$want" ] || fail "$what: exit $rc, want $want ($(cat "$T/err"))"
-    echo "ok $what (exit $want): $(head -n 1 "$T/err")"
-}
+# shellcheck source=daemon_lib.sh
+. "$SRC/tests/integration/daemon_lib.sh"
 
 expect_exit 0 "mpard --help" "$MPARD" --help
 expect_exit 2 "unknown flag" "$MPARD" --frobnicate

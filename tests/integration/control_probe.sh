@@ -20,16 +20,6 @@ T=$(mktemp -d /tmp/mpar-probe-test.XXXXXX)
 # shellcheck source=daemon_lib.sh
 . "$SRC/tests/integration/daemon_lib.sh"
 
-expect_exit() { # code description command...
-    local want=$1 what=$2
-    shift 2
-    set +e
-    "$@" >"$T/out" 2>"$T/err"
-    local rc=$?
-    set -e
-    [ $rc = "$want" ] || fail "$what: exit $rc, want $want (stderr: $(cat "$T/err"))"
-    echo "ok $what (exit $want): $(tail -n 1 "$T/err")"
-}
 
 spec() { # name lr samples batch [data-json]
     cat <<JSON

@@ -2,7 +2,8 @@
 # daemon_lib.sh - shell helpers of the integration tests that start mpard
 # daemons (sourced by control_cluster.sh and engine_daemon_lib.sh): every
 # process in PIDS is killed on exit and the mktemp dir T removed (kept with
-# KEEP=1); fail prints the daemons' logs; polling, JSON and port helpers.
+# KEEP=1); fail prints the daemons' logs; polling, JSON and port helpers;
+# expect_exit checks a command's exit code.
 # Needs T made by the caller.
 
 PIDS=()
@@ -40,4 +41,15 @@ wait_for() { # seconds command...: polls until the command succeeds
         sleep 0.05
     done
     return 1
+}
+
+expect_exit() { # code description command...: runs it (stdout in $T/out, stderr in $T/err)
+    local want=$1 what=$2
+    shift 2
+    set +e
+    "$@" >"$T/out" 2>"$T/err"
+    local rc=$?
+    set -e
+    [ $rc = "$want" ] || fail "$what: exit $rc, want $want (stderr: $(cat "$T/err"))"
+    echo "ok $what (exit $want): $(head -n 1 "$T/err")"
 }
