@@ -151,7 +151,7 @@ int main(int argc, char **argv)
     double *block = mp_calloc((size_t)reps, sizeof(double));
     double *write = mp_calloc((size_t)reps, sizeof(double));
     mp_ckpt_snap_t *snap;
-    if (mp_ckpt_snap_create(m, spec, 0, 0, &snap) != MP_OK) {
+    if (mp_ckpt_snap_create(&m, 1, spec, 0, 0, &snap) != MP_OK) {
         fprintf(stderr, "mpar-bench-ckpt: cannot make the snapshot\n");
         return 1;
     }
@@ -165,7 +165,7 @@ int main(int argc, char **argv)
         }
         double t1 = now_s();
         /* mpar: the copy stops training; the write happens on another thread. */
-        mp_ckpt_snap_fill(snap, m, step);
+        mp_ckpt_snap_fill(snap, &m, 1, step);
         double t2 = now_s();
         if (mp_ckpt_snap_write(snap, dir, NULL, 0, &err) != MP_OK) {
             fprintf(stderr, "mpar-bench-ckpt: %s\n", err.msg);

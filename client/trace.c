@@ -70,6 +70,7 @@ int mp_client_trace_render(json_t *job, const char *format, FILE *out, const cha
             }
             spans[i][k].op = op;
             spans[i][k].mb = (int32_t)json_integer_value(json_object_get(s, "mb"));
+            spans[i][k].chunk = (int32_t)json_integer_value(json_object_get(s, "chunk"));
             spans[i][k].t0_ns = (uint64_t)json_integer_value(json_object_get(s, "t0_ns"));
             spans[i][k].t1_ns = (uint64_t)json_integer_value(json_object_get(s, "t1_ns"));
             k++;

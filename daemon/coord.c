@@ -1102,6 +1102,7 @@ static void load_results(coord_job_t *j, json_t *o)
             coord_op_parse(json_string_value(json_object_get(x, "op")), &op);
             sp->op = (char *)mp_sched_op_name(op);
             sp->mb = (int32_t)json_integer_value(json_object_get(x, "mb"));
+            sp->chunk = (int32_t)json_integer_value(json_object_get(x, "chunk"));
             sp->t0_ns = jint(x, "t0_ns");
             sp->t1_ns = jint(x, "t1_ns");
         }

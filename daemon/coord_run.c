@@ -442,6 +442,7 @@ static void fill_timeline(jobrun_t *r)
             Mpar__Span *sp = row->spans[q];
             sp->op = (char *)mp_sched_op_name(x->op);
             sp->mb = x->mb;
+            sp->chunk = x->chunk;
             sp->t0_ns = x->t0_ns - t0;
             sp->t1_ns = x->t1_ns - t0;
         }
@@ -1201,6 +1202,7 @@ static void on_train_report(jobrun_t *r, int k, const Mpar__ShardReport *m)
         if (coord_op_parse(m->spans[q]->op, &op)) {
             spans[ns++] = (mp_exec_span_t){.op = op,
                                            .mb = m->spans[q]->mb,
+                                           .chunk = m->spans[q]->chunk,
                                            .t0_ns = m->spans[q]->t0_ns,
                                            .t1_ns = m->spans[q]->t1_ns};
         }

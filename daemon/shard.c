@@ -521,6 +521,7 @@ static void on_msg(void *owner, mp_mbox_msg_t *base)
             mpar__span__init(&spans[k]);
             spans[k].op = (char *)mp_sched_op_name(rep->spans[k].op);
             spans[k].mb = rep->spans[k].mb;
+            spans[k].chunk = rep->spans[k].chunk;
             spans[k].t0_ns = rep->spans[k].t0_ns + m->off_ns;
             spans[k].t1_ns = rep->spans[k].t1_ns + m->off_ns;
             sp[k] = &spans[k];

@@ -130,7 +130,8 @@ mp_status_t mp_engine_cut_plan(const mp_spec_t *spec, int threads, bool cpu, mp_
 {
     mp_engine_cut_t cut;
     memset(&cut, 0, sizeof(cut));
-    int L = spec->model.nlayers, pp = spec->parallel.pp;
+    int L = spec->model.nlayers, pp = spec->parallel.pp, parts = mp_part_nparts(spec);
+    int v = parts / pp;
     mp_status_t st = MP_OK;
     cut.rule = spec->parallel.partition;
     if (spec->parallel.partition == MP_PART_MEASURED && pp > 1 && cpu) {
@@ -150,14 +151,14 @@ mp_status_t mp_engine_cut_plan(const mp_spec_t *spec, int threads, bool cpu, mp_
         for (int l = 0; l < L; l++) {
             cost[l] = cut.fwd[l] + cut.bwd[l];
         }
-        st = mp_part_balanced(cost, L, pp, &cut.part, err);
+        st = mp_part_balanced(cost, L, parts, &cut.part, err);
     } else {
         st = mp_part_build(spec, &cut.part, err);
     }
     if (st != MP_OK) {
         return st;
     }
-    for (int s = 0; s < pp; s++) {
+    for (int s = 0; s < parts; s++) {
         for (int l = cut.part.first[s]; l < cut.part.first[s] + cut.part.count[s]; l++) {
             cut.stage_fwd[s] += cut.fwd[l];
             cut.stage_bwd[s] += cut.bwd[l];
@@ -168,8 +169,8 @@ mp_status_t mp_engine_cut_plan(const mp_spec_t *spec, int threads, bool cpu, mp_
     cut.bubble = -1.0;
     mp_sched_t *sched;
     mp_errbuf_t serr;
-    if (mp_sched_build(spec->parallel.schedule, pp, spec->parallel.micro_batches, &sched, &serr) ==
-        MP_OK) {
+    if (mp_sched_build(spec->parallel.schedule, pp, spec->parallel.micro_batches, v, &sched,
+                       &serr) == MP_OK) {
         mp_sched_cost_t c = {.stage_fwd = cut.stage_fwd, .stage_bwd = cut.stage_bwd};
         mp_sched_report_t rep;
         if (mp_sched_simulate(sched, &c, &rep, &serr) == MP_OK) {
@@ -195,7 +196,10 @@ size_t mp_engine_cut_describe(const mp_spec_t *spec, const mp_engine_cut_t *cut,
 {
     char text[600];
     size_t off = 0;
-    off += (size_t)snprintf(text, sizeof(text), "stages: layers");
+    off += (size_t)snprintf(text, sizeof(text), "%s: layers",
+                            cut->part.nstages > spec->parallel.pp
+                                ? "chunks (chunk c of stage s is entry c x pp + s)"
+                                : "stages");
     for (int s = 0; s < cut->part.nstages && off < sizeof(text); s++) {
         int a = cut->part.first[s], b = a + cut->part.count[s] - 1;
         off += (size_t)(a == b ? snprintf(text + off, sizeof(text) - off, "%s %d", s ? " |" : "", a)
@@ -209,9 +213,14 @@ size_t mp_engine_cut_describe(const mp_spec_t *spec, const mp_engine_cut_t *cut,
         off += (size_t)snprintf(text + off, sizeof(text) - off, " (");
     }
     if (off < sizeof(text) && cut->measured) {
+        /* A stage's cost is that of all its chunks (part c * pp + s). */
         double slowest = 0.0, total = 0.0;
-        for (int s = 0; s < cut->part.nstages; s++) {
-            double c = cut->stage_fwd[s] + cut->stage_bwd[s];
+        int pp = spec->parallel.pp;
+        for (int s = 0; s < pp; s++) {
+            double c = 0.0;
+            for (int u = s; u < cut->part.nstages; u += pp) {
+                c += cut->stage_fwd[u] + cut->stage_bwd[u];
+            }
             slowest = c > slowest ? c : slowest;
             total += c;
         }

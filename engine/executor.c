@@ -10,9 +10,18 @@
  * (download, transfer, upload); on the CPU the model's buffers are sent
  * and received directly.
  *
- * Legend: R = rows of a micro-batch, I = the stage's input width, O = its
+ * Legend: R = rows of a micro-batch, I = a chunk's input width, O = its
  * output width, L = labels per row (model.seq), m = micro-batches, S =
- * activation slots.
+ * activation slots of a chunk, v = chunks of the stage.
+ *
+ * Chunks: a stage holds v model chunks (interleaved_1f1b; v = 1 for every
+ * other schedule), chunk c being virtual stage c * pp + s of the cut
+ * (parallel/sched.h "Chunks"), each with its own model, activation slots
+ * and send buffers.  The neighbours are the previous and next stage on a
+ * ring: with v > 1 the last stage's chunk c sends to the first stage's
+ * chunk c + 1.  A message's sequence number is (seq + k) * v + c for
+ * micro-batch k and the receiving chunk c, so each chunk's messages match
+ * only their own receives.
  *
  * Messages: activations and gradients between stages are tagged by
  * sequence number (engine/job.h) so that a receive matches exactly one
@@ -51,6 +60,25 @@
 #define TP_GROUP_ID 1
 #define DP_GROUP_ID 2
 
+/* One model chunk of the stage (a virtual stage) and its buffers. */
+typedef struct {
+    int c, u;         /* chunk index, virtual stage c * pp + stage */
+    bool first, last; /* the first / last virtual stage of the pipeline */
+    mp_model_t *model;
+    int64_t I, O;
+    int nslots;
+    /* Slots: which micro-batch holds each, its forward output, and the
+     * sends still reading from it. */
+    int *slot_of; /* [max(m, chunks)] micro-batch -> slot, -1 */
+    int nslot_of;
+    bool *busy;                             /* [S] */
+    float **out;                            /* [S] */
+    mp_xport_req_t **act_req;               /* [S] */
+    float **gsend;                          /* [S] host [R, I] copies of input gradients */
+    mp_xport_req_t **grad_req;              /* [S] */
+    float **in_host, **out_host, **og_host; /* [S] [R, I], [R, O], [R, O]: staging */
+} chunk_t;
+
 struct mp_exec {
     mp_exec_opts_t o;
     const mp_spec_t *spec;
@@ -62,10 +90,11 @@ struct mp_exec {
     mp_tp_plan_t *plan;
     mp_sched_t *sched;
     mp_backend_t *be;
-    mp_model_t *model;
-    int64_t I, O, R;
-    int nslots;
-    bool split; /* the schedule splits this stage's backward into BWD and BWD_W */
+    int nchunks;         /* v */
+    chunk_t *ch;         /* [v] */
+    mp_model_t **models; /* [v] the chunks' models, for checkpoints */
+    int64_t I, R;        /* I: the first chunk's input width (the feeder's on stage 0) */
+    bool split;          /* the schedule splits this stage's backward into BWD and BWD_W */
 
     mp_xport_worker_t *w;
     mp_xport_ep_t *ep_prev, *ep_next, *ep_feeder;
@@ -74,21 +103,11 @@ struct mp_exec {
     mp_coll_group_t *tp_group, *dp_group;
     atomic_bool cancel;
 
-    /* Slots: which micro-batch holds each, its forward output, and the
-     * sends still reading from it. */
-    int *slot_of; /* [max(m, chunks)] micro-batch -> slot, -1 */
-    int nslot_of;
-    bool *busy;                /* [S] */
-    float **out;               /* [S] */
-    mp_xport_req_t **act_req;  /* [S] */
-    float **gsend;             /* [S] host [R, I] copies of input gradients */
-    mp_xport_req_t **grad_req; /* [S] */
-    int32_t *labels;           /* [m, R * L] */
+    int32_t *labels; /* [m, R * L] */
     /* Staging through host memory (a device backend). */
     bool staged;
-    float **in_host, **out_host, **og_host; /* [S] [R, I], [R, O], [R, O] */
-    int32_t *labels_dev;                    /* [m, R * L] backend memory */
-    float *grads_host;                      /* [params] for the DP allreduce */
+    int32_t *labels_dev; /* [m, R * L] backend memory */
+    float *grads_host;   /* [params of the largest chunk] for the DP allreduce */
     /* Prefetched training data, two steps' worth used in turn (event index
      * parity); pf[i].ev is the event whose receives are posted, or -1. */
     struct {
@@ -162,7 +181,7 @@ static mp_status_t fail(mp_exec_t *ex, mp_errbuf_t *err, mp_status_t st, int pee
                          ex->stage, ex->o.tp_rank, ex->o.dp_rank, what, who, mp_strerror(st));
 }
 
-static mp_status_t span_push(mp_exec_t *ex, mp_sched_op_t op, int mb, uint64_t t0)
+static mp_status_t span_push(mp_exec_t *ex, mp_sched_op_t op, int mb, int chunk, uint64_t t0)
 {
     if (ex->nspans == ex->cap_spans) {
         int cap = ex->cap_spans ? 2 * ex->cap_spans : 64;
@@ -173,7 +192,7 @@ static mp_status_t span_push(mp_exec_t *ex, mp_sched_op_t op, int mb, uint64_t t
         ex->spans = s;
         ex->cap_spans = cap;
     }
-    ex->spans[ex->nspans++] = (mp_exec_span_t){op, mb, t0, mp_engine_now_ns()};
+    ex->spans[ex->nspans++] = (mp_exec_span_t){op, mb, t0, mp_engine_now_ns(), chunk};
     return MP_OK;
 }
 
@@ -213,10 +232,11 @@ static bool sched_split(const mp_sched_t *sched, int stage)
     return false;
 }
 
-/* Slots a stage needs: most micro-batches between their slot being taken
- * (the receive of the input, or the forward of the first stage) and their
- * backward's end (its W when split), walking its action list. */
-static int slots_needed(const mp_sched_t *sched, int stage)
+/* Slots a chunk of a stage needs: most micro-batches between their slot
+ * being taken (the receive of the input, or the forward of the first
+ * stage) and their backward's end (its W when split), walking its action
+ * list. */
+static int slots_needed(const mp_sched_t *sched, int stage, int chunk)
 {
     mp_sched_op_t last = sched_split(sched, stage) ? MP_SCHED_BWD_W : MP_SCHED_BWD;
     int now = 0, peak = 0;
@@ -226,6 +246,9 @@ static int slots_needed(const mp_sched_t *sched, int stage)
     }
     for (int i = 0; i < sched->count[stage]; i++) {
         const mp_sched_action_t *a = &sched->action[stage][i];
+        if (a->chunk != chunk) {
+            continue;
+        }
         if ((a->op == MP_SCHED_RECV_ACT || a->op == MP_SCHED_FWD) && !held[a->mb]) {
             held[a->mb] = true;
             now++;
@@ -243,20 +266,26 @@ static int slots_needed(const mp_sched_t *sched, int stage)
 
 static mp_status_t alloc_staging(mp_exec_t *ex)
 {
-    int S = ex->nslots;
-    ex->in_host = mp_calloc((size_t)S, sizeof(float *));
-    ex->out_host = mp_calloc((size_t)S, sizeof(float *));
-    ex->og_host = mp_calloc((size_t)S, sizeof(float *));
-    if (ex->in_host == NULL || ex->out_host == NULL || ex->og_host == NULL) {
-        return MP_ERR_NOMEM;
-    }
-    for (int s = 0; s < S; s++) {
-        ex->in_host[s] = mp_malloc((size_t)(ex->R * ex->I) * sizeof(float));
-        ex->out_host[s] = mp_malloc((size_t)(ex->R * ex->O) * sizeof(float));
-        ex->og_host[s] = mp_malloc((size_t)(ex->R * ex->O) * sizeof(float));
-        if (ex->in_host[s] == NULL || ex->out_host[s] == NULL || ex->og_host[s] == NULL) {
+    int64_t params = 0;
+    for (int c = 0; c < ex->nchunks; c++) {
+        chunk_t *ch = &ex->ch[c];
+        int S = ch->nslots;
+        ch->in_host = mp_calloc((size_t)S, sizeof(float *));
+        ch->out_host = mp_calloc((size_t)S, sizeof(float *));
+        ch->og_host = mp_calloc((size_t)S, sizeof(float *));
+        if (ch->in_host == NULL || ch->out_host == NULL || ch->og_host == NULL) {
             return MP_ERR_NOMEM;
         }
+        for (int s = 0; s < S; s++) {
+            ch->in_host[s] = mp_malloc((size_t)(ex->R * ch->I) * sizeof(float));
+            ch->out_host[s] = mp_malloc((size_t)(ex->R * ch->O) * sizeof(float));
+            ch->og_host[s] = mp_malloc((size_t)(ex->R * ch->O) * sizeof(float));
+            if (ch->in_host[s] == NULL || ch->out_host[s] == NULL || ch->og_host[s] == NULL) {
+                return MP_ERR_NOMEM;
+            }
+        }
+        int64_t n = mp_model_param_count(ch->model);
+        params = n > params ? n : params;
     }
     ex->labels_dev = ex->be->ops->alloc(
         ex->be, (size_t)(ex->g.m * ex->R * ex->g.label_dim) * sizeof(int32_t));
@@ -264,12 +293,82 @@ static mp_status_t alloc_staging(mp_exec_t *ex)
         return MP_ERR_NOMEM;
     }
     if (ex->g.dp > 1) {
-        ex->grads_host = mp_malloc((size_t)mp_model_param_count(ex->model) * sizeof(float));
+        ex->grads_host = mp_malloc((size_t)params * sizeof(float));
         if (ex->grads_host == NULL) {
             return MP_ERR_NOMEM;
         }
     }
     return MP_OK;
+}
+
+/* Chunk c's model and buffers (virtual stage c * pp + stage of the cut). */
+static mp_status_t chunk_create(mp_exec_t *ex, int c, mp_errbuf_t *err)
+{
+    const mp_engine_geom_t *g = &ex->g;
+    chunk_t *ch = &ex->ch[c];
+    ch->c = c;
+    ch->u = c * g->pp + ex->stage;
+    ch->first = ch->u == 0;
+    ch->last = ch->u == g->pp * ex->nchunks - 1;
+    ch->nslots = slots_needed(ex->sched, ex->stage, c);
+    mp_model_coll_t coll = {tp_allreduce, tp_allgather, ex};
+    mp_status_t st = mp_model_create_shard(ex->be, ex->spec, ex->plan, ex->part.first[ch->u],
+                                           ex->part.count[ch->u], ex->o.tp_rank, &coll, ch->nslots,
+                                           ex->R, &ch->model);
+    if (st != MP_OK) {
+        return mp_errbuf_set(err, st, "rank %d: cannot build the model of stage %d%s: %s", ex->rank,
+                             ex->stage, ex->nchunks > 1 ? " (a chunk)" : "", mp_strerror(st));
+    }
+    ch->I = mp_model_in_dim(ch->model);
+    ch->O = mp_model_out_dim(ch->model);
+    int S = ch->nslots;
+    int64_t chunks = mp_engine_geom_replica_chunks(g, ex->o.dp_rank);
+    ch->nslot_of = (int)(g->m > chunks ? g->m : chunks);
+    ch->slot_of = mp_calloc((size_t)ch->nslot_of, sizeof(int));
+    ch->busy = mp_calloc((size_t)S, sizeof(bool));
+    ch->out = mp_calloc((size_t)S, sizeof(float *));
+    ch->act_req = mp_calloc((size_t)S, sizeof(mp_xport_req_t *));
+    ch->gsend = mp_calloc((size_t)S, sizeof(float *));
+    ch->grad_req = mp_calloc((size_t)S, sizeof(mp_xport_req_t *));
+    if (ch->slot_of == NULL || ch->busy == NULL || ch->out == NULL || ch->act_req == NULL ||
+        ch->gsend == NULL || ch->grad_req == NULL) {
+        return mp_errbuf_set(err, MP_ERR_NOMEM, "executor: out of memory");
+    }
+    for (int s = 0; s < S && !ch->first; s++) {
+        ch->gsend[s] = mp_malloc((size_t)(ex->R * ch->I) * sizeof(float));
+        if (ch->gsend[s] == NULL) {
+            return mp_errbuf_set(err, MP_ERR_NOMEM, "executor: out of memory");
+        }
+    }
+    return MP_OK;
+}
+
+static void chunk_free(chunk_t *ch)
+{
+    for (int s = 0; s < ch->nslots; s++) {
+        if (ch->in_host != NULL) {
+            mp_free(ch->in_host[s]);
+        }
+        if (ch->out_host != NULL) {
+            mp_free(ch->out_host[s]);
+        }
+        if (ch->og_host != NULL) {
+            mp_free(ch->og_host[s]);
+        }
+        if (ch->gsend != NULL) {
+            mp_free(ch->gsend[s]);
+        }
+    }
+    mp_free(ch->in_host);
+    mp_free(ch->out_host);
+    mp_free(ch->og_host);
+    mp_model_destroy(ch->model);
+    mp_free(ch->gsend);
+    mp_free(ch->grad_req);
+    mp_free(ch->act_req);
+    mp_free(ch->out);
+    mp_free(ch->busy);
+    mp_free(ch->slot_of);
 }
 
 mp_status_t mp_exec_create(mp_xport_ctx_t *ctx, const mp_exec_opts_t *opts, mp_exec_t **exec_p,
@@ -317,7 +416,8 @@ mp_status_t mp_exec_create(mp_xport_ctx_t *ctx, const mp_exec_opts_t *opts, mp_e
     if (st != MP_OK) {
         goto err_free;
     }
-    st = mp_sched_build(spec->parallel.schedule, g->pp, g->m, &ex->sched, err);
+    ex->nchunks = mp_part_nparts(spec) / g->pp;
+    st = mp_sched_build(spec->parallel.schedule, g->pp, g->m, ex->nchunks, &ex->sched, err);
     if (st != MP_OK) {
         goto err_free;
     }
@@ -325,7 +425,6 @@ mp_status_t mp_exec_create(mp_xport_ctx_t *ctx, const mp_exec_opts_t *opts, mp_e
     if (st != MP_OK) {
         goto err_free;
     }
-    ex->nslots = slots_needed(ex->sched, ex->stage);
     ex->split = sched_split(ex->sched, ex->stage);
 
     if (opts->device_kind == MP_BACKEND_CUDA) {
@@ -339,17 +438,26 @@ mp_status_t mp_exec_create(mp_xport_ctx_t *ctx, const mp_exec_opts_t *opts, mp_e
         goto err_free;
     }
     ex->staged = ex->be->kind != MP_BACKEND_CPU || opts->stage_through_host;
-    mp_model_coll_t coll = {tp_allreduce, tp_allgather, ex};
-    st = mp_model_create_shard(ex->be, spec, ex->plan, ex->part.first[ex->stage],
-                               ex->part.count[ex->stage], opts->tp_rank, &coll, ex->nslots, ex->R,
-                               &ex->model);
-    if (st != MP_OK) {
-        mp_errbuf_set(err, st, "rank %d: cannot build the model of stage %d: %s", ex->rank,
-                      ex->stage, mp_strerror(st));
+    ex->ch = mp_calloc((size_t)ex->nchunks, sizeof(chunk_t));
+    if (ex->ch == NULL) {
+        st = mp_errbuf_set(err, MP_ERR_NOMEM, "executor: out of memory");
         goto err_free;
     }
-    ex->I = mp_model_in_dim(ex->model);
-    ex->O = mp_model_out_dim(ex->model);
+    for (int c = 0; c < ex->nchunks; c++) {
+        st = chunk_create(ex, c, err);
+        if (st != MP_OK) {
+            goto err_free;
+        }
+    }
+    ex->models = mp_calloc((size_t)ex->nchunks, sizeof(mp_model_t *));
+    if (ex->models == NULL) {
+        st = mp_errbuf_set(err, MP_ERR_NOMEM, "executor: out of memory");
+        goto err_free;
+    }
+    for (int c = 0; c < ex->nchunks; c++) {
+        ex->models[c] = ex->ch[c].model;
+    }
+    ex->I = ex->ch[0].I;
     if (ex->first && ex->I != g->in_dim) {
         /* A sample is seq positions: the first stage must take all of them. */
         st = mp_errbuf_set(err, MP_ERR_SPEC,
@@ -359,21 +467,10 @@ mp_status_t mp_exec_create(mp_xport_ctx_t *ctx, const mp_exec_opts_t *opts, mp_e
         goto err_free;
     }
 
-    int S = ex->nslots;
-    int64_t chunks = mp_engine_geom_replica_chunks(g, opts->dp_rank);
-    ex->nslot_of = (int)(g->m > chunks ? g->m : chunks);
-    ex->slot_of = mp_calloc((size_t)ex->nslot_of, sizeof(int));
-    ex->busy = mp_calloc((size_t)S, sizeof(bool));
-    ex->out = mp_calloc((size_t)S, sizeof(float *));
-    ex->act_req = mp_calloc((size_t)S, sizeof(mp_xport_req_t *));
-    ex->gsend = mp_calloc((size_t)S, sizeof(float *));
-    ex->grad_req = mp_calloc((size_t)S, sizeof(mp_xport_req_t *));
     ex->labels = mp_calloc((size_t)(g->m * ex->R * g->label_dim), sizeof(int32_t));
     ex->ep_tp = mp_calloc((size_t)g->tp, sizeof(mp_xport_ep_t *));
     ex->ep_dp = mp_calloc((size_t)g->dp, sizeof(mp_xport_ep_t *));
-    if (ex->slot_of == NULL || ex->busy == NULL || ex->out == NULL || ex->act_req == NULL ||
-        ex->gsend == NULL || ex->grad_req == NULL || ex->labels == NULL || ex->ep_tp == NULL ||
-        ex->ep_dp == NULL) {
+    if (ex->labels == NULL || ex->ep_tp == NULL || ex->ep_dp == NULL) {
         st = mp_errbuf_set(err, MP_ERR_NOMEM, "executor: out of memory");
         goto err_free;
     }
@@ -391,15 +488,6 @@ mp_status_t mp_exec_create(mp_xport_ctx_t *ctx, const mp_exec_opts_t *opts, mp_e
             (ex->first && ex->pf[i].x == NULL) || (ex->last && ex->pf[i].y == NULL)) {
             st = mp_errbuf_set(err, MP_ERR_NOMEM, "executor: out of memory for prefetch buffers");
             goto err_free;
-        }
-    }
-    if (!ex->first) {
-        for (int s = 0; s < S; s++) {
-            ex->gsend[s] = mp_malloc((size_t)(ex->R * ex->I) * sizeof(float));
-            if (ex->gsend[s] == NULL) {
-                st = mp_errbuf_set(err, MP_ERR_NOMEM, "executor: out of memory");
-                goto err_free;
-            }
         }
     }
     if (ex->staged) {
@@ -440,13 +528,23 @@ const mp_engine_geom_t *mp_exec_geom(const mp_exec_t *ex)
 {
     return &ex->g;
 }
+/* With several chunks: their slots together, at their mean size. */
 int64_t mp_exec_slot_bytes(const mp_exec_t *ex)
 {
-    return mp_model_slot_bytes(ex->model);
+    int64_t bytes = 0;
+    for (int c = 0; c < ex->nchunks; c++) {
+        bytes += mp_model_slot_bytes(ex->ch[c].model) * ex->ch[c].nslots;
+    }
+    int n = mp_exec_slots(ex);
+    return n > 0 ? bytes / n : 0;
 }
 int mp_exec_slots(const mp_exec_t *ex)
 {
-    return ex->nslots;
+    int n = 0;
+    for (int c = 0; c < ex->nchunks; c++) {
+        n += ex->ch[c].nslots;
+    }
+    return n;
 }
 
 void mp_exec_cancel(mp_exec_t *ex)
@@ -472,11 +570,20 @@ mp_status_t mp_exec_connect(mp_exec_t *ex, const void *const *addrs, const size_
     const mp_engine_geom_t *g = &ex->g;
     int t = ex->o.tp_rank, d = ex->o.dp_rank;
     mp_status_t st = MP_OK;
-    if (!ex->first) {
-        st = connect_one(ex, addrs, lens, peer_rank(ex, ex->stage - 1, t, d), &ex->ep_prev, err);
+    /* With chunks the stages form a ring: the last stage's chunk c feeds
+     * the first stage's chunk c + 1.  At pp = 2 both neighbours are one
+     * peer, and one endpoint serves both ways. */
+    bool ring = ex->nchunks > 1;
+    int prev = (ex->stage + g->pp - 1) % g->pp, next = (ex->stage + 1) % g->pp;
+    if (!ex->first || ring) {
+        st = connect_one(ex, addrs, lens, peer_rank(ex, prev, t, d), &ex->ep_prev, err);
     }
-    if (st == MP_OK && !ex->last) {
-        st = connect_one(ex, addrs, lens, peer_rank(ex, ex->stage + 1, t, d), &ex->ep_next, err);
+    if (st == MP_OK && (!ex->last || ring)) {
+        if (ring && next == prev) {
+            ex->ep_next = ex->ep_prev;
+        } else {
+            st = connect_one(ex, addrs, lens, peer_rank(ex, next, t, d), &ex->ep_next, err);
+        }
     }
     if (st == MP_OK && (ex->first || ex->last)) {
         st = connect_one(ex, addrs, lens, (int)g->feeder_rank, &ex->ep_feeder, err);
@@ -516,6 +623,9 @@ void mp_exec_disconnect(mp_exec_t *ex)
     mp_coll_group_destroy(ex->tp_group);
     mp_coll_group_destroy(ex->dp_group);
     ex->tp_group = ex->dp_group = NULL;
+    if (ex->ep_next == ex->ep_prev) {
+        ex->ep_next = NULL; /* the same endpoint (a ring of two) */
+    }
     mp_xport_ep_t **one[3] = {&ex->ep_prev, &ex->ep_next, &ex->ep_feeder};
     for (int i = 0; i < 3; i++) {
         if (*one[i] != NULL) {
@@ -545,12 +655,13 @@ static bool cancelled(mp_exec_t *ex)
 }
 
 static mp_status_t wait_tensor(mp_exec_t *ex, mp_xport_ep_t *ep, mp_xport_req_t **req, int64_t rows,
-                               int64_t cols, bool i32, const char *what, mp_errbuf_t *err);
+                               int64_t cols, bool i32, mp_exec_wait_t wait, const char *what,
+                               mp_errbuf_t *err);
 
 /* Receives a [rows, cols] tensor of `kind` with sequence number seq from ep. */
 static mp_status_t recv_tensor(mp_exec_t *ex, mp_xport_ep_t *ep, uint32_t kind, uint64_t seq,
-                               void *buf, int64_t rows, int64_t cols, bool i32, const char *what,
-                               mp_errbuf_t *err)
+                               void *buf, int64_t rows, int64_t cols, bool i32, mp_exec_wait_t wait,
+                               const char *what, mp_errbuf_t *err)
 {
     mp_xport_req_t *req;
     mp_status_t st = mp_xport_recv(ep, ex->o.job & MP_XPORT_JOB_MAX, kind, mp_engine_tag_mb(seq),
@@ -558,22 +669,17 @@ static mp_status_t recv_tensor(mp_exec_t *ex, mp_xport_ep_t *ep, uint32_t kind, 
     if (st != MP_OK) {
         return fail(ex, err, st, (int)mp_xport_ep_peer_rank(ep), what);
     }
-    return wait_tensor(ex, ep, &req, rows, cols, i32, what, err);
+    return wait_tensor(ex, ep, &req, rows, cols, i32, wait, what, err);
 }
 
 /* Waits for a posted receive of a [rows, cols] tensor and checks its header. */
 static mp_status_t wait_tensor(mp_exec_t *ex, mp_xport_ep_t *ep, mp_xport_req_t **req, int64_t rows,
-                               int64_t cols, bool i32, const char *what, mp_errbuf_t *err)
+                               int64_t cols, bool i32, mp_exec_wait_t wait, const char *what,
+                               mp_errbuf_t *err)
 {
     int peer = (int)mp_xport_ep_peer_rank(ep);
     mp_xport_hdr_t hdr;
-    /* What it waits for follows from whom: the feeder sends inputs and
-     * labels, the previous stage activations, the next one gradients. */
-    pub_wait(ex,
-             ep == ex->ep_feeder ? (i32 ? MP_EXEC_WAIT_LABELS : MP_EXEC_WAIT_INPUT)
-             : ep == ex->ep_next ? MP_EXEC_WAIT_GRAD
-                                 : MP_EXEC_WAIT_ACT,
-             peer);
+    pub_wait(ex, wait, peer);
     mp_status_t st = mp_engine_wait(*req, deadline(ex), &ex->cancel, &hdr);
     pub_wait(ex, MP_EXEC_WAIT_NONE, -1);
     *req = NULL;
@@ -625,14 +731,31 @@ static int prev_rank(const mp_exec_t *ex)
     return ex->ep_prev != NULL ? (int)mp_xport_ep_peer_rank(ex->ep_prev) : -1;
 }
 
+/* The sequence number of micro-batch (or evaluation chunk) k's activation
+ * or gradient for the stage's chunk c: each chunk has its own. */
+static uint64_t msg_seq(const mp_exec_t *ex, int k, int c)
+{
+    return (ex->seq + (uint64_t)k) * (uint64_t)ex->nchunks + (uint64_t)c;
+}
+
+/* The chunk of the neighbour a message of virtual stage u goes to (+1: the
+ * next one, activations; -1: the previous one, gradients). */
+static int peer_chunk(const mp_exec_t *ex, int u, int dir)
+{
+    return (u + dir) / ex->g.pp;
+}
+
 /* Aborts every request still pending (after an error). */
 static void drain(mp_exec_t *ex)
 {
-    for (int s = 0; s < ex->nslots; s++) {
-        mp_engine_abort(ex->act_req[s]);
-        mp_engine_abort(ex->grad_req[s]);
-        ex->act_req[s] = ex->grad_req[s] = NULL;
-        ex->busy[s] = false;
+    for (int c = 0; ex->ch != NULL && c < ex->nchunks; c++) {
+        chunk_t *ch = &ex->ch[c];
+        for (int s = 0; ch->act_req != NULL && s < ch->nslots; s++) {
+            mp_engine_abort(ch->act_req[s]);
+            mp_engine_abort(ch->grad_req[s]);
+            ch->act_req[s] = ch->grad_req[s] = NULL;
+            ch->busy[s] = false;
+        }
     }
     for (int i = 0; i < 2; i++) {
         for (int k = 0; ex->pf[i].xreq != NULL && k < ex->g.m; k++) {
@@ -644,15 +767,16 @@ static void drain(mp_exec_t *ex)
     }
 }
 
-/* Takes a free slot for micro-batch (or chunk) k, once its last send is done. */
-static mp_status_t slot_take(mp_exec_t *ex, int k, int *slot_p, mp_errbuf_t *err)
+/* Takes a free slot of chunk ch for micro-batch (or evaluation chunk) k,
+ * once its last send is done. */
+static mp_status_t slot_take(mp_exec_t *ex, chunk_t *ch, int k, int *slot_p, mp_errbuf_t *err)
 {
     /* Round robin from k: an evaluation, whose slots free at once, then
      * finds the oldest send, most likely done, rather than the newest. */
     int s = -1;
-    for (int i = 0; i < ex->nslots && s < 0; i++) {
-        int c = (k + i) % ex->nslots;
-        if (!ex->busy[c]) {
+    for (int i = 0; i < ch->nslots && s < 0; i++) {
+        int c = (k + i) % ch->nslots;
+        if (!ch->busy[c]) {
             s = c;
         }
     }
@@ -660,14 +784,14 @@ static mp_status_t slot_take(mp_exec_t *ex, int k, int *slot_p, mp_errbuf_t *err
         return mp_errbuf_set(err, MP_ERR_STATE,
                              "rank %d: no free activation slot for "
                              "micro-batch %d (%d slots)",
-                             ex->rank, k, ex->nslots);
+                             ex->rank, k, ch->nslots);
     }
-    mp_status_t st = settle(ex, &ex->act_req[s], next_rank(ex), "sending an activation", err);
+    mp_status_t st = settle(ex, &ch->act_req[s], next_rank(ex), "sending an activation", err);
     if (st != MP_OK) {
         return st;
     }
-    ex->busy[s] = true;
-    ex->slot_of[k] = s;
+    ch->busy[s] = true;
+    ch->slot_of[k] = s;
     *slot_p = s;
     return MP_OK;
 }
@@ -724,23 +848,25 @@ static mp_status_t prefetch(mp_exec_t *ex, const mp_engine_ev_t *ev, mp_errbuf_t
     return st;
 }
 
-/* The input of micro-batch/chunk k into a fresh slot: from the feeder on the
- * first stage (prefetched in a training step), else from the previous stage. */
-static mp_status_t recv_input(mp_exec_t *ex, int k, int64_t rows, bool train, mp_errbuf_t *err)
+/* The input of micro-batch (or evaluation chunk) k into a fresh slot of
+ * chunk ch: from the feeder on the first virtual stage (prefetched in a
+ * training step), else from the previous stage. */
+static mp_status_t recv_input(mp_exec_t *ex, chunk_t *ch, int k, int64_t rows, bool train,
+                              mp_errbuf_t *err)
 {
     int s = 0;
-    mp_status_t st = slot_take(ex, k, &s, err);
+    mp_status_t st = slot_take(ex, ch, k, &s, err);
     if (st != MP_OK) {
         return st;
     }
-    float *in = mp_model_input(ex->model, s);
-    float *buf = ex->staged ? ex->in_host[s] : in;
-    if (ex->first && train) {
+    float *in = mp_model_input(ch->model, s);
+    float *buf = ex->staged ? ch->in_host[s] : in;
+    if (ch->first && train) {
         int i = ex->pf_cur;
-        const float *x = ex->pf[i].x + (int64_t)k * rows * ex->I;
-        size_t bytes = (size_t)(rows * ex->I) * sizeof(float);
-        st = wait_tensor(ex, ex->ep_feeder, &ex->pf[i].xreq[k], rows, ex->I, false,
-                         "receiving an input micro-batch", err);
+        const float *x = ex->pf[i].x + (int64_t)k * rows * ch->I;
+        size_t bytes = (size_t)(rows * ch->I) * sizeof(float);
+        st = wait_tensor(ex, ex->ep_feeder, &ex->pf[i].xreq[k], rows, ch->I, false,
+                         MP_EXEC_WAIT_INPUT, "receiving an input micro-batch", err);
         if (st == MP_OK && ex->staged) {
             st = ex->be->ops->upload(ex->be, in, x, bytes);
             if (st != MP_OK) {
@@ -751,15 +877,15 @@ static mp_status_t recv_input(mp_exec_t *ex, int k, int64_t rows, bool train, mp
         }
         return st;
     }
-    if (ex->first) {
+    if (ch->first) {
         st = recv_tensor(ex, ex->ep_feeder, MP_XPORT_KIND_INPUT, ex->seq + (uint64_t)k, buf, rows,
-                         ex->I, false, "receiving an input micro-batch", err);
+                         ch->I, false, MP_EXEC_WAIT_INPUT, "receiving an input micro-batch", err);
     } else {
-        st = recv_tensor(ex, ex->ep_prev, MP_XPORT_KIND_ACT, ex->seq + (uint64_t)k, buf, rows,
-                         ex->I, false, "receiving an activation", err);
+        st = recv_tensor(ex, ex->ep_prev, MP_XPORT_KIND_ACT, msg_seq(ex, k, ch->c), buf, rows,
+                         ch->I, false, MP_EXEC_WAIT_ACT, "receiving an activation", err);
     }
     if (st == MP_OK && ex->staged) {
-        st = ex->be->ops->upload(ex->be, in, buf, (size_t)(rows * ex->I) * sizeof(float));
+        st = ex->be->ops->upload(ex->be, in, buf, (size_t)(rows * ch->I) * sizeof(float));
         if (st != MP_OK) {
             return fail(ex, err, st, -1, "uploading an input");
         }
@@ -768,19 +894,19 @@ static mp_status_t recv_input(mp_exec_t *ex, int k, int64_t rows, bool train, mp
 }
 
 /* The slot's forward output as host memory for a send (staged: a copy). */
-static mp_status_t host_output(mp_exec_t *ex, int s, int64_t rows, const float **host_p,
-                               mp_errbuf_t *err)
+static mp_status_t host_output(mp_exec_t *ex, chunk_t *ch, int s, int64_t rows,
+                               const float **host_p, mp_errbuf_t *err)
 {
     if (!ex->staged) {
-        *host_p = ex->out[s];
+        *host_p = ch->out[s];
         return MP_OK;
     }
-    mp_status_t st = ex->be->ops->download(ex->be, ex->out_host[s], ex->out[s],
-                                           (size_t)(rows * ex->O) * sizeof(float));
+    mp_status_t st = ex->be->ops->download(ex->be, ch->out_host[s], ch->out[s],
+                                           (size_t)(rows * ch->O) * sizeof(float));
     if (st != MP_OK) {
         return fail(ex, err, st, -1, "downloading an activation");
     }
-    *host_p = ex->out_host[s];
+    *host_p = ch->out_host[s];
     return MP_OK;
 }
 
@@ -824,20 +950,21 @@ static mp_status_t train_action(mp_exec_t *ex, const mp_sched_action_t *a, doubl
 {
     int k = a->mb;
     int64_t R = ex->R;
+    chunk_t *ch = &ex->ch[a->chunk > 0 ? a->chunk : 0];
     mp_status_t st = MP_OK;
     switch (a->op) {
     case MP_SCHED_RECV_ACT:
-        return recv_input(ex, k, R, true, err);
+        return recv_input(ex, ch, k, R, true, err);
     case MP_SCHED_FWD: {
-        int s = ex->slot_of[k];
-        st = mp_model_forward(ex->model, s, R, &ex->out[s]);
+        int s = ch->slot_of[k];
+        st = mp_model_forward(ch->model, s, R, &ch->out[s]);
         if (st != MP_OK) {
             return model_fail(ex, st, "forward", err);
         }
-        if (ex->last) {
+        if (ch->last) {
             int i = ex->pf_cur;
             st = wait_tensor(ex, ex->ep_feeder, &ex->pf[i].yreq[k], R, ex->g.label_dim, true,
-                             "receiving labels", err);
+                             MP_EXEC_WAIT_LABELS, "receiving labels", err);
             if (st != MP_OK) {
                 return st;
             }
@@ -847,7 +974,7 @@ static mp_status_t train_action(mp_exec_t *ex, const mp_sched_action_t *a, doubl
                 return st;
             }
             /* The mean over the global batch's positions, as the serial trainer. */
-            st = mp_model_loss(ex->model, s, labels, R,
+            st = mp_model_loss(ch->model, s, labels, R,
                                1.0f / (float)(ex->g.batch * ex->g.label_dim), loss_sum, NULL);
             if (st != MP_OK) {
                 return fail(ex, err, st, -1, "loss");
@@ -856,23 +983,24 @@ static mp_status_t train_action(mp_exec_t *ex, const mp_sched_action_t *a, doubl
         return MP_OK;
     }
     case MP_SCHED_SEND_ACT: {
-        int s = ex->slot_of[k];
+        int s = ch->slot_of[k];
         const float *out;
-        st = host_output(ex, s, R, &out, err);
+        st = host_output(ex, ch, s, R, &out, err);
         if (st != MP_OK) {
             return st;
         }
-        return send_tensor(ex, ex->ep_next, MP_XPORT_KIND_ACT, ex->seq + (uint64_t)k, out, R, ex->O,
-                           &ex->act_req[s], "sending an activation", err);
+        return send_tensor(ex, ex->ep_next, MP_XPORT_KIND_ACT,
+                           msg_seq(ex, k, peer_chunk(ex, ch->u, 1)), out, R, ch->O, &ch->act_req[s],
+                           "sending an activation", err);
     }
     case MP_SCHED_RECV_GRAD: {
-        int s = ex->slot_of[k];
-        float *og = mp_model_output_grad(ex->model, s);
-        float *buf = ex->staged ? ex->og_host[s] : og;
-        st = recv_tensor(ex, ex->ep_next, MP_XPORT_KIND_GRAD, ex->seq + (uint64_t)k, buf, R, ex->O,
-                         false, "receiving a gradient", err);
+        int s = ch->slot_of[k];
+        float *og = mp_model_output_grad(ch->model, s);
+        float *buf = ex->staged ? ch->og_host[s] : og;
+        st = recv_tensor(ex, ex->ep_next, MP_XPORT_KIND_GRAD, msg_seq(ex, k, ch->c), buf, R, ch->O,
+                         false, MP_EXEC_WAIT_GRAD, "receiving a gradient", err);
         if (st == MP_OK && ex->staged) {
-            st = ex->be->ops->upload(ex->be, og, buf, (size_t)(R * ex->O) * sizeof(float));
+            st = ex->be->ops->upload(ex->be, og, buf, (size_t)(R * ch->O) * sizeof(float));
             if (st != MP_OK) {
                 return fail(ex, err, st, -1, "uploading a gradient");
             }
@@ -880,23 +1008,23 @@ static mp_status_t train_action(mp_exec_t *ex, const mp_sched_action_t *a, doubl
         return st;
     }
     case MP_SCHED_BWD: {
-        int s = ex->slot_of[k];
+        int s = ch->slot_of[k];
         float *dx = NULL;
         /* Split (zero_bubble): B now, the slot's W later frees it. */
-        st = ex->split ? mp_model_backward_input(ex->model, s, R, ex->first ? NULL : &dx)
-                       : mp_model_backward(ex->model, s, R, ex->first ? NULL : &dx);
+        st = ex->split ? mp_model_backward_input(ch->model, s, R, ch->first ? NULL : &dx)
+                       : mp_model_backward(ch->model, s, R, ch->first ? NULL : &dx);
         if (st != MP_OK) {
             return model_fail(ex, st, "backward", err);
         }
-        ex->busy[s] = ex->split;
-        if (!ex->first) {
+        ch->busy[s] = ex->split;
+        if (!ch->first) {
             /* The model's gradient buffers serve the next backward: copy. */
-            st = settle(ex, &ex->grad_req[s], prev_rank(ex), "sending a gradient", err);
+            st = settle(ex, &ch->grad_req[s], prev_rank(ex), "sending a gradient", err);
             if (st != MP_OK) {
                 return st;
             }
-            st = ex->be->ops->download(ex->be, ex->gsend[s], dx,
-                                       (size_t)(R * ex->I) * sizeof(float));
+            st = ex->be->ops->download(ex->be, ch->gsend[s], dx,
+                                       (size_t)(R * ch->I) * sizeof(float));
             if (st != MP_OK) {
                 return fail(ex, err, st, -1, "downloading a gradient");
             }
@@ -904,23 +1032,25 @@ static mp_status_t train_action(mp_exec_t *ex, const mp_sched_action_t *a, doubl
         return MP_OK;
     }
     case MP_SCHED_BWD_W: {
-        int s = ex->slot_of[k];
-        st = mp_model_backward_weight(ex->model, s, R);
+        int s = ch->slot_of[k];
+        st = mp_model_backward_weight(ch->model, s, R);
         if (st != MP_OK) {
             return model_fail(ex, st, "weight gradient", err);
         }
-        ex->busy[s] = false;
+        ch->busy[s] = false;
         return MP_OK;
     }
     case MP_SCHED_SEND_GRAD: {
-        int s = ex->slot_of[k];
-        return send_tensor(ex, ex->ep_prev, MP_XPORT_KIND_GRAD, ex->seq + (uint64_t)k, ex->gsend[s],
-                           R, ex->I, &ex->grad_req[s], "sending a gradient", err);
+        int s = ch->slot_of[k];
+        return send_tensor(ex, ex->ep_prev, MP_XPORT_KIND_GRAD,
+                           msg_seq(ex, k, peer_chunk(ex, ch->u, -1)), ch->gsend[s], R, ch->I,
+                           &ch->grad_req[s], "sending a gradient", err);
     }
     case MP_SCHED_DP_ALLREDUCE:
-        if (ex->dp_group != NULL) {
-            float *grads = mp_model_grads(ex->model);
-            size_t n = (size_t)mp_model_param_count(ex->model);
+        for (int c = 0; c < ex->nchunks && ex->dp_group != NULL; c++) {
+            mp_model_t *model = ex->ch[c].model;
+            float *grads = mp_model_grads(model);
+            size_t n = (size_t)mp_model_param_count(model);
             float *buf = ex->staged ? ex->grads_host : grads;
             if (ex->staged) {
                 st = ex->be->ops->download(ex->be, buf, grads, n * sizeof(float));
@@ -945,7 +1075,9 @@ static mp_status_t train_action(mp_exec_t *ex, const mp_sched_action_t *a, doubl
         }
         return MP_OK;
     case MP_SCHED_OPT_STEP:
-        st = mp_model_step(ex->model, ex->step);
+        for (int c = 0; c < ex->nchunks && st == MP_OK; c++) {
+            st = mp_model_step(ex->ch[c].model, ex->step);
+        }
         return st == MP_OK ? MP_OK : fail(ex, err, st, -1, "optimizer step");
     }
     return MP_ERR_INVAL;
@@ -955,13 +1087,17 @@ static mp_status_t train_action(mp_exec_t *ex, const mp_sched_action_t *a, doubl
  * (its flow control: it sends at most two events ahead). */
 static mp_status_t finish_event(mp_exec_t *ex, const mp_engine_ev_t *ev, mp_errbuf_t *err)
 {
-    for (int s = 0; s < ex->nslots; s++) {
-        mp_status_t st = settle(ex, &ex->act_req[s], next_rank(ex), "sending an activation", err);
-        if (st == MP_OK) {
-            st = settle(ex, &ex->grad_req[s], prev_rank(ex), "sending a gradient", err);
-        }
-        if (st != MP_OK) {
-            return st;
+    for (int c = 0; c < ex->nchunks; c++) {
+        chunk_t *ch = &ex->ch[c];
+        for (int s = 0; s < ch->nslots; s++) {
+            mp_status_t st =
+                settle(ex, &ch->act_req[s], next_rank(ex), "sending an activation", err);
+            if (st == MP_OK) {
+                st = settle(ex, &ch->grad_req[s], prev_rank(ex), "sending a gradient", err);
+            }
+            if (st != MP_OK) {
+                return st;
+            }
         }
     }
     if (ex->ep_feeder == NULL) {
@@ -986,7 +1122,10 @@ static mp_status_t run_train(mp_exec_t *ex, const mp_engine_ev_t *ev, mp_exec_re
     int64_t R = ex->R;
     double loss_sum = 0.0;
     ex->nspans = 0;
-    mp_status_t st = mp_model_zero_grad(ex->model);
+    mp_status_t st = MP_OK;
+    for (int c = 0; c < ex->nchunks && st == MP_OK; c++) {
+        st = mp_model_zero_grad(ex->ch[c].model);
+    }
     if (st != MP_OK) {
         return fail(ex, err, st, -1, "zeroing gradients");
     }
@@ -1002,12 +1141,12 @@ static mp_status_t run_train(mp_exec_t *ex, const mp_engine_ev_t *ev, mp_exec_re
         }
         const mp_sched_action_t *a = &list[i];
         uint64_t t0 = mp_engine_now_ns();
-        if (ex->first && a->op == MP_SCHED_FWD) {
+        if (a->op == MP_SCHED_FWD && ex->ch[a->chunk].first) {
             /* The first stage's input comes from the feeder. */
             pub_action(ex, MP_SCHED_RECV_ACT, a->mb);
-            st = recv_input(ex, a->mb, R, true, err);
+            st = recv_input(ex, &ex->ch[0], a->mb, R, true, err);
             if (st == MP_OK) {
-                st = span_push(ex, MP_SCHED_RECV_ACT, a->mb, t0);
+                st = span_push(ex, MP_SCHED_RECV_ACT, a->mb, a->chunk, t0);
             }
             t0 = mp_engine_now_ns();
         }
@@ -1016,7 +1155,7 @@ static mp_status_t run_train(mp_exec_t *ex, const mp_engine_ev_t *ev, mp_exec_re
             st = train_action(ex, a, &loss_sum, err);
         }
         if (st == MP_OK) {
-            st = span_push(ex, a->op, a->mb, t0);
+            st = span_push(ex, a->op, a->mb, a->chunk, t0);
         }
     }
     if (st == MP_OK && ex->last && !isfinite(loss_sum)) {
@@ -1051,48 +1190,56 @@ static mp_status_t run_eval(mp_exec_t *ex, const mp_engine_ev_t *ev, mp_exec_rep
     int64_t chunks = mp_engine_geom_replica_chunks(g, d);
     double loss_sum = 0.0;
     int64_t correct = 0, samples = 0;
+    /* Each data chunk goes through the stage's model chunks in order: a
+     * chunk's input is the previous virtual stage's output for the same
+     * data, which never waits on anything later. */
     for (int64_t ci = 0; ci < chunks; ci++) {
-        if (cancelled(ex)) {
-            return fail(ex, err, MP_ERR_CANCELLED, -1, "the evaluation");
-        }
-        int64_t rows = mp_engine_geom_chunk_rows(g, ci * g->dp + d);
-        int k = (int)ci;
-        pub_action(ex, MP_SCHED_FWD, k);
-        mp_status_t st = recv_input(ex, k, rows, false, err);
-        if (st != MP_OK) {
-            return st;
-        }
-        int s = ex->slot_of[k];
-        st = mp_model_forward(ex->model, s, rows, &ex->out[s]);
-        if (st != MP_OK) {
-            return model_fail(ex, st, "evaluation forward", err);
-        }
-        if (ex->last) {
-            st = recv_tensor(ex, ex->ep_feeder, MP_XPORT_KIND_LABEL, ex->seq + (uint64_t)k,
-                             ex->labels, rows, g->label_dim, true, "receiving labels", err);
-            if (st == MP_OK) {
-                const int32_t *labels;
-                st = labels_for(ex, 0, ex->labels, rows, &labels, err);
-                if (st != MP_OK) {
-                    return st;
+        for (int c = 0; c < ex->nchunks; c++) {
+            if (cancelled(ex)) {
+                return fail(ex, err, MP_ERR_CANCELLED, -1, "the evaluation");
+            }
+            chunk_t *ch = &ex->ch[c];
+            int64_t rows = mp_engine_geom_chunk_rows(g, ci * g->dp + d);
+            int k = (int)ci;
+            pub_action(ex, MP_SCHED_FWD, k);
+            mp_status_t st = recv_input(ex, ch, k, rows, false, err);
+            if (st != MP_OK) {
+                return st;
+            }
+            int s = ch->slot_of[k];
+            st = mp_model_forward(ch->model, s, rows, &ch->out[s]);
+            if (st != MP_OK) {
+                return model_fail(ex, st, "evaluation forward", err);
+            }
+            if (ch->last) {
+                st = recv_tensor(ex, ex->ep_feeder, MP_XPORT_KIND_LABEL, ex->seq + (uint64_t)k,
+                                 ex->labels, rows, g->label_dim, true, MP_EXEC_WAIT_LABELS,
+                                 "receiving labels", err);
+                if (st == MP_OK) {
+                    const int32_t *labels;
+                    st = labels_for(ex, 0, ex->labels, rows, &labels, err);
+                    if (st != MP_OK) {
+                        return st;
+                    }
+                    st = mp_model_loss(ch->model, s, labels, rows, 0.0f, &loss_sum, &correct);
+                    if (st != MP_OK) {
+                        return fail(ex, err, st, -1, "evaluation loss");
+                    }
                 }
-                st = mp_model_loss(ex->model, s, labels, rows, 0.0f, &loss_sum, &correct);
-                if (st != MP_OK) {
-                    return fail(ex, err, st, -1, "evaluation loss");
+                samples += rows;
+            } else {
+                const float *out;
+                st = host_output(ex, ch, s, rows, &out, err);
+                if (st == MP_OK) {
+                    st = send_tensor(ex, ex->ep_next, MP_XPORT_KIND_ACT,
+                                     msg_seq(ex, k, peer_chunk(ex, ch->u, 1)), out, rows, ch->O,
+                                     &ch->act_req[s], "sending an activation", err);
                 }
             }
-            samples += rows;
-        } else {
-            const float *out;
-            st = host_output(ex, s, rows, &out, err);
-            if (st == MP_OK) {
-                st = send_tensor(ex, ex->ep_next, MP_XPORT_KIND_ACT, ex->seq + (uint64_t)k, out,
-                                 rows, ex->O, &ex->act_req[s], "sending an activation", err);
+            ch->busy[s] = false;
+            if (st != MP_OK) {
+                return st;
             }
-        }
-        ex->busy[s] = false;
-        if (st != MP_OK) {
-            return st;
         }
     }
     mp_status_t st = finish_event(ex, ev, err);
@@ -1116,7 +1263,8 @@ static mp_status_t maybe_checkpoint(mp_exec_t *ex, int64_t step, mp_errbuf_t *er
     uint64_t t0 = mp_engine_now_ns();
     mp_status_t st = MP_OK;
     if (ex->writer == NULL) {
-        st = mp_ckpt_snap_create(ex->model, ex->spec, ex->stage, ex->o.tp_rank, &ex->snap);
+        st = mp_ckpt_snap_create(ex->models, ex->nchunks, ex->spec, ex->stage, ex->o.tp_rank,
+                                 &ex->snap);
         if (st == MP_OK) {
             st = mp_ckptw_create(ex->o.ckpt_dir, ex->o.on_checkpoint, ex->o.arg, &ex->writer);
         }
@@ -1125,7 +1273,7 @@ static mp_status_t maybe_checkpoint(mp_exec_t *ex, int64_t step, mp_errbuf_t *er
         }
     }
     mp_ckptw_wait_idle(ex->writer); /* the previous checkpoint still being written */
-    st = mp_ckpt_snap_fill(ex->snap, ex->model, step);
+    st = mp_ckpt_snap_fill(ex->snap, ex->models, ex->nchunks, step);
     if (st != MP_OK) {
         return fail(ex, err, st, -1, "copying the checkpoint to host memory");
     }
@@ -1151,8 +1299,8 @@ mp_status_t mp_exec_resume(mp_exec_t *ex, const char *dir, mp_errbuf_t *err)
         return st;
     }
     st = mp_ckpt_check_spec(ck, ex->spec, err);
-    if (st == MP_OK) {
-        st = mp_ckpt_load_model(ck, ex->model, ex->spec, err);
+    for (int c = 0; c < ex->nchunks && st == MP_OK; c++) {
+        st = mp_ckpt_load_model(ck, ex->ch[c].model, ex->spec, err);
     }
     mp_ckpt_close(ck);
     return st;
@@ -1207,10 +1355,18 @@ mp_status_t mp_exec_run(mp_exec_t *ex, mp_errbuf_t *err)
 mp_status_t mp_exec_param_download(mp_exec_t *ex, int layer, int param, float *host,
                                    mp_tp_slice_t *slice_p)
 {
+    /* The chunk whose layers hold `layer`. */
+    mp_model_t *model = ex->ch[0].model;
+    for (int c = 0; c < ex->nchunks; c++) {
+        int first = mp_model_first_layer(ex->ch[c].model);
+        if (layer >= first && layer < first + mp_model_layer_count(ex->ch[c].model)) {
+            model = ex->ch[c].model;
+        }
+    }
     mp_tp_slice_t s;
-    mp_status_t st = mp_model_param_slice(ex->model, layer, param, &s);
+    mp_status_t st = mp_model_param_slice(model, layer, param, &s);
     if (st == MP_OK) {
-        st = mp_model_param_download(ex->model, layer, param, host);
+        st = mp_model_param_download(model, layer, param, host);
     }
     if (st == MP_OK) {
         *slice_p = s;
@@ -1230,39 +1386,18 @@ void mp_exec_destroy(mp_exec_t *ex)
     }
     mp_ckptw_destroy(ex->writer); /* finishes a write in flight first */
     mp_ckpt_snap_free(ex->snap);
-    for (int s = 0; s < ex->nslots; s++) {
-        if (ex->in_host != NULL) {
-            mp_free(ex->in_host[s]);
-        }
-        if (ex->out_host != NULL) {
-            mp_free(ex->out_host[s]);
-        }
-        if (ex->og_host != NULL) {
-            mp_free(ex->og_host[s]);
-        }
-    }
-    mp_free(ex->in_host);
-    mp_free(ex->out_host);
-    mp_free(ex->og_host);
     mp_free(ex->grads_host);
     if (ex->labels_dev != NULL) {
         ex->be->ops->free(ex->be, ex->labels_dev);
     }
-    mp_model_destroy(ex->model);
+    for (int c = 0; ex->ch != NULL && c < ex->nchunks; c++) {
+        chunk_free(&ex->ch[c]);
+    }
+    mp_free(ex->ch);
+    mp_free(ex->models);
     mp_backend_destroy(ex->be);
     mp_sched_free(ex->sched);
     mp_free(ex->plan);
-    if (ex->gsend != NULL) {
-        for (int s = 0; s < ex->nslots; s++) {
-            mp_free(ex->gsend[s]);
-        }
-    }
-    mp_free(ex->gsend);
-    mp_free(ex->grad_req);
-    mp_free(ex->act_req);
-    mp_free(ex->out);
-    mp_free(ex->busy);
-    mp_free(ex->slot_of);
     mp_free(ex->labels);
     for (int i = 0; i < 2; i++) {
         mp_free(ex->pf[i].x);

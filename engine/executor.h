@@ -12,7 +12,8 @@
  *      executor (a table indexed by global rank, the feeder's last:
  *      mp_engine_geom_t.feeder_rank), however the caller likes.
  *   3. mp_exec_connect(): endpoints to the previous and next stage (same tp
- *      and dp rank), the TP group, the DP group and the feeder (first and
+ *      and dp rank; a ring, the last stage's next being the first, when the
+ *      stage holds several chunks), the TP group, the DP group and the feeder (first and
  *      last stage); the TP and DP collectives groups.
  *   4. mp_exec_run(): every training step and evaluation of the job, as the
  *      serial trainer orders them (engine/job.h), each step executing the
@@ -51,6 +52,7 @@ typedef struct {
     mp_sched_op_t op;
     int32_t mb; /* micro-batch (evaluation: local chunk), or -1 */
     uint64_t t0_ns, t1_ns;
+    int32_t chunk; /* the stage's model chunk (interleaved_1f1b), else 0 */
 } mp_exec_span_t;
 
 /* What an executor reports after each event (valid during the callback). */
@@ -161,7 +163,7 @@ void mp_exec_cancel(mp_exec_t *exec);
 void mp_exec_disconnect(mp_exec_t *exec);
 
 /* This shard's block of parameter `param` of spec layer `layer` (a layer of
- * its stage): *slice_p says where it sits in the full tensor; host holds
+ * one of its stage's chunks): *slice_p says where it sits in the full tensor; host holds
  * slice rows * cols floats. */
 mp_status_t mp_exec_param_download(mp_exec_t *exec, int layer, int param, float *host,
                                    mp_tp_slice_t *slice_p);

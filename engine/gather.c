@@ -32,8 +32,10 @@ struct mp_gather {
 static int stage_params(const mp_spec_t *spec, const mp_part_t *part, int s)
 {
     int n = 0;
-    for (int l = part->first[s]; l < part->first[s] + part->count[s]; l++) {
-        n += mp_layer_nparams(&spec->model.layers[l]);
+    for (int l = 0; l < spec->model.nlayers; l++) {
+        if (mp_part_stage_runs(part, spec->parallel.pp, s, l)) {
+            n += mp_layer_nparams(&spec->model.layers[l]);
+        }
     }
     return n;
 }
@@ -99,8 +101,9 @@ static mp_status_t place_block(mp_gather_t *g, int rank, int stage, int tp_rank,
     bool replicated = m[6] != 0;
     int64_t parts = m[8] > 1 ? m[8] : 1, stride = m[9];
     const mp_part_t *part = &g->part;
-    if (layer < part->first[stage] || layer >= part->first[stage] + part->count[stage] ||
-        param < 0 || param >= mp_layer_nparams(&g->spec->model.layers[layer])) {
+    if (layer < 0 || layer >= g->spec->model.nlayers ||
+        !mp_part_stage_runs(part, g->pp, stage, (int)layer) || param < 0 ||
+        param >= mp_layer_nparams(&g->spec->model.layers[layer])) {
         return mp_errbuf_set(err, MP_ERR_PROTO, "gather: rank %d sent layer %lld param %lld", rank,
                              (long long)layer, (long long)param);
     }
@@ -227,7 +230,10 @@ mp_status_t mp_gather_send(mp_xport_ctx_t *ctx, mp_exec_t *exec, const mp_spec_t
         goto destroy_worker;
     }
     int k = 0;
-    for (int l = part.first[stage]; l < part.first[stage] + part.count[stage] && st == MP_OK; l++) {
+    for (int l = 0; l < spec->model.nlayers && st == MP_OK; l++) {
+        if (!mp_part_stage_runs(&part, spec->parallel.pp, stage, l)) {
+            continue;
+        }
         for (int p = 0; p < mp_layer_nparams(&spec->model.layers[l]); p++, k++) {
             int64_t rows, cols;
             mp_layer_param_shape(&spec->model.layers[l], p, &rows, &cols);

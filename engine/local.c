@@ -274,7 +274,10 @@ static mp_status_t gather_weights(shared_t *sh, th_t *th, int stage, int tp_rank
     if (st != MP_OK) {
         return st;
     }
-    for (int l = part.first[stage]; l < part.first[stage] + part.count[stage]; l++) {
+    for (int l = 0; l < spec->model.nlayers; l++) {
+        if (!mp_part_stage_runs(&part, spec->parallel.pp, stage, l)) {
+            continue; /* another stage's, or another chunk's */
+        }
         for (int p = 0; p < mp_layer_nparams(&spec->model.layers[l]); p++) {
             int64_t rows, cols;
             mp_layer_param_shape(&spec->model.layers[l], p, &rows, &cols);

@@ -34,8 +34,22 @@ static uint64_t earliest(const mp_trace_row_t *rows, int nrows)
     return t0 == UINT64_MAX ? 0 : t0;
 }
 
-/* The schedule text's name of a span (parallel/sched.h's mp_sched_format). */
-static void span_name(const mp_exec_span_t *s, char *buf, size_t len)
+/* Whether any span is of a chunk other than 0 (interleaved_1f1b). */
+static bool chunked(const mp_trace_row_t *rows, int nrows)
+{
+    for (int r = 0; r < nrows; r++) {
+        for (int i = 0; i < rows[r].nspans; i++) {
+            if (rows[r].spans[i].chunk > 0) {
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
+/* The schedule text's name of a span (parallel/sched.h's mp_sched_format;
+ * with chunks "F3.1": micro-batch 3 of chunk 1). */
+static void span_name(const mp_exec_span_t *s, bool chunks, char *buf, size_t len)
 {
     static const char *const names[] = {
         [MP_SCHED_RECV_ACT] = "rA",     [MP_SCHED_FWD] = "F",        [MP_SCHED_SEND_ACT] = "sA",
@@ -43,7 +57,9 @@ static void span_name(const mp_exec_span_t *s, char *buf, size_t len)
         [MP_SCHED_DP_ALLREDUCE] = "AR", [MP_SCHED_OPT_STEP] = "OPT", [MP_SCHED_BWD_W] = "W",
     };
     const char *n = (unsigned)s->op <= MP_SCHED_OP_LAST ? names[s->op] : "?";
-    if (s->mb >= 0) {
+    if (s->mb >= 0 && chunks) {
+        snprintf(buf, len, "%s%d.%d", n, s->mb, s->chunk);
+    } else if (s->mb >= 0) {
         snprintf(buf, len, "%s%d", n, s->mb);
     } else {
         snprintf(buf, len, "%s", n);
@@ -74,6 +90,7 @@ static const char *category(mp_sched_op_t op)
 mp_status_t mp_trace_write_chrome(FILE *out, const mp_trace_row_t *rows, int nrows)
 {
     uint64_t t0 = earliest(rows, nrows);
+    bool chunks = chunked(rows, nrows);
     fprintf(out, "{\"displayTimeUnit\": \"ms\", \"traceEvents\": [\n");
     const char *sep = "";
     for (int r = 0; r < nrows; r++) {
@@ -86,12 +103,13 @@ mp_status_t mp_trace_write_chrome(FILE *out, const mp_trace_row_t *rows, int nro
         for (int i = 0; i < row->nspans; i++) {
             const mp_exec_span_t *s = &row->spans[i];
             char name[32];
-            span_name(s, name, sizeof(name));
+            span_name(s, chunks, name, sizeof(name));
             fprintf(out,
                     ",\n{\"name\": \"%s\", \"cat\": \"%s\", \"ph\": \"X\", \"pid\": 0, "
-                    "\"tid\": %d, \"ts\": %.3f, \"dur\": %.3f, \"args\": {\"mb\": %d}}",
+                    "\"tid\": %d, \"ts\": %.3f, \"dur\": %.3f, \"args\": {\"mb\": %d, "
+                    "\"chunk\": %d}}",
                     name, category(s->op), row->rank, (double)(s->t0_ns - t0) * 1e-3,
-                    (double)(s->t1_ns - s->t0_ns) * 1e-3, s->mb);
+                    (double)(s->t1_ns - s->t0_ns) * 1e-3, s->mb, s->chunk);
         }
     }
     fprintf(out, "\n]}\n");
@@ -108,6 +126,7 @@ mp_status_t mp_trace_write_svg(FILE *out, const mp_trace_row_t *rows, int nrows,
             }
         }
     }
+    bool chunks = chunked(rows, nrows);
     double ms = (double)(t1 - t0) * 1e-6;
     if (ms <= 0) {
         ms = 1.0;
@@ -156,19 +175,25 @@ mp_status_t mp_trace_write_svg(FILE *out, const mp_trace_row_t *rows, int nrows,
                 break;
             }
             char name[32];
-            span_name(s, name, sizeof(name));
+            span_name(s, chunks, name, sizeof(name));
             if (box) {
+                /* Odd chunks in a lighter shade of their action's colour. */
                 fprintf(out,
                         "<rect x=\"%.2f\" y=\"%.1f\" width=\"%.2f\" height=\"%.1f\" "
-                        "fill=\"%s\" stroke=\"white\" stroke-width=\"0.5\"><title>%s %.3f ms"
-                        "</title></rect>\n",
-                        x, y + 3, w > 0.5 ? w : 0.5, row_h - 8, fill, name,
-                        (double)(s->t1_ns - s->t0_ns) * 1e-6);
-                if (w > 14 && s->mb >= 0) {
+                        "fill=\"%s\" fill-opacity=\"%s\" stroke=\"white\" "
+                        "stroke-width=\"0.5\"><title>%s %.3f ms</title></rect>\n",
+                        x, y + 3, w > 0.5 ? w : 0.5, row_h - 8, fill, s->chunk % 2 ? "0.6" : "1",
+                        name, (double)(s->t1_ns - s->t0_ns) * 1e-6);
+                if (w > 14 && s->mb >= 0 && !chunks) {
                     fprintf(out,
                             "<text x=\"%.2f\" y=\"%.1f\" fill=\"white\" "
                             "text-anchor=\"middle\">%d</text>\n",
                             x + w / 2, y + row_h * 0.6, s->mb);
+                } else if (w > 22 && s->mb >= 0) {
+                    fprintf(out,
+                            "<text x=\"%.2f\" y=\"%.1f\" fill=\"white\" "
+                            "text-anchor=\"middle\">%d.%d</text>\n",
+                            x + w / 2, y + row_h * 0.6, s->mb, s->chunk);
                 }
             } else if (w >= 1.0) {
                 /* Waiting for a message: a thin bar under the row. */
@@ -186,7 +211,8 @@ mp_status_t mp_trace_write_svg(FILE *out, const mp_trace_row_t *rows, int nrows,
             "<text x=\"%.0f\" y=\"%.1f\" text-anchor=\"middle\">forward (blue), backward "
             "(green; the input gradient B when split), weight gradient W (purple), DP allreduce "
             "(orange), optimizer (grey), waiting on a receive (red "
-            "line)</text>\n</svg>\n",
-            left, ay, left + width, ay, ms, left + width / 2, ay + 16);
+            "line)%s</text>\n</svg>\n",
+            left, ay, left + width, ay, ms, left + width / 2, ay + 16,
+            chunks ? "; micro-batch.chunk, odd chunks lighter" : "");
     return ferror(out) ? MP_ERR_IO : MP_OK;
 }

@@ -129,7 +129,8 @@ static mp_status_t write_atomic(const char *dir, const char *path, const char *t
  * named "<tensor>@<k>", each a plain rectangle of the full tensor. */
 typedef struct {
     char name[MP_ST_NAME_MAX];
-    char where[96]; /* "row0,col0,full_rows,full_cols" */
+    char where[96];          /* "row0,col0,full_rows,full_cols" */
+    int model;               /* which of the shard's models (chunks) holds it */
     int layer, param, which; /* which: -1 parameter, 0/1 optimizer state */
     int part, parts;         /* piece k of the local block's parts */
     int64_t rows, cols;      /* of this piece */
@@ -147,8 +148,8 @@ struct mp_ckpt_snap {
     int64_t scratch_n;
 };
 
-mp_status_t mp_ckpt_snap_create(mp_model_t *model, const mp_spec_t *spec, int stage, int tp_rank,
-                                mp_ckpt_snap_t **snap_p)
+mp_status_t mp_ckpt_snap_create(mp_model_t *const *models, int nmodels, const mp_spec_t *spec,
+                                int stage, int tp_rank, mp_ckpt_snap_t **snap_p)
 {
     mp_ckpt_snap_t *s = mp_calloc(1, sizeof(*s));
     if (s == NULL) {
@@ -156,13 +157,16 @@ mp_status_t mp_ckpt_snap_create(mp_model_t *model, const mp_spec_t *spec, int st
     }
     s->stage = stage;
     s->tp_rank = tp_rank;
-    int first = mp_model_first_layer(model), count = mp_model_layer_count(model);
     int cap = 0;
-    for (int l = first; l < first + count; l++) {
-        for (int p = 0; p < mp_layer_nparams(&spec->model.layers[l]); p++) {
-            mp_tp_slice_t sl;
-            if (mp_model_param_slice(model, l, p, &sl) == MP_OK) {
-                cap += 3 * (sl.parts > 1 ? sl.parts : 1);
+    for (int mi = 0; mi < nmodels; mi++) {
+        mp_model_t *model = models[mi];
+        int first = mp_model_first_layer(model), count = mp_model_layer_count(model);
+        for (int l = first; l < first + count; l++) {
+            for (int p = 0; p < mp_layer_nparams(&spec->model.layers[l]); p++) {
+                mp_tp_slice_t sl;
+                if (mp_model_param_slice(model, l, p, &sl) == MP_OK) {
+                    cap += 3 * (sl.parts > 1 ? sl.parts : 1);
+                }
             }
         }
     }
@@ -172,48 +176,53 @@ mp_status_t mp_ckpt_snap_create(mp_model_t *model, const mp_spec_t *spec, int st
         return MP_ERR_NOMEM;
     }
     int64_t off = 0;
-    for (int l = first; l < first + count; l++) {
-        const mp_layer_spec_t *ls = &spec->model.layers[l];
-        for (int p = 0; p < mp_layer_nparams(ls); p++) {
-            mp_tp_slice_t sl;
-            mp_status_t st = mp_model_param_slice(model, l, p, &sl);
-            if (st != MP_OK) {
-                mp_ckpt_snap_free(s);
-                return st;
-            }
-            if (sl.replicated && tp_rank != 0) {
-                continue; /* TP rank 0 writes what every rank holds whole */
-            }
-            int parts = sl.parts > 1 ? sl.parts : 1;
-            if (parts > 1 && sl.rows * sl.cols > s->scratch_n) {
-                s->scratch_n = sl.rows * sl.cols;
-            }
-            for (int which = -1; which < 2; which++) {
-                const char *sn = which < 0 ? "" : mp_ckpt_state_name(spec, which);
-                if (sn == NULL || (which >= 0 && !mp_model_has_state(model, which))) {
-                    continue;
+    for (int mi = 0; mi < nmodels; mi++) {
+        mp_model_t *model = models[mi];
+        int first = mp_model_first_layer(model), count = mp_model_layer_count(model);
+        for (int l = first; l < first + count; l++) {
+            const mp_layer_spec_t *ls = &spec->model.layers[l];
+            for (int p = 0; p < mp_layer_nparams(ls); p++) {
+                mp_tp_slice_t sl;
+                mp_status_t st = mp_model_param_slice(model, l, p, &sl);
+                if (st != MP_OK) {
+                    mp_ckpt_snap_free(s);
+                    return st;
                 }
-                for (int k = 0; k < parts; k++) {
-                    snap_entry_t *e = &s->e[s->n++];
-                    int64_t w = sl.cols / parts;
-                    char part[16] = "";
-                    if (parts > 1) {
-                        snprintf(part, sizeof(part), "@%d", k);
+                if (sl.replicated && tp_rank != 0) {
+                    continue; /* TP rank 0 writes what every rank holds whole */
+                }
+                int parts = sl.parts > 1 ? sl.parts : 1;
+                if (parts > 1 && sl.rows * sl.cols > s->scratch_n) {
+                    s->scratch_n = sl.rows * sl.cols;
+                }
+                for (int which = -1; which < 2; which++) {
+                    const char *sn = which < 0 ? "" : mp_ckpt_state_name(spec, which);
+                    if (sn == NULL || (which >= 0 && !mp_model_has_state(model, which))) {
+                        continue;
                     }
-                    snprintf(e->name, sizeof(e->name), "%d.%s%s%s%s", l,
-                             mp_layer_param_name(ls, p), which < 0 ? "" : ".", sn, part);
-                    snprintf(e->where, sizeof(e->where), "%lld,%lld,%lld,%lld",
-                             (long long)sl.row0, (long long)(sl.col0 + k * sl.part_stride),
-                             (long long)sl.full_rows, (long long)sl.full_cols);
-                    e->layer = l;
-                    e->param = p;
-                    e->which = which;
-                    e->part = k;
-                    e->parts = parts;
-                    e->rows = sl.rows;
-                    e->cols = w;
-                    e->off = off;
-                    off += sl.rows * w;
+                    for (int k = 0; k < parts; k++) {
+                        snap_entry_t *e = &s->e[s->n++];
+                        int64_t w = sl.cols / parts;
+                        char part[16] = "";
+                        if (parts > 1) {
+                            snprintf(part, sizeof(part), "@%d", k);
+                        }
+                        snprintf(e->name, sizeof(e->name), "%d.%s%s%s%s", l,
+                                 mp_layer_param_name(ls, p), which < 0 ? "" : ".", sn, part);
+                        snprintf(e->where, sizeof(e->where), "%lld,%lld,%lld,%lld",
+                                 (long long)sl.row0, (long long)(sl.col0 + k * sl.part_stride),
+                                 (long long)sl.full_rows, (long long)sl.full_cols);
+                        e->model = mi;
+                        e->layer = l;
+                        e->param = p;
+                        e->which = which;
+                        e->part = k;
+                        e->parts = parts;
+                        e->rows = sl.rows;
+                        e->cols = w;
+                        e->off = off;
+                        off += sl.rows * w;
+                    }
                 }
             }
         }
@@ -229,10 +238,15 @@ mp_status_t mp_ckpt_snap_create(mp_model_t *model, const mp_spec_t *spec, int st
     return MP_OK;
 }
 
-mp_status_t mp_ckpt_snap_fill(mp_ckpt_snap_t *s, mp_model_t *model, int64_t step)
+mp_status_t mp_ckpt_snap_fill(mp_ckpt_snap_t *s, mp_model_t *const *models, int nmodels,
+                              int64_t step)
 {
     for (int i = 0; i < s->n; i++) {
         const snap_entry_t *e = &s->e[i];
+        if (e->model >= nmodels) {
+            return MP_ERR_INVAL;
+        }
+        mp_model_t *model = models[e->model];
         float *dst = e->parts > 1 ? s->scratch : s->buf + e->off;
         if (e->which < 0) {
             MP_TRY(mp_model_param_download(model, e->layer, e->param, dst));

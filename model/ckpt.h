@@ -8,7 +8,8 @@
  *     ...
  *     manifest.json               written once every shard file is durable
  *
- * A shard file holds its block of every parameter of its stage, named as
+ * A shard file holds its block of every parameter of its stage (of all its
+ * chunks, under interleaved_1f1b), named as
  * --save-weights names them ("0.weight", "2.fc1.bias"), and the optimizer
  * state of each block ("0.weight.exp_avg", "0.weight.exp_avg_sq" for AdamW,
  * "0.weight.momentum_buffer" for SGD with momentum), each a 2-D [rows,
@@ -59,13 +60,16 @@ const char *mp_ckpt_state_name(const mp_spec_t *spec, int which);
 
 typedef struct mp_ckpt_snap mp_ckpt_snap_t;
 
-/* Host buffers for the blocks of model (TP rank tp_rank of spec) that this
- * shard writes: every parameter and its optimizer state. */
-mp_status_t mp_ckpt_snap_create(mp_model_t *model, const mp_spec_t *spec, int stage, int tp_rank,
-                                mp_ckpt_snap_t **snap_p);
-/* Copies the model's current parameters and state into the buffers (the
- * only part that stops training), tagged with step. */
-mp_status_t mp_ckpt_snap_fill(mp_ckpt_snap_t *snap, mp_model_t *model, int64_t step);
+/* Host buffers for the blocks of models[0..nmodels) (TP rank tp_rank of
+ * spec; a stage's chunks under interleaved_1f1b, all in the stage's one
+ * file) that this shard writes: every parameter and its optimizer state. */
+mp_status_t mp_ckpt_snap_create(mp_model_t *const *models, int nmodels, const mp_spec_t *spec,
+                                int stage, int tp_rank, mp_ckpt_snap_t **snap_p);
+/* Copies the models' current parameters and state into the buffers (the
+ * only part that stops training), tagged with step; the same models, in
+ * the same order, as mp_ckpt_snap_create's. */
+mp_status_t mp_ckpt_snap_fill(mp_ckpt_snap_t *snap, mp_model_t *const *models, int nmodels,
+                              int64_t step);
 int64_t mp_ckpt_snap_step(const mp_ckpt_snap_t *snap);
 int64_t mp_ckpt_snap_bytes(const mp_ckpt_snap_t *snap);
 /* Writes DIR/step-S/shard-sSS-tTT.safetensors (the folder made if needed),

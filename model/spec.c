@@ -597,30 +597,32 @@ static mp_status_t check_sequence(const mp_spec_t *spec, mp_errbuf_t *err)
 
 static mp_status_t parse_parallel(const json_t *root, mp_spec_t *spec, mp_errbuf_t *err)
 {
-    static const char *const keys[] = {"pp",       "tp",        "dp",    "micro_batches",
-                                       "schedule", "partition", "stages"};
+    static const char *const keys[] = {"pp",       "tp",        "dp",     "micro_batches",
+                                       "schedule", "partition", "stages", "virtual_stages"};
     json_t *pj = NULL;
-    int64_t pp = 1, tp = 1, dp = 1, mb = 1;
+    int64_t pp = 1, tp = 1, dp = 1, mb = 1, vs = 1;
     int sched = MP_SCHED_1F1B, part = 2;
     mp_status_t st = get_object(root, "parallel", "parallel", 0, &pj, err);
     if (st == MP_OK && pj != NULL) {
-        st = check_keys(pj, "parallel", keys, 7, "", err);
+        st = check_keys(pj, "parallel", keys, 8, "", err);
     }
     if (st == MP_OK) {
-        st = get_int(pj, "pp", "parallel", 0, 1, 1, MP_SPEC_MAX_STAGES, "a positive integer",
-                     &pp, err);
-    }
-    if (st == MP_OK) {
-        st = get_int(pj, "tp", "parallel", 0, 1, 1, SPEC_MAX_GRID, "a positive integer", &tp,
+        st = get_int(pj, "pp", "parallel", 0, 1, 1, MP_SPEC_MAX_STAGES, "a positive integer", &pp,
                      err);
     }
     if (st == MP_OK) {
-        st = get_int(pj, "dp", "parallel", 0, 1, 1, SPEC_MAX_GRID, "a positive integer", &dp,
+        st = get_int(pj, "tp", "parallel", 0, 1, 1, SPEC_MAX_GRID, "a positive integer", &tp, err);
+    }
+    if (st == MP_OK) {
+        st = get_int(pj, "dp", "parallel", 0, 1, 1, SPEC_MAX_GRID, "a positive integer", &dp, err);
+    }
+    if (st == MP_OK) {
+        st = get_int(pj, "micro_batches", "parallel", 0, 1, 1, 1 << 20, "a positive integer", &mb,
                      err);
     }
     if (st == MP_OK) {
-        st = get_int(pj, "micro_batches", "parallel", 0, 1, 1, 1 << 20, "a positive integer",
-                     &mb, err);
+        st = get_int(pj, "virtual_stages", "parallel", 0, 1, 1, MP_SPEC_MAX_STAGES,
+                     "a positive integer", &vs, err);
     }
     if (st == MP_OK) {
         const char *const *sched_names;
@@ -638,19 +640,33 @@ static mp_status_t parse_parallel(const json_t *root, mp_spec_t *spec, mp_errbuf
     spec->parallel.tp = (int)tp;
     spec->parallel.dp = (int)dp;
     spec->parallel.micro_batches = (int)mb;
+    spec->parallel.virtual_stages = (int)vs;
     spec->parallel.schedule = (mp_sched_kind_t)sched;
     spec->parallel.partition = part == 2 ? MP_PART_MEASURED : (mp_part_kind_t)part;
     int nl = spec->model.nlayers;
 
     /* What the schedule cannot run (naive: several micro-batches), naming the fields. */
-    st = mp_sched_check((mp_sched_kind_t)sched, (int)pp, (int)mb, err);
+    st = mp_sched_check((mp_sched_kind_t)sched, (int)pp, (int)mb, (int)vs, err);
     if (st != MP_OK) {
         return st;
+    }
+    if (vs > 1 && pp == 1) {
+        /* One stage's chunks would be consecutive: one model, nothing to interleave. */
+        return mp_errbuf_set(err, MP_ERR_SPEC,
+                             "parallel.virtual_stages: %lld chunks on one stage are one model; "
+                             "interleaving needs parallel.pp of 2 or more",
+                             (long long)vs);
     }
     if (pp > nl) {
         return mp_errbuf_set(err, MP_ERR_SPEC,
                              "parallel.pp: %lld stages but model.layers has only %d layers",
                              (long long)pp, nl);
+    }
+    if (pp * vs > nl) {
+        return mp_errbuf_set(err, MP_ERR_SPEC,
+                             "parallel.virtual_stages: parallel.pp %lld x %lld chunks need %lld "
+                             "layers but model.layers has only %d",
+                             (long long)pp, (long long)vs, (long long)(pp * vs), nl);
     }
     json_t *stages = pj != NULL ? json_object_get(pj, "stages") : NULL;
     if (stages != NULL) {
@@ -663,13 +679,21 @@ static mp_status_t parse_parallel(const json_t *root, mp_spec_t *spec, mp_errbuf
             return expected(err, stages,
                             "parallel.stages: expected an array of layer counts, one per stage");
         }
-        if ((int64_t)json_array_size(stages) != pp) {
+        int64_t nparts = pp * vs; /* chunk c of stage s is entry c * pp + s */
+        if ((int64_t)json_array_size(stages) != nparts && vs > 1) {
+            return mp_errbuf_set(err, MP_ERR_SPEC,
+                                 "parallel.stages: %zu entries but parallel.pp x "
+                                 "parallel.virtual_stages = %lld chunks (chunk c of stage s is "
+                                 "entry c x pp + s)",
+                                 json_array_size(stages), (long long)nparts);
+        }
+        if ((int64_t)json_array_size(stages) != nparts) {
             return mp_errbuf_set(err, MP_ERR_SPEC,
                                  "parallel.stages: %zu entries but parallel.pp = %lld",
                                  json_array_size(stages), (long long)pp);
         }
         int64_t sum = 0;
-        for (int s = 0; s < (int)pp; s++) {
+        for (int s = 0; s < (int)nparts; s++) {
             json_t *v = json_array_get(stages, (size_t)s);
             if (!json_is_integer(v) || json_integer_value(v) < 1 ||
                 json_integer_value(v) > nl) {
@@ -686,7 +710,7 @@ static mp_status_t parse_parallel(const json_t *root, mp_spec_t *spec, mp_errbuf
                                  (long long)sum, nl);
         }
         spec->parallel.partition = MP_PART_EXPLICIT;
-        spec->parallel.nstages_explicit = (int)pp;
+        spec->parallel.nstages_explicit = (int)nparts;
     }
 
     /* Tensor-parallel rules (DESIGN.md "Which layers split"): each layer

@@ -41,7 +41,8 @@ typedef enum {
     MP_SCHED_NAIVE = 0,
     MP_SCHED_GPIPE,
     MP_SCHED_1F1B,
-    MP_SCHED_ZERO_BUBBLE, /* ZB-H1: backward split into B (input grad) and W (weight grad) */
+    MP_SCHED_ZERO_BUBBLE,      /* ZB-H1: backward split into B (input grad) and W (weight grad) */
+    MP_SCHED_INTERLEAVED_1F1B, /* Megatron's virtual pipeline: parallel.virtual_stages chunks */
 } mp_sched_kind_t;
 typedef enum {
     MP_PART_UNIFORM = 0,
@@ -92,6 +93,7 @@ typedef struct {
     struct {
         int pp, tp, dp;       /* default 1 each */
         int micro_batches;    /* default 1 */
+        int virtual_stages;   /* chunks per stage (interleaved_1f1b), default 1 */
         mp_sched_kind_t schedule; /* default 1f1b */
         mp_part_kind_t partition; /* "partition": "measured" (default) | "balanced" | "uniform" */
         int nstages_explicit;     /* "stages": [layers per stage, ...] (sets MP_PART_EXPLICIT) */

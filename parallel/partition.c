@@ -201,9 +201,15 @@ mp_status_t mp_part_explicit(const int *counts, int nstages, int nlayers, int pp
     return MP_OK;
 }
 
+int mp_part_nparts(const mp_spec_t *spec)
+{
+    int v = spec->parallel.virtual_stages > 1 ? spec->parallel.virtual_stages : 1;
+    return spec->parallel.pp * v;
+}
+
 mp_status_t mp_part_build(const mp_spec_t *spec, mp_part_t *part_p, mp_errbuf_t *err)
 {
-    int L = spec->model.nlayers;
+    int L = spec->model.nlayers, parts = mp_part_nparts(spec);
     int64_t in[MP_SPEC_MAX_LAYERS], out[MP_SPEC_MAX_LAYERS];
     mp_status_t st = mp_par_layer_dims(spec, in, out, err);
     if (st != MP_OK) {
@@ -211,7 +217,7 @@ mp_status_t mp_part_build(const mp_spec_t *spec, mp_part_t *part_p, mp_errbuf_t 
     }
     switch (spec->parallel.partition) {
     case MP_PART_UNIFORM:
-        return mp_part_uniform(L, spec->parallel.pp, part_p, err);
+        return mp_part_uniform(L, parts, part_p, err);
     case MP_PART_BALANCED:
     case MP_PART_MEASURED: {
         /* "measured" costs are applied by the engine (engine/calib.h), which
@@ -220,7 +226,7 @@ mp_status_t mp_part_build(const mp_spec_t *spec, mp_part_t *part_p, mp_errbuf_t 
         for (int l = 0; l < L; l++) {
             cost[l] = mp_part_layer_flops(&spec->model.layers[l], in[l], out[l], spec->model.seq);
         }
-        return mp_part_balanced(cost, L, spec->parallel.pp, part_p, err);
+        return mp_part_balanced(cost, L, parts, part_p, err);
     }
     case MP_PART_EXPLICIT:
         if (spec->parallel.nstages_explicit < 0 ||
@@ -229,7 +235,7 @@ mp_status_t mp_part_build(const mp_spec_t *spec, mp_part_t *part_p, mp_errbuf_t 
                                  spec->parallel.nstages_explicit, MP_SPEC_MAX_STAGES);
         }
         return mp_part_explicit(spec->parallel.stage_layers, spec->parallel.nstages_explicit, L,
-                                spec->parallel.pp, part_p, err);
+                                parts, part_p, err);
     }
     return mp_errbuf_set(err, MP_ERR_SPEC, "parallel.partition: unknown rule %d",
                          (int)spec->parallel.partition);
@@ -253,6 +259,12 @@ int mp_part_stage_of(const mp_part_t *part, int layer)
         }
     }
     return -1;
+}
+
+bool mp_part_stage_runs(const mp_part_t *part, int pp, int stage, int layer)
+{
+    int u = mp_part_stage_of(part, layer);
+    return u >= 0 && pp > 0 && u % pp == stage;
 }
 
 double mp_part_stage_flops(const mp_spec_t *spec, const mp_part_t *part, int stage)

@@ -11,12 +11,13 @@
 #ifndef MP_PARALLEL_PARTITION_H
 #define MP_PARALLEL_PARTITION_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "common/status.h"
 #include "model/spec.h"
 
-/* Stage s runs layers [first[s], first[s] + count[s]). */
+/* Part s (a stage, or a virtual stage) runs layers [first[s], first[s] + count[s]). */
 typedef struct {
     int nstages;
     int first[MP_SPEC_MAX_STAGES];
@@ -33,9 +34,15 @@ typedef struct {
  */
 double mp_part_layer_flops(const mp_layer_spec_t *layer, int64_t in, int64_t out, int64_t seq);
 
+/* The parts a spec's layers are cut into: parallel.pp stages, times
+ * parallel.virtual_stages chunks per stage (interleaved_1f1b). */
+int mp_part_nparts(const mp_spec_t *spec);
+
 /*
- * Partitions spec's layers into spec->parallel.pp stages by
- * spec->parallel.partition.  Refuses (MP_ERR_SPEC, err naming the field) a
+ * Partitions spec's layers into mp_part_nparts(spec) parts by
+ * spec->parallel.partition: the pp stages, or with v chunks per stage the
+ * p * v virtual stages, part c * pp + s being chunk c of stage s (see
+ * parallel/sched.h "Chunks").  Refuses (MP_ERR_SPEC, err naming the field) a
  * pp below 1 or above the number of layers or MP_SPEC_MAX_STAGES, and an
  * explicit list whose length is not pp, holds an empty stage or does not sum
  * to the number of layers.
@@ -59,7 +66,11 @@ mp_status_t mp_part_explicit(const int *counts, int nstages, int nlayers, int pp
 /* mp_part_layer_flops of every layer of spec into cost_p[nlayers]. */
 mp_status_t mp_part_flop_costs(const mp_spec_t *spec, double *cost_p, mp_errbuf_t *err);
 
-/* The stage that runs `layer`, or -1 when no stage does. */
+/* Whether pipeline stage `stage` (of pp) runs `layer`: in one of its parts
+ * stage, stage + pp, stage + 2 pp, ... (its chunks). */
+bool mp_part_stage_runs(const mp_part_t *part, int pp, int stage, int layer);
+
+/* The part (stage, or virtual stage) that runs `layer`, or -1 when none does. */
 int mp_part_stage_of(const mp_part_t *part, int layer);
 /* Sum of mp_part_layer_flops over the layers of `stage` (0 for a bad stage). */
 double mp_part_stage_flops(const mp_spec_t *spec, const mp_part_t *part, int stage);

@@ -25,13 +25,14 @@ mp_status_t mp_sched_new(mp_sched_kind_t kind, int p, int m, mp_sched_t **sched_
     sched->kind = kind;
     sched->nstages = p;
     sched->nmicro = m;
+    sched->nchunks = 1;
     *sched_p = sched;
     return MP_OK;
 }
 
-mp_status_t mp_sched_push(mp_sched_t *sched, int stage, mp_sched_op_t op, int mb)
+mp_status_t mp_sched_push_chunk(mp_sched_t *sched, int stage, int chunk, mp_sched_op_t op, int mb)
 {
-    if (stage < 0 || stage >= sched->nstages) {
+    if (stage < 0 || stage >= sched->nstages || chunk < 0 || chunk >= sched->nchunks) {
         return MP_ERR_INVAL;
     }
     if (sched->count[stage] == sched->cap[stage]) {
@@ -43,8 +44,14 @@ mp_status_t mp_sched_push(mp_sched_t *sched, int stage, mp_sched_op_t op, int mb
         sched->action[stage] = a;
         sched->cap[stage] = cap;
     }
-    sched->action[stage][sched->count[stage]++] = (mp_sched_action_t){.op = op, .mb = mb};
+    sched->action[stage][sched->count[stage]++] =
+        (mp_sched_action_t){.op = op, .mb = mb, .chunk = chunk};
     return MP_OK;
+}
+
+mp_status_t mp_sched_push(mp_sched_t *sched, int stage, mp_sched_op_t op, int mb)
+{
+    return mp_sched_push_chunk(sched, stage, 0, op, mb);
 }
 
 mp_status_t mp_sched_remove(mp_sched_t *sched, int stage, int index)
@@ -69,36 +76,36 @@ void mp_sched_free(mp_sched_t *sched)
     mp_free(sched);
 }
 
-/* The forward of mb on stage s with its receive and send. */
-mp_status_t mp_sched_push_fwd(mp_sched_t *sched, int s, int mb)
+/* The forward of mb on stage s, chunk c, with its receive and send. */
+mp_status_t mp_sched_push_fwd(mp_sched_t *sched, int s, int c, int mb)
 {
-    int p = sched->nstages;
+    int u = c * sched->nstages + s, last = sched->nstages * sched->nchunks - 1;
     mp_status_t st = MP_OK;
-    if (s > 0) {
-        st = mp_sched_push(sched, s, MP_SCHED_RECV_ACT, mb);
+    if (u > 0) {
+        st = mp_sched_push_chunk(sched, s, c, MP_SCHED_RECV_ACT, mb);
     }
     if (st == MP_OK) {
-        st = mp_sched_push(sched, s, MP_SCHED_FWD, mb);
+        st = mp_sched_push_chunk(sched, s, c, MP_SCHED_FWD, mb);
     }
-    if (st == MP_OK && s < p - 1) {
-        st = mp_sched_push(sched, s, MP_SCHED_SEND_ACT, mb);
+    if (st == MP_OK && u < last) {
+        st = mp_sched_push_chunk(sched, s, c, MP_SCHED_SEND_ACT, mb);
     }
     return st;
 }
 
-/* The backward of mb on stage s with its receive and send. */
-mp_status_t mp_sched_push_bwd(mp_sched_t *sched, int s, int mb)
+/* The backward of mb on stage s, chunk c, with its receive and send. */
+mp_status_t mp_sched_push_bwd(mp_sched_t *sched, int s, int c, int mb)
 {
-    int p = sched->nstages;
+    int u = c * sched->nstages + s, last = sched->nstages * sched->nchunks - 1;
     mp_status_t st = MP_OK;
-    if (s < p - 1) {
-        st = mp_sched_push(sched, s, MP_SCHED_RECV_GRAD, mb);
+    if (u < last) {
+        st = mp_sched_push_chunk(sched, s, c, MP_SCHED_RECV_GRAD, mb);
     }
     if (st == MP_OK) {
-        st = mp_sched_push(sched, s, MP_SCHED_BWD, mb);
+        st = mp_sched_push_chunk(sched, s, c, MP_SCHED_BWD, mb);
     }
-    if (st == MP_OK && s > 0) {
-        st = mp_sched_push(sched, s, MP_SCHED_SEND_GRAD, mb);
+    if (st == MP_OK && u > 0) {
+        st = mp_sched_push_chunk(sched, s, c, MP_SCHED_SEND_GRAD, mb);
     }
     return st;
 }
@@ -115,6 +122,7 @@ static const mp_sched_gen_t *const registry[] = {
     [MP_SCHED_GPIPE] = &mp_sched_gen_gpipe,
     [MP_SCHED_1F1B] = &mp_sched_gen_1f1b,
     [MP_SCHED_ZERO_BUBBLE] = &mp_sched_gen_zero_bubble,
+    [MP_SCHED_INTERLEAVED_1F1B] = &mp_sched_gen_interleaved_1f1b,
 };
 #define NKINDS ((int)(sizeof(registry) / sizeof(registry[0])))
 
@@ -133,7 +141,7 @@ int mp_sched_kind_names(const char *const **names_p)
     return NKINDS;
 }
 
-mp_status_t mp_sched_check(mp_sched_kind_t kind, int p, int m, mp_errbuf_t *err)
+mp_status_t mp_sched_check(mp_sched_kind_t kind, int p, int m, int v, mp_errbuf_t *err)
 {
     if (p < 1 || p > MP_SCHED_MAX_STAGES) {
         return mp_errbuf_set(err, MP_ERR_SPEC, "parallel.pp: %d, expected 1 to %d stages", p,
@@ -148,19 +156,32 @@ mp_status_t mp_sched_check(mp_sched_kind_t kind, int p, int m, mp_errbuf_t *err)
     if (gen == NULL) {
         return mp_errbuf_set(err, MP_ERR_SPEC, "parallel.schedule: unknown schedule %d", (int)kind);
     }
-    return gen->check != NULL ? gen->check(p, m, err) : MP_OK;
+    if (v != 1 && !gen->chunks) {
+        return mp_errbuf_set(err, MP_ERR_SPEC,
+                             "parallel.virtual_stages: %d chunks per stage need schedule "
+                             "\"interleaved_1f1b\", not \"%s\"",
+                             v, gen->name);
+    }
+    if (v < 1 || p * v > MP_SCHED_MAX_STAGES) {
+        return mp_errbuf_set(err, MP_ERR_SPEC,
+                             "parallel.virtual_stages: %d, expected 1 to %d (parallel.pp x "
+                             "parallel.virtual_stages at most %d virtual stages)",
+                             v, MP_SCHED_MAX_STAGES / p, MP_SCHED_MAX_STAGES);
+    }
+    return gen->check != NULL ? gen->check(p, m, v, err) : MP_OK;
 }
 
-mp_status_t mp_sched_build(mp_sched_kind_t kind, int p, int m, mp_sched_t **sched_p,
+mp_status_t mp_sched_build(mp_sched_kind_t kind, int p, int m, int v, mp_sched_t **sched_p,
                            mp_errbuf_t *err)
 {
-    mp_status_t st = mp_sched_check(kind, p, m, err);
+    mp_status_t st = mp_sched_check(kind, p, m, v, err);
     if (st != MP_OK) {
         return st;
     }
     mp_sched_t *sched = NULL;
     st = mp_sched_new(kind, p, m, &sched);
     if (st == MP_OK) {
+        sched->nchunks = v;
         st = mp_sched_gen(kind)->build(sched);
     }
     if (st != MP_OK) {
@@ -171,10 +192,10 @@ mp_status_t mp_sched_build(mp_sched_kind_t kind, int p, int m, mp_sched_t **sche
     return MP_OK;
 }
 
-double mp_sched_bubble_predicted(mp_sched_kind_t kind, int p, int m)
+double mp_sched_bubble_predicted(mp_sched_kind_t kind, int p, int m, int v)
 {
     const mp_sched_gen_t *gen = mp_sched_gen(kind);
-    return gen != NULL ? gen->bubble(p, m) : 0.0;
+    return gen != NULL ? gen->bubble(p, m, v) : 0.0;
 }
 
 const char *mp_sched_op_name(mp_sched_op_t op)
@@ -205,6 +226,12 @@ const char *mp_sched_op_name(mp_sched_op_t op)
 double mp_sched_bubble_theory(int p, int m)
 {
     return (double)(p - 1) / (double)(m + p - 1);
+}
+
+double mp_sched_bubble_1f1b(int p, int m, int v)
+{
+    (void)v;
+    return mp_sched_bubble_theory(p, m);
 }
 
 /* Appends text to buf like snprintf into buf + *total; *total counts the whole text. */
@@ -238,7 +265,9 @@ size_t mp_sched_format(const mp_sched_t *sched, char *buf, size_t len)
         for (int i = 0; i < sched->count[s]; i++) {
             const mp_sched_action_t *a = &sched->action[s][i];
             const char *t = (unsigned)a->op <= MP_SCHED_BWD_W ? tok[a->op] : "?";
-            if (a->mb >= 0) {
+            if (a->mb >= 0 && sched->nchunks > 1) {
+                snprintf(one, sizeof(one), " %s%d.%d", t, a->mb, a->chunk);
+            } else if (a->mb >= 0) {
                 snprintf(one, sizeof(one), " %s%d", t, a->mb);
             } else {
                 snprintf(one, sizeof(one), " %s", t);

@@ -24,6 +24,14 @@
  *    limit); else the next B when its gradient is there; else the oldest
  *    deferred W.  At unit costs with m >= p its bubble is the paper's
  *    (p - 1) / (3m + p - 1), a third of 1F1B's bubble time.
+ *  - interleaved_1f1b (Narayanan et al. 2021, Megatron's virtual pipeline):
+ *    v chunks per stage (see "Chunks" below), m a multiple of p.  Stage s
+ *    runs the chunk-forwards in Megatron's order (micro-batches in groups
+ *    of p, chunk 0 of a group, then chunk 1, ...; backwards the same with
+ *    the chunks from the last), (p - s - 1) + (v - 1) p of them as warm-up,
+ *    then one forward and one backward in turn, then the remaining
+ *    backwards.  Bubble (p - 1) / (v m + p - 1) at unit chunk costs: the
+ *    paper's (p - 1) / (v m) of the ideal time, 1F1B's divided by v.
  * Every list ends with DP_ALLREDUCE (gradients across data-parallel
  * replicas; a no-op at dp = 1) and OPT_STEP.  The last stage's FWD and BWD
  * include the loss.
@@ -59,39 +67,53 @@ typedef enum {
 
 typedef struct {
     mp_sched_op_t op;
-    int mb; /* micro-batch, or -1 */
+    int mb;    /* micro-batch, or -1 */
+    int chunk; /* the stage's model chunk (interleaved_1f1b), else 0 */
 } mp_sched_action_t;
 
+/*
+ * Chunks (interleaved_1f1b): with v chunks per stage the model is cut into
+ * p * v virtual stages, and stage s holds chunks c = 0..v-1, virtual stage
+ * c * p + s (Megatron's virtual pipeline: stage s holds virtual stages s,
+ * s + p, s + 2p, ...).  Virtual stage u sends its activations to u + 1 and
+ * its input gradients to u - 1, so stage p - 1's chunk c feeds stage 0's
+ * chunk c + 1.  Every other schedule has v = 1: virtual stage = stage.
+ */
 typedef struct {
     mp_sched_kind_t kind;
     int nstages; /* p */
     int nmicro;  /* m */
+    int nchunks; /* v, chunks per stage (1 but for interleaved_1f1b) */
     int count[MP_SCHED_MAX_STAGES];
     int cap[MP_SCHED_MAX_STAGES];
     mp_sched_action_t *action[MP_SCHED_MAX_STAGES]; /* [count[s]] each */
 } mp_sched_t;
 
 /*
- * Builds the schedule of `kind` for p stages and m micro-batches.  Refuses
- * (MP_ERR_SPEC) p outside 1..MP_SCHED_MAX_STAGES, m outside
- * 1..MP_SCHED_MAX_MICRO, and what the kind cannot run (naive: m != 1).
- * Free with mp_sched_free.
+ * Builds the schedule of `kind` for p stages, m micro-batches and v chunks
+ * per stage.  Refuses (MP_ERR_SPEC) p outside 1..MP_SCHED_MAX_STAGES, m
+ * outside 1..MP_SCHED_MAX_MICRO, p * v above MP_SCHED_MAX_STAGES, and what
+ * the kind cannot run (naive: m != 1; v != 1 but for interleaved_1f1b;
+ * interleaved_1f1b: m not a multiple of p).  At v = 1 interleaved_1f1b is
+ * 1f1b.  Free with mp_sched_free.
  */
-mp_status_t mp_sched_build(mp_sched_kind_t kind, int p, int m, mp_sched_t **sched_p,
+mp_status_t mp_sched_build(mp_sched_kind_t kind, int p, int m, int v, mp_sched_t **sched_p,
                            mp_errbuf_t *err);
 /* The schedule names in kind order (parallel.schedule's values); returns
  * how many. */
 int mp_sched_kind_names(const char *const **names_p);
 /* Refuses (MP_ERR_SPEC, naming the spec's fields) p stages and m
  * micro-batches that `kind` cannot run; mp_sched_build checks the same. */
-mp_status_t mp_sched_check(mp_sched_kind_t kind, int p, int m, mp_errbuf_t *err);
+mp_status_t mp_sched_check(mp_sched_kind_t kind, int p, int m, int v, mp_errbuf_t *err);
 /* The bubble of `kind` at unit costs, by the formula of its paper (the
  * simulator's result at F = B (= W), test_sched). */
-double mp_sched_bubble_predicted(mp_sched_kind_t kind, int p, int m);
+double mp_sched_bubble_predicted(mp_sched_kind_t kind, int p, int m, int v);
 
-/* An empty schedule, for building one action by action (tests, new kinds). */
+/* An empty schedule (v = 1), for building one action by action (tests, new kinds). */
 mp_status_t mp_sched_new(mp_sched_kind_t kind, int p, int m, mp_sched_t **sched_p);
 mp_status_t mp_sched_push(mp_sched_t *sched, int stage, mp_sched_op_t op, int mb);
+/* The same for chunk `chunk` of the stage (0 .. nchunks - 1). */
+mp_status_t mp_sched_push_chunk(mp_sched_t *sched, int stage, int chunk, mp_sched_op_t op, int mb);
 /* Removes action `index` of `stage` (tests break schedules with it). */
 mp_status_t mp_sched_remove(mp_sched_t *sched, int stage, int index);
 void mp_sched_free(mp_sched_t *sched);
@@ -105,7 +127,8 @@ typedef struct {
     double comm;      /* send -> arrival of one activation or gradient */
     double allreduce; /* DP_ALLREDUCE */
     double opt;       /* OPT_STEP */
-    /* NULL, or per-stage fwd/bwd costs replacing fwd/bwd (unbalanced stages). */
+    /* NULL, or per-stage fwd/bwd costs replacing fwd/bwd (unbalanced
+     * stages), indexed by virtual stage c * p + s (v = 1: the stage). */
     const double *stage_fwd, *stage_bwd;
 } mp_sched_cost_t;
 
@@ -113,7 +136,8 @@ typedef struct {
     double busy;       /* time in FWD, BWD, DP_ALLREDUCE and OPT_STEP */
     double idle;       /* makespan - busy: waiting, and done before the others */
     double end;        /* when its last action ended */
-    int peak_inflight; /* most forwards done whose backward (BWD_W when split) has not run */
+    int peak_inflight; /* most forwards done whose backward (BWD_W when split) has not run
+                        * (of any chunk: a chunk's activations are those of its layers) */
 } mp_sched_stage_report_t;
 
 typedef struct {
@@ -126,10 +150,10 @@ typedef struct {
 /*
  * Checks `sched` and runs it on the costs.  Checks, each refusal
  * (MP_ERR_STATE) naming the stage: every stage runs FWD and BWD of every
- * micro-batch exactly once; the first stage never receives activations nor
- * sends gradients and the last never sends activations nor receives
- * gradients; every other stage receives and sends each once per
- * micro-batch, so every send has its receive; FWD(mb) comes after
+ * micro-batch exactly once in each of its chunks; the first virtual stage
+ * never receives activations nor sends gradients and the last never sends
+ * activations nor receives gradients; every other one receives and sends
+ * each once per micro-batch, so every send has its receive; per chunk, FWD(mb) comes after
  * RECV_ACT(mb), SEND_ACT(mb) after FWD(mb), BWD(mb) after FWD(mb) and
  * RECV_GRAD(mb), SEND_GRAD(mb) after BWD(mb); BWD_W for no micro-batch or
  * for every one, each after its BWD; DP_ALLREDUCE then OPT_STEP
@@ -145,6 +169,9 @@ double mp_sched_bubble_theory(int p, int m);
 /* (p - 1) / (3m + p - 1): zero_bubble's at F = B = W (m >= p), from ZB-H1's
  * bubble time (p - 1)(F + B - W). */
 double mp_sched_bubble_theory_zb(int p, int m);
+/* (p - 1) / (v m + p - 1): interleaved_1f1b's at F = B, v chunks per stage
+ * (Megatron's (p - 1) / (v m) of the ideal time; m a multiple of p). */
+double mp_sched_bubble_theory_interleaved(int p, int m, int v);
 
 /*
  * Writes the schedule as text, one line per stage, e.g.
@@ -152,8 +179,8 @@ double mp_sched_bubble_theory_zb(int p, int m);
  * receive/send activation, rG/sG: receive/send gradient, F/B: forward and
  * backward (B the input gradient under zero_bubble), W: weight gradient,
  * AR: DP allreduce, OPT: optimizer step, numbers are
- * micro-batches).  Like snprintf: returns the length of the whole text and
- * writes at most len bytes, NUL-terminated when len > 0.
+ * micro-batches; with v > 1 chunks, "F3.1" is micro-batch 3 of chunk 1).  Like snprintf: returns
+ * the length of the whole text and writes at most len bytes, NUL-terminated when len > 0.
  */
 size_t mp_sched_format(const mp_sched_t *sched, char *buf, size_t len);
 const char *mp_sched_op_name(mp_sched_op_t op);

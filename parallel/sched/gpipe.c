@@ -12,10 +12,10 @@ mp_status_t mp_sched_build_gpipe(mp_sched_t *sched)
     mp_status_t st = MP_OK;
     for (int s = 0; s < p && st == MP_OK; s++) {
         for (int i = 0; i < m && st == MP_OK; i++) {
-            st = mp_sched_push_fwd(sched, s, i);
+            st = mp_sched_push_fwd(sched, s, 0, i);
         }
         for (int i = m - 1; i >= 0 && st == MP_OK; i--) {
-            st = mp_sched_push_bwd(sched, s, i);
+            st = mp_sched_push_bwd(sched, s, 0, i);
         }
         if (st == MP_OK) {
             st = mp_sched_push_tail(sched, s);
@@ -28,5 +28,5 @@ const mp_sched_gen_t mp_sched_gen_gpipe = {
     .name = "gpipe",
     .kind = MP_SCHED_GPIPE,
     .build = mp_sched_build_gpipe,
-    .bubble = mp_sched_bubble_theory,
+    .bubble = mp_sched_bubble_1f1b,
 };

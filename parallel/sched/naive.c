@@ -5,9 +5,10 @@
  */
 #include "parallel/sched_gen.h"
 
-static mp_status_t check_naive(int p, int m, mp_errbuf_t *err)
+static mp_status_t check_naive(int p, int m, int v, mp_errbuf_t *err)
 {
     (void)p;
+    (void)v;
     if (m != 1) {
         return mp_errbuf_set(err, MP_ERR_SPEC,
                              "parallel.micro_batches: schedule \"naive\" runs the whole batch "
@@ -17,9 +18,10 @@ static mp_status_t check_naive(int p, int m, mp_errbuf_t *err)
     return MP_OK;
 }
 
-static double bubble_naive(int p, int m)
+static double bubble_naive(int p, int m, int v)
 {
     (void)m;
+    (void)v;
     return (double)(p - 1) / (double)p;
 }
 

@@ -48,11 +48,11 @@ static mp_status_t build_zero_bubble(mp_sched_t *sched)
             bool can_b = b < f && (s == p - 1 ||
                                    (done_b[(s + 1) * m + b] >= 0 && done_b[(s + 1) * m + b] <= t));
             if (can_f) {
-                st = mp_sched_push_fwd(sched, s, f);
+                st = mp_sched_push_fwd(sched, s, 0, f);
                 done_f[s * m + f] = t + 1;
                 nf[s]++;
             } else if (can_b) {
-                st = mp_sched_push_bwd(sched, s, b);
+                st = mp_sched_push_bwd(sched, s, 0, b);
                 done_b[s * m + b] = t + 1;
                 nb[s]++;
             } else if (nw[s] < b) {
@@ -80,9 +80,15 @@ double mp_sched_bubble_theory_zb(int p, int m)
     return (double)(p - 1) / (double)(3 * m + p - 1);
 }
 
+static double bubble_zb(int p, int m, int v)
+{
+    (void)v;
+    return mp_sched_bubble_theory_zb(p, m);
+}
+
 const mp_sched_gen_t mp_sched_gen_zero_bubble = {
     .name = "zero_bubble",
     .kind = MP_SCHED_ZERO_BUBBLE,
     .build = build_zero_bubble,
-    .bubble = mp_sched_bubble_theory_zb,
+    .bubble = bubble_zb,
 };

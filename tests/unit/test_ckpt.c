@@ -155,8 +155,8 @@ static void write_checkpoint(const char *ckdir, int pp, int tp, int64_t step)
         for (int t = 0; t < tp; t++) {
             mp_model_t *m = make_shard(spec, s, t);
             mp_ckpt_snap_t *snap;
-            cr_assert_eq(mp_ckpt_snap_create(m, spec, s, t, &snap), MP_OK);
-            cr_assert_eq(mp_ckpt_snap_fill(snap, m, step), MP_OK);
+            cr_assert_eq(mp_ckpt_snap_create(&m, 1, spec, s, t, &snap), MP_OK);
+            cr_assert_eq(mp_ckpt_snap_fill(snap, &m, 1, step), MP_OK);
             cr_assert_eq(mp_ckpt_snap_write(snap, ckdir, NULL, 0, &err), MP_OK, "%s", err.msg);
             mp_ckpt_snap_free(snap);
             mp_model_destroy(m);

@@ -10,7 +10,8 @@
  * and so do the loss curves; a few grids with AdamW within 1e-3 (its
  * division by sqrt(v) amplifies rounding differences); the naive
  * schedule, an explicit and a balanced partition, and the full 2 x 2 x 2
- * grid, and zero_bubble on grids with tp and dp (SGD and AdamW).  The test
+ * grid, and zero_bubble and interleaved_1f1b (2 and 3 chunks per stage) on
+ * grids with tp and dp (SGD and AdamW).  The test
  * split's evaluation matches too.
  */
 #include <criterion/criterion.h>
@@ -236,4 +237,23 @@ Test(engine_equiv, zero_bubble_grids, .timeout = 180)
     check_one(3, 1, 2, 4, "zero_bubble", false);
     check_one(2, 2, 2, 2, "zero_bubble", true);
     check_one(3, 1, 1, 3, "zero_bubble", true);
+}
+
+Test(engine_equiv, interleaved_1f1b_grids, .timeout = 180)
+{
+    /* v chunks per stage, the last stage's chunk c feeding the first's
+     * c + 1 (a ring of two at pp = 2: one endpoint both ways). */
+    const char *v2 = ", \"virtual_stages\": 2";
+    check_one_ex(2, 1, 1, 2, "interleaved_1f1b", false, v2);
+    check_one_ex(2, 2, 1, 4, "interleaved_1f1b", false, v2);
+    check_one_ex(3, 1, 2, 3, "interleaved_1f1b", false, v2);
+    check_one_ex(2, 1, 1, 4, "interleaved_1f1b", false, ", \"virtual_stages\": 3");
+    check_one_ex(2, 2, 2, 2, "interleaved_1f1b", true, v2);
+    check_one_ex(3, 1, 1, 3, "interleaved_1f1b", true, v2);
+    /* Explicit chunks: entry c * pp + s is chunk c of stage s. */
+    check_one_ex(2, 1, 1, 2, "interleaved_1f1b", false,
+                 ", \"virtual_stages\": 2, \"stages\": [1, 2, 2, 1]");
+    staged = true;
+    check_one_ex(2, 1, 2, 2, "interleaved_1f1b", false, v2);
+    staged = false;
 }

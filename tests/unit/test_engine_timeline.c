@@ -50,7 +50,7 @@ static void check(int pp, int m, const char *kind)
     mp_errbuf_t err = {{0}};
     cr_assert_eq(mp_engine_run_local(spec, NULL, &res, &err), MP_OK, "%s", err.msg);
     mp_sched_t *sched;
-    cr_assert_eq(mp_sched_build(spec->parallel.schedule, pp, m, &sched, &err), MP_OK);
+    cr_assert_eq(mp_sched_build(spec->parallel.schedule, pp, m, 1, &sched, &err), MP_OK);
     for (int s = 0; s < pp; s++) {
         /* The schedule's list, with the feeder's input before each forward of stage 0. */
         int k = 0;

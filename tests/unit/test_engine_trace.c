@@ -2,7 +2,8 @@
  * test_engine_trace.c - the timeline renderers: a real run's spans become
  * a Chrome trace that parses as JSON with one complete event per span,
  * times relative to the earliest span and named like the schedule's text,
- * and an SVG with one box per compute span.
+ * and an SVG with one box per compute span; chunks (interleaved_1f1b) named
+ * and shaded.
  */
 #include <criterion/criterion.h>
 #include <jansson.h>
@@ -103,4 +104,48 @@ Test(engine_trace, chrome_json_and_svg_of_a_run, .timeout = 60)
     free(text);
     mp_engine_result_free(&res);
     mp_spec_free(spec);
+}
+
+/* Under interleaved_1f1b a span names its chunk ("F1.1": micro-batch 1 of
+ * chunk 1), in the Chrome trace (name and args.chunk) and the SVG, where
+ * B and W keep their own colours and odd chunks are lighter. */
+Test(engine_trace, chunks_are_named_and_shaded)
+{
+    mp_exec_span_t s0[] = {
+        {MP_SCHED_FWD, 1, 0, 1000000, 0},
+        {MP_SCHED_FWD, 1, 1000000, 2000000, 1},
+        {MP_SCHED_BWD, 1, 2000000, 3000000, 1},
+        {MP_SCHED_BWD_W, 1, 3000000, 4000000, 1},
+        {MP_SCHED_OPT_STEP, -1, 4000000, 4500000, 0},
+    };
+    mp_trace_row_t row = {.rank = 0, .nspans = 5, .spans = s0};
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    cr_assert_eq(mp_trace_write_chrome(f, &row, 1), MP_OK);
+    fclose(f);
+    json_error_t je;
+    json_t *doc = json_loads(text, 0, &je);
+    cr_assert_not_null(doc, "line %d: %s", je.line, je.text);
+    json_t *evs = json_object_get(doc, "traceEvents");
+    cr_assert_eq(json_array_size(evs), 6);
+    cr_expect_str_eq(json_string_value(json_object_get(json_array_get(evs, 1), "name")), "F1.0");
+    cr_expect_str_eq(json_string_value(json_object_get(json_array_get(evs, 2), "name")), "F1.1");
+    cr_expect_eq(json_integer_value(
+                     json_object_get(json_object_get(json_array_get(evs, 2), "args"), "chunk")),
+                 1);
+    cr_expect_str_eq(json_string_value(json_object_get(json_array_get(evs, 5), "name")), "OPT");
+    json_decref(doc);
+    free(text);
+
+    f = open_memstream(&text, &len);
+    cr_assert_eq(mp_trace_write_svg(f, &row, 1, "interleaved"), MP_OK);
+    fclose(f);
+    cr_expect_eq(count(text, "fill=\"#4a90d9\" fill-opacity=\"1\""), 1, "%s", text);
+    cr_expect_eq(count(text, "fill=\"#4a90d9\" fill-opacity=\"0.6\""), 1);
+    cr_expect_eq(count(text, "fill=\"#5cb85c\" fill-opacity=\"0.6\""), 1, "B green");
+    cr_expect_eq(count(text, "fill=\"#8e44ad\" fill-opacity=\"0.6\""), 1, "W purple");
+    cr_expect_not_null(strstr(text, "<title>F1.1 "));
+    cr_expect_not_null(strstr(text, "micro-batch.chunk"));
+    free(text);
 }

@@ -1,8 +1,10 @@
 /*
- * test_sched.c - pipeline schedules and their simulator: gpipe and 1f1b are
- * accepted for every p in 1..6 and m in 1..12, hold the expected peak of
- * in-flight activations and the theoretical bubble, and broken schedules
- * are refused with a message naming the stage.
+ * test_sched.c - pipeline schedules and their simulator: every schedule of
+ * the table is accepted (or refused, naming the fields) for every p in 1..6
+ * and m in 1..12, runs every F before its B and every B before its W, holds
+ * the expected peak of in-flight activations and, at unit costs, its
+ * paper's bubble; broken schedules are refused with a message naming the
+ * stage.
  */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -15,19 +17,25 @@ static mp_sched_t *build(mp_sched_kind_t kind, int p, int m)
 {
     mp_sched_t *s = NULL;
     mp_errbuf_t err = {{0}};
-    mp_status_t st = mp_sched_build(kind, p, m, &s, &err);
+    mp_status_t st = mp_sched_build(kind, p, m, 1, &s, &err);
     cr_assert_eq(st, MP_OK, "build p=%d m=%d: %s", p, m, err.msg);
     return s;
 }
 
-static int find(const mp_sched_t *s, int stage, mp_sched_op_t op, int mb)
+static int find_chunk(const mp_sched_t *s, int stage, int chunk, mp_sched_op_t op, int mb)
 {
     for (int i = 0; i < s->count[stage]; i++) {
-        if (s->action[stage][i].op == op && s->action[stage][i].mb == mb) {
+        const mp_sched_action_t *a = &s->action[stage][i];
+        if (a->op == op && a->mb == mb && a->chunk == chunk) {
             return i;
         }
     }
     return -1;
+}
+
+static int find(const mp_sched_t *s, int stage, mp_sched_op_t op, int mb)
+{
+    return find_chunk(s, stage, 0, op, mb);
 }
 
 static int imin(int a, int b)
@@ -99,10 +107,10 @@ Test(sched, naive_refuses_several_micro_batches)
 {
     mp_sched_t *s = NULL;
     mp_errbuf_t err = {{0}};
-    cr_assert_eq(mp_sched_build(MP_SCHED_NAIVE, 3, 4, &s, &err), MP_ERR_SPEC);
+    cr_assert_eq(mp_sched_build(MP_SCHED_NAIVE, 3, 4, 1, &s, &err), MP_ERR_SPEC);
     cr_assert(strstr(err.msg, "parallel.micro_batches") != NULL, "%s", err.msg);
     cr_assert_null(s);
-    cr_assert_eq(mp_sched_build(MP_SCHED_GPIPE, 0, 4, &s, &err), MP_ERR_SPEC);
+    cr_assert_eq(mp_sched_build(MP_SCHED_GPIPE, 0, 4, 1, &s, &err), MP_ERR_SPEC);
     cr_assert(strstr(err.msg, "parallel.pp") != NULL, "%s", err.msg);
 }
 
@@ -177,7 +185,7 @@ Test(sched, refuses_duplicates_strays_and_a_missing_optimizer_step)
     mp_errbuf_t err = {{0}};
     mp_sched_t *s = build(MP_SCHED_GPIPE, 2, 2);
     /* A stray receive on the first stage, which has no previous neighbour. */
-    s->action[0][0] = (mp_sched_action_t){MP_SCHED_RECV_ACT, 0};
+    s->action[0][0] = (mp_sched_action_t){MP_SCHED_RECV_ACT, 0, 0};
     cr_assert_eq(mp_sched_simulate(s, NULL, NULL, &err), MP_ERR_STATE);
     cr_assert(strstr(err.msg, "stage 0") != NULL, "%s", err.msg);
     mp_sched_free(s);
@@ -307,5 +315,212 @@ Test(sched, zero_bubble_format_names_b_and_w)
     mp_sched_format(s, buf, sizeof(buf));
     cr_expect(strstr(buf, "stage 1: rA0 F0 B0 sG0") != NULL, "%s", buf);
     cr_expect(strstr(buf, " W0") != NULL && strstr(buf, " W1") != NULL, "%s", buf);
+    mp_sched_free(s);
+}
+
+/* Prove it (issue 12): every kind of the table, p 1..6, m 1..12 (and v 1..3
+ * chunks where the kind takes them): built and simulated, or refused naming
+ * the fields when the kind cannot run it; every F before its B, every B
+ * before its W; every stage busy with exactly its m v forwards and
+ * backwards. */
+Test(sched, every_schedule_runs_or_is_refused_for_p_1_to_6_and_m_1_to_12)
+{
+    const char *const *names;
+    int nkinds = mp_sched_kind_names(&names);
+    cr_assert_eq(nkinds, 5);
+    for (int k = 0; k < nkinds; k++) {
+        mp_sched_kind_t kind = (mp_sched_kind_t)k;
+        int vmax = kind == MP_SCHED_INTERLEAVED_1F1B ? 3 : 1;
+        for (int p = 1; p <= 6; p++) {
+            for (int m = 1; m <= 12; m++) {
+                for (int v = 1; v <= vmax; v++) {
+                    mp_sched_t *s = NULL;
+                    mp_errbuf_t err = {{0}};
+                    mp_status_t st = mp_sched_build(kind, p, m, v, &s, &err);
+                    bool refuse = (kind == MP_SCHED_NAIVE && m != 1) ||
+                                  (kind == MP_SCHED_INTERLEAVED_1F1B && m % p != 0);
+                    if (refuse) {
+                        cr_assert_eq(st, MP_ERR_SPEC, "%s p=%d m=%d v=%d built", names[k], p, m, v);
+                        cr_assert_null(s);
+                        cr_expect(strstr(err.msg, "parallel.micro_batches") != NULL, "%s", err.msg);
+                        cr_expect(kind == MP_SCHED_NAIVE || strstr(err.msg, "parallel.pp") != NULL,
+                                  "%s", err.msg);
+                        continue;
+                    }
+                    cr_assert_eq(st, MP_OK, "%s p=%d m=%d v=%d: %s", names[k], p, m, v, err.msg);
+                    cr_assert_eq(s->nchunks, v);
+                    mp_sched_report_t rep;
+                    st = mp_sched_simulate(s, NULL, &rep, &err);
+                    cr_assert_eq(st, MP_OK, "%s p=%d m=%d v=%d: %s", names[k], p, m, v, err.msg);
+                    bool split = kind == MP_SCHED_ZERO_BUBBLE;
+                    for (int stg = 0; stg < p; stg++) {
+                        for (int c = 0; c < v; c++) {
+                            for (int mb = 0; mb < m; mb++) {
+                                int f = find_chunk(s, stg, c, MP_SCHED_FWD, mb);
+                                int b = find_chunk(s, stg, c, MP_SCHED_BWD, mb);
+                                int w = find_chunk(s, stg, c, MP_SCHED_BWD_W, mb);
+                                cr_assert(f >= 0 && b > f,
+                                          "%s p=%d m=%d v=%d stage %d chunk %d "
+                                          "mb %d: F %d B %d",
+                                          names[k], p, m, v, stg, c, mb, f, b);
+                                cr_assert(split ? w > b : w < 0,
+                                          "%s p=%d m=%d stage %d mb %d: "
+                                          "B %d W %d",
+                                          names[k], p, m, stg, mb, b, w);
+                            }
+                        }
+                        cr_assert(fabs(rep.stage[stg].busy - 2.0 * m * v) < 1e-12,
+                                  "%s p=%d m=%d v=%d stage %d busy %g", names[k], p, m, v, stg,
+                                  rep.stage[stg].busy);
+                    }
+                    mp_sched_free(s);
+                }
+            }
+        }
+    }
+}
+
+/* Prove it: interleaved_1f1b at unit chunk costs has Megatron's bubble,
+ * (p - 1) / (v m) of the ideal time, i.e. (p - 1) / (v m + p - 1) of the
+ * step; below 1F1B's for v > 1; and it is 1F1B at v = 1. */
+Test(sched, interleaved_1f1b_has_megatrons_bubble_and_is_1f1b_at_one_chunk)
+{
+    for (int p = 1; p <= 6; p++) {
+        for (int m = p; m <= 12; m += p) {
+            mp_sched_t *ref = build(MP_SCHED_1F1B, p, m);
+            mp_sched_report_t r1;
+            mp_errbuf_t err = {{0}};
+            cr_assert_eq(mp_sched_simulate(ref, NULL, &r1, &err), MP_OK, "%s", err.msg);
+            for (int v = 1; v <= 4; v++) {
+                mp_sched_t *s = NULL;
+                cr_assert_eq(mp_sched_build(MP_SCHED_INTERLEAVED_1F1B, p, m, v, &s, &err), MP_OK,
+                             "p=%d m=%d v=%d: %s", p, m, v, err.msg);
+                mp_sched_report_t rep;
+                cr_assert_eq(mp_sched_simulate(s, NULL, &rep, &err), MP_OK, "p=%d m=%d v=%d: %s", p,
+                             m, v, err.msg);
+                double theory = mp_sched_bubble_theory_interleaved(p, m, v);
+                cr_expect(fabs(theory - (double)(p - 1) / (double)(v * m + p - 1)) < 1e-15);
+                cr_expect(fabs(rep.bubble - theory) < 1e-12,
+                          "p=%d m=%d v=%d: bubble %.12f, "
+                          "theory %.12f",
+                          p, m, v, rep.bubble, theory);
+                cr_expect(fabs(mp_sched_bubble_predicted(MP_SCHED_INTERLEAVED_1F1B, p, m, v) -
+                               theory) < 1e-15);
+                /* The paper's form: idle time over ideal time, (p - 1) / (v m). */
+                double ideal = 2.0 * m * v;
+                cr_expect(fabs(rep.bubble * rep.makespan / ideal - (double)(p - 1) / (v * m)) <
+                              1e-12,
+                          "p=%d m=%d v=%d", p, m, v);
+                if (v > 1 && p > 1) {
+                    cr_expect_lt(rep.bubble, r1.bubble, "p=%d m=%d v=%d", p, m, v);
+                }
+                if (v == 1) {
+                    char a[4096], b[4096];
+                    mp_sched_format(s, a, sizeof(a));
+                    mp_sched_format(ref, b, sizeof(b));
+                    cr_expect_str_eq(a, b, "p=%d m=%d", p, m);
+                }
+                mp_sched_free(s);
+            }
+            mp_sched_free(ref);
+        }
+    }
+}
+
+/* The unit-cost bubble of every kind is its paper's formula (naive, gpipe,
+ * 1f1b: (p - 1) / (m + p - 1); zero_bubble: (p - 1) / (3m + p - 1) at
+ * F = B = W, m >= p; interleaved above). */
+Test(sched, predicted_bubble_of_every_kind_is_what_the_simulator_finds)
+{
+    for (int p = 1; p <= 6; p++) {
+        for (int m = p; m <= 12; m++) {
+            mp_sched_kind_t kinds[3] = {MP_SCHED_GPIPE, MP_SCHED_1F1B, MP_SCHED_ZERO_BUBBLE};
+            for (int k = 0; k < 3; k++) {
+                mp_sched_t *s = build(kinds[k], p, m);
+                mp_sched_report_t rep;
+                mp_errbuf_t err = {{0}};
+                cr_assert_eq(mp_sched_simulate(
+                                 s, kinds[k] == MP_SCHED_ZERO_BUBBLE ? &zb_unit : NULL, &rep, &err),
+                             MP_OK, "%s", err.msg);
+                cr_expect(fabs(rep.bubble - mp_sched_bubble_predicted(kinds[k], p, m, 1)) < 1e-9,
+                          "kind %d p=%d m=%d: %g vs %g", (int)kinds[k], p, m, rep.bubble,
+                          mp_sched_bubble_predicted(kinds[k], p, m, 1));
+                mp_sched_free(s);
+            }
+        }
+    }
+    mp_sched_t *s = build(MP_SCHED_NAIVE, 4, 1);
+    mp_sched_report_t rep;
+    mp_errbuf_t err = {{0}};
+    cr_assert_eq(mp_sched_simulate(s, NULL, &rep, &err), MP_OK, "%s", err.msg);
+    cr_expect(fabs(rep.bubble - mp_sched_bubble_predicted(MP_SCHED_NAIVE, 4, 1, 1)) < 1e-12);
+    mp_sched_free(s);
+}
+
+/* Stage p - 1's chunk c feeds stage 0's chunk c + 1 (the wrap), and the
+ * gradients go back the same way. */
+Test(sched, interleaved_1f1b_wraps_from_the_last_stage_to_the_first)
+{
+    mp_sched_t *s = NULL;
+    mp_errbuf_t err = {{0}};
+    cr_assert_eq(mp_sched_build(MP_SCHED_INTERLEAVED_1F1B, 2, 2, 2, &s, &err), MP_OK, "%s",
+                 err.msg);
+    char text[1024];
+    mp_sched_format(s, text, sizeof(text));
+    cr_expect_str_eq(text,
+                     "stage 0: F0.0 sA0.0 F1.0 sA1.0 rA0.1 F0.1 sA0.1 rA1.1 F1.1 sA1.1 rG0.1 B0.1 "
+                     "sG0.1 rG1.1 B1.1 sG1.1 rG0.0 B0.0 rG1.0 B1.0 AR OPT\n"
+                     "stage 1: rA0.0 F0.0 sA0.0 rA1.0 F1.0 sA1.0 rA0.1 F0.1 B0.1 sG0.1 rA1.1 F1.1 "
+                     "B1.1 sG1.1 rG0.0 B0.0 sG0.0 rG1.0 B1.0 sG1.0 AR OPT\n");
+    /* Without the wrap's send (stage 1, chunk 0 -> stage 0, chunk 1) stage 0
+     * never gets its chunk-1 input: refused, naming both. */
+    cr_assert_eq(mp_sched_remove(s, 1, find_chunk(s, 1, 0, MP_SCHED_SEND_ACT, 1)), MP_OK);
+    cr_assert_eq(mp_sched_simulate(s, NULL, NULL, &err), MP_ERR_STATE);
+    cr_expect(strstr(err.msg, "stage 1 never runs SEND_ACT of micro-batch 1 of chunk 0") != NULL,
+              "%s", err.msg);
+    mp_sched_free(s);
+    /* The last virtual stage (stage 1, chunk 1) sends nothing on. */
+    cr_assert_eq(mp_sched_build(MP_SCHED_INTERLEAVED_1F1B, 2, 2, 2, &s, &err), MP_OK);
+    int n = s->count[1];
+    s->action[1][n - 2] = (mp_sched_action_t){MP_SCHED_SEND_ACT, 0, 1};
+    s->action[1][n - 1] = (mp_sched_action_t){MP_SCHED_DP_ALLREDUCE, -1, 0};
+    cr_assert_eq(mp_sched_push(s, 1, MP_SCHED_OPT_STEP, -1), MP_OK);
+    cr_assert_eq(mp_sched_simulate(s, NULL, NULL, &err), MP_ERR_STATE);
+    cr_expect(strstr(err.msg, "virtual stage 3 has no next neighbour") != NULL, "%s", err.msg);
+    mp_sched_free(s);
+}
+
+/* A chunked schedule that waits in a cycle is found before launch. */
+Test(sched, interleaved_1f1b_refuses_a_deadlock_naming_the_chunk)
+{
+    mp_sched_t *s = NULL;
+    mp_errbuf_t err = {{0}};
+    cr_assert_eq(mp_sched_build(MP_SCHED_INTERLEAVED_1F1B, 2, 2, 2, &s, &err), MP_OK);
+    /* Stage 0 waits for chunk 1's input before sending chunk 0's. */
+    int r = find_chunk(s, 0, 1, MP_SCHED_RECV_ACT, 0), f = find_chunk(s, 0, 0, MP_SCHED_FWD, 0);
+    mp_sched_action_t t = s->action[0][r];
+    memmove(&s->action[0][f + 1], &s->action[0][f], sizeof(t) * (size_t)(r - f));
+    s->action[0][f] = t;
+    cr_assert_eq(mp_sched_simulate(s, NULL, NULL, &err), MP_ERR_STATE);
+    cr_expect(strstr(err.msg, "deadlock") != NULL, "%s", err.msg);
+    cr_expect(strstr(err.msg, "RECV_ACT of micro-batch 0 of chunk 1") != NULL, "%s", err.msg);
+    mp_sched_free(s);
+}
+
+/* Measured costs per virtual stage: each chunk action costs its own. */
+Test(sched, interleaved_1f1b_takes_costs_per_virtual_stage)
+{
+    mp_sched_t *s = NULL;
+    mp_errbuf_t err = {{0}};
+    cr_assert_eq(mp_sched_build(MP_SCHED_INTERLEAVED_1F1B, 2, 4, 2, &s, &err), MP_OK);
+    double sf[4] = {1.0, 2.0, 3.0, 4.0}, sb[4] = {2.0, 4.0, 6.0, 8.0};
+    mp_sched_cost_t c = {.stage_fwd = sf, .stage_bwd = sb};
+    mp_sched_report_t rep;
+    cr_assert_eq(mp_sched_simulate(s, &c, &rep, &err), MP_OK, "%s", err.msg);
+    /* Stage 0 holds virtual stages 0 and 2, stage 1 holds 1 and 3. */
+    cr_expect(fabs(rep.stage[0].busy - 4 * (1.0 + 2.0 + 3.0 + 6.0)) < 1e-12, "%g",
+              rep.stage[0].busy);
+    cr_expect(fabs(rep.stage[1].busy - 4 * (2.0 + 4.0 + 4.0 + 8.0)) < 1e-12, "%g",
+              rep.stage[1].busy);
     mp_sched_free(s);
 }

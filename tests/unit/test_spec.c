@@ -231,7 +231,7 @@ static const bad_spec_t bad_specs[] = {
     /* parallel */
     {SPEC(MODEL "," DATA "," TRAIN "," PAR("'pipeline':2")),
      "parallel.pipeline: unknown field (expected one of: pp, tp, dp, micro_batches, schedule, "
-     "partition, stages)"},
+     "partition, stages, virtual_stages)"},
     {SPEC(MODEL "," DATA "," TRAIN "," PAR("'pp':0")),
      "parallel.pp: expected a positive integer, got 0"},
     {SPEC(MODEL "," DATA "," TRAIN "," PAR("'tp':'2'")),
@@ -241,7 +241,28 @@ static const bad_spec_t bad_specs[] = {
     {SPEC(MODEL "," DATA "," TRAIN "," PAR("'micro_batches':0")),
      "parallel.micro_batches: expected a positive integer, got 0"},
     {SPEC(MODEL "," DATA "," TRAIN "," PAR("'schedule':'zb'")),
-     "parallel.schedule: expected \"naive\", \"gpipe\", \"1f1b\" or \"zero_bubble\", got \"zb\""},
+     "parallel.schedule: expected \"naive\", \"gpipe\", \"1f1b\", \"zero_bubble\" or "
+     "\"interleaved_1f1b\", got \"zb\""},
+    {SPEC(MODEL "," DATA "," TRAIN "," PAR("'pp':2,'virtual_stages':2,'micro_batches':3,"
+                                            "'schedule':'interleaved_1f1b'")),
+     "parallel.micro_batches: 3 is not a multiple of parallel.pp = 2 (schedule "
+     "\"interleaved_1f1b\" runs the micro-batches through the chunks in groups of pp)"},
+    {SPEC(MODEL "," DATA "," TRAIN "," PAR("'pp':2,'virtual_stages':2,'micro_batches':2")),
+     "parallel.virtual_stages: 2 chunks per stage need schedule \"interleaved_1f1b\", not "
+     "\"1f1b\""},
+    {SPEC(MODEL "," DATA "," TRAIN "," PAR("'virtual_stages':2,'schedule':'interleaved_1f1b'")),
+     "parallel.virtual_stages: 2 chunks on one stage are one model; interleaving needs "
+     "parallel.pp of 2 or more"},
+    {SPEC(MODEL "," DATA "," TRAIN "," PAR("'pp':2,'virtual_stages':3,'micro_batches':2,"
+                                            "'schedule':'interleaved_1f1b'")),
+     "parallel.virtual_stages: parallel.pp 2 x 3 chunks need 6 layers but model.layers has only "
+     "4"},
+    {SPEC(MODEL "," DATA "," TRAIN "," PAR("'pp':2,'virtual_stages':2,'micro_batches':2,"
+                                            "'schedule':'interleaved_1f1b','stages':[2,2]")),
+     "parallel.stages: 2 entries but parallel.pp x parallel.virtual_stages = 4 chunks (chunk c "
+     "of stage s is entry c x pp + s)"},
+    {SPEC(MODEL "," DATA "," TRAIN "," PAR("'virtual_stages':0")),
+     "parallel.virtual_stages: expected a positive integer, got 0"},
     {SPEC(MODEL "," DATA "," TRAIN "," PAR("'schedule':'naive','micro_batches':4")),
      "parallel.micro_batches: schedule \"naive\" runs the whole batch at once, so it must be 1, "
      "got 4 (use \"gpipe\" or \"1f1b\")"},
@@ -469,6 +490,28 @@ Test(spec, fills_defaults_when_fields_are_absent)
     cr_expect(!s->train.nesterov);
     cr_expect_eq(s->train.seed, 1);
     cr_expect(s->train.shuffle);
+    mp_spec_free(s);
+}
+
+Test(spec, parses_interleaved_1f1b_with_its_chunks)
+{
+    mp_spec_t *s = NULL;
+    mp_errbuf_t err = {{0}};
+    cr_assert_eq(parse(SPEC(MODEL "," DATA "," TRAIN_SGD("") "," PAR(
+                           "'pp':2,'micro_batches':4,'schedule':'interleaved_1f1b',"
+                           "'virtual_stages':2,'stages':[1,1,1,1]")),
+                       &s, &err),
+                 MP_OK, "%s", err.msg);
+    cr_expect_eq(s->parallel.schedule, MP_SCHED_INTERLEAVED_1F1B);
+    cr_expect_eq(s->parallel.virtual_stages, 2);
+    cr_expect_eq(s->parallel.partition, MP_PART_EXPLICIT);
+    cr_expect_eq(s->parallel.nstages_explicit, 4);
+    cr_expect_str_eq(mp_sched_kind_name(s->parallel.schedule), "interleaved_1f1b");
+    mp_spec_free(s);
+    /* Without the field: one chunk a stage. */
+    cr_assert_eq(parse(SPEC(MODEL "," DATA "," TRAIN_SGD("") "," PAR("'pp':2")), &s, &err),
+                 MP_OK, "%s", err.msg);
+    cr_expect_eq(s->parallel.virtual_stages, 1);
     mp_spec_free(s);
 }
 
