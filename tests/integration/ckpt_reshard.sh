@@ -7,7 +7,9 @@
 # the spec's folder's.  A small GPT's checkpoint taken mid-epoch at pp 2 x tp 2
 # (heads and vocab split) resumed at pp 1 x tp 1 and pp 4 x dp 2 equals its
 # serial run too, and resumed on its own grid but another cut equals the
-# uninterrupted run bit for bit.  Refused before anything starts (exit 2, naming what
+# uninterrupted run bit for bit.  Under interleaved_1f1b a stage writes its
+# chunks into its one file: a 1f1b checkpoint resumes with 3 chunks a stage
+# and a 2-chunk one under 1f1b, equal to serial.  Refused before anything starts (exit 2, naming what
 # is wrong): a spec whose model differs (the field), a truncated shard file
 # and a manifest naming a missing file (the file).
 #
@@ -73,6 +75,27 @@ for grid in "1 1 1 1" "4 1 2 2"; do
     losses "$T/r$1$2$3.out" "$T/serial.out" 1e-3 || fail "pp $1 tp $2 dp $3: loss curve"
     echo "ok pp 2 x tp 2 checkpoint resumed at pp $1, tp $2, dp $3 equals serial: $ERR"
 done
+
+# --- interleaved_1f1b: a stage's chunks in its one file, resumed across v -------------
+# The pp 2 x tp 2 (1f1b) checkpoint resumed at pp 2 x dp 2 with 3 chunks a stage,
+# and a checkpoint written with 2 chunks a stage resumed under 1f1b: the layer
+# names map as on any grid.
+spec "$T/ri.json" ri 2 1 2 2 interleaved_1f1b:3 adamw 20
+submit_ok ri "$T/ri.json" --resume "$T/ck" --save-weights "$T/wri" >"$T/ri.out"
+ERR=$(compare "$T/ws" "$T/wri" 1e-3) || fail "interleaved resume: $ERR"
+losses "$T/ri.out" "$T/serial.out" 1e-3 || fail "interleaved resume: loss curve"
+echo "ok pp 2 x tp 2 (1f1b) checkpoint resumed at pp 2 x dp 2 under interleaved_1f1b (3 chunks) equals serial: $ERR"
+spec "$T/ihalf.json" ihalf 2 2 1 4 interleaved_1f1b:2 adamw 10
+with_ckpt "$T/ihalf.json" "$T/ick" 10
+submit_ok ihalf "$T/ihalf.json" >/dev/null
+[ "$(cat "$T/ick/latest")" = step-00000010 ] || fail "interleaved latest: $(cat "$T/ick/latest")"
+[ "$(ls "$T/ick/step-00000010" | grep -c safetensors)" = 4 ] ||
+    fail "interleaved: expected one file per stage and tp rank: $(ls "$T/ick/step-00000010")"
+spec "$T/rf.json" rf 2 1 2 2 1f1b adamw 20
+submit_ok rf "$T/rf.json" --resume "$T/ick" --save-weights "$T/wrf" >"$T/rf.out"
+ERR=$(compare "$T/ws" "$T/wrf" 1e-3) || fail "resume of an interleaved checkpoint: $ERR"
+losses "$T/rf.out" "$T/serial.out" 1e-3 || fail "resume of an interleaved checkpoint: loss curve"
+echo "ok pp 2 x tp 2 interleaved_1f1b (2 chunks) checkpoint resumed at pp 2 x dp 2 under 1f1b equals serial: $ERR"
 
 # --- export -----------------------------------------------------------------------
 "$CLIENT" export "$T/ck" "$T/x" >/dev/null || fail "export"

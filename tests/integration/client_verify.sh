@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# mpar-client verify: a zero_bubble job on pp=2 x tp=2 and an AdamW job on
-# pp=2 x dp=2 each equal their serial run within the optimizer's tolerance
+# mpar-client verify: a zero_bubble job on pp=2 x tp=2, an interleaved_1f1b
+# job (2 chunks a stage) on pp=2 x tp=2 and an AdamW job on pp=2 x dp=2
+# each equal their serial run within the optimizer's tolerance
 # (exit 0, "OK", -o json with every tensor's difference at most the
-# tolerance); a bad spec is refused with exit 2 naming the field; nothing is
+# tolerance); a bad spec (tp 3; interleaved with 3 micro-batches on 2
+# stages) is refused with exit 2 naming the field; nothing is
 # left behind (no mpard, no temporary folder).
 # usage: client_verify.sh BUILD_BIN_DIR
 set -u
@@ -33,6 +35,23 @@ JSON
 }
 job zb '{"pp": 2, "tp": 2, "micro_batches": 4, "schedule": "zero_bubble"}' sgd
 job aw '{"pp": 2, "dp": 2, "micro_batches": 2, "schedule": "1f1b"}' adamw
+job il '{"pp": 2, "tp": 2, "micro_batches": 4, "schedule": "interleaved_1f1b", "virtual_stages": 2}' sgd
+
+out=$(timeout 120 "$bin/mpar-client" verify "$work/il.json" --steps 3 2>"$work/il.err")
+rc=$?
+if [ $rc -eq 0 ] && echo "$out" | grep -q "(interleaved_1f1b).*tolerance 1e-05 (sgd): OK"; then
+  ok "interleaved_1f1b pp2 x tp2, 2 chunks a stage: $out"
+else
+  bad "interleaved_1f1b verify: rc $rc: $out $(cat "$work/il.err")"
+fi
+sed 's/"micro_batches": 4/"micro_batches": 3/' "$work/il.json" > "$work/il3.json"
+err=$("$bin/mpar-client" verify "$work/il3.json" 2>&1)
+rc=$?
+if [ $rc -eq 2 ] && echo "$err" | grep -q "parallel.micro_batches: 3 is not a multiple of parallel.pp = 2"; then
+  ok "interleaved with 3 micro-batches on 2 stages refused (2): $err"
+else
+  bad "interleaved m=3: rc $rc: $err"
+fi
 
 out=$(timeout 120 "$bin/mpar-client" verify "$work/zb.json" --steps 4 2>"$work/zb.err")
 rc=$?

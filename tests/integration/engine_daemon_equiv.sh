@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Equivalence through real daemons: a coordinator and 2 nodes of 2 CPU
-# devices each on loopback run jobs of several grids and schedules (linear,
+# devices each on loopback run jobs of several grids and schedules (gpipe,
+# 1f1b, zero_bubble, interleaved_1f1b with 2 and 3 chunks a stage; linear,
 # gelu, relu and mlp_block layers; 5 steps), submitted with -f -o json and
 # --save-weights.  Each must end SUCCEEDED with its losses, placement and
 # last-step timeline in its record, and its gathered weights must equal
@@ -53,7 +54,8 @@ for r in t["rows"]:
     ops = [s["op"] for s in r["spans"]]
     assert "FWD" in ops and "BWD" in ops and "OPT_STEP" in ops, ops
     for s in r["spans"]:
-        assert set(s) == {"op", "mb", "t0_ns", "t1_ns"} and 0 <= s["t0_ns"] <= s["t1_ns"], s
+        assert set(s) == {"op", "mb", "chunk", "t0_ns", "t1_ns"}, s
+        assert 0 <= s["t0_ns"] <= s["t1_ns"], s
 PY
 }
 
@@ -87,6 +89,9 @@ run_case g212 2 1 2 3 gpipe sgd 1e-5
 run_case a221 2 2 1 4 1f1b adamw 1e-3
 run_case z221 2 2 1 4 zero_bubble sgd 1e-5
 run_case z212 2 1 2 3 zero_bubble adamw 1e-3
+run_case i211 2 1 1 2 interleaved_1f1b:2 sgd 1e-5
+run_case i221 2 2 1 4 interleaved_1f1b:2 sgd 1e-5
+run_case i212 2 1 2 2 interleaved_1f1b:3 adamw 1e-3
 
 # The same record through the status socket and the human status.
 JOB=$(jget 'd["id"]' <"$T/f221.job.json")

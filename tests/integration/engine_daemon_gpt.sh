@@ -4,7 +4,10 @@
 # transformer blocks, layernorm, vocab head) on a real text file for 4
 # steps on the grids (pp, tp, dp) = (1,2,1), (2,2,1), (1,1,2), (2,1,1),
 # (4,1,1) under gpipe and 1f1b with 1, 2 and 4 micro-batches, one grid
-# with AdamW and one under zero_bubble (the blocks' B and W halves apart).  Every run's gathered weights must equal
+# with AdamW, zero_bubble (the blocks' B and W halves apart; SGD on tp 2,
+# AdamW on dp 2) and interleaved_1f1b (2 chunks a stage: the 5 layers cut
+# into 4 chunks, stage 0 holding chunks 0 and 2; SGD on tp 2, AdamW on
+# dp 2).  Every run's gathered weights must equal
 # `mpar-client run --serial` per tensor within 1e-5 relative for SGD with
 # momentum (1e-3 for AdamW), with the same loss curve.
 #
@@ -50,6 +53,9 @@ run_case t211 2 1 1 4 gpipe sgd 1e-5
 run_case t411 4 1 1 4 1f1b sgd 1e-5
 run_case a221 2 2 1 2 1f1b adamw 1e-3
 run_case z221 2 2 1 4 zero_bubble sgd 1e-5
+run_case z212 2 1 2 2 zero_bubble adamw 1e-3
+run_case i221 2 2 1 2 interleaved_1f1b:2 sgd 1e-5
+run_case i212 2 1 2 2 interleaved_1f1b:2 adamw 1e-3
 
 stop_daemons "$PID_n1" "$PID_n2" "$PID_c0"
 echo "PASS"

@@ -50,6 +50,7 @@ job_field() { # id expr (status exits 1 for a FAILED job: the document still com
 }
 
 # Writes a job spec: spec FILE NAME PP TP DP M SCHEDULE OPTIMIZER STEPS [SAMPLES]
+# (SCHEDULE interleaved_1f1b:V: V chunks per stage, parallel.virtual_stages)
 spec() {
     python3 - "$@" <<'PY'
 import json, sys
@@ -71,6 +72,9 @@ d = {"name": name,
      "parallel": {"pp": int(pp), "tp": int(tp), "dp": int(dp), "micro_batches": int(m),
                   "schedule": sched},
      "train": train}
+if ":" in sched:  # "interleaved_1f1b:V": V chunks per stage
+    d["parallel"]["schedule"], v = sched.split(":")
+    d["parallel"]["virtual_stages"] = int(v)
 json.dump(d, open(f, "w"))
 PY
 }
@@ -104,6 +108,9 @@ d = {"name": name,
      "parallel": {"pp": int(pp), "tp": int(tp), "dp": int(dp), "micro_batches": int(m),
                   "schedule": sched},
      "train": train}
+if ":" in sched:  # "interleaved_1f1b:V": V chunks per stage
+    d["parallel"]["schedule"], v = sched.split(":")
+    d["parallel"]["virtual_stages"] = int(v)
 json.dump(d, open(f, "w"))
 PY
 }
