@@ -2,11 +2,12 @@
  * pipeline.c - mpar-bench-pipeline: pipeline parallelism measured with the
  * one-process engine (engine/local.h, real UCX workers between shard
  * threads) on a balanced synthetic model: the measured bubble fraction
- * against (p - 1) / (m + p - 1) for gpipe and 1f1b and against
- * (p - 1) / (3m + p - 1) for zero_bubble, at p = 2 and 4 and m = 4, 8 and
- * 16, with the bubble the simulator predicts from the measured per-layer
- * costs (engine/calib.h); the activation memory each stage holds under each
- * schedule; the samples/s of pp = 2 (one thread per stage) against the
+ * against each schedule's paper formula (mp_sched_bubble_predicted:
+ * (p - 1) / (m + p - 1) for gpipe and 1f1b, (p - 1) / (3m + p - 1) for
+ * zero_bubble, (p - 1) / (vm + p - 1) for interleaved_1f1b at v = 2 chunks
+ * a stage), at p = 2 and 4 and m = 4, 8 and 16, with the bubble the
+ * simulator predicts from the measured per-layer costs (engine/calib.h);
+ * the activation memory each stage holds under each schedule; the samples/s of pp = 2 (one thread per stage) against the
  * serial trainer on one thread (pp_speedup); and grid_vs_serial: the demo
  * specs (examples/gpt.json, examples/fashion_mnist.json) on their own grid
  * on a throwaway local cluster of mpard daemons (`mpar-client run`) against
@@ -36,7 +37,8 @@
 #define WIDTH 256
 #define FFN 1024
 #define BLOCKS 8
-#define ROWS 32 /* rows per micro-batch */
+#define ROWS 32  /* rows per micro-batch */
+#define CHUNKS 2 /* interleaved_1f1b's parallel.virtual_stages */
 
 /* 8 equal mlp_blocks between two thin linears, cut by measured costs (the default). */
 static mp_spec_t *make_spec(int pp, int m, const char *sched, int64_t steps)
@@ -52,15 +54,18 @@ static mp_spec_t *make_spec(int pp, int m, const char *sched, int64_t steps)
     }
     snprintf(layers + n, sizeof(layers) - n, ", {\"type\": \"linear\", \"out\": 10}");
     char json[4096];
+    int v = strcmp(sched, "interleaved_1f1b") == 0 ? CHUNKS : 1;
     snprintf(json, sizeof(json),
              "{\"name\": \"bench-pipeline\", \"model\": {\"input\": 64, \"layers\": [%s],"
              "\"loss\": \"softmax_xent\"},"
              "\"data\": {\"dataset\": \"synthetic\", \"samples\": %lld, \"classes\": 10,"
              "\"seed\": 3},"
-             "\"parallel\": {\"pp\": %d, \"micro_batches\": %d, \"schedule\": \"%s\"},"
+             "\"parallel\": {\"pp\": %d, \"micro_batches\": %d, \"schedule\": \"%s\","
+             "\"virtual_stages\": %d},"
              "\"train\": {\"batch_size\": %d, \"steps\": %lld, \"optimizer\": \"sgd\","
              "\"lr\": 0.01}}",
-             layers, (long long)(ROWS * m * (steps + 1)), pp, m, sched, ROWS * m, (long long)steps);
+             layers, (long long)(ROWS * m * (steps + 1)), pp, m, sched, v, ROWS * m,
+             (long long)steps);
     mp_spec_t *spec = NULL;
     mp_errbuf_t err;
     if (mp_spec_parse(json, strlen(json), &spec, &err) != MP_OK) {
@@ -150,12 +155,12 @@ static void print_timeline(const mp_engine_result_t *res)
 
 /* PREFIX-<schedule>-p<p>-m<m>.svg: the last step's Gantt chart. */
 static int write_svg(const char *prefix, const mp_engine_result_t *res, const char *sched, int p,
-                     int m)
+                     int m, double theory)
 {
     char path[1024], title[128];
     snprintf(path, sizeof(path), "%s-%s-p%d-m%d.svg", prefix, sched, p, m);
     snprintf(title, sizeof(title), "%s, p = %d, m = %d: measured bubble %.3f, theory %.3f", sched,
-             p, m, res->bubble_fraction, mp_sched_bubble_theory(p, m));
+             p, m, res->bubble_fraction, theory);
     mp_trace_row_t rows[MP_SPEC_MAX_STAGES];
     mp_trace_rows_from_ranks(p, 1, res->nranks, res->spans, res->nspans, rows);
     FILE *f = fopen(path, "w");
@@ -176,22 +181,23 @@ static int bench_bubbles(bool quick, bool json, bool timeline, const char *svg, 
     int64_t steps = quick ? 3 : 8;
     static const int ps[] = {2, 4};
     static const int ms[] = {4, 8, 16};
-    static const char *const scheds[] = {"gpipe", "1f1b", "zero_bubble"};
+    static const char *const scheds[] = {"gpipe", "1f1b", "zero_bubble", "interleaved_1f1b"};
+    const int nsched = (int)(sizeof(scheds) / sizeof(scheds[0]));
     if (!json) {
-        printf("%-11s %3s %3s %10s %8s %9s   activation bytes per stage\n", "schedule", "p", "m",
+        printf("%-16s %3s %3s %10s %8s %9s   activation bytes per stage\n", "schedule", "p", "m",
                "measured", "theory", "predicted");
     }
     for (int pi = 0; pi < 2; pi++) {
         for (int mi = 0; mi < 3; mi++) {
-            for (int si = 0; si < 3; si++) {
+            for (int si = 0; si < nsched; si++) {
                 int p = ps[pi], m = ms[mi];
                 mp_spec_t *spec = make_spec(p, m, scheds[si], steps);
                 mp_engine_result_t res;
                 if (run_engine(spec, &res) != 0) {
                     return -1;
                 }
-                double theory =
-                    si == 2 ? mp_sched_bubble_theory_zb(p, m) : mp_sched_bubble_theory(p, m);
+                double theory = mp_sched_bubble_predicted(spec->parallel.schedule, p, m,
+                                                          spec->parallel.virtual_stages);
                 json_array_append_new(results,
                                       json_pack("{s:s, s:i, s:i, s:s, s:f, s:f, s:f, s:f, s:s}",
                                                 "test", "bubble", "p", p, "m", m, "schedule",
@@ -199,7 +205,7 @@ static int bench_bubbles(bool quick, bool json, bool timeline, const char *svg, 
                                                 "theory", theory, "predicted", res.cut.bubble,
                                                 "mpar", res.bubble_fraction, "unit", "fraction"));
                 if (!json) {
-                    printf("%-11s %3d %3d %10.3f %8.3f %9.3f  ", scheds[si], p, m,
+                    printf("%-16s %3d %3d %10.3f %8.3f %9.3f  ", scheds[si], p, m,
                            res.bubble_fraction, theory, res.cut.bubble);
                 }
                 for (int s = 0; s < p; s++) {
@@ -221,7 +227,7 @@ static int bench_bubbles(bool quick, bool json, bool timeline, const char *svg, 
                 if (timeline) {
                     print_timeline(&res);
                 }
-                if (svg != NULL && write_svg(svg, &res, scheds[si], p, m) != 0) {
+                if (svg != NULL && write_svg(svg, &res, scheds[si], p, m, theory) != 0) {
                     return -1;
                 }
                 mp_engine_result_free(&res);
@@ -238,8 +244,8 @@ static int bench_bubbles(bool quick, bool json, bool timeline, const char *svg, 
 static int bench_speedup(bool quick, bool json, json_t *results)
 {
     int64_t tsteps = quick ? 10 : 30;
-    static const char *const tscheds[] = {"1f1b", "zero_bubble"};
-    for (int si = 0; si < 2; si++) {
+    static const char *const tscheds[] = {"1f1b", "zero_bubble", "interleaved_1f1b"};
+    for (int si = 0; si < 3; si++) {
         mp_spec_t *spec = make_spec(2, 8, tscheds[si], tsteps);
         mp_engine_result_t res;
         steady_t pp = {0}, ser = {0};
@@ -265,8 +271,8 @@ static int bench_speedup(bool quick, bool json, json_t *results)
             printf("pp_speedup: pp=2 (%s, m=8, a thread per stage) %.1f samples/s, serial on "
                    "one thread %.1f samples/s, ratio %.2f (theory %.2f)\n",
                    tscheds[si], mine, peer, ratio,
-                   2.0 * (1.0 - (si == 1 ? mp_sched_bubble_theory_zb(2, 8)
-                                         : mp_sched_bubble_theory(2, 8))));
+                   2.0 * (1.0 - mp_sched_bubble_predicted(spec->parallel.schedule, 2, 8,
+                                                          spec->parallel.virtual_stages)));
             fflush(stdout);
         }
         mp_train_result_free(&sres);
