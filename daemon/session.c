@@ -36,6 +36,8 @@ struct mp_session {
     mp_conn_t *conn;
     bool is_unix;
     bool counted; /* in d->conn_open */
+    bool has_uid; /* a Unix peer whose credentials were read */
+    uid_t uid;
     bool can_mutate;
     bool peer_done; /* the JSON peer half-closed; end once its replies are out */
     submit_check_t *checks; /* submits waiting for their data check */
@@ -1068,6 +1070,35 @@ static void session_refuse(mpard_t *d, uv_stream_t *server)
     }
 }
 
+/* The share of the Unix socket's cap that one user who may not change jobs
+ * holds (at least MP_SESSION_UID_MIN): a reader flooding the socket fills
+ * its own share, not the socket, and root and mpard's user still get in. */
+#define MP_SESSION_UID_SHARE 8
+#define MP_SESSION_UID_MIN 8
+
+static bool uid_over_share(mpard_t *d, mp_session_t *s)
+{
+    uint32_t share = d->conn_cap / MP_SESSION_UID_SHARE;
+    share = share < MP_SESSION_UID_MIN ? MP_SESSION_UID_MIN : share;
+    uint32_t held = 0;
+    for (mp_session_t *o = d->sessions; o != NULL; o = o->next) {
+        held += o->is_unix && o->has_uid && o->uid == s->uid;
+    }
+    if (!s->has_uid || held < share) {
+        return false;
+    }
+    d->n.conn_refused[0]++;
+    uint64_t now = uv_now(d->loop);
+    if (d->refuse_logged_ms == 0 || now - d->refuse_logged_ms >= ACCEPT_LOG_EVERY_MS) {
+        d->refuse_logged_ms = now;
+        mp_warn("uid %u holds %u status-socket connections, its share of the cap of %u: "
+                "refusing more from it (%llu refused so far)",
+                (unsigned)s->uid, held, d->conn_cap, (unsigned long long)d->n.conn_refused[0]);
+    }
+    mp_conn_close(s->conn, MP_CONN_LOCAL, "over its user's share of the status socket");
+    return true;
+}
+
 void mp_session_on_accept(uv_stream_t *server, int status)
 {
     mpard_t *d = server->data;
@@ -1121,10 +1152,13 @@ void mp_session_on_accept(uv_stream_t *server, int status)
     s->counted = true;
     d->conn_open[li]++;
     if (s->is_unix) {
-        uid_t uid;
         gid_t gid;
         pid_t pid;
-        s->can_mutate = mp_conn_peer_cred(conn, &uid, &gid, &pid) && (uid == 0 || uid == geteuid());
+        s->has_uid = mp_conn_peer_cred(conn, &s->uid, &gid, &pid);
+        s->can_mutate = s->has_uid && (s->uid == 0 || s->uid == geteuid());
+        if (!s->can_mutate && uid_over_share(d, s)) {
+            return; /* closed: its on_close frees s */
+        }
     }
     s->next = d->sessions;
     if (d->sessions != NULL) {

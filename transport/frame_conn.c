@@ -508,9 +508,11 @@ static void conn_line(mp_conn_t *conn, char *line, size_t len)
 {
     stats.lines_in++;
     conn->ready = true;
-    conn_idle_rearm(conn);
     if (len > 0 && line[len - 1] == '\r') {
         line[--len] = '\0';
+    }
+    if (len > 0) {
+        conn_idle_rearm(conn); /* a blank line is no request: it keeps no reader */
     }
     conn->cbs.on_line(conn, line, len, false, conn->data);
 }

@@ -73,7 +73,8 @@ typedef struct {
                           MiB */
     bool sniff_lines;  /* a first byte other than 0x00 switches to line mode */
     size_t max_line;   /* default 1 MiB */
-    uint64_t idle_ms;  /* line mode: no request for this long closes; 0 = never */
+    uint64_t idle_ms;  /* line mode: no request (a line not blank) for this long
+                          closes; 0 = never */
 } mp_conn_params_t;
 
 /* Accepts a pending connection of `server` (a uv_tcp_t or uv_pipe_t). */

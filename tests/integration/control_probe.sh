@@ -216,6 +216,54 @@ wait_for 10 bash -c "! kill -0 $PID_c 2>/dev/null" || fail "the coordinator did 
 PID_c=$!
 PIDS+=($!)
 wait_for 10 test -S "$S" || fail "the coordinator did not come back"
+# A user who may only read holds a share of the socket (a cap of 32 here:
+# 8), not all of it; blank lines are no requests and keep no reader open.
+if command -v runuser >/dev/null && id nobody >/dev/null 2>&1 && chmod 0755 "$T" &&
+    runuser -u nobody -- python3 -c 1 2>/dev/null; then
+    chgrp "$(id -gn nobody)" "$S"
+    runuser -u nobody -- python3 - "$S" $((DEAD * 6)) >"$T/nobody.out" 2>&1 <<'PY' &
+import socket, sys, time
+path, idle_ms = sys.argv[1], int(sys.argv[2])
+conns = [socket.socket(socket.AF_UNIX) for _ in range(20)]
+for s in conns:
+    s.connect(path)
+    try:
+        s.sendall(b"\n")
+    except OSError:
+        pass
+time.sleep(0.5)
+open_ = []
+for s in conns:
+    s.setblocking(False)
+    try:
+        s.recv(1)  # a closed one reads b"" (or a reset)
+    except BlockingIOError:
+        open_.append(s)
+    except OSError:
+        pass
+print("open", len(open_))
+assert len(open_) == 8, len(open_)
+end = time.time() + idle_ms / 1000 + 1.5  # blank lines the whole time
+while time.time() < end and open_:
+    for s in list(open_):
+        try:
+            s.sendall(b"\n")
+        except OSError:
+            open_.remove(s)
+    time.sleep(0.5)
+print("left", len(open_))
+assert not open_, "blank lines kept a reader open"
+PY
+    NOBODY=$!
+    sleep 1
+    "$CLIENT" nodes >/dev/null || fail "root cannot use the socket while nobody floods it"
+    wait "$NOBODY" || fail "nobody's share: $(cat "$T/nobody.out")"
+    grep -q "holds 8 status-socket connections, its share" "$T/c.log" ||
+        fail "the share's refusal is not logged"
+    echo "ok one reading user holds 8 of the socket's connections; root still gets in; blank lines keep none"
+else
+    echo "skip the per-user share (no runuser or user nobody)"
+fi
 python3 - "$S" "127.0.0.1:$PORT" "$CLIENT" <<'PY' || fail "capped listener"
 import json, socket, subprocess, sys, time
 path, tcp, client = sys.argv[1:]
