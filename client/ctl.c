@@ -465,7 +465,11 @@ static void print_job(const Mpar__JobInfo *j)
     if (j->has_tokens_per_s) {
         printf("  tokens/s:    %.0f\n", j->tokens_per_s);
     }
-    if (j->has_bubble_fraction) {
+    if (j->has_bubble_fraction && j->has_predicted_bubble) {
+        printf("  bubble:      %.4f (predicted %.4f)\n", j->bubble_fraction, j->predicted_bubble);
+    } else if (j->has_predicted_bubble) {
+        printf("  bubble:      predicted %.4f\n", j->predicted_bubble);
+    } else if (j->has_bubble_fraction) {
         printf("  bubble:      %.4f\n", j->bubble_fraction);
     }
     if (j->restarts > 0 || j->has_resumed_from_step) {
@@ -486,7 +490,7 @@ static void print_job(const Mpar__JobInfo *j)
         printf("  placement:\n");
         for (uint32_t d = 0; d < j->dp; d++) {
             for (uint32_t st = 0; st < j->pp; st++) {
-                const char *node = NULL;
+                const char *node = NULL, *layers = "";
                 char devs[256] = "";
                 size_t off = 0;
                 for (size_t k = 0; k < j->n_placement; k++) {
@@ -495,11 +499,15 @@ static void print_job(const Mpar__JobInfo *j)
                         continue;
                     }
                     node = p->node;
+                    layers = p->layers != NULL ? p->layers : "";
                     int w = snprintf(devs + off, sizeof(devs) - off, "%stp %u: rank %u on %s",
                                      off ? ", " : "", p->tp, p->rank, p->device);
                     off += w > 0 && (size_t)w < sizeof(devs) - off ? (size_t)w : 0;
                 }
-                if (node != NULL) {
+                if (node != NULL && layers[0] != '\0') {
+                    printf("    stage %u, dp %u, layers %s: TP group of %u on node %s (%s)\n", st,
+                           d, layers, j->tp, node, devs);
+                } else if (node != NULL) {
                     printf("    stage %u, dp %u: TP group of %u on node %s (%s)\n", st, d, j->tp,
                            node, devs);
                 }

@@ -633,7 +633,7 @@ void coord_job_results_free(coord_job_t *j)
 
 Mpar__PlacementEntry *coord_job_placement_new(coord_job_t *j, size_t n)
 {
-    const size_t strs_each = PLACE_NODE_MAX + PLACE_DEVICE_MAX;
+    const size_t strs_each = PLACE_NODE_MAX + PLACE_DEVICE_MAX + PLACE_LAYERS_MAX;
     j->place = mp_calloc(n, sizeof(*j->place) + strs_each);
     j->placep = mp_calloc(n, sizeof(*j->placep));
     if (j->place == NULL || j->placep == NULL) {
@@ -643,13 +643,14 @@ Mpar__PlacementEntry *coord_job_placement_new(coord_job_t *j, size_t n)
         j->placep = NULL;
         return NULL;
     }
-    /* The node and device strings follow the entries. */
+    /* The node, device and layers strings follow the entries. */
     char *strs = (char *)(j->place + n);
     for (size_t i = 0; i < n; i++) {
         Mpar__PlacementEntry *p = &j->place[i];
         mpar__placement_entry__init(p);
         p->node = strs + strs_each * i;
         p->device = p->node + PLACE_NODE_MAX;
+        p->layers = p->device + PLACE_DEVICE_MAX;
         j->placep[i] = p;
     }
     j->info.placement = j->placep;
@@ -1069,8 +1070,10 @@ static void load_results(coord_job_t *j, json_t *o)
             p->dp = (uint32_t)jint(e, "dp");
             const char *node = json_string_value(json_object_get(e, "node"));
             const char *dev = json_string_value(json_object_get(e, "device"));
+            const char *layers = json_string_value(json_object_get(e, "layers"));
             snprintf(p->node, PLACE_NODE_MAX, "%s", node ? node : "");
             snprintf(p->device, PLACE_DEVICE_MAX, "%s", dev ? dev : "");
+            snprintf(p->layers, PLACE_LAYERS_MAX, "%s", layers ? layers : "");
         }
     }
     json_t *t = json_object_get(o, "timeline");
@@ -1181,6 +1184,8 @@ static mp_status_t coord_load(mp_coord_t *c, mp_errbuf_t *err)
         jopt_real(o, "test_loss", &j->info.has_test_loss, &j->info.test_loss);
         jopt_real(o, "tokens_per_s", &j->info.has_tokens_per_s, &j->info.tokens_per_s);
         jopt_real(o, "bubble_fraction", &j->info.has_bubble_fraction, &j->info.bubble_fraction);
+        jopt_real(o, "predicted_bubble", &j->info.has_predicted_bubble,
+                  &j->info.predicted_bubble);
         json_t *sps = json_object_get(o, "samples_per_s");
         if (json_is_null(sps) || !mp_json_real_value(sps, &j->info.samples_per_s)) {
             j->info.samples_per_s = 0;

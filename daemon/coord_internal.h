@@ -116,6 +116,7 @@ struct mp_coord {
 /* A placement entry's strings, stored after the entries. */
 #define PLACE_NODE_MAX 64
 #define PLACE_DEVICE_MAX 32
+#define PLACE_LAYERS_MAX 96
 
 /* coord.c */
 bool coord_job_terminal(Mpar__JobState s);
@@ -125,7 +126,8 @@ void coord_job_add_event(mp_coord_t *c, coord_job_t *j, const char *message, uin
                          bool has_loss, double loss);
 void coord_job_results_free(coord_job_t *j);
 /* j's n placement entries, initialized, in one block with their node and
- * device strings (PLACE_NODE_MAX, PLACE_DEVICE_MAX bytes), already in
+ * device and layers strings (PLACE_NODE_MAX, PLACE_DEVICE_MAX,
+ * PLACE_LAYERS_MAX bytes), already in
  * j->info; the caller fills them in.  NULL when out of memory. */
 Mpar__PlacementEntry *coord_job_placement_new(coord_job_t *j, size_t n);
 /* A timeline row of ns initialized spans (row->spans[k]) and the node's

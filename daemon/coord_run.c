@@ -386,6 +386,7 @@ static void device_name(const jobrun_t *r, int k, char *buf, size_t cap)
 
 static void fill_placement(jobrun_t *r)
 {
+    r->j->info.has_predicted_bubble = 0; /* this run's, once its cut is known */
     if (coord_job_placement_new(r->j, (size_t)r->nranks) == NULL) {
         return;
     }
@@ -913,6 +914,15 @@ static void on_feeder_ready(jobrun_t *r, fmsg_t *m)
         return;
     }
     r->j->info.total_steps = r->g.total_steps > 0 ? (uint64_t)r->g.total_steps : 0;
+    /* The cut, in the placement: which layers each stage holds. */
+    for (size_t k = 0; k < r->j->info.n_placement; k++) {
+        Mpar__PlacementEntry *p = r->j->info.placement[k];
+        mp_engine_cut_stage_layers(r->spec, &r->cut, (int)p->stage, p->layers, PLACE_LAYERS_MAX);
+    }
+    if (r->pp > 1 && r->cut.bubble >= 0.0) {
+        r->j->info.has_predicted_bubble = 1;
+        r->j->info.predicted_bubble = r->cut.bubble;
+    }
     size_t steps = (size_t)(r->g.total_steps > 0 ? r->g.total_steps : 1);
     size_t epochs = (size_t)(r->g.epochs > 0 ? r->g.epochs : 1);
     r->loss_sum = mp_calloc(steps, sizeof(double));

@@ -237,3 +237,21 @@ size_t mp_engine_cut_describe(const mp_spec_t *spec, const mp_engine_cut_t *cut,
     }
     return (size_t)snprintf(buf, len, "%s", text);
 }
+
+size_t mp_engine_cut_stage_layers(const mp_spec_t *spec, const mp_engine_cut_t *cut, int stage,
+                                  char *buf, size_t len)
+{
+    size_t off = 0;
+    int pp = spec->parallel.pp > 0 ? spec->parallel.pp : 1;
+    if (len > 0) {
+        buf[0] = '\0';
+    }
+    for (int u = stage; u < cut->part.nstages; u += pp) {
+        int a = cut->part.first[u], b = a + cut->part.count[u] - 1;
+        const char *sep = off > 0 ? "," : "";
+        int w = a == b ? snprintf(buf + off, off < len ? len - off : 0, "%s%d", sep, a)
+                       : snprintf(buf + off, off < len ? len - off : 0, "%s%d-%d", sep, a, b);
+        off += w > 0 ? (size_t)w : 0;
+    }
+    return off;
+}

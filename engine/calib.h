@@ -45,5 +45,10 @@ void mp_engine_cut_apply(mp_spec_t *spec, const mp_engine_cut_t *cut);
  * bubble 0.112 (1f1b, measured per-layer costs)"; like snprintf. */
 size_t mp_engine_cut_describe(const mp_spec_t *spec, const mp_engine_cut_t *cut, char *buf,
                               size_t len);
+/* The layers pipeline stage `stage` holds, "0-2", or its chunks "0-1,4-5"
+ * under interleaved_1f1b (chunk c of stage s is the cut's part c x pp + s);
+ * like snprintf. */
+size_t mp_engine_cut_stage_layers(const mp_spec_t *spec, const mp_engine_cut_t *cut, int stage,
+                                  char *buf, size_t len);
 
 #endif

@@ -41,13 +41,27 @@ assert d["test_accuracy"] is not None and 0 <= d["test_accuracy"] <= 1
 p = d["placement"]
 assert len(p) == n and [e["rank"] for e in p] == list(range(n)), p
 for e in p:
-    assert set(e) == {"rank", "stage", "tp", "dp", "node", "device"}, e
+    assert set(e) == {"rank", "stage", "tp", "dp", "node", "device", "layers"}, e
     assert e["node"] in ("n1", "n2") and e["device"].startswith("cpu:"), e
 # A TP group stays inside one node.
 groups = {}
 for e in p:
     groups.setdefault((e["stage"], e["dp"]), set()).add(e["node"])
 assert all(len(v) == 1 for v in groups.values()), groups
+# The cut: every stage's layers (chunks under interleaved_1f1b), the same on
+# each of its ranks, together the model's 6 layers once each.
+cut = {}
+for e in p:
+    cut.setdefault(e["stage"], set()).add(e["layers"])
+assert all(len(v) == 1 for v in cut.values()), cut
+held = []
+for s in sorted(cut):
+    for r in next(iter(cut[s])).split(","):
+        a, _, b = r.partition("-")
+        held += list(range(int(a), int(b or a) + 1))
+assert sorted(held) == list(range(6)), cut
+if len(cut) > 1:
+    assert 0 <= d["predicted_bubble"] < 1, d.get("predicted_bubble")
 t = d["timeline"]
 assert t["step"] == 5 and len(t["rows"]) == n, t.keys()
 for r in t["rows"]:
@@ -100,11 +114,12 @@ printf '{"cmd":"job","id":"%s"}\n' "$JOB" | timeout 5 socat -t 2 - "UNIX-CONNECT
 python3 - "$T/sock.json" "$T/f221.job.json" <<'PY' || fail "status socket record"
 import json, sys
 s = json.load(open(sys.argv[1]))["job"]; c = json.load(open(sys.argv[2]))
-for k in ("state", "steps", "final_loss", "losses", "placement", "timeline", "bubble_fraction"):
+for k in ("state", "steps", "final_loss", "losses", "placement", "timeline", "bubble_fraction",
+          "predicted_bubble"):
     assert s[k] == c[k], k
 PY
 "$CLIENT" status "$JOB" >"$T/status.txt" || fail "status exit"
-grep -q "stage 1, dp 0: TP group of 2 on node" "$T/status.txt" || fail "status: $(cat "$T/status.txt")"
+grep -q "stage 1, dp 0, layers [0-9,-]*: TP group of 2 on node" "$T/status.txt" || fail "status: $(cat "$T/status.txt")"
 # The job list stays small: no per-step results in it.
 "$CLIENT" jobs -o json | jget 'all(len(j["losses"]) == 0 and j["timeline"] is None for j in d["jobs"])' |
     grep -q True || fail "job list carries results"
