@@ -4,7 +4,8 @@
  * share one cost), the cut covers
  * the model with contiguous stages and balances the measured costs
  * exactly (no other contiguous cut has a cheaper slowest stage), the
- * prediction is a bubble, and applying the cut gives explicit stages.
+ * prediction is a bubble, and applying the cut gives explicit stages (p x v
+ * chunks under interleaved_1f1b).
  */
 #include <criterion/criterion.h>
 #include <stdio.h>
@@ -116,5 +117,37 @@ Test(engine_calib, balances_flops_for_gpu_shards)
     mp_part_t flops;
     cr_assert_eq(mp_part_build(spec, &flops, &err), MP_OK);
     cr_assert_eq(memcmp(&flops, &cut.part, sizeof(flops)), 0);
+    mp_spec_free(spec);
+}
+
+/* interleaved_1f1b: the cut is of p * v chunks, each balanced on its own
+ * measured costs; the prediction simulates the chunks, and applying the
+ * cut gives p * v explicit entries, as the coordinator hands the shards. */
+Test(engine_calib, cuts_p_times_v_chunks_under_interleaved_1f1b)
+{
+    mp_spec_t *spec = uneven(2, ", \"schedule\": \"interleaved_1f1b\", \"virtual_stages\": 2");
+    mp_engine_cut_t cut;
+    mp_errbuf_t err;
+    cr_assert_eq(mp_engine_cut_plan(spec, 1, true, &cut, &err), MP_OK, "%s", err.msg);
+    cr_assert(cut.measured);
+    cr_assert_eq(cut.part.nstages, 4);
+    double sum = 0.0, total = 0.0;
+    for (int u = 0; u < 4; u++) {
+        cr_assert_geq(cut.part.count[u], 1);
+        sum += cut.stage_fwd[u] + cut.stage_bwd[u];
+    }
+    for (int l = 0; l < spec->model.nlayers; l++) {
+        total += cut.fwd[l] + cut.bwd[l];
+    }
+    cr_expect(sum > 0.999 * total && sum < 1.001 * total, "%g of %g", sum, total);
+    cr_assert(cut.bubble > 0.0 && cut.bubble < 1.0, "bubble %g", cut.bubble);
+    char text[700];
+    mp_engine_cut_describe(spec, &cut, text, sizeof(text));
+    cr_expect(strstr(text, "chunks (chunk c of stage s is entry c x pp + s): layers ") != NULL,
+              "%s", text);
+    cr_expect(strstr(text, "interleaved_1f1b") != NULL, "%s", text);
+    mp_engine_cut_apply(spec, &cut);
+    cr_expect_eq(spec->parallel.partition, MP_PART_EXPLICIT);
+    cr_expect_eq(spec->parallel.nstages_explicit, 4);
     mp_spec_free(spec);
 }
