@@ -66,6 +66,7 @@
  * that cures them (see cpu_gemm_pad). */
 #define MP_CPU_PAD_NN_ALIGN 512 /* N,N: B's stride a multiple of 2 KiB */
 #define MP_CPU_PAD_NN_MAX_M 512 /* ... when oneDNN does not pack B itself */
+#define MP_CPU_PAD_NN_SMALL_M 64 /* ... see cpu_gemm_pad_nn_b */
 #define MP_CPU_PAD_TN_ALIGN 64  /* T,N: either stride a multiple of 256 bytes */
 #define MP_CPU_PAD 16
 
@@ -241,7 +242,10 @@ static void k_copy_rows(float *restrict dst, int64_t ldd, const float *restrict 
  * included), the operands it hurts are
  *   - N,N: B (the weights of every forward) with a stride of 512 floats or a
  *     multiple (1024-wide layers: 35 -> 72 GFLOP/s at 32 rows), while M is at
- *     most 512 rows; above that oneDNN packs B itself and a copy only costs;
+ *     most 512 rows; above that oneDNN packs B itself and a copy only costs.
+ *     At a stride of 512 the gain is smaller (1.25-1.45x) and a copy of a
+ *     deep B is not repaid by a few rows (32 x 2048 x 512: 0.94x with the
+ *     copy), so there it takes M >= 64 or K <= 512 (cpu_gemm_pad_nn_b);
  *   - T,N (every weight gradient, dW = X^T dZ): A and B, both activations,
  *     at any stride that is a multiple of 64 floats (1.05-1.15x at 128 and
  *     256, 1.3-2.3x at 512 and more); the copy is one pass over operands
@@ -275,6 +279,16 @@ static const float *cpu_gemm_pad(cpu_backend_t *cb, int which, const float *X, i
     return cb->pad[which];
 }
 
+/* Whether an N,N product copies its B (cpu_gemm_pad's table). */
+static bool cpu_gemm_pad_nn_b(int64_t M, int64_t K, int64_t ldb)
+{
+    if (ldb % MP_CPU_PAD_NN_ALIGN != 0 || M > MP_CPU_PAD_NN_MAX_M) {
+        return false;
+    }
+    return ldb % (2 * MP_CPU_PAD_NN_ALIGN) == 0 || M >= MP_CPU_PAD_NN_SMALL_M ||
+           K <= MP_CPU_PAD_NN_ALIGN;
+}
+
 static mp_status_t cpu_gemm(mp_backend_t *be, mp_op_t ta, mp_op_t tb, int64_t M, int64_t N,
                             int64_t K, float alpha, const float *A, int64_t lda, const float *Bm,
                             int64_t ldb, float beta, float *Cm, int64_t ldc)
@@ -306,8 +320,8 @@ static mp_status_t cpu_gemm(mp_backend_t *be, mp_op_t ta, mp_op_t tb, int64_t M,
     if (ta == MP_OP_T && tb == MP_OP_N && lda % MP_CPU_PAD_TN_ALIGN == 0) {
         A = cpu_gemm_pad(cb, 0, A, a_rows, a_cols, &lda);
     }
-    if (tb == MP_OP_N && ldb % (ta == MP_OP_N ? MP_CPU_PAD_NN_ALIGN : MP_CPU_PAD_TN_ALIGN) == 0 &&
-        (ta == MP_OP_T || M <= MP_CPU_PAD_NN_MAX_M)) {
+    if (tb == MP_OP_N && (ta == MP_OP_N ? cpu_gemm_pad_nn_b(M, K, ldb)
+                                        : ldb % MP_CPU_PAD_TN_ALIGN == 0)) {
         Bm = cpu_gemm_pad(cb, 1, Bm, b_rows, b_cols, &ldb);
     }
     dnnl_status_t st = cpu_sgemm(ta == MP_OP_N ? 'N' : 'T', tb == MP_OP_N ? 'N' : 'T', M, N, K,
