@@ -160,6 +160,19 @@ typedef struct mp_backend_ops {
                                const float *gmax, const float *gsum, const int32_t *labels,
                                int64_t R, int64_t Vl, int64_t v0, float scale);
 
+    /*
+     * Optional (NULL: nothing to do).  params_hold tells the backend that
+     * [ptr, ptr + bytes) holds parameters that from now on change only
+     * through this backend's upload, copy, zero and optimizer steps, so that
+     * it may keep copies derived from them (the CPU backend: weights at a
+     * padded row stride, made once per optimizer step instead of once per
+     * micro-batch) until one of those ops writes there.  params_release
+     * (before the memory is freed) drops them.  Failing to hold only costs
+     * speed.
+     */
+    void (*params_hold)(mp_backend_t *be, const void *ptr, size_t bytes);
+    void (*params_release)(mp_backend_t *be, const void *ptr);
+
     /* torch.optim.SGD: g = grad + wd*p; buf = g on step 1, else
      * buf = momentum*buf + (1-dampening)*g; g = nesterov ? g + momentum*buf : buf
      * (when momentum != 0); p -= lr * g.  buf may be NULL when momentum == 0. */

@@ -45,6 +45,7 @@ struct mp_model {
     model_layer_t *layers;
     model_slot_t *slots;
     float *params, *grads, *state1, *state2;
+    bool params_held;  /* told the backend (params_hold): written only through its ops */
     float *probs;      /* classic xent: softmax [MR, C] */
     float *loss_dev;   /* vocab-parallel xent: rowmax, sumexp, target, gmax, gsum [MR] each */
     float *loss_host;  /* [(tp + 4) * MR] host staging of the above */
@@ -376,6 +377,12 @@ mp_status_t mp_model_create_shard(mp_backend_t *be, const mp_spec_t *spec, const
         mp_model_destroy(m);
         return st;
     }
+    /* Parameters change only through the backend's ops from here on
+     * (optimizer steps, param_upload), so it may cache copies of them. */
+    if (be->ops->params_hold != NULL && off > 0) {
+        be->ops->params_hold(be, m->params, (size_t)off * sizeof(float));
+        m->params_held = true;
+    }
     *model_p = m;
     return MP_OK;
 
@@ -390,6 +397,9 @@ void mp_model_destroy(mp_model_t *m)
 {
     if (m == NULL) {
         return;
+    }
+    if (m->params_held) {
+        m->be->ops->params_release(m->be, m->params);
     }
     for (int i = 0; i < m->nallocs; i++) {
         m->be->ops->free(m->be, m->allocs[i]);

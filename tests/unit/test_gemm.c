@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "common/alloc.h"
 #include "gpu/backend.h"
 
 static uint64_t rng_state = 0x1234567ull;
@@ -424,4 +425,109 @@ Test(gemm, create_rejects_zero_threads)
     mp_backend_t *b2 = NULL;
     cr_assert_eq(mp_backend_cpu_create(0, &b2), MP_ERR_INVAL);
     cr_assert_null(b2);
+}
+
+/* Z = X W against the double loop, with Z's bits returned in Z. */
+static void expect_xw(const float *X, const float *W, const float *Z, int64_t B, int64_t I,
+                      int64_t O, const char *when)
+{
+    for (int64_t r = 0; r < B; r++) {
+        for (int64_t c = 0; c < O; c++) {
+            double ref = 0.0, mag = 0.0;
+            for (int64_t k = 0; k < I; k++) {
+                ref += (double)X[r * I + k] * W[k * O + c];
+                mag += fabs((double)X[r * I + k] * W[k * O + c]);
+            }
+            cr_assert_leq(fabs(Z[r * O + c] - ref), 1e-6 * (1.0 + mag),
+                          "%s: Z[%lld,%lld] = %.9g, want %.9g", when, (long long)r, (long long)c,
+                          Z[r * O + c], ref);
+        }
+    }
+}
+
+/*
+ * Weights in a held range (params_hold) are read through a padded copy
+ * that lives until an op writes into them: every writer the contract names
+ * (upload, copy, zero, the optimizer steps) makes the next product use the
+ * new values, the N,T product of the input gradient reads the same copy,
+ * and after params_release the memory is an ordinary operand again.
+ */
+Test(gemm, held_weights_follow_every_write)
+{
+    enum { B = 32, I = 40, O = 512 };
+    float *X = be->ops->alloc(be, sizeof(float) * B * I);
+    float *P = be->ops->alloc(be, sizeof(float) * (I * O + 64)); /* W and room after it */
+    float *W = P, *G = be->ops->alloc(be, sizeof(float) * I * O);
+    float *Z = be->ops->alloc(be, sizeof(float) * B * O);
+    float *dZ = be->ops->alloc(be, sizeof(float) * B * O), *dX = be->ops->alloc(be, 4 * B * I);
+    float *host = mp_malloc(sizeof(float) * I * O);
+    fill(X, B, I, I);
+    fill(W, I, O, O);
+    fill(G, I, O, O);
+    fill(dZ, B, O, O);
+    be->ops->params_hold(be, P, sizeof(float) * (I * O + 64));
+
+    cr_assert_eq(be->ops->linear_fwd(be, Z, X, W, NULL, B, I, O), MP_OK);
+    expect_xw(X, W, Z, B, I, O, "first use");
+    cr_assert_eq(be->ops->linear_fwd(be, Z, X, W, NULL, B, I, O), MP_OK);
+    expect_xw(X, W, Z, B, I, O, "the kept copy");
+
+    /* dX = dZ W^T through the same copy. */
+    memset(dX, 0, sizeof(float) * B * I);
+    cr_assert_eq(be->ops->linear_bwd(be, dX, NULL, NULL, dZ, X, W, B, I, O), MP_OK);
+    for (int64_t r = 0; r < B; r++) {
+        for (int64_t k = 0; k < I; k++) {
+            double ref = 0.0, mag = 0.0;
+            for (int64_t c = 0; c < O; c++) {
+                ref += (double)dZ[r * O + c] * W[k * O + c];
+                mag += fabs((double)dZ[r * O + c] * W[k * O + c]);
+            }
+            cr_assert_leq(fabs(dX[r * I + k] - ref), 1e-6 * (1.0 + mag), "dX[%lld,%lld]",
+                          (long long)r, (long long)k);
+        }
+    }
+
+    for (int64_t i = 0; i < I * O; i++) {
+        host[i] = urand();
+    }
+    cr_assert_eq(be->ops->upload(be, W + 7 * O, host, sizeof(float) * O), MP_OK); /* one row */
+    cr_assert_eq(be->ops->linear_fwd(be, Z, X, W, NULL, B, I, O), MP_OK);
+    expect_xw(X, W, Z, B, I, O, "after upload");
+
+    cr_assert_eq(be->ops->copy(be, W, host, sizeof(float) * I * O), MP_OK);
+    cr_assert_eq(be->ops->linear_fwd(be, Z, X, W, NULL, B, I, O), MP_OK);
+    expect_xw(X, W, Z, B, I, O, "after copy");
+
+    mp_optim_hp_t hp = {.lr = 0.5f, .step = 1};
+    cr_assert_eq(be->ops->sgd_step(be, W, G, NULL, I * O, &hp), MP_OK);
+    cr_assert_eq(be->ops->linear_fwd(be, Z, X, W, NULL, B, I, O), MP_OK);
+    expect_xw(X, W, Z, B, I, O, "after sgd_step");
+
+    float *m = be->ops->alloc(be, sizeof(float) * I * O), *v = be->ops->alloc(be, 4 * I * O);
+    memset(m, 0, sizeof(float) * I * O);
+    memset(v, 0, sizeof(float) * I * O);
+    mp_optim_hp_t ah = {.lr = 0.1f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .step = 1};
+    cr_assert_eq(be->ops->adamw_step(be, W, G, m, v, I * O, &ah), MP_OK);
+    cr_assert_eq(be->ops->linear_fwd(be, Z, X, W, NULL, B, I, O), MP_OK);
+    expect_xw(X, W, Z, B, I, O, "after adamw_step");
+
+    cr_assert_eq(be->ops->zero(be, W + 3, sizeof(float) * 5), MP_OK);
+    cr_assert_eq(be->ops->linear_fwd(be, Z, X, W, NULL, B, I, O), MP_OK);
+    expect_xw(X, W, Z, B, I, O, "after zero");
+
+    /* Released: a write outside the backend's ops is seen again. */
+    be->ops->params_release(be, P);
+    W[11] = 3.0f;
+    cr_assert_eq(be->ops->linear_fwd(be, Z, X, W, NULL, B, I, O), MP_OK);
+    expect_xw(X, W, Z, B, I, O, "after release");
+
+    mp_free(host);
+    be->ops->free(be, m);
+    be->ops->free(be, v);
+    be->ops->free(be, X);
+    be->ops->free(be, P);
+    be->ops->free(be, G);
+    be->ops->free(be, Z);
+    be->ops->free(be, dZ);
+    be->ops->free(be, dX);
 }
