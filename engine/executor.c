@@ -979,6 +979,15 @@ static mp_status_t train_action(mp_exec_t *ex, const mp_sched_action_t *a, doubl
             if (st != MP_OK) {
                 return fail(ex, err, st, -1, "loss");
             }
+            if (!isfinite(*loss_sum)) {
+                /* A diverged job FAILs at this micro-batch, before its
+                 * backward sends a non-finite gradient to the stage before
+                 * (which would then blame its gradient). */
+                return mp_errbuf_set(err, MP_ERR_NONFINITE,
+                                     "rank %d (stage %d, tp %d, dp %d): loss is %s at step %lld",
+                                     ex->rank, ex->stage, ex->o.tp_rank, ex->o.dp_rank,
+                                     mp_train_nonfinite_name(*loss_sum), (long long)ex->step);
+            }
         }
         return MP_OK;
     }
@@ -1078,6 +1087,13 @@ static mp_status_t train_action(mp_exec_t *ex, const mp_sched_action_t *a, doubl
         for (int c = 0; c < ex->nchunks && st == MP_OK; c++) {
             st = mp_model_step(ex->ch[c].model, ex->step);
         }
+        if (st == MP_ERR_NONFINITE) {
+            return mp_errbuf_set(err, st,
+                                 "rank %d (stage %d, tp %d, dp %d): a gradient is not finite "
+                                 "(NaN or ±Inf) at step %lld",
+                                 ex->rank, ex->stage, ex->o.tp_rank, ex->o.dp_rank,
+                                 (long long)ex->step);
+        }
         return st == MP_OK ? MP_OK : fail(ex, err, st, -1, "optimizer step");
     }
     return MP_ERR_INVAL;
@@ -1157,14 +1173,6 @@ static mp_status_t run_train(mp_exec_t *ex, const mp_engine_ev_t *ev, mp_exec_re
         if (st == MP_OK) {
             st = span_push(ex, a->op, a->mb, a->chunk, t0);
         }
-    }
-    if (st == MP_OK && ex->last && !isfinite(loss_sum)) {
-        /* The last stage sees the loss first: a diverged job FAILs at this
-         * step with a reason, instead of training on to a NaN result. */
-        return mp_errbuf_set(err, MP_ERR_NONFINITE,
-                             "rank %d (stage %d, tp %d, dp %d): loss is %s at step %lld", ex->rank,
-                             ex->stage, ex->o.tp_rank, ex->o.dp_rank,
-                             mp_train_nonfinite_name(loss_sum), (long long)ev->step);
     }
     if (st == MP_OK) {
         st = finish_event(ex, ev, err);

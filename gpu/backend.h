@@ -176,6 +176,9 @@ typedef struct mp_backend_ops {
     /* torch.optim.SGD: g = grad + wd*p; buf = g on step 1, else
      * buf = momentum*buf + (1-dampening)*g; g = nesterov ? g + momentum*buf : buf
      * (when momentum != 0); p -= lr * g.  buf may be NULL when momentum == 0. */
+    /* Both optimizer steps return MP_ERR_NONFINITE when an element of grad
+     * is NaN or ±Inf (DESIGN.md: the job FAILs at that step); the update
+     * has been applied by then. */
     mp_status_t (*sgd_step)(mp_backend_t *be, float *p, const float *grad, float *buf, int64_t n,
                             const mp_optim_hp_t *hp);
     /* torch.optim.AdamW: p *= 1 - lr*wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;

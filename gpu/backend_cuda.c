@@ -549,6 +549,26 @@ static mp_status_t cuda_xent_vp_bwd(mp_backend_t *be, float *dlogits, const floa
 
 /* The steps' scalars come from gpu/optim_scalars.h, shared with the CPU backend. */
 
+/* Before a step: the flag cleared (allocated on first use). */
+static mp_status_t nonfinite_clear(mp_cuda_backend_t *cb)
+{
+    if (cb->nonfinite == NULL) {
+        CUDA_TRY(cudaMalloc((void **)&cb->nonfinite, sizeof(int)));
+    }
+    CUDA_TRY(cudaMemsetAsync(cb->nonfinite, 0, sizeof(int), cb->stream));
+    return MP_OK;
+}
+
+/* After it: MP_ERR_NONFINITE when a gradient was NaN or ±Inf (one int
+ * read back and a wait, once per optimizer step). */
+static mp_status_t nonfinite_read(mp_cuda_backend_t *cb)
+{
+    int bad = 0;
+    CUDA_TRY(cudaMemcpyAsync(&bad, cb->nonfinite, sizeof(int), cudaMemcpyDeviceToHost, cb->stream));
+    CUDA_TRY(cudaStreamSynchronize(cb->stream));
+    return bad ? MP_ERR_NONFINITE : MP_OK;
+}
+
 static mp_status_t cuda_sgd_step(mp_backend_t *be, float *p, const float *grad, float *buf,
                                  int64_t n, const mp_optim_hp_t *hp)
 {
@@ -567,10 +587,11 @@ static mp_status_t cuda_sgd_step(mp_backend_t *be, float *p, const float *grad, 
         return MP_ERR_INVAL;
     }
     ENTER(cb);
+    MP_TRY(nonfinite_clear(cb));
     CUDA_TRY(mp_cuda_sgd_launch(cb->stream, p, grad, buf, n, hp->lr, hp->momentum,
                                 mp_optim_sgd_one_minus_damp(hp), hp->weight_decay, hp->nesterov,
-                                hp->step == 1));
-    return MP_OK;
+                                hp->step == 1, cb->nonfinite));
+    return nonfinite_read(cb);
 }
 
 static mp_status_t cuda_adamw_step(mp_backend_t *be, float *p, const float *grad, float *m,
@@ -582,10 +603,12 @@ static mp_status_t cuda_adamw_step(mp_backend_t *be, float *p, const float *grad
         return MP_ERR_INVAL;
     }
     ENTER(cb);
+    MP_TRY(nonfinite_clear(cb));
     mp_optim_adamw_scalars_t k = mp_optim_adamw_scalars(hp);
     CUDA_TRY(mp_cuda_adamw_launch(cb->stream, p, grad, m, v, n, k.decay, k.one_minus_beta1, k.beta2,
-                                  k.one_minus_beta2, k.step_size, k.bc2_sqrt, k.eps));
-    return MP_OK;
+                                  k.one_minus_beta2, k.step_size, k.bc2_sqrt, k.eps,
+                                  cb->nonfinite));
+    return nonfinite_read(cb);
 }
 
 /* ---- lifetime ---------------------------------------------------------------------------- */
@@ -603,6 +626,9 @@ static void cuda_destroy(mp_backend_t *be)
         }
         if (cb->attn_scratch != NULL) {
             (void)cuda_check(cudaFree(cb->attn_scratch), "cudaFree", __FILE__, __LINE__);
+        }
+        if (cb->nonfinite != NULL) {
+            (void)cuda_check(cudaFree(cb->nonfinite), "cudaFree", __FILE__, __LINE__);
         }
         if (cb->cublas != NULL) {
             (void)cublas_check(cublasDestroy(cb->cublas), "cublasDestroy", __FILE__, __LINE__);

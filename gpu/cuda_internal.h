@@ -43,6 +43,8 @@ typedef struct mp_cuda_backend {
     /* attn_bwd scratch: dS [B, H, T, T], attn_bytes long. */
     void *attn_scratch;
     size_t attn_bytes;
+    /* The optimizer steps' flag: set to 1 when a gradient is not finite. */
+    int *nonfinite;
 } mp_cuda_backend_t;
 
 /* Bytes of xent scratch needed for B rows. */
@@ -72,10 +74,11 @@ cudaError_t mp_cuda_xent_bwd_launch(cudaStream_t stream, float *dlogits, const f
                                     const int32_t *labels, int64_t B, int64_t C, float scale);
 /* torch.optim.SGD for one tensor; first_step: the momentum buffer is set to
  * the gradient instead of being decayed.  one_minus_damp = 1 - dampening,
- * computed by the caller in double as Python does. */
+ * computed by the caller in double as Python does.  Both optimizers set
+ * *nonfinite (device memory) to 1 when an element of grad is NaN or ±Inf. */
 cudaError_t mp_cuda_sgd_launch(cudaStream_t stream, float *p, const float *grad, float *buf,
                                int64_t n, float lr, float momentum, float one_minus_damp,
-                               float weight_decay, bool nesterov, bool first_step);
+                               float weight_decay, bool nesterov, bool first_step, int *nonfinite);
 /* torch.optim.AdamW for one tensor.  The scalars are Python's doubles
  * rounded to float: decay = 1 - lr*wd, one_minus_beta1 = 1 - beta1 (the
  * lerp weight), one_minus_beta2 = 1 - beta2, step_size = lr / (1 - beta1^t),
@@ -83,7 +86,7 @@ cudaError_t mp_cuda_sgd_launch(cudaStream_t stream, float *p, const float *grad,
 cudaError_t mp_cuda_adamw_launch(cudaStream_t stream, float *p, const float *grad, float *m,
                                  float *v, int64_t n, float decay, float one_minus_beta1,
                                  float beta2, float one_minus_beta2, float step_size,
-                                 float bc2_sqrt, float eps);
+                                 float bc2_sqrt, float eps, int *nonfinite);
 
 /* ---- sequence layers (contracts in backend.h; arguments already checked) ---- */
 cudaError_t mp_cuda_embed_fwd_launch(cudaStream_t stream, float *y, const float *ids,

@@ -272,10 +272,13 @@ __global__ void xent_bwd_kernel(float *dlogits, const float *probs, const int32_
 
 __global__ void sgd_kernel(float *p, const float *grad, float *buf, int64_t n, float lr,
                            float momentum, float one_minus_damp, float weight_decay, bool nesterov,
-                           bool first_step)
+                           bool first_step, int *nonfinite)
 {
     for (int64_t i = first_index(); i < n; i += grid_stride()) {
         float g = grad[i];
+        if (!isfinite(g)) {
+            *nonfinite = 1; /* every writer writes 1: no atomic needed */
+        }
         if (weight_decay != 0.0f) {
             g = g + weight_decay * p[i];
         }
@@ -296,11 +299,14 @@ __global__ void sgd_kernel(float *p, const float *grad, float *buf, int64_t n, f
 
 __global__ void adamw_kernel(float *p, const float *grad, float *m, float *v, int64_t n,
                              float decay, float one_minus_beta1, float beta2, float one_minus_beta2,
-                             float step_size, float bc2_sqrt, float eps)
+                             float step_size, float bc2_sqrt, float eps, int *nonfinite)
 {
     float w = one_minus_beta1; /* torch on CUDA: exp_avg.lerp_(grad, 1 - beta1) */
     for (int64_t i = first_index(); i < n; i += grid_stride()) {
         float g = grad[i];
+        if (!isfinite(g)) {
+            *nonfinite = 1;
+        }
         float pi = p[i] * decay;
         float mi = m[i];
         mi = fabsf(w) < 0.5f ? mi + w * (g - mi) : g - (g - mi) * (1.0f - w);
@@ -755,26 +761,27 @@ cudaError_t mp_cuda_xent_bwd_launch(cudaStream_t stream, float *dlogits, const f
 
 cudaError_t mp_cuda_sgd_launch(cudaStream_t stream, float *p, const float *grad, float *buf,
                                int64_t n, float lr, float momentum, float one_minus_damp,
-                               float weight_decay, bool nesterov, bool first_step)
+                               float weight_decay, bool nesterov, bool first_step, int *nonfinite)
 {
     if (n <= 0) {
         return cudaSuccess;
     }
     sgd_kernel<<<grid_for(n), kThreads, 0, stream>>>(p, grad, buf, n, lr, momentum, one_minus_damp,
-                                                     weight_decay, nesterov, first_step);
+                                                     weight_decay, nesterov, first_step, nonfinite);
     return cudaGetLastError();
 }
 
 cudaError_t mp_cuda_adamw_launch(cudaStream_t stream, float *p, const float *grad, float *m,
                                  float *v, int64_t n, float decay, float one_minus_beta1,
                                  float beta2, float one_minus_beta2, float step_size,
-                                 float bc2_sqrt, float eps)
+                                 float bc2_sqrt, float eps, int *nonfinite)
 {
     if (n <= 0) {
         return cudaSuccess;
     }
-    adamw_kernel<<<grid_for(n), kThreads, 0, stream>>>(
-        p, grad, m, v, n, decay, one_minus_beta1, beta2, one_minus_beta2, step_size, bc2_sqrt, eps);
+    adamw_kernel<<<grid_for(n), kThreads, 0, stream>>>(p, grad, m, v, n, decay, one_minus_beta1,
+                                                       beta2, one_minus_beta2, step_size, bc2_sqrt,
+                                                       eps, nonfinite);
     return cudaGetLastError();
 }
 

@@ -301,6 +301,11 @@ mp_status_t mp_train_serial(const mp_spec_t *spec, const mp_train_opts_t *opts,
             if (st == MP_OK) {
                 st = mp_model_step(model, step + 1);
             }
+            if (st == MP_ERR_NONFINITE) {
+                st = mp_errbuf_set(err, st, "a gradient is not finite (NaN or ±Inf) at step %lld",
+                                   (long long)step + 1);
+                goto out_model;
+            }
             if (st != MP_OK) {
                 mp_errbuf_set(err, st, "training step %lld failed on %s: %s",
                               (long long)step + 1, be->ops->name, mp_strerror(st));

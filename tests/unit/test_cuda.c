@@ -924,3 +924,36 @@ Test(cuda, sequence_ops_refuse_bad_arguments)
     be->ops->free(be, a);
     pair_close(&p);
 }
+
+/* The optimizer steps report a gradient that is not finite, as the CPU's. */
+Test(cuda, steps_report_a_gradient_that_is_not_finite)
+{
+    pair_t p;
+    pair_open(&p, false);
+    enum { N = 5000 };
+    float *h = mp_calloc(N, sizeof(float));
+    cr_assert_not_null(h);
+    mp_optim_hp_t hs = {.lr = 0.1f, .momentum = 0.9f, .step = 1};
+    mp_optim_hp_t ha = {.lr = 0.1f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .step = 1};
+    float *w = dev_put(p.gpu, h, N * sizeof(float)), *m = dev_put(p.gpu, h, N * sizeof(float));
+    float *v = dev_put(p.gpu, h, N * sizeof(float));
+    for (int k = 0; k < 3; k++) {
+        for (int64_t i = 0; i < N; i++) {
+            h[i] = 1e30f;
+        }
+        float *g = dev_put(p.gpu, h, N * sizeof(float));
+        cr_assert_eq(p.gpu->ops->sgd_step(p.gpu, w, g, m, N, &hs), MP_OK);
+        cr_assert_eq(p.gpu->ops->adamw_step(p.gpu, w, g, m, v, N, &ha), MP_OK);
+        p.gpu->ops->free(p.gpu, g);
+        h[k == 0 ? 0 : k == 1 ? N / 2 : N - 1] = k == 0 ? NAN : k == 1 ? INFINITY : -INFINITY;
+        g = dev_put(p.gpu, h, N * sizeof(float));
+        cr_assert_eq(p.gpu->ops->sgd_step(p.gpu, w, g, m, N, &hs), MP_ERR_NONFINITE);
+        cr_assert_eq(p.gpu->ops->adamw_step(p.gpu, w, g, m, v, N, &ha), MP_ERR_NONFINITE);
+        p.gpu->ops->free(p.gpu, g);
+    }
+    p.gpu->ops->free(p.gpu, w);
+    p.gpu->ops->free(p.gpu, m);
+    p.gpu->ops->free(p.gpu, v);
+    mp_free(h);
+    pair_close(&p);
+}

@@ -228,3 +228,37 @@ Test(optim, rejects_invalid_hyper_parameters)
     mp_optim_hp_t ha = {.lr = 0.1f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .step = 0};
     cr_assert_eq(be->ops->adamw_step(be, p, g, m, v, 2, &ha), MP_ERR_INVAL);
 }
+
+/* DESIGN.md: a gradient that is not finite FAILs the job at that step; the
+ * optimizer steps say so, wherever in the buffer (each thread's part) it is. */
+Test(optim, steps_report_a_gradient_that_is_not_finite)
+{
+    enum { N = 3 * 32768 + 5 }; /* two threads split it (MP_CPU_MIN_PER_THREAD) */
+    static float p[N], g[N], m[N], v[N];
+    const float bad[3] = {NAN, INFINITY, -INFINITY};
+    const int64_t where[3] = {0, N / 2, N - 1};
+    mp_optim_hp_t hs = {.lr = 0.1f, .momentum = 0.9f, .step = 1};
+    mp_optim_hp_t ha = {.lr = 0.1f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .step = 1};
+    mp_backend_t *be2;
+    cr_assert_eq(mp_backend_cpu_create(2, &be2), MP_OK);
+    mp_backend_t *bes[2] = {be, be2};
+    for (int b = 0; b < 2; b++) {
+        for (int k = 0; k < 3; k++) {
+            for (int64_t i = 0; i < N; i++) {
+                p[i] = 0.5f;
+                g[i] = 1e30f; /* large but finite: no report */
+                m[i] = v[i] = 0.0f;
+            }
+            cr_assert_eq(bes[b]->ops->sgd_step(bes[b], p, g, m, N, &hs), MP_OK);
+            cr_assert_eq(bes[b]->ops->adamw_step(bes[b], p, g, m, v, N, &ha), MP_OK);
+            g[where[k]] = bad[k];
+            cr_assert_eq(bes[b]->ops->sgd_step(bes[b], p, g, m, N, &hs), MP_ERR_NONFINITE,
+                         "sgd: %g at %lld on %d threads", (double)bad[k], (long long)where[k],
+                         b + 1);
+            cr_assert_eq(bes[b]->ops->adamw_step(bes[b], p, g, m, v, N, &ha), MP_ERR_NONFINITE,
+                         "adamw: %g at %lld on %d threads", (double)bad[k], (long long)where[k],
+                         b + 1);
+        }
+    }
+    mp_backend_destroy(be2);
+}
