@@ -110,6 +110,18 @@ assert h["4.fc1.weight"]["shape"] == [16, 32] and h["5.bias"]["shape"] == [6], h
 assert max(v["data_offsets"][1] for k, v in h.items() if k != "__metadata__") == len(b) - 8 - n
 PY
 echo "ok export equals the serial run of 10 steps: $ERR"
+# -o json before or after the command: the same document, the same tensors.
+"$CLIENT" -o json export "$T/ck" "$T/xa" >"$T/xa.json" || fail "export, -o json before"
+"$CLIENT" export "$T/ck" "$T/xb" -o json >"$T/xb.json" || fail "export, -o json after"
+python3 - "$T/xa.json" "$T/xb.json" <<'PY' || fail "export -o json differs by the option's place"
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:])
+assert a["step"] == b["step"] == 10, (a, b)
+assert {k: v for k, v in a.items() if k not in ("out", "dir", "files", "path")} == \
+    {k: v for k, v in b.items() if k not in ("out", "dir", "files", "path")}, (a, b)
+PY
+compare "$T/xa" "$T/xb" 0 >/dev/null || fail "export in both orders: tensors differ"
+echo "ok export -o json in both orders"
 
 # --- a relative checkpoint.dir is the spec's folder's -----------------------------------
 mkdir -p "$T/sub"
