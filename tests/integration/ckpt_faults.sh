@@ -26,7 +26,11 @@ T=$(mktemp -d /tmp/mpar-ckpt-faults.XXXXXX)
 . "$SRC/tests/integration/engine_daemon_lib.sh"
 export MPAR_SOCKET="$T/c0.sock"
 
-# A job of several seconds: pp 2 x tp 2, AdamW, 300 steps, checkpoints every 20.
+# A job of several seconds: pp 2 x tp 2, AdamW, 1000 steps, checkpoints every 20.  The
+# kills below land once step 40 is committed, while the job runs: at 300 steps a job
+# could end before them (since the executor's waits wake on the message, 300 steps
+# take about 2 s here, the test's polls a good part of that), and a job that ends
+# first records no restart.
 ckspec() { # FILE NAME CKDIR
     python3 - "$@" <<'PY'
 import json, sys
@@ -39,7 +43,7 @@ json.dump({"name": name,
            "data": {"dataset": "synthetic", "samples": 4096, "classes": 10, "seed": 5},
            "parallel": {"pp": 2, "tp": 2, "dp": 1, "micro_batches": 4, "schedule": "1f1b",
                         "partition": "uniform"},
-           "train": {"batch_size": 64, "steps": 300, "optimizer": "adamw", "lr": 0.002,
+           "train": {"batch_size": 64, "steps": 1000, "optimizer": "adamw", "lr": 0.002,
                      "seed": 1, "max_restarts": 3},
            "checkpoint": {"dir": ck, "every_steps": 20, "keep": 2}}, open(f, "w"))
 PY
@@ -109,10 +113,10 @@ start_all
 ckspec "$T/ref.json" ref "$T/ck-ref"
 timeout 180 "$CLIENT" submit "$T/ref.json" -f -o json --save-weights "$T/ref" >"$T/ref.out" \
     2>"$T/ref.err" || fail "reference run: $(cat "$T/ref.err")"
-[ "$(jget 'd["checkpoint_step"]' <"$T/ref.out")" = 300 ] || fail "reference: last checkpoint"
+[ "$(jget 'd["checkpoint_step"]' <"$T/ref.out")" = 1000 ] || fail "reference: last checkpoint"
 [ "$(jget 'd["restarts"]' <"$T/ref.out")" = 0 ] || fail "reference restarted"
 ls "$T/ck-ref" | grep -c '^step-' | grep -qx 2 || fail "keep 2: $(ls "$T/ck-ref")"
-echo "ok reference: 300 steps, checkpoints kept: $(ls "$T/ck-ref" | tr '\n' ' ')"
+echo "ok reference: 1000 steps, checkpoints kept: $(ls "$T/ck-ref" | tr '\n' ' ')"
 
 # --- kill -9 a node mid-job -------------------------------------------------------
 ckspec "$T/a.json" a "$T/ck-a"
