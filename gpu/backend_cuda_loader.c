@@ -31,6 +31,7 @@ static count_fn_t plugin_count;
 static create_fn_t plugin_create;
 static char plugin_error[512];
 
+#ifdef MP_HAVE_CUDA
 static void *try_open(const char *path)
 {
     void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
@@ -39,6 +40,7 @@ static void *try_open(const char *path)
     }
     return h;
 }
+#endif
 
 static void plugin_load(void)
 {
