@@ -504,12 +504,9 @@ static void print_job(const Mpar__JobInfo *j)
                                      off ? ", " : "", p->tp, p->rank, p->device);
                     off += w > 0 && (size_t)w < sizeof(devs) - off ? (size_t)w : 0;
                 }
-                if (node != NULL && layers[0] != '\0') {
-                    printf("    stage %u, dp %u, layers %s: TP group of %u on node %s (%s)\n", st,
-                           d, layers, j->tp, node, devs);
-                } else if (node != NULL) {
-                    printf("    stage %u, dp %u: TP group of %u on node %s (%s)\n", st, d, j->tp,
-                           node, devs);
+                if (node != NULL) {
+                    printf("    stage %u, dp %u%s%s: TP group of %u on node %s (%s)\n", st, d,
+                           layers[0] != '\0' ? ", layers " : "", layers, j->tp, node, devs);
                 }
             }
         }
