@@ -64,17 +64,26 @@ timeout 120 "$CLIENT" run "$T/ten.json" --serial --save-weights "$T/ws10" >/dev/
     fail "serial run of 10 steps"
 
 # --- reshards ----------------------------------------------------------------------
-for grid in "1 1 1 1" "4 1 2 2"; do
-    set -- $grid
-    spec "$T/r$1$3.json" "r$1$2$3" "$1" "$2" "$3" "$4" 1f1b adamw 20
-    submit_ok "r$1$2$3" "$T/r$1$3.json" --resume "$T/ck" --save-weights "$T/w$1$2$3" \
-        >"$T/r$1$2$3.out"
-    [ "$(jget 'd["resumed_from_step"]' <"$T/r$1$2$3.out")" = 10 ] || fail "pp $1 dp $3: resumed_from_step"
-    [ "$(jget 'd["steps"]' <"$T/r$1$2$3.out")" = 20 ] || fail "pp $1 dp $3: steps"
-    ERR=$(compare "$T/ws" "$T/w$1$2$3" 1e-3) || fail "pp $1 tp $2 dp $3: $ERR"
-    losses "$T/r$1$2$3.out" "$T/serial.out" 1e-3 || fail "pp $1 tp $2 dp $3: loss curve"
-    echo "ok pp 2 x tp 2 checkpoint resumed at pp $1, tp $2, dp $3 equals serial: $ERR"
-done
+# reshards WHAT SPEC_FN CKDIR FROM STEPS REF_WEIGHTS REF_OUT: the checkpoint in
+# CKDIR (step FROM) resumed to STEPS at pp 1 x tp 1 and at pp 4 x dp 2 equals
+# the serial run (its weights and loss curve) within AdamW's tolerance.
+reshards() {
+    local what=$1 spec_fn=$2 ck=$3 from=$4 steps=$5 ref=$6 ref_out=$7 grid
+    for grid in "1 1 1 1" "4 1 2 2"; do
+        set -- $grid
+        local n="$what$1$2$3"
+        "$spec_fn" "$T/$n.json" "$n" "$1" "$2" "$3" "$4" 1f1b adamw "$steps"
+        submit_ok "$n" "$T/$n.json" --resume "$ck" --save-weights "$T/w-$n" >"$T/$n.out"
+        [ "$(jget 'd["resumed_from_step"]' <"$T/$n.out")" = "$from" ] ||
+            fail "$what pp $1 dp $3: resumed_from_step"
+        [ "$(jget 'd["steps"]' <"$T/$n.out")" = "$steps" ] || fail "$what pp $1 dp $3: steps"
+        ERR=$(compare "$ref" "$T/w-$n" 1e-3) || fail "$what pp $1 tp $2 dp $3: $ERR"
+        losses "$T/$n.out" "$ref_out" 1e-3 || fail "$what pp $1 tp $2 dp $3: loss curve"
+        echo "ok $what pp 2 x tp 2 checkpoint (step $from) resumed at pp $1, tp $2, dp $3" \
+            "equals serial: $ERR"
+    done
+}
+reshards MLP spec "$T/ck" 10 20 "$T/ws" "$T/serial.out"
 
 # --- interleaved_1f1b: a stage's chunks in its one file, resumed across v -------------
 # The pp 2 x tp 2 (1f1b) checkpoint resumed at pp 2 x dp 2 with 3 chunks a stage,
@@ -148,16 +157,7 @@ submit_ok g-half "$T/g-half.json" >/dev/null
 gpt_spec "$T/g-full.json" g-full 1 1 1 1 1f1b adamw 8
 timeout 120 "$CLIENT" run "$T/g-full.json" --serial -o json --save-weights "$T/gws" \
     >"$T/g-serial.out" || fail "GPT serial run"
-for grid in "1 1 1 1" "4 1 2 2"; do
-    set -- $grid
-    gpt_spec "$T/g$1$3.json" "g$1$2$3" "$1" "$2" "$3" "$4" 1f1b adamw 8
-    submit_ok "g$1$2$3" "$T/g$1$3.json" --resume "$T/gck" --save-weights "$T/gw$1$2$3" \
-        >"$T/g$1$2$3.out"
-    [ "$(jget 'd["resumed_from_step"]' <"$T/g$1$2$3.out")" = 4 ] || fail "GPT pp $1 dp $3: resumed_from_step"
-    ERR=$(compare "$T/gws" "$T/gw$1$2$3" 1e-3) || fail "GPT pp $1 tp $2 dp $3: $ERR"
-    losses "$T/g$1$2$3.out" "$T/g-serial.out" 1e-3 || fail "GPT pp $1 tp $2 dp $3: loss curve"
-    echo "ok GPT pp 2 x tp 2 checkpoint (step 4, mid-epoch) resumed at pp $1, tp $2, dp $3 equals serial: $ERR"
-done
+reshards GPT gpt_spec "$T/gck" 4 8 "$T/gws" "$T/g-serial.out"
 
 # --- the same grid, another cut: bit for bit --------------------------------------------
 # The checkpoint's cut 2 | 3 against 3 | 2:
@@ -183,7 +183,7 @@ refused() { # label needle args...: submit exits 2 and says needle
     grep -qF -- "$needle" "$T/$label.err" || fail "$label: '$needle' not in: $(cat "$T/$label.err")"
     echo "ok $label refused: $(cat "$T/$label.err")"
 }
-python3 - "$T/r11.json" "$T/bigger.json" <<'PY'
+python3 - "$T/MLP111.json" "$T/bigger.json" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
 s["model"]["layers"][4]["ffn"] = 64
@@ -193,12 +193,12 @@ refused "a different model" "model.layers[4].ffn: 64" "$T/bigger.json" --resume 
 cp -r "$T/ck" "$T/ck-cut"
 F="$T/ck-cut/step-00000010/shard-s01-t00.safetensors"
 truncate -s -5 "$F"
-refused "a truncated shard file" "$F" "$T/r11.json" --resume "$T/ck-cut"
+refused "a truncated shard file" "$F" "$T/MLP111.json" --resume "$T/ck-cut"
 cp -r "$T/ck" "$T/ck-gone"
 F="$T/ck-gone/step-00000010/shard-s00-t01.safetensors"
 rm "$F"
-refused "a manifest naming a missing file" "$F" "$T/r11.json" --resume "$T/ck-gone"
-refused "no checkpoint" "no committed checkpoint" "$T/r11.json" --resume "$T/sub"
+refused "a manifest naming a missing file" "$F" "$T/MLP111.json" --resume "$T/ck-gone"
+refused "no checkpoint" "no committed checkpoint" "$T/MLP111.json" --resume "$T/sub"
 
 stop_daemons "$PID_c0" "$PID_n1" "$PID_n2" "$PID_n3" "$PID_n4"
 echo "PASS"
