@@ -472,8 +472,8 @@ static void print_job(const Mpar__JobInfo *j)
     } else if (j->has_bubble_fraction) {
         printf("  bubble:      %.4f\n", j->bubble_fraction);
     }
-    if (j->restarts > 0 || j->has_resumed_from_step) {
-        printf("  restarts:    %u", j->restarts);
+    if (j->restarts > 0 || j->failures > 0 || j->has_resumed_from_step) {
+        printf("  restarts:    %u (failures %u)", j->restarts, j->failures);
         if (j->has_resumed_from_step) {
             printf(", resumed from step %llu", (unsigned long long)j->resumed_from_step);
         }

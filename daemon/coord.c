@@ -1160,6 +1160,7 @@ static mp_status_t coord_load(mp_coord_t *c, mp_errbuf_t *err)
         j->resume_dir = jstr(o, "resume_dir");
         j->info.resume_dir = j->resume_dir ? j->resume_dir : "";
         j->info.restarts = (uint32_t)jint(o, "restarts");
+        j->info.failures = (uint32_t)jint(o, "failures"); /* 0 in older state files */
         j->info.checkpoint_step = jint(o, "checkpoint_step");
         json_t *rfs = json_object_get(o, "resumed_from_step");
         if (json_is_integer(rfs)) {
@@ -1222,8 +1223,9 @@ static mp_status_t coord_load(mp_coord_t *c, mp_errbuf_t *err)
             char why[200];
             j->info.restarts++;
             snprintf(why, sizeof(why),
-                     "coordinator restarted; resuming from the checkpoint at step %llu",
-                     (unsigned long long)j->info.checkpoint_step);
+                     "coordinator restarted; resuming from the checkpoint at step %llu (restart "
+                     "%u, not a failure: max_restarts counts only failures)",
+                     (unsigned long long)j->info.checkpoint_step, j->info.restarts);
             coord_job_set_state(c, j, MPAR__JOB_STATE__JOB_STATE_PENDING, why);
             resumed++;
         } else if (j->info.state == MPAR__JOB_STATE__JOB_STATE_RUNNING) {

@@ -351,16 +351,22 @@ static void run_abort(jobrun_t *r, const char *reason)
 
 static void run_restart(jobrun_t *r, const char *reason);
 
-/* A failure: FAILED, or back to PENDING while train.max_restarts allows. */
+/* A failure: FAILED, or back to PENDING while train.max_restarts allows.
+ * Only failures count against it (DESIGN.md "max_restarts"), not the
+ * resumes after a coordinator restart or stop, which count in restarts;
+ * the coordinator stopping is not the job's failure. */
 static void run_fail(jobrun_t *r, const char *reason)
 {
     if (r->ended) {
         return;
     }
     run_abort(r, reason);
-    if (!r->no_restart && !r->c->stopping && r->spec != NULL &&
-        (int64_t)r->j->info.restarts < r->spec->train.max_restarts &&
-        r->j->info.state == MPAR__JOB_STATE__JOB_STATE_RUNNING) {
+    bool running = r->j->info.state == MPAR__JOB_STATE__JOB_STATE_RUNNING;
+    if (running && !r->c->stopping) {
+        r->j->info.failures++;
+    }
+    if (running && !r->no_restart && !r->c->stopping && r->spec != NULL &&
+        (int64_t)r->j->info.failures <= r->spec->train.max_restarts) {
         run_restart(r, reason);
         return;
     }
@@ -664,12 +670,14 @@ static void run_restart(jobrun_t *r, const char *reason)
     j->info.restarts++;
     char msg[1300];
     if (j->info.checkpoint_step > 0) {
-        snprintf(msg, sizeof(msg), "restart %u of %lld after: %.900s; resuming from the checkpoint "
-                 "at step %llu", j->info.restarts, (long long)r->spec->train.max_restarts, reason,
+        snprintf(msg, sizeof(msg), "failure %u (max_restarts %lld): %.900s; restart %u, resuming "
+                 "from the checkpoint at step %llu", j->info.failures,
+                 (long long)r->spec->train.max_restarts, reason, j->info.restarts,
                  (unsigned long long)j->info.checkpoint_step);
     } else {
-        snprintf(msg, sizeof(msg), "restart %u of %lld after: %.900s; no checkpoint yet: from %s",
-                 j->info.restarts, (long long)r->spec->train.max_restarts, reason,
+        snprintf(msg, sizeof(msg), "failure %u (max_restarts %lld): %.900s; restart %u, no "
+                 "checkpoint yet: from %s", j->info.failures,
+                 (long long)r->spec->train.max_restarts, reason, j->info.restarts,
                  j->resume_dir != NULL && j->resume_dir[0] ? "the --resume checkpoint"
                                                            : "the start");
     }
@@ -683,11 +691,12 @@ static void run_restart(jobrun_t *r, const char *reason)
 static void run_suspend(jobrun_t *r)
 {
     char msg[300];
-    snprintf(msg, sizeof(msg), "the coordinator stopped; the job resumes from the checkpoint at "
-             "step %llu when the coordinator starts again",
-             (unsigned long long)r->j->info.checkpoint_step);
-    run_abort(r, msg);
     r->j->info.restarts++;
+    snprintf(msg, sizeof(msg), "the coordinator stopped; the job resumes from the checkpoint at "
+             "step %llu when the coordinator starts again (restart %u, not a failure: "
+             "max_restarts counts only failures)",
+             (unsigned long long)r->j->info.checkpoint_step, r->j->info.restarts);
+    run_abort(r, msg);
     run_requeue(r, msg);
 }
 

@@ -113,7 +113,9 @@ static void render_jobs(text_t *t, mp_coord_t *c)
          "A running text job's training throughput so far, in tokens (positions)."},
         {"mpar_job_bubble_fraction", "gauge", "A running job's measured pipeline bubble so far."},
         {"mpar_job_restarts", "gauge",
-         "Restarts of a running job from a checkpoint (jobs do not restart yet: always 0)."},
+         "Resumes of a running job from a checkpoint (after a failure or a coordinator restart)."},
+        {"mpar_job_failures", "gauge",
+         "Failed runs of a running job (shard errors, lost nodes), bounded by max_restarts."},
     };
     for (size_t f = 0; f < sizeof(fam) / sizeof(fam[0]); f++) {
         family(t, fam[f].name, fam[f].type, fam[f].help);
@@ -157,8 +159,11 @@ static void render_jobs(text_t *t, mp_coord_t *c)
             case 5:
                 put(t, "%.6g\n", j->has_bubble_fraction ? j->bubble_fraction : 0.0);
                 break;
+            case 6:
+                put(t, "%u\n", j->restarts);
+                break;
             default:
-                put(t, "0\n");
+                put(t, "%u\n", j->failures);
                 break;
             }
         }

@@ -42,7 +42,8 @@ if(MP_TESTS AND TARGET mpard AND TARGET mpar-client)
 endif()
 # Checkpoints and restarts (owner: ckpt): the fault matrix (a node, a node
 # inside a checkpoint write, the coordinator inside a commit and mid-job)
-# ends SUCCEEDED bit-equal to the uninterrupted run; reshards and refusals.
+# ends SUCCEEDED bit-equal to the uninterrupted run, and only failures count
+# against max_restarts (not a coordinator's restart); reshards and refusals.
 if(MP_TESTS AND TARGET mpard AND TARGET mpar-client)
   add_test(NAME ckpt_faults
     COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/integration/ckpt_faults.sh

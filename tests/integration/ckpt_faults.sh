@@ -12,7 +12,11 @@
 #     restarted: `latest` still names a complete checkpoint (export reads it);
 #   - kill -9 of the coordinator mid-job, then restarted;
 #   - the coordinator stopped (SIGTERM) mid-job: the state file keeps the job
-#     PENDING, and the restarted coordinator resumes it.
+#     PENDING, and the restarted coordinator resumes it; with max_restarts 1
+#     that resume is no failure, so the job then survives a node's kill -9 too.
+# Every case checks the job's restarts (every resume) and failures (only
+# those count against max_restarts); a job with max_restarts 0 that was
+# resumed after a coordinator stop still FAILs at its first failure.
 # It prints each case's recovery time (failure -> training again).
 #
 # usage: ckpt_faults.sh MPARD MPAR_CLIENT SOURCE_DIR
@@ -31,10 +35,11 @@ export MPAR_SOCKET="$T/c0.sock"
 # could end before them (since the executor's waits wake on the message, 300 steps
 # take about 2 s here, the test's polls a good part of that), and a job that ends
 # first records no restart.
-ckspec() { # FILE NAME CKDIR
+ckspec() { # FILE NAME CKDIR [MAX_RESTARTS (3)]
     python3 - "$@" <<'PY'
 import json, sys
 f, name, ck = sys.argv[1:4]
+restarts = int(sys.argv[4]) if len(sys.argv) > 4 else 3
 json.dump({"name": name,
            "model": {"input": 64, "layers": [
                {"type": "linear", "out": 128}, {"type": "gelu"},
@@ -44,7 +49,7 @@ json.dump({"name": name,
            "parallel": {"pp": 2, "tp": 2, "dp": 1, "micro_batches": 4, "schedule": "1f1b",
                         "partition": "uniform"},
            "train": {"batch_size": 64, "steps": 1000, "optimizer": "adamw", "lr": 0.002,
-                     "seed": 1, "max_restarts": 3},
+                     "seed": 1, "max_restarts": restarts},
            "checkpoint": {"dir": ck, "every_steps": 20, "keep": 2}}, open(f, "w"))
 PY
 }
@@ -75,6 +80,51 @@ ckpt_past() { # job step
     [ "$(job_field "$1" 'd["checkpoint_step"]')" -ge "$2" ]
 }
 
+# The job's counts in -o json: every resume in restarts, only the failed runs
+# in failures.
+check_counts() { # label job restarts failures
+    local got
+    got=$(job_field "$2" '"%d %d" % (d["restarts"], d["failures"])')
+    [ "$got" = "$3 $4" ] || fail "$1: restarts failures = $got, want $3 $4: $("$CLIENT" status "$2")"
+}
+
+# kill -9 of the node that runs the job's stage 1 (the spare then takes it);
+# sets S1 (its name) and FAIL_AT.
+kill_stage1_node() { # job
+    local victim
+    S1=$(job_field "$1" '[p["node"] for p in d["placement"] if p["stage"]==1][0]')
+    eval "victim=\$PID_$S1"
+    FAIL_AT=$(now_ms)
+    kill -9 "$victim"
+}
+
+# SIGTERM to the coordinator, as `systemctl restart` does: the state file
+# keeps the job PENDING; then the coordinator starts again.
+restart_coord_graceful() { # label job
+    kill -TERM "$PID_c0"
+    timeout 10 tail --pid="$PID_c0" -f /dev/null || fail "$1: the coordinator did not stop"
+    python3 - "$T/c0/jobs.json" "$2" <<'PY' || fail "$1: the job was not kept PENDING"
+import json, sys
+jobs = json.load(open(sys.argv[1]))["jobs"]
+j = [j for j in jobs if j["id"] == sys.argv[2]][0]
+assert j["state"] == "PENDING" and "coordinator stopped" in j["reason"], j["state"] + ": " + j["reason"]
+assert "not a failure" in j["reason"] and j["failures"] == 0, j["reason"]
+PY
+    rm -f "$T/c0.sock"
+    start_coord
+}
+
+# When the job's last run after AFTER_MS (unix ms) was ready to train: its
+# "every shard is ready" event; 0 if none.
+ready_after() { # job after_ms
+    "$CLIENT" logs "$1" -o json 2>/dev/null | python3 -c '
+import json, sys
+evs = json.load(sys.stdin)["events"]
+t = [e["unix_ms"] for e in evs
+     if "every shard is ready" in e.get("message", "") and e["unix_ms"] > int(sys.argv[1])]
+print(t[-1] if t else 0)' "$2" 2>/dev/null || echo 0
+}
+
 # The job's end, its weights against the reference bit for bit; prints the
 # recovery time: from FAIL_AT to the last "every shard is ready: training".
 check_case() { # label job weights
@@ -97,11 +147,7 @@ check_case() { # label job weights
     [ "$restarts" -ge 1 ] || fail "$label: no restart recorded"
     compare "$T/ref" "$w" 0 >/dev/null || fail "$label: weights differ from the uninterrupted run"
     local back
-    back=$("$CLIENT" logs "$job" -o json 2>/dev/null | python3 -c '
-import json, sys
-evs = json.load(sys.stdin)["events"]
-t = [e["unix_ms"] for e in evs if "every shard is ready" in e.get("message", "")]
-print(t[-1] if t else 0)' 2>/dev/null || echo 0)
+    back=$(ready_after "$job" 0)
     local from
     from=$(job_field "$job" 'd["resumed_from_step"]')
     echo "ok $label: SUCCEEDED after $restarts restart(s), resumed from step $from, weights bit-equal;" \
@@ -114,7 +160,8 @@ ckspec "$T/ref.json" ref "$T/ck-ref"
 timeout 180 "$CLIENT" submit "$T/ref.json" -f -o json --save-weights "$T/ref" >"$T/ref.out" \
     2>"$T/ref.err" || fail "reference run: $(cat "$T/ref.err")"
 [ "$(jget 'd["checkpoint_step"]' <"$T/ref.out")" = 1000 ] || fail "reference: last checkpoint"
-[ "$(jget 'd["restarts"]' <"$T/ref.out")" = 0 ] || fail "reference restarted"
+[ "$(jget '"%d %d" % (d["restarts"], d["failures"])' <"$T/ref.out")" = "0 0" ] ||
+    fail "reference restarted"
 ls "$T/ck-ref" | grep -c '^step-' | grep -qx 2 || fail "keep 2: $(ls "$T/ck-ref")"
 echo "ok reference: 1000 steps, checkpoints kept: $(ls "$T/ck-ref" | tr '\n' ' ')"
 
@@ -122,11 +169,9 @@ echo "ok reference: 1000 steps, checkpoints kept: $(ls "$T/ck-ref" | tr '\n' ' '
 ckspec "$T/a.json" a "$T/ck-a"
 JOB=$("$CLIENT" submit "$T/a.json" -o json --save-weights "$T/wa" | jget 'd["id"]')
 wait_for 60 ckpt_past "$JOB" 40 || fail "node kill: no checkpoint: $("$CLIENT" status "$JOB")"
-S1=$(job_field "$JOB" '[p["node"] for p in d["placement"] if p["stage"]==1][0]')
-eval "VICTIM=\$PID_$S1"
-FAIL_AT=$(now_ms)
-kill -9 "$VICTIM"
+kill_stage1_node "$JOB"
 check_case "kill -9 node $S1" "$JOB" "$T/wa"
+check_counts "kill -9 node" "$JOB" 1 1
 revive_nodes
 wait_alive 3
 
@@ -140,24 +185,53 @@ wait "$PID_c0" 2>/dev/null || true
 rm -f "$T/c0.sock"
 start_coord
 check_case "kill -9 coordinator" "$JOB" "$T/we"
+check_counts "kill -9 coordinator" "$JOB" 1 0
 wait_alive 3
 
-# --- the coordinator stopped (SIGTERM, as `systemctl restart` does) mid-job ---------------
-ckspec "$T/s.json" s "$T/ck-s"
+# --- the coordinator stopped (SIGTERM, as `systemctl restart` does) mid-job, then ---
+# a node killed: with max_restarts 1 the stop's resume is no failure, so the job
+# survives the kill as its one failure.
+ckspec "$T/s.json" s "$T/ck-s" 1
 JOB=$("$CLIENT" submit "$T/s.json" -o json --save-weights "$T/ws" | jget 'd["id"]')
 wait_for 60 ckpt_past "$JOB" 40 || fail "coordinator stop: no checkpoint"
 FAIL_AT=$(now_ms)
-kill -TERM "$PID_c0"
-timeout 10 tail --pid="$PID_c0" -f /dev/null || fail "the coordinator did not stop"
-python3 - "$T/c0/jobs.json" "$JOB" <<'PY' || fail "coordinator stop: the job was not kept PENDING"
+restart_coord_graceful "coordinator stop" "$JOB"
+STOPPED_AT=$(job_field "$JOB" 'd["checkpoint_step"]')
+# Training again (a checkpoint after the one it resumed from), then the kill.
+wait_for 60 ckpt_past "$JOB" $((STOPPED_AT + 20)) ||
+    fail "coordinator stop: the job did not resume: $("$CLIENT" status "$JOB")"
+check_counts "coordinator stop" "$JOB" 1 0
+echo "ok coordinator stopped (SIGTERM): resumed, recovery $(($(ready_after "$JOB" "$FAIL_AT") - FAIL_AT)) ms"
+kill_stage1_node "$JOB"
+check_case "coordinator stopped (SIGTERM), then kill -9 node $S1" "$JOB" "$T/ws"
+check_counts "coordinator stop, then a node kill" "$JOB" 2 1
+"$CLIENT" logs "$JOB" -o json | python3 -c '
 import json, sys
-jobs = json.load(open(sys.argv[1]))["jobs"]
-j = [j for j in jobs if j["id"] == sys.argv[2]][0]
-assert j["state"] == "PENDING" and "coordinator stopped" in j["reason"], j["state"] + ": " + j["reason"]
-PY
-rm -f "$T/c0.sock"
-start_coord
-check_case "coordinator stopped (SIGTERM)" "$JOB" "$T/ws"
+m = [e.get("message", "") for e in json.load(sys.stdin)["events"]]
+assert any("coordinator stopped" in x and "restart 1, not a failure" in x for x in m), m
+assert any("failure 1 (max_restarts 1): " in x and "restart 2, resuming" in x for x in m), m
+' || fail "coordinator stop, then a node kill: the events do not say why each restart happened"
+revive_nodes
+wait_alive 3
+
+# --- max_restarts 0: a coordinator stop resumes the job, its first failure FAILs it ------
+ckspec "$T/z.json" z "$T/ck-z" 0
+JOB=$("$CLIENT" submit "$T/z.json" -o json | jget 'd["id"]')
+wait_for 60 ckpt_past "$JOB" 40 || fail "max_restarts 0: no checkpoint"
+restart_coord_graceful "max_restarts 0" "$JOB"
+STOPPED_AT=$(job_field "$JOB" 'd["checkpoint_step"]')
+wait_for 60 ckpt_past "$JOB" $((STOPPED_AT + 20)) ||
+    fail "max_restarts 0: the job did not resume after the stop: $("$CLIENT" status "$JOB")"
+kill_stage1_node "$JOB"
+job_failed() { [ "$(job_field "$JOB" 'd["state"]')" = FAILED ]; }
+wait_for 60 job_failed || fail "max_restarts 0: the node kill did not FAIL it: $("$CLIENT" status "$JOB")"
+check_counts "max_restarts 0" "$JOB" 1 1
+# The status socket's job list has both counts too.
+echo '{"cmd":"jobs"}' | socat -t 10 - UNIX-CONNECT:"$T/c0.sock" |
+    jget '[(j["restarts"], j["failures"]) for j in d["jobs"] if j["id"] == "'"$JOB"'"] == [(1, 1)] or sys.exit(1)' \
+    >/dev/null || fail "max_restarts 0: {\"cmd\":\"jobs\"} has not restarts 1, failures 1"
+echo "ok max_restarts 0: resumed after a coordinator stop, FAILED at its first failure (kill -9 $S1)"
+revive_nodes
 wait_alive 3
 
 # --- the coordinator killed inside a commit -----------------------------------------
@@ -181,6 +255,7 @@ for point in before_manifest before_latest; do
     rm -f "$T/c0.sock"
     start_coord
     check_case "coordinator killed $point" "$JOB" "$T/w-$point"
+    check_counts "coordinator killed $point" "$JOB" 1 0
 done
 wait_alive 3
 
@@ -203,6 +278,9 @@ wait_for 90 some_node_dead || fail "after_first_file: no node died"
 FAIL_AT=$(now_ms)
 # Every node that dies is restarted without the fault, as systemd would.
 REVIVE=1 check_case "node killed after its first checkpoint file" "$JOB" "$T/wf"
+# Each node's fault may kill it once: one failure or more, each one a restart.
+job_field "$JOB" 'd["failures"] >= 1 and d["restarts"] == d["failures"] or sys.exit(1)' >/dev/null ||
+    fail "after_first_file: restarts $(job_field "$JOB" 'd["restarts"]'), failures $(job_field "$JOB" 'd["failures"]')"
 
 stop_daemons "$PID_c0" "$PID_n1" "$PID_n2" "$PID_n3"
 echo "PASS"

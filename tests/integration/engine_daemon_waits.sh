@@ -51,6 +51,7 @@ for re in '^mpar_job_step\{job_id="1",job_name="waits"\} [1-9][0-9]*$' \
     '^mpar_job_samples_per_second\{job_id="1",job_name="waits"\} [1-9]' \
     '^mpar_job_bubble_fraction\{job_id="1",job_name="waits"\} 0\.[0-9]+' \
     '^mpar_job_restarts\{job_id="1",job_name="waits"\} 0$' \
+    '^mpar_job_failures\{job_id="1",job_name="waits"\} 0$' \
     '^mpar_node_shards_running\{node="n1"\} 1$' '^mpar_node_shards_running\{node="n2"\} 1$' \
     '^mpar_node_shard_sent_bytes_total\{node="n1"\} [1-9][0-9]*$' \
     '^mpar_node_shard_received_bytes_total\{node="n2"\} [1-9][0-9]*$'; do
