@@ -239,7 +239,9 @@ for point in before_manifest before_latest; do
     kill -TERM "$PID_c0"
     wait "$PID_c0" 2>/dev/null || true
     rm -f "$T/c0.sock"
-    # The 4th commit kills it: steps 20, 40 and 60 are committed, 80's is cut.
+    # The 4th commit kills it: three are committed (steps 20, 40 and 60, or a
+    # later step when the shards' files of two steps are in while a commit
+    # runs: the next commit takes the newest), the 4th's is cut.
     MPAR_FAULT=$point:4 start_coord
     wait_alive 3
     ckspec "$T/$point.json" "$point" "$T/ck-$point"
@@ -248,14 +250,28 @@ for point in before_manifest before_latest; do
     wait_for 90 coord_dead || fail "$point: the coordinator did not die at its fault point"
     FAIL_AT=$(now_ms)
     wait "$PID_c0" 2>/dev/null || true
-    # latest names a complete checkpoint that loads: step 60.
+    # latest names a complete checkpoint that loads, the third commit's (step
+    # 60 or later); the cut commit's folder is newer, with a manifest only
+    # when the cut came after it (before_latest).
     "$CLIENT" export "$T/ck-$point" "$T/x-$point" -o json >"$T/x-$point.json" ||
         fail "$point: the committed checkpoint does not load"
-    [ "$(jget 'd["step"]' <"$T/x-$point.json")" = 60 ] || fail "$point: latest is not step 60"
+    LATEST=$(jget 'd["step"]' <"$T/x-$point.json")
+    python3 - "$T/ck-$point" "$point" "$LATEST" <<'PY' || fail "$point: latest is step $LATEST: $(ls "$T/ck-$point")"
+import os, re, sys
+d, point, latest = sys.argv[1], sys.argv[2], int(sys.argv[3])
+assert latest >= 60 and latest % 20 == 0, "three commits come before the cut one"
+later = [int(m.group(1)) for m in (re.fullmatch(r"step-(\d{8})", n) for n in os.listdir(d))
+         if m and int(m.group(1)) > latest]
+assert later, "no folder of the cut commit beyond latest"
+manifests = [s for s in later if os.path.exists("%s/step-%08d/manifest.json" % (d, s))]
+assert bool(manifests) == (point == "before_latest"), "manifests beyond latest: %s" % manifests
+PY
     rm -f "$T/c0.sock"
     start_coord
     check_case "coordinator killed $point" "$JOB" "$T/w-$point"
     check_counts "coordinator killed $point" "$JOB" 1 0
+    [ "$(job_field "$JOB" 'd["resumed_from_step"]')" = "$LATEST" ] ||
+        fail "$point: did not resume from latest (step $LATEST)"
 done
 wait_alive 3
 
