@@ -168,6 +168,7 @@ echo "ok reference: 1000 steps, checkpoints kept: $(ls "$T/ck-ref" | tr '\n' ' '
 # --- kill -9 a node mid-job -------------------------------------------------------
 ckspec "$T/a.json" a "$T/ck-a"
 JOB=$("$CLIENT" submit "$T/a.json" -o json --save-weights "$T/wa" | jget 'd["id"]')
+JOB_A=$JOB
 wait_for 60 ckpt_past "$JOB" 40 || fail "node kill: no checkpoint: $("$CLIENT" status "$JOB")"
 kill_stage1_node "$JOB"
 check_case "kill -9 node $S1" "$JOB" "$T/wa"
@@ -217,6 +218,7 @@ wait_alive 3
 # --- max_restarts 0: a coordinator stop resumes the job, its first failure FAILs it ------
 ckspec "$T/z.json" z "$T/ck-z" 0
 JOB=$("$CLIENT" submit "$T/z.json" -o json | jget 'd["id"]')
+JOB_Z=$JOB
 wait_for 60 ckpt_past "$JOB" 40 || fail "max_restarts 0: no checkpoint"
 restart_coord_graceful "max_restarts 0" "$JOB"
 STOPPED_AT=$(job_field "$JOB" 'd["checkpoint_step"]')
@@ -238,12 +240,27 @@ wait_alive 3
 for point in before_manifest before_latest; do
     kill -TERM "$PID_c0"
     wait "$PID_c0" 2>/dev/null || true
+    if [ "$point" = before_manifest ]; then
+        # The counts survive in the state file; one without "failures" (an
+        # older coordinator's) reads as 0: job a's entry loses the field.
+        python3 - "$T/c0/jobs.json" "$JOB_A" <<'PY' || fail "the state file has no failures for job a"
+import json, sys
+st = json.load(open(sys.argv[1]))
+[j for j in st["jobs"] if j["id"] == sys.argv[2]][0].pop("failures")
+json.dump(st, open(sys.argv[1], "w"))
+PY
+    fi
     rm -f "$T/c0.sock"
     # The 4th commit kills it: three are committed (steps 20, 40 and 60, or a
     # later step when the shards' files of two steps are in while a commit
     # runs: the next commit takes the newest), the 4th's is cut.
     MPAR_FAULT=$point:4 start_coord
     wait_alive 3
+    if [ "$point" = before_manifest ]; then
+        check_counts "the state file read back: job z" "$JOB_Z" 1 1
+        check_counts "a state file without failures: job a" "$JOB_A" 1 0
+        echo "ok the state file keeps restarts and failures; without failures it reads 0"
+    fi
     ckspec "$T/$point.json" "$point" "$T/ck-$point"
     JOB=$("$CLIENT" submit "$T/$point.json" -o json --save-weights "$T/w-$point" | jget 'd["id"]')
     coord_dead() { ! kill -0 "$PID_c0" 2>/dev/null; }
