@@ -25,25 +25,7 @@
 #include "model/ckpt.h"
 #include "model/model.h"
 #include "model/spec.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof(*v), cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
+#include "util.h"
 
 /* One training step on random data (the data does not change the cost). */
 static int train_step(mp_model_t *m, const mp_spec_t *spec, const float *x, const int32_t *y,
@@ -65,7 +47,7 @@ static double dd_mbps(const char *dir, int mb)
              "dd if=/dev/zero of='%s/dd.bin' bs=1M count=%d conv=fsync 2>&1 >/dev/null; rm -f "
              "'%s/dd.bin'",
              dir, mb, dir);
-    double t0 = now_s();
+    double t0 = mp_bench_now_s();
     FILE *p = popen(cmd, "r");
     if (p == NULL) {
         return -1.0;
@@ -74,7 +56,7 @@ static double dd_mbps(const char *dir, int mb)
     while (fgets(buf, sizeof(buf), p) != NULL) {
     }
     int rc = pclose(p);
-    double t = now_s() - t0;
+    double t = mp_bench_now_s() - t0;
     return rc == 0 && t > 0 ? (double)mb * 1048576.0 / 1e6 / t : -1.0;
 }
 
@@ -158,28 +140,28 @@ int main(int argc, char **argv)
     int64_t step = 1;
     train_step(m, spec, x, y, rows, step++); /* warm-up */
     for (int r = 0; r < reps; r++) {
-        double t0 = now_s();
+        double t0 = mp_bench_now_s();
         if (train_step(m, spec, x, y, rows, step++) != 0) {
             fprintf(stderr, "mpar-bench-ckpt: a training step failed\n");
             return 1;
         }
-        double t1 = now_s();
+        double t1 = mp_bench_now_s();
         /* mpar: the copy stops training; the write happens on another thread. */
         mp_ckpt_snap_fill(snap, &m, 1, step);
-        double t2 = now_s();
+        double t2 = mp_bench_now_s();
         if (mp_ckpt_snap_write(snap, dir, NULL, 0, &err) != MP_OK) {
             fprintf(stderr, "mpar-bench-ckpt: %s\n", err.msg);
             return 1;
         }
-        double t3 = now_s();
+        double t3 = mp_bench_now_s();
         steps[r] = t1 - t0;
         pause[r] = t2 - t1;
         write[r] = t3 - t2;
         block[r] = t3 - t1; /* a blocking save: copy + write + fsync on the training thread */
     }
     double bytes = (double)mp_ckpt_snap_bytes(snap);
-    double step_s = median(steps, reps), pause_s = median(pause, reps);
-    double block_s = median(block, reps), write_s = median(write, reps);
+    double step_s = mp_bench_median(steps, reps), pause_s = mp_bench_median(pause, reps);
+    double block_s = mp_bench_median(block, reps), write_s = mp_bench_median(write, reps);
     double mbps = bytes / 1e6 / write_s;
     int dd_mb = (int)(bytes / 1048576.0 * 4) + 1;
     double dd = dd_mbps(dir, dd_mb);

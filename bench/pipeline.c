@@ -33,6 +33,7 @@
 #include "model/spec.h"
 #include "model/train.h"
 #include "parallel/sched.h"
+#include "util.h"
 
 #define WIDTH 256
 #define FFN 1024
@@ -81,13 +82,6 @@ static mp_spec_t *make_spec(int pp, int m, const char *sched, int64_t steps)
     return make_spec_rows(pp, m, sched, steps, ROWS);
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* Wall time at the end of the first and of the latest training step, from
  * either runner's progress callback. */
 typedef struct {
@@ -101,7 +95,7 @@ static void on_step(const mp_train_progress_t *p, void *arg)
     if (p->eval) {
         return;
     }
-    double t = now_s();
+    double t = mp_bench_now_s();
     if (s->first_step == 0) {
         s->first_step = p->step;
         s->t_first = t;
@@ -184,7 +178,7 @@ static int write_svg(const char *prefix, const mp_engine_result_t *res, const ch
 /* Measured bubbles of every schedule at p = 2, 4 and m = 4, 8, 16. */
 static int bench_bubbles(bool quick, bool json, bool timeline, const char *svg, json_t *results)
 {
-    int64_t steps = quick ? 3 : 8;
+    int64_t steps = quick ? 5 : 10;
     static const int ps[] = {2, 4};
     static const int ms[] = {4, 8, 16};
     static const char *const scheds[] = {"gpipe", "1f1b", "zero_bubble", "interleaved_1f1b"};
@@ -254,45 +248,98 @@ static int bench_bubbles(bool quick, bool json, bool timeline, const char *svg, 
  * 9.4 ms per 32 rows for 4 blocks' forward and backward, one thread), which
  * caps the ratio at 32 rows below theory whatever the pipeline does; at 128
  * rows a micro-batch is within 3% of 256 rows' rate.
+ *
+ * A shared 2-core machine changes speed by 10-30% from one second to the
+ * next, so one run of each side says little: each round runs the serial
+ * trainer and every schedule once, in an order that rotates from round to
+ * round, and a schedule's ratio is the median over the rounds of its rate
+ * against the same round's serial rate (the spread goes in the JSON).
  */
-static int bench_speedup(bool quick, bool json, json_t *results)
+#define SPEEDUP_SCHEDS 3
+#define SPEEDUP_MAX_ROUNDS 5
+
+/* One steady-state samples/s: spec on the one-process engine, or serially. */
+static int speedup_rate(mp_spec_t *spec, bool serial, double *rate_p)
 {
-    static const char *const tscheds[] = {"1f1b", "zero_bubble", "interleaved_1f1b"};
-    for (int k = 0; k < 6; k++) {
-        int si = k % 3, rows = k < 3 ? ROWS : ROWS_BIG;
-        int64_t tsteps = (quick ? 10 : 30) * ROWS / rows + 2;
-        mp_spec_t *spec = make_spec_rows(2, 8, tscheds[si], tsteps, rows);
-        mp_engine_result_t res;
-        steady_t pp = {0}, ser = {0};
-        if (run_engine_steady(spec, &res, &pp) != 0) {
-            return -1;
-        }
-        mp_train_opts_t so = {.device = "cpu", .threads = 1, .on_progress = on_step, .arg = &ser};
+    steady_t st = {0};
+    if (serial) {
+        mp_train_opts_t so = {.device = "cpu", .threads = 1, .on_progress = on_step, .arg = &st};
         mp_train_result_t sres;
         mp_errbuf_t err;
         if (mp_train_serial(spec, &so, &sres, &err) != MP_OK) {
             fprintf(stderr, "mpar-bench-pipeline: serial run: %s\n", err.msg);
             return -1;
         }
-        double mine = steady_rate(&pp, spec->train.batch_size);
-        double peer = steady_rate(&ser, spec->train.batch_size);
-        double ratio = peer > 0 ? mine / peer : 0.0;
-        json_array_append_new(results,
-                              json_pack("{s:s, s:i, s:i, s:s, s:i, s:i, s:f, s:f, s:s, s:f}",
-                                        "test", "pp_speedup", "p", 2, "m", 8, "schedule",
-                                        tscheds[si], "rows", rows, "threads", 1, "mpar", mine,
-                                        "peer", peer, "unit", "samples/s", "ratio", ratio));
-        if (!json) {
-            printf("pp_speedup: pp=2 (%s, m=8 of %d rows, a thread per stage) %.1f samples/s, "
-                   "serial on one thread %.1f samples/s, ratio %.2f (theory %.2f)\n",
-                   tscheds[si], rows, mine, peer, ratio,
-                   2.0 * (1.0 - mp_sched_bubble_predicted(spec->parallel.schedule, 2, 8,
-                                                          spec->parallel.virtual_stages)));
-            fflush(stdout);
-        }
         mp_train_result_free(&sres);
+    } else {
+        mp_engine_result_t res;
+        if (run_engine_steady(spec, &res, &st) != 0) {
+            return -1;
+        }
         mp_engine_result_free(&res);
-        mp_spec_free(spec);
+    }
+    *rate_p = steady_rate(&st, spec->train.batch_size);
+    return *rate_p > 0 ? 0 : -1;
+}
+
+static int bench_speedup(bool quick, bool json, json_t *results)
+{
+    static const char *const tscheds[SPEEDUP_SCHEDS] = {"1f1b", "zero_bubble", "interleaved_1f1b"};
+    static const int rowss[] = {ROWS, ROWS_BIG};
+    int rounds = quick ? 3 : SPEEDUP_MAX_ROUNDS;
+    for (int ri = 0; ri < 2; ri++) {
+        int rows = rowss[ri];
+        int64_t tsteps = (quick ? 10 : 30) * ROWS / rows + 4;
+        mp_spec_t *spec[SPEEDUP_SCHEDS];
+        for (int si = 0; si < SPEEDUP_SCHEDS; si++) {
+            spec[si] = make_spec_rows(2, 8, tscheds[si], tsteps, rows);
+        }
+        double pp[SPEEDUP_SCHEDS][SPEEDUP_MAX_ROUNDS], ser[SPEEDUP_MAX_ROUNDS];
+        int rc = 0;
+        for (int r = 0; r < rounds && rc == 0; r++) {
+            for (int j = 0; j <= SPEEDUP_SCHEDS && rc == 0; j++) {
+                int k = (j + r) % (SPEEDUP_SCHEDS + 1); /* SPEEDUP_SCHEDS: the serial run */
+                rc = k == SPEEDUP_SCHEDS ? speedup_rate(spec[0], true, &ser[r])
+                                         : speedup_rate(spec[k], false, &pp[k][r]);
+            }
+        }
+        for (int si = 0; si < SPEEDUP_SCHEDS && rc == 0; si++) {
+            double ratio[SPEEDUP_MAX_ROUNDS], lo = 0.0, hi = 0.0;
+            for (int r = 0; r < rounds; r++) {
+                ratio[r] = pp[si][r] / ser[r];
+                lo = r == 0 || ratio[r] < lo ? ratio[r] : lo;
+                hi = r == 0 || ratio[r] > hi ? ratio[r] : hi;
+            }
+            double serv[SPEEDUP_MAX_ROUNDS];
+            for (int r = 0; r < rounds; r++) {
+                serv[r] = ser[r];
+            }
+            double mine = mp_bench_median(pp[si], rounds), peer = mp_bench_median(serv, rounds);
+            double med = mp_bench_median(ratio, rounds);
+            double theory = 2.0 * (1.0 - mp_sched_bubble_predicted(spec[si]->parallel.schedule, 2,
+                                                                    8,
+                                                                    spec[si]->parallel.virtual_stages));
+            json_array_append_new(
+                results, json_pack("{s:s, s:i, s:i, s:s, s:i, s:i, s:i, s:f, s:f, s:s, s:f, s:f, "
+                                   "s:f, s:f}",
+                                   "test", "pp_speedup", "p", 2, "m", 8, "schedule", tscheds[si],
+                                   "rows", rows, "threads", 1, "rounds", rounds, "mpar", mine,
+                                   "peer", peer, "unit", "samples/s", "ratio", med, "ratio_min",
+                                   lo, "ratio_max", hi, "theory", theory));
+            if (!json) {
+                printf("pp_speedup: pp=2 (%s, m=8 of %d rows, a thread per stage) %.1f samples/s, "
+                       "serial on one thread %.1f samples/s, ratio %.2f (%.2f-%.2f over %d "
+                       "rounds; theory %.2f)\n",
+                       tscheds[si], rows, mine, peer, med, lo, hi, rounds, theory);
+                fflush(stdout);
+            }
+        }
+        for (int si = 0; si < SPEEDUP_SCHEDS; si++) {
+            mp_spec_free(spec[si]);
+        }
+        if (rc != 0) {
+            return -1;
+        }
     }
     return 0;
 }

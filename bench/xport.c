@@ -42,6 +42,7 @@
 #include "transport/coll.h"
 #include "transport/ucx.h"
 #include "transport/ucx_internal.h"
+#include "util.h"
 
 #define JOB 1
 #define MB_ACK 8000000u
@@ -55,11 +56,6 @@ static int g_spin_us;      /* worker spin before sleeping; 0 = the worker's defa
 static const char *g_only; /* run only the cases whose test name starts with this */
 static int g_port;
 static size_t g_bytes; /* --bytes: run p2p at this size only; 0 = every size */
-
-static double now_s(void)
-{
-    return (double)mp_xport_now_ns() / 1e9;
-}
 
 /* ---- mpar p2p ---- */
 
@@ -112,7 +108,7 @@ static int bw_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, uin
             if (rank == 0 ? ack(eps[1], 0) : ack(eps[0], 1)) {
                 return 3;
             }
-            t0 = now_s();
+            t0 = mp_bench_now_s();
         }
         for (int i = from; i < to; i++) {
             mp_xport_req_t **slot = &reqs[i % a->window];
@@ -141,7 +137,7 @@ static int bw_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, uin
         return 7;
     }
     if (rank == 0) {
-        g_out[0] = (double)a->bytes * a->iters / (now_s() - t0);
+        g_out[0] = (double)a->bytes * a->iters / (mp_bench_now_s() - t0);
     }
     mp_free(reqs);
     mp_free(buf);
@@ -164,7 +160,7 @@ static int lat_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, ui
     int total = a->warm + a->iters;
     for (int i = 0; i < total; i++) {
         if (i == a->warm) {
-            t0 = now_s();
+            t0 = mp_bench_now_s();
         }
         mp_xport_hdr_t h = hdr_bytes(a->bytes, (uint32_t)i);
         mp_xport_req_t *r;
@@ -185,7 +181,7 @@ static int lat_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, ui
         }
     }
     if (rank == 0) {
-        g_out[0] = (now_s() - t0) / a->iters / 2.0;
+        g_out[0] = (mp_bench_now_s() - t0) / a->iters / 2.0;
     }
     mp_free(sbuf);
     mp_free(rbuf);
@@ -333,13 +329,13 @@ static int ar_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, uin
     if (mp_coll_barrier(g, 0) != MP_OK) {
         return 5;
     }
-    double t0 = now_s();
+    double t0 = mp_bench_now_s();
     for (int i = 0; i < a->iters; i++) {
         if (mp_coll_allreduce_sum_f32_algo(g, buf, count, a->algo, 0) != MP_OK) {
             return 6;
         }
     }
-    g_out[rank] = (now_s() - t0) / a->iters;
+    g_out[rank] = (mp_bench_now_s() - t0) / a->iters;
     mp_free(buf);
     mp_coll_group_destroy(g);
     return 0;
@@ -385,21 +381,8 @@ static double run_mpi(uint32_t n, size_t bytes, int iters, int warm)
 
 /* ---- wake-up latency ---- */
 
-
 #define WAKE_SAMPLES 21
 #define WAKE_GAP_US 20000
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : (x > y ? 1 : 0);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof(*v), cmp_double);
-    return v[n / 2];
-}
 
 /*
  * Rank 0 waits WAKE_GAP_US (so that rank 1 is asleep in its receive, not
@@ -419,7 +402,7 @@ static int wake_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, u
     for (int i = 0; i < WAKE_SAMPLES; i++) {
         if (rank == 0) {
             usleep(WAKE_GAP_US);
-            g_out[2] = now_s();
+            g_out[2] = mp_bench_now_s();
             if (mp_xport_send_wait(eps[1], &h, &c, 0) != MP_OK || ack(eps[1], 0) != 0) {
                 return 3;
             }
@@ -427,14 +410,14 @@ static int wake_rank(mp_xport_worker_t *w, mp_xport_ep_t **eps, uint32_t rank, u
             if (mp_xport_recv_wait(eps[0], JOB, MP_XPORT_KIND_USER, 1, &c, 1, 0, NULL) != MP_OK) {
                 return 4;
             }
-            lat[i] = now_s() - g_out[2];
+            lat[i] = mp_bench_now_s() - g_out[2];
             if (ack(eps[0], 1) != 0) {
                 return 5;
             }
         }
     }
     if (rank == 1) {
-        g_out[0] = median(lat, WAKE_SAMPLES);
+        g_out[0] = mp_bench_median(lat, WAKE_SAMPLES);
     }
     return 0;
 }
@@ -466,12 +449,12 @@ static double run_pipe_wakeup(void)
         double lat[WAKE_SAMPLES];
         int i = 0;
         while (i < WAKE_SAMPLES && read(down[0], &c, 1) == 1) {
-            lat[i++] = now_s() - g_out[3];
+            lat[i++] = mp_bench_now_s() - g_out[3];
             if (write(up[1], &c, 1) != 1) {
                 break;
             }
         }
-        g_out[1] = i == WAKE_SAMPLES ? median(lat, WAKE_SAMPLES) : -1;
+        g_out[1] = i == WAKE_SAMPLES ? mp_bench_median(lat, WAKE_SAMPLES) : -1;
         _exit(i == WAKE_SAMPLES ? 0 : 1);
     }
     close(down[0]);
@@ -479,7 +462,7 @@ static double run_pipe_wakeup(void)
     int ok = 1;
     for (int i = 0; i < WAKE_SAMPLES && ok; i++) {
         usleep(WAKE_GAP_US);
-        g_out[3] = now_s();
+        g_out[3] = mp_bench_now_s();
         ok = write(down[1], &c, 1) == 1 && read(up[0], &c, 1) == 1;
     }
     close(down[1]);

@@ -3,7 +3,7 @@
 add_executable(mpar-bench-xport
   ${CMAKE_CURRENT_LIST_DIR}/xport.c
   ${CMAKE_SOURCE_DIR}/tests/unit/test_xport_harness.c)
-target_link_libraries(mpar-bench-xport PRIVATE mp_xport PkgConfig::JANSSON)
+target_link_libraries(mpar-bench-xport PRIVATE mp_bench mp_xport PkgConfig::JANSSON)
 
 # The OpenMPI peer (bench/mpi_allreduce.c), run by mpar-bench-xport under mpirun.
 find_package(MPI COMPONENTS C QUIET)
