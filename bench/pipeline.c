@@ -11,11 +11,14 @@
  * serial trainer on one thread (pp_speedup); and grid_vs_serial: the demo
  * specs (examples/gpt.json, examples/fashion_mnist.json) on their own grid
  * on a throwaway local cluster of mpard daemons (`mpar-client run`) against
- * `mpar-client run --serial --threads <cores>`, each side's samples_per_s.
- * pp_speedup's throughputs are steady state: samples over the wall time from
- * the end of the first step to the end of the last, taken the same way on
- * both sides (the first step pays oneDNN's kernel generation, first-touch
- * memory and the endpoints' wire-up).  Prints a table, or with -o json the benchmark document of
+ * `mpar-client run --serial` at its fastest thread count up to the cores,
+ * each side's samples_per_s.  pp_speedup's throughputs are steady state:
+ * samples over the wall time from the end of the first step to the end of
+ * the last, taken the same way on both sides (the first step pays oneDNN's
+ * kernel generation, first-touch memory and the endpoints' wire-up).  Both
+ * run in rounds (each side once a round, in a rotating order) and report
+ * the median of the rounds' ratios with its range: a shared machine's speed
+ * drifts by more than the differences measured.  Prints a table, or with -o json the benchmark document of
  * DESIGN.md; --svg PREFIX also draws each configuration's last step as an
  * SVG Gantt chart; --only bubble|speedup|grid runs one part.
  */
@@ -457,6 +460,9 @@ static int write_demo(const char *src, const char *dir, const char *name, int64_
     return rc == 0 && *batch_p > 0 ? 0 : -1;
 }
 
+#define GRID_MAX_ROUNDS 5
+#define GRID_MAX_THREADS 8 /* serial thread counts tried: 1, 2, 4, ... and the cores */
+
 static int bench_grid(bool quick, bool json, json_t *results)
 {
     char dir[4096], client[4200];
@@ -489,39 +495,65 @@ static int bench_grid(bool quick, bool json, json_t *results)
             rc = -1;
             break;
         }
-        double mine = client_rate(client, path, "--timeline none --curve none --sample 0");
-        /* The peer in its best configuration: the fastest thread count up
-         * to the cores (two OpenMP threads lose to one on a busy machine). */
-        double peer = -1.0;
-        int best = 0;
-        for (int t = 1; t <= cores; t++) {
-            snprintf(args, sizeof(args), "--serial --threads %d --sample 0", t);
-            double r = client_rate(client, path, args);
-            if (r > peer) {
-                peer = r;
-                best = t;
+        /* Rounds of the cluster run and the serial runs at 1..cores threads,
+         * in an order that rotates from round to round (the machine's speed
+         * drifts); a round's peer is its fastest serial run (the peer in its
+         * best configuration: two OpenMP threads lose to one on a busy
+         * machine), and the ratio is the median over the rounds. */
+        int threads[GRID_MAX_THREADS], nthreads = 0;
+        for (long t = 1; t < cores && nthreads < GRID_MAX_THREADS - 1; t *= 2) {
+            threads[nthreads++] = (int)t; /* 1, 2, 4, ... and the cores */
+        }
+        threads[nthreads++] = (int)cores;
+        int rounds = quick ? 3 : GRID_MAX_ROUNDS, nrun = nthreads + 1, best = 0;
+        double mines[GRID_MAX_ROUNDS], peers[GRID_MAX_ROUNDS], ratios[GRID_MAX_ROUNDS];
+        double fastest = -1.0;
+        for (int r = 0; r < rounds && rc == 0; r++) {
+            mines[r] = peers[r] = -1.0;
+            for (int j = 0; j < nrun && rc == 0; j++) {
+                int k = (j + r) % nrun; /* nthreads: the cluster run, else --serial */
+                if (k == nthreads) {
+                    mines[r] = client_rate(client, path, "--timeline none --curve none --sample 0");
+                    rc = mines[r] > 0 ? 0 : -1;
+                    continue;
+                }
+                snprintf(args, sizeof(args), "--serial --threads %d --sample 0", threads[k]);
+                double v = client_rate(client, path, args);
+                rc = v > 0 ? 0 : -1;
+                peers[r] = v > peers[r] ? v : peers[r];
+                if (v > fastest) {
+                    fastest = v;
+                    best = threads[k];
+                }
             }
+            ratios[r] = rc == 0 ? mines[r] / peers[r] : 0.0;
         }
         unlink(path);
-        if (mine <= 0 || peer <= 0) {
+        if (rc != 0) {
             fprintf(stderr, "mpar-bench-pipeline: grid_vs_serial: mpar-client run %s failed\n",
                     path);
-            rc = -1;
             break;
         }
-        double ratio = mine / peer;
-        json_array_append_new(results,
-                              json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:i, s:f, s:f, s:s, s:f}",
-                                        "test", "grid_vs_serial", "model", demos[d].model, "pp",
-                                        grid[0], "tp", grid[1], "dp", grid[2], "threads",
-                                        (int)cores, "peer_threads", best, "mpar", mine, "peer",
-                                        peer, "unit", "samples/s", "ratio", ratio));
+        double lo = ratios[0], hi = ratios[0];
+        for (int r = 1; r < rounds; r++) {
+            lo = ratios[r] < lo ? ratios[r] : lo;
+            hi = ratios[r] > hi ? ratios[r] : hi;
+        }
+        double mine = mp_bench_median(mines, rounds), peer = mp_bench_median(peers, rounds);
+        double ratio = mp_bench_median(ratios, rounds);
+        json_array_append_new(
+            results, json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:f, s:s, s:f, s:f, "
+                               "s:f}",
+                               "test", "grid_vs_serial", "model", demos[d].model, "pp", grid[0],
+                               "tp", grid[1], "dp", grid[2], "threads", (int)cores, "peer_threads",
+                               best, "rounds", rounds, "mpar", mine, "peer", peer, "unit",
+                               "samples/s", "ratio", ratio, "ratio_min", lo, "ratio_max", hi));
         if (!json) {
             printf("grid_vs_serial: %s (%s) on pp %d x tp %d x dp %d, local cluster %.1f "
-                   "samples/s, --serial --threads %d (the faster of 1..%ld) %.1f samples/s, "
-                   "ratio %.2f\n",
+                   "samples/s, --serial (fastest at --threads %d of 1..%ld) %.1f samples/s, "
+                   "ratio %.2f (%.2f-%.2f over %d rounds)\n",
                    demos[d].model, demos[d].file, grid[0], grid[1], grid[2], mine, best, cores,
-                   peer, ratio);
+                   peer, ratio, lo, hi, rounds);
             fflush(stdout);
         }
     }
