@@ -2,25 +2,27 @@
  * pipeline.c - mpar-bench-pipeline: pipeline parallelism measured with the
  * one-process engine (engine/local.h, real UCX workers between shard
  * threads) on a balanced synthetic model: the measured bubble fraction
- * against each schedule's paper formula (mp_sched_bubble_predicted:
- * (p - 1) / (m + p - 1) for gpipe and 1f1b, (p - 1) / (3m + p - 1) for
- * zero_bubble, (p - 1) / (vm + p - 1) for interleaved_1f1b at v = 2 chunks
- * a stage), at p = 2 and 4 and m = 4, 8 and 16, with the bubble the
- * simulator predicts from the measured per-layer costs (engine/calib.h);
- * the activation memory each stage holds under each schedule; the samples/s of pp = 2 (one thread per stage) against the
- * serial trainer on one thread (pp_speedup); and grid_vs_serial: the demo
- * specs (examples/gpt.json, examples/fashion_mnist.json) on their own grid
- * on a throwaway local cluster of mpard daemons (`mpar-client run`) against
- * `mpar-client run --serial` at its fastest thread count up to the cores,
- * each side's samples_per_s.  pp_speedup's throughputs are steady state:
- * samples over the wall time from the end of the first step to the end of
- * the last, taken the same way on both sides (the first step pays oneDNN's
- * kernel generation, first-touch memory and the endpoints' wire-up).  Both
- * run in rounds (each side once a round, in a rotating order) and report
- * the median of the rounds' ratios with its range: a shared machine's speed
- * drifts by more than the differences measured.  Prints a table, or with -o json the benchmark document of
- * DESIGN.md; --svg PREFIX also draws each configuration's last step as an
- * SVG Gantt chart; --only bubble|speedup|grid runs one part.
+ * against each schedule's paper formula (mp_sched_bubble_predicted: (p - 1)
+ * / (m + p - 1) for gpipe and 1f1b, (p - 1) / (3m + p - 1) for zero_bubble,
+ * (p - 1) / (vm + p - 1) for interleaved_1f1b at v = 2 chunks a stage), at p
+ * = 2 and 4 and m = 4, 8 and 16, with the bubble the simulator predicts from
+ * the measured per-layer costs (engine/calib.h); the activation memory each
+ * stage holds under each schedule; the samples/s of pp = 2 (one thread per
+ * stage) against the serial trainer on one thread (pp_speedup); and
+ * grid_vs_serial: the demo specs (examples/gpt.json,
+ * examples/fashion_mnist.json) on their own grid on a throwaway local
+ * cluster of mpard daemons (`mpar-client run`) against `mpar-client run
+ * --serial` at its fastest thread count up to the cores, each side's
+ * samples_per_s. pp_speedup's throughputs are steady state: samples over the
+ * wall time from the end of the first step to the end of the last, taken the
+ * same way on both sides (the first step pays oneDNN's kernel generation,
+ * first-touch memory and the endpoints' wire-up). Both run in rounds (each
+ * side once a round, in a rotating order) and report the median of the
+ * rounds' ratios with its range: a shared machine's speed drifts by more
+ * than the differences measured. Prints a table, or with -o json the
+ * benchmark document of DESIGN.md; --svg PREFIX also draws each
+ * configuration's last step as an SVG Gantt chart; --only
+ * bubble|speedup|grid runs one part.
  */
 #include <getopt.h>
 #include <jansson.h>
