@@ -34,16 +34,18 @@
 #include <unistd.h>
 
 #include "engine/local.h"
+#include "engine/stats.h"
 #include "engine/trace.h"
 #include "model/spec.h"
 #include "model/train.h"
+#include "parallel/placement.h"
 #include "parallel/sched.h"
 #include "util.h"
 
 #define WIDTH 256
 #define FFN 1024
 #define BLOCKS 8
-#define ROWS 32  /* rows per micro-batch (pp_speedup also runs ROWS_BIG) */
+#define ROWS 32 /* rows per micro-batch (pp_speedup also runs ROWS_BIG) */
 #define ROWS_BIG 128
 #define CHUNKS 2 /* interleaved_1f1b's parallel.virtual_stages */
 
@@ -180,6 +182,71 @@ static int write_svg(const char *prefix, const mp_engine_result_t *res, const ch
     return 0;
 }
 
+/*
+ * Where a measured bubble comes from, on the run's last step: `last` is
+ * that step's measured bubble (the job's bubble_fraction is the mean over
+ * its steps after the first), `replayed` the simulator's on the same
+ * schedule with every action taking the time it took and every message
+ * arriving at once.  last - replayed is what messaging and wake-ups add;
+ * replayed - predicted what the spread of the actions' times adds (the
+ * prediction takes every micro-batch's action at its stage's calibrated
+ * cost).  -1 each when the spans do not match the schedule.
+ */
+static void replay_last_step(const mp_spec_t *spec, const mp_engine_result_t *res, double *last_p,
+                             double *replayed_p)
+{
+    *last_p = *replayed_p = -1.0;
+    int p = spec->parallel.pp;
+    mp_sched_t *sched = NULL;
+    mp_errbuf_t err;
+    if (res->nranks != p || mp_sched_build(spec->parallel.schedule, p, spec->parallel.micro_batches,
+                                           spec->parallel.virtual_stages, &sched, &err) != MP_OK) {
+        return;
+    }
+    double *times[MP_SCHED_MAX_STAGES] = {NULL};
+    uint64_t w0 = UINT64_MAX, w1 = 0, busy[MP_SCHED_MAX_STAGES] = {0};
+    bool ok = true;
+    for (int r = 0; r < p && ok; r++) {
+        int s, t, d;
+        mp_place_coords(p, 1, r, &s, &t, &d);
+        times[s] = calloc((size_t)sched->count[s] + 1, sizeof(double));
+        ok = times[s] != NULL;
+        /* The spans follow the schedule's actions, with the first stage's
+         * receives of its inputs from the feeder in between. */
+        int i = 0;
+        for (int k = 0; ok && k < res->nspans[r]; k++) {
+            const mp_exec_span_t *sp = &res->spans[r][k];
+            const mp_sched_action_t *a = i < sched->count[s] ? &sched->action[s][i] : NULL;
+            if (mp_engine_op_busy(sp->op)) {
+                w0 = sp->t0_ns < w0 ? sp->t0_ns : w0;
+                busy[s] += sp->t1_ns - sp->t0_ns;
+            }
+            w1 = sp->t1_ns > w1 ? sp->t1_ns : w1;
+            if (a != NULL && a->op == sp->op && a->chunk == sp->chunk &&
+                (a->mb == sp->mb || a->mb < 0 || sp->mb < 0)) {
+                times[s][i++] = (double)(sp->t1_ns - sp->t0_ns) * 1e-9;
+            } else {
+                ok = !mp_engine_op_busy(sp->op); /* a compute action the schedule lacks */
+            }
+        }
+        ok = ok && i == sched->count[s];
+    }
+    mp_sched_cost_t cost = {.action = (const double *const *)times};
+    mp_sched_report_t rep;
+    if (ok && w1 > w0 && mp_sched_simulate(sched, &cost, &rep, &err) == MP_OK) {
+        double idle = 0.0;
+        for (int s = 0; s < p; s++) {
+            idle += 1.0 - (double)busy[s] / (double)(w1 - w0);
+        }
+        *last_p = idle / p;
+        *replayed_p = rep.bubble;
+    }
+    for (int s = 0; s < p; s++) {
+        free(times[s]);
+    }
+    mp_sched_free(sched);
+}
+
 /* Measured bubbles of every schedule at p = 2, 4 and m = 4, 8, 16. */
 static int bench_bubbles(bool quick, bool json, bool timeline, const char *svg, json_t *results)
 {
@@ -189,8 +256,8 @@ static int bench_bubbles(bool quick, bool json, bool timeline, const char *svg, 
     static const char *const scheds[] = {"gpipe", "1f1b", "zero_bubble", "interleaved_1f1b"};
     const int nsched = (int)(sizeof(scheds) / sizeof(scheds[0]));
     if (!json) {
-        printf("%-16s %3s %3s %10s %8s %9s   activation bytes per stage\n", "schedule", "p", "m",
-               "measured", "theory", "predicted");
+        printf("%-16s %3s %3s %10s %8s %9s %9s %9s   activation bytes per stage\n", "schedule", "p",
+               "m", "measured", "theory", "predicted", "last", "replayed");
     }
     for (int pi = 0; pi < 2; pi++) {
         for (int mi = 0; mi < 3; mi++) {
@@ -203,15 +270,17 @@ static int bench_bubbles(bool quick, bool json, bool timeline, const char *svg, 
                 }
                 double theory = mp_sched_bubble_predicted(spec->parallel.schedule, p, m,
                                                           spec->parallel.virtual_stages);
-                json_array_append_new(results,
-                                      json_pack("{s:s, s:i, s:i, s:s, s:f, s:f, s:f, s:f, s:s}",
-                                                "test", "bubble", "p", p, "m", m, "schedule",
-                                                scheds[si], "measured", res.bubble_fraction,
-                                                "theory", theory, "predicted", res.cut.bubble,
-                                                "mpar", res.bubble_fraction, "unit", "fraction"));
+                double last, replayed;
+                replay_last_step(spec, &res, &last, &replayed);
+                json_array_append_new(
+                    results, json_pack("{s:s, s:i, s:i, s:s, s:f, s:f, s:f, s:f, s:f, s:f, s:s}",
+                                       "test", "bubble", "p", p, "m", m, "schedule", scheds[si],
+                                       "measured", res.bubble_fraction, "theory", theory,
+                                       "predicted", res.cut.bubble, "last_step", last, "replayed",
+                                       replayed, "mpar", res.bubble_fraction, "unit", "fraction"));
                 if (!json) {
-                    printf("%-16s %3d %3d %10.3f %8.3f %9.3f  ", scheds[si], p, m,
-                           res.bubble_fraction, theory, res.cut.bubble);
+                    printf("%-16s %3d %3d %10.3f %8.3f %9.3f %9.3f %9.3f  ", scheds[si], p, m,
+                           res.bubble_fraction, theory, res.cut.bubble, last, replayed);
                 }
                 for (int s = 0; s < p; s++) {
                     json_array_append_new(
@@ -321,16 +390,16 @@ static int bench_speedup(bool quick, bool json, json_t *results)
             }
             double mine = mp_bench_median(pp[si], rounds), peer = mp_bench_median(serv, rounds);
             double med = mp_bench_median(ratio, rounds);
-            double theory = 2.0 * (1.0 - mp_sched_bubble_predicted(spec[si]->parallel.schedule, 2,
-                                                                    8,
-                                                                    spec[si]->parallel.virtual_stages));
+            double theory =
+                2.0 * (1.0 - mp_sched_bubble_predicted(spec[si]->parallel.schedule, 2, 8,
+                                                       spec[si]->parallel.virtual_stages));
             json_array_append_new(
                 results, json_pack("{s:s, s:i, s:i, s:s, s:i, s:i, s:i, s:f, s:f, s:s, s:f, s:f, "
                                    "s:f, s:f}",
                                    "test", "pp_speedup", "p", 2, "m", 8, "schedule", tscheds[si],
                                    "rows", rows, "threads", 1, "rounds", rounds, "mpar", mine,
-                                   "peer", peer, "unit", "samples/s", "ratio", med, "ratio_min",
-                                   lo, "ratio_max", hi, "theory", theory));
+                                   "peer", peer, "unit", "samples/s", "ratio", med, "ratio_min", lo,
+                                   "ratio_max", hi, "theory", theory));
             if (!json) {
                 printf("pp_speedup: pp=2 (%s, m=8 of %d rows, a thread per stage) %.1f samples/s, "
                        "serial on one thread %.1f samples/s, ratio %.2f (%.2f-%.2f over %d "
@@ -423,8 +492,8 @@ static int write_kjv_head(const char *path, size_t bytes)
 }
 
 /* One demo spec with train.steps = steps, written to dir/name.json. */
-static int write_demo(const char *src, const char *dir, const char *name, int64_t steps,
-                      char *path, size_t len, int64_t *batch_p, int *grid_p)
+static int write_demo(const char *src, const char *dir, const char *name, int64_t steps, char *path,
+                      size_t len, int64_t *batch_p, int *grid_p)
 {
     json_error_t e;
     json_t *doc = json_load_file(src, 0, &e);
@@ -569,12 +638,9 @@ static int bench_grid(bool quick, bool json, json_t *results)
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"quick", no_argument, NULL, 'q'},
-        {"output", required_argument, NULL, 'o'},
-        {"timeline", no_argument, NULL, 't'},
-        {"svg", required_argument, NULL, 'g'},
-        {"only", required_argument, NULL, 'O'},
-        {NULL, 0, NULL, 0},
+        {"quick", no_argument, NULL, 'q'},      {"output", required_argument, NULL, 'o'},
+        {"timeline", no_argument, NULL, 't'},   {"svg", required_argument, NULL, 'g'},
+        {"only", required_argument, NULL, 'O'}, {NULL, 0, NULL, 0},
     };
     bool quick = false, json = false, timeline = false;
     const char *svg = NULL, *only = NULL;
@@ -597,8 +663,9 @@ int main(int argc, char **argv)
             only = optarg;
             if (strcmp(only, "bubble") != 0 && strcmp(only, "speedup") != 0 &&
                 strcmp(only, "grid") != 0) {
-                fprintf(stderr, "mpar-bench-pipeline: --only: expected bubble, speedup or grid, "
-                                "got '%s'\n",
+                fprintf(stderr,
+                        "mpar-bench-pipeline: --only: expected bubble, speedup or grid, "
+                        "got '%s'\n",
                         only);
                 return 2;
             }

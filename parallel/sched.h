@@ -130,6 +130,11 @@ typedef struct {
     /* NULL, or per-stage fwd/bwd costs replacing fwd/bwd (unbalanced
      * stages), indexed by virtual stage c * p + s (v = 1: the stage). */
     const double *stage_fwd, *stage_bwd;
+    /* NULL, or the time of every action, action[s][i] for action i of
+     * stage s, replacing the costs above for FWD, BWD, BWD_W, DP_ALLREDUCE
+     * and OPT_STEP (messages still take comm): a replay of one measured
+     * step's action times. */
+    const double *const *action;
 } mp_sched_cost_t;
 
 typedef struct {

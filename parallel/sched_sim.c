@@ -198,6 +198,10 @@ mp_status_t mp_sched_simulate(const mp_sched_t *sched, const mp_sched_cost_t *co
                 double tb = stage_cost(cost->stage_bwd, cost->bwd, u);
                 double tw = split[s] ? tb * wf : 0.0;
                 tb -= tw;
+                double ar = cost->allreduce, opt = cost->opt;
+                if (cost->action != NULL) {
+                    tf = tb = tw = ar = opt = cost->action[s][pc[s]];
+                }
                 double t;
                 switch (a->op) {
                 case MP_SCHED_RECV_ACT:
@@ -236,12 +240,12 @@ mp_status_t mp_sched_simulate(const mp_sched_t *sched, const mp_sched_cost_t *co
                     grad_at[(u - 1) * m + a->mb] = clock[s] + cost->comm;
                     break;
                 case MP_SCHED_DP_ALLREDUCE:
-                    clock[s] += cost->allreduce;
-                    rep.stage[s].busy += cost->allreduce;
+                    clock[s] += ar;
+                    rep.stage[s].busy += ar;
                     break;
                 case MP_SCHED_OPT_STEP:
-                    clock[s] += cost->opt;
-                    rep.stage[s].busy += cost->opt;
+                    clock[s] += opt;
+                    rep.stage[s].busy += opt;
                     break;
                 }
                 pc[s]++;

@@ -236,6 +236,45 @@ Test(sched, costs_shape_the_prediction)
     mp_sched_free(s);
 }
 
+/* Per-action times (a replay of a measured step): the stage costs of every
+ * action reproduce the per-stage prediction exactly, and one slow action
+ * delays what waits for it, and only that. */
+Test(sched, per_action_times_replay_a_step)
+{
+    int p = 2, m = 4;
+    mp_sched_t *s = build(MP_SCHED_1F1B, p, m);
+    mp_sched_cost_t base = {.fwd = 1.0, .bwd = 2.0, .opt = 0.5};
+    mp_sched_report_t want, rep;
+    mp_errbuf_t err = {{0}};
+    cr_assert_eq(mp_sched_simulate(s, &base, &want, &err), MP_OK, "%s", err.msg);
+    double t0[64], t1[64];
+    double *t[2] = {t0, t1};
+    for (int st = 0; st < p; st++) {
+        cr_assert(s->count[st] <= 64);
+        for (int i = 0; i < s->count[st]; i++) {
+            mp_sched_op_t op = s->action[st][i].op;
+            t[st][i] = op == MP_SCHED_FWD            ? 1.0
+                       : op == MP_SCHED_BWD          ? 2.0
+                       : op == MP_SCHED_OPT_STEP     ? 0.5
+                       : op == MP_SCHED_DP_ALLREDUCE ? 0.0
+                                                     : 123.0; /* messages: ignored */
+        }
+    }
+    const double *const times[2] = {t0, t1};
+    mp_sched_cost_t replay = {.action = times};
+    cr_assert_eq(mp_sched_simulate(s, &replay, &rep, &err), MP_OK, "%s", err.msg);
+    cr_assert(fabs(rep.makespan - want.makespan) < 1e-12, "%g vs %g", rep.makespan, want.makespan);
+    cr_assert(fabs(rep.bubble - want.bubble) < 1e-12);
+    /* Stage 1's backward of micro-batch 0 takes 1 longer: stage 0 waits for
+     * that gradient, so the step ends 1 later, and stage 1 is 1 busier. */
+    t1[find(s, 1, MP_SCHED_BWD, 0)] = 3.0;
+    cr_assert_eq(mp_sched_simulate(s, &replay, &rep, &err), MP_OK, "%s", err.msg);
+    cr_assert(fabs(rep.makespan - (want.makespan + 1.0)) < 1e-12, "%g", rep.makespan);
+    cr_assert(fabs(rep.stage[1].busy - (want.stage[1].busy + 1.0)) < 1e-12);
+    cr_assert(fabs(rep.stage[0].busy - want.stage[0].busy) < 1e-12);
+    mp_sched_free(s);
+}
+
 /* zero_bubble at F = B = W = 1: whole backward 2, its W half of it. */
 static const mp_sched_cost_t zb_unit = {.fwd = 1.0, .bwd = 2.0, .w_frac = 0.5};
 
