@@ -316,12 +316,15 @@ static int bench_bubbles(bool quick, bool json, bool timeline, const char *svg, 
 /* pp_speedup: pp = 2 on a thread per stage against the serial trainer on
  * one thread, both in steady state. */
 /*
- * Both at 32-row micro-batches (batch 256) and at 128 (batch 1024): on this
- * CPU a 32-row micro-batch of these 256/1024 blocks costs 1.5x per row what
- * 256 rows cost (each weight is streamed for 32 rows only: 14.0 ms against
- * 9.4 ms per 32 rows for 4 blocks' forward and backward, one thread), which
- * caps the ratio at 32 rows below theory whatever the pipeline does; at 128
- * rows a micro-batch is within 3% of 256 rows' rate.
+ * Both at 32-row micro-batches (batch 256) and at 128 (batch 1024).  At 32
+ * rows a stage is memory-bound on this machine: its four blocks' weights,
+ * their padded copies and gradients (24 MB) exceed a core's share of the
+ * cache, and each micro-batch streams the weights twice (forward, B) and
+ * the gradients once (W, read and written), 32 MB against 7-9 GB/s a core:
+ * 1.65x per row what 256 rows cost with no pipeline, where one block alone
+ * costs the same at 32 and 256 rows.  That caps the 32-row ratio near 1.2
+ * whatever the pipeline does; at 128 rows a micro-batch is within 4% of
+ * 256 rows' rate.
  *
  * A shared 2-core machine changes speed by 10-30% from one second to the
  * next, so one run of each side says little: each round runs the serial
