@@ -50,7 +50,8 @@
 #define CHUNKS 2 /* interleaved_1f1b's parallel.virtual_stages */
 
 /* 8 equal mlp_blocks between two thin linears, cut by measured costs (the default). */
-static mp_spec_t *make_spec_rows(int pp, int m, const char *sched, int64_t steps, int rows)
+static mp_spec_t *make_spec_rows(int pp, int m, const char *sched, int64_t steps, int rows,
+                                 int fuse_w)
 {
     char layers[2048] = "";
     size_t n = 0;
@@ -70,10 +71,10 @@ static mp_spec_t *make_spec_rows(int pp, int m, const char *sched, int64_t steps
              "\"data\": {\"dataset\": \"synthetic\", \"samples\": %lld, \"classes\": 10,"
              "\"seed\": 3},"
              "\"parallel\": {\"pp\": %d, \"micro_batches\": %d, \"schedule\": \"%s\","
-             "\"virtual_stages\": %d},"
+             "\"virtual_stages\": %d, \"fuse_w\": %d},"
              "\"train\": {\"batch_size\": %d, \"steps\": %lld, \"optimizer\": \"sgd\","
              "\"lr\": 0.01}}",
-             layers, (long long)(rows * m * (steps + 1)), pp, m, sched, v, rows * m,
+             layers, (long long)(rows * m * (steps + 1)), pp, m, sched, v, fuse_w, rows * m,
              (long long)steps);
     mp_spec_t *spec = NULL;
     mp_errbuf_t err;
@@ -86,7 +87,7 @@ static mp_spec_t *make_spec_rows(int pp, int m, const char *sched, int64_t steps
 
 static mp_spec_t *make_spec(int pp, int m, const char *sched, int64_t steps)
 {
-    return make_spec_rows(pp, m, sched, steps, ROWS);
+    return make_spec_rows(pp, m, sched, steps, ROWS, 1);
 }
 
 /* Wall time at the end of the first and of the latest training step, from
@@ -332,7 +333,7 @@ static int bench_bubbles(bool quick, bool json, bool timeline, const char *svg, 
  * round, and a schedule's ratio is the median over the rounds of its rate
  * against the same round's serial rate (the spread goes in the JSON).
  */
-#define SPEEDUP_SCHEDS 3
+#define SPEEDUP_SCHEDS 4
 #define SPEEDUP_MAX_ROUNDS 5
 
 /* One steady-state samples/s: spec on the one-process engine, or serially. */
@@ -361,7 +362,11 @@ static int speedup_rate(mp_spec_t *spec, bool serial, double *rate_p)
 
 static int bench_speedup(bool quick, bool json, json_t *results)
 {
-    static const char *const tscheds[SPEEDUP_SCHEDS] = {"1f1b", "zero_bubble", "interleaved_1f1b"};
+    /* zero_bubble twice: as ZB-H1 runs it, and with parallel.fuse_w 4 (each
+     * weight gradient read and written once for 4 micro-batches). */
+    static const char *const tscheds[SPEEDUP_SCHEDS] = {"1f1b", "zero_bubble", "zero_bubble",
+                                                        "interleaved_1f1b"};
+    static const int tfuse[SPEEDUP_SCHEDS] = {1, 1, 4, 1};
     static const int rowss[] = {ROWS, ROWS_BIG};
     int rounds = quick ? 3 : SPEEDUP_MAX_ROUNDS;
     for (int ri = 0; ri < 2; ri++) {
@@ -369,7 +374,7 @@ static int bench_speedup(bool quick, bool json, json_t *results)
         int64_t tsteps = (quick ? 10 : 30) * ROWS / rows + 4;
         mp_spec_t *spec[SPEEDUP_SCHEDS];
         for (int si = 0; si < SPEEDUP_SCHEDS; si++) {
-            spec[si] = make_spec_rows(2, 8, tscheds[si], tsteps, rows);
+            spec[si] = make_spec_rows(2, 8, tscheds[si], tsteps, rows, tfuse[si]);
         }
         double pp[SPEEDUP_SCHEDS][SPEEDUP_MAX_ROUNDS], ser[SPEEDUP_MAX_ROUNDS];
         int rc = 0;
@@ -397,17 +402,18 @@ static int bench_speedup(bool quick, bool json, json_t *results)
                 2.0 * (1.0 - mp_sched_bubble_predicted(spec[si]->parallel.schedule, 2, 8,
                                                        spec[si]->parallel.virtual_stages));
             json_array_append_new(
-                results, json_pack("{s:s, s:i, s:i, s:s, s:i, s:i, s:i, s:f, s:f, s:s, s:f, s:f, "
-                                   "s:f, s:f}",
+                results, json_pack("{s:s, s:i, s:i, s:s, s:i, s:i, s:i, s:i, s:f, s:f, s:s, s:f, "
+                                   "s:f, s:f, s:f}",
                                    "test", "pp_speedup", "p", 2, "m", 8, "schedule", tscheds[si],
-                                   "rows", rows, "threads", 1, "rounds", rounds, "mpar", mine,
-                                   "peer", peer, "unit", "samples/s", "ratio", med, "ratio_min", lo,
-                                   "ratio_max", hi, "theory", theory));
+                                   "fuse_w", tfuse[si], "rows", rows, "threads", 1, "rounds",
+                                   rounds, "mpar", mine, "peer", peer, "unit", "samples/s", "ratio",
+                                   med, "ratio_min", lo, "ratio_max", hi, "theory", theory));
             if (!json) {
-                printf("pp_speedup: pp=2 (%s, m=8 of %d rows, a thread per stage) %.1f samples/s, "
-                       "serial on one thread %.1f samples/s, ratio %.2f (%.2f-%.2f over %d "
-                       "rounds; theory %.2f)\n",
-                       tscheds[si], rows, mine, peer, med, lo, hi, rounds, theory);
+                printf("pp_speedup: pp=2 (%s%s, m=8 of %d rows, a thread per stage) %.1f "
+                       "samples/s, serial on one thread %.1f samples/s, ratio %.2f (%.2f-%.2f "
+                       "over %d rounds; theory %.2f)\n",
+                       tscheds[si], tfuse[si] > 1 ? ", fuse_w 4" : "", rows, mine, peer, med, lo,
+                       hi, rounds, theory);
                 fflush(stdout);
             }
         }

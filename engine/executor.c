@@ -77,6 +77,10 @@ typedef struct {
     float **gsend;                          /* [S] host [R, I] copies of input gradients */
     mp_xport_req_t **grad_req;              /* [S] */
     float **in_host, **out_host, **og_host; /* [S] [R, I], [R, O], [R, O]: staging */
+    /* parallel.fuse_w: slots whose W waits to run in one mp_model_backward_weight_n. */
+    int wq[MP_SPEC_MAX_FUSE_W];
+    int nwq;
+    int64_t wq_rows;
 } chunk_t;
 
 struct mp_exec {
@@ -311,6 +315,11 @@ static mp_status_t chunk_create(mp_exec_t *ex, int c, mp_errbuf_t *err)
     ch->first = ch->u == 0;
     ch->last = ch->u == g->pp * ex->nchunks - 1;
     ch->nslots = slots_needed(ex->sched, ex->stage, c);
+    if (ex->split && ex->spec->parallel.fuse_w > 1) {
+        /* The slots whose W waits for its fused GEMM stay taken meanwhile. */
+        int want = ch->nslots + ex->spec->parallel.fuse_w - 1;
+        ch->nslots = want < ex->g.m ? want : (int)ex->g.m;
+    }
     mp_model_coll_t coll = {tp_allreduce, tp_allgather, ex};
     mp_status_t st = mp_model_create_shard(ex->be, ex->spec, ex->plan, ex->part.first[ch->u],
                                            ex->part.count[ch->u], ex->o.tp_rank, &coll, ch->nslots,
@@ -756,6 +765,7 @@ static void drain(mp_exec_t *ex)
             ch->act_req[s] = ch->grad_req[s] = NULL;
             ch->busy[s] = false;
         }
+        ch->nwq = 0;
     }
     for (int i = 0; i < 2; i++) {
         for (int k = 0; ex->pf[i].xreq != NULL && k < ex->g.m; k++) {
@@ -767,6 +777,26 @@ static void drain(mp_exec_t *ex)
     }
 }
 
+static mp_status_t model_fail(mp_exec_t *ex, mp_status_t st, const char *what, mp_errbuf_t *err);
+
+/* Runs the W actions chunk ch has queued (parallel.fuse_w) as one
+ * mp_model_backward_weight_n, and frees their slots. */
+static mp_status_t w_flush(mp_exec_t *ex, chunk_t *ch, mp_errbuf_t *err)
+{
+    if (ch->nwq == 0) {
+        return MP_OK;
+    }
+    mp_status_t st = mp_model_backward_weight_n(ch->model, ch->wq, ch->nwq, ch->wq_rows);
+    if (st != MP_OK) {
+        return model_fail(ex, st, "weight gradient", err);
+    }
+    for (int j = 0; j < ch->nwq; j++) {
+        ch->busy[ch->wq[j]] = false;
+    }
+    ch->nwq = 0;
+    return MP_OK;
+}
+
 /* Takes a free slot of chunk ch for micro-batch (or evaluation chunk) k,
  * once its last send is done. */
 static mp_status_t slot_take(mp_exec_t *ex, chunk_t *ch, int k, int *slot_p, mp_errbuf_t *err)
@@ -774,10 +804,22 @@ static mp_status_t slot_take(mp_exec_t *ex, chunk_t *ch, int k, int *slot_p, mp_
     /* Round robin from k: an evaluation, whose slots free at once, then
      * finds the oldest send, most likely done, rather than the newest. */
     int s = -1;
-    for (int i = 0; i < ch->nslots && s < 0; i++) {
-        int c = (k + i) % ch->nslots;
-        if (!ch->busy[c]) {
-            s = c;
+    for (int pass = 0; pass < 2 && s < 0; pass++) {
+        if (pass == 1) {
+            if (ch->nwq == 0) {
+                break;
+            }
+            /* Queued W's hold every slot: run them now rather than wait. */
+            mp_status_t st = w_flush(ex, ch, err);
+            if (st != MP_OK) {
+                return st;
+            }
+        }
+        for (int i = 0; i < ch->nslots && s < 0; i++) {
+            int c = (k + i) % ch->nslots;
+            if (!ch->busy[c]) {
+                s = c;
+            }
         }
     }
     if (s < 0) {
@@ -1042,6 +1084,13 @@ static mp_status_t train_action(mp_exec_t *ex, const mp_sched_action_t *a, doubl
     }
     case MP_SCHED_BWD_W: {
         int s = ch->slot_of[k];
+        if (ex->spec->parallel.fuse_w > 1) {
+            /* Queued: fuse_w of them run as one GEMM per weight, so that a
+             * weight gradient is read and written once for them all. */
+            ch->wq[ch->nwq++] = s;
+            ch->wq_rows = R;
+            return ch->nwq == ex->spec->parallel.fuse_w ? w_flush(ex, ch, err) : MP_OK;
+        }
         st = mp_model_backward_weight(ch->model, s, R);
         if (st != MP_OK) {
             return model_fail(ex, st, "weight gradient", err);
@@ -1056,6 +1105,13 @@ static mp_status_t train_action(mp_exec_t *ex, const mp_sched_action_t *a, doubl
                            &ch->grad_req[s], "sending a gradient", err);
     }
     case MP_SCHED_DP_ALLREDUCE:
+        /* The step's last queued W's, before anything reads the gradients. */
+        for (int c = 0; c < ex->nchunks; c++) {
+            st = w_flush(ex, &ex->ch[c], err);
+            if (st != MP_OK) {
+                return st;
+            }
+        }
         for (int c = 0; c < ex->nchunks && ex->dp_group != NULL; c++) {
             mp_model_t *model = ex->ch[c].model;
             float *grads = mp_model_grads(model);

@@ -103,3 +103,18 @@ float *mp_layer_scratch(mp_layer_t *L)
 {
     return L->env->scratch;
 }
+
+float *mp_layer_fuse_scratch(mp_layer_t *L, int64_t elems)
+{
+    return L->env->fuse != NULL && elems <= L->env->fuse_elems ? L->env->fuse : NULL;
+}
+
+mp_status_t mp_layer_gather_rows(mp_layer_t *L, float *dst, const float *const *src, int n,
+                                 int64_t R, int64_t cols)
+{
+    size_t bytes = (size_t)(R * cols) * sizeof(float);
+    for (int j = 0; j < n; j++) {
+        MP_TRY(L->be->ops->copy(L->be, dst + (int64_t)j * R * cols, src[j], bytes));
+    }
+    return MP_OK;
+}

@@ -33,6 +33,7 @@
 #include "parallel/tpplan.h"
 
 #define MP_LAYER_MAX_PARAMS MP_TP_MAX_PARAMS
+#define MP_LAYER_FUSE_MAX MP_SPEC_MAX_FUSE_W /* most slots one backward_weight_n takes */
 
 /* An integer field of a kind's JSON object, stored in mp_layer_spec_t. */
 typedef struct {
@@ -113,6 +114,14 @@ typedef struct mp_layer_ops {
     /* W: the parameter gradients += (after this slot's B). */
     mp_status_t (*backward_weight)(mp_layer_t *L, float *saved, const float *x, const float *dy,
                                    int64_t R);
+    /* W of n slots (2 <= n <= MP_LAYER_FUSE_MAX) of R rows each at once:
+     * the gradients n backward_weight calls add, from one GEMM per weight
+     * over the slots' rows gathered into the fuse scratch, so that each
+     * weight gradient is read and written once for n micro-batches
+     * (zero_bubble's parallel.fuse_w).  Optional: NULL, the model calls
+     * backward_weight per slot. */
+    mp_status_t (*backward_weight_n)(mp_layer_t *L, int n, float *const *saved,
+                                     const float *const *x, const float *const *dy, int64_t R);
 } mp_layer_ops_t;
 
 /* One layer of a model instance: what its compute hooks see. */
@@ -150,6 +159,13 @@ mp_status_t mp_layer_copy_cols(mp_layer_t *L, float *dst, const float *src, int6
                                int64_t col0, int64_t cols);
 /* The shared scratch (scratch_elems floats at the model's max rows). */
 float *mp_layer_scratch(mp_layer_t *L);
+/* The fuse scratch of backward_weight_n: parallel.fuse_w slots' rows of
+ * twice the layer's widest activation (in, out or its split width), or NULL
+ * when the model has none (fuse_w 1, or one slot). */
+float *mp_layer_fuse_scratch(mp_layer_t *L, int64_t elems);
+/* dst [n * R, cols] = the n blocks src[j] [R, cols] one after another. */
+mp_status_t mp_layer_gather_rows(mp_layer_t *L, float *dst, const float *const *src, int n,
+                                 int64_t R, int64_t cols);
 
 /* The registered kinds (model/layers/). */
 extern const mp_layer_ops_t mp_layer_linear;

@@ -14,6 +14,8 @@ struct mp_layer_env {
     mp_model_coll_t coll; /* the TP group's collectives (tp > 1) */
     float *host_a, *host_b; /* host staging for a device backend's collectives */
     float *scratch;         /* shared scratch (backend memory) */
+    float *fuse;            /* backward_weight_n's gathers (backend memory), or NULL */
+    int64_t fuse_elems;     /* its floats */
     int64_t coll_bytes;     /* bytes handed to TP collectives, for the vocab-parallel test */
 };
 

@@ -286,7 +286,7 @@ mp_status_t mp_model_create_shard(mp_backend_t *be, const mp_spec_t *spec, const
         goto err_nomem;
     }
 
-    int64_t off = 0, scratch = 0, max_width = 0;
+    int64_t off = 0, scratch = 0, max_width = 0, fuse_width = 0;
     for (int i = 0; i < count; i++) {
         if (model_setup_layer(m, plan, i, &off) != MP_OK) {
             mp_free(own_plan);
@@ -296,10 +296,11 @@ mp_status_t mp_model_create_shard(mp_backend_t *be, const mp_spec_t *spec, const
         const mp_layer_t *L = &m->layers[i].L;
         int64_t sc = L->ops->scratch_elems != NULL ? L->ops->scratch_elems(L, m->MR) : 0;
         scratch = sc > scratch ? sc : scratch;
-        int64_t widths[2] = {L->plan.in_dim, L->plan.out_dim};
+        int64_t widths[3] = {L->plan.in_dim, L->plan.out_dim, L->plan.split_local};
         for (int w = 0; w < 2; w++) {
             max_width = widths[w] > max_width ? widths[w] : max_width;
         }
+        fuse_width = widths[2] > fuse_width ? widths[2] : fuse_width;
     }
     mp_free(own_plan);
     own_plan = NULL;
@@ -352,6 +353,16 @@ mp_status_t mp_model_create_shard(mp_backend_t *be, const mp_spec_t *spec, const
     if (scratch > 0) {
         m->env.scratch = model_alloc(m, scratch);
         if (m->env.scratch == NULL) {
+            goto err_nomem;
+        }
+    }
+    int fuse_n = spec->parallel.fuse_w < slots ? spec->parallel.fuse_w : slots;
+    if (fuse_n > 1) {
+        /* backward_weight_n gathers two operands of fuse_n slots' rows. */
+        fuse_width = fuse_width > max_width ? fuse_width : max_width;
+        m->env.fuse_elems = 2 * fuse_n * m->MR * fuse_width;
+        m->env.fuse = model_alloc(m, m->env.fuse_elems);
+        if (m->env.fuse == NULL) {
             goto err_nomem;
         }
     }
@@ -643,6 +654,38 @@ mp_status_t mp_model_backward_weight(mp_model_t *m, int slot, int64_t rows)
     int64_t R = rows * m->T;
     for (int i = m->count - 1; i >= 0; i--) {
         MP_TRY(layer_w(m, sl, i, R));
+    }
+    return MP_OK;
+}
+
+mp_status_t mp_model_backward_weight_n(mp_model_t *m, const int *slots, int n, int64_t rows)
+{
+    if (n < 1 || n > MP_LAYER_FUSE_MAX) {
+        return MP_ERR_INVAL;
+    }
+    for (int j = 0; j < n; j++) {
+        if (!slot_ok(m, slots[j], rows)) {
+            return MP_ERR_INVAL;
+        }
+    }
+    int64_t R = rows * m->T;
+    for (int i = m->count - 1; i >= 0; i--) {
+        mp_layer_t *L = &m->layers[i].L;
+        if (n > 1 && L->ops->backward_weight_n != NULL && m->env.fuse != NULL) {
+            float *saved[MP_LAYER_FUSE_MAX];
+            const float *x[MP_LAYER_FUSE_MAX], *dy[MP_LAYER_FUSE_MAX];
+            for (int j = 0; j < n; j++) {
+                model_slot_t *sl = &m->slots[slots[j]];
+                saved[j] = sl->saved[i];
+                x[j] = sl->act[i];
+                dy[j] = sl->grad[i + 1];
+            }
+            MP_TRY(L->ops->backward_weight_n(L, n, saved, x, dy, R));
+            continue;
+        }
+        for (int j = 0; j < n; j++) {
+            MP_TRY(layer_w(m, &m->slots[slots[j]], i, R));
+        }
     }
     return MP_OK;
 }

@@ -99,6 +99,12 @@ mp_status_t mp_model_backward(mp_model_t *model, int slot, int64_t rows, float *
  */
 mp_status_t mp_model_backward_input(mp_model_t *model, int slot, int64_t rows, float **in_grad_p);
 mp_status_t mp_model_backward_weight(mp_model_t *model, int slot, int64_t rows);
+/* W of n slots (1 to MP_LAYER_FUSE_MAX, rows rows each) at once: what n
+ * mp_model_backward_weight calls add, one GEMM per weight over all their
+ * rows where the layer kind can (backward_weight_n) and the spec asked for
+ * it (parallel.fuse_w: the model then keeps a gather scratch); the sums
+ * differ from the per-slot ones only in rounding. */
+mp_status_t mp_model_backward_weight_n(mp_model_t *model, const int *slots, int n, int64_t rows);
 
 mp_status_t mp_model_zero_grad(mp_model_t *model);
 /* Bytes this model has handed to its TP collectives so far (tests: the

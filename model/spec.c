@@ -597,14 +597,15 @@ static mp_status_t check_sequence(const mp_spec_t *spec, mp_errbuf_t *err)
 
 static mp_status_t parse_parallel(const json_t *root, mp_spec_t *spec, mp_errbuf_t *err)
 {
-    static const char *const keys[] = {"pp",       "tp",        "dp",     "micro_batches",
-                                       "schedule", "partition", "stages", "virtual_stages"};
+    static const char *const keys[] = {"pp",        "tp",     "dp",
+                                       "micro_batches", "schedule", "partition",
+                                       "stages",        "virtual_stages", "fuse_w"};
     json_t *pj = NULL;
-    int64_t pp = 1, tp = 1, dp = 1, mb = 1, vs = 1;
+    int64_t pp = 1, tp = 1, dp = 1, mb = 1, vs = 1, fw = 1;
     int sched = MP_SCHED_1F1B, part = 2;
     mp_status_t st = get_object(root, "parallel", "parallel", 0, &pj, err);
     if (st == MP_OK && pj != NULL) {
-        st = check_keys(pj, "parallel", keys, 8, "", err);
+        st = check_keys(pj, "parallel", keys, 9, "", err);
     }
     if (st == MP_OK) {
         st = get_int(pj, "pp", "parallel", 0, 1, 1, MP_SPEC_MAX_STAGES, "a positive integer", &pp,
@@ -625,6 +626,10 @@ static mp_status_t parse_parallel(const json_t *root, mp_spec_t *spec, mp_errbuf
                      "a positive integer", &vs, err);
     }
     if (st == MP_OK) {
+        st = get_int(pj, "fuse_w", "parallel", 0, 1, 1, MP_SPEC_MAX_FUSE_W,
+                     "a positive integer", &fw, err);
+    }
+    if (st == MP_OK) {
         const char *const *sched_names;
         int nsched = mp_sched_kind_names(&sched_names);
         st = get_enum(pj, "schedule", "parallel", 0, MP_SCHED_1F1B, sched_names, nsched, &sched,
@@ -641,6 +646,7 @@ static mp_status_t parse_parallel(const json_t *root, mp_spec_t *spec, mp_errbuf
     spec->parallel.dp = (int)dp;
     spec->parallel.micro_batches = (int)mb;
     spec->parallel.virtual_stages = (int)vs;
+    spec->parallel.fuse_w = (int)fw;
     spec->parallel.schedule = (mp_sched_kind_t)sched;
     spec->parallel.partition = part == 2 ? MP_PART_MEASURED : (mp_part_kind_t)part;
     int nl = spec->model.nlayers;
@@ -649,6 +655,17 @@ static mp_status_t parse_parallel(const json_t *root, mp_spec_t *spec, mp_errbuf
     st = mp_sched_check((mp_sched_kind_t)sched, (int)pp, (int)mb, (int)vs, err);
     if (st != MP_OK) {
         return st;
+    }
+    if (fw > 1 && sched != MP_SCHED_ZERO_BUBBLE) {
+        return mp_errbuf_set(err, MP_ERR_SPEC,
+                             "parallel.fuse_w: fusing weight gradients needs parallel.schedule "
+                             "\"zero_bubble\", the schedule whose backward has W actions");
+    }
+    if (fw > mb) {
+        return mp_errbuf_set(err, MP_ERR_SPEC,
+                             "parallel.fuse_w: %lld micro-batches' weight gradients but "
+                             "parallel.micro_batches is %lld",
+                             (long long)fw, (long long)mb);
     }
     if (vs > 1 && pp == 1) {
         /* One stage's chunks would be consecutive: one model, nothing to interleave. */

@@ -70,6 +70,7 @@ typedef struct {
 #define MP_SPEC_MAX_LAYERS 256
 #define MP_SPEC_MAX_PARAMS 12 /* parameter tensors of one layer (transformer_block: 12) */
 #define MP_SPEC_MAX_STAGES 64
+#define MP_SPEC_MAX_FUSE_W 32 /* parallel.fuse_w */
 
 typedef struct {
     char name[128];
@@ -94,6 +95,8 @@ typedef struct {
         int pp, tp, dp;       /* default 1 each */
         int micro_batches;    /* default 1 */
         int virtual_stages;   /* chunks per stage (interleaved_1f1b), default 1 */
+        int fuse_w; /* zero_bubble: micro-batches whose W one GEMM takes, 1 (default) to
+                     * MP_SPEC_MAX_FUSE_W */
         mp_sched_kind_t schedule; /* default 1f1b */
         mp_part_kind_t partition; /* "partition": "measured" (default) | "balanced" | "uniform" */
         int nstages_explicit;     /* "stages": [layers per stage, ...] (sets MP_PART_EXPLICIT) */

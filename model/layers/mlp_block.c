@@ -144,6 +144,37 @@ static mp_status_t mlp_bwd_weight(mp_layer_t *L, float *saved, const float *x, c
     return be->ops->linear_bwd(be, NULL, L->G[0], L->G[1], dpre, x, L->P[0], R, H, Fl);
 }
 
+/* W of n slots: each weight's gradient from one GEMM over the n slots'
+ * rows, gathered (A and dY for W2, then dHpre and X for W1, in the same
+ * two halves of the fuse scratch). */
+static mp_status_t mlp_bwd_weight_n(mp_layer_t *L, int n, float *const *saved,
+                                    const float *const *x, const float *const *dy, int64_t R)
+{
+    mp_backend_t *be = L->be;
+    int64_t H = L->plan.in_dim, Fl = L->plan.split_local, nR = n * R;
+    float *buf = mp_layer_fuse_scratch(L, nR * (Fl + H));
+    if (buf == NULL) {
+        for (int j = 0; j < n; j++) {
+            MP_TRY(mlp_bwd_weight(L, saved[j], x[j], dy[j], R));
+        }
+        return MP_OK;
+    }
+    float *wide = buf, *narrow = buf + nR * Fl; /* [nR, Fl], [nR, H] */
+    const float *part[MP_LAYER_FUSE_MAX];
+    for (int j = 0; j < n; j++) {
+        part[j] = saved[j] + R * Fl; /* A = gelu(Hpre) */
+    }
+    MP_TRY(mp_layer_gather_rows(L, wide, part, n, R, Fl));
+    MP_TRY(mp_layer_gather_rows(L, narrow, dy, n, R, H));
+    MP_TRY(be->ops->linear_bwd(be, NULL, L->G[2], L->G[3], narrow, wide, L->P[2], nR, Fl, H));
+    for (int j = 0; j < n; j++) {
+        part[j] = saved[j] + 2 * R * Fl; /* dHpre */
+    }
+    MP_TRY(mp_layer_gather_rows(L, wide, part, n, R, Fl));
+    MP_TRY(mp_layer_gather_rows(L, narrow, x, n, R, H));
+    return be->ops->linear_bwd(be, NULL, L->G[0], L->G[1], wide, narrow, L->P[0], nR, H, Fl);
+}
+
 const mp_layer_ops_t mp_layer_mlp_block = {
     .name = "mlp_block",
     .kind = MP_LAYER_MLP_BLOCK,
@@ -162,4 +193,5 @@ const mp_layer_ops_t mp_layer_mlp_block = {
     .forward = mlp_forward,
     .backward_input = mlp_bwd_input,
     .backward_weight = mlp_bwd_weight,
+    .backward_weight_n = mlp_bwd_weight_n,
 };

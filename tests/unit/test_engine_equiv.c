@@ -239,6 +239,16 @@ Test(engine_equiv, zero_bubble_grids, .timeout = 180)
     check_one(3, 1, 1, 3, "zero_bubble", true);
 }
 
+Test(engine_equiv, zero_bubble_with_fused_weight_gradients, .timeout = 180)
+{
+    /* parallel.fuse_w: the W's of several micro-batches as one GEMM per
+     * weight (a queue of 3 of 4 micro-batches: one fused W, then the last
+     * alone at the step's end; all 4 at once; with TP and DP). */
+    check_one_ex(2, 1, 1, 4, "zero_bubble", false, ", \"fuse_w\": 3");
+    check_one_ex(2, 2, 1, 4, "zero_bubble", false, ", \"fuse_w\": 4");
+    check_one_ex(3, 1, 2, 4, "zero_bubble", true, ", \"fuse_w\": 2");
+}
+
 Test(engine_equiv, interleaved_1f1b_grids, .timeout = 180)
 {
     /* v chunks per stage, the last stage's chunk c feeding the first's

@@ -231,7 +231,15 @@ static const bad_spec_t bad_specs[] = {
     /* parallel */
     {SPEC(MODEL "," DATA "," TRAIN "," PAR("'pipeline':2")),
      "parallel.pipeline: unknown field (expected one of: pp, tp, dp, micro_batches, schedule, "
-     "partition, stages, virtual_stages)"},
+     "partition, stages, virtual_stages, fuse_w)"},
+    {SPEC(MODEL "," DATA "," TRAIN "," PAR("'pp':2,'micro_batches':4,'fuse_w':2")),
+     "parallel.fuse_w: fusing weight gradients needs parallel.schedule \"zero_bubble\", the "
+     "schedule whose backward has W actions"},
+    {SPEC(MODEL "," DATA "," TRAIN "," PAR("'pp':2,'micro_batches':2,'fuse_w':3,"
+                                            "'schedule':'zero_bubble'")),
+     "parallel.fuse_w: 3 micro-batches' weight gradients but parallel.micro_batches is 2"},
+    {SPEC(MODEL "," DATA "," TRAIN "," PAR("'fuse_w':33,'schedule':'zero_bubble'")),
+     "parallel.fuse_w: 33 is too large (at most 32)"},
     {SPEC(MODEL "," DATA "," TRAIN "," PAR("'pp':0")),
      "parallel.pp: expected a positive integer, got 0"},
     {SPEC(MODEL "," DATA "," TRAIN "," PAR("'tp':'2'")),
