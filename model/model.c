@@ -286,7 +286,7 @@ mp_status_t mp_model_create_shard(mp_backend_t *be, const mp_spec_t *spec, const
         goto err_nomem;
     }
 
-    int64_t off = 0, scratch = 0, max_width = 0, fuse_width = 0;
+    int64_t off = 0, scratch = 0, max_width = 0, split_width = 0;
     for (int i = 0; i < count; i++) {
         if (model_setup_layer(m, plan, i, &off) != MP_OK) {
             mp_free(own_plan);
@@ -296,11 +296,11 @@ mp_status_t mp_model_create_shard(mp_backend_t *be, const mp_spec_t *spec, const
         const mp_layer_t *L = &m->layers[i].L;
         int64_t sc = L->ops->scratch_elems != NULL ? L->ops->scratch_elems(L, m->MR) : 0;
         scratch = sc > scratch ? sc : scratch;
-        int64_t widths[3] = {L->plan.in_dim, L->plan.out_dim, L->plan.split_local};
+        int64_t widths[2] = {L->plan.in_dim, L->plan.out_dim};
         for (int w = 0; w < 2; w++) {
             max_width = widths[w] > max_width ? widths[w] : max_width;
         }
-        fuse_width = widths[2] > fuse_width ? widths[2] : fuse_width;
+        split_width = L->plan.split_local > split_width ? L->plan.split_local : split_width;
     }
     mp_free(own_plan);
     own_plan = NULL;
@@ -359,8 +359,8 @@ mp_status_t mp_model_create_shard(mp_backend_t *be, const mp_spec_t *spec, const
     int fuse_n = spec->parallel.fuse_w < slots ? spec->parallel.fuse_w : slots;
     if (fuse_n > 1) {
         /* backward_weight_n gathers two operands of fuse_n slots' rows. */
-        fuse_width = fuse_width > max_width ? fuse_width : max_width;
-        m->env.fuse_elems = 2 * fuse_n * m->MR * fuse_width;
+        int64_t width = split_width > max_width ? split_width : max_width;
+        m->env.fuse_elems = 2 * fuse_n * m->MR * width;
         m->env.fuse = model_alloc(m, m->env.fuse_elems);
         if (m->env.fuse == NULL) {
             goto err_nomem;

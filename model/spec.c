@@ -656,10 +656,23 @@ static mp_status_t parse_parallel(const json_t *root, mp_spec_t *spec, mp_errbuf
     if (st != MP_OK) {
         return st;
     }
-    if (fw > 1 && sched != MP_SCHED_ZERO_BUBBLE) {
+    if (fw > 1 && !mp_sched_kind_splits((mp_sched_kind_t)sched)) {
+        /* Name the schedules whose backward has W actions, from the table. */
+        const char *const *names;
+        int nk = mp_sched_kind_names(&names), nsplit = 0;
+        char list[256] = "";
+        size_t off = 0;
+        for (int k = 0; k < nk && off < sizeof(list); k++) {
+            if (mp_sched_kind_splits((mp_sched_kind_t)k)) {
+                int w = snprintf(list + off, sizeof(list) - off, "%s\"%s\"",
+                                 nsplit++ > 0 ? " or " : "", names[k]);
+                off += w > 0 ? (size_t)w : 0;
+            }
+        }
         return mp_errbuf_set(err, MP_ERR_SPEC,
                              "parallel.fuse_w: fusing weight gradients needs parallel.schedule "
-                             "\"zero_bubble\", the schedule whose backward has W actions");
+                             "%s, the schedule%s whose backward has W actions",
+                             list, nsplit > 1 ? "s" : "");
     }
     if (fw > mb) {
         return mp_errbuf_set(err, MP_ERR_SPEC,

@@ -141,6 +141,12 @@ int mp_sched_kind_names(const char *const **names_p)
     return NKINDS;
 }
 
+bool mp_sched_kind_splits(mp_sched_kind_t kind)
+{
+    const mp_sched_gen_t *gen = mp_sched_gen(kind);
+    return gen != NULL && gen->split;
+}
+
 mp_status_t mp_sched_check(mp_sched_kind_t kind, int p, int m, int v, mp_errbuf_t *err)
 {
     if (p < 1 || p > MP_SCHED_MAX_STAGES) {

@@ -102,6 +102,8 @@ mp_status_t mp_sched_build(mp_sched_kind_t kind, int p, int m, int v, mp_sched_t
 /* The schedule names in kind order (parallel.schedule's values); returns
  * how many. */
 int mp_sched_kind_names(const char *const **names_p);
+/* Whether kind's backward is B then W actions (parallel.fuse_w applies). */
+bool mp_sched_kind_splits(mp_sched_kind_t kind);
 /* Refuses (MP_ERR_SPEC, naming the spec's fields) p stages and m
  * micro-batches that `kind` cannot run; mp_sched_build checks the same. */
 mp_status_t mp_sched_check(mp_sched_kind_t kind, int p, int m, int v, mp_errbuf_t *err);

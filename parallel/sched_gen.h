@@ -17,6 +17,9 @@ typedef struct mp_sched_gen {
     mp_sched_kind_t kind;
     /* Whether it runs several chunks per stage (parallel.virtual_stages). */
     bool chunks;
+    /* Whether its backward is B then W actions (BWD, BWD_W), so that W's
+     * can be grouped (parallel.fuse_w). */
+    bool split;
     /* Refuses (MP_ERR_SPEC, naming the spec's fields) a p stages x m
      * micro-batches x v chunks this schedule cannot run; NULL: any (v = 1
      * unless chunks, p and m in range are checked for every kind). */

@@ -89,6 +89,7 @@ static double bubble_zb(int p, int m, int v)
 const mp_sched_gen_t mp_sched_gen_zero_bubble = {
     .name = "zero_bubble",
     .kind = MP_SCHED_ZERO_BUBBLE,
+    .split = true,
     .build = build_zero_bubble,
     .bubble = bubble_zb,
 };
