@@ -67,6 +67,9 @@ void mp_client_remove_tree(const char *dir);
 /* A JSON string of bytes that may not be UTF-8 (ASCII kept, other bytes U+FFFD). */
 json_t *mp_client_json_bytes(const char *s, size_t n);
 
+/* A job spec file's text (malloc'ed, NUL-terminated), refused past a
+ * frame's size; an exit code (the reason on stderr). */
+int mp_client_read_spec_text(const char *path, char **text_p);
 /* client/ckpt.c.  Before a submit: a relative checkpoint.dir of the spec
  * text (read from spec_path) made absolute against the spec's folder
  * (*text_p: the rewritten text to send, malloc'ed, or NULL to send text as

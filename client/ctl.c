@@ -745,7 +745,7 @@ static int cmd_follow(ctl_t *c, const char *id, bool follow, bool progress)
     return rc;
 }
 
-static int read_file(const char *path, char **text_p)
+int mp_client_read_spec_text(const char *path, char **text_p)
 {
     FILE *f = fopen(path, "rb");
     if (f == NULL) {
@@ -787,7 +787,7 @@ static int read_file(const char *path, char **text_p)
 static int cmd_submit(ctl_t *c, const char *path)
 {
     char *text;
-    int rc = read_file(path, &text);
+    int rc = mp_client_read_spec_text(path, &text);
     if (rc != MP_EXIT_OK) {
         return rc;
     }

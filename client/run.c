@@ -114,6 +114,15 @@ static void print_result(const mp_spec_t *spec, const mp_train_result_t *r, bool
             json_object_set_new(o, "tokens_per_s", mp_json_real(r->tokens_per_s));
         }
         json_object_set_new(o, "seconds", mp_json_real(r->seconds));
+        if (r->resumed_from_step > 0) {
+            json_object_set_new(o, "resumed_from_step", json_integer(r->resumed_from_step));
+            json_object_set_new(o, "restarts", json_integer(0));
+        }
+        if (spec->checkpoint.enabled) {
+            json_object_set_new(o, "checkpoints", json_integer(r->checkpoints));
+            json_object_set_new(o, "checkpoint_failures", json_integer(r->checkpoint_failures));
+            json_object_set_new(o, "checkpoint_dir", json_string(spec->checkpoint.dir));
+        }
         json_t *losses = json_array();
         for (int64_t i = 0; i < r->steps; i++) {
             json_array_append_new(losses, mp_json_real(r->losses[i]));
@@ -138,6 +147,17 @@ static void print_result(const mp_spec_t *spec, const mp_train_result_t *r, bool
            r->device);
     printf("  steps %lld, epochs %lld, final loss %.4f\n", (long long)r->steps,
            (long long)r->epochs_done, r->final_loss);
+    if (r->resumed_from_step > 0) {
+        printf("  resumed from the checkpoint of step %lld\n", (long long)r->resumed_from_step);
+    }
+    if (spec->checkpoint.enabled) {
+        printf("  %lld checkpoint%s committed in %s", (long long)r->checkpoints,
+               r->checkpoints == 1 ? "" : "s", spec->checkpoint.dir);
+        if (r->checkpoint_failures > 0) {
+            printf(" (%lld failed to write)", (long long)r->checkpoint_failures);
+        }
+        printf("\n");
+    }
     if (r->has_test && r->epochs_done > 0) {
         printf("  test accuracy %.4f, test loss %.4f\n", r->test_accuracy, r->test_loss);
     }
@@ -170,6 +190,39 @@ static void run_usage(FILE *f)
                "--curve: the learning curve (default <job>-curve.svg on a cluster, none with\n"
                "--serial); --sample N: bytes of text a text model writes at the end (default\n"
                "240, 0: none); --resume continues from the checkpoint CKPT_DIR/latest names\n");
+}
+
+/* For a serial run with checkpoints or --resume: the spec's text as its
+ * checkpoints' manifest keeps it, with checkpoint.dir made absolute against
+ * the spec's folder (and *spec_p's dir with it), and the --resume folder
+ * opened and checked against the spec, as a submit does. */
+static int serial_ckpt_prepare(const char *path, const char *resume, mp_spec_t **spec_p,
+                               char **text_p, char *resume_abs, size_t cap)
+{
+    char *text = NULL, *prepared = NULL;
+    int rc = mp_client_read_spec_text(path, &text);
+    if (rc == MP_EXIT_OK) {
+        rc = mp_client_spec_prepare(path, text, resume, &prepared, resume_abs, cap);
+    }
+    if (rc == MP_EXIT_OK && prepared != NULL) {
+        free(text);
+        text = prepared;
+        mp_spec_t *abs = NULL;
+        mp_errbuf_t err = {{0}};
+        if (mp_spec_parse(text, strlen(text), &abs, &err) != MP_OK) {
+            fprintf(stderr, "mpar-client: %s: %s\n", path, err.msg);
+            rc = MP_EXIT_USAGE;
+        } else {
+            memcpy((*spec_p)->checkpoint.dir, abs->checkpoint.dir, sizeof(abs->checkpoint.dir));
+            mp_spec_free(abs);
+        }
+    }
+    if (rc != MP_EXIT_OK) {
+        free(text);
+        return rc;
+    }
+    *text_p = text;
+    return MP_EXIT_OK;
 }
 
 int mp_client_run_main(int argc, char **argv)
@@ -272,16 +325,25 @@ int mp_client_run_main(int argc, char **argv)
     if (!mp_client_load_spec(path, &spec)) {
         return MP_EXIT_USAGE;
     }
+    /* A serial run writes and reads checkpoints as a cluster run does: its
+     * checkpoint.dir made absolute against the spec's folder, the --resume
+     * folder checked against the spec before anything trains. */
+    char *spec_text = NULL, resume_abs[PATH_MAX] = "";
     if (serial && (resume != NULL || spec->checkpoint.enabled)) {
-        fprintf(stderr, "mpar-client run: checkpoints and --resume run on a cluster; --serial "
-                        "neither writes nor reads them\n");
-        mp_spec_free(spec);
-        return MP_EXIT_USAGE;
+        int rc = serial_ckpt_prepare(path, resume, &spec, &spec_text, resume_abs,
+                                     sizeof(resume_abs));
+        if (rc != MP_EXIT_OK) {
+            mp_spec_free(spec);
+            return rc;
+        }
+        opts.spec_text = spec_text;
+        opts.resume = resume != NULL ? resume_abs : NULL;
     }
     /* What the data set needs of the file system (a text file long enough
      * for a window in both splits), before anything starts. */
     if (mp_train_check_data(spec, &err) != MP_OK) {
         fprintf(stderr, "mpar-client: %s: %s\n", path, err.msg);
+        free(spec_text);
         mp_spec_free(spec);
         return MP_EXIT_USAGE;
     }
@@ -290,6 +352,7 @@ int mp_client_run_main(int argc, char **argv)
      * a run must not train for an hour to fail at its end. */
     if (opts.save_weights != NULL && mp_fs_dir_prepare(opts.save_weights, &err) != MP_OK) {
         fprintf(stderr, "mpar-client run: --save-weights: %s\n", err.msg);
+        free(spec_text);
         mp_spec_free(spec);
         return MP_EXIT_USAGE;
     }
@@ -297,12 +360,14 @@ int mp_client_run_main(int argc, char **argv)
         if (strcmp(opts.device, "cpu") != 0) {
             fprintf(stderr, "mpar-client run: --device applies to --serial; a local cluster's "
                             "nodes use CPU shards\n");
+            free(spec_text);
             mp_spec_free(spec);
             return MP_EXIT_USAGE;
         }
         int code = mp_client_run_local(path, spec->parallel.pp, spec->parallel.tp,
                                        spec->parallel.dp, spec->name, json, opts.save_weights,
                                        timeline, pr.quiet, spec, curve, sample_tokens, resume);
+        free(spec_text);
         mp_spec_free(spec);
         return code;
     }
@@ -351,6 +416,7 @@ int mp_client_run_main(int argc, char **argv)
             free(text);
             json_decref(o);
         }
+        free(spec_text);
         mp_spec_free(spec);
         return st == MP_ERR_SPEC || st == MP_ERR_INVAL ? MP_EXIT_USAGE : MP_EXIT_FAILED;
     }
@@ -358,6 +424,7 @@ int mp_client_run_main(int argc, char **argv)
                  sample_tokens);
     mp_free(sample);
     mp_train_result_free(&res);
+    free(spec_text);
     mp_spec_free(spec);
     return MP_EXIT_OK;
 }

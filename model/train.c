@@ -1,13 +1,15 @@
 /*
  * train.c - the serial trainer: loads the data set, builds the whole model
  * on one backend, runs the optimizer steps batch after batch, evaluates on
- * the test split after each epoch and saves weights.  Runs on the caller's
- * thread and blocks.
+ * the test split after each epoch and saves weights; resumes from a
+ * checkpoint of any grid and writes its own (a grid of one) on a writer
+ * thread.  Runs on the caller's thread and blocks.
  */
 #include "model/train.h"
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -15,6 +17,7 @@
 
 #include "common/alloc.h"
 #include "common/log.h"
+#include "model/ckpt.h"
 #include "model/model.h"
 #include "model/npy.h"
 
@@ -199,6 +202,125 @@ static mp_status_t save_weights(mp_model_t *model, const mp_spec_t *spec, const 
     return MP_OK;
 }
 
+/* ---- checkpoints of a serial run ---------------------------------------- */
+
+/* A serial run's checkpoints are a cluster run's on a grid of one: its one
+ * shard file (stage 0, TP rank 0), then what the coordinator does after
+ * the shards' files (manifest, commit, prune), on a writer thread while
+ * training goes on; one checkpoint in flight at a time.  A failed write
+ * (disk full, permission) is a warning, as it is an event of a cluster
+ * job: training goes on and the previous checkpoint stays. */
+typedef struct {
+    const mp_spec_t *spec;
+    const char *spec_text;
+    const double *losses; /* the run's: the writer reads those before its step */
+    mp_ckpt_snap_t *snap;
+    pthread_t tid;
+    bool running;
+    int64_t committed, failed;
+    mp_status_t st;
+    mp_errbuf_t err;
+} ckpt_writer_t;
+
+static void *ckpt_writer_main(void *arg)
+{
+    ckpt_writer_t *w = arg;
+    const char *dir = w->spec->checkpoint.dir;
+    int64_t step = mp_ckpt_snap_step(w->snap);
+    mp_status_t st = mp_ckpt_snap_write(w->snap, dir, NULL, 0, &w->err);
+    if (st == MP_OK) {
+        st = mp_ckpt_manifest_write(dir, step, w->spec_text, 1, 1, 1, w->losses, step, &w->err);
+    }
+    if (st == MP_OK) {
+        st = mp_ckpt_commit(dir, step, &w->err);
+    }
+    if (st == MP_OK) {
+        st = mp_ckpt_prune(dir, step, (int)w->spec->checkpoint.keep, &w->err);
+    }
+    if (st == MP_OK) {
+        w->committed++;
+    } else {
+        char why[sizeof(w->err.msg)];
+        snprintf(why, sizeof(why), "%s", w->err.msg);
+        mp_errbuf_set(&w->err, st, "the checkpoint of step %lld: %.900s", (long long)step, why);
+    }
+    w->st = st;
+    return NULL;
+}
+
+/* Waits for the checkpoint in flight. */
+static void ckpt_writer_wait(ckpt_writer_t *w)
+{
+    if (!w->running) {
+        return;
+    }
+    pthread_join(w->tid, NULL);
+    w->running = false;
+    if (w->st != MP_OK) {
+        mp_warn("%s; training goes on, the previous checkpoint stays", w->err.msg);
+        w->failed++;
+        w->st = MP_OK;
+    }
+}
+
+/* Copies the model after step `step` (the only part that stops training)
+ * and starts its write. */
+static mp_status_t ckpt_writer_start(ckpt_writer_t *w, mp_model_t *model, int64_t step,
+                                     mp_errbuf_t *err)
+{
+    ckpt_writer_wait(w);
+    mp_status_t st = MP_OK;
+    if (w->snap == NULL) {
+        st = mp_ckpt_snap_create(&model, 1, w->spec, 0, 0, &w->snap);
+    }
+    if (st == MP_OK) {
+        st = mp_ckpt_snap_fill(w->snap, &model, 1, step);
+    }
+    if (st != MP_OK) {
+        return mp_errbuf_set(err, st, "the checkpoint of step %lld: cannot copy the model: %s",
+                             (long long)step, mp_strerror(st));
+    }
+    if (pthread_create(&w->tid, NULL, ckpt_writer_main, w) != 0) {
+        return mp_errbuf_set(err, MP_ERR_NOMEM, "the checkpoint of step %lld: cannot start "
+                             "its writer thread", (long long)step);
+    }
+    w->running = true;
+    return MP_OK;
+}
+
+/* Loads the checkpoint dir/latest names into model: its step, and its
+ * stored losses into losses[0, step). */
+static mp_status_t resume_model(const char *dir, const mp_spec_t *spec, mp_model_t *model,
+                                int64_t total, double *losses, int64_t *step_p, mp_errbuf_t *err)
+{
+    mp_ckpt_t *ck;
+    mp_status_t st = mp_ckpt_open(dir, &ck, err);
+    if (st != MP_OK) {
+        return st;
+    }
+    st = mp_ckpt_check_spec(ck, spec, err);
+    int64_t step = mp_ckpt_step(ck);
+    if (st == MP_OK && step > total) {
+        st = mp_errbuf_set(err, MP_ERR_SPEC,
+                           "train.steps: the run ends at step %lld, before the checkpoint's "
+                           "step %lld in %s",
+                           (long long)total, (long long)step, dir);
+    }
+    if (st == MP_OK) {
+        st = mp_ckpt_load_model(ck, model, spec, err);
+    }
+    if (st == MP_OK) {
+        int64_t n = 0;
+        const double *l = mp_ckpt_losses(ck, &n);
+        for (int64_t i = 0; i < step; i++) {
+            losses[i] = i < n ? l[i] : NAN;
+        }
+        *step_p = step;
+    }
+    mp_ckpt_close(ck);
+    return st;
+}
+
 mp_status_t mp_train_serial(const mp_spec_t *spec, const mp_train_opts_t *opts,
                             mp_train_result_t *res, mp_errbuf_t *err)
 {
@@ -216,6 +338,7 @@ mp_status_t mp_train_serial(const mp_spec_t *spec, const mp_train_opts_t *opts,
     int64_t *perm = NULL;
     float *xb = NULL;
     int32_t *yb = NULL, *labels_dev = NULL;
+    ckpt_writer_t ckw = {.spec = spec, .spec_text = opts->spec_text};
     if (spe < 1) {
         st = mp_errbuf_set(err, MP_ERR_SPEC,
                            "train.batch_size: %lld is larger than the %lld training samples",
@@ -261,13 +384,33 @@ mp_status_t mp_train_serial(const mp_spec_t *spec, const mp_train_opts_t *opts,
         st = mp_errbuf_set(err, MP_ERR_NOMEM, "out of memory for the training buffers");
         goto out_model;
     }
+    /* Only a caller that gives the manifest's text writes the spec's
+     * checkpoints (verify and the benchmarks leave a job's folder alone). */
+    bool ckpt = opts->spec_text != NULL && spec->checkpoint.enabled &&
+                spec->checkpoint.every_steps > 0;
+    ckw.losses = res->losses;
+    /* A resumed run starts where the checkpoint's ends: the data order is a
+     * pure function of (seed, epoch), so its step is all it needs. */
+    int64_t start = 0;
+    if (opts->resume != NULL) {
+        st = resume_model(opts->resume, spec, model, total, res->losses, &start, err);
+        if (st != MP_OK) {
+            goto out_model;
+        }
+    }
+    res->resumed_from_step = start;
+    res->epochs_done = start / spe;
+    for (int64_t e = 0; e < res->epochs_done; e++) {
+        res->epoch_test_accuracy[e] = NAN;
+    }
     res->has_test = test.n > 0;
+    bool evaluated = false;
 
     double t_train = 0.0, t0;
-    int64_t step = 0;
-    for (int64_t epoch = 0; epoch < epochs; epoch++) {
+    int64_t step = start;
+    for (int64_t epoch = start / spe; epoch < epochs; epoch++) {
         mp_data_order(perm, train.n, spec->train.seed, epoch, spec->train.shuffle);
-        for (int64_t k = 0; k < spe && step < total; k++) {
+        for (int64_t k = epoch == start / spe ? start % spe : 0; k < spe && step < total; k++) {
             t0 = now_s();
             mp_data_gather(&train, perm, k * B, B, xb, yb);
             double loss = 0.0;
@@ -315,6 +458,12 @@ mp_status_t mp_train_serial(const mp_spec_t *spec, const mp_train_opts_t *opts,
             res->losses[step] = loss / (double)(B * L);
             step++;
             res->samples += B;
+            if (ckpt && step % spec->checkpoint.every_steps == 0) {
+                st = ckpt_writer_start(&ckw, model, step, err);
+                if (st != MP_OK) {
+                    goto out_model;
+                }
+            }
             if (opts->on_progress != NULL) {
                 mp_train_progress_t p = {
                     .epoch = epoch + 1, .epochs = epochs, .step = step, .steps = total,
@@ -334,6 +483,7 @@ mp_status_t mp_train_serial(const mp_spec_t *spec, const mp_train_opts_t *opts,
                 goto out_model;
             }
             res->epoch_test_accuracy[res->epochs_done] = res->test_accuracy;
+            evaluated = true;
             if (opts->on_progress != NULL) {
                 mp_train_progress_t p = {
                     .epoch = epoch + 1, .epochs = epochs, .step = step, .steps = total,
@@ -349,6 +499,10 @@ mp_status_t mp_train_serial(const mp_spec_t *spec, const mp_train_opts_t *opts,
         }
         res->epochs_done++;
     }
+    ckpt_writer_wait(&ckw);
+    res->has_test = evaluated;
+    res->checkpoints = ckw.committed;
+    res->checkpoint_failures = ckw.failed;
     res->steps = step;
     res->final_loss = step > 0 ? res->losses[step - 1] : NAN;
     res->seconds = t_train;
@@ -359,6 +513,8 @@ mp_status_t mp_train_serial(const mp_spec_t *spec, const mp_train_opts_t *opts,
     }
 
 out_model:
+    ckpt_writer_wait(&ckw);
+    mp_ckpt_snap_free(ckw.snap);
     if (labels_dev != NULL) {
         be->ops->free(be, labels_dev);
     }

@@ -32,6 +32,15 @@ typedef struct {
     int threads;              /* CPU backend threads, >= 1 */
     bool tf32;                /* CUDA: allow TF32 GEMMs */
     const char *save_weights; /* directory for <layer>.<param>.npy, or NULL */
+    /* Checkpoints (the spec's "checkpoint", DESIGN.md "Checkpoints and
+     * restarts"): a serial run writes the layout a cluster run writes, on a
+     * grid of one (shard-s00-t00), so that either resumes from the other.
+     * resume: continue from the checkpoint resume/latest names, or NULL.
+     * spec_text: the spec as manifest.json keeps it (its checkpoint.dir
+     * absolute, as the client makes it); the run writes the spec's
+     * checkpoints only when it is given (NULL: it writes none). */
+    const char *resume;
+    const char *spec_text;
     mp_train_progress_cb_t on_progress;
     void *arg;
 } mp_train_opts_t;
@@ -46,7 +55,10 @@ typedef struct {
     double tokens_per_s;             /* samples_per_s * model.seq */
     char device[32];
     double *losses;         /* [steps] per-step mean training loss (mp_malloc'ed) */
-    double *epoch_test_accuracy; /* [epochs_done] when has_test */
+    double *epoch_test_accuracy; /* [epochs_done] when has_test (NaN: before a resume) */
+    int64_t resumed_from_step;   /* the checkpoint's step (opts.resume), else 0 */
+    int64_t checkpoints;         /* checkpoints this run committed */
+    int64_t checkpoint_failures; /* and those whose write failed (a warning each) */
 } mp_train_result_t;
 
 /* The checks of the spec's data that need the file system, cheap enough to

@@ -11,7 +11,11 @@
 # chunks into its one file: a 1f1b checkpoint resumes with 3 chunks a stage
 # and a 2-chunk one under 1f1b, equal to serial.  Refused before anything starts (exit 2, naming what
 # is wrong): a spec whose model differs (the field), a truncated shard file
-# and a manifest naming a missing file (the file).
+# and a manifest naming a missing file (the file).  Serial runs write and
+# read the same checkpoints (a grid of one): the pp 2 x tp 2 checkpoints of
+# the MLP and the GPT resumed serially equal serial; a serial checkpoint
+# taken mid-epoch resumes serially bit for bit and at pp 2 x tp 2 equal to
+# serial; the same bad checkpoints are refused by `run --serial` (exit 2).
 #
 # usage: ckpt_reshard.sh MPARD MPAR_CLIENT SOURCE_DIR
 set -euo pipefail
@@ -199,6 +203,79 @@ F="$T/ck-gone/step-00000010/shard-s00-t01.safetensors"
 rm "$F"
 refused "a manifest naming a missing file" "$F" "$T/MLP111.json" --resume "$T/ck-gone"
 refused "no checkpoint" "no committed checkpoint" "$T/MLP111.json" --resume "$T/sub"
+
+# --- serial runs write and read the same checkpoints ------------------------------------
+serial_ok() { # label args...: run --serial, must SUCCEED; the document on stdout
+    local label=$1
+    shift
+    set +e
+    timeout 120 "$CLIENT" run "$@" --serial -o json 2>"$T/$label.err"
+    local rc=$?
+    set -e
+    [ $rc = 0 ] || fail "$label: exit $rc: $(tail -5 "$T/$label.err")"
+}
+# The pp 2 x tp 2 checkpoint (step 10) resumed by a serial run: the serial run's weights.
+serial_ok s-res "$T/full.json" --resume "$T/ck" --save-weights "$T/w-sres" >"$T/s-res.out"
+[ "$(jget 'd["resumed_from_step"]' <"$T/s-res.out")" = 10 ] || fail "serial resume: resumed_from_step"
+ERR=$(compare "$T/ws" "$T/w-sres" 1e-3) || fail "serial resume of pp 2 x tp 2: $ERR"
+losses "$T/s-res.out" "$T/serial.out" 1e-3 || fail "serial resume of pp 2 x tp 2: loss curve"
+echo "ok pp 2 x tp 2 checkpoint (step 10) resumed by a serial run equals serial: $ERR"
+# A serial run's checkpoints, mid-epoch (every 5 of 7 steps: step 5 is the latest), on a
+# grid of one: resumed serially the run equals the uninterrupted one bit for bit, and
+# resumed at pp 2 x tp 2 it equals serial.
+spec "$T/s-half.json" s-half 2 2 1 4 1f1b adamw 7
+with_ckpt "$T/s-half.json" "$T/sck" 5
+serial_ok s-half "$T/s-half.json" >"$T/s-half.out"
+[ "$(cat "$T/sck/latest")" = step-00000005 ] || fail "serial latest: $(cat "$T/sck/latest")"
+[ "$(jget 'd["checkpoints"]' <"$T/s-half.out")" = 1 ] || fail "serial: checkpoints committed"
+[ "$(ls "$T/sck/step-00000005")" = "$(printf 'manifest.json\nshard-s00-t00.safetensors')" ] ||
+    fail "serial checkpoint files: $(ls "$T/sck/step-00000005")"
+[ "$(jget '[d["grid"][k] for k in ("pp", "tp", "dp")]' <"$T/sck/step-00000005/manifest.json")" = \
+    "[1, 1, 1]" ] || fail "serial checkpoint: grid"
+serial_ok s-again "$T/full.json" --resume "$T/sck" --save-weights "$T/w-sagain" >"$T/s-again.out"
+compare "$T/ws" "$T/w-sagain" 0 >/dev/null || fail "serial checkpoint resumed serially: not bit-equal"
+losses "$T/s-again.out" "$T/serial.out" 0 || fail "serial checkpoint resumed serially: loss curve"
+echo "ok a serial checkpoint (step 5 of 7, mid-epoch) resumed serially equals the uninterrupted run bit for bit"
+spec "$T/s-grid.json" s-grid 2 2 1 4 1f1b adamw 20
+submit_ok s-grid "$T/s-grid.json" --resume "$T/sck" --save-weights "$T/w-sgrid" >"$T/s-grid.out"
+[ "$(jget 'd["resumed_from_step"]' <"$T/s-grid.out")" = 5 ] || fail "cluster resume of serial: step"
+ERR=$(compare "$T/ws" "$T/w-sgrid" 1e-3) || fail "serial checkpoint resumed at pp 2 x tp 2: $ERR"
+losses "$T/s-grid.out" "$T/serial.out" 1e-3 || fail "serial checkpoint at pp 2 x tp 2: loss curve"
+echo "ok a serial checkpoint resumed at pp 2 x tp 2 equals serial: $ERR"
+# A write that fails (the folder's parent is a file) is a warning: the run goes on.
+touch "$T/a-file"
+spec "$T/s-bad.json" s-bad 1 1 1 1 1f1b adamw 10
+with_ckpt "$T/s-bad.json" "$T/a-file/ck" 5
+serial_ok s-bad "$T/s-bad.json" >"$T/s-bad.out"
+[ "$(jget '(d["checkpoints"], d["checkpoint_failures"])' <"$T/s-bad.out")" = "(0, 2)" ] ||
+    fail "serial failed writes: $(cat "$T/s-bad.out")"
+grep -q "the checkpoint of step 5: .*a-file.*training goes on" "$T/s-bad.err" ||
+    fail "serial failed write: no warning naming the folder: $(cat "$T/s-bad.err")"
+echo "ok a serial checkpoint that cannot be written is a warning: $(grep -m1 'step 5' "$T/s-bad.err")"
+# The GPT's pp 2 x tp 2 checkpoint (heads and vocab split, mid-epoch) resumed serially.
+serial_ok g-sres "$T/g-full.json" --resume "$T/gck" --save-weights "$T/gw-sres" >"$T/g-sres.out"
+ERR=$(compare "$T/gws" "$T/gw-sres" 1e-3) || fail "GPT serial resume: $ERR"
+losses "$T/g-sres.out" "$T/g-serial.out" 1e-3 || fail "GPT serial resume: loss curve"
+echo "ok GPT pp 2 x tp 2 checkpoint (step 4) resumed by a serial run equals serial: $ERR"
+# Refused before anything trains, as a submit is.
+serial_refused() { # label needle args...: run --serial exits 2 and says needle
+    local label=$1 needle=$2
+    shift 2
+    set +e
+    "$CLIENT" run "$@" --serial >"$T/$label.out" 2>"$T/$label.err"
+    local rc=$?
+    set -e
+    [ $rc = 2 ] || fail "serial $label: exit $rc, not 2: $(cat "$T/$label.err")"
+    grep -qF -- "$needle" "$T/$label.err" ||
+        fail "serial $label: '$needle' not in: $(cat "$T/$label.err")"
+    echo "ok serial $label refused: $(cat "$T/$label.err")"
+}
+serial_refused "a different model" "model.layers[4].ffn: 64" "$T/bigger.json" --resume "$T/ck"
+serial_refused "no checkpoint" "no committed checkpoint" "$T/full.json" --resume "$T/sub"
+serial_refused "a truncated shard file" "$T/ck-cut/step-00000010/shard-s01-t00.safetensors" \
+    "$T/full.json" --resume "$T/ck-cut"
+spec "$T/short.json" short 1 1 1 1 1f1b adamw 3
+serial_refused "a run that ends before the checkpoint" "train.steps" "$T/short.json" --resume "$T/ck"
 
 stop_daemons "$PID_c0" "$PID_n1" "$PID_n2" "$PID_n3" "$PID_n4"
 echo "PASS"
