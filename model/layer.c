@@ -104,17 +104,32 @@ float *mp_layer_scratch(mp_layer_t *L)
     return L->env->scratch;
 }
 
-float *mp_layer_fuse_scratch(mp_layer_t *L, int64_t elems)
-{
-    return L->env->fuse != NULL && elems <= L->env->fuse_elems ? L->env->fuse : NULL;
-}
-
-mp_status_t mp_layer_gather_rows(mp_layer_t *L, float *dst, const float *const *src, int n,
-                                 int64_t R, int64_t cols)
+/* dst [n * R, cols] = the n blocks src[j] [R, cols] one after another. */
+static mp_status_t gather_rows(mp_layer_t *L, float *dst, const float *const *src, int n,
+                               int64_t R, int64_t cols)
 {
     size_t bytes = (size_t)(R * cols) * sizeof(float);
     for (int j = 0; j < n; j++) {
         MP_TRY(L->be->ops->copy(L->be, dst + (int64_t)j * R * cols, src[j], bytes));
     }
     return MP_OK;
+}
+
+mp_status_t mp_layer_wgrad_n(mp_layer_t *L, int n, const float *const *x,
+                             const float *const *dz, int64_t R, int64_t k, int64_t o, float *gw,
+                             float *gb)
+{
+    mp_backend_t *be = L->be;
+    int64_t nR = (int64_t)n * R;
+    mp_layer_env_t *env = L->env;
+    if (n == 1 || env->fuse == NULL || nR * (k + o) > env->fuse_elems) {
+        for (int j = 0; j < n; j++) {
+            MP_TRY(be->ops->linear_bwd(be, NULL, gw, gb, dz[j], x[j], NULL, R, k, o));
+        }
+        return MP_OK;
+    }
+    float *xs = env->fuse, *dzs = env->fuse + nR * k; /* [nR, k], [nR, o] */
+    MP_TRY(gather_rows(L, xs, x, n, R, k));
+    MP_TRY(gather_rows(L, dzs, dz, n, R, o));
+    return be->ops->linear_bwd(be, NULL, gw, gb, dzs, xs, NULL, nR, k, o);
 }

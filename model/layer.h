@@ -122,6 +122,10 @@ typedef struct mp_layer_ops {
      * backward_weight per slot. */
     mp_status_t (*backward_weight_n)(mp_layer_t *L, int n, float *const *saved,
                                      const float *const *x, const float *const *dy, int64_t R);
+    /* Floats per row of its widest mp_layer_wgrad_n (k + o): what the
+     * model's fuse scratch holds per row of each of fuse_w slots.  With
+     * backward_weight_n. */
+    int64_t (*fuse_row_elems)(const mp_layer_t *L);
 } mp_layer_ops_t;
 
 /* One layer of a model instance: what its compute hooks see. */
@@ -159,13 +163,16 @@ mp_status_t mp_layer_copy_cols(mp_layer_t *L, float *dst, const float *src, int6
                                int64_t col0, int64_t cols);
 /* The shared scratch (scratch_elems floats at the model's max rows). */
 float *mp_layer_scratch(mp_layer_t *L);
-/* The fuse scratch of backward_weight_n: parallel.fuse_w slots' rows of
- * twice the layer's widest activation (in, out or its split width), or NULL
- * when the model has none (fuse_w 1, or one slot). */
-float *mp_layer_fuse_scratch(mp_layer_t *L, int64_t elems);
-/* dst [n * R, cols] = the n blocks src[j] [R, cols] one after another. */
-mp_status_t mp_layer_gather_rows(mp_layer_t *L, float *dst, const float *const *src, int n,
-                                 int64_t R, int64_t cols);
+/* backward_weight_n's GEMM: the weight gradient of a linear map over n
+ * slots' rows at once, gw [k, o] += sum_j x[j]^T dz[j] and gb [o] (NULL:
+ * none) += the column sums of every dz[j], for x[j] [R, k] and dz[j]
+ * [R, o]: one linear_bwd over the rows gathered into the model's fuse
+ * scratch (fuse_w slots' rows of the widest fuse_row_elems), so that gw is
+ * read and written once for the n micro-batches; slot by slot when the
+ * model has no fuse scratch (fuse_w 1). */
+mp_status_t mp_layer_wgrad_n(mp_layer_t *L, int n, const float *const *x,
+                             const float *const *dz, int64_t R, int64_t k, int64_t o, float *gw,
+                             float *gb);
 
 /* The registered kinds (model/layers/). */
 extern const mp_layer_ops_t mp_layer_linear;

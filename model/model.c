@@ -286,7 +286,7 @@ mp_status_t mp_model_create_shard(mp_backend_t *be, const mp_spec_t *spec, const
         goto err_nomem;
     }
 
-    int64_t off = 0, scratch = 0, max_width = 0, split_width = 0;
+    int64_t off = 0, scratch = 0, max_width = 0, fuse_row = 0;
     for (int i = 0; i < count; i++) {
         if (model_setup_layer(m, plan, i, &off) != MP_OK) {
             mp_free(own_plan);
@@ -300,7 +300,8 @@ mp_status_t mp_model_create_shard(mp_backend_t *be, const mp_spec_t *spec, const
         for (int w = 0; w < 2; w++) {
             max_width = widths[w] > max_width ? widths[w] : max_width;
         }
-        split_width = L->plan.split_local > split_width ? L->plan.split_local : split_width;
+        int64_t fr = L->ops->fuse_row_elems != NULL ? L->ops->fuse_row_elems(L) : 0;
+        fuse_row = fr > fuse_row ? fr : fuse_row;
     }
     mp_free(own_plan);
     own_plan = NULL;
@@ -357,10 +358,9 @@ mp_status_t mp_model_create_shard(mp_backend_t *be, const mp_spec_t *spec, const
         }
     }
     int fuse_n = spec->parallel.fuse_w < slots ? spec->parallel.fuse_w : slots;
-    if (fuse_n > 1) {
-        /* backward_weight_n gathers two operands of fuse_n slots' rows. */
-        int64_t width = split_width > max_width ? split_width : max_width;
-        m->env.fuse_elems = 2 * fuse_n * m->MR * width;
+    if (fuse_n > 1 && fuse_row > 0) {
+        /* backward_weight_n gathers its widest pair of operands of fuse_n slots' rows. */
+        m->env.fuse_elems = fuse_n * m->MR * fuse_row;
         m->env.fuse = model_alloc(m, m->env.fuse_elems);
         if (m->env.fuse == NULL) {
             goto err_nomem;

@@ -271,6 +271,34 @@ static mp_status_t linear_bwd_weight(mp_layer_t *L, float *saved, const float *x
     return be->ops->linear_bwd(be, NULL, L->G[0], L->G[1], dz, xr, L->P[0], R, Ik, Ok);
 }
 
+/* W of n slots: one GEMM over the n slots' rows.  A column split whose
+ * backward slices dY's columns into the shared scratch runs slot by slot. */
+static mp_status_t linear_bwd_weight_n(mp_layer_t *L, int n, float *const *saved,
+                                       const float *const *x, const float *const *dy, int64_t R)
+{
+    const mp_tp_layer_t *pl = &L->plan;
+    if (pl->split == MP_TP_SPLIT_COLUMN && pl->bwd_pre == MP_TP_COMM_SLICE) {
+        for (int j = 0; j < n; j++) {
+            MP_TRY(linear_bwd_weight(L, saved[j], x[j], dy[j], R));
+        }
+        return MP_OK;
+    }
+    int64_t Ik, Ok;
+    local_dims(pl, &Ik, &Ok);
+    const float *xr[MP_LAYER_FUSE_MAX];
+    for (int j = 0; j < n; j++) {
+        xr[j] = sliced_row(pl) ? saved[j] : x[j];
+    }
+    return mp_layer_wgrad_n(L, n, xr, dy, R, Ik, Ok, L->G[0], L->G[1]);
+}
+
+static int64_t linear_fuse_row(const mp_layer_t *L)
+{
+    int64_t Ik, Ok;
+    local_dims(&L->plan, &Ik, &Ok);
+    return Ik + Ok;
+}
+
 const mp_layer_ops_t mp_layer_linear = {
     .name = "linear",
     .kind = MP_LAYER_LINEAR,
@@ -290,4 +318,6 @@ const mp_layer_ops_t mp_layer_linear = {
     .forward = linear_forward,
     .backward_input = linear_bwd_input,
     .backward_weight = linear_bwd_weight,
+    .backward_weight_n = linear_bwd_weight_n,
+    .fuse_row_elems = linear_fuse_row,
 };

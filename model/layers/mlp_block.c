@@ -145,34 +145,23 @@ static mp_status_t mlp_bwd_weight(mp_layer_t *L, float *saved, const float *x, c
 }
 
 /* W of n slots: each weight's gradient from one GEMM over the n slots'
- * rows, gathered (A and dY for W2, then dHpre and X for W1, in the same
- * two halves of the fuse scratch). */
+ * rows (A and dY for W2, dHpre and X for W1). */
 static mp_status_t mlp_bwd_weight_n(mp_layer_t *L, int n, float *const *saved,
                                     const float *const *x, const float *const *dy, int64_t R)
 {
-    mp_backend_t *be = L->be;
-    int64_t H = L->plan.in_dim, Fl = L->plan.split_local, nR = n * R;
-    float *buf = mp_layer_fuse_scratch(L, nR * (Fl + H));
-    if (buf == NULL) {
-        for (int j = 0; j < n; j++) {
-            MP_TRY(mlp_bwd_weight(L, saved[j], x[j], dy[j], R));
-        }
-        return MP_OK;
-    }
-    float *wide = buf, *narrow = buf + nR * Fl; /* [nR, Fl], [nR, H] */
-    const float *part[MP_LAYER_FUSE_MAX];
+    int64_t H = L->plan.in_dim, Fl = L->plan.split_local;
+    const float *act[MP_LAYER_FUSE_MAX], *dpre[MP_LAYER_FUSE_MAX];
     for (int j = 0; j < n; j++) {
-        part[j] = saved[j] + R * Fl; /* A = gelu(Hpre) */
+        act[j] = saved[j] + R * Fl;      /* A = gelu(Hpre) */
+        dpre[j] = saved[j] + 2 * R * Fl; /* dHpre */
     }
-    MP_TRY(mp_layer_gather_rows(L, wide, part, n, R, Fl));
-    MP_TRY(mp_layer_gather_rows(L, narrow, dy, n, R, H));
-    MP_TRY(be->ops->linear_bwd(be, NULL, L->G[2], L->G[3], narrow, wide, L->P[2], nR, Fl, H));
-    for (int j = 0; j < n; j++) {
-        part[j] = saved[j] + 2 * R * Fl; /* dHpre */
-    }
-    MP_TRY(mp_layer_gather_rows(L, wide, part, n, R, Fl));
-    MP_TRY(mp_layer_gather_rows(L, narrow, x, n, R, H));
-    return be->ops->linear_bwd(be, NULL, L->G[0], L->G[1], wide, narrow, L->P[0], nR, H, Fl);
+    MP_TRY(mp_layer_wgrad_n(L, n, act, dy, R, Fl, H, L->G[2], L->G[3]));
+    return mp_layer_wgrad_n(L, n, x, dpre, R, H, Fl, L->G[0], L->G[1]);
+}
+
+static int64_t mlp_fuse_row(const mp_layer_t *L)
+{
+    return L->plan.in_dim + L->plan.split_local;
 }
 
 const mp_layer_ops_t mp_layer_mlp_block = {
@@ -194,4 +183,5 @@ const mp_layer_ops_t mp_layer_mlp_block = {
     .backward_input = mlp_bwd_input,
     .backward_weight = mlp_bwd_weight,
     .backward_weight_n = mlp_bwd_weight_n,
+    .fuse_row_elems = mlp_fuse_row,
 };

@@ -301,6 +301,49 @@ static mp_status_t tb_bwd_weight(mp_layer_t *L, float *saved, const float *x, co
                             P[P_LN1_W], R, C);
 }
 
+/* W of n slots: each of the four weights' gradients from one GEMM over the
+ * n slots' rows; the LayerNorms' (C floats each) slot by slot. */
+static mp_status_t tb_bwd_weight_n(mp_layer_t *L, int n, float *const *saved,
+                                   const float *const *x, const float *const *dy, int64_t R)
+{
+    mp_backend_t *be = L->be;
+    float *const *P = L->P, *const *G = L->G;
+    dims_t d = dims_of(L, R);
+    carve_t s[MP_LAYER_FUSE_MAX];
+    const float *h[MP_LAYER_FUSE_MAX], *dpre[MP_LAYER_FUSE_MAX], *u2[MP_LAYER_FUSE_MAX];
+    const float *da[MP_LAYER_FUSE_MAX], *ao[MP_LAYER_FUSE_MAX];
+    const float *dqkv[MP_LAYER_FUSE_MAX], *u1[MP_LAYER_FUSE_MAX];
+    for (int j = 0; j < n; j++) {
+        carve(&d, saved[j], &s[j]);
+        h[j] = s[j].h;
+        dpre[j] = s[j].dpre;
+        u2[j] = s[j].u2;
+        da[j] = s[j].da;
+        ao[j] = s[j].ao;
+        dqkv[j] = s[j].dqkv;
+        u1[j] = s[j].u1;
+    }
+    int64_t C = d.C;
+    MP_TRY(mp_layer_wgrad_n(L, n, h, dy, R, d.Fl, C, G[P_FC2_W], G[P_FC2_B]));
+    MP_TRY(mp_layer_wgrad_n(L, n, u2, dpre, R, C, d.Fl, G[P_FC1_W], G[P_FC1_B]));
+    MP_TRY(mp_layer_wgrad_n(L, n, ao, da, R, d.Cl, C, G[P_PROJ_W], G[P_PROJ_B]));
+    MP_TRY(mp_layer_wgrad_n(L, n, u1, dqkv, R, C, 3 * d.Cl, G[P_QKV_W], G[P_QKV_B]));
+    for (int j = 0; j < n; j++) {
+        MP_TRY(be->ops->layernorm_bwd(be, NULL, G[P_LN2_W], G[P_LN2_B], s[j].du2, s[j].a,
+                                      s[j].mean2, s[j].rstd2, P[P_LN2_W], R, C));
+        MP_TRY(be->ops->layernorm_bwd(be, NULL, G[P_LN1_W], G[P_LN1_B], s[j].du1, x[j],
+                                      s[j].mean1, s[j].rstd1, P[P_LN1_W], R, C));
+    }
+    return MP_OK;
+}
+
+/* The widest of the four GEMMs: qkv's C + 3 Cl or the MLP's C + Fl. */
+static int64_t tb_fuse_row(const mp_layer_t *L)
+{
+    dims_t d = dims_of(L, L->seq);
+    return d.C + (3 * d.Cl > d.Fl ? 3 * d.Cl : d.Fl);
+}
+
 const mp_layer_ops_t mp_layer_transformer_block = {
     .name = "transformer_block",
     .kind = MP_LAYER_TRANSFORMER_BLOCK,
@@ -319,4 +362,6 @@ const mp_layer_ops_t mp_layer_transformer_block = {
     .forward = tb_forward,
     .backward_input = tb_bwd_input,
     .backward_weight = tb_bwd_weight,
+    .backward_weight_n = tb_bwd_weight_n,
+    .fuse_row_elems = tb_fuse_row,
 };

@@ -5,7 +5,8 @@
 # steps on the grids (pp, tp, dp) = (1,2,1), (2,2,1), (1,1,2), (2,1,1),
 # (4,1,1) under gpipe and 1f1b with 1, 2 and 4 micro-batches, one grid
 # with AdamW, zero_bubble (the blocks' B and W halves apart; SGD on tp 2,
-# AdamW on dp 2) and interleaved_1f1b (2 chunks a stage: the 5 layers cut
+# AdamW on dp 2; and with parallel.fuse_w 3 and 2: the W's of several
+# micro-batches as one GEMM per weight) and interleaved_1f1b (2 chunks a stage: the 5 layers cut
 # into 4 chunks, stage 0 holding chunks 0 and 2; SGD on tp 2, AdamW on
 # dp 2).  Every run's gathered weights must equal
 # `mpar-client run --serial` per tensor within 1e-5 relative for SGD with
@@ -54,6 +55,8 @@ run_case t411 4 1 1 4 1f1b sgd 1e-5
 run_case a221 2 2 1 2 1f1b adamw 1e-3
 run_case z221 2 2 1 4 zero_bubble sgd 1e-5
 run_case z212 2 1 2 2 zero_bubble adamw 1e-3
+run_case f221 2 2 1 4 zero_bubble/3 sgd 1e-5
+run_case f212 2 1 2 2 zero_bubble/2 adamw 1e-3
 run_case i221 2 2 1 2 interleaved_1f1b:2 sgd 1e-5
 run_case i212 2 1 2 2 interleaved_1f1b:2 adamw 1e-3
 

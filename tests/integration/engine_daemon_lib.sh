@@ -75,6 +75,9 @@ d = {"name": name,
 if ":" in sched:  # "interleaved_1f1b:V": V chunks per stage
     d["parallel"]["schedule"], v = sched.split(":")
     d["parallel"]["virtual_stages"] = int(v)
+if "/" in sched:  # "zero_bubble/K": parallel.fuse_w K
+    d["parallel"]["schedule"], k = sched.split("/")
+    d["parallel"]["fuse_w"] = int(k)
 json.dump(d, open(f, "w"))
 PY
 }
@@ -111,6 +114,9 @@ d = {"name": name,
 if ":" in sched:  # "interleaved_1f1b:V": V chunks per stage
     d["parallel"]["schedule"], v = sched.split(":")
     d["parallel"]["virtual_stages"] = int(v)
+if "/" in sched:  # "zero_bubble/K": parallel.fuse_w K
+    d["parallel"]["schedule"], k = sched.split("/")
+    d["parallel"]["fuse_w"] = int(k)
 json.dump(d, open(f, "w"))
 PY
 }
