@@ -200,8 +200,11 @@ static void replay_last_step(const mp_spec_t *spec, const mp_engine_result_t *re
     int p = spec->parallel.pp;
     mp_sched_t *sched = NULL;
     mp_errbuf_t err;
-    if (res->nranks != p || mp_sched_build(spec->parallel.schedule, p, spec->parallel.micro_batches,
-                                           spec->parallel.virtual_stages, &sched, &err) != MP_OK) {
+    if (res->nranks != p ||
+        mp_sched_build(spec->parallel.schedule, p, spec->parallel.micro_batches,
+                       spec->parallel.virtual_stages, &sched, &err) != MP_OK ||
+        mp_sched_fuse_w(sched, spec->parallel.fuse_w, &err) != MP_OK) {
+        mp_sched_free(sched);
         return;
     }
     double *times[MP_SCHED_MAX_STAGES] = {NULL};

@@ -236,38 +236,6 @@ static bool sched_split(const mp_sched_t *sched, int stage)
     return false;
 }
 
-/* Slots a chunk of a stage needs: most micro-batches between their slot
- * being taken (the receive of the input, or the forward of the first
- * stage) and their backward's end (its W when split), walking its action
- * list. */
-static int slots_needed(const mp_sched_t *sched, int stage, int chunk)
-{
-    mp_sched_op_t last = sched_split(sched, stage) ? MP_SCHED_BWD_W : MP_SCHED_BWD;
-    int now = 0, peak = 0;
-    bool *held = mp_calloc((size_t)sched->nmicro, sizeof(bool));
-    if (held == NULL) {
-        return sched->nmicro;
-    }
-    for (int i = 0; i < sched->count[stage]; i++) {
-        const mp_sched_action_t *a = &sched->action[stage][i];
-        if (a->chunk != chunk) {
-            continue;
-        }
-        if ((a->op == MP_SCHED_RECV_ACT || a->op == MP_SCHED_FWD) && !held[a->mb]) {
-            held[a->mb] = true;
-            now++;
-        } else if (a->op == last && held[a->mb]) {
-            held[a->mb] = false;
-            now--;
-        }
-        if (now > peak) {
-            peak = now;
-        }
-    }
-    mp_free(held);
-    return peak > 0 ? peak : 1;
-}
-
 static mp_status_t alloc_staging(mp_exec_t *ex)
 {
     int64_t params = 0;
@@ -314,12 +282,7 @@ static mp_status_t chunk_create(mp_exec_t *ex, int c, mp_errbuf_t *err)
     ch->u = c * g->pp + ex->stage;
     ch->first = ch->u == 0;
     ch->last = ch->u == g->pp * ex->nchunks - 1;
-    ch->nslots = slots_needed(ex->sched, ex->stage, c);
-    if (ex->split && ex->spec->parallel.fuse_w > 1) {
-        /* The slots whose W waits for its fused GEMM stay taken meanwhile. */
-        int want = ch->nslots + ex->spec->parallel.fuse_w - 1;
-        ch->nslots = want < ex->g.m ? want : (int)ex->g.m;
-    }
+    ch->nslots = mp_sched_slots(ex->sched, ex->stage, c);
     mp_model_coll_t coll = {tp_allreduce, tp_allgather, ex};
     mp_status_t st = mp_model_create_shard(ex->be, ex->spec, ex->plan, ex->part.first[ch->u],
                                            ex->part.count[ch->u], ex->o.tp_rank, &coll, ch->nslots,
@@ -427,6 +390,9 @@ mp_status_t mp_exec_create(mp_xport_ctx_t *ctx, const mp_exec_opts_t *opts, mp_e
     }
     ex->nchunks = mp_part_nparts(spec) / g->pp;
     st = mp_sched_build(spec->parallel.schedule, g->pp, g->m, ex->nchunks, &ex->sched, err);
+    if (st == MP_OK) {
+        st = mp_sched_fuse_w(ex->sched, spec->parallel.fuse_w, err);
+    }
     if (st != MP_OK) {
         goto err_free;
     }
@@ -804,22 +770,10 @@ static mp_status_t slot_take(mp_exec_t *ex, chunk_t *ch, int k, int *slot_p, mp_
     /* Round robin from k: an evaluation, whose slots free at once, then
      * finds the oldest send, most likely done, rather than the newest. */
     int s = -1;
-    for (int pass = 0; pass < 2 && s < 0; pass++) {
-        if (pass == 1) {
-            if (ch->nwq == 0) {
-                break;
-            }
-            /* Queued W's hold every slot: run them now rather than wait. */
-            mp_status_t st = w_flush(ex, ch, err);
-            if (st != MP_OK) {
-                return st;
-            }
-        }
-        for (int i = 0; i < ch->nslots && s < 0; i++) {
-            int c = (k + i) % ch->nslots;
-            if (!ch->busy[c]) {
-                s = c;
-            }
+    for (int i = 0; i < ch->nslots && s < 0; i++) {
+        int c = (k + i) % ch->nslots;
+        if (!ch->busy[c]) {
+            s = c;
         }
     }
     if (s < 0) {
@@ -1083,20 +1037,16 @@ static mp_status_t train_action(mp_exec_t *ex, const mp_sched_action_t *a, doubl
         return MP_OK;
     }
     case MP_SCHED_BWD_W: {
-        int s = ch->slot_of[k];
-        if (ex->spec->parallel.fuse_w > 1) {
-            /* Queued: fuse_w of them run as one GEMM per weight, so that a
-             * weight gradient is read and written once for them all. */
-            ch->wq[ch->nwq++] = s;
-            ch->wq_rows = R;
-            return ch->nwq == ex->spec->parallel.fuse_w ? w_flush(ex, ch, err) : MP_OK;
+        /* A run of W's that the schedule groups (parallel.fuse_w) waits for
+         * its last, which runs them all as one GEMM per weight, so that a
+         * weight gradient is read and written once for them. */
+        if (ch->nwq == MP_SPEC_MAX_FUSE_W) {
+            return mp_errbuf_set(err, MP_ERR_STATE, "rank %d: more than %d W's in one run",
+                                 ex->rank, MP_SPEC_MAX_FUSE_W);
         }
-        st = mp_model_backward_weight(ch->model, s, R);
-        if (st != MP_OK) {
-            return model_fail(ex, st, "weight gradient", err);
-        }
-        ch->busy[s] = false;
-        return MP_OK;
+        ch->wq[ch->nwq++] = ch->slot_of[k];
+        ch->wq_rows = R;
+        return a->fuse > 0 ? w_flush(ex, ch, err) : MP_OK;
     }
     case MP_SCHED_SEND_GRAD: {
         int s = ch->slot_of[k];
@@ -1105,13 +1055,6 @@ static mp_status_t train_action(mp_exec_t *ex, const mp_sched_action_t *a, doubl
                            &ch->grad_req[s], "sending a gradient", err);
     }
     case MP_SCHED_DP_ALLREDUCE:
-        /* The step's last queued W's, before anything reads the gradients. */
-        for (int c = 0; c < ex->nchunks; c++) {
-            st = w_flush(ex, &ex->ch[c], err);
-            if (st != MP_OK) {
-                return st;
-            }
-        }
         for (int c = 0; c < ex->nchunks && ex->dp_group != NULL; c++) {
             mp_model_t *model = ex->ch[c].model;
             float *grads = mp_model_grads(model);

@@ -45,7 +45,7 @@ mp_status_t mp_sched_push_chunk(mp_sched_t *sched, int stage, int chunk, mp_sche
         sched->cap[stage] = cap;
     }
     sched->action[stage][sched->count[stage]++] =
-        (mp_sched_action_t){.op = op, .mb = mb, .chunk = chunk};
+        (mp_sched_action_t){.op = op, .mb = mb, .chunk = chunk, .fuse = 1};
     return MP_OK;
 }
 
@@ -198,6 +198,96 @@ mp_status_t mp_sched_build(mp_sched_kind_t kind, int p, int m, int v, mp_sched_t
     return MP_OK;
 }
 
+int mp_sched_slots(const mp_sched_t *sched, int stage, int chunk)
+{
+    bool split = false;
+    for (int i = 0; i < sched->count[stage] && !split; i++) {
+        split = sched->action[stage][i].op == MP_SCHED_BWD_W;
+    }
+    mp_sched_op_t last = split ? MP_SCHED_BWD_W : MP_SCHED_BWD;
+    int now = 0, peak = 0;
+    bool *held = mp_calloc((size_t)sched->nmicro, sizeof(bool));
+    if (held == NULL) {
+        return sched->nmicro;
+    }
+    for (int i = 0; i < sched->count[stage]; i++) {
+        const mp_sched_action_t *a = &sched->action[stage][i];
+        if (a->chunk != chunk || a->mb < 0 || a->mb >= sched->nmicro) {
+            continue;
+        }
+        if ((a->op == MP_SCHED_RECV_ACT || a->op == MP_SCHED_FWD) && !held[a->mb]) {
+            held[a->mb] = true;
+            now++;
+        } else if (a->op == last && held[a->mb]) {
+            held[a->mb] = false;
+            now--;
+        }
+        if (now > peak) {
+            peak = now;
+        }
+    }
+    mp_free(held);
+    return peak > 0 ? peak : 1;
+}
+
+/* Appends chunk c's waiting W's q[0..*nq) to stage s, the last carrying their count. */
+static mp_status_t fuse_flush(mp_sched_t *sched, int s, int c, int *q, int *nq)
+{
+    for (int j = 0; j < *nq; j++) {
+        MP_TRY(mp_sched_push_chunk(sched, s, c, MP_SCHED_BWD_W, q[j]));
+        sched->action[s][sched->count[s] - 1].fuse = j == *nq - 1 ? *nq : 0;
+    }
+    *nq = 0;
+    return MP_OK;
+}
+
+mp_status_t mp_sched_fuse_w(mp_sched_t *sched, int k, mp_errbuf_t *err)
+{
+    if (k <= 1) {
+        return MP_OK;
+    }
+    if (!mp_sched_kind_splits(sched->kind)) {
+        return mp_errbuf_set(err, MP_ERR_SPEC,
+                             "parallel.fuse_w: %d needs a schedule whose backward is B then W "
+                             "(zero_bubble)",
+                             k);
+    }
+    int v = sched->nchunks;
+    int *q = mp_malloc(sizeof(int) * (size_t)v * (size_t)k), *nq = mp_calloc((size_t)v, sizeof(int));
+    mp_status_t st = q != NULL && nq != NULL ? MP_OK : MP_ERR_NOMEM;
+    for (int s = 0; s < sched->nstages && st == MP_OK; s++) {
+        /* The old list, rebuilt in place of itself. */
+        mp_sched_action_t *old = sched->action[s];
+        int n = sched->count[s];
+        sched->action[s] = NULL;
+        sched->count[s] = sched->cap[s] = 0;
+        for (int i = 0; i < n && st == MP_OK; i++) {
+            const mp_sched_action_t *a = &old[i];
+            if (a->op == MP_SCHED_BWD_W) {
+                int c = a->chunk;
+                q[c * k + nq[c]++] = a->mb;
+                if (nq[c] == k) {
+                    st = fuse_flush(sched, s, c, q + c * k, &nq[c]);
+                }
+                continue;
+            }
+            for (int c = 0; c < v && st == MP_OK && a->op == MP_SCHED_DP_ALLREDUCE; c++) {
+                st = fuse_flush(sched, s, c, q + c * k, &nq[c]);
+            }
+            if (st == MP_OK) {
+                st = mp_sched_push_chunk(sched, s, a->chunk, a->op, a->mb);
+            }
+        }
+        for (int c = 0; c < v && st == MP_OK; c++) {
+            st = fuse_flush(sched, s, c, q + c * k, &nq[c]); /* a list without DP_ALLREDUCE */
+        }
+        mp_free(old);
+    }
+    mp_free(q);
+    mp_free(nq);
+    return st == MP_OK ? MP_OK : mp_errbuf_set(err, st, "schedule: %s", mp_strerror(st));
+}
+
 double mp_sched_bubble_predicted(mp_sched_kind_t kind, int p, int m, int v)
 {
     const mp_sched_gen_t *gen = mp_sched_gen(kind);
@@ -271,7 +361,13 @@ size_t mp_sched_format(const mp_sched_t *sched, char *buf, size_t len)
         for (int i = 0; i < sched->count[s]; i++) {
             const mp_sched_action_t *a = &sched->action[s][i];
             const char *t = (unsigned)a->op <= MP_SCHED_BWD_W ? tok[a->op] : "?";
-            if (a->mb >= 0 && sched->nchunks > 1) {
+            bool joined = a->op == MP_SCHED_BWD_W && i > 0 &&
+                          sched->action[s][i - 1].op == MP_SCHED_BWD_W &&
+                          sched->action[s][i - 1].fuse == 0;
+            if (joined) {
+                /* A run of W's that runs as one (parallel.fuse_w): W0+1+2. */
+                snprintf(one, sizeof(one), "+%d", a->mb);
+            } else if (a->mb >= 0 && sched->nchunks > 1) {
                 snprintf(one, sizeof(one), " %s%d.%d", t, a->mb, a->chunk);
             } else if (a->mb >= 0) {
                 snprintf(one, sizeof(one), " %s%d", t, a->mb);

@@ -69,6 +69,10 @@ typedef struct {
     mp_sched_op_t op;
     int mb;    /* micro-batch, or -1 */
     int chunk; /* the stage's model chunk (interleaved_1f1b), else 0 */
+    /* BWD_W under parallel.fuse_w (mp_sched_fuse_w): 0 for a W that waits
+     * to run with the adjacent W's after it, n >= 1 for the last W of a run
+     * of n that runs as one (one GEMM per weight).  1 for every other action. */
+    int fuse;
 } mp_sched_action_t;
 
 /*
@@ -110,6 +114,23 @@ mp_status_t mp_sched_check(mp_sched_kind_t kind, int p, int m, int v, mp_errbuf_
 /* The bubble of `kind` at unit costs, by the formula of its paper (the
  * simulator's result at F = B (= W), test_sched). */
 double mp_sched_bubble_predicted(mp_sched_kind_t kind, int p, int m, int v);
+
+/*
+ * parallel.fuse_w = k > 1 on a split schedule (mp_sched_kind_splits): each
+ * chunk's W's, in their order, run k at a time: a W waits until k of its
+ * chunk wait (or the stage reaches DP_ALLREDUCE), and then the waiting W's
+ * stand together where the k-th was, the last carrying their count
+ * (mp_sched_action_t.fuse).  Every other action keeps its place, so a
+ * stage holds at most k - 1 more activation slots (mp_sched_slots) and the
+ * simulator sees the W's where they run.  k <= 1 leaves the schedule as it
+ * is; MP_ERR_SPEC when the schedule has no W's to group.
+ */
+mp_status_t mp_sched_fuse_w(mp_sched_t *sched, int k, mp_errbuf_t *err);
+/* The activation slots chunk `chunk` of `stage` needs: the most
+ * micro-batches between their slot being taken (the receive of the input,
+ * or the forward on the first virtual stage) and their backward's end (its
+ * W's run when split), walking the list; at least 1. */
+int mp_sched_slots(const mp_sched_t *sched, int stage, int chunk);
 
 /* An empty schedule (v = 1), for building one action by action (tests, new kinds). */
 mp_status_t mp_sched_new(mp_sched_kind_t kind, int p, int m, mp_sched_t **sched_p);

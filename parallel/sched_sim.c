@@ -75,6 +75,29 @@ static mp_status_t check_stage(const mp_sched_t *sched, int s, int *pos, mp_errb
         }
         pos[(op * v + c) * m + mb] = i;
     }
+    /* parallel.fuse_w: a W that waits (fuse 0) is followed by a W of its
+     * chunk, and the W that closes a run counts the run. */
+    for (int i = 0, run = 0; i < n; i++) {
+        bool w = a[i].op == MP_SCHED_BWD_W;
+        if (run > 0 && (!w || a[i].chunk != a[i - 1].chunk)) {
+            return mp_errbuf_set(err, MP_ERR_STATE,
+                                 "schedule: stage %d's BWD_W of %s waits to run with the W's "
+                                 "after it, but the next action is %s",
+                                 s, mb_text(sched, a[i - 1].mb, a[i - 1].chunk, what, sizeof(what)),
+                                 w ? "a W of another chunk" : mp_sched_op_name(a[i].op));
+        }
+        if (w && a[i].fuse == 0) {
+            run++;
+        } else if (w && a[i].fuse != run + 1) {
+            return mp_errbuf_set(err, MP_ERR_STATE,
+                                 "schedule: stage %d's BWD_W of %s closes a run of %d W's but "
+                                 "counts %d",
+                                 s, mb_text(sched, a[i].mb, a[i].chunk, what, sizeof(what)),
+                                 run + 1, a[i].fuse);
+        } else {
+            run = 0;
+        }
+    }
     int first_w = pos[(W_SLOT * v) * m];
     for (int c = 0; c < v; c++) {
         int u = c * p + s, last = p * v - 1; /* the virtual stage */

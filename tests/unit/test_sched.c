@@ -185,7 +185,7 @@ Test(sched, refuses_duplicates_strays_and_a_missing_optimizer_step)
     mp_errbuf_t err = {{0}};
     mp_sched_t *s = build(MP_SCHED_GPIPE, 2, 2);
     /* A stray receive on the first stage, which has no previous neighbour. */
-    s->action[0][0] = (mp_sched_action_t){MP_SCHED_RECV_ACT, 0, 0};
+    s->action[0][0] = (mp_sched_action_t){MP_SCHED_RECV_ACT, 0, 0, 1};
     cr_assert_eq(mp_sched_simulate(s, NULL, NULL, &err), MP_ERR_STATE);
     cr_assert(strstr(err.msg, "stage 0") != NULL, "%s", err.msg);
     mp_sched_free(s);
@@ -357,6 +357,96 @@ Test(sched, zero_bubble_format_names_b_and_w)
     mp_sched_free(s);
 }
 
+/* parallel.fuse_w = k: every W of the ZB-H1 lists once, in order, in runs
+ * of k (the step's last run shorter) that stand where their last W stood;
+ * every other action in its order; at most k - 1 more slots than ZB-H1's;
+ * accepted by the simulator, whose bubble at unit costs stays within ZB-H1's
+ * and 1F1B's. */
+Test(sched, zero_bubble_fuse_w_groups_the_ws_in_runs_of_k)
+{
+    for (int p = 1; p <= 6; p++) {
+        for (int m = 1; m <= 12; m++) {
+            for (int k = 2; k <= 4 && k <= m; k++) {
+                mp_sched_t *zb = build(MP_SCHED_ZERO_BUBBLE, p, m);
+                mp_sched_t *f = build(MP_SCHED_ZERO_BUBBLE, p, m);
+                mp_errbuf_t err = {{0}};
+                cr_assert_eq(mp_sched_fuse_w(f, k, &err), MP_OK, "%s", err.msg);
+                mp_sched_report_t rz, rf;
+                cr_assert_eq(mp_sched_simulate(f, &zb_unit, &rf, &err), MP_OK, "p=%d m=%d k=%d: %s",
+                             p, m, k, err.msg);
+                cr_assert_eq(mp_sched_simulate(zb, &zb_unit, &rz, &err), MP_OK, "%s", err.msg);
+                cr_expect_leq(rf.bubble, mp_sched_bubble_theory(p, m) + 1e-12,
+                              "p=%d m=%d k=%d: bubble %g above 1f1b's", p, m, k, rf.bubble);
+                cr_expect_geq(rf.bubble, rz.bubble - 1e-12, "p=%d m=%d k=%d: bubble %g below "
+                              "ZB-H1's %g", p, m, k, rf.bubble, rz.bubble);
+                for (int st = 0; st < p; st++) {
+                    cr_assert_eq(f->count[st], zb->count[st]);
+                    /* The W's in order, in runs: k, ..., k, then the rest. */
+                    int next = 0, run = 0;
+                    for (int i = 0; i < f->count[st]; i++) {
+                        const mp_sched_action_t *a = &f->action[st][i];
+                        if (a->op != MP_SCHED_BWD_W) {
+                            cr_assert_eq(run, 0, "p=%d m=%d k=%d stage %d: a run cut at %d", p,
+                                         m, k, st, i);
+                            continue;
+                        }
+                        cr_assert_eq(a->mb, next++, "p=%d m=%d k=%d stage %d: W order", p, m, k,
+                                     st);
+                        run++;
+                        if (a->fuse > 0) {
+                            cr_assert_eq(a->fuse, run);
+                            cr_assert(run == k || next == m, "p=%d m=%d k=%d stage %d: a run of %d "
+                                      "before W%d", p, m, k, st, run, a->mb);
+                            run = 0;
+                        }
+                    }
+                    cr_assert_eq(next, m);
+                    /* The rest keep their order: F's and B's as ZB-H1's. */
+                    for (int mb = 0; mb + 1 < m; mb++) {
+                        cr_assert_lt(find(f, st, MP_SCHED_BWD, mb), find(f, st, MP_SCHED_BWD, mb + 1));
+                        cr_assert_lt(find(f, st, MP_SCHED_FWD, mb), find(f, st, MP_SCHED_FWD, mb + 1));
+                    }
+                    int sz = mp_sched_slots(zb, st, 0), sf = mp_sched_slots(f, st, 0);
+                    cr_expect(sf >= sz && sf <= sz + k - 1, "p=%d m=%d k=%d stage %d: %d slots "
+                              "against ZB-H1's %d", p, m, k, st, sf, sz);
+                }
+                mp_sched_free(f);
+                mp_sched_free(zb);
+            }
+        }
+    }
+}
+
+Test(sched, zero_bubble_fuse_w_format_and_refusals)
+{
+    mp_sched_t *s = build(MP_SCHED_ZERO_BUBBLE, 2, 4);
+    mp_errbuf_t err = {{0}};
+    cr_assert_eq(mp_sched_fuse_w(s, 3, &err), MP_OK);
+    char buf[1024];
+    mp_sched_format(s, buf, sizeof(buf));
+    cr_expect(strstr(buf, " W0+1+2") != NULL && strstr(buf, " W3 AR OPT") != NULL, "%s", buf);
+    /* A run broken by another action, and a run that miscounts. */
+    int w0 = find(s, 1, MP_SCHED_BWD_W, 0);
+    cr_assert(w0 >= 0 && s->action[1][w0].fuse == 0);
+    s->action[1][w0 + 2].fuse = 2;
+    cr_assert_eq(mp_sched_simulate(s, NULL, NULL, &err), MP_ERR_STATE);
+    cr_expect(strstr(err.msg, "stage 1's BWD_W of micro-batch 2 closes a run of 3 W's but "
+                              "counts 2") != NULL, "%s", err.msg);
+    s->action[1][w0 + 2].fuse = 3;
+    mp_sched_action_t t = s->action[1][w0 + 1];
+    s->action[1][w0 + 1] = s->action[1][w0 - 1];
+    s->action[1][w0 - 1] = t;
+    cr_assert_eq(mp_sched_simulate(s, NULL, NULL, &err), MP_ERR_STATE);
+    cr_expect(strstr(err.msg, "waits to run with the W's after it") != NULL, "%s", err.msg);
+    mp_sched_free(s);
+    /* Nothing to group in a schedule without W's. */
+    mp_sched_t *g = build(MP_SCHED_1F1B, 2, 4);
+    cr_assert_eq(mp_sched_fuse_w(g, 2, &err), MP_ERR_SPEC);
+    cr_expect(strstr(err.msg, "parallel.fuse_w") != NULL, "%s", err.msg);
+    cr_assert_eq(mp_sched_fuse_w(g, 1, &err), MP_OK);
+    mp_sched_free(g);
+}
+
 /* Prove it (issue 12): every kind of the table, p 1..6, m 1..12 (and v 1..3
  * chunks where the kind takes them): built and simulated, or refused naming
  * the fields when the kind cannot run it; every F before its B, every B
@@ -521,8 +611,8 @@ Test(sched, interleaved_1f1b_wraps_from_the_last_stage_to_the_first)
     /* The last virtual stage (stage 1, chunk 1) sends nothing on. */
     cr_assert_eq(mp_sched_build(MP_SCHED_INTERLEAVED_1F1B, 2, 2, 2, &s, &err), MP_OK);
     int n = s->count[1];
-    s->action[1][n - 2] = (mp_sched_action_t){MP_SCHED_SEND_ACT, 0, 1};
-    s->action[1][n - 1] = (mp_sched_action_t){MP_SCHED_DP_ALLREDUCE, -1, 0};
+    s->action[1][n - 2] = (mp_sched_action_t){MP_SCHED_SEND_ACT, 0, 1, 1};
+    s->action[1][n - 1] = (mp_sched_action_t){MP_SCHED_DP_ALLREDUCE, -1, 0, 1};
     cr_assert_eq(mp_sched_push(s, 1, MP_SCHED_OPT_STEP, -1), MP_OK);
     cr_assert_eq(mp_sched_simulate(s, NULL, NULL, &err), MP_ERR_STATE);
     cr_expect(strstr(err.msg, "virtual stage 3 has no next neighbour") != NULL, "%s", err.msg);
