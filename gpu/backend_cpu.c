@@ -313,6 +313,27 @@ static void k_copy_rows(float *restrict dst, int64_t ldd, const float *restrict 
     }
 }
 
+/* An optimizer step has written [dst, dst + bytes): the padded copies made
+ * from there are made again now, inside the step, rather than by the next
+ * step's first GEMM that reads one.  The work is the same; but under a
+ * pipeline the last stage's optimizer step runs while the first stage is
+ * still busy, so there it is off the critical path, and its first forward
+ * (on it) is not. */
+static void cpu_refresh(mp_backend_t *be, const void *dst, size_t bytes)
+{
+    cpu_backend_t *cb = (cpu_backend_t *)be;
+    const char *lo = dst, *hi = lo + bytes;
+    for (int i = 0; i < cb->nwcopy; i++) {
+        cpu_wcopy_t *w = &cb->wcopy[i];
+        const char *a = (const char *)w->src;
+        const char *b = (const char *)(w->src + (w->rows - 1) * w->lds + w->cols);
+        if (!w->valid && a < hi && lo < b) {
+            k_copy_rows(w->pad, w->cols + MP_CPU_PAD, w->src, w->lds, w->rows, w->cols);
+            w->valid = true;
+        }
+    }
+}
+
 /*
  * oneDNN 2.6's AVX2 sgemm reads some operands in place, down their columns,
  * and a row stride that is a multiple of a few KiB then maps every row to the
@@ -360,8 +381,9 @@ static const float *cpu_gemm_pad(cpu_backend_t *cb, int which, const float *X, i
 
 /*
  * The padded copy of a weight in a held range (params_hold): made on first
- * use and kept until an op writes into the weight (the next optimizer
- * step), so that the micro-batches of a step share one copy.  With
+ * use and kept until an op writes into the weight, so that the
+ * micro-batches of a step share one copy; an optimizer step makes it again
+ * at its end (cpu_refresh), other writers leave it to the next use.  With
  * `create` false only an existing valid copy is returned.  NULL when there
  * is none (or no memory for one: the caller then copies as for any operand).
  */
@@ -1845,7 +1867,11 @@ static mp_status_t cpu_sgd_step(mp_backend_t *be, float *p, const float *grad, f
         cpu_thread_range(n, 16, &lo, &hi);
         bad |= k_sgd(p + lo, grad + lo, buf != NULL ? buf + lo : NULL, hi - lo, k);
     }
-    return bad ? MP_ERR_NONFINITE : MP_OK;
+    if (bad) {
+        return MP_ERR_NONFINITE;
+    }
+    cpu_refresh(be, p, (size_t)n * sizeof(float));
+    return MP_OK;
 }
 
 /* _single_tensor_adamw (torch 1.13, foreach off as on CPU):
@@ -1898,7 +1924,11 @@ static mp_status_t cpu_adamw_step(mp_backend_t *be, float *p, const float *grad,
         cpu_thread_range(n, 16, &lo, &hi);
         bad |= k_adamw(p + lo, grad + lo, m + lo, v + lo, hi - lo, k);
     }
-    return bad ? MP_ERR_NONFINITE : MP_OK;
+    if (bad) {
+        return MP_ERR_NONFINITE;
+    }
+    cpu_refresh(be, p, (size_t)n * sizeof(float));
+    return MP_OK;
 }
 
 /* ---- the table ------------------------------------------------------- */
