@@ -150,9 +150,16 @@ struct mp_xport_worker {
     mp_xport_worker_stats_t stats;
     int dirty;         /* a completion or failure since the requests were last walked */
     int woke_by_event; /* the last sleep ended by the event fd */
-    int spurious;      /* consecutive event wake-ups after which progress found nothing */
+    int spurious;      /* event wake-ups in a burst after which progress found nothing */
+    uint64_t spurious_t0; /* when the burst began (worker_sleep) */
     unsigned backoffs; /* sleeps taken without the event fd since the last useful wake-up */
 };
+
+/* worker_sleep's backoff (see there). */
+#define SPURIOUS_MAX 4
+#define SPURIOUS_WINDOW_NS (1000ull * 1000)
+#define BACKOFF_NS (2ull * 1000 * 1000)
+#define BACKOFF_RETRY 8
 
 uint64_t mp_xport_now_ns(void)
 {
@@ -916,6 +923,12 @@ int mp_xport_worker_progress(mp_xport_worker_t *w)
         w->spurious = 0;
         w->backoffs = 0;
     } else if (w->woke_by_event) {
+        /* A burst: SPURIOUS_MAX of them within SPURIOUS_WINDOW_NS. */
+        uint64_t now = mp_xport_now_ns();
+        if (w->spurious == 0 || now - w->spurious_t0 > SPURIOUS_WINDOW_NS) {
+            w->spurious = 0;
+            w->spurious_t0 = now;
+        }
         w->spurious++;
     }
     w->woke_by_event = 0;
@@ -1237,9 +1250,6 @@ int mp_xport_req_test(mp_xport_req_t *r)
 
 /* ---- waiting ---- */
 
-#define SPURIOUS_MAX 4
-#define BACKOFF_NS (2ull * 1000 * 1000)
-#define BACKOFF_RETRY 8
 
 /*
  * Sleeps on the worker's event fd for at most max_ns (and at most the
@@ -1247,10 +1257,15 @@ int mp_xport_req_test(mp_xport_req_t *r)
  *
  * Measured on UCX 1.13: over tcp, while a connection is still being wired
  * up with a peer that is not progressing, the event fd stays readable and
- * progress finds nothing, tens of thousands of times a second.  After
- * SPURIOUS_MAX such wake-ups in a row we sleep without the fd for
- * BACKOFF_NS, retrying the fd every BACKOFF_RETRY sleeps, until progress
- * does something again.  The shared-memory transports do raise events.
+ * progress finds nothing, tens of thousands of times a second.  After a
+ * burst of SPURIOUS_MAX such wake-ups within SPURIOUS_WINDOW_NS we sleep
+ * without the fd for BACKOFF_NS, retrying the fd every BACKOFF_RETRY
+ * sleeps, until progress does something again.  Only a burst: a few
+ * wake-ups that find nothing happen in any long wait (a signal of a message
+ * that the spin before the sleep already took), and counting those into a
+ * backoff made a pipeline stage waiting at the start of a step sleep
+ * through its first activation for up to 2 ms.  The shared-memory
+ * transports do raise events.
  */
 static void worker_sleep(mp_xport_worker_t *w, uint64_t max_ns)
 {
@@ -1258,7 +1273,9 @@ static void worker_sleep(mp_xport_worker_t *w, uint64_t max_ns)
     if (max_ns > backstop_ns) {
         max_ns = backstop_ns;
     }
-    if (w->spurious >= SPURIOUS_MAX && (++w->backoffs % BACKOFF_RETRY) != 0) {
+    /* In a burst, or a retry of the fd during one found nothing again. */
+    bool burst = w->spurious >= SPURIOUS_MAX || (w->backoffs > 0 && w->spurious > 0);
+    if (burst && (++w->backoffs % BACKOFF_RETRY) != 0) {
         uint64_t ns = max_ns < BACKOFF_NS ? max_ns : BACKOFF_NS;
         struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000ull),
                               .tv_nsec = (long)(ns % 1000000000ull)};
