@@ -251,69 +251,130 @@ static void replay_last_step(const mp_spec_t *spec, const mp_engine_result_t *re
     mp_sched_free(sched);
 }
 
-/* Measured bubbles of every schedule at p = 2, 4 and m = 4, 8, 16. */
+#define NSCHED 4
+#define BUBBLE_ROUNDS_MAX 5
+
+/* One bubble result: the median of the rounds' measured bubbles (each a
+ * mean over the run's steps but the first), their range, and the rest from
+ * the last round's run. */
+static void bubble_result(json_t *results, bool json, const char *sched, int p, int m,
+                          const mp_spec_t *spec, const mp_engine_result_t *res, double *meas,
+                          int rounds, double of_1f1b)
+{
+    double lo = meas[0], hi = meas[0];
+    for (int r = 1; r < rounds; r++) {
+        lo = meas[r] < lo ? meas[r] : lo;
+        hi = meas[r] > hi ? meas[r] : hi;
+    }
+    double med = mp_bench_median(meas, rounds);
+    double theory =
+        mp_sched_bubble_predicted(spec->parallel.schedule, p, m, spec->parallel.virtual_stages);
+    double last, replayed;
+    replay_last_step(spec, res, &last, &replayed);
+    json_t *o = json_pack("{s:s, s:i, s:i, s:s, s:f, s:f, s:f, s:i, s:f, s:f, s:f, s:f, s:f, s:s}",
+                          "test", "bubble", "p", p, "m", m, "schedule", sched, "measured", med,
+                          "measured_min", lo, "measured_max", hi, "rounds", rounds, "theory",
+                          theory, "predicted", res->cut.bubble, "last_step", last, "replayed",
+                          replayed, "mpar", med, "unit", "fraction");
+    if (of_1f1b >= 0.0) {
+        json_object_set_new(o, "of_1f1b", json_real(of_1f1b));
+    }
+    json_array_append_new(results, o);
+    if (!json) {
+        char range[32] = "";
+        if (rounds > 1) {
+            snprintf(range, sizeof(range), " (%.3f-%.3f)", lo, hi);
+        }
+        printf("%-16s %3d %3d %10.3f%-14s %8.3f %9.3f %9.3f %9.3f  ", sched, p, m, med, range,
+               theory, res->cut.bubble, last, replayed);
+    }
+    for (int s = 0; s < p; s++) {
+        json_array_append_new(
+            results, json_pack("{s:s, s:i, s:i, s:s, s:i, s:i, s:I, s:s}", "test",
+                               "peak_activation", "p", p, "m", m, "schedule", sched, "stage", s,
+                               "slots", res->stage_slots[s], "mpar",
+                               (json_int_t)res->stage_act_bytes[s], "unit", "bytes"));
+        if (!json) {
+            printf(" %d:%d slots %.1f MiB", s, res->stage_slots[s],
+                   (double)res->stage_act_bytes[s] / (1 << 20));
+        }
+    }
+    if (!json) {
+        printf("\n");
+        fflush(stdout);
+    }
+}
+
+/*
+ * Measured bubbles of every schedule at p = 2, 4 and m = 4, 8, 16.  At
+ * p = 2, where the targets are, in rounds (3, --quick; 5): each round runs
+ * every schedule once, in an order that rotates from round to round, and
+ * the result is the median of the rounds (with their range; zero_bubble's
+ * and interleaved's of_1f1b: the median of their ratio to 1f1b's in the
+ * same round), since this machine's speed drifts more between runs than the
+ * schedules differ.  p = 4 runs once (judged by its prediction).
+ */
 static int bench_bubbles(bool quick, bool json, bool timeline, const char *svg, json_t *results)
 {
     int64_t steps = quick ? 5 : 10;
     static const int ps[] = {2, 4};
     static const int ms[] = {4, 8, 16};
-    static const char *const scheds[] = {"gpipe", "1f1b", "zero_bubble", "interleaved_1f1b"};
-    const int nsched = (int)(sizeof(scheds) / sizeof(scheds[0]));
+    static const char *const scheds[NSCHED] = {"gpipe", "1f1b", "zero_bubble", "interleaved_1f1b"};
     if (!json) {
-        printf("%-16s %3s %3s %10s %8s %9s %9s %9s   activation bytes per stage\n", "schedule", "p",
-               "m", "measured", "theory", "predicted", "last", "replayed");
+        printf("%-16s %3s %3s %10s%-14s %8s %9s %9s %9s   activation bytes per stage\n",
+               "schedule", "p", "m", "measured", "", "theory", "predicted", "last", "replayed");
     }
     for (int pi = 0; pi < 2; pi++) {
         for (int mi = 0; mi < 3; mi++) {
-            for (int si = 0; si < nsched; si++) {
-                int p = ps[pi], m = ms[mi];
-                mp_spec_t *spec = make_spec(p, m, scheds[si], steps);
-                mp_engine_result_t res;
-                if (run_engine(spec, &res) != 0) {
-                    return -1;
-                }
-                double theory = mp_sched_bubble_predicted(spec->parallel.schedule, p, m,
-                                                          spec->parallel.virtual_stages);
-                double last, replayed;
-                replay_last_step(spec, &res, &last, &replayed);
-                json_array_append_new(
-                    results, json_pack("{s:s, s:i, s:i, s:s, s:f, s:f, s:f, s:f, s:f, s:f, s:s}",
-                                       "test", "bubble", "p", p, "m", m, "schedule", scheds[si],
-                                       "measured", res.bubble_fraction, "theory", theory,
-                                       "predicted", res.cut.bubble, "last_step", last, "replayed",
-                                       replayed, "mpar", res.bubble_fraction, "unit", "fraction"));
-                if (!json) {
-                    printf("%-16s %3d %3d %10.3f %8.3f %9.3f %9.3f %9.3f  ", scheds[si], p, m,
-                           res.bubble_fraction, theory, res.cut.bubble, last, replayed);
-                }
-                for (int s = 0; s < p; s++) {
-                    json_array_append_new(
-                        results,
-                        json_pack("{s:s, s:i, s:i, s:s, s:i, s:i, s:I, s:s}", "test",
-                                  "peak_activation", "p", p, "m", m, "schedule", scheds[si],
-                                  "stage", s, "slots", res.stage_slots[s], "mpar",
-                                  (json_int_t)res.stage_act_bytes[s], "unit", "bytes"));
-                    if (!json) {
-                        printf(" %d:%d slots %.1f MiB", s, res.stage_slots[s],
-                               (double)res.stage_act_bytes[s] / (1 << 20));
+            int p = ps[pi], m = ms[mi];
+            int rounds = p == 2 ? (quick ? 3 : BUBBLE_ROUNDS_MAX) : 1;
+            mp_spec_t *spec[NSCHED];
+            mp_engine_result_t res[NSCHED];
+            bool have[NSCHED] = {false};
+            double meas[NSCHED][BUBBLE_ROUNDS_MAX], ratio[NSCHED][BUBBLE_ROUNDS_MAX];
+            int rc = 0;
+            for (int si = 0; si < NSCHED; si++) {
+                spec[si] = make_spec(p, m, scheds[si], steps);
+            }
+            for (int r = 0; r < rounds && rc == 0; r++) {
+                for (int j = 0; j < NSCHED && rc == 0; j++) {
+                    int si = (j + r) % NSCHED;
+                    if (have[si]) {
+                        mp_engine_result_free(&res[si]);
+                        have[si] = false;
                     }
+                    rc = run_engine(spec[si], &res[si]);
+                    have[si] = rc == 0;
+                    meas[si][r] = rc == 0 ? res[si].bubble_fraction : 0.0;
                 }
-                if (!json) {
-                    printf("\n");
-                    fflush(stdout);
+                for (int si = 0; si < NSCHED && rc == 0; si++) {
+                    ratio[si][r] = meas[1][r] > 0.0 ? meas[si][r] / meas[1][r] : 0.0;
                 }
+            }
+            for (int si = 0; si < NSCHED && rc == 0; si++) {
+                double of = si >= 2 ? mp_bench_median(ratio[si], rounds) : -1.0;
+                bubble_result(results, json, scheds[si], p, m, spec[si], &res[si], meas[si],
+                              rounds, of);
                 if (timeline) {
-                    print_timeline(&res);
+                    print_timeline(&res[si]);
                 }
-                if (svg != NULL && write_svg(svg, &res, scheds[si], p, m, theory) != 0) {
-                    return -1;
+                double theory = mp_sched_bubble_predicted(spec[si]->parallel.schedule, p, m,
+                                                          spec[si]->parallel.virtual_stages);
+                if (svg != NULL && write_svg(svg, &res[si], scheds[si], p, m, theory) != 0) {
+                    rc = -1;
                 }
-                mp_engine_result_free(&res);
-                mp_spec_free(spec);
+            }
+            for (int si = 0; si < NSCHED; si++) {
+                if (have[si]) {
+                    mp_engine_result_free(&res[si]);
+                }
+                mp_spec_free(spec[si]);
+            }
+            if (rc != 0) {
+                return -1;
             }
         }
     }
-
     return 0;
 }
 

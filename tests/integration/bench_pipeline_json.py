@@ -3,7 +3,9 @@
 writes DESIGN.md's benchmark document, and its bubble results hold together.
 
 Checks the shape (every result has test, unit and mpar; a bubble result
-its p, m, schedule, measured, theory, predicted, last_step and replayed),
+its p, m, schedule, measured, theory, predicted, last_step and replayed;
+at p = 2 the median of 3 rounds within their range, zero_bubble's and
+interleaved's ratio to 1f1b's),
 that each theory is its schedule's formula, that the replay of the last
 step (the same action times, messages at once) is never slower than the
 step itself and was computed (not -1), and the activation slots 1F1B and
@@ -57,6 +59,16 @@ def main():
                 if not 0.0 <= r[k] < 1.0:
                     fail("%s: %s %g is not a fraction (-1: the spans did not match the "
                          "schedule)" % (what, k, r[k]))
+            rounds = r.get("rounds", 0)
+            if rounds != (3 if r["p"] == 2 else 1):
+                fail("%s: %s rounds, expected 3 at p = 2 (--quick) and 1 at p = 4" %
+                     (what, rounds))
+            if not r["measured_min"] <= r["measured"] <= r["measured_max"]:
+                fail("%s: the median %g is outside its rounds' range %g-%g" %
+                     (what, r["measured"], r["measured_min"], r["measured_max"]))
+            if r["p"] == 2 and r["schedule"] in ("zero_bubble", "interleaved_1f1b") and \
+                    not 0.0 <= r.get("of_1f1b", -1.0):
+                fail("%s: no ratio to 1f1b's bubble" % what)
             if r["replayed"] > r["last_step"] + 1e-3:
                 fail("%s: the replay with instant messages (%g) is slower than the step "
                      "it replays (%g)" % (what, r["replayed"], r["last_step"]))
