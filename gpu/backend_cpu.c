@@ -124,17 +124,22 @@ static void cpu_thread_range(int64_t n, int64_t align, int64_t *lo, int64_t *hi)
 
 /* ---- memory ---------------------------------------------------------- */
 
+/* Whether weight copy w was made from memory in [dst, dst + bytes). */
+static bool wcopy_overlaps(const cpu_wcopy_t *w, const void *dst, size_t bytes)
+{
+    const char *lo = dst, *hi = lo + bytes;
+    const char *a = (const char *)w->src;
+    const char *b = (const char *)(w->src + (w->rows - 1) * w->lds + w->cols);
+    return a < hi && lo < b;
+}
+
 /* An op is about to write [dst, dst + bytes): copies made from there are stale. */
 static void cpu_wrote(mp_backend_t *be, const void *dst, size_t bytes)
 {
     cpu_backend_t *cb = (cpu_backend_t *)be;
-    const char *lo = dst, *hi = lo + bytes;
     for (int i = 0; i < cb->nwcopy; i++) {
-        cpu_wcopy_t *w = &cb->wcopy[i];
-        const char *a = (const char *)w->src;
-        const char *b = (const char *)(w->src + (w->rows - 1) * w->lds + w->cols);
-        if (a < hi && lo < b) {
-            w->valid = false;
+        if (wcopy_overlaps(&cb->wcopy[i], dst, bytes)) {
+            cb->wcopy[i].valid = false;
         }
     }
 }
@@ -322,12 +327,9 @@ static void k_copy_rows(float *restrict dst, int64_t ldd, const float *restrict 
 static void cpu_refresh(mp_backend_t *be, const void *dst, size_t bytes)
 {
     cpu_backend_t *cb = (cpu_backend_t *)be;
-    const char *lo = dst, *hi = lo + bytes;
     for (int i = 0; i < cb->nwcopy; i++) {
         cpu_wcopy_t *w = &cb->wcopy[i];
-        const char *a = (const char *)w->src;
-        const char *b = (const char *)(w->src + (w->rows - 1) * w->lds + w->cols);
-        if (!w->valid && a < hi && lo < b) {
+        if (!w->valid && wcopy_overlaps(w, dst, bytes)) {
             k_copy_rows(w->pad, w->cols + MP_CPU_PAD, w->src, w->lds, w->rows, w->cols);
             w->valid = true;
         }
