@@ -37,7 +37,7 @@
 #include <stdint.h>
 
 #include "common/status.h"
-#include "engine/ckptw.h"
+#include "model/ckptw.h"
 #include "engine/job.h"
 #include "gpu/backend.h"
 #include "model/spec.h"

@@ -9,7 +9,6 @@
 
 #include <errno.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -18,6 +17,7 @@
 #include "common/alloc.h"
 #include "common/log.h"
 #include "model/ckpt.h"
+#include "model/ckptw.h"
 #include "model/model.h"
 #include "model/npy.h"
 
@@ -205,73 +205,59 @@ static mp_status_t save_weights(mp_model_t *model, const mp_spec_t *spec, const 
 /* ---- checkpoints of a serial run ---------------------------------------- */
 
 /* A serial run's checkpoints are a cluster run's on a grid of one: its one
- * shard file (stage 0, TP rank 0), then what the coordinator does after
- * the shards' files (manifest, commit, prune), on a writer thread while
- * training goes on; one checkpoint in flight at a time.  A failed write
- * (disk full, permission) is a warning, as it is an event of a cluster
- * job: training goes on and the previous checkpoint stays. */
+ * shard file (stage 0, TP rank 0) from a shard's writer thread (ckptw.h),
+ * then, from that thread, what the coordinator does after the shards'
+ * files (manifest, commit, prune).  A failed write (disk full, permission)
+ * is a warning, as it is an event of a cluster job: training goes on and
+ * the previous checkpoint stays. */
 typedef struct {
     const mp_spec_t *spec;
     const char *spec_text;
     const double *losses; /* the run's: the writer reads those before its step */
     mp_ckpt_snap_t *snap;
-    pthread_t tid;
-    bool running;
-    int64_t committed, failed;
-    mp_status_t st;
-    mp_errbuf_t err;
+    mp_ckptw_t *w;
+    int64_t committed, failed; /* written by the writer thread, read after mp_ckptw_destroy */
 } ckpt_writer_t;
 
-static void *ckpt_writer_main(void *arg)
+static void ckpt_written(int64_t step, mp_status_t st, const char *path_or_msg, void *arg)
 {
     ckpt_writer_t *w = arg;
     const char *dir = w->spec->checkpoint.dir;
-    int64_t step = mp_ckpt_snap_step(w->snap);
-    mp_status_t st = mp_ckpt_snap_write(w->snap, dir, NULL, 0, &w->err);
-    if (st == MP_OK) {
-        st = mp_ckpt_manifest_write(dir, step, w->spec_text, 1, 1, 1, w->losses, step, &w->err);
+    mp_errbuf_t err = {{0}};
+    if (st != MP_OK) {
+        snprintf(err.msg, sizeof(err.msg), "%s", path_or_msg);
     }
     if (st == MP_OK) {
-        st = mp_ckpt_commit(dir, step, &w->err);
+        st = mp_ckpt_manifest_write(dir, step, w->spec_text, 1, 1, 1, w->losses, step, &err);
     }
     if (st == MP_OK) {
-        st = mp_ckpt_prune(dir, step, (int)w->spec->checkpoint.keep, &w->err);
+        st = mp_ckpt_commit(dir, step, &err);
+    }
+    if (st == MP_OK) {
+        st = mp_ckpt_prune(dir, step, (int)w->spec->checkpoint.keep, &err);
     }
     if (st == MP_OK) {
         w->committed++;
     } else {
-        char why[sizeof(w->err.msg)];
-        snprintf(why, sizeof(why), "%s", w->err.msg);
-        mp_errbuf_set(&w->err, st, "the checkpoint of step %lld: %.900s", (long long)step, why);
-    }
-    w->st = st;
-    return NULL;
-}
-
-/* Waits for the checkpoint in flight. */
-static void ckpt_writer_wait(ckpt_writer_t *w)
-{
-    if (!w->running) {
-        return;
-    }
-    pthread_join(w->tid, NULL);
-    w->running = false;
-    if (w->st != MP_OK) {
-        mp_warn("%s; training goes on, the previous checkpoint stays", w->err.msg);
+        mp_warn("the checkpoint of step %lld: %s; training goes on, the previous checkpoint stays",
+                (long long)step, err.msg);
         w->failed++;
-        w->st = MP_OK;
     }
 }
 
-/* Copies the model after step `step` (the only part that stops training)
- * and starts its write. */
+/* Copies the model after step `step` (the only part that stops training,
+ * once the previous write is done) and hands it to the writer thread. */
 static mp_status_t ckpt_writer_start(ckpt_writer_t *w, mp_model_t *model, int64_t step,
                                      mp_errbuf_t *err)
 {
-    ckpt_writer_wait(w);
     mp_status_t st = MP_OK;
-    if (w->snap == NULL) {
+    if (w->w == NULL) {
         st = mp_ckpt_snap_create(&model, 1, w->spec, 0, 0, &w->snap);
+        if (st == MP_OK) {
+            st = mp_ckptw_create(w->spec->checkpoint.dir, ckpt_written, w, &w->w);
+        }
+    } else {
+        mp_ckptw_wait_idle(w->w);
     }
     if (st == MP_OK) {
         st = mp_ckpt_snap_fill(w->snap, &model, 1, step);
@@ -280,12 +266,15 @@ static mp_status_t ckpt_writer_start(ckpt_writer_t *w, mp_model_t *model, int64_
         return mp_errbuf_set(err, st, "the checkpoint of step %lld: cannot copy the model: %s",
                              (long long)step, mp_strerror(st));
     }
-    if (pthread_create(&w->tid, NULL, ckpt_writer_main, w) != 0) {
-        return mp_errbuf_set(err, MP_ERR_NOMEM, "the checkpoint of step %lld: cannot start "
-                             "its writer thread", (long long)step);
-    }
-    w->running = true;
+    mp_ckptw_submit(w->w, w->snap);
     return MP_OK;
+}
+
+/* Finishes the write in flight and ends the writer thread. */
+static void ckpt_writer_stop(ckpt_writer_t *w)
+{
+    mp_ckptw_destroy(w->w);
+    w->w = NULL;
 }
 
 /* Loads the checkpoint dir/latest names into model: its step, and its
@@ -499,7 +488,7 @@ mp_status_t mp_train_serial(const mp_spec_t *spec, const mp_train_opts_t *opts,
         }
         res->epochs_done++;
     }
-    ckpt_writer_wait(&ckw);
+    ckpt_writer_stop(&ckw);
     res->has_test = evaluated;
     res->checkpoints = ckw.committed;
     res->checkpoint_failures = ckw.failed;
@@ -513,7 +502,7 @@ mp_status_t mp_train_serial(const mp_spec_t *spec, const mp_train_opts_t *opts,
     }
 
 out_model:
-    ckpt_writer_wait(&ckw);
+    ckpt_writer_stop(&ckw);
     mp_ckpt_snap_free(ckw.snap);
     if (labels_dev != NULL) {
         be->ops->free(be, labels_dev);

@@ -4,7 +4,7 @@
  * outcome through the callback (from this thread), and sleeps again.
  * Owns its thread; the snapshot stays the executor's.
  */
-#include "engine/ckptw.h"
+#include "model/ckptw.h"
 
 #include <limits.h>
 #include <pthread.h>

@@ -1,7 +1,7 @@
 /*
- * ckptw.h - a shard's checkpoint writer thread: the executor copies its
- * blocks to a host snapshot at a step boundary (model/ckpt.h) and hands it
- * here; this thread writes it as the shard's safetensors file (fsync,
+ * ckptw.h - a shard's checkpoint writer thread: the executor (or the
+ * serial trainer, a grid of one) copies its blocks to a host snapshot at a
+ * step boundary (model/ckpt.h) and hands it here; this thread writes it as the shard's safetensors file (fsync,
  * rename, fsync of the folder) while training goes on, then calls the
  * callback from its own thread with the outcome.  One write at a time: a
  * snapshot is handed over only when the previous one is written
@@ -9,11 +9,11 @@
  * disk is slower than the checkpoints are frequent.
  *
  * mp_ckptw_create, _wait_idle, _submit and _destroy are called from the
- * executor's thread.  Fault injection (model/ckpt.h): MPAR_FAULT=
+ * executor's (or trainer's) thread.  Fault injection (model/ckpt.h): MPAR_FAULT=
  * after_first_file kills the process once its first file is durable.
  */
-#ifndef MP_ENGINE_CKPTW_H
-#define MP_ENGINE_CKPTW_H
+#ifndef MP_MODEL_CKPTW_H
+#define MP_MODEL_CKPTW_H
 
 #include <stdint.h>
 
