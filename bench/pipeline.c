@@ -201,10 +201,7 @@ static void replay_last_step(const mp_spec_t *spec, const mp_engine_result_t *re
     mp_sched_t *sched = NULL;
     mp_errbuf_t err;
     if (res->nranks != p ||
-        mp_sched_build(spec->parallel.schedule, p, spec->parallel.micro_batches,
-                       spec->parallel.virtual_stages, &sched, &err) != MP_OK ||
-        mp_sched_fuse_w(sched, spec->parallel.fuse_w, &err) != MP_OK) {
-        mp_sched_free(sched);
+        mp_sched_build_for(spec, p, spec->parallel.virtual_stages, &sched, &err) != MP_OK) {
         return;
     }
     double *times[MP_SCHED_MAX_STAGES] = {NULL};
@@ -256,10 +253,10 @@ static void replay_last_step(const mp_spec_t *spec, const mp_engine_result_t *re
 
 /* One bubble result: the median of the rounds' measured bubbles (each a
  * mean over the run's steps but the first), their range, and the rest from
- * the last round's run. */
-static void bubble_result(json_t *results, bool json, const char *sched, int p, int m,
-                          const mp_spec_t *spec, const mp_engine_result_t *res, double *meas,
-                          int rounds, double of_1f1b)
+ * the last round's run; returns the schedule's theory. */
+static double bubble_result(json_t *results, bool json, const char *sched, int p, int m,
+                            const mp_spec_t *spec, const mp_engine_result_t *res, double *meas,
+                            int rounds, double of_1f1b)
 {
     double lo = meas[0], hi = meas[0];
     for (int r = 1; r < rounds; r++) {
@@ -303,6 +300,7 @@ static void bubble_result(json_t *results, bool json, const char *sched, int p, 
         printf("\n");
         fflush(stdout);
     }
+    return theory;
 }
 
 /*
@@ -353,13 +351,11 @@ static int bench_bubbles(bool quick, bool json, bool timeline, const char *svg, 
             }
             for (int si = 0; si < NSCHED && rc == 0; si++) {
                 double of = si >= 2 ? mp_bench_median(ratio[si], rounds) : -1.0;
-                bubble_result(results, json, scheds[si], p, m, spec[si], &res[si], meas[si],
-                              rounds, of);
+                double theory = bubble_result(results, json, scheds[si], p, m, spec[si],
+                                              &res[si], meas[si], rounds, of);
                 if (timeline) {
                     print_timeline(&res[si]);
                 }
-                double theory = mp_sched_bubble_predicted(spec[si]->parallel.schedule, p, m,
-                                                          spec[si]->parallel.virtual_stages);
                 if (svg != NULL && write_svg(svg, &res[si], scheds[si], p, m, theory) != 0) {
                     rc = -1;
                 }

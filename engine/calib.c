@@ -169,9 +169,7 @@ mp_status_t mp_engine_cut_plan(const mp_spec_t *spec, int threads, bool cpu, mp_
     cut.bubble = -1.0;
     mp_sched_t *sched = NULL;
     mp_errbuf_t serr;
-    if (mp_sched_build(spec->parallel.schedule, pp, spec->parallel.micro_batches, v, &sched,
-                       &serr) == MP_OK &&
-        mp_sched_fuse_w(sched, spec->parallel.fuse_w, &serr) == MP_OK) {
+    if (mp_sched_build_for(spec, pp, v, &sched, &serr) == MP_OK) {
         mp_sched_cost_t c = {.stage_fwd = cut.stage_fwd, .stage_bwd = cut.stage_bwd};
         mp_sched_report_t rep;
         if (mp_sched_simulate(sched, &c, &rep, &serr) == MP_OK) {

@@ -225,17 +225,6 @@ static mp_status_t tp_allgather(void *ctx, const float *in, float *out, int64_t 
 
 /* ---- creation --------------------------------------------------------- */
 
-/* Whether the stage's backward is split into BWD (B) then BWD_W (W). */
-static bool sched_split(const mp_sched_t *sched, int stage)
-{
-    for (int i = 0; i < sched->count[stage]; i++) {
-        if (sched->action[stage][i].op == MP_SCHED_BWD_W) {
-            return true;
-        }
-    }
-    return false;
-}
-
 static mp_status_t alloc_staging(mp_exec_t *ex)
 {
     int64_t params = 0;
@@ -389,10 +378,7 @@ mp_status_t mp_exec_create(mp_xport_ctx_t *ctx, const mp_exec_opts_t *opts, mp_e
         goto err_free;
     }
     ex->nchunks = mp_part_nparts(spec) / g->pp;
-    st = mp_sched_build(spec->parallel.schedule, g->pp, g->m, ex->nchunks, &ex->sched, err);
-    if (st == MP_OK) {
-        st = mp_sched_fuse_w(ex->sched, spec->parallel.fuse_w, err);
-    }
+    st = mp_sched_build_for(spec, g->pp, ex->nchunks, &ex->sched, err);
     if (st != MP_OK) {
         goto err_free;
     }
@@ -400,7 +386,7 @@ mp_status_t mp_exec_create(mp_xport_ctx_t *ctx, const mp_exec_opts_t *opts, mp_e
     if (st != MP_OK) {
         goto err_free;
     }
-    ex->split = sched_split(ex->sched, ex->stage);
+    ex->split = mp_sched_stage_splits(ex->sched, ex->stage);
 
     if (opts->device_kind == MP_BACKEND_CUDA) {
         st = mp_backend_cuda_create(opts->device, opts->tf32, &ex->be);

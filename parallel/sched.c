@@ -198,13 +198,19 @@ mp_status_t mp_sched_build(mp_sched_kind_t kind, int p, int m, int v, mp_sched_t
     return MP_OK;
 }
 
+bool mp_sched_stage_splits(const mp_sched_t *sched, int stage)
+{
+    for (int i = 0; i < sched->count[stage]; i++) {
+        if (sched->action[stage][i].op == MP_SCHED_BWD_W) {
+            return true;
+        }
+    }
+    return false;
+}
+
 int mp_sched_slots(const mp_sched_t *sched, int stage, int chunk)
 {
-    bool split = false;
-    for (int i = 0; i < sched->count[stage] && !split; i++) {
-        split = sched->action[stage][i].op == MP_SCHED_BWD_W;
-    }
-    mp_sched_op_t last = split ? MP_SCHED_BWD_W : MP_SCHED_BWD;
+    mp_sched_op_t last = mp_sched_stage_splits(sched, stage) ? MP_SCHED_BWD_W : MP_SCHED_BWD;
     int now = 0, peak = 0;
     bool *held = mp_calloc((size_t)sched->nmicro, sizeof(bool));
     if (held == NULL) {
@@ -286,6 +292,23 @@ mp_status_t mp_sched_fuse_w(mp_sched_t *sched, int k, mp_errbuf_t *err)
     mp_free(q);
     mp_free(nq);
     return st == MP_OK ? MP_OK : mp_errbuf_set(err, st, "schedule: %s", mp_strerror(st));
+}
+
+mp_status_t mp_sched_build_for(const mp_spec_t *spec, int p, int v, mp_sched_t **sched_p,
+                               mp_errbuf_t *err)
+{
+    mp_sched_t *sched = NULL;
+    mp_status_t st =
+        mp_sched_build(spec->parallel.schedule, p, spec->parallel.micro_batches, v, &sched, err);
+    if (st == MP_OK) {
+        st = mp_sched_fuse_w(sched, spec->parallel.fuse_w, err);
+    }
+    if (st != MP_OK) {
+        mp_sched_free(sched);
+        return st;
+    }
+    *sched_p = sched;
+    return MP_OK;
 }
 
 double mp_sched_bubble_predicted(mp_sched_kind_t kind, int p, int m, int v)

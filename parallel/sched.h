@@ -126,6 +126,12 @@ double mp_sched_bubble_predicted(mp_sched_kind_t kind, int p, int m, int v);
  * is; MP_ERR_SPEC when the schedule has no W's to group.
  */
 mp_status_t mp_sched_fuse_w(mp_sched_t *sched, int k, mp_errbuf_t *err);
+/* mp_sched_build of the spec's schedule, micro-batches and parallel.fuse_w
+ * (mp_sched_fuse_w) at p stages and v chunks per stage: the lists a job runs. */
+mp_status_t mp_sched_build_for(const mp_spec_t *spec, int p, int v, mp_sched_t **sched_p,
+                               mp_errbuf_t *err);
+/* Whether stage's backward is B then W (its list has BWD_W actions). */
+bool mp_sched_stage_splits(const mp_sched_t *sched, int stage);
 /* The activation slots chunk `chunk` of `stage` needs: the most
  * micro-batches between their slot being taken (the receive of the input,
  * or the forward on the first virtual stage) and their backward's end (its
